@@ -1,0 +1,183 @@
+"""All settings in one typed place, with the paper's defaults.
+
+`GlassConfig` is what a checkpoint stores and what every CLI option overrides. Two recipes exist:
+
+* ``fast`` (default) — the same method with a cheaper schedule, measured to lose no quality
+  (see docs/benchmarks.md): cached backbone features, gradient ascent on a subset of patches with fewer,
+  longer steps, and early stopping on a validation split of normal images plus synthetic anomalies.
+* ``paper`` — the reference schedule: 640 epochs of at most 392 images, 20 ascent steps of η = 0.001 on
+  every patch, projections every 5 steps, fresh LAS images every iteration, no early stopping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+Hypothesis = Literal["auto", "manifold", "hypersphere"]
+Recipe = Literal["fast", "paper"]
+Foreground = Literal["auto", "on", "off"]
+
+
+@dataclass
+class GlassConfig:
+    # --- input & features -------------------------------------------------------------------------
+    backbone: str = "efficientnet_lite2"
+    layers: tuple[str, ...] | None = None  # None: the backbone's registered default (stride 8 + 16)
+    weights: str | None = None  # path to a state dict; None: the backbone's default source
+    image_size: int = 288  # center-crop size fed to the network
+    resize: int | None = None  # shorter side before the crop; None: same as image_size
+    patch_size: int = 3  # neighbourhood aggregation p
+    embed_dim: int | None = None  # target width of the pooled patch vector; None: per-backbone default
+    adaptor: bool = True  # the linear adaptor A (ablation: off)
+
+    # --- discriminator & optimisation ---------------------------------------------------------------
+    dsc_hidden: int = 1024
+    dsc_layers: int = 2
+    lr: float = 1e-4  # adaptor (Adam); discriminator uses 2 * lr (AdamW)
+    adaptor_weight_decay: float = 1e-5
+    batch_size: int = 8
+    epochs: int = 640
+    images_per_epoch: int = 392  # the reference's `limit`: an epoch stops once it has seen more than this
+    focal_gamma: float = 2.0
+    ohem_quantile: float = 0.5  # keep patches whose squared error is >= this quantile (hardest half)
+
+    # --- GAS (global anomaly synthesis, feature level) ----------------------------------------------
+    hypothesis: Hypothesis = "auto"  # GLASS-j: spectrogram rule chooses manifold (m) or hypersphere (h)
+    gas: Literal["full", "noise", "ascent", "off"] = "full"  # ablation: noise only / + ascent / + projection
+    noise_std: float = 0.015
+    ascent_steps: int = 20
+    ascent_step_size: float = 0.001
+    project_every: int = 5
+    r1: float = 0.5  # manifold truncation [r1, r2]
+    r2: float = 1.0
+    radius_quantile: float = 0.75  # hypersphere r'1: this quantile of normal distances to the centre
+    gas_patch_fraction: float = 1.0  # fraction of patch vectors that go through gradient ascent
+    # Scale-aware GAS: features are divided by one scalar measured on the training features so that their
+    # mean per-component standard deviation equals `feature_std`; the absolute constants above then mean
+    # the same for every backbone. None disables it (raw features, as the reference code).
+    feature_std: float | None = 0.5
+
+    # --- LAS (local anomaly synthesis, image level) -------------------------------------------------
+    las: bool = True
+    textures: str | None = None  # folder of texture images (DTD); None: procedural textures
+    foreground: Foreground = "auto"  # auto: on for object-like images, off for textures
+    beta_mean: float = 0.5
+    beta_std: float = 0.1
+    beta_min: float = 0.2
+    beta_max: float = 0.8
+    las_pool: int = 0  # >0: cache this many LAS variants per normal image (features computed once)
+
+    # --- inference ----------------------------------------------------------------------------------
+    smoothing_sigma: float = 4.0
+
+    # --- schedule, validation & calibration (no test data is ever used) ------------------------------
+    recipe: Recipe = "paper"
+    holdout_fraction: float = 0.1  # normal images kept out of training: validation + threshold calibration
+    min_holdout: int = 4
+    early_stopping: bool = False
+    patience: int = 5  # epochs without validation improvement before stopping
+    target_false_alarm_rate: float = 0.01
+    cache_features: bool = False  # compute backbone features of the normal images once per run
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    cache_ram_limit_gb: float = 4.0  # larger caches go to a memory-mapped file in the run directory
+
+    # --- run ----------------------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if data["layers"] is not None:
+            data["layers"] = list(data["layers"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GlassConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("layers") is not None:
+            values["layers"] = tuple(values["layers"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "GlassConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> "GlassConfig":
+        problems = []
+        if self.image_size < 32 or self.image_size % 8:
+            problems.append(f"image_size must be a multiple of 8 and >= 32 (got {self.image_size})")
+        if not 0 < self.r1 <= self.r2:
+            problems.append(f"need 0 < r1 <= r2 (got r1={self.r1}, r2={self.r2})")
+        if not 0 < self.radius_quantile < 1:
+            problems.append("radius_quantile must lie in (0, 1)")
+        if not 0 < self.gas_patch_fraction <= 1:
+            problems.append("gas_patch_fraction must lie in (0, 1]")
+        if not 0 <= self.holdout_fraction < 1:
+            problems.append("holdout_fraction must lie in [0, 1)")
+        if not 0 < self.target_false_alarm_rate < 1:
+            problems.append("target_false_alarm_rate must lie in (0, 1)")
+        if self.batch_size < 2:
+            problems.append("batch_size must be >= 2 (the discriminator uses batch normalisation)")
+        if self.epochs < 1:
+            problems.append("epochs must be >= 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+# The fast recipe: every field that differs from the reference schedule. Chosen by the measurements
+# recorded in docs/benchmarks.md; each entry is also an option of its own.
+FAST_RECIPE: dict[str, Any] = dict(
+    recipe="fast",
+    epochs=40,
+    images_per_epoch=392,
+    ascent_steps=4,
+    ascent_step_size=0.005,  # same total ascent distance as 20 x 0.001
+    project_every=2,
+    gas_patch_fraction=0.25,
+    early_stopping=True,
+    cache_features=True,
+    las_pool=0,
+)
+
+PAPER_RECIPE: dict[str, Any] = dict(
+    recipe="paper",
+    epochs=640,
+    images_per_epoch=392,
+    ascent_steps=20,
+    ascent_step_size=0.001,
+    project_every=5,
+    gas_patch_fraction=1.0,
+    early_stopping=False,
+    cache_features=False,
+    las_pool=0,
+)
+
+RECIPES: dict[str, dict[str, Any]] = {"fast": FAST_RECIPE, "paper": PAPER_RECIPE}
+
+
+def make_config(recipe: Recipe = "fast", **overrides: Any) -> GlassConfig:
+    """The config of a recipe, with explicit overrides (``None`` values are ignored)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    values = dict(RECIPES[recipe])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return GlassConfig(**values).validate()
+
+
+# Per-backbone notes on input normalisation. Kept here so export and training agree.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+__all__ = [
+    "GlassConfig",
+    "FAST_RECIPE",
+    "PAPER_RECIPE",
+    "RECIPES",
+    "make_config",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
