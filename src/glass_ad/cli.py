@@ -1,0 +1,261 @@
+"""The `glass` command. Every option maps onto a `GlassConfig` field (see config.py for the defaults)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .config import make_config
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="GLASS anomaly detection: train on defect-free images, test, predict, export.",
+    pretty_exceptions_enable=False,
+)
+
+
+class HypothesisChoice(str, Enum):
+    auto = "auto"
+    manifold = "manifold"
+    hypersphere = "hypersphere"
+
+
+class RecipeChoice(str, Enum):
+    fast = "fast"
+    paper = "paper"
+
+
+class GasChoice(str, Enum):
+    full = "full"
+    ascent = "ascent"
+    noise = "noise"
+    off = "off"
+
+
+class ForegroundChoice(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+@app.command()
+def train(
+    data_dir: Path = typer.Argument(..., help="Data set (MVTec layout: DATA_DIR/train/good), or a data-set root with --category."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory; the checkpoint is OUT/model.pt."),
+    recipe: RecipeChoice = typer.Option(RecipeChoice.fast, help="fast: cached features, cheaper GAS, early stopping. paper: the reference schedule (640 epochs)."),
+    backbone: str = typer.Option("efficientnet_lite2", help="Registered backbone or any timm name (see `glass backbones`)."),
+    weights: Optional[Path] = typer.Option(None, help="State-dict file with the backbone's pretrained weights."),
+    layers: Optional[str] = typer.Option(None, help="Comma-separated backbone layers (default: the stride-8 and stride-16 stages)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default by recipe: fast 40 with early stopping, paper 640)."),
+    textures: Optional[Path] = typer.Option(None, help="Folder of texture images for LAS (e.g. DTD); default: procedural textures."),
+    hypothesis: HypothesisChoice = typer.Option(HypothesisChoice.auto, help="auto = GLASS-j spectrogram rule; or force GLASS-m / GLASS-h."),
+    image_size: int = typer.Option(288, help="Input size (centre crop)."),
+    resize: Optional[int] = typer.Option(None, help="Shorter side before the crop (default: image size)."),
+    seed: int = typer.Option(0),
+    category: Optional[str] = typer.Option(None, help="Category folder inside DATA_DIR."),
+    dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, mvtec, mpdd, wfdd, visa, folder."),
+    foreground: ForegroundChoice = typer.Option(ForegroundChoice.auto, help="Keep LAS anomalies on the object (auto: objects yes, textures no)."),
+    las: bool = typer.Option(True, "--las/--no-las", help="Local anomaly synthesis (ablation: off)."),
+    gas: GasChoice = typer.Option(GasChoice.full, help="GAS ablation: noise only, + ascent, full (+ projection), off."),
+    adaptor: bool = typer.Option(True, "--adaptor/--no-adaptor", help="Linear adaptor (ablation: off)."),
+    r1: Optional[float] = typer.Option(None, help="Manifold truncation radius r1 (r2 = 2·r1 unless --r2)."),
+    r2: Optional[float] = typer.Option(None),
+    embed_dim: Optional[int] = typer.Option(None, help="Patch-vector width (default per backbone)."),
+    feature_std: Optional[float] = typer.Option(None, help="Scale-aware GAS target std (default 0.5); 0 disables the rescaling."),
+    gas_fraction: Optional[float] = typer.Option(None, help="Fraction of patches that go through gradient ascent."),
+    ascent_steps: Optional[int] = typer.Option(None),
+    ascent_step_size: Optional[float] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    early_stopping: Optional[bool] = typer.Option(None, "--early-stopping/--no-early-stopping"),
+    patience: Optional[int] = typer.Option(None),
+    holdout: Optional[float] = typer.Option(None, help="Fraction of normal images held out for validation and thresholds."),
+    false_alarm_rate: Optional[float] = typer.Option(None, "--far", help="Target false-alarm rate of the stored threshold (default 0.01)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train on DATA_DIR/train/good (normal images only)."""
+    from .trainer import train as run_training
+
+    _setup_logging(verbose)
+    overrides = dict(
+        backbone=backbone,
+        weights=str(weights) if weights else None,
+        layers=tuple(l.strip() for l in layers.split(",")) if layers else None,
+        epochs=epochs,
+        textures=str(textures) if textures else None,
+        hypothesis=hypothesis.value,
+        image_size=image_size,
+        resize=resize,
+        seed=seed,
+        foreground=foreground.value,
+        las=las,
+        gas=gas.value,
+        adaptor=adaptor,
+        r1=r1,
+        r2=r2 if r2 is not None else (2 * r1 if r1 is not None else None),
+        embed_dim=embed_dim,
+        gas_patch_fraction=gas_fraction,
+        ascent_steps=ascent_steps,
+        ascent_step_size=ascent_step_size,
+        batch_size=batch_size,
+        early_stopping=early_stopping,
+        patience=patience,
+        holdout_fraction=holdout,
+        target_false_alarm_rate=false_alarm_rate,
+        device=device,
+        num_threads=threads,
+    )
+    try:
+        config = make_config(recipe.value, **overrides)
+        if feature_std is not None:
+            config = config.replace(feature_std=feature_std if feature_std > 0 else None)
+        result = run_training(data_dir, out, config, category=category, layout=dataset, progress=not quiet)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    typer.echo(
+        f"saved {result.checkpoint} (hypothesis {result.hypothesis}, {result.epochs_run} epochs, "
+        f"model of epoch {result.best_epoch}, {result.wall_time_s:.0f} s)"
+    )
+    if result.calibration:
+        typer.echo(
+            f"image threshold {result.calibration['image_threshold']:.4f} for a "
+            f"{100 * result.calibration['target_false_alarm_rate']:.1f} % false-alarm rate "
+            f"(from {result.calibration['holdout_images']} held-out normal images)"
+        )
+
+
+@app.command()
+def test(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `glass train`."),
+    data_dir: Path = typer.Argument(..., help="Data set with test/good and test/<defect> (+ ground_truth masks)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON here."),
+    report: Optional[Path] = typer.Option(None, help="Folder for pictures (default: RUN_DIR/test_report)."),
+    category: Optional[str] = typer.Option(None),
+    dataset: str = typer.Option("auto", "--dataset"),
+    batch_size: int = typer.Option(8),
+    workers: int = typer.Option(0, help="Data-loading worker processes."),
+    device: str = typer.Option("auto"),
+    pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Score histogram and worst-case grid."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Evaluate a trained model on DATA_DIR/test (metrics never feed back into the model)."""
+    from .tester import test as run_test
+
+    _setup_logging(verbose)
+    try:
+        result = run_test(
+            run_dir,
+            data_dir,
+            category=category,
+            layout=dataset,
+            json_path=json_out,
+            report_dir=report or Path(run_dir) / "test_report",
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            progress=not quiet,
+            pictures=pictures,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    _print_report(result)
+
+
+def _print_report(result: dict) -> None:
+    def pct(value):
+        return "n/a" if value is None or value != value else f"{100 * value:.1f}"
+
+    typer.echo(
+        f"image AUROC {pct(result['image_auroc'])} | pixel AUROC {pct(result['pixel_auroc'])} | "
+        f"AUPRO {pct(result['aupro'])} | image AP {pct(result['image_ap'])} | pixel AP {pct(result['pixel_ap'])}"
+    )
+    for name, entry in sorted(result.get("per_defect_type", {}).items()):
+        typer.echo(f"  {name:<16} image AUROC {pct(entry['image_auroc'])} (n={entry['n']})")
+    stored = result.get("stored_threshold")
+    if stored:
+        typer.echo(
+            f"stored threshold {stored['image_threshold']:.4f}: precision {pct(stored['precision'])}, recall "
+            f"{pct(stored['recall'])}, F1 {pct(stored['f1'])}, false alarms {pct(stored['false_alarm_rate'])} % "
+            f"(target {pct(stored['target_false_alarm_rate'])} %)"
+        )
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for the data, the model and the report."),
+    epochs: int = typer.Option(8, help="Training epochs on the demo data."),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """The embedded default: generate a small surface-inspection data set, train, test, draw heatmaps."""
+    from .demo_data import make_demo_dataset
+    from .tester import test as run_test
+    from .trainer import train as run_training
+
+    data = make_demo_dataset(out / "data", seed=seed)
+    typer.echo(f"demo data: {data}")
+    config = make_config("fast", epochs=epochs, image_size=128, seed=seed, early_stopping=False)
+    result = run_training(data, out / "run", config, progress=not quiet)
+    typer.echo(f"trained in {result.wall_time_s:.0f} s → {result.checkpoint}")
+    report = run_test(out / "run", data, json_path=out / "metrics.json", report_dir=out / "report", progress=not quiet)
+    _print_report(report)
+    typer.echo(f"metrics: {out / 'metrics.json'}; pictures: {out / 'report'}")
+
+
+@app.command()
+def backbones() -> None:
+    """List the registered backbones (any timm model name also works)."""
+    from .backbones import BACKBONES
+
+    for name, spec in sorted(BACKBONES.items()):
+        typer.echo(f"{name:<20} layers {','.join(spec.default_layers):<18} {spec.description}")
+
+
+@app.command()
+def info(run_dir: Path = typer.Argument(...)) -> None:
+    """Show what a checkpoint holds: config, hypothesis, thresholds, training history summary."""
+    from .model import read_checkpoint
+
+    try:
+        checkpoint = read_checkpoint(run_dir)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+        return
+    summary = {
+        "backbone": checkpoint["backbone"],
+        "hypothesis": checkpoint.get("hypothesis"),
+        "spectrum": checkpoint.get("spectrum"),
+        "calibration": {k: v for k, v in (checkpoint.get("calibration") or {}).items() if k != "holdout_image_scores"},
+        "training": {k: v for k, v in checkpoint.get("training", {}).items() if k not in ("history", "holdout_paths")},
+        "config": checkpoint["config"],
+    }
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Patch features: the parameter-free part of E between the backbone maps and the adaptor.
+
+For every backbone level (the reference's PatchCore-style pipeline, reproduced exactly):
+1. unfold each map into 3×3 neighbourhoods (stride 1, padding 1) → a (C·9)-vector per position;
+2. upsample the coarser levels' (C·9)-channel maps bilinearly to the finest (stride-8) grid;
+3. average-pool each level's vector over the channel axis to `embed_dim`, stack the levels and pool the
+   stacked vector again to `embed_dim`.
+
+Steps 3 is linear and fixed, so it is precomputed once as one (C·9 × D) matrix per level: one matmul per
+level instead of two adaptive-pooling passes, and an ONNX-friendly graph.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_EMBED_DIM = 1536  # the reference's pretrain/target embedding width
+
+
+def default_embed_dim(channels: Sequence[int], patch_size: int = 3) -> int:
+    """Per-backbone default width: the reference's 1536, but never wider than any level's raw vector."""
+    return min(MAX_EMBED_DIM, min(c * patch_size * patch_size for c in channels))
+
+
+def adaptive_pool_matrix(in_features: int, out_features: int) -> torch.Tensor:
+    """The (in × out) matrix M with x @ M == adaptive_avg_pool1d(x, out) for every x."""
+    eye = torch.eye(in_features).unsqueeze(1)  # in × 1 × in
+    return F.adaptive_avg_pool1d(eye, out_features).squeeze(1)  # in × out
+
+
+class PatchAggregator(nn.Module):
+    """Backbone maps (list of B×C_l×H_l×W_l) → patch features B×P×D on the finest grid."""
+
+    def __init__(self, channels: Sequence[int], embed_dim: int, patch_size: int = 3):
+        super().__init__()
+        self.channels = list(channels)
+        self.embed_dim = int(embed_dim)
+        self.patch_size = int(patch_size)
+        k = patch_size * patch_size
+        widths = [c * k for c in channels]
+        levels = len(channels)
+        # Final pooling over the stacked levels (levels·D → D), split per level.
+        stacked = adaptive_pool_matrix(levels * embed_dim, embed_dim)
+        for i, width in enumerate(widths):
+            per_level = adaptive_pool_matrix(width, embed_dim)
+            combined = per_level @ stacked[i * embed_dim : (i + 1) * embed_dim]
+            self.register_buffer(f"pool_{i}", combined.contiguous(), persistent=False)
+
+    def _pool(self, i: int) -> torch.Tensor:
+        return getattr(self, f"pool_{i}")
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        height, width = maps[0].shape[-2:]
+        pad = (self.patch_size - 1) // 2
+        out = None
+        for i, fmap in enumerate(maps):
+            b, c, h, w = fmap.shape
+            patches = F.unfold(fmap, kernel_size=self.patch_size, padding=pad)  # B × C·9 × h·w
+            patches = patches.view(b, c * self.patch_size**2, h, w)
+            if (h, w) != (height, width):
+                patches = F.interpolate(patches, size=(height, width), mode="bilinear", align_corners=False)
+            patches = patches.flatten(2).transpose(1, 2)  # B × P × C·9
+            term = patches @ self._pool(i)
+            out = term if out is None else out + term
+        assert out is not None
+        return out
+
+    def grid_size(self, image_size: int, stride: int = 8) -> int:
+        return image_size // stride

@@ -1,0 +1,99 @@
+"""Global Anomaly Synthesis (GAS): feature-level anomalies near the normal distribution.
+
+g = u + ε (ε ~ N(0, σ²)), then `ascent_steps` normalised gradient-ascent steps of size η on
+L_gas = BCE(D(g), 1), with a truncated projection every `project_every` steps:
+
+* manifold (GLASS-m): g − u rescaled so that r1 ≤ ‖g − u‖ ≤ r2;
+* hypersphere (GLASS-h): g − c rescaled so that r′1 ≤ ‖g − c‖ ≤ 2r′1, with c the per-position mean
+  normal feature and r′1 the `radius_quantile` of the normal distances to c.
+
+The returned v keeps the adaptor's gradient through u (v = u + δ with δ a constant), so the GAS loss
+trains A as well as D.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GASSettings:
+    hypothesis: str = "manifold"  # or "hypersphere"
+    mode: str = "full"  # "noise" (no ascent, no projection), "ascent" (no projection), "full", "off"
+    noise_std: float = 0.015
+    steps: int = 20
+    step_size: float = 0.001
+    project_every: int = 5
+    r1: float = 0.5
+    r2: float = 1.0
+
+
+def truncate_norm(delta: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:
+    """Rescale each row of `delta` so that its L2 norm lies in [low, high] (direction kept)."""
+    norm = delta.norm(dim=1, keepdim=True)
+    target = norm.clamp(min=low, max=high)
+    return delta * (target / (norm + 1e-10))
+
+
+def hypersphere_radius(points: torch.Tensor, centres: torch.Tensor, quantile: float = 0.75) -> torch.Tensor:
+    """r′1: the `quantile` of ‖x − c‖ over normal patch vectors (no gradient)."""
+    with torch.no_grad():
+        distances = (points - centres).norm(dim=1)
+        if distances.numel() > 1_000_000:  # torch.quantile's input limit; a random subset is plenty
+            distances = distances[torch.randperm(distances.numel(), device=distances.device)[:1_000_000]]
+        return torch.quantile(distances.float(), quantile)
+
+
+def synthesize(
+    discriminator: nn.Module,
+    normal: torch.Tensor,
+    settings: GASSettings,
+    *,
+    centres: torch.Tensor | None = None,
+    radius: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Return GAS features v for the N×D normal features `normal` (which may carry gradient).
+
+    During the ascent D sees normal and synthetic vectors together, as in the reference, so its batch
+    normalisation statistics are those of the mixed batch.
+    """
+    u = normal.detach()
+    noise = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype) * settings.noise_std
+    g = u + noise
+    if settings.mode in ("ascent", "full"):
+        hypersphere = settings.hypothesis == "hypersphere"
+        if hypersphere and (centres is None or radius is None):
+            raise ValueError("the hypersphere projection needs centres and radius")
+        for step in range(settings.steps):
+            g = g.detach().requires_grad_(True)
+            with torch.enable_grad():
+                scores = discriminator(torch.cat([u, g]))[len(u) :]
+                loss = F.binary_cross_entropy(scores, torch.ones_like(scores))
+                (grad,) = torch.autograd.grad(loss, [g])
+            with torch.no_grad():
+                g = g + settings.step_size * grad / (grad.norm(dim=1, keepdim=True) + 1e-10)
+                if settings.mode == "full" and (step + 1) % settings.project_every == 0:
+                    if hypersphere:
+                        g = centres + truncate_norm(g - centres, radius, 2 * radius)
+                    else:
+                        g = u + truncate_norm(g - u, settings.r1, settings.r2)
+    delta = (g - u).detach()
+    return normal + delta
+
+
+def project_las_features(
+    features: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, radius: torch.Tensor
+) -> torch.Tensor:
+    """Hypersphere mode: move LAS anomaly vectors (label 1) into the shell [2r′1, 4r′1] around c."""
+    anomalous = labels > 0.5
+    if not anomalous.any():
+        return features
+    moved = centres[anomalous] + truncate_norm(features[anomalous] - centres[anomalous], 2 * radius, 4 * radius)
+    out = features.clone()
+    out[anomalous] = moved
+    return out

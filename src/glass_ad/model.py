@@ -1,0 +1,203 @@
+"""`GlassModel`: the inference graph, and the checkpoint that holds everything it needs.
+
+image (B×3×S×S, floats in [0, 1]) → frozen backbone → patch aggregation → feature scale → adaptor A →
+discriminator D → patch scores (B×h×w) → bilinear upsample to S×S → Gaussian smoothing (σ = 4) = anomaly
+map; image score = max of the unsmoothed patch scores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import FrozenBackbone, create_backbone
+from .config import GlassConfig
+from .discriminator import Adaptor, Discriminator
+from .features import PatchAggregator, default_embed_dim
+
+CHECKPOINT_FORMAT = "glass-ad/1"
+CHECKPOINT_NAME = "model.pt"
+FEATURE_STRIDE = 8
+
+
+class GaussianBlur(nn.Module):
+    """Separable Gaussian smoothing with a fixed kernel (truncated at 4σ like scipy.ndimage)."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.sigma = float(sigma)
+        radius = max(1, int(4.0 * sigma + 0.5))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+        self.radius = radius
+        self.register_buffer("kernel", (kernel / kernel.sum()), persistent=False)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:  # B×1×H×W
+        if self.sigma <= 0:
+            return maps
+        r = self.radius
+        k = self.kernel.to(maps.dtype)
+        x = F.pad(maps, (r, r, 0, 0), mode="reflect")
+        x = F.conv2d(x, k.view(1, 1, 1, -1))
+        x = F.pad(x, (0, 0, r, r), mode="reflect")
+        return F.conv2d(x, k.view(1, 1, -1, 1))
+
+
+class GlassOutput(NamedTuple):
+    image_scores: torch.Tensor  # B
+    anomaly_maps: torch.Tensor  # B×S×S (smoothed)
+    patch_scores: torch.Tensor  # B×h×w
+
+
+class GlassModel(nn.Module):
+    """Backbone + aggregation + adaptor + discriminator + map post-processing."""
+
+    def __init__(
+        self,
+        backbone: FrozenBackbone,
+        aggregator: PatchAggregator,
+        discriminator: Discriminator,
+        adaptor: Adaptor | None,
+        *,
+        image_size: int,
+        feature_scale: float = 1.0,
+        smoothing_sigma: float = 4.0,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.aggregator = aggregator
+        self.adaptor = adaptor if adaptor is not None else nn.Identity()
+        self.discriminator = discriminator
+        self.image_size = int(image_size)
+        self.register_buffer("feature_scale", torch.tensor(float(feature_scale)))
+        self.blur = GaussianBlur(smoothing_sigma)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // FEATURE_STRIDE
+
+    @property
+    def embed_dim(self) -> int:
+        return self.aggregator.embed_dim
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled patch features before the adaptor: B×P×D (the part that never changes in training)."""
+        return self.aggregator(self.backbone(images)) * self.feature_scale
+
+    def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """B×P×D features → B×h×w discriminator scores."""
+        b, p, d = features.shape
+        scores = self.discriminator(self.adaptor(features.reshape(b * p, d)))
+        side = int(math.isqrt(p))
+        return scores.view(b, side, side)
+
+    def postprocess(self, patch_scores: torch.Tensor) -> GlassOutput:
+        maps = F.interpolate(
+            patch_scores.unsqueeze(1), size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
+        maps = self.blur(maps).squeeze(1)
+        image_scores = patch_scores.flatten(1).amax(dim=1)
+        return GlassOutput(image_scores, maps, patch_scores)
+
+    def forward(self, images: torch.Tensor) -> GlassOutput:
+        return self.postprocess(self.patch_scores(self.features(images)))
+
+
+def build_model(config: GlassConfig, *, channels: list[int] | None = None) -> GlassModel:
+    """A fresh (untrained) model for `config`; loads the backbone's pretrained weights."""
+    backbone = create_backbone(config.backbone, config.layers, config.weights)
+    channels = channels or backbone.channels()
+    embed_dim = config.embed_dim or default_embed_dim(channels, config.patch_size)
+    aggregator = PatchAggregator(channels, embed_dim, config.patch_size)
+    adaptor = Adaptor(embed_dim) if config.adaptor else None
+    discriminator = Discriminator(embed_dim, config.dsc_hidden, config.dsc_layers)
+    return GlassModel(
+        backbone,
+        aggregator,
+        discriminator,
+        adaptor,
+        image_size=config.image_size,
+        smoothing_sigma=config.smoothing_sigma,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints: one file, plain tensors and primitives only (loadable with weights_only=True).
+
+
+def checkpoint_path(run: str | os.PathLike) -> Path:
+    path = Path(run)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def make_checkpoint(model: GlassModel, config: GlassConfig, **extra: Any) -> dict[str, Any]:
+    adaptor = model.adaptor.state_dict() if isinstance(model.adaptor, Adaptor) else None
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": config.to_dict(),
+        "backbone": {
+            "name": model.backbone.name,
+            "layers": list(model.backbone.layers),
+            "channels": list(model.aggregator.channels),
+        },
+        "embed_dim": model.embed_dim,
+        "feature_scale": float(model.feature_scale),
+        "adaptor": {k: v.detach().cpu() for k, v in adaptor.items()} if adaptor else None,
+        "discriminator": {k: v.detach().cpu() for k, v in model.discriminator.state_dict().items()},
+        **extra,
+    }
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write atomically: a crash mid-write never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(run: str | os.PathLike) -> dict[str, Any]:
+    path = checkpoint_path(run)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (train one with `glass train DATA --out RUN_DIR`)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], device: str | torch.device = "cpu") -> GlassModel:
+    config = GlassConfig.from_dict(checkpoint["config"])
+    config = config.replace(layers=tuple(checkpoint["backbone"]["layers"]), embed_dim=checkpoint["embed_dim"])
+    model = build_model(config, channels=list(checkpoint["backbone"]["channels"]))
+    model.feature_scale.fill_(checkpoint["feature_scale"])
+    if checkpoint["adaptor"] is not None:
+        model.adaptor.load_state_dict(checkpoint["adaptor"])
+    model.discriminator.load_state_dict(checkpoint["discriminator"])
+    return model.to(device).eval()
+
+
+def load_model(run: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GlassModel, dict[str, Any]]:
+    """Load a trained model from a run directory or checkpoint file."""
+    checkpoint = read_checkpoint(run)
+    return model_from_checkpoint(checkpoint, device), checkpoint
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,195 @@
+"""`glass test`: score a data set's test split with a trained model and report honest metrics.
+
+The model, its thresholds and its score normalisation were all fixed at training time; the test set only
+measures them. Memory stays flat in the number of test images apart from the metric inputs (one score
+map per image at the model's resolution).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .calibration import normalize_scores
+from .config import GlassConfig
+from .datasets import ImageDataset, Preprocessor, load_dataset
+from .evaluate import StreamingEvaluator
+from .io import ImageReadError
+from .metrics import threshold_stats
+from .model import load_model, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def _collate(items):
+    keep = [item for item in items if item is not None]
+    if not keep:
+        return None
+    return {
+        "image": torch.stack([i["image"] for i in keep]),
+        "mask": torch.stack([i["mask"] for i in keep]),
+        "label": torch.tensor([i["label"] for i in keep]),
+        "defect_type": [i["defect_type"] for i in keep],
+        "path": [str(i["path"]) for i in keep],
+    }
+
+
+class _SkippingDataset(torch.utils.data.Dataset):
+    """Wraps ImageDataset: an unreadable file is logged (one line) and skipped, not fatal."""
+
+    def __init__(self, inner: ImageDataset):
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index):
+        try:
+            return self.inner[index]
+        except ImageReadError as error:
+            log.warning("skipped: %s", error)
+            return None
+
+
+def test(
+    run_dir: str | Path,
+    data_root: str | Path,
+    *,
+    category: str | None = None,
+    layout: str = "auto",
+    json_path: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    batch_size: int = 8,
+    workers: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    pictures: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluate the model in `run_dir` on `data_root/test`; returns (and optionally writes) the report."""
+    start = time.perf_counter()
+    torch_device = resolve_device(device)
+    model, checkpoint = load_model(run_dir, torch_device)
+    config = GlassConfig.from_dict(checkpoint["config"])
+    dataset = load_dataset(data_root, layout, category=category)
+    if not dataset.test:
+        raise ValueError(f"{dataset.root} has no test images (expected test/good and test/<defect> folders)")
+    preprocessor = Preprocessor(config.image_size, config.resize)
+    loader = torch.utils.data.DataLoader(
+        _SkippingDataset(ImageDataset(dataset.test, preprocessor)),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+    evaluator = StreamingEvaluator(config.image_size, expected=len(dataset.test))
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="testing", unit="batch", disable=not progress):
+            if batch is None:
+                continue
+            out = model(batch["image"].to(torch_device))
+            masks = batch["mask"][:, 0].numpy() > 0.5
+            evaluator.add(
+                out.image_scores.cpu().numpy(),
+                out.anomaly_maps.cpu().numpy().astype(np.float32),
+                batch["label"].numpy(),
+                masks,
+                batch["defect_type"],
+                batch["path"],
+            )
+    report: dict[str, Any] = evaluator.compute()
+    report["hypothesis"] = checkpoint.get("hypothesis")
+    report["backbone"] = checkpoint["backbone"]["name"]
+    report["recipe"] = config.recipe
+    report["image_size"] = config.image_size
+    report["test_wall_time_s"] = time.perf_counter() - start
+    report["train_wall_time_s"] = checkpoint.get("training", {}).get("wall_time_s")
+    report["epochs_run"] = checkpoint.get("training", {}).get("epochs_run")
+
+    calibration = checkpoint.get("calibration") or {}
+    scores = evaluator.image_scores
+    labels = evaluator.labels
+    if "image_threshold" in calibration:
+        threshold = calibration["image_threshold"]
+        stats = threshold_stats(scores, labels, threshold)
+        report["stored_threshold"] = {
+            "image_threshold": threshold,
+            "target_false_alarm_rate": calibration.get("target_false_alarm_rate"),
+            "source": calibration.get("method"),
+            **stats,
+        }
+        report["normalized_scores"] = {
+            "normal_median": float(np.median(normalize_scores(scores[labels == 0], calibration["image_normalization"])))
+            if (labels == 0).any()
+            else None,
+        }
+
+    if pictures and report_dir is not None:
+        _write_pictures(report_dir, evaluator, preprocessor, calibration, model, torch_device)
+        report["pictures"] = str(report_dir)
+    if json_path is not None:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_jsonable(report), indent=2))
+    return report
+
+
+def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, device) -> None:
+    """Score histogram with the threshold, and a grid of the worst false positives / negatives."""
+    from . import visualize
+    from .io import read_image
+
+    folder = Path(report_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    scores, labels = evaluator.image_scores, evaluator.labels
+    threshold = calibration.get("image_threshold")
+    visualize.score_histogram(
+        scores[labels == 0], scores[labels == 1], threshold, folder / "score_histogram.png", title="image scores (test)"
+    )
+    if threshold is None:
+        return
+    false_pos, false_neg = evaluator.worst_cases(threshold, k=6)
+    panels, titles = [], []
+    maps = evaluator.maps
+    vmax = float(np.quantile(maps[: len(scores)], 0.999)) if len(scores) else 1.0
+    for kind, indices in (("false positive", false_pos), ("false negative", false_neg)):
+        for i in indices:
+            path = evaluator.paths[i]
+            try:
+                image = (preprocessor.image(read_image(path)) * 255).byte().permute(1, 2, 0).numpy()
+            except ImageReadError:
+                continue
+            gt = evaluator.masks[i] if labels[i] == 1 else None
+            panels.append(
+                visualize.overlay_panel(
+                    image,
+                    maps[i],
+                    vmin=0.0,
+                    vmax=max(vmax, 1e-6),
+                    threshold=calibration.get("pixel_threshold"),
+                    title=f"{kind}: score {scores[i]:.3f} (thr {threshold:.3f}) {Path(path).name}",
+                    gt_mask=gt,
+                )
+            )
+    if panels:
+        visualize.case_grid(panels, folder / "worst_cases.png", columns=1)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value

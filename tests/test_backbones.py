@@ -1,0 +1,89 @@
+import urllib.error
+
+import pytest
+import torch
+
+from glass_ad import backbones
+from glass_ad.backbones import BackboneWeightsError, create_backbone
+
+
+@pytest.fixture(scope="module")
+def lite2():
+    return create_backbone("efficientnet_lite2")
+
+
+def test_lite2_offline_weights_give_stride8_and_stride16_maps(lite2):
+    maps = lite2(torch.rand(2, 3, 96, 96))
+    assert [tuple(m.shape) for m in maps] == [(2, 48, 12, 12), (2, 120, 6, 6)]
+    assert all(torch.isfinite(m).all() for m in maps)
+
+
+def test_unused_layers_are_not_built(lite2):
+    # Stem + blocks 0..4: the stride-32 blocks 5 and 6 and the head are gone.
+    assert list(lite2.extractor.stages.keys()) == ["stem", "blocks_0", "blocks_1", "blocks_2", "blocks_3", "blocks_4"]
+    assert not any("conv_head" in name for name, _ in lite2.named_modules())
+
+
+def test_backbone_is_frozen(lite2):
+    assert not any(p.requires_grad for p in lite2.parameters())
+    lite2.train()
+    assert not lite2.training
+
+
+def test_pretrained_weights_are_loaded_not_random():
+    a = create_backbone("efficientnet_lite0")
+    b = create_backbone("efficientnet_lite0")
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(a(x)[0], b(x)[0])  # deterministic weights from the package, not a random init
+
+
+def test_unknown_layer_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown layer"):
+        create_backbone("efficientnet_lite0", layers=("blocks.9",))
+
+
+def test_missing_torchvision_weights_say_how_to_provide_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(BackboneWeightsError, match="--weights PATH"):
+        create_backbone("wide_resnet50_2")
+
+
+def test_weights_path_and_torch_cache_are_used(tmp_path, monkeypatch):
+    import torchvision
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    path = tmp_path / "r18.pth"
+    torch.save(state, path)
+    model = create_backbone("resnet18", weights=str(path))
+    maps = model(torch.rand(1, 3, 64, 64))
+    assert [m.shape[1] for m in maps] == [128, 256]
+    assert list(model.extractor.stages.keys()) == ["stem", "layer1", "layer2", "layer3"]
+    # The same file found in the torch hub cache, no path given:
+    cache = tmp_path / "hub"
+    (cache / "checkpoints").mkdir(parents=True)
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    torch.save(state, cache / "checkpoints" / url.rsplit("/", 1)[-1])
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(cache))
+    assert torch.equal(create_backbone("resnet18")(torch.zeros(1, 3, 64, 64))[0], model(torch.zeros(1, 3, 64, 64))[0])
+
+
+def test_registry_lists_paper_backbones():
+    names = backbones.list_backbones()
+    for name in ("efficientnet_lite2", "efficientnet_lite0", "wide_resnet50_2", "resnet18", "resnet50", "resnet101"):
+        assert name in names
+
+
+def test_any_timm_name_with_a_weights_file(tmp_path):
+    import timm
+
+    state = timm.create_model("resnet10t", pretrained=False).state_dict()
+    path = tmp_path / "w.pth"
+    torch.save(state, path)
+    model = create_backbone("resnet10t", weights=str(path))
+    maps = model(torch.rand(1, 3, 64, 64))
+    assert [m.shape[-1] for m in maps] == [8, 4]

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+from glass_ad.discriminator import Discriminator
+from glass_ad.gas import GASSettings, hypersphere_radius, project_las_features, synthesize, truncate_norm
+
+DIM = 32
+
+
+@pytest.fixture()
+def disc():
+    torch.manual_seed(0)
+    return Discriminator(DIM, hidden=16)
+
+
+def test_truncate_norm_lands_in_interval():
+    delta = torch.randn(500, DIM) * torch.logspace(-3, 2, 500).unsqueeze(1)
+    norms = truncate_norm(delta, 0.5, 1.0).norm(dim=1)
+    assert norms.min() >= 0.5 - 1e-5 and norms.max() <= 1.0 + 1e-5
+    inside = (delta.norm(dim=1) >= 0.5) & (delta.norm(dim=1) <= 1.0)
+    assert torch.allclose(truncate_norm(delta, 0.5, 1.0)[inside], delta[inside])  # untouched inside
+
+
+def test_manifold_projection_radius(disc):
+    u = torch.randn(400, DIM)
+    # Large noise so that the projection must shrink most vectors; small noise so that it must grow some.
+    for noise in (0.001, 0.5):
+        settings = GASSettings("manifold", noise_std=noise, steps=10, step_size=0.01, project_every=5, r1=0.5, r2=1.0)
+        v = synthesize(disc, u, settings, generator=torch.Generator().manual_seed(1))
+        dist = (v - u).norm(dim=1)
+        assert dist.min() >= 0.5 - 1e-4 and dist.max() <= 1.0 + 1e-4
+
+
+def test_hypersphere_projection_radius(disc):
+    u = torch.randn(400, DIM)
+    centres = torch.zeros_like(u)
+    radius = hypersphere_radius(u, centres, 0.75)
+    expected = torch.quantile(u.norm(dim=1), 0.75)
+    assert math.isclose(float(radius), float(expected), rel_tol=1e-6)
+    # r'1 covers 75 % of the normal points.
+    assert math.isclose(float((u.norm(dim=1) <= radius).float().mean()), 0.75, abs_tol=0.01)
+    settings = GASSettings("hypersphere", steps=5, project_every=5)
+    v = synthesize(disc, u, settings, centres=centres, radius=radius, generator=torch.Generator().manual_seed(1))
+    dist = v.norm(dim=1)
+    assert dist.min() >= radius - 1e-4 and dist.max() <= 2 * radius + 1e-4
+
+
+def test_las_anomalies_pushed_to_outer_shell():
+    features = torch.randn(100, DIM)
+    labels = (torch.arange(100) % 3 == 0).float()
+    centres = torch.zeros_like(features)
+    radius = torch.tensor(2.0)
+    out = project_las_features(features, labels, centres, radius)
+    dist = out[labels > 0].norm(dim=1)
+    assert dist.min() >= 4.0 - 1e-4 and dist.max() <= 8.0 + 1e-4
+    assert torch.equal(out[labels == 0], features[labels == 0])
+
+
+def test_noise_only_mode_is_gaussian(disc):
+    u = torch.zeros(2000, DIM)
+    v = synthesize(disc, u, GASSettings(mode="noise", noise_std=0.015), generator=torch.Generator().manual_seed(0))
+    assert math.isclose(float(v.std()), 0.015, rel_tol=0.05)
+
+
+def test_ascent_moves_towards_higher_loss(disc):
+    # Each normalised step has length η: without projection the total move is at most steps·η.
+    u = torch.randn(300, DIM)
+    settings = GASSettings(mode="ascent", noise_std=0.0, steps=4, step_size=0.05)
+    v = synthesize(disc, u, settings, generator=torch.Generator().manual_seed(0))
+    moved = (v - u).norm(dim=1)
+    assert moved.max() <= 0.2 + 1e-5 and moved.mean() > 0.18  # 4 steps of 0.05, nearly straight
+    loss_before = torch.nn.functional.binary_cross_entropy(disc(torch.cat([u, u]))[300:], torch.ones(300, 1))
+    loss_after = torch.nn.functional.binary_cross_entropy(disc(torch.cat([u, v]))[300:], torch.ones(300, 1))
+    assert loss_after > loss_before
+
+
+def test_gas_output_carries_gradient_to_the_input(disc):
+    u = torch.randn(50, DIM, requires_grad=True)
+    v = synthesize(disc, u, GASSettings(steps=5, project_every=5), generator=torch.Generator().manual_seed(0))
+    v.sum().backward()
+    assert torch.allclose(u.grad, torch.ones_like(u))
