@@ -1,0 +1,154 @@
+"""`glass benchmark`: where the time goes, for one backbone and image size, on this machine.
+
+Prints backbone-only and full-inference throughput (batch 8 and batch 1), training seconds per
+iteration split into backbone / GAS / LAS / rest, and peak RAM. Random inputs: the numbers measure
+compute, not accuracy.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+from .config import GlassConfig, make_config
+from .model import build_model, resolve_device
+
+
+def _throughput(fn, batch: torch.Tensor, repeats: int) -> float:
+    with torch.inference_mode():
+        fn(batch)  # warm-up (allocations, kernel selection)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn(batch)
+        _sync(batch.device)
+        return repeats * len(batch) / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def run_benchmark(config: GlassConfig, *, repeats: int = 5, train_iterations: int = 4) -> dict[str, Any]:
+    device = resolve_device(config.device)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    model = build_model(config).to(device).eval()
+    size = config.image_size
+    result: dict[str, Any] = {
+        "backbone": config.backbone,
+        "image_size": size,
+        "embed_dim": model.embed_dim,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    for batch_size in (8, 1):
+        batch = torch.rand(batch_size, 3, size, size, device=device)
+        backbone = _throughput(model.backbone, batch, repeats)
+        full = _throughput(model, batch, repeats)
+        result[f"backbone_img_s_b{batch_size}"] = backbone
+        result[f"inference_img_s_b{batch_size}"] = full
+        result[f"inference_vs_backbone_b{batch_size}"] = full / backbone
+    result["inference_peak_rss_mb"] = _rss_mb()
+    result.update(_training_breakdown(config, model, device, train_iterations))
+    result["peak_rss_mb"] = _rss_mb()
+    return result
+
+
+def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> dict[str, float]:
+    """Seconds per training iteration, split by branch, with synthetic images and LAS masks."""
+    from . import gas as gas_module
+    from .las import LocalAnomalySynthesizer
+    from .textures import load_textures
+    from .trainer import gas_settings, training_step
+
+    size = config.image_size
+    rng = np.random.default_rng(0)
+    generator = torch.Generator().manual_seed(0)
+    synthesizer = LocalAnomalySynthesizer(size, load_textures(config.textures, size))
+    model.discriminator.train()
+    model.adaptor.train()
+    optimizers = [torch.optim.AdamW(model.discriminator.parameters(), lr=config.lr * 2)]
+    if config.adaptor:
+        optimizers.append(torch.optim.Adam(model.adaptor.parameters(), lr=config.lr))
+    settings = gas_settings(config, "manifold")
+    centre = torch.zeros(model.grid**2, model.embed_dim, device=device)
+    images = torch.rand(config.batch_size, 3, size, size)
+    timings = {"backbone": 0.0, "las": 0.0, "gas": 0.0, "step_total": 0.0}
+
+    original = gas_module.synthesize
+
+    def timed_synthesize(*args, **kwargs):
+        start = time.perf_counter()
+        out = original(*args, **kwargs)
+        _sync(device)
+        timings["gas"] += time.perf_counter() - start
+        return out
+
+    gas_module.synthesize = timed_synthesize
+    try:
+        for i in range(iterations + 1):
+            if i == 1:  # first iteration is warm-up
+                timings = {k: 0.0 for k in timings}
+            start = time.perf_counter()
+            synthetic = synthesizer(images, None, rng)
+            timings["las"] += time.perf_counter() - start
+            start = time.perf_counter()
+            with torch.no_grad():
+                normal = model.features(images.to(device))
+                las_features = model.features(synthetic.images.to(device))
+            _sync(device)
+            # With the fast recipe the normal features come from the cache: count them only once.
+            timings["backbone"] += (time.perf_counter() - start) / (2 if config.cache_features else 1)
+            start = time.perf_counter()
+            training_step(
+                model, optimizers, normal, las_features, synthetic.patch_labels.to(device), centre, config, settings, generator
+            )
+            _sync(device)
+            timings["step_total"] += time.perf_counter() - start
+    finally:
+        gas_module.synthesize = original
+    per_it = {k: v / iterations for k, v in timings.items()}
+    rest = per_it["step_total"] - per_it["gas"]
+    total = per_it["backbone"] + per_it["las"] + per_it["step_total"]
+    return {
+        "train_s_per_it_backbone": per_it["backbone"],
+        "train_s_per_it_las": per_it["las"],
+        "train_s_per_it_gas": per_it["gas"],
+        "train_s_per_it_rest": rest,
+        "train_s_per_it_total": total,
+    }
+
+
+def format_benchmark(result: dict[str, Any]) -> str:
+    lines = [
+        f"backbone {result['backbone']} @ {result['image_size']} px, D={result['embed_dim']}, "
+        f"{result['device']}, {result['threads']} threads",
+    ]
+    for b in (8, 1):
+        lines.append(
+            f"batch {b}: backbone {result[f'backbone_img_s_b{b}']:.1f} img/s, full inference "
+            f"{result[f'inference_img_s_b{b}']:.1f} img/s ({100 * result[f'inference_vs_backbone_b{b}']:.0f} % of backbone)"
+        )
+    lines.append(
+        "training s/iteration: "
+        f"backbone {result['train_s_per_it_backbone']:.3f}, GAS {result['train_s_per_it_gas']:.3f}, "
+        f"LAS {result['train_s_per_it_las']:.3f}, rest {result['train_s_per_it_rest']:.3f}, "
+        f"total {result['train_s_per_it_total']:.3f}"
+    )
+    lines.append(f"peak RSS: inference {result['inference_peak_rss_mb']:.0f} MB, with training {result['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+def benchmark_config(recipe: str = "fast", **overrides: Any) -> GlassConfig:
+    return make_config(recipe, **overrides)
