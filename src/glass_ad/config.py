@@ -28,6 +28,10 @@ class GlassConfig:
     weights: str | None = None  # path to a state dict; None: the backbone's default source
     image_size: int = 288  # center-crop size fed to the network
     resize: int | None = None  # shorter side before the crop; None: same as image_size
+    # crop: resize the shorter side, centre-crop (the reference). stretch: resize both sides (keeps the
+    # whole image). auto: stretch when the training images are elongated (long/short side > 1.5), where
+    # a centre crop would cut away whole regions — and their defects.
+    fit: Literal["auto", "crop", "stretch"] = "auto"
     patch_size: int = 3  # neighbourhood aggregation p
     embed_dim: int | None = None  # target width of the pooled patch vector; None: per-backbone default
     adaptor: bool = True  # the linear adaptor A (ablation: off)

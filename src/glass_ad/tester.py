@@ -28,6 +28,11 @@ from .model import load_model, resolve_device
 log = logging.getLogger(__name__)
 
 
+def _resolved_fit(config: GlassConfig) -> str:
+    # Checkpoints store the fit chosen at training time; "auto" can only remain in hand-made configs.
+    return "crop" if config.fit == "auto" else config.fit
+
+
 def _collate(items):
     keep = [item for item in items if item is not None]
     if not keep:
@@ -81,7 +86,7 @@ def test(
     dataset = load_dataset(data_root, layout, category=category)
     if not dataset.test:
         raise ValueError(f"{dataset.root} has no test images (expected test/good and test/<defect> folders)")
-    preprocessor = Preprocessor(config.image_size, config.resize)
+    preprocessor = Preprocessor(config.image_size, config.resize, _resolved_fit(config))
     loader = torch.utils.data.DataLoader(
         _SkippingDataset(ImageDataset(dataset.test, preprocessor)),
         batch_size=batch_size,

@@ -71,6 +71,24 @@ def split_holdout(samples: list[Sample], config: GlassConfig) -> tuple[list[Samp
     return [s for i, s in enumerate(samples) if i not in chosen], [samples[i] for i in holdout]
 
 
+ELONGATED = 1.5
+
+
+def choose_fit(samples: list[Sample], probe: int = 16) -> str:
+    """'stretch' when the images are elongated (a centre crop would drop whole regions), else 'crop'."""
+    from PIL import Image
+
+    ratios = []
+    for sample in samples[:: max(1, len(samples) // probe)][:probe]:
+        try:
+            with Image.open(sample.path) as image:
+                width, height = image.size
+        except Exception:  # unreadable files are reported when decoded
+            continue
+        ratios.append(max(width, height) / max(1, min(width, height)))
+    return "stretch" if ratios and float(np.median(ratios)) > ELONGATED else "crop"
+
+
 def decode_images(
     samples: list[Sample], preprocessor: Preprocessor, *, progress: bool = True, desc: str = "decoding"
 ) -> tuple[torch.Tensor, list[Sample]]:
@@ -291,7 +309,10 @@ def train(
     # 1-2. Normal images only, decoded once.
     dataset = load_dataset(data_root, layout, category=category)
     train_samples, holdout_samples = split_holdout(dataset.train, config)
-    preprocessor = Preprocessor(config.image_size, config.resize)
+    if config.fit == "auto":
+        config = config.replace(fit=choose_fit(dataset.train))
+        echo(f"image fit: {config.fit}")
+    preprocessor = Preprocessor(config.image_size, config.resize, config.fit)
     images, train_samples = decode_images(train_samples, preprocessor, progress=progress)
     holdout = decode_images(holdout_samples, preprocessor, progress=progress, desc="decoding holdout")[0] if holdout_samples else None
     if len(images) < config.batch_size:

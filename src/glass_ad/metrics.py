@@ -1,0 +1,173 @@
+"""Evaluation metrics: AUROC / AP (scikit-learn), AUPRO, threshold statistics.
+
+All functions take numpy arrays and return plain Python floats (or dicts of them).
+Metrics that are undefined because only one class is present return ``float('nan')``.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+__all__ = [
+    "image_auroc",
+    "image_ap",
+    "pixel_auroc",
+    "pixel_ap",
+    "aupro",
+    "threshold_stats",
+    "f1_optimal_threshold",
+]
+
+
+def _flat(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in size: {s.shape} vs {y.shape}")
+    return s, y
+
+
+def _two_classes(y: np.ndarray) -> bool:
+    return y.size > 0 and bool(y.any()) and not bool(y.all())
+
+
+def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Image-level ROC AUC (nan if only one class is present)."""
+    s, y = _flat(scores, labels)
+    return float(roc_auc_score(y, s)) if _two_classes(y) else float("nan")
+
+
+def image_ap(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Image-level average precision (nan if only one class is present)."""
+    s, y = _flat(scores, labels)
+    return float(average_precision_score(y, s)) if _two_classes(y) else float("nan")
+
+
+def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
+    """Pixel-level ROC AUC over all pixels of all images."""
+    return image_auroc(maps, masks)
+
+
+def pixel_ap(maps: np.ndarray, masks: np.ndarray) -> float:
+    """Pixel-level average precision over all pixels of all images."""
+    return image_ap(maps, masks)
+
+
+def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """Normalised area under the per-region-overlap curve up to ``fpr_limit``.
+
+    Ground-truth regions are 8-connected components of each mask. For a threshold ``t``,
+    PRO is the mean over all regions of the fraction of region pixels scoring ``>= t`` and
+    FPR is the fraction of normal pixels (over all images) scoring ``>= t``. The curve is
+    evaluated exactly at every distinct score, starts at (0, 0), is integrated with the
+    trapezoid rule up to ``fpr_limit`` (linear interpolation at the limit) and divided by
+    ``fpr_limit``. Returns nan when there are no regions or no normal pixels.
+    """
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError("fpr_limit must be in (0, 1]")
+    m = np.asarray(maps, dtype=np.float64)
+    g = np.asarray(masks).astype(bool)
+    if m.shape != g.shape:
+        raise ValueError(f"maps and masks differ in shape: {m.shape} vs {g.shape}")
+    if m.ndim == 2:
+        m, g = m[None], g[None]
+    if m.ndim != 3:
+        raise ValueError("maps must be (N, H, W)")
+
+    # Per-pixel weight: 1/(region_size * n_regions) for anomalous pixels, 0 for normal ones.
+    region_ids = np.zeros(g.shape, dtype=np.int64)
+    offset = 0
+    structure = np.ones((3, 3), dtype=bool)
+    for i in range(g.shape[0]):
+        lab, n = ndimage.label(g[i], structure=structure)
+        if n:
+            region_ids[i] = np.where(lab > 0, lab + offset, 0)
+            offset += n
+    n_regions = offset
+    n_normal = int((~g).sum())
+    if n_regions == 0 or n_normal == 0:
+        return float("nan")
+
+    ids = region_ids.ravel()
+    sizes = np.bincount(ids, minlength=n_regions + 1).astype(np.float64)
+    pro_w = np.zeros(ids.shape, dtype=np.float64)
+    anom = ids > 0
+    pro_w[anom] = 1.0 / (sizes[ids[anom]] * n_regions)
+    fpr_w = (~anom).astype(np.float64) / n_normal
+
+    scores = m.ravel()
+    order = np.argsort(-scores, kind="stable")
+    s_sorted = scores[order]
+    pro_c = np.cumsum(pro_w[order])
+    fpr_c = np.cumsum(fpr_w[order])
+    # Keep the last index of each tie group (all pixels with score >= t are counted).
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    fpr = np.r_[0.0, fpr_c[last]]
+    pro = np.r_[0.0, pro_c[last]]
+    fpr = np.minimum(fpr, 1.0)  # guard against round-off above 1
+    fpr[-1] = 1.0
+    pro[-1] = 1.0
+
+    # Integrate up to fpr_limit with linear interpolation at the limit.
+    k = int(np.searchsorted(fpr, fpr_limit, side="right"))  # fpr[:k] <= limit
+    f = fpr[:k]
+    p = pro[:k]
+    if f[-1] < fpr_limit and k < fpr.size:
+        f0, f1, p0, p1 = fpr[k - 1], fpr[k], pro[k - 1], pro[k]
+        p_lim = p0 + (p1 - p0) * (fpr_limit - f0) / (f1 - f0)
+        f = np.r_[f, fpr_limit]
+        p = np.r_[p, p_lim]
+    area = float(np.sum((f[1:] - f[:-1]) * (p[1:] + p[:-1]) * 0.5))
+    return area / fpr_limit
+
+
+def _div(a: float, b: float, empty: float) -> float:
+    return float(a) / float(b) if b else empty
+
+
+def threshold_stats(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """Confusion counts and rates when ``score >= threshold`` means anomalous.
+
+    Zero-denominator conventions: precision, recall and f1 become 0.0; false_alarm_rate
+    (fp / normals) is nan without normal samples; accuracy is nan for an empty input.
+    """
+    s, y = _flat(scores, labels)
+    pred = s >= threshold
+    tp = int(np.sum(pred & y))
+    fp = int(np.sum(pred & ~y))
+    tn = int(np.sum(~pred & ~y))
+    fn = int(np.sum(~pred & y))
+    precision = _div(tp, tp + fp, 0.0)
+    recall = _div(tp, tp + fn, 0.0)
+    f1 = _div(2 * precision * recall, precision + recall, 0.0)
+    return {
+        "threshold": float(threshold),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "false_alarm_rate": _div(fp, fp + tn, float("nan")),
+        "accuracy": _div(tp + tn, s.size, float("nan")),
+    }
+
+
+def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Return ``(threshold, f1)`` maximising F1 (``score >= threshold`` is anomalous).
+
+    Returns ``(nan, nan)`` when only one class is present.
+    """
+    s, y = _flat(scores, labels)
+    if not _two_classes(y):
+        return float("nan"), float("nan")
+    precision, recall, thresholds = precision_recall_curve(y, s)
+    p, r = precision[:-1], recall[:-1]
+    denom = p + r
+    f1 = np.divide(2 * p * r, denom, out=np.zeros_like(denom), where=denom > 0)
+    i = int(np.argmax(f1))
+    return float(thresholds[i]), float(f1[i])

@@ -1,0 +1,159 @@
+"""Tests for glass_ad.io: formats, bit depths, channel layouts and error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from glass_ad.io import ImageReadError, list_images, read_image, read_mask
+
+
+def _gradient(h: int = 20, w: int = 30) -> np.ndarray:
+    return (np.arange(h * w).reshape(h, w) * 255 // (h * w - 1)).astype(np.uint8)
+
+
+def test_rgb_png_roundtrip(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png")
+    assert out.dtype == np.uint8 and out.shape == (20, 30, 3)
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_grayscale_to_three_channels(tmp_path: Path) -> None:
+    grey = _gradient()
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    out = read_image(tmp_path / "g.png")
+    assert out.shape == (20, 30, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], grey)
+
+
+def test_rgba_alpha_dropped_and_palette(tmp_path: Path) -> None:
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 10
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png")
+    assert out.shape == (16, 16, 3) and (out[..., 0] == 200).all() and (out[..., 1:] == 0).all()
+
+    palette = Image.fromarray(np.full((16, 16, 3), (10, 200, 30), np.uint8)).convert("P", palette=Image.ADAPTIVE)
+    palette.save(tmp_path / "p.png")
+    out = read_image(tmp_path / "p.png")
+    assert out.shape == (16, 16, 3)
+    np.testing.assert_allclose(out[0, 0], (10, 200, 30), atol=2)
+
+    grey_alpha = Image.fromarray(np.stack([_gradient(), np.full((20, 30), 99, np.uint8)], -1), "LA")
+    grey_alpha.save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "la.png")[:, :, 1], _gradient())
+
+
+def test_16bit_png_full_range(tmp_path: Path) -> None:
+    values = np.linspace(0, 65535, 20 * 30).reshape(20, 30).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "s.png"), values)
+    out = read_image(tmp_path / "s.png")
+    assert out.dtype == np.uint8 and out.shape == (20, 30, 3)
+    assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255
+    np.testing.assert_allclose(out[:, :, 0].astype(float), values / 257.0, atol=1)
+
+
+def test_12bit_values_in_16bit_tiff(tmp_path: Path) -> None:
+    values = np.linspace(0, 4095, 20 * 30).reshape(20, 30).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "t.tif")
+    out = read_image(tmp_path / "t.tif")
+    assert out[-1, -1, 0] == 255 and out[0, 0, 0] == 0
+    np.testing.assert_allclose(out[:, :, 0].astype(float), values / 16.0, atol=1)
+
+
+def test_16bit_colour_tiff_falls_back(tmp_path: Path) -> None:
+    bgr = np.zeros((12, 14, 3), np.uint16)
+    bgr[..., 2] = 65535  # red in OpenCV's BGR order
+    bgr[..., 0] = 257 * 50
+    assert cv2.imwrite(str(tmp_path / "c.tiff"), bgr)
+    out = read_image(tmp_path / "c.tiff")
+    assert out.shape == (12, 14, 3)
+    assert (out[..., 0] == 255).all() and (out[..., 2] == 50).all() and (out[..., 1] == 0).all()
+
+
+def test_8bit_tiff_float_tiff_jpeg_bmp(tmp_path: Path) -> None:
+    rgb = np.zeros((24, 24, 3), np.uint8)
+    rgb[..., 1] = 180
+    Image.fromarray(rgb).save(tmp_path / "a.tif")
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
+    Image.fromarray(rgb).save(tmp_path / "a.bmp")
+    np.testing.assert_array_equal(read_image(tmp_path / "a.tif"), rgb)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.bmp"), rgb)
+    np.testing.assert_allclose(read_image(tmp_path / "a.jpg").astype(int), rgb.astype(int), atol=4)
+
+    floats = np.linspace(0.0, 1.0, 24 * 24, dtype=np.float32).reshape(24, 24)
+    Image.fromarray(floats, "F").save(tmp_path / "f.tif")
+    out = read_image(tmp_path / "f.tif")
+    assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255
+
+
+def test_upper_case_extension_and_list_images(tmp_path: Path) -> None:
+    Image.fromarray(_gradient()).save(tmp_path / "B.PNG")
+    Image.fromarray(_gradient()).save(tmp_path / "a.jpg")
+    Image.fromarray(_gradient()).save(tmp_path / ".hidden.png")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(_gradient()).save(tmp_path / "sub" / "c.bmp")
+    assert [p.name for p in list_images(tmp_path)] == ["B.PNG", "a.jpg"]
+    assert [p.name for p in list_images(tmp_path, recursive=True)] == ["B.PNG", "a.jpg", "c.bmp"]
+    assert read_image(tmp_path / "B.PNG").shape == (20, 30, 3)
+
+
+def test_list_images_empty_and_missing(tmp_path: Path) -> None:
+    assert list_images(tmp_path) == []
+    assert list_images(tmp_path / "nope") == []
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert "empty.png" in message and "empty (0 bytes)" in message and "\n" not in message
+
+
+def test_garbage_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.png"
+    path.write_bytes(b"this is not an image\n" * 20)
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert "garbage.png" in message and "not an image or corrupt" in message and "\n" not in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_too_small_image(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(path)
+    with pytest.raises(ImageReadError, match=r"tiny\.png.*1x1 pixels, smaller than 8x8"):
+        read_image(path)
+    assert read_image(path, min_size=1).shape == (1, 1, 3)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_read_mask(tmp_path: Path) -> None:
+    mask = np.zeros((10, 12), np.uint8)
+    mask[2:4, 3:6] = 1  # any non-zero counts, not only 255
+    mask[8, 9] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    out = read_mask(tmp_path / "m.png")
+    assert out.dtype == np.bool_ and out.shape == (10, 12)
+    np.testing.assert_array_equal(out, mask > 0)
+
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    rgb[5, 5, 2] = 255
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    assert read_mask(tmp_path / "rgb.png").sum() == 1

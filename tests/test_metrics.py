@@ -1,0 +1,125 @@
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from glass_ad import metrics
+
+
+def _brute_aupro(maps, masks, limit=0.3):
+    regions = []
+    for i in range(maps.shape[0]):
+        lab, n = ndimage.label(masks[i], structure=np.ones((3, 3)))
+        for r in range(1, n + 1):
+            regions.append((i, lab == r))
+    normal = ~masks
+    points = [(0.0, 0.0)]
+    for t in sorted(set(maps.ravel().tolist()), reverse=True):
+        above = maps >= t
+        pro = np.mean([above[i][reg].mean() for i, reg in regions])
+        fpr = above[normal].sum() / normal.sum()
+        points.append((fpr, pro))
+    area = 0.0
+    for (f0, p0), (f1, p1) in zip(points[:-1], points[1:]):
+        if f0 >= limit:
+            break
+        if f1 > limit:
+            p1 = p0 + (p1 - p0) * (limit - f0) / (f1 - f0)
+            f1 = limit
+        area += (f1 - f0) * (p0 + p1) / 2
+    return area / limit
+
+
+def _random_case(rng, n=3, h=12, w=12, quantize=None):
+    maps = rng.random((n, h, w))
+    if quantize:
+        maps = np.round(maps * quantize) / quantize
+    masks = np.zeros((n, h, w), dtype=bool)
+    for i in range(n):
+        for _ in range(rng.integers(1, 4)):
+            y, x = rng.integers(0, h - 3), rng.integers(0, w - 3)
+            masks[i, y : y + rng.integers(1, 4), x : x + rng.integers(1, 4)] = True
+        maps[i][masks[i]] += rng.random() * 0.5
+    return maps, masks
+
+
+def test_image_and_pixel_match_sklearn():
+    rng = np.random.default_rng(0)
+    s = rng.random(50)
+    y = rng.integers(0, 2, 50)
+    assert metrics.image_auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert metrics.image_ap(s, y) == pytest.approx(average_precision_score(y, s))
+    maps, masks = _random_case(rng)
+    assert metrics.pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
+    assert metrics.pixel_ap(maps, masks) == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()))
+
+
+def test_single_class_is_nan():
+    s = np.array([0.1, 0.2])
+    assert math.isnan(metrics.image_auroc(s, [0, 0]))
+    assert math.isnan(metrics.image_ap(s, [1, 1]))
+    assert math.isnan(metrics.pixel_auroc(np.zeros((1, 2, 2)), np.zeros((1, 2, 2), bool)))
+    assert math.isnan(metrics.aupro(np.zeros((1, 2, 2)), np.zeros((1, 2, 2), bool)))
+    assert math.isnan(metrics.aupro(np.zeros((1, 2, 2)), np.ones((1, 2, 2), bool)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("quantize", [None, 5])
+def test_aupro_matches_brute_force(seed, quantize):
+    rng = np.random.default_rng(seed)
+    maps, masks = _random_case(rng, quantize=quantize)
+    assert metrics.aupro(maps, masks) == pytest.approx(_brute_aupro(maps, masks), abs=1e-6)
+    assert metrics.aupro(maps, masks, 0.05) == pytest.approx(_brute_aupro(maps, masks, 0.05), abs=1e-6)
+    assert metrics.aupro(maps, masks, 1.0) == pytest.approx(_brute_aupro(maps, masks, 1.0), abs=1e-6)
+
+
+def test_aupro_perfect_and_ties():
+    rng = np.random.default_rng(1)
+    _, masks = _random_case(rng)
+    assert metrics.aupro(masks.astype(float), masks) == pytest.approx(1.0)
+    # constant map: one threshold, curve jumps straight to (1, 1) -> area = 0.3/2 / 0.3
+    const = np.ones(masks.shape)
+    assert metrics.aupro(const, masks) == pytest.approx(_brute_aupro(const, masks))
+    assert metrics.aupro(const, masks) == pytest.approx(0.15)
+
+
+def test_aupro_weights_regions_equally():
+    masks = np.zeros((1, 10, 10), bool)
+    masks[0, 0:2, 0:2] = True  # small region, detected
+    masks[0, 5:10, 5:10] = True  # large region, missed
+    maps = np.zeros((1, 10, 10))
+    maps[0, 0:2, 0:2] = 1.0
+    # at FPR 0 PRO is 0.5; then everything jumps to (1,1)
+    expected = (0.3 * (0.5 + 0.5 + 0.5 * 0.3 / 1.0)) / 2 / 0.3
+    assert metrics.aupro(maps, masks) == pytest.approx(expected)
+    assert metrics.aupro(maps, masks) == pytest.approx(_brute_aupro(maps, masks))
+
+
+def test_threshold_stats_hand_case():
+    s = np.array([0.9, 0.8, 0.4, 0.3, 0.2, 0.6])
+    y = np.array([1, 1, 1, 0, 0, 0])
+    st = metrics.threshold_stats(s, y, 0.5)
+    assert (st["tp"], st["fp"], st["tn"], st["fn"]) == (2, 1, 2, 1)
+    assert st["precision"] == pytest.approx(2 / 3)
+    assert st["recall"] == pytest.approx(2 / 3)
+    assert st["f1"] == pytest.approx(2 / 3)
+    assert st["false_alarm_rate"] == pytest.approx(1 / 3)
+    assert st["accuracy"] == pytest.approx(4 / 6)
+    # threshold equal to a score counts as anomalous
+    assert metrics.threshold_stats(s, y, 0.4)["tp"] == 3
+    # nothing predicted -> precision 0.0; no normals -> false alarm nan
+    st = metrics.threshold_stats(np.array([0.1]), np.array([1]), 0.5)
+    assert st["precision"] == 0.0 and st["recall"] == 0.0 and st["f1"] == 0.0
+    assert math.isnan(st["false_alarm_rate"])
+
+
+def test_f1_optimal_threshold():
+    s = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    t, f1 = metrics.f1_optimal_threshold(s, y)
+    assert t == pytest.approx(0.7) and f1 == pytest.approx(1.0)
+    assert metrics.threshold_stats(s, y, t)["f1"] == pytest.approx(f1)
+    t, f1 = metrics.f1_optimal_threshold(s, np.zeros(6))
+    assert math.isnan(t) and math.isnan(f1)
