@@ -109,7 +109,8 @@ def test_upper_case_extension_and_list_images(tmp_path: Path) -> None:
 
 def test_list_images_empty_and_missing(tmp_path: Path) -> None:
     assert list_images(tmp_path) == []
-    assert list_images(tmp_path / "nope") == []
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        list_images(tmp_path / "nope")
 
 
 def test_zero_byte_file(tmp_path: Path) -> None:
@@ -134,7 +135,7 @@ def test_garbage_bytes(tmp_path: Path) -> None:
 def test_too_small_image(tmp_path: Path) -> None:
     path = tmp_path / "tiny.png"
     Image.fromarray(np.zeros((1, 1), np.uint8)).save(path)
-    with pytest.raises(ImageReadError, match=r"tiny\.png.*1x1 pixels, smaller than 8x8"):
+    with pytest.raises(ImageReadError, match=r"tiny\.png.*1x1 pixels, smaller than (the minimum )?8x8"):
         read_image(path)
     assert read_image(path, min_size=1).shape == (1, 1, 3)
 
