@@ -235,3 +235,116 @@ def test_preprocessor_stretch_keeps_whole_image() -> None:
     assert back.shape == (200, 50) and (back > 0.5)[mask].mean() > 0.7
     with pytest.raises(ValueError):
         Preprocessor(32, fit="pad")
+
+
+def test_suite_root_and_category_errors(tmp_path: Path) -> None:
+    _mvtec(tmp_path / "suite" / "widget")
+    _mvtec(tmp_path / "suite" / "gadget")
+    assert list_categories(tmp_path / "suite") == ["gadget", "widget"]
+    with pytest.raises(DatasetError, match="choose one: gadget, widget"):
+        load_dataset(tmp_path / "suite")
+    with pytest.raises(DatasetError, match=r"nope.*categories found: gadget, widget"):
+        load_dataset(tmp_path / "suite", category="nope")
+    assert load_dataset(tmp_path / "suite" / "gadget", category="gadget").name == "gadget"
+
+
+def test_mvtec_training_only_and_test_dir(tmp_path: Path) -> None:
+    root = tmp_path / "x"
+    for i in range(2):
+        _img(root / "train" / "good" / f"{i}.png")
+    _img(root / "train" / "good" / ".hidden.png")
+    split = load_dataset(root)
+    assert len(split.train) == 2 and split.test == [] and not split.has_masks
+    assert "2 train" in split.summary()
+    with pytest.raises(DatasetError, match=r"test folder is missing: .*elsewhere"):
+        load_dataset(root, test_dir=tmp_path / "elsewhere")
+    other = _mvtec(tmp_path / "other")
+    split = load_dataset(root, test_dir=other / "test")
+    assert len(split.test) == 5 and split.has_masks and split.defect_types == ["crack", "hole"]
+
+
+def test_visa_rules(tmp_path: Path) -> None:
+    root = _visa(tmp_path / "visa")
+    # an object folder works as root; the CSV one level up is used
+    split = load_dataset(root / "candle")
+    assert split.layout == "visa" and split.name == "candle" and len(split.train) == 3
+    assert list_categories(root / "candle") == ["candle"]
+    csv_path = root / "split_csv" / "1cls.csv"
+    text = csv_path.read_text()
+    csv_path.write_text(text.replace("candle,test,anomaly", "candle,test,broken", 1))
+    with pytest.raises(DatasetError, match=r"line \d+: unknown label 'broken'"):
+        load_dataset(root, category="candle")
+    csv_path.write_text(text.replace("object,split,label,image,mask", "object,split,label,image"))
+    with pytest.raises(DatasetError, match="lacks column"):
+        load_dataset(root, category="candle")
+
+
+def test_folder_layout_mask_folders(tmp_path: Path) -> None:
+    train = tmp_path / "normal"
+    for i in range(3):
+        _img(train / f"n{i}.png")
+    test = tmp_path / "test"
+    _img(test / "good" / "a.png")
+    _img(test / "scratch" / "b.png")
+    _img(test / "scratch" / "c.png")
+    _mask(test / "scratch" / "masks" / "b.png")
+    # a mask folder exists for "scratch", so c.png needs a mask too
+    with pytest.raises(DatasetError, match=r"scratch[/\\]c\.png.*no mask"):
+        load_dataset(train, "folder", test_dir=test)
+    _mask(test / "scratch" / "masks" / "c_mask.png")
+    split = load_dataset(train, "folder", test_dir=test)
+    assert split.has_masks and {s.defect_type for s in split.test} == {"good", "scratch"}
+    assert all(s.mask_path.parent.name == "masks" for s in split.test if s.label)
+    # another defect type without masks: masks are dropped for all, not used partially
+    _img(test / "dent" / "d.png")
+    split = load_dataset(train, "folder", test_dir=test)
+    assert not split.has_masks and all(s.mask_path is None for s in split.test)
+
+
+def test_folder_layout_nested_images_hint(tmp_path: Path) -> None:
+    _img(tmp_path / "data" / "day1" / "a.png")
+    with pytest.raises(DatasetError, match=r"no images directly inside.*day1"):
+        load_dataset(tmp_path / "data", "folder")
+    (tmp_path / "visa" / "pcb1" / "Data" / "Images").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="VisA object folders"):
+        load_dataset(tmp_path / "visa")
+
+
+def test_crop_box_and_edge_padding() -> None:
+    pre = Preprocessor(32, resize=40)
+    box = pre.crop_box(90, 120)
+    assert box.resized_hw == (40, 53) and (box.top, box.left, box.size) == (4, 10, 32)
+    assert pre.geometry((90, 120)) == (40, 53, 4, 10)
+    y0, x0, y1, x1 = box.in_original()
+    assert y0 == pytest.approx(9.0) and y1 == pytest.approx(81.0) and x1 - x0 == pytest.approx(32 * 120 / 53)
+    ramp = np.tile(np.linspace(0.2, 0.8, 32, dtype=np.float32), (32, 1))
+    edge = pre.map_to_original(ramp, (90, 120), pad="edge")
+    assert edge.shape == (90, 120) and edge[:, 0].min() == pytest.approx(0.2, abs=1e-3)
+    zero = pre.map_to_original(torch.from_numpy(ramp), (90, 120))
+    assert zero[:, 0].max() == 0.0
+    back = pre.map_to_original(np.ones((32, 32), bool), (90, 120))
+    assert back.dtype == np.bool_ and back[45, 60] and not back[45, 0]
+
+
+def test_thin_defect_survives_downscaling() -> None:
+    mask = np.zeros((512, 512), bool)
+    mask[250, 100:400] = True  # one-pixel scratch, shrunk 16x
+    out = Preprocessor(32).mask(mask)
+    assert 10 < out.sum() <= 2 * 20  # about 19 px long, 1-2 px wide
+    assert Preprocessor(32).mask(np.zeros((512, 512), bool)).sum() == 0
+
+
+def test_image_dataset_mask_size_mismatch(tmp_path: Path) -> None:
+    from glass_ad.datasets import Sample
+    from glass_ad.io import ImageReadError
+
+    image = _img(tmp_path / "i.png", size=(32, 32))
+    half = tmp_path / "half.png"
+    array = np.zeros((16, 16), np.uint8)
+    array[:8] = 255
+    Image.fromarray(array).save(half)
+    item = ImageDataset([Sample(image, 1, "x", half)], Preprocessor(32))[0]
+    assert item["mask"][0, :16].min() == 1 and item["mask"][0, 16:].max() == 0
+    wide = _mask(tmp_path / "wide.png", size=(16, 40))
+    with pytest.raises(ImageReadError, match=r"wide\.png.*mask is 40x16 pixels"):
+        ImageDataset([Sample(image, 1, "x", wide)], Preprocessor(32))[0]

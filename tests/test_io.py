@@ -158,3 +158,80 @@ def test_read_mask(tmp_path: Path) -> None:
     rgb[5, 5, 2] = 255
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
     assert read_mask(tmp_path / "rgb.png").sum() == 1
+
+
+def test_16bit_colour_png_uses_real_bit_depth(tmp_path: Path) -> None:
+    # 12-bit camera data in a 16-bit RGB PNG: Pillow alone would truncate it to 8 bits (max 15).
+    bgr = np.zeros((10, 12, 3), np.uint16)
+    bgr[..., 2] = 4095
+    bgr[..., 1] = 2048
+    assert cv2.imwrite(str(tmp_path / "c.png"), bgr)
+    out = read_image(tmp_path / "c.png")
+    assert (out[..., 0] == 255).all() and (out[..., 1] == 128).all() and (out[..., 2] == 0).all()
+
+
+def test_8bit_values_stored_in_16bit(tmp_path: Path) -> None:
+    values = np.arange(0, 240, dtype=np.uint16).reshape(12, 20)
+    Image.fromarray(values).save(tmp_path / "v.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "v.png")[:, :, 0], values.astype(np.uint8))
+
+
+def test_float_colour_tiff_via_opencv(tmp_path: Path) -> None:
+    rgb = np.zeros((16, 16, 3), np.float32)
+    rgb[..., 0] = 1.0
+    rgb[..., 2] = 0.5
+    assert cv2.imwrite(str(tmp_path / "f.tif"), rgb[:, :, ::-1].copy())
+    out = read_image(tmp_path / "f.tif")
+    assert (out[..., 0] == 255).all() and (out[..., 1] == 0).all() and (np.abs(out[..., 2].astype(int) - 128) <= 1).all()
+    # out of [0, 1]: min-max scaled
+    assert cv2.imwrite(str(tmp_path / "g.tif"), np.linspace(-5, 5, 256, dtype=np.float32).reshape(16, 16))
+    out = read_image(tmp_path / "g.tif")
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_bilevel_and_cmyk(tmp_path: Path) -> None:
+    Image.fromarray(np.eye(16, dtype=bool)).save(tmp_path / "b.png")
+    out = read_image(tmp_path / "b.png")
+    assert out[0, 0].tolist() == [255, 255, 255] and out[0, 1].tolist() == [0, 0, 0]
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "c.jpg")
+    red = read_image(tmp_path / "c.jpg")[0, 0].astype(int)
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation(tmp_path: Path, orientation: int) -> None:
+    from PIL import ImageOps
+
+    rgb = np.random.default_rng(orientation).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    Image.fromarray(rgb).save(path, exif=exif)
+    with Image.open(path) as image:
+        expected = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    out = read_image(path)
+    assert out.shape == expected.shape
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_directory_and_truncated_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="is a directory"):
+        read_image(tmp_path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "t.png")
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError) as info:
+        read_image(tmp_path / "cut.png")
+    assert "cut.png" in str(info.value) and "corrupt" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_read_mask_16bit_and_jpeg(tmp_path: Path) -> None:
+    mask = np.zeros((16, 16), np.uint16)
+    mask[3:6, 3:6] = 1  # a value that scaling to 8 bits would lose
+    Image.fromarray(mask).save(tmp_path / "m16.png")
+    assert read_mask(tmp_path / "m16.png").sum() == 9
+    binary = np.zeros((32, 32), np.uint8)
+    binary[8:20, 8:20] = 255
+    Image.fromarray(binary).save(tmp_path / "m.jpg", quality=75)
+    out = read_mask(tmp_path / "m.jpg")  # compression noise around the square is not defect
+    assert (out == (binary > 0)).mean() > 0.99

@@ -87,6 +87,7 @@ def train(
     patience: Optional[int] = typer.Option(None),
     holdout: Optional[float] = typer.Option(None, help="Fraction of normal images held out for validation and thresholds."),
     false_alarm_rate: Optional[float] = typer.Option(None, "--far", help="Target false-alarm rate of the stored threshold (default 0.01)."),
+    precision: Optional[str] = typer.Option(None, help="Training arithmetic: auto (bf16 where the hardware has it; fast default), fp32 (paper default), bf16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -122,6 +123,7 @@ def train(
         patience=patience,
         holdout_fraction=holdout,
         target_false_alarm_rate=false_alarm_rate,
+        precision=precision,
         device=device,
         num_threads=threads,
     )
@@ -201,6 +203,13 @@ def _print_report(result: dict) -> None:
             f"{pct(stored['recall'])}, F1 {pct(stored['f1'])}, false alarms {pct(stored['false_alarm_rate'])} % "
             f"(target {pct(stored['target_false_alarm_rate'])} %)"
         )
+    f1_point = result.get("f1_threshold")
+    if f1_point:
+        typer.echo(
+            f"F1 threshold {f1_point['image_threshold']:.4f} (from {f1_point['validation_images']} validation images): "
+            f"precision {pct(f1_point['precision'])}, recall {pct(f1_point['recall'])}, F1 {pct(f1_point['f1'])}, "
+            f"false alarms {pct(f1_point['false_alarm_rate'])} %"
+        )
 
 
 @app.command()
@@ -253,6 +262,113 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
         "config": checkpoint["config"],
     }
     typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+class PredictFormat(str, Enum):
+    json = "json"
+    csv = "csv"
+
+
+class EngineChoice(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `glass train` (or its model.pt)."),
+    paths: list[Path] = typer.Argument(..., help="Images and/or folders (searched recursively); any size, RGB or grey, 8/16-bit."),
+    out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Folder for predictions.json|csv and overlays/."),
+    fmt: PredictFormat = typer.Option(PredictFormat.json, "--format", help="Results file format."),
+    engine: EngineChoice = typer.Option(EngineChoice.torch, help="torch, or onnx (ONNX Runtime, CPU; see `glass export`)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="ONNX model for --engine onnx (default: RUN_DIR/model.onnx)."),
+    batch_size: int = typer.Option(8, min=1),
+    threshold: str = typer.Option("far", help="far (false-alarm threshold from training), f1 (from `glass calibrate`), or a raw score."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write original | heatmap | region PNGs."),
+    device: str = typer.Option("auto", help="Device of the torch engine."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Score images: raw and normalized score, decision, heatmap overlay; one line per unreadable file."""
+    from .predict import predict_files, summary_line
+
+    try:
+        summary = predict_files(
+            run_dir,
+            paths,
+            out,
+            fmt=fmt.value,
+            engine=engine.value,
+            onnx_path=onnx,
+            batch_size=batch_size,
+            device=device,
+            threshold=threshold,
+            overlays=overlays,
+            progress=not quiet,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    if summary["n_images"] == 0:
+        _fail(f"no image could be processed ({summary['n_failed']} input(s) skipped, see above)")
+    typer.echo(summary_line(summary))
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `glass train` (or its model.pt)."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: RUN_DIR/model.onnx)."),
+    opset: int = typer.Option(17, help="ONNX opset (>= 17)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare ONNX Runtime with PyTorch on a random batch."),
+) -> None:
+    """Export the whole inference graph (uint8 pixels → scores and map) as one ONNX model."""
+    from .export import export_onnx
+
+    if fmt.lower() != "onnx":
+        _fail(f"unknown export format {fmt!r} (supported: onnx)")
+    try:
+        result = export_onnx(run_dir, out, opset=opset, verify=verify)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    typer.echo(f"saved {result.path} (opset {result.opset}, {result.exporter} exporter)")
+    if result.max_abs_diff:
+        diffs = ", ".join(f"{name} {value:.1e}" for name, value in result.max_abs_diff.items())
+        typer.echo(f"ONNX Runtime vs PyTorch, max |difference|: {diffs}")
+
+
+@app.command()
+def calibrate(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `glass train` (or its model.pt)."),
+    val: Path = typer.Option(..., "--val", help="Labelled validation folder: good/ and <defect>/ subfolders (+ optional masks), not the test set."),
+    batch_size: int = typer.Option(8, min=1),
+    device: str = typer.Option("auto"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Add F1-optimal image/pixel thresholds from a labelled validation set (the false-alarm threshold stays)."""
+    from .calibration import calibrate_run
+
+    _setup_logging(verbose)
+    try:
+        result = calibrate_run(run_dir, val, device=device, batch_size=batch_size, progress=not quiet)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    if Path(result["f1_val_dir"]).name == "test":
+        typer.secho(
+            "warning: the validation images are a test split; `glass test` on them would be optimistic for the F1 threshold",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    typer.echo(
+        f"F1 image threshold {result['f1_image_threshold']:.4f}: F1 {100 * result['f1_image_f1']:.1f}, precision "
+        f"{100 * result['f1_image_precision']:.1f}, recall {100 * result['f1_image_recall']:.1f} on "
+        f"{result['f1_val_images']} validation images ({result['f1_val_anomalous']} defective)"
+    )
+    if result["f1_pixel_threshold"] is not None:
+        typer.echo(f"F1 pixel threshold {result['f1_pixel_threshold']:.4f} (pixel F1 {100 * result['f1_pixel_f1']:.1f})")
+    typer.echo("saved into the checkpoint; the false-alarm threshold is unchanged (use it with --threshold f1)")
 
 
 def main() -> None:

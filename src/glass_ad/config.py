@@ -29,7 +29,7 @@ class GlassConfig:
     image_size: int = 288  # center-crop size fed to the network
     resize: int | None = None  # shorter side before the crop; None: same as image_size
     # crop: resize the shorter side, centre-crop (the reference). stretch: resize both sides (keeps the
-    # whole image). auto: stretch when the training images are elongated (long/short side > 1.5), where
+    # whole image). auto: stretch when >= 10 % of the training images are elongated (long/short > 1.5), where
     # a centre crop would cut away whole regions — and their defects.
     fit: Literal["auto", "crop", "stretch"] = "auto"
     patch_size: int = 3  # neighbourhood aggregation p
@@ -71,7 +71,10 @@ class GlassConfig:
     beta_std: float = 0.1
     beta_min: float = 0.2
     beta_max: float = 0.8
-    las_pool: int = 0  # >0: cache this many LAS variants per normal image (features computed once)
+
+    # Training arithmetic of A and D: bf16 autocast is ~3x faster on CPUs with bf16 units (AVX512-BF16,
+    # AMX) and on recent GPUs; "auto" uses it where the hardware has it. Inference is always float32.
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
 
     # --- inference ----------------------------------------------------------------------------------
     smoothing_sigma: float = 4.0
@@ -144,7 +147,7 @@ FAST_RECIPE: dict[str, Any] = dict(
     gas_patch_fraction=0.25,
     early_stopping=True,
     cache_features=True,
-    las_pool=0,
+    precision="auto",
 )
 
 PAPER_RECIPE: dict[str, Any] = dict(
@@ -157,7 +160,7 @@ PAPER_RECIPE: dict[str, Any] = dict(
     gas_patch_fraction=1.0,
     early_stopping=False,
     cache_features=False,
-    las_pool=0,
+    precision="fp32",
 )
 
 RECIPES: dict[str, dict[str, Any]] = {"fast": FAST_RECIPE, "paper": PAPER_RECIPE}

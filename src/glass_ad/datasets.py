@@ -1,38 +1,77 @@
 """Data-set layouts → lists of :class:`Sample`, and the image/mask :class:`Preprocessor`.
 
-Supported layouts:
+Layouts (``load_dataset(root, layout)``):
 
-* ``mvtec`` (also MPDD, WFDD): ``ROOT/train/good``, ``ROOT/test/<type>``, ``ROOT/ground_truth/<type>``.
-* ``visa``: ``ROOT/split_csv/1cls.csv`` with columns ``object,split,label,image,mask``.
-* ``folder``: ``ROOT`` holds normal training images; an optional ``test_dir`` holds ``good/`` and one
-  folder per defect type, with optional masks in ``test_dir/../ground_truth/<type>/<stem>_mask.png``.
+``mvtec`` (also MPDD and WFDD, same layout; ``"mpdd"`` and ``"wfdd"`` are aliases)
+    ``ROOT/train/good/*`` normal training images (required, non-empty);
+    ``ROOT/test/<type>/*`` test images, ``good`` normal and every other folder a defect type. The test
+    split is optional: a training-only folder is a valid data set (``test == []``).
+    ``ROOT/ground_truth/<type>/<stem>_mask.png`` masks (``<stem>.png`` and other image extensions are
+    accepted too). Mask rule: when ``ROOT/ground_truth`` exists, *every* defect image must have a mask —
+    a missing one is a :class:`DatasetError` naming the image; when the folder is absent altogether the
+    set loads without masks (``mask_path=None`` everywhere, ``has_masks=False``).
+    With ``category``, ``ROOT/<category>`` is used when it exists, so ROOT may be the suite root holding
+    all categories (without ``category`` such a root is an error that lists them). ``test_dir`` replaces
+    ``ROOT/test`` (masks then in ``test_dir/../ground_truth``); given but missing is an error.
+
+``visa``
+    ``ROOT/split_csv/1cls.csv`` with columns ``object,split,label,image,mask`` (split ``train``/``test``,
+    label ``normal``/``anomaly``, paths relative to ROOT): images in ``ROOT/<object>/Data/Images/
+    {Normal,Anomaly}``, masks in ``ROOT/<object>/Data/Masks/Anomaly``. ``category`` picks the object
+    (required when the file lists several). ROOT may also be an object folder (the CSV is then one level
+    up). Every listed file must exist and every anomalous image must have a mask; an unknown label or
+    split is an error; anomalous rows of the train split (none in ``1cls``) are dropped. VisA masks use
+    255 or other non-zero values — :func:`~glass_ad.io.read_mask` binarises them.
+
+``folder``
+    ``ROOT`` holds normal images directly (not in subfolders; ``glass train --good DIR``), all used for
+    training. Optional ``test_dir``: ``test_dir/good/*`` normal, every other subfolder anomalous with its
+    name as defect type (``ground_truth`` and ``masks`` are never defect types). Optional masks for
+    ``test_dir/<type>/<stem>.<ext>``, looked up in ``test_dir/<type>/masks/``,
+    ``test_dir/ground_truth/<type>/`` and ``test_dir/../ground_truth/<type>/``, named ``<stem>_mask.<ext>``
+    or ``<stem>.<ext>``. When one of those folders exists for a type, each image of that type needs a mask
+    (a missing one is an error naming it); masks are used only when every defect image has one, otherwise
+    all are dropped (``has_masks=False``) so pixel metrics are never computed against partial ground truth.
+
+``auto``
+    ``train/good`` (or ``<category>/train/good``) → mvtec; ``split_csv/1cls.csv`` → visa; subfolders with
+    ``train/good`` → mvtec suite (needs ``category``); image files directly inside → folder; anything else
+    is a :class:`DatasetError` that lists what was looked for.
+
+``DatasetSplit.has_masks`` is True when the test split has anomalous images and all of them have masks.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .io import IMAGE_EXTENSIONS, list_images, read_image, read_mask
+from .io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, read_mask
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MVTEC_CATEGORIES",
     "MVTEC_TEXTURES",
     "RESIZE_OVERRIDES",
+    "LAYOUTS",
+    "CropBox",
     "DatasetError",
     "DatasetSplit",
     "ImageDataset",
     "Preprocessor",
     "Sample",
     "default_resize",
+    "detect_layout",
     "list_categories",
     "load_dataset",
 ]
@@ -42,27 +81,34 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
     "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
 )  # fmt: skip
 MVTEC_TEXTURES: tuple[str, ...] = ("carpet", "grid", "leather", "tile", "wood")
-# Categories the GLASS paper resizes to 329 (instead of 288) before the 288 centre crop.
+# Categories the GLASS reference resizes to 329 (instead of 288) before the 288 centre crop.
 RESIZE_OVERRIDES: dict[str, int] = {"toothbrush": 329, "wood": 329}
+_REFERENCE_SIZE = 288
 
+LAYOUTS: tuple[str, ...] = ("auto", "mvtec", "mpdd", "wfdd", "visa", "folder")
 _LAYOUT_ALIASES = {"mvtec": "mvtec", "mpdd": "mvtec", "wfdd": "mvtec", "visa": "visa", "folder": "folder"}
 _VISA_CSV = Path("split_csv") / "1cls.csv"
+_VISA_COLUMNS = ("object", "split", "label", "image", "mask")
+_NORMAL_LABELS = ("normal", "good", "ok", "0")
+_ANOMALY_LABELS = ("anomaly", "anomalous", "abnormal", "defect", "bad", "1")
+_RESERVED_TEST_FOLDERS = ("ground_truth", "masks")
 
 
 def default_resize(category: str | None, image_size: int) -> int | None:
-    """The paper's resize for ``category`` scaled to ``image_size`` (329 at 288), or ``None``."""
+    """The reference's resize for ``category`` scaled to ``image_size`` (329 at 288), or ``None``
+    (= no override: the shorter side goes to ``image_size``)."""
     if category is None or category not in RESIZE_OVERRIDES:
         return None
-    return int(round(RESIZE_OVERRIDES[category] * image_size / 288))
+    return int(round(RESIZE_OVERRIDES[category] * image_size / _REFERENCE_SIZE))
 
 
 class DatasetError(ValueError):
-    """The data-set folder does not match the expected layout (one-line message)."""
+    """The data-set folder does not match the expected layout (one-line message naming what is wrong)."""
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: ``label`` 0 = normal ("good"), 1 = anomalous."""
+    """One image: ``label`` 0 = normal (``defect_type`` "good"), 1 = anomalous."""
 
     path: Path
     label: int
@@ -75,14 +121,32 @@ class DatasetSplit:
     """Train (normal only) and test samples of one data set / category."""
 
     name: str
-    layout: str
+    layout: str  # "mvtec", "visa" or "folder"
     root: Path
     train: list[Sample]
     test: list[Sample]
-    has_masks: bool
+    has_masks: bool  # the test split has anomalous images and every one of them has a mask
+
+    @property
+    def defect_types(self) -> list[str]:
+        """Sorted defect types of the test split (without "good")."""
+        return sorted({s.defect_type for s in self.test if s.label == 1})
+
+    def summary(self) -> str:
+        """One line: name, layout and counts."""
+        normal = sum(1 for s in self.test if s.label == 0)
+        anomalous = len(self.test) - normal
+        text = f"{self.name} ({self.layout}): {len(self.train)} train, {normal} good test, {anomalous} defect test"
+        if anomalous:
+            text += " with masks" if self.has_masks else " without masks"
+        return text
 
 
-# --------------------------------------------------------------------------------------------- layouts
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _require_images(folder: Path, what: str) -> list[Path]:
@@ -90,52 +154,76 @@ def _require_images(folder: Path, what: str) -> list[Path]:
         raise DatasetError(f"{what} folder is missing: '{folder}'")
     images = list_images(folder)
     if not images:
-        raise DatasetError(f"{what} folder has no images: '{folder}'")
+        raise DatasetError(f"{what} folder has no images: '{folder}' (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return images
 
 
-def _find_mask(gt_dir: Path, stem: str) -> Path | None:
-    for name in (f"{stem}_mask", stem):
-        candidate = gt_dir / f"{name}.png"
-        if candidate.is_file():
-            return candidate
-    if gt_dir.is_dir():  # other extensions, any case
-        for suffix in sorted(IMAGE_EXTENSIONS):
-            for name in (f"{stem}_mask", stem):
-                for candidate in (gt_dir / f"{name}{suffix}", gt_dir / f"{name}{suffix.upper()}"):
-                    if candidate.is_file():
-                        return candidate
+def _mvtec_categories(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    return [p.name for p in _subdirs(root) if (p / "train" / "good").is_dir()]
+
+
+def _visa_location(root: Path) -> tuple[Path, str | None] | None:
+    """(VisA root, implied object) when ``root`` is a VisA root or one of its object folders."""
+    if (root / _VISA_CSV).is_file():
+        return root, None
+    if (root.parent / _VISA_CSV).is_file() and (root / "Data").is_dir():
+        return root.parent, root.name
     return None
 
 
-def _test_samples(test_dir: Path, gt_root: Path, *, masks_required: bool) -> tuple[list[Sample], bool]:
-    """Samples of ``test_dir/<type>/*`` (``good`` = normal). Returns (samples, has_masks)."""
+class _MaskIndex:
+    """``<stem>_mask.<ext>`` or ``<stem>.<ext>`` in a list of folders (listed once; earlier folders and
+    ``.png`` win)."""
+
+    def __init__(self, folders: list[Path]):
+        self.folders = [f for f in folders if f.is_dir()]
+        self._index: dict[str, Path] = {}
+        for folder in reversed(self.folders):
+            for path in sorted(list_images(folder), key=lambda p: p.suffix.lower() == ".png"):
+                self._index[path.stem] = path
+
+    def find(self, stem: str) -> Path | None:
+        return self._index.get(f"{stem}_mask") or self._index.get(stem)
+
+
+def _test_samples(
+    test_dir: Path, mask_folders: Callable[[str], list[Path]], *, strict: bool
+) -> tuple[list[Sample], bool]:
+    """Samples of ``test_dir/<type>/*`` (``good`` = normal) and whether every defect image has a mask.
+
+    Masks of a type are looked up in ``mask_folders(type)``. A defect image without a mask is an error
+    when ``strict`` or when one of its type's mask folders exists. Masks are kept only when all defect
+    images have one.
+    """
     samples: list[Sample] = []
-    if not test_dir.is_dir():
-        return samples, False
-    gt_exists = gt_root.is_dir()
-    all_masked = True
-    any_defect = False
-    for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    all_masked, any_defect = True, False
+    for type_dir in _subdirs(test_dir):
         defect_type = type_dir.name
+        if defect_type.lower() in _RESERVED_TEST_FOLDERS:
+            continue
+        if defect_type == "good":
+            samples.extend(Sample(image, 0, "good", None) for image in list_images(type_dir))
+            continue
+        candidates = mask_folders(defect_type)
+        index = _MaskIndex(candidates)
         for image in list_images(type_dir):
-            if defect_type == "good":
-                samples.append(Sample(image, 0, "good", None))
-                continue
             any_defect = True
-            mask = _find_mask(gt_root / defect_type, image.stem) if gt_exists else None
+            mask = index.find(image.stem)
             if mask is None:
                 all_masked = False
-                if gt_exists and masks_required:
-                    raise DatasetError(
-                        f"test image '{image}' has no mask: expected "
-                        f"'{gt_root / defect_type / (image.stem + '_mask.png')}'"
-                    )
+                if strict or index.folders:
+                    where = (index.folders or candidates)[0] / f"{image.stem}_mask.png"
+                    raise DatasetError(f"test image '{image}' has no mask: expected '{where}'")
             samples.append(Sample(image, 1, defect_type, mask))
-    has_masks = gt_exists and any_defect and all_masked
+    has_masks = any_defect and all_masked
     if not has_masks:
         samples = [Sample(s.path, s.label, s.defect_type, None) for s in samples]
     return samples, has_masks
+
+
+# --------------------------------------------------------------------------------------------- layouts
 
 
 def _load_mvtec(root: Path, category: str | None, test_dir: Path | None) -> DatasetSplit:
@@ -144,32 +232,57 @@ def _load_mvtec(root: Path, category: str | None, test_dir: Path | None) -> Data
         if (root / category).is_dir():
             base = root / category
         elif root.name != category and not (root / "train" / "good").is_dir():
-            raise DatasetError(f"category folder is missing: '{root / category}'")
+            found = _mvtec_categories(root)
+            listing = f" (categories found: {', '.join(found)})" if found else ""
+            raise DatasetError(f"category folder is missing: '{root / category}'{listing}")
+    if not (base / "train" / "good").is_dir():
+        found = _mvtec_categories(base)
+        if found:
+            raise DatasetError(f"'{base}' holds {len(found)} categories; choose one: {', '.join(found)}")
     train_images = _require_images(base / "train" / "good", "training (train/good)")
     train = [Sample(p, 0, "good", None) for p in train_images]
+    if test_dir is not None and not Path(test_dir).is_dir():
+        raise DatasetError(f"test folder is missing: '{test_dir}'")
     test_root = Path(test_dir) if test_dir is not None else base / "test"
-    test, has_masks = _test_samples(test_root, test_root.parent / "ground_truth", masks_required=True)
+    test: list[Sample] = []
+    has_masks = False
+    if test_root.is_dir():
+        gt_root = test_root.parent / "ground_truth"
+        if gt_root.is_dir():
+            test, has_masks = _test_samples(test_root, lambda kind: [gt_root / kind], strict=True)
+        else:
+            test, has_masks = _test_samples(test_root, lambda kind: [], strict=False)
     return DatasetSplit(category or base.name, "mvtec", base, train, test, has_masks)
 
 
-def _read_visa_csv(csv_path: Path) -> list[dict[str, str]]:
+def _read_visa_csv(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) pairs, keys lower-cased and values stripped."""
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(handle)]
+            reader = csv.DictReader(handle)
+            columns = {(c or "").strip().lower() for c in reader.fieldnames or []}
+            missing = [c for c in _VISA_COLUMNS if c not in columns]
+            if missing:
+                raise DatasetError(
+                    f"'{csv_path}' lacks column(s) {', '.join(missing)} (expected {','.join(_VISA_COLUMNS)})"
+                )
+            return [
+                (number, {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None})
+                for number, row in enumerate(reader, start=2)
+            ]
     except OSError as error:
         raise DatasetError(f"cannot read '{csv_path}': {error}") from error
-    needed = {"object", "split", "label", "image", "mask"}
-    if rows and not needed <= set(rows[0]):
-        raise DatasetError(f"'{csv_path}' must have columns {','.join(sorted(needed))}")
-    return rows
 
 
 def _load_visa(root: Path, category: str | None) -> DatasetSplit:
+    location = _visa_location(root)
+    if location is None:
+        raise DatasetError(f"VisA split file is missing: '{root / _VISA_CSV}'")
+    root, implied = location
+    category = category or implied
     csv_path = root / _VISA_CSV
-    if not csv_path.is_file():
-        raise DatasetError(f"VisA split file is missing: '{csv_path}'")
     rows = _read_visa_csv(csv_path)
-    objects = sorted({row["object"] for row in rows})
+    objects = sorted({row["object"] for _, row in rows} - {""})
     if not objects:
         raise DatasetError(f"'{csv_path}' lists no images")
     if category is None:
@@ -180,59 +293,89 @@ def _load_visa(root: Path, category: str | None) -> DatasetSplit:
         raise DatasetError(f"category '{category}' is not in '{csv_path}' (objects: {', '.join(objects)})")
     train: list[Sample] = []
     test: list[Sample] = []
-    all_masked = True
-    any_defect = False
-    for row in rows:
+    dropped = 0
+    for number, row in rows:
         if row["object"] != category:
             continue
+        where = f"'{csv_path}' line {number}"
+        label = row["label"].lower()
+        if label not in _NORMAL_LABELS + _ANOMALY_LABELS:
+            raise DatasetError(f"{where}: unknown label '{row['label']}' (expected normal or anomaly)")
+        split = row["split"].lower()
+        if split not in ("train", "test"):
+            raise DatasetError(f"{where}: unknown split '{row['split']}' (expected train or test)")
+        anomalous = label in _ANOMALY_LABELS
         image = root / row["image"]
         if not image.is_file():
             raise DatasetError(f"image listed in '{csv_path}' is missing: '{image}'")
-        anomalous = row["label"].lower() in ("anomaly", "anomalous", "abnormal", "1", "bad", "defect")
+        if split == "train":
+            if anomalous:
+                dropped += 1
+            else:
+                train.append(Sample(image, 0, "good", None))
+            continue
         mask: Path | None = None
         if anomalous:
-            any_defect = True
-            if row["mask"]:
-                mask = root / row["mask"]
-                if not mask.is_file():
-                    raise DatasetError(f"mask listed in '{csv_path}' is missing: '{mask}'")
-            else:
-                all_masked = False
-        sample = Sample(image, int(anomalous), "anomaly" if anomalous else "good", mask)
-        if row["split"].lower() == "train":
-            if not anomalous:
-                train.append(sample)
-        else:
-            test.append(sample)
+            if not row["mask"]:
+                raise DatasetError(f"anomalous image '{image}' has no mask ({where} leaves the mask empty)")
+            mask = root / row["mask"]
+            if not mask.is_file():
+                raise DatasetError(f"anomalous image '{image}' has no mask: '{mask}' is missing")
+        test.append(Sample(image, int(anomalous), "anomaly" if anomalous else "good", mask))
+    if dropped:
+        log.warning("%s: %d anomalous rows of the train split dropped (training uses normal images only)", category, dropped)
     if not train:
         raise DatasetError(f"'{csv_path}' has no normal training images for '{category}'")
-    return DatasetSplit(category, "visa", root, train, test, any_defect and all_masked)
+    has_masks = any(s.label for s in test)  # every anomalous test image was checked to have a mask
+    return DatasetSplit(category, "visa", root, train, test, has_masks)
 
 
 def _load_folder(root: Path, test_dir: Path | None) -> DatasetSplit:
-    train_images = _require_images(root, "training images")
-    train = [Sample(p, 0, "good", None) for p in train_images]
+    images = list_images(root)
+    if not images:
+        nested = [p.name for p in _subdirs(root) if list_images(p, recursive=True)]
+        if nested:
+            raise DatasetError(
+                f"training images folder has no images directly inside: '{root}' (its subfolders "
+                f"{', '.join(nested[:5])} have some); point to the folder of normal images"
+            )
+        _require_images(root, "training images")
+    train = [Sample(p, 0, "good", None) for p in images]
     test: list[Sample] = []
     has_masks = False
     if test_dir is not None:
         test_dir = Path(test_dir)
         if not test_dir.is_dir():
             raise DatasetError(f"test folder is missing: '{test_dir}'")
-        test, has_masks = _test_samples(test_dir, test_dir.parent / "ground_truth", masks_required=False)
+
+        def mask_folders(kind: str) -> list[Path]:
+            return [test_dir / kind / "masks", test_dir / "ground_truth" / kind, test_dir.parent / "ground_truth" / kind]
+
+        test, has_masks = _test_samples(test_dir, mask_folders, strict=False)
     return DatasetSplit(root.name, "folder", root, train, test, has_masks)
 
 
-def _detect_layout(root: Path, category: str | None) -> str:
+def detect_layout(root: str | os.PathLike[str], category: str | None = None) -> str:
+    """``"mvtec"``, ``"visa"`` or ``"folder"`` from the folder structure; :class:`DatasetError` otherwise."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data-set folder is missing: '{root}'")
     if (root / "train" / "good").is_dir() or (category and (root / category / "train" / "good").is_dir()):
         return "mvtec"
-    if (root / _VISA_CSV).is_file():
+    if _visa_location(root) is not None:
         return "visa"
+    if _mvtec_categories(root):
+        return "mvtec"
     if list_images(root):
         return "folder"
     where = f"'{root / category}/train/good' or " if category else ""
+    hint = ""
+    if any((p / "Data" / "Images").is_dir() for p in _subdirs(root)):
+        hint = " (VisA object folders are here, but not split_csv/1cls.csv)"
     raise DatasetError(
-        f"cannot detect the layout of '{root}': looked for {where}'train/good' (MVTec), "
-        f"'split_csv/1cls.csv' (VisA) and images directly in the folder"
+        f"cannot detect the layout of '{root}'{hint}: looked for {where}'train/good' (MVTec AD, MPDD, WFDD), "
+        f"'split_csv/1cls.csv' (VisA), '<category>/train/good' (a suite of categories) and images directly "
+        f"in the folder (plain folder of normal images)"
     )
 
 
@@ -243,13 +386,14 @@ def load_dataset(
     category: str | None = None,
     test_dir: str | os.PathLike[str] | None = None,
 ) -> DatasetSplit:
-    """Load a data set; ``layout`` is ``auto``, ``mvtec`` (``mpdd``, ``wfdd``), ``visa`` or ``folder``."""
+    """List a data set's samples (nothing is decoded). ``layout``: ``auto``, ``mvtec`` (``mpdd``,
+    ``wfdd``), ``visa`` or ``folder`` — the rules are in the module docstring."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"data-set folder is missing: '{root}'")
-    key = layout.lower()
+    key = (layout or "auto").lower()
     if key == "auto":
-        key = _detect_layout(root, category)
+        key = detect_layout(root, category)
     elif key not in _LAYOUT_ALIASES:
         raise DatasetError(f"unknown layout '{layout}' (use auto, mvtec, mpdd, wfdd, visa or folder)")
     key = _LAYOUT_ALIASES[key]
@@ -257,32 +401,60 @@ def load_dataset(
     if key == "mvtec":
         return _load_mvtec(root, category, test_path)
     if key == "visa":
+        if test_path is not None:
+            raise DatasetError("test_dir does not apply to the VisA layout (its split file defines the test set)")
         return _load_visa(root, category)
     return _load_folder(root, test_path)
 
 
 def list_categories(root: str | os.PathLike[str], layout: str = "auto") -> list[str]:
-    """Categories under ``root``: MVTec-like subfolders with ``train/good``, or VisA objects.
-
-    A root that is itself one MVTec-like category gives ``[root.name]``; a plain folder gives ``[]``.
-    """
+    """Categories under ``root``: MVTec-like subfolders with ``train/good``, or the objects of a VisA
+    split file. A root that is itself one MVTec-like category (or one VisA object folder) gives
+    ``[root.name]``; a plain folder gives ``[]``."""
     root = Path(root)
-    key = layout.lower()
+    key = (layout or "auto").lower()
     if key == "folder" or not root.is_dir():
         return []
-    if key in ("auto", "visa") and (root / _VISA_CSV).is_file():
-        return sorted({row["object"] for row in _read_visa_csv(root / _VISA_CSV)})
+    location = _visa_location(root)
+    if key in ("auto", "visa") and location is not None:
+        if location[1] is not None:
+            return [location[1]]
+        return sorted({row["object"] for _, row in _read_visa_csv(root / _VISA_CSV)} - {""})
     if key == "visa":
         raise DatasetError(f"VisA split file is missing: '{root / _VISA_CSV}'")
-    found = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "train" / "good").is_dir()
-    )
+    found = _mvtec_categories(root)
     if not found and (root / "train" / "good").is_dir():
         return [root.name]
     return found
 
 
 # ---------------------------------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Where the ``size × size`` network input comes from: the original ``(H, W)`` image is resized to
+    ``resized_hw``, then ``[top : top + size, left : left + size]`` is cut out."""
+
+    original_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    top: int
+    left: int
+    size: int
+
+    def in_original(self) -> tuple[float, float, float, float]:
+        """The crop in original pixel coordinates: ``(y0, x0, y1, x1)``, floats, end exclusive."""
+        sy = self.original_hw[0] / self.resized_hw[0]
+        sx = self.original_hw[1] / self.resized_hw[1]
+        return self.top * sy, self.left * sx, (self.top + self.size) * sy, (self.left + self.size) * sx
+
+
+def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of an ``N×C×H×W`` float tensor, antialiased when shrinking."""
+    if tuple(tensor.shape[-2:]) == tuple(size):
+        return tensor
+    shrink = size[0] < tensor.shape[-2] or size[1] < tensor.shape[-1]
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=shrink)
 
 
 class Preprocessor:
@@ -292,6 +464,11 @@ class Preprocessor:
     MTD, ~30% of the defects lie wholly outside the crop). ``fit="stretch"`` resizes both sides to
     ``resize or image_size`` (aspect ratio not kept), then centre-crops, so nothing is lost when
     ``resize`` is ``None``.
+
+    The resized longer side is rounded to the nearest pixel; images use bilinear interpolation with
+    antialiasing. Masks go through the same interpolation and are thresholded at 0.5; if that leaves
+    nothing of a defect that reaches into the crop (a thin scratch shrunk below half a pixel), the
+    threshold becomes half the mask's peak coverage, so a defect never vanishes from its mask.
     """
 
     def __init__(self, image_size: int, resize: int | None = None, fit: str = "crop"):
@@ -308,9 +485,11 @@ class Preprocessor:
     def __repr__(self) -> str:
         return f"Preprocessor(image_size={self.image_size}, resize={self.resize}, fit={self.fit!r})"
 
-    def geometry(self, original_hw: tuple[int, int]) -> tuple[int, int, int, int]:
-        """(resized_h, resized_w, top, left) of the crop for an image of ``original_hw``."""
-        height, width = int(original_hw[0]), int(original_hw[1])
+    def crop_box(self, height: int, width: int) -> CropBox:
+        """The geometry applied to a ``height × width`` image."""
+        height, width = int(height), int(width)
+        if height < 1 or width < 1:
+            raise ValueError(f"invalid image size {width}x{height}")
         if self.fit == "stretch":
             new_h = new_w = self.resize
         elif height <= width:
@@ -319,56 +498,89 @@ class Preprocessor:
             new_h, new_w = max(self.resize, int(round(height * self.resize / width))), self.resize
         top = int(round((new_h - self.image_size) / 2.0))
         left = int(round((new_w - self.image_size) / 2.0))
-        return new_h, new_w, top, left
+        return CropBox((height, width), (new_h, new_w), top, left, self.image_size)
 
-    def _crop(self, tensor: torch.Tensor, top: int, left: int) -> torch.Tensor:
-        size = self.image_size
-        return tensor[..., top : top + size, left : left + size].contiguous()
+    def geometry(self, original_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """``(resized_h, resized_w, top, left)`` of the crop for an image of ``original_hw``."""
+        box = self.crop_box(*original_hw)
+        return box.resized_hw[0], box.resized_hw[1], box.top, box.left
+
+    def _apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        box = self.crop_box(*tensor.shape[-2:])
+        resized = _resize(tensor, box.resized_hw)
+        return resized[..., box.top : box.top + box.size, box.left : box.left + box.size]
 
     def image(self, image: np.ndarray) -> torch.Tensor:
-        """``uint8`` ``H×W×3`` → ``float32`` ``(3, S, S)`` in ``[0, 1]`` (bilinear, antialiased)."""
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an H×W×3 image, got shape {tuple(image.shape)}")
-        new_h, new_w, top, left = self.geometry(image.shape[:2])
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        if (new_h, new_w) != tuple(image.shape[:2]):
-            tensor = F.interpolate(
-                tensor[None], size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-            )[0].clamp_(0.0, 1.0)
-        return self._crop(tensor, top, left)
+        """``uint8`` ``H×W×3`` (or ``H×W`` grey) → ``float32`` ``(3, S, S)`` in ``[0, 1]``."""
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"expected an H×W×3 image, got shape {tuple(array.shape)}")
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()
+        if array.dtype == np.uint8:
+            tensor = tensor.div_(255.0)
+        return self._apply(tensor[None])[0].clamp_(0.0, 1.0).contiguous()
 
     def mask(self, mask: np.ndarray) -> torch.Tensor:
-        """``bool`` ``H×W`` → ``float32`` ``(1, S, S)`` in ``{0, 1}`` (nearest, same geometry as images)."""
-        if mask.ndim != 2:
-            raise ValueError(f"expected an H×W mask, got shape {tuple(mask.shape)}")
-        new_h, new_w, top, left = self.geometry(mask.shape)
-        tensor = torch.from_numpy(np.ascontiguousarray(mask != 0)).float()[None]
-        if (new_h, new_w) != tuple(mask.shape):
-            tensor = F.interpolate(tensor[None], size=(new_h, new_w), mode="nearest-exact")[0]
-        return self._crop(tensor, top, left)
+        """``bool`` ``H×W`` → ``float32`` ``(1, S, S)`` in ``{0, 1}``, aligned with :meth:`image`."""
+        array = np.asarray(mask)
+        if array.ndim != 2:
+            raise ValueError(f"expected an H×W mask, got shape {tuple(array.shape)}")
+        soft = self._apply(torch.from_numpy((array != 0).astype(np.float32))[None, None])[0]
+        hard = soft > 0.5
+        peak = float(soft.max())
+        if not hard.any() and peak > 1e-3:  # thin defect: keep its strongest half
+            hard = soft >= 0.5 * peak
+        return hard.float().contiguous()
 
-    def map_to_original(self, anomaly_map: np.ndarray, original_hw: tuple[int, int]) -> np.ndarray:
-        """Map a ``(S, S)`` map back onto the original ``(H, W)`` frame (zeros outside the crop)."""
-        values = torch.as_tensor(np.asarray(anomaly_map, dtype=np.float32))
+    def map_to_original(
+        self,
+        anomaly_map: np.ndarray | torch.Tensor,
+        original_hw: tuple[int, int],
+        pad: Literal["constant", "edge"] = "constant",
+        value: float = 0.0,
+    ) -> np.ndarray:
+        """Map an ``(S, S)`` map back onto the original ``(H, W)`` frame, for overlays.
+
+        Where the crop cut the image, the map is filled with ``value`` (``pad="constant"``, default 0:
+        "not scored") or with the nearest edge value (``pad="edge"``, for maps whose range does not start
+        at 0); then it is resized to ``(H, W)``. A bool map comes back bool, anything else float32.
+        """
+        if isinstance(anomaly_map, torch.Tensor):
+            array = anomaly_map.detach().cpu().numpy()
+        else:
+            array = np.asarray(anomaly_map)
+        is_bool = array.dtype == np.bool_
+        values = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
         if values.ndim != 2:
             values = values.reshape(values.shape[-2:])
         size = self.image_size
         if tuple(values.shape) != (size, size):
             values = F.interpolate(values[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-        height, width = int(original_hw[0]), int(original_hw[1])
-        new_h, new_w, top, left = self.geometry((height, width))
-        frame = torch.zeros((new_h, new_w), dtype=torch.float32)
-        frame[top : top + size, left : left + size] = values
-        if (new_h, new_w) != (height, width):
-            downscale = new_h > height or new_w > width
-            frame = F.interpolate(
-                frame[None, None], size=(height, width), mode="bilinear", align_corners=False, antialias=downscale
-            )[0, 0]
-        return frame.numpy()
+        box = self.crop_box(*original_hw)
+        (new_h, new_w), top, left = box.resized_hw, box.top, box.left
+        padding = (left, new_w - left - size, top, new_h - top - size)
+        frame = values[None, None]
+        if any(padding):
+            if pad == "edge":
+                frame = F.pad(frame, padding, mode="replicate")
+            elif pad == "constant":
+                frame = F.pad(frame, padding, mode="constant", value=float(value))
+            else:
+                raise ValueError(f"pad must be 'constant' or 'edge', got {pad!r}")
+        out = _resize(frame, box.original_hw)[0, 0].numpy()
+        return out > 0.5 if is_bool else out.astype(np.float32)
 
 
 class ImageDataset(Dataset):
-    """Reads and preprocesses samples; unreadable files raise :class:`~glass_ad.io.ImageReadError`."""
+    """Samples → dicts of ``image`` ``(3, S, S)``, ``mask`` ``(1, S, S)`` (zeros without a mask),
+    ``label``, ``defect_type``, ``path`` (str) and ``index``.
+
+    An unreadable image or mask raises :class:`~glass_ad.io.ImageReadError` naming the file (the caller
+    decides whether to skip it). A mask saved at another resolution than its image is resized (nearest)
+    when the aspect ratios agree within 2 %; otherwise that is an ImageReadError naming the mask.
+    """
 
     def __init__(self, samples: list[Sample], preprocessor: Preprocessor):
         self.samples = list(samples)
@@ -377,26 +589,28 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _mask(self, sample: Sample, image_hw: tuple[int, int]) -> torch.Tensor:
+        size = self.preprocessor.image_size
+        if sample.mask_path is None:
+            return torch.zeros((1, size, size), dtype=torch.float32)
+        raw = read_mask(sample.mask_path)
+        if raw.shape != tuple(image_hw):
+            (mh, mw), (h, w) = raw.shape, image_hw
+            if abs((mh / mw) / (h / w) - 1.0) > 0.02:
+                raise ImageReadError(
+                    sample.mask_path, f"mask is {mw}x{mh} pixels but its image '{sample.path}' is {w}x{h}"
+                )
+            rows = np.minimum(((np.arange(h) + 0.5) * mh / h).astype(np.int64), mh - 1)
+            cols = np.minimum(((np.arange(w) + 0.5) * mw / w).astype(np.int64), mw - 1)
+            raw = raw[rows][:, cols]
+        return self.preprocessor.mask(raw)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         pixels = read_image(sample.path)
-        image = self.preprocessor.image(pixels)
-        if sample.mask_path is not None:
-            raw = read_mask(sample.mask_path)
-            if raw.shape != pixels.shape[:2]:  # align a mask saved at another resolution
-                raw = (
-                    F.interpolate(
-                        torch.from_numpy(raw).float()[None, None], size=pixels.shape[:2], mode="nearest-exact"
-                    )[0, 0].numpy()
-                    > 0.5
-                )
-            mask = self.preprocessor.mask(raw)
-        else:
-            size = self.preprocessor.image_size
-            mask = torch.zeros((1, size, size), dtype=torch.float32)
         return {
-            "image": image,
-            "mask": mask,
+            "image": self.preprocessor.image(pixels),
+            "mask": self._mask(sample, pixels.shape[:2]),
             "label": int(sample.label),
             "defect_type": sample.defect_type,
             "path": str(sample.path),

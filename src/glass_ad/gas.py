@@ -72,7 +72,7 @@ def synthesize(
         for step in range(settings.steps):
             g = g.detach().requires_grad_(True)
             with torch.enable_grad():
-                scores = discriminator(torch.cat([u, g]))[len(u) :]
+                scores = discriminator(torch.cat([u, g]))[len(u) :].float()
                 loss = F.binary_cross_entropy(scores, torch.ones_like(scores))
                 (grad,) = torch.autograd.grad(loss, [g])
             with torch.no_grad():

@@ -43,7 +43,8 @@ def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 def image_ap(scores: np.ndarray, labels: np.ndarray) -> float:
     """Image-level average precision (nan if only one class is present)."""
     s, y = _flat(scores, labels)
-    return float(average_precision_score(y, s)) if _two_classes(y) else float("nan")
+    # scikit-learn can return 1 + 2e-16 for a perfect ranking: clip the rounding away.
+    return float(min(1.0, average_precision_score(y, s))) if _two_classes(y) else float("nan")
 
 
 def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
@@ -121,7 +122,7 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
         f = np.r_[f, fpr_limit]
         p = np.r_[p, p_lim]
     area = float(np.sum((f[1:] - f[:-1]) * (p[1:] + p[:-1]) * 0.5))
-    return area / fpr_limit
+    return float(min(1.0, max(0.0, area / fpr_limit)))  # clip float rounding
 
 
 def _div(a: float, b: float, empty: float) -> float:

@@ -109,6 +109,10 @@ def test(
                 batch["path"],
             )
     report: dict[str, Any] = evaluator.compute()
+    if not dataset.has_masks:  # all-zero stand-in masks would make pixel metrics meaningless
+        for key in ("pixel_auroc", "pixel_ap", "aupro"):
+            report[key] = float("nan")
+        report["note"] = "no ground-truth masks: pixel metrics not computed"
     report["hypothesis"] = checkpoint.get("hypothesis")
     report["backbone"] = checkpoint["backbone"]["name"]
     report["recipe"] = config.recipe
@@ -133,6 +137,15 @@ def test(
             "normal_median": float(np.median(normalize_scores(scores[labels == 0], calibration["image_normalization"])))
             if (labels == 0).any()
             else None,
+        }
+    if calibration.get("f1_image_threshold") is not None:
+        # Second operating point from `glass calibrate` (labelled validation set), reported beside the first.
+        report["f1_threshold"] = {
+            "image_threshold": calibration["f1_image_threshold"],
+            "pixel_threshold": calibration.get("f1_pixel_threshold"),
+            "validation_images": calibration.get("f1_val_images"),
+            "source": calibration.get("f1_method"),
+            **threshold_stats(scores, labels, calibration["f1_image_threshold"]),
         }
 
     if pictures and report_dir is not None:

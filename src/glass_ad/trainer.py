@@ -71,11 +71,13 @@ def split_holdout(samples: list[Sample], config: GlassConfig) -> tuple[list[Samp
     return [s for i, s in enumerate(samples) if i not in chosen], [samples[i] for i in holdout]
 
 
-ELONGATED = 1.5
+ELONGATED = 1.5  # long/short side: a centre crop would drop over a third of such an image
+ELONGATED_SHARE = 0.1
 
 
-def choose_fit(samples: list[Sample], probe: int = 16) -> str:
-    """'stretch' when the images are elongated (a centre crop would drop whole regions), else 'crop'."""
+def choose_fit(samples: list[Sample], probe: int = 64) -> str:
+    """'stretch' when at least 10 % of the images are elongated (a centre crop would drop whole regions,
+    and with them defects), else 'crop' (the reference)."""
     from PIL import Image
 
     ratios = []
@@ -86,7 +88,8 @@ def choose_fit(samples: list[Sample], probe: int = 16) -> str:
         except Exception:  # unreadable files are reported when decoded
             continue
         ratios.append(max(width, height) / max(1, min(width, height)))
-    return "stretch" if ratios and float(np.median(ratios)) > ELONGATED else "crop"
+    share = float(np.mean(np.asarray(ratios) > ELONGATED)) if ratios else 0.0
+    return "stretch" if share >= ELONGATED_SHARE else "crop"
 
 
 def decode_images(
@@ -178,6 +181,17 @@ def gas_settings(config: GlassConfig, hypothesis: str) -> gas_module.GASSettings
     )
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether training arithmetic runs under bf16 autocast."""
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def training_step(
     model: GlassModel,
     optimizers: list[torch.optim.Optimizer],
@@ -188,16 +202,27 @@ def training_step(
     config: GlassConfig,
     settings: gas_module.GASSettings,
     generator: torch.Generator,
+    bf16: bool = False,
 ) -> dict[str, float]:
     """One optimisation step on B×P×D normal features and (optionally) B×P×D LAS features."""
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(normal.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss, stats = _step_loss(model, normal, las_features, las_labels, centre, config, settings, generator)
+    loss.backward()
+    for optimizer in optimizers:
+        optimizer.step()
+    return stats
+
+
+def _step_loss(model, normal, las_features, las_labels, centre, config, settings, generator):
     batch, patches, dim = normal.shape
-    u = model.adaptor(normal.reshape(-1, dim))
+    # Feature geometry (distances, projections, ascent steps) stays float32 even under autocast.
+    u = model.adaptor(normal.reshape(-1, dim)).float()
     centres = centre.repeat(batch, 1)
     fake = labels = None
     if las_features is not None:
-        fake = model.adaptor(las_features.reshape(-1, dim))
+        fake = model.adaptor(las_features.reshape(-1, dim)).float()
         labels = las_labels.reshape(-1)
 
     # r'1: 75 % quantile of normal distances to the centre (normal LAS patches count as normal).
@@ -219,30 +244,27 @@ def training_step(
         v = gas_module.synthesize(
             model.discriminator, u[subset], settings, centres=centres[subset], radius=radius, generator=generator
         )
-        scores = model.discriminator(torch.cat([u, v]))
+        scores = model.discriminator(torch.cat([u, v])).float()
         true_scores, gas_scores = scores[:count], scores[count:]
         loss_terms["normal"] = bce(true_scores, 0.0)
         loss_terms["gas"] = bce(gas_scores, 1.0)
     else:
-        true_scores = model.discriminator(u)
+        true_scores = model.discriminator(u).float()
         loss_terms["normal"] = bce(true_scores, 0.0)
 
     if fake is not None:
         if settings.hypothesis == "hypersphere":
             fake = gas_module.project_las_features(fake, labels, centres[: len(fake)], radius)
-        fake_scores = model.discriminator(fake).squeeze(1)
+        fake_scores = model.discriminator(fake).float().squeeze(1)
         loss_terms["las"] = las_loss(fake_scores, labels, config.focal_gamma, config.ohem_quantile)
 
     loss = sum(loss_terms.values())
-    loss.backward()
-    for optimizer in optimizers:
-        optimizer.step()
     stats = {f"loss_{k}": float(v.detach()) for k, v in loss_terms.items()}
     stats["loss"] = float(loss.detach())
     stats["p_true"] = float((true_scores.detach() < 0.5).float().mean())
     if radius is not None:
         stats["radius"] = float(radius)
-    return stats
+    return loss, stats
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -383,6 +405,8 @@ def train(
     if config.adaptor:
         optimizers.append(torch.optim.Adam(model.adaptor.parameters(), lr=config.lr, weight_decay=config.adaptor_weight_decay))
     settings = gas_settings(config, hypothesis)
+    bf16 = use_bf16(config.precision, device)
+    echo(f"training arithmetic: {'bf16 autocast' if bf16 else 'float32'}")
     iterations = math.ceil((config.images_per_epoch + 1) / config.batch_size)
     iterations = min(iterations, math.ceil(len(images) / config.batch_size))
 
@@ -411,7 +435,7 @@ def train(
                     las_features = model.features(synthetic.images.to(device))
                 las_labels = synthetic.patch_labels.to(device)
             stats = training_step(
-                model, optimizers, normal, las_features, las_labels, centre, config, settings, generator
+                model, optimizers, normal, las_features, las_labels, centre, config, settings, generator, bf16
             )
             epoch_stats.append(stats)
             bar.set_postfix(it=f"{it + 1}/{iterations}", loss=f"{stats['loss']:.3f}")
@@ -426,8 +450,10 @@ def train(
                 best_state = _trainable_state(model)
             else:
                 stale += 1
+        record["elapsed_s"] = time.perf_counter() - start_time
         history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record.get('val_score', float('nan')):.3f}")
+        if progress:
+            bar.write(_epoch_line(record))
         if config.early_stopping and val is not None and stale >= config.patience:
             echo(f"early stop after epoch {epoch + 1}: no validation gain for {config.patience} epochs (best: epoch {best_epoch})")
             break
@@ -513,6 +539,15 @@ def _trainable_state(model: GlassModel) -> dict[str, torch.Tensor]:
         for k, v in model.state_dict().items()
         if k.startswith("discriminator.") or k.startswith("adaptor.")
     }
+
+
+def _epoch_line(record: dict[str, float]) -> str:
+    parts = [f"epoch {record['epoch']:>3}", f"loss {record['loss']:.4f}"]
+    parts += [f"{k[5:]} {record[k]:.4f}" for k in ("loss_normal", "loss_gas", "loss_las") if k in record]
+    if "val_score" in record:
+        parts.append(f"val image AUROC {record['val_image_auroc']:.4f} patch AP {record['val_patch_ap']:.4f}")
+    parts.append(f"{record['elapsed_s']:.0f} s")
+    return " | ".join(parts)
 
 
 def _format_stats(stats: dict[str, Any]) -> str:

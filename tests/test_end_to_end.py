@@ -1,0 +1,70 @@
+"""Train on a tiny generated data set, then check the model found the defects (CPU, seconds)."""
+
+import json
+
+import pytest
+import torch
+
+from glass_ad.config import make_config
+from glass_ad.demo_data import make_demo_dataset
+from glass_ad.model import read_checkpoint
+from glass_ad.tester import test as run_test
+from glass_ad.trainer import train
+
+
+def _config(**overrides):
+    values = dict(backbone="efficientnet_lite0", image_size=64, epochs=6, early_stopping=False, seed=0, num_threads=2)
+    values.update(overrides)
+    return make_config("fast", **values)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("data"), n_train=40, n_test_good=10, n_test_defect=10, size=64)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    result = train(data, run, _config(), progress=False, echo=lambda _: None)
+    return run, result
+
+
+def test_defects_are_found(trained, data, tmp_path):
+    run, result = trained
+    report = run_test(run, data, json_path=tmp_path / "m.json", report_dir=tmp_path / "pics", progress=False)
+    assert report["image_auroc"] > 0.85  # chance is 0.5
+    assert report["pixel_auroc"] > 0.8
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap"):
+        assert 0.0 <= report[key] <= 1.0
+    assert set(report["per_defect_type"]) == {"scratch", "spot"}
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written["image_auroc"] == pytest.approx(report["image_auroc"])
+    assert (tmp_path / "pics" / "score_histogram.png").stat().st_size > 0
+
+
+def test_checkpoint_is_self_contained(trained):
+    run, result = trained
+    checkpoint = read_checkpoint(run)  # weights_only=True inside
+    assert checkpoint["hypothesis"] in ("manifold", "hypersphere")
+    assert checkpoint["centre"].shape == (64, checkpoint["embed_dim"])
+    assert checkpoint["calibration"]["image_threshold"] > 0
+    assert checkpoint["training"]["holdout_images"] >= 4
+    # No test image was read during training: only train/good paths are recorded.
+    assert all("/train/good/" in p for p in checkpoint["training"]["holdout_paths"])
+
+
+def test_seeded_runs_are_reproducible(data, tmp_path):
+    config = _config(epochs=1)
+    a = train(data, tmp_path / "a", config, progress=False, echo=lambda _: None)
+    b = train(data, tmp_path / "b", config, progress=False, echo=lambda _: None)
+    ca, cb = read_checkpoint(a.checkpoint), read_checkpoint(b.checkpoint)
+    for key in ca["discriminator"]:
+        assert torch.equal(ca["discriminator"][key], cb["discriminator"][key]), key
+
+
+@pytest.mark.parametrize("hypothesis", ["manifold", "hypersphere"])
+def test_both_hypotheses_train(data, tmp_path, hypothesis):
+    result = train(data, tmp_path, _config(epochs=1, hypothesis=hypothesis), progress=False, echo=lambda _: None)
+    assert result.hypothesis == hypothesis
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
