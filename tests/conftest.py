@@ -7,8 +7,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-# Two cores: keep PyTorch from oversubscribing when pytest runs.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: tiny test tensors gain nothing from more, and a busy machine makes OpenMP threads spin.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

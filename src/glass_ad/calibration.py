@@ -8,17 +8,29 @@ normalised score is a logistic curve fixed by two numbers of the same distributi
 
 with t the threshold and m the median normal score, so that the median normal image maps to 0.1 and
 the threshold to 0.5. It is monotone, lies in (0, 1), and is the same formula in PyTorch and ONNX.
+
+Optionally (`glass calibrate RUN_DIR --val DIR`), a labelled validation set that is not the test set
+adds a second operating point, the F1-optimal image (and pixel) threshold, stored next to the
+false-alarm one under ``f1_*`` keys; the false-alarm threshold and the normalisation never change.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .config import GlassConfig
+from .datasets import ImageDataset, Preprocessor, Sample
+from .io import IMAGE_EXTENSIONS, ImageReadError, list_images
+from .metrics import f1_optimal_threshold, threshold_stats
+
+log = logging.getLogger(__name__)
 
 LN9 = math.log(9.0)
 
@@ -70,3 +82,209 @@ def calibrate(model, holdout: torch.Tensor, config: GlassConfig, device) -> dict
         "pixel_normalization": logistic_params(pixel_values, pixel_threshold),
         "holdout_image_scores": [float(s) for s in image_scores],
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fallback when a checkpoint has no calibration (trained without a holdout).
+
+# Without held-out images the only neutral choice is the discriminator's own decision boundary: its
+# output is a probability of "anomalous", so 0.5. The scale puts a score of 0 at 0.1, like a median
+# normal image of a calibrated model.
+_FALLBACK_THRESHOLD = 0.5
+
+
+def resolve_calibration(calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint's calibration, completed with the neutral fallback where a field is missing."""
+    result = dict(calibration or {})
+    if "image_threshold" not in result:
+        result["method"] = "fallback-discriminator-probability"
+        result["image_threshold"] = _FALLBACK_THRESHOLD
+    if "pixel_threshold" not in result:
+        result["pixel_threshold"] = _FALLBACK_THRESHOLD
+    if "image_normalization" not in result:
+        result["image_normalization"] = {"center": result["image_threshold"], "scale": result["image_threshold"] / LN9}
+    if "pixel_normalization" not in result:
+        result["pixel_normalization"] = {"center": result["pixel_threshold"], "scale": result["pixel_threshold"] / LN9}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# F1-optimal thresholds on a labelled validation set (optional, `glass calibrate`).
+#
+# The stored false-alarm threshold needs no defect image. When the user does have labelled images that
+# are *not* the test set, the F1-optimal threshold is a second, separately stored operating point; it
+# never replaces the false-alarm one.
+
+_PIXEL_BINS = 20_000  # maps lie in [0, 1]: a 5e-5 threshold resolution with memory flat in the set size
+_RESERVED_FOLDERS = ("ground_truth", "masks")
+
+
+def _find_mask(folders: list[Path], stem: str) -> Path | None:
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for name in (f"{stem}_mask", stem):
+            for candidate in sorted(folder.glob(f"{name}.*")):
+                if candidate.suffix.lower() in IMAGE_EXTENSIONS and candidate.is_file():
+                    return candidate
+    return None
+
+
+def load_validation_set(folder: str | os.PathLike) -> tuple[list[Sample], Path]:
+    """Labelled samples of a validation folder, and the folder the images come from.
+
+    ``FOLDER/good/*`` are normal, every other subfolder ``FOLDER/<type>/*`` anomalous. Masks (optional)
+    are ``<stem>_mask.<ext>`` or ``<stem>.<ext>`` in ``FOLDER/<type>/masks``, ``FOLDER/ground_truth/<type>``
+    or ``FOLDER/../ground_truth/<type>``. An MVTec-style root (``FOLDER/test`` without ``FOLDER/good``)
+    means ``FOLDER/test``. A defect image without a mask gets ``mask_path=None``.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"validation folder not found: '{root}'")
+    if not (root / "good").is_dir() and (root / "test").is_dir():
+        root = root / "test"
+    samples: list[Sample] = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if sub.name.lower() in _RESERVED_FOLDERS:
+            continue
+        if sub.name == "good":
+            samples.extend(Sample(path, 0, "good", None) for path in list_images(sub))
+            continue
+        mask_folders = [sub / "masks", root / "ground_truth" / sub.name, root.parent / "ground_truth" / sub.name]
+        for path in list_images(sub):
+            samples.append(Sample(path, 1, sub.name, _find_mask(mask_folders, path.stem)))
+    if not any(s.label == 0 for s in samples) or not any(s.label == 1 for s in samples):
+        raise ValueError(
+            f"validation folder '{root}' needs normal images in good/ and defect images in other subfolders "
+            f"(found {sum(s.label == 0 for s in samples)} normal, {sum(s.label == 1 for s in samples)} defect)"
+        )
+    return samples, root
+
+
+def _midpoint_threshold(scores: np.ndarray, threshold: float) -> float:
+    """Move a threshold that sits exactly on a score halfway down to the next lower score.
+
+    Same F1 on the validation set, but a margin on both sides instead of none below.
+    """
+    below = scores[scores < threshold]
+    return float((threshold + below.max()) / 2.0) if below.size else float(threshold)
+
+
+def _pixel_f1_threshold(positive: np.ndarray, negative: np.ndarray) -> tuple[float, float]:
+    """F1-optimal pixel threshold from histograms of map values (bin lower edges over [0, 1])."""
+    # Pixels with bin index >= k are "anomalous" at threshold k / bins (suffix sums).
+    tp = np.cumsum(positive[::-1])[::-1].astype(np.float64)
+    fp = np.cumsum(negative[::-1])[::-1].astype(np.float64)
+    total_pos = float(positive.sum())
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    recall = tp / total_pos if total_pos else np.zeros_like(tp)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    k = int(np.argmax(f1))
+    return k / (len(positive) - 1), float(f1[k])
+
+
+@torch.no_grad()
+def f1_calibration(
+    model,
+    samples: list[Sample],
+    config: GlassConfig,
+    device,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """F1-optimal image threshold (and pixel threshold, when every defect image has a mask) on labelled
+    validation samples. Images go through the same uint8 preprocessing as training and `Detector`.
+
+    Unreadable files are skipped (logged); returns the ``f1_*`` fields `glass calibrate` stores.
+    """
+    from tqdm.auto import tqdm
+
+    fit = "crop" if config.fit == "auto" else config.fit
+    dataset = ImageDataset(samples, Preprocessor(config.image_size, config.resize, fit))
+    with_pixels = all(s.mask_path is not None for s in samples if s.label == 1)
+    positive = np.zeros(_PIXEL_BINS + 1, dtype=np.int64)
+    negative = np.zeros(_PIXEL_BINS + 1, dtype=np.int64)
+    scores: list[float] = []
+    labels: list[int] = []
+    skipped = 0
+    model.eval()
+
+    def run(batch: list[dict[str, Any]]) -> None:
+        # uint8 round trip: the exact input the deployed model (and the false-alarm calibration) sees.
+        images = torch.stack([(item["image"] * 255.0).round().to(torch.uint8) for item in batch])
+        out = model(images.to(device).float() / 255.0)
+        scores.extend(out.image_scores.cpu().double().tolist())
+        labels.extend(int(item["label"]) for item in batch)
+        if with_pixels:
+            bins = (out.anomaly_maps.cpu().clamp(0.0, 1.0) * _PIXEL_BINS).long().numpy()
+            masks = torch.stack([item["mask"][0] for item in batch]).numpy() > 0.5
+            positive[:] += np.bincount(bins[masks], minlength=_PIXEL_BINS + 1)
+            negative[:] += np.bincount(bins[~masks], minlength=_PIXEL_BINS + 1)
+
+    pending: list[dict[str, Any]] = []
+    for index in tqdm(range(len(dataset)), desc="calibrating", unit="img", disable=not progress):
+        try:
+            pending.append(dataset[index])
+        except ImageReadError as error:
+            log.warning("skipped: %s", error)
+            skipped += 1
+            continue
+        if len(pending) == batch_size:
+            run(pending)
+            pending = []
+    if pending:
+        run(pending)
+
+    score_array, label_array = np.asarray(scores), np.asarray(labels)
+    if not ((label_array == 0).any() and (label_array == 1).any()):
+        raise ValueError("F1 calibration needs readable normal and defect images")
+    threshold, _ = f1_optimal_threshold(score_array, label_array)
+    threshold = _midpoint_threshold(score_array, threshold)
+    stats = threshold_stats(score_array, label_array, threshold)
+    result: dict[str, Any] = {
+        "f1_method": "validation-f1-optimal",
+        "f1_image_threshold": threshold,
+        "f1_image_f1": stats["f1"],
+        "f1_image_precision": stats["precision"],
+        "f1_image_recall": stats["recall"],
+        "f1_image_false_alarm_rate": stats["false_alarm_rate"],
+        "f1_val_images": int(len(score_array)),
+        "f1_val_anomalous": int(label_array.sum()),
+        "f1_val_skipped": skipped,
+        "f1_pixel_threshold": None,
+        "f1_pixel_f1": None,
+    }
+    if with_pixels and positive.sum() and negative.sum():
+        result["f1_pixel_threshold"], result["f1_pixel_f1"] = _pixel_f1_threshold(positive, negative)
+    return result
+
+
+def calibrate_run(
+    run: str | os.PathLike,
+    val_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Add the F1-optimal thresholds of `val_dir` to the checkpoint of `run` (atomic rewrite).
+
+    Only ``f1_*`` fields are written; the false-alarm threshold and the normalisation stay as they are.
+    Returns the new ``f1_*`` fields (plus ``f1_val_dir``).
+    """
+    from .model import checkpoint_path, model_from_checkpoint, read_checkpoint, resolve_device, save_checkpoint
+
+    samples, root = load_validation_set(val_dir)
+    checkpoint = read_checkpoint(run)
+    torch_device = resolve_device(device)
+    model = model_from_checkpoint(checkpoint, torch_device)
+    config = GlassConfig.from_dict(checkpoint["config"])
+    result = f1_calibration(model, samples, config, torch_device, batch_size=batch_size, progress=progress)
+    result["f1_val_dir"] = str(root)
+    calibration = dict(checkpoint.get("calibration") or {})
+    calibration.update(result)
+    checkpoint["calibration"] = calibration
+    save_checkpoint(checkpoint, checkpoint_path(run))
+    return result

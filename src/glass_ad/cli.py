@@ -371,6 +371,279 @@ def calibrate(
     typer.echo("saved into the checkpoint; the false-alarm threshold is unchanged (use it with --threshold f1)")
 
 
+# --------------------------------------------------------------------------------------------------
+# Research workflows: suites, ablations, weak-defect test sets, previews (see suite.py, weak_defects.py,
+# previews.py).
+
+
+class SuiteDatasetChoice(str, Enum):
+    auto = "auto"
+    mvtec = "mvtec"
+    visa = "visa"
+    mpdd = "mpdd"
+    wfdd = "wfdd"
+
+
+class StudyChoice(str, Enum):
+    las = "las"
+    gas = "gas"
+    r1 = "r1"
+    adaptor = "adaptor"
+    backbone = "backbone"
+    layers = "layers"
+
+
+class ProjectionChoice(str, Enum):
+    pca = "pca"
+    tsne = "tsne"
+
+
+def _print_results_table(out: Path, results) -> None:
+    typer.echo((out / "results.md").read_text())
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        typer.secho(
+            f"{len(failed)} failed ({', '.join(failed)}): see {out}/<name>/error.txt; rerun the same command to retry them",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def suite(
+    root: Path = typer.Argument(..., help="Data-set root: category folders with train/good (MVTec AD, MPDD, WFDD; symlinked folders work), a VisA root, or one category folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: OUT/<category>/ runs, OUT/results.csv and OUT/results.md."),
+    dataset: SuiteDatasetChoice = typer.Option(SuiteDatasetChoice.auto, "--dataset", help="Layout of ROOT."),
+    categories: Optional[str] = typer.Option(None, help="Comma-separated categories (default: all found)."),
+    recipe: RecipeChoice = typer.Option(RecipeChoice.fast),
+    backbone: str = typer.Option("efficientnet_lite2"),
+    layers: Optional[str] = typer.Option(None, help="Comma-separated backbone layers."),
+    weights: Optional[Path] = typer.Option(None, help="Backbone weights file."),
+    epochs: Optional[int] = typer.Option(None),
+    textures: Optional[Path] = typer.Option(None, help="Texture folder for LAS (e.g. DTD); default: procedural."),
+    image_size: int = typer.Option(288),
+    resize: Optional[int] = typer.Option(None, help="Shorter side before the crop for every category (default: image size; MVTec toothbrush/wood: 329/288 of it, as the reference)."),
+    hypothesis: HypothesisChoice = typer.Option(HypothesisChoice.auto),
+    las: bool = typer.Option(True, "--las/--no-las"),
+    gas: GasChoice = typer.Option(GasChoice.full),
+    adaptor: bool = typer.Option(True, "--adaptor/--no-adaptor"),
+    r1: Optional[float] = typer.Option(None, help="Manifold truncation r1 (r2 = 2·r1)."),
+    seed: int = typer.Option(0),
+    model: Optional[Path] = typer.Option(None, "--model", help="Test every category with this trained run instead of training one per category (e.g. on weak-defect sets)."),
+    redo: bool = typer.Option(False, "--redo", help="Recompute runs that already have metrics.json."),
+    pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Score histogram and worst cases per category."),
+    device: str = typer.Option("auto"),
+    threads: Optional[int] = typer.Option(None),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train and test every category; resumable (finished categories are skipped), one results table."""
+    from .suite import run_suite
+
+    _setup_logging(verbose)
+    try:
+        config = make_config(
+            recipe.value,
+            backbone=backbone,
+            layers=tuple(l.strip() for l in layers.split(",")) if layers else None,
+            weights=str(weights) if weights else None,
+            epochs=epochs,
+            textures=str(textures) if textures else None,
+            image_size=image_size,
+            resize=resize,
+            hypothesis=hypothesis.value,
+            las=las,
+            gas=gas.value,
+            adaptor=adaptor,
+            r1=r1,
+            r2=2 * r1 if r1 is not None else None,
+            seed=seed,
+            device=device,
+            num_threads=threads,
+        )
+        only = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+        results = run_suite(
+            root, out, config, dataset=dataset.value, categories=only, model=model, redo=redo,
+            pictures=pictures, progress=not quiet, echo=typer.echo,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    _print_results_table(out, results)
+
+
+@app.command()
+def ablate(
+    root: Path = typer.Argument(..., help="One category folder, or a data-set root with --category."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: OUT/<study>=<value>/ runs and OUT/results.{csv,md}."),
+    study: StudyChoice = typer.Option(..., help="las (on/off), gas (off,noise,ascent,full), r1, adaptor (on/off), backbone, layers."),
+    values: Optional[str] = typer.Option(None, help="Comma-separated variants (defaults per study; layers: join a variant's layers with '+', e.g. blocks.2+blocks.3,blocks.3)."),
+    category: Optional[str] = typer.Option(None),
+    dataset: SuiteDatasetChoice = typer.Option(SuiteDatasetChoice.auto, "--dataset"),
+    recipe: RecipeChoice = typer.Option(RecipeChoice.fast),
+    backbone: str = typer.Option("efficientnet_lite2"),
+    layers: Optional[str] = typer.Option(None),
+    weights: Optional[Path] = typer.Option(None),
+    epochs: Optional[int] = typer.Option(None),
+    textures: Optional[Path] = typer.Option(None),
+    image_size: int = typer.Option(288),
+    hypothesis: HypothesisChoice = typer.Option(HypothesisChoice.auto, help="The r1 study forces manifold when this is auto."),
+    seed: int = typer.Option(0),
+    redo: bool = typer.Option(False, "--redo"),
+    pictures: bool = typer.Option(False, "--pictures/--no-pictures"),
+    device: str = typer.Option("auto"),
+    threads: Optional[int] = typer.Option(None),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the variants of one ablation (paper Table 4 / Fig. 8) on one category; resumable, one table."""
+    from .suite import run_ablation
+
+    _setup_logging(verbose)
+    try:
+        config = make_config(
+            recipe.value,
+            backbone=backbone,
+            layers=tuple(l.strip() for l in layers.split(",")) if layers else None,
+            weights=str(weights) if weights else None,
+            epochs=epochs,
+            textures=str(textures) if textures else None,
+            image_size=image_size,
+            hypothesis=hypothesis.value,
+            seed=seed,
+            device=device,
+            num_threads=threads,
+        )
+        results = run_ablation(
+            root, out, config, study.value, values=values.split(",") if values else None, category=category,
+            dataset=dataset.value, redo=redo, pictures=pictures, progress=not quiet, echo=typer.echo,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    _print_results_table(out, results)
+
+
+@app.command("make-weak-defects")
+def make_weak_defects_command(
+    src: Path = typer.Argument(..., help="An MVTec-layout category (train/good, test/good)."),
+    out: Path = typer.Argument(..., help="Output folder: OUT/beta_<β>/ per β (MVTec layout)."),
+    beta: str = typer.Option("0.1,0.3,0.5,0.7", help="Comma-separated fixed β; larger β keeps more of the image = weaker defect."),
+    textures: Optional[Path] = typer.Option(None, help="Texture folder that differs from the training one (default: procedural textures, disjoint from DTD)."),
+    seed: int = typer.Option(0),
+    count: Optional[int] = typer.Option(None, help="Use at most N good test images (half stay good, half get a defect)."),
+    foreground: bool = typer.Option(False, "--foreground/--no-foreground", help="Keep defects on the object (object categories)."),
+    copy: bool = typer.Option(False, "--copy", help="Copy train/good and test/good instead of symlinking them."),
+) -> None:
+    """Build weak-defect test sets: LAS overlays at fixed β on half of SRC's good test images."""
+    from .weak_defects import make_weak_defects
+
+    try:
+        folders = make_weak_defects(
+            src, out, beta, textures=textures, seed=seed, count=count, foreground=foreground, link=not copy, echo=typer.echo
+        )
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    typer.echo(f"next: glass train {src} --out RUN && glass suite {out} --model RUN --out RESULTS  ({len(folders)} sets)")
+
+
+preview_app = typer.Typer(no_args_is_help=True, help="Pictures: LAS previews, feature projections, score histograms, heatmaps.")
+app.add_typer(preview_app, name="preview")
+
+
+@preview_app.command("las")
+def preview_las(
+    data_dir: Path = typer.Argument(..., help="Data set (its train/good images are used)."),
+    out: Path = typer.Option(Path("las_preview.png"), "--out", "-o"),
+    textures: Optional[Path] = typer.Option(None, help="Texture folder (default: procedural)."),
+    count: int = typer.Option(8, min=1),
+    image_size: int = typer.Option(256),
+    foreground: ForegroundChoice = typer.Option(ForegroundChoice.auto),
+    seed: int = typer.Option(0),
+    category: Optional[str] = typer.Option(None),
+    dataset: str = typer.Option("auto", "--dataset"),
+) -> None:
+    """Grid of normal | LAS image | mask, titled with β and the Perlin rule."""
+    from .previews import las_grid
+
+    try:
+        path = las_grid(
+            data_dir, out, textures=textures, count=count, image_size=image_size, foreground=foreground.value,
+            seed=seed, category=category, layout=dataset,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    typer.echo(f"saved {path}")
+
+
+@preview_app.command("features")
+def preview_features(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `glass train`."),
+    data_dir: Path = typer.Argument(..., help="The data set it was trained on (train/good images are used)."),
+    out: Path = typer.Option(Path("features.png"), "--out", "-o"),
+    images: int = typer.Option(8, min=1, help="Normal images whose patches are projected."),
+    method: ProjectionChoice = typer.Option(ProjectionChoice.pca, help="pca, or tsne (slower; on a subsample)."),
+    points: int = typer.Option(3000, min=30, help="Points drawn in all (split over normal / GAS / LAS)."),
+    textures: Optional[Path] = typer.Option(None, help="Texture folder for LAS (default: the training one when present, else procedural)."),
+    seed: int = typer.Option(0),
+    category: Optional[str] = typer.Option(None),
+    dataset: str = typer.Option("auto", "--dataset"),
+) -> None:
+    """2-D projection of normal, GAS and LAS patch features of a trained model (the paper's Fig. 1)."""
+    from .previews import feature_projection
+
+    try:
+        path = feature_projection(
+            run_dir, data_dir, out, images=images, method=method.value, points=points, textures=textures,
+            seed=seed, category=category, layout=dataset,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    typer.echo(f"saved {path}")
+
+
+@preview_app.command("scores")
+def preview_scores(
+    suite_dir: Path = typer.Argument(..., help="Output folder of `glass suite`/`glass ablate` (or one run folder with scores.csv)."),
+    out: Path = typer.Option(Path("score_histograms.png"), "--out", "-o"),
+    bins: int = typer.Option(30, min=2),
+) -> None:
+    """Image-score histograms, one panel per category, with the stored thresholds."""
+    from .previews import score_histograms
+
+    try:
+        path = score_histograms(suite_dir, out, bins=bins)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    typer.echo(f"saved {path}")
+
+
+@preview_app.command("heatmaps")
+def preview_heatmaps(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `glass train`."),
+    data_dir: Path = typer.Argument(..., help="Data set with a test split."),
+    out: Path = typer.Option(Path("heatmaps.png"), "--out", "-o"),
+    count: int = typer.Option(8, min=1),
+    columns: int = typer.Option(1, min=1),
+    category: Optional[str] = typer.Option(None),
+    dataset: str = typer.Option("auto", "--dataset"),
+) -> None:
+    """Test images with anomaly maps, the stored pixel threshold (red) and the ground truth (green)."""
+    from .previews import heatmap_grid
+
+    try:
+        path = heatmap_grid(run_dir, data_dir, out, count=count, category=category, layout=dataset, columns=columns)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    typer.echo(f"saved {path}")
+
+
 def main() -> None:
     app()
 

@@ -25,20 +25,21 @@ def perlin_noise(shape: tuple[int, int], scale: tuple[int, int], rng: np.random.
     height, width = shape
     cells_y, cells_x = scale
     angles = rng.random((cells_y + 1, cells_x + 1)) * 2 * math.pi
-    gradients = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
-    # Position of every pixel in lattice units.
-    ys = np.arange(height) * (cells_y / height)
-    xs = np.arange(width) * (cells_x / width)
-    iy, ix = ys.astype(int), xs.astype(int)
+    grad_y, grad_x = np.sin(angles).astype(np.float32), np.cos(angles).astype(np.float32)
+    # Position of every row / column in lattice units: the grid is separable, so keep 1-D vectors.
+    ys = np.arange(height, dtype=np.float32) * (cells_y / height)
+    xs = np.arange(width, dtype=np.float32) * (cells_x / width)
+    iy, ix = ys.astype(np.int64), xs.astype(np.int64)
     fy, fx = (ys - iy)[:, None], (xs - ix)[None, :]
 
     def corner(dy: int, dx: int) -> np.ndarray:
-        grad = gradients[iy[:, None] + dy, ix[None, :] + dx]
-        return grad[..., 0] * (fy - dy) + grad[..., 1] * (fx - dx)
+        rows, cols = np.ix_(iy + dy, ix + dx)
+        return grad_x[rows, cols] * (fx - dx) + grad_y[rows, cols] * (fy - dy)
 
     wy, wx = _fade(fy), _fade(fx)
-    top = corner(0, 0) + wx * (corner(0, 1) - corner(0, 0))
-    bottom = corner(1, 0) + wx * (corner(1, 1) - corner(1, 0))
+    c00, c01, c10, c11 = corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1)
+    top = c00 + wx * (c01 - c00)
+    bottom = c10 + wx * (c11 - c10)
     return math.sqrt(2) * (top + wy * (bottom - top))
 
 

@@ -76,6 +76,7 @@ def test(
     device: str = "auto",
     progress: bool = True,
     pictures: bool = True,
+    scores_csv: str | Path | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate the model in `run_dir` on `data_root/test`; returns (and optionally writes) the report."""
@@ -151,6 +152,8 @@ def test(
     if pictures and report_dir is not None:
         _write_pictures(report_dir, evaluator, preprocessor, calibration, model, torch_device)
         report["pictures"] = str(report_dir)
+    if scores_csv is not None:
+        _write_scores_csv(scores_csv, evaluator)
     if json_path is not None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,6 +200,19 @@ def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, dev
             )
     if panels:
         visualize.case_grid(panels, folder / "worst_cases.png", columns=1)
+
+
+def _write_scores_csv(path: str | Path, evaluator: StreamingEvaluator) -> None:
+    """One row per test image (path, defect_type, label, image score), for histograms across runs."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "defect_type", "label", "score"])
+        for row in zip(evaluator.paths, evaluator.defect_types, evaluator.labels, evaluator.image_scores):
+            writer.writerow([row[0], row[1], int(row[2]), f"{float(row[3]):.6g}"])
 
 
 def _jsonable(value):

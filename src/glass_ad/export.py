@@ -1,0 +1,259 @@
+"""ONNX export of the whole inference graph, and throughput measurements.
+
+One ONNX model holds everything between raw pixels and the outputs:
+
+    images (uint8, B×S×S×3, RGB) → float / 255 → backbone (ImageNet-style normalisation inside)
+    → 3×3 aggregation → feature scale → adaptor → discriminator → bilinear upsample → Gaussian smoothing
+    → image_score (B), normalized_score (B), anomaly_map (B×S×S)
+
+S is the checkpoint's ``image_size``; the batch axis is dynamic. Resizing and cropping images of any
+size to S×S stays in Python (`glass_ad.datasets.Preprocessor`, used by `glass_ad.predict.Detector`),
+because antialiased resizing differs between libraries and would break the parity with training. The
+graph is the module `InferenceGraph`, which `Detector` also runs in PyTorch, so both engines compute
+the same formula, including the normalised score (`calibration.normalize_scores`).
+
+The model's metadata (``glass_ad.*`` properties) records the image size, the thresholds and the
+normalisation it was exported with; `Detector` refuses an ONNX file that does not match its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .calibration import normalize_scores, resolve_calibration
+from .config import GlassConfig
+from .model import GlassModel, checkpoint_path, model_from_checkpoint, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("image_score", "normalized_score", "anomaly_map")
+DEFAULT_OPSET = 17
+ONNX_NAME = "model.onnx"
+META_PREFIX = "glass_ad."
+
+
+class InferenceGraph(nn.Module):
+    """uint8 images B×S×S×3 → (raw image score B, normalised score B, anomaly map B×S×S).
+
+    The exported graph and the PyTorch engine of `Detector` are this module, so the two agree.
+    """
+
+    def __init__(self, model: GlassModel, normalization: dict[str, float]):
+        super().__init__()
+        self.model = model
+        # Plain floats: they become constants of the graph, like the thresholds they come from.
+        self.normalization = {"center": float(normalization["center"]), "scale": float(normalization["scale"])}
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        out = self.model(x)
+        return out.image_scores, normalize_scores(out.image_scores, self.normalization), out.anomaly_maps
+
+
+def inference_graph(checkpoint: dict[str, Any], device: str | torch.device = "cpu") -> InferenceGraph:
+    """The evaluation-mode `InferenceGraph` of a loaded checkpoint."""
+    calibration = resolve_calibration(checkpoint.get("calibration"))
+    return InferenceGraph(model_from_checkpoint(checkpoint, device), calibration["image_normalization"]).eval()
+
+
+def export_metadata(checkpoint: dict[str, Any]) -> dict[str, str]:
+    """The ``glass_ad.*`` metadata an exported model carries (strings, as ONNX requires)."""
+    config = GlassConfig.from_dict(checkpoint["config"])
+    calibration = resolve_calibration(checkpoint.get("calibration"))
+    values = {
+        "format": "glass-ad-onnx/1",
+        "image_size": config.image_size,
+        "resize": config.resize if config.resize is not None else "",
+        "fit": config.fit,
+        "backbone": checkpoint["backbone"]["name"],
+        "image_threshold": calibration["image_threshold"],
+        "pixel_threshold": calibration["pixel_threshold"],
+        "normalization_center": calibration["image_normalization"]["center"],
+        "normalization_scale": calibration["image_normalization"]["scale"],
+        "input": "uint8 BxSxSx3 RGB, already resized/cropped to image_size",
+    }
+    return {META_PREFIX + key: repr(value) if isinstance(value, float) else str(value) for key, value in values.items()}
+
+
+def read_metadata(onnx_path: str | os.PathLike) -> dict[str, str]:
+    """The ``glass_ad.*`` metadata of an exported model (prefix removed); reads the header only."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key[len(META_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    exporter: str  # "torchscript" (dynamo=False) or "dynamo"
+    opset: int
+    max_abs_diff: dict[str, float] = field(default_factory=dict)  # ONNX Runtime vs PyTorch, random batch
+
+
+def _export_torchscript(graph: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    dynamic = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    with warnings.catch_warnings():
+        # Tracer and legacy-exporter notices: the graph has no data-dependent control flow.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _export_dynamo(graph: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=({0: batch},),
+            # The dynamo exporter builds opset 18 graphs; converting them down fails for Pad.
+            opset_version=max(opset, 18),
+            dynamo=True,
+            verbose=False,
+        )
+        program.save(str(path))
+
+
+def onnx_session(onnx_path: str | os.PathLike, threads: int | None = None):
+    """An ONNX Runtime session on the CPU provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.log_severity_level = 3  # warnings about unused initialisers etc. are noise for users
+    return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def compare(graph: InferenceGraph, onnx_path: str | os.PathLike, images: np.ndarray) -> dict[str, float]:
+    """Max |ONNX Runtime − PyTorch| per output on uint8 images B×S×S×3."""
+    session = onnx_session(onnx_path)
+    onnx_out = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images, dtype=np.uint8)})
+    with torch.inference_mode():
+        torch_out = graph(torch.from_numpy(np.ascontiguousarray(images)))
+    return {
+        name: float(np.abs(a.astype(np.float64) - b.numpy().astype(np.float64)).max())
+        for name, a, b in zip(OUTPUT_NAMES, onnx_out, torch_out)
+    }
+
+
+def export_onnx(
+    run: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+    exporter: str = "auto",
+) -> ExportResult:
+    """Export the model of `run` (run directory or checkpoint) to ONNX; default ``RUN_DIR/model.onnx``.
+
+    ``exporter``: ``torchscript`` (``dynamo=False``, robust for this graph), ``dynamo``, or ``auto`` (the
+    first, then the second if it fails). The file is checked with ``onnx.checker``; with ``verify`` a
+    random batch of 2 is run through ONNX Runtime and PyTorch and the differences are returned.
+    """
+    import onnx
+
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17 (got {opset})")
+    checkpoint = read_checkpoint(run)
+    size = GlassConfig.from_dict(checkpoint["config"]).image_size
+    path = Path(out) if out is not None else checkpoint_path(run).parent / ONNX_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = inference_graph(checkpoint, "cpu")
+    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    # Write next to the target and rename at the end: a failed export never leaves a half-written file.
+    tmp = path.with_name(f".{path.name}.tmp")
+    chosen = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
+    used, errors = None, []
+    for name in chosen:
+        try:
+            (_export_torchscript if name == "torchscript" else _export_dynamo)(graph, example, tmp, opset)
+            used = name
+            break
+        except Exception as error:  # one exporter failing is reason to try the other, not to stop
+            errors.append(f"{name}: {type(error).__name__}: {error}")
+            log.warning("ONNX export with the %s exporter failed: %s", name, error)
+    if used is None:
+        if tmp.exists():
+            tmp.unlink()
+        raise RuntimeError("ONNX export failed: " + " | ".join(errors))
+    try:
+        model = onnx.load(str(tmp))
+        for key, value in export_metadata(checkpoint).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    written_opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=opset)
+    result = ExportResult(path, used, int(written_opset))
+    if verify:
+        rng = np.random.default_rng(0)
+        result.max_abs_diff = compare(graph, path, rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Throughput (random inputs: these numbers measure compute, not accuracy)
+
+
+def onnx_throughput(
+    onnx_path: str | os.PathLike, image_size: int, batch_size: int = 8, repeats: int = 5, threads: int | None = None
+) -> float:
+    """Images per second of the ONNX model under ONNX Runtime (CPU), after one warm-up batch."""
+    session = onnx_session(onnx_path, threads)
+    images = np.random.default_rng(0).integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
+    feed = {INPUT_NAME: images}
+    session.run(None, feed)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        session.run(None, feed)
+    return repeats * batch_size / (time.perf_counter() - start)
+
+
+def torch_throughput(
+    run: str | os.PathLike, batch_size: int = 8, repeats: int = 5, device: str | torch.device = "cpu"
+) -> float:
+    """Images per second of the same graph in PyTorch (uint8 input, as the ONNX model), after a warm-up."""
+    checkpoint = read_checkpoint(run)
+    size = GlassConfig.from_dict(checkpoint["config"]).image_size
+    graph = inference_graph(checkpoint, device)
+    images = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, device=device)
+    with torch.inference_mode():
+        graph(images)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            graph(images)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+    return repeats * batch_size / (time.perf_counter() - start)

@@ -1,0 +1,544 @@
+"""`Detector`: load a trained model once, then score arrays, PIL images or files of any size.
+
+    from glass_ad.predict import Detector
+
+    detector = Detector.load("runs/mtd")                      # or engine="onnx"
+    result = detector("part.png")                             # one input → one Prediction
+    results = detector([array, pil_image, "other.tif"])       # a list → a list, batched internally
+    result.score, result.normalized, result.is_anomalous      # raw, in [0, 1], decision
+    result.anomaly_map, result.region                         # float32 / bool, original H×W
+
+Every input goes through the same steps as training: ``uint8`` RGB (`io.read_image` rules for files and
+for non-uint8 arrays), the checkpoint's `Preprocessor` (resize + crop / stretch to S×S), rounding to
+``uint8``; then the `export.InferenceGraph` in PyTorch or its ONNX export in ONNX Runtime (same formula
+for both). Maps are brought back to the original frame with `Preprocessor.map_to_original` (0 where the
+crop cut the image).
+
+Decisions use the checkpoint's thresholds: ``threshold="far"`` (default) the false-alarm threshold fixed at
+training time, ``"f1"`` the F1-optimal one added by `glass calibrate`, or a number (raw image score).
+The normalised score always maps the false-alarm threshold to 0.5.
+
+`predict_files` is the `glass predict` command without the command line: folders, overlays, a
+results file, and one line per unreadable input while the rest are still predicted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+
+from .calibration import LN9, resolve_calibration
+from .config import GlassConfig
+from .datasets import Preprocessor
+from .io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from .model import checkpoint_path, read_checkpoint, resolve_device
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Detector", "Prediction", "ImageInput", "collect_inputs", "predict_files"]
+
+MIN_SIDE = 8  # as io.read_image: smaller images carry no usable texture at stride 8
+OVERLAY_MAX_SIDE = 1024  # overlays of huge images are drawn downscaled (3 tiles wide)
+
+ImageInput = Union[np.ndarray, "PIL.Image.Image", str, os.PathLike]  # noqa: F821 (PIL is imported lazily)
+
+
+@dataclass
+class Prediction:
+    """The result for one image. Maps are at the image's original size."""
+
+    score: float  # raw image score (max patch score of the discriminator)
+    normalized: float  # in (0, 1); the false-alarm threshold maps to 0.5
+    is_anomalous: bool  # score >= the detector's image threshold
+    anomaly_map: np.ndarray  # float32 H×W
+    region: np.ndarray  # bool H×W: anomaly_map >= the detector's pixel threshold
+    path: str | None = None  # the file, when the input was one
+    threshold: float = float("nan")  # the image threshold the decision used
+    image: np.ndarray | None = field(default=None, repr=False)  # uint8 H×W×3, only with keep_image=True
+
+    @property
+    def decision(self) -> str:
+        return "anomalous" if self.is_anomalous else "normal"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no arrays)."""
+        height, width = self.anomaly_map.shape
+        return {
+            "path": self.path,
+            "score": float(self.score),
+            "normalized_score": float(self.normalized),
+            "decision": self.decision,
+            "threshold": float(self.threshold),
+            "width": int(width),
+            "height": int(height),
+            "region_fraction": float(self.region.mean()) if self.region.size else 0.0,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs → uint8 H×W×3
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    # The file reader's rule (bit depth from the data, floats in [0, 1] × 255), so that an array and the
+    # file it came from give the same pixels.
+    from .io import _to_uint8 as convert
+
+    return convert(array)
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 3 and array.shape[2] in (2, 4):  # grey+alpha / RGBA: alpha is dropped, like files
+        array = array[:, :, 0] if array.shape[2] == 2 else array[:, :, :3]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise ValueError(f"expected an H×W or H×W×3 image array, got shape {tuple(array.shape)}")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"unsupported image array dtype {array.dtype}")
+    height, width = array.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise ValueError(f"image is {width}x{height} pixels, smaller than the minimum {MIN_SIDE}x{MIN_SIDE}")
+    array = _to_uint8(array)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(array)
+
+
+def _pil_to_array(image) -> np.ndarray:
+    # Modes numpy reads as they are (16/32-bit integers and floats keep their depth for _to_uint8);
+    # every other mode (palette, 1-bit, CMYK, …) is converted by Pillow itself.
+    if image.mode in ("RGB", "RGBA", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+        return np.asarray(image)
+    return np.asarray(image.convert("RGB"))
+
+
+def to_rgb(item: ImageInput) -> tuple[np.ndarray, str | None]:
+    """One input as ``uint8`` H×W×3 RGB, and its path (None for in-memory images).
+
+    Raises `ImageReadError` (files) or `ValueError` (arrays, PIL images) with a one-line reason.
+    """
+    if isinstance(item, (str, os.PathLike)):
+        return read_image(item, min_size=MIN_SIDE), str(item)
+    if isinstance(item, np.ndarray):
+        return _array_to_rgb(item), None
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        Image = None
+    if Image is not None and isinstance(item, Image.Image):
+        return _array_to_rgb(_pil_to_array(item)), getattr(item, "filename", None) or None
+    raise TypeError(f"cannot predict on a {type(item).__name__}: pass a numpy array, a PIL image or a path")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Engines: uint8 B×S×S×3 numpy → (scores B, normalised B, maps B×S×S) numpy
+
+
+class _TorchEngine:
+    name = "torch"
+
+    def __init__(self, checkpoint: dict[str, Any], device: torch.device):
+        from .export import inference_graph
+
+        self.device = device
+        self.graph = inference_graph(checkpoint, device)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            out = self.graph(torch.from_numpy(images).to(self.device))
+        return tuple(t.float().cpu().numpy() for t in out)  # type: ignore[return-value]
+
+
+class _OnnxEngine:
+    name = "onnx"
+
+    def __init__(self, onnx_path: Path, checkpoint: dict[str, Any], threads: int | None = None):
+        from .export import INPUT_NAME, OUTPUT_NAMES, onnx_session, read_metadata
+
+        if not onnx_path.is_file():
+            raise FileNotFoundError(
+                f"no ONNX model at {onnx_path} (create it with `glass export RUN_DIR --format onnx --out {onnx_path}`)"
+            )
+        _check_metadata(read_metadata(onnx_path), checkpoint, onnx_path)
+        self.path = onnx_path
+        self.session = onnx_session(onnx_path, threads)
+        self.input_name, self.output_names = INPUT_NAME, list(OUTPUT_NAMES)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self.session.run(self.output_names, {self.input_name: images})
+        return tuple(np.asarray(o, dtype=np.float32) for o in out)  # type: ignore[return-value]
+
+
+def _check_metadata(meta: dict[str, str], checkpoint: dict[str, Any], path: Path) -> None:
+    """The ONNX file must come from this checkpoint's model size and normalisation (else: re-export)."""
+    config = GlassConfig.from_dict(checkpoint["config"])
+    calibration = resolve_calibration(checkpoint.get("calibration"))
+    problems = []
+    if not meta:
+        problems.append("it has no glass_ad metadata (not written by `glass export`)")
+    else:
+        if int(meta.get("image_size", -1)) != config.image_size:
+            problems.append(f"image size {meta.get('image_size')} ≠ {config.image_size}")
+        for key, want in (
+            ("normalization_center", calibration["image_normalization"]["center"]),
+            ("normalization_scale", calibration["image_normalization"]["scale"]),
+        ):
+            have = float(meta.get(key, "nan"))
+            if not abs(have - want) <= 1e-9 * max(1.0, abs(want)):
+                problems.append(f"{key} {have} ≠ {want}")
+    if problems:
+        raise ValueError(f"ONNX model {path} does not match the checkpoint ({'; '.join(problems)}); re-export it")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class Detector:
+    """A trained model ready for inference (see the module docstring)."""
+
+    def __init__(
+        self,
+        checkpoint: dict[str, Any],
+        engine: _TorchEngine | _OnnxEngine,
+        *,
+        batch_size: int = 8,
+        threshold: str | float = "far",
+        source: str | None = None,
+    ):
+        config = GlassConfig.from_dict(checkpoint["config"])
+        # Checkpoints store the fit chosen at training time; "auto" can only remain in hand-made configs.
+        fit = "crop" if config.fit == "auto" else config.fit
+        self.checkpoint = checkpoint
+        self.config = config
+        self.preprocessor = Preprocessor(config.image_size, config.resize, fit)
+        self.calibration = resolve_calibration(checkpoint.get("calibration"))
+        self.engine = engine
+        self.batch_size = max(1, int(batch_size))
+        self.source = source
+        self.threshold_kind, self.image_threshold, self.pixel_threshold = self._thresholds(threshold)
+
+    @classmethod
+    def load(
+        cls,
+        run: str | os.PathLike,
+        device: str = "auto",
+        engine: str = "torch",
+        onnx_path: str | os.PathLike | None = None,
+        *,
+        batch_size: int = 8,
+        threshold: str | float = "far",
+        threads: int | None = None,
+    ) -> "Detector":
+        """Load from a run directory or checkpoint file. ``engine="onnx"`` runs ``onnx_path`` (default
+        ``RUN_DIR/model.onnx``, written by `glass export`) with ONNX Runtime on the CPU."""
+        checkpoint = read_checkpoint(run)
+        if engine == "torch":
+            runner: _TorchEngine | _OnnxEngine = _TorchEngine(checkpoint, resolve_device(device))
+        elif engine == "onnx":
+            from .export import ONNX_NAME
+
+            path = Path(onnx_path) if onnx_path is not None else checkpoint_path(run).parent / ONNX_NAME
+            runner = _OnnxEngine(path, checkpoint, threads)
+        else:
+            raise ValueError(f"engine must be 'torch' or 'onnx', got {engine!r}")
+        return cls(checkpoint, runner, batch_size=batch_size, threshold=threshold, source=str(checkpoint_path(run)))
+
+    def _thresholds(self, threshold: str | float) -> tuple[str, float, float]:
+        cal = self.calibration
+        if isinstance(threshold, str) and threshold.lower() == "far":
+            return "far", float(cal["image_threshold"]), float(cal["pixel_threshold"])
+        if isinstance(threshold, str) and threshold.lower() == "f1":
+            if cal.get("f1_image_threshold") is None:
+                raise ValueError("this checkpoint has no F1 threshold; add one with `glass calibrate RUN_DIR --val DIR`")
+            pixel = cal.get("f1_pixel_threshold")
+            return "f1", float(cal["f1_image_threshold"]), float(pixel if pixel is not None else cal["pixel_threshold"])
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold must be 'far', 'f1' or a number, got {threshold!r}") from None
+        return "custom", value, float(cal["pixel_threshold"])
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    # ------------------------------------------------------------------------------------ prediction
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """uint8 H×W×3 → the network input uint8 S×S×3 (resize + crop, rounded like the training images)."""
+        tensor = self.preprocessor.image(image)
+        return (tensor * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+    def score_prepared(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run the engine on prepared uint8 B×S×S×3 images: (raw scores, normalised scores, S×S maps)."""
+        return self.engine(np.ascontiguousarray(images, dtype=np.uint8))
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None):
+        return self.predict(images, batch_size=batch_size)
+
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None
+    ) -> Prediction | list[Prediction]:
+        """One input → one `Prediction`; a list or tuple → a list. An unreadable input raises."""
+        if isinstance(images, (list, tuple)):
+            return list(self.iter_predict(images, batch_size=batch_size))
+        return next(iter(self.iter_predict([images], batch_size=batch_size)))
+
+    def iter_predict(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        batch_size: int | None = None,
+        on_error: Callable[[ImageInput, Exception], None] | None = None,
+        keep_image: bool = False,
+    ) -> Iterator[Prediction]:
+        """Predictions in input order, decoding and scoring `batch_size` images at a time (memory flat).
+
+        With `on_error`, an input that cannot be read is reported there and skipped; without, it raises.
+        """
+        size = max(1, int(batch_size or self.batch_size))
+        pending: list[tuple[np.ndarray, str | None, np.ndarray]] = []
+        for item in images:
+            try:
+                rgb, path = to_rgb(item)
+                pending.append((rgb, path, self.prepare(rgb)))
+            except (ValueError, TypeError, OSError) as error:  # ImageReadError is a ValueError
+                if on_error is None:
+                    raise
+                on_error(item, error)
+                continue
+            if len(pending) == size:
+                yield from self._finish(pending, keep_image)
+                pending = []
+        if pending:
+            yield from self._finish(pending, keep_image)
+
+    def _finish(self, batch: list[tuple[np.ndarray, str | None, np.ndarray]], keep_image: bool) -> Iterator[Prediction]:
+        scores, normalized, maps = self.score_prepared(np.stack([prepared for _, _, prepared in batch]))
+        for (rgb, path, _), score, norm, small in zip(batch, scores, normalized, maps):
+            full = self.preprocessor.map_to_original(small, rgb.shape[:2])
+            yield Prediction(
+                score=float(score),
+                normalized=float(norm),
+                is_anomalous=bool(score >= self.image_threshold),
+                anomaly_map=full,
+                region=full >= self.pixel_threshold,
+                path=path,
+                threshold=self.image_threshold,
+                image=rgb if keep_image else None,
+            )
+
+    # -------------------------------------------------------------------------------------- pictures
+
+    def heat_range(self) -> tuple[float, float]:
+        """Fixed colour scale for this model's maps: a typical normal pixel at the bottom, the pixel
+        threshold in the middle, so heatmaps of different images compare at a glance."""
+        threshold = float(self.pixel_threshold)
+        spread = float(self.calibration["pixel_normalization"]["scale"]) * LN9  # threshold − median normal
+        spread = spread if spread > 1e-6 else max(threshold, 1e-3)
+        return threshold - spread, threshold + spread
+
+    def overlay(self, prediction: Prediction, image: np.ndarray | None = None, title: str | None = None) -> np.ndarray:
+        """original | heatmap | predicted-region contour, as a uint8 RGB panel (downscaled when large)."""
+        import cv2
+
+        from .visualize import overlay_panel
+
+        picture = image if image is not None else prediction.image
+        if picture is None:
+            raise ValueError("overlay needs the image: predict with keep_image=True or pass image=")
+        height, width = picture.shape[:2]
+        scale = OVERLAY_MAX_SIDE / max(height, width)
+        if scale < 1.0:  # overlay_panel resizes the map to the image; contours follow the resized map
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
+        vmin, vmax = self.heat_range()
+        if title is None:
+            title = f"{prediction.decision}: score {prediction.score:.3f} (normalized {prediction.normalized:.2f})"
+        return overlay_panel(
+            picture, prediction.anomaly_map, vmin=vmin, vmax=vmax, threshold=self.pixel_threshold, title=title
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files and folders (`glass predict`)
+
+
+def collect_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """Expand files and folders (recursively) into ``(file, overlay name)`` pairs, and ``(path, one-line
+    problem)`` pairs for inputs that yield nothing.
+
+    A folder's images keep their relative path below ``<folder name>/``; a file given directly is named
+    by its file name. Names that would collide get ``_2``, ``_3`` … so that no overlay overwrites another.
+    """
+    found: list[tuple[Path, Path]] = []
+    problems: list[tuple[str, str]] = []
+    used: set[str] = set()
+    seen: set[Path] = set()  # a file reached twice (given, and inside a given folder) is predicted once
+
+    def add(image: Path, name: Path) -> None:
+        key = image.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append((image, unique(name)))
+
+    def unique(name: Path) -> Path:
+        stem, candidate, k = name.with_suffix(""), name.with_suffix(".png"), 1
+        while str(candidate).lower() in used:
+            k += 1
+            candidate = stem.with_name(f"{stem.name}_{k}").with_suffix(".png")
+        used.add(str(candidate).lower())
+        return candidate
+
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            images = list_images(path, recursive=True)
+            if not images:
+                problems.append((str(path), f"'{path}': folder has no images (looked for {', '.join(IMAGE_EXTENSIONS)})"))
+            base = Path(path.resolve().name or "images")
+            for image in images:
+                add(image, base / image.relative_to(path))
+        elif path.exists():
+            add(path, Path(path.name))
+        else:
+            problems.append((str(path), f"'{path}': file not found"))
+    return found, problems
+
+
+def predict_files(
+    run: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    fmt: str = "json",
+    engine: str = "torch",
+    onnx_path: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    threshold: str | float = "far",
+    overlays: bool = True,
+    progress: bool = True,
+    report: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Predict every image under `paths`; write overlays and ``predictions.{json,csv}`` into `out`.
+
+    Each unreadable input is reported as one line through `report` (default: stderr) and skipped.
+    Returns the summary (also the JSON file's header): counts, thresholds, result file, errors.
+    """
+    from tqdm.auto import tqdm
+
+    from .visualize import save_png
+
+    if fmt not in ("json", "csv"):
+        raise ValueError(f"format must be 'json' or 'csv', got {fmt!r}")
+    detector = Detector.load(run, device=device, engine=engine, onnx_path=onnx_path, batch_size=batch_size, threshold=threshold)
+    files, problems = collect_inputs(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(files), desc="predicting", unit="img", disable=not progress, file=sys.stderr)
+    errors: list[dict[str, str]] = []
+
+    def say(line: str) -> None:
+        if report is not None:
+            report(line)
+        else:
+            bar.write(line, file=sys.stderr)
+
+    for where, line in problems:
+        errors.append({"path": where, "error": line})
+        say(f"skipped: {line}")
+
+    def failed(item, error: Exception) -> None:
+        errors.append({"path": str(item), "error": str(error)})
+        say(f"skipped: {error}" if isinstance(error, ImageReadError) else f"skipped: '{item}': {error}")
+        bar.update(1)
+
+    overlay_names = {str(path): name for path, name in files}
+    rows: list[dict[str, Any]] = []
+    for prediction in detector.iter_predict(
+        [path for path, _ in files], on_error=failed, keep_image=overlays, batch_size=batch_size
+    ):
+        row = prediction.to_dict()
+        if overlays:
+            target = out / "overlays" / overlay_names[str(prediction.path)]
+            title = (
+                f"{Path(str(prediction.path)).name}: {prediction.decision}, score {prediction.score:.3f} "
+                f"(normalized {prediction.normalized:.2f})"
+            )
+            save_png(target, detector.overlay(prediction, title=title))
+            row["overlay"] = str(target)
+        else:
+            row["overlay"] = ""
+        rows.append(row)
+        bar.update(1)
+    bar.close()
+
+    anomalous = sum(1 for r in rows if r["decision"] == "anomalous")
+    results = out / f"predictions.{fmt}"
+    summary: dict[str, Any] = {
+        "run": detector.source,
+        "engine": detector.engine_name,
+        "threshold": {"kind": detector.threshold_kind, "image": detector.image_threshold, "pixel": detector.pixel_threshold},
+        "n_images": len(rows),
+        "n_anomalous": anomalous,
+        "n_normal": len(rows) - anomalous,
+        "n_failed": len(errors),
+        "results": str(results),
+        "overlays": str(out / "overlays") if overlays and rows else None,
+        "errors": errors,
+    }
+    if fmt == "json":
+        _write_atomic(results, json.dumps({**summary, "predictions": rows}, indent=2))
+    else:
+        _write_csv(results, rows)
+    return summary
+
+
+CSV_COLUMNS = ("path", "score", "normalized_score", "decision", "threshold", "width", "height", "region_fraction", "overlay")
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import io as text_io
+
+    buffer = text_io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, buffer.getvalue())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line for the terminal."""
+    threshold = summary["threshold"]
+    line = (
+        f"{summary['n_images']} images: {summary['n_anomalous']} anomalous, {summary['n_normal']} normal "
+        f"(image threshold {threshold['image']:.4f}, {threshold['kind']}; engine {summary['engine']})"
+    )
+    if summary["n_failed"]:
+        line += f"; {summary['n_failed']} skipped"
+    line += f" → {summary['results']}"
+    if summary.get("overlays"):
+        line += f", overlays in {summary['overlays']}"
+    return line
