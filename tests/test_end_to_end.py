@@ -13,7 +13,7 @@ from glass_ad.trainer import train
 
 
 def _config(**overrides):
-    values = dict(backbone="efficientnet_lite0", image_size=64, epochs=6, early_stopping=False, seed=0, num_threads=2)
+    values = dict(backbone="efficientnet_lite0", image_size=64, epochs=6, early_stopping=False, seed=0)
     values.update(overrides)
     return make_config("fast", **values)
 

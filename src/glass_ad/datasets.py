@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MVTEC_CATEGORIES",
     "MVTEC_TEXTURES",
+    "VISA_CATEGORIES",
+    "MPDD_CATEGORIES",
+    "WFDD_CATEGORIES",
+    "BENCHMARK_CATEGORIES",
     "RESIZE_OVERRIDES",
     "LAYOUTS",
     "CropBox",
@@ -84,6 +88,21 @@ MVTEC_TEXTURES: tuple[str, ...] = ("carpet", "grid", "leather", "tile", "wood")
 # Categories the GLASS reference resizes to 329 (instead of 288) before the 288 centre crop.
 RESIZE_OVERRIDES: dict[str, int] = {"toothbrush": 329, "wood": 329}
 _REFERENCE_SIZE = 288
+
+# The categories of the public benchmarks (folder names as distributed), so that a suite can say when a
+# mean would not be comparable with the paper's because categories are missing.
+VISA_CATEGORIES: tuple[str, ...] = (
+    "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2",
+    "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
+)  # fmt: skip
+MPDD_CATEGORIES: tuple[str, ...] = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
+WFDD_CATEGORIES: tuple[str, ...] = ("grey_cloth", "grid_cloth", "pink_flower", "yellow_cloth")
+BENCHMARK_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "mvtec": MVTEC_CATEGORIES,
+    "visa": VISA_CATEGORIES,
+    "mpdd": MPDD_CATEGORIES,
+    "wfdd": WFDD_CATEGORIES,
+}
 
 LAYOUTS: tuple[str, ...] = ("auto", "mvtec", "mpdd", "wfdd", "visa", "folder")
 _LAYOUT_ALIASES = {"mvtec": "mvtec", "mpdd": "mvtec", "wfdd": "mvtec", "visa": "visa", "folder": "folder"}
