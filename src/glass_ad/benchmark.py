@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 
 from .config import GlassConfig, make_config
@@ -35,7 +34,10 @@ def _sync(device: torch.device) -> None:
 
 
 def _rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
+    """Peak resident memory of this process so far (MB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_benchmark(config: GlassConfig, *, repeats: int = 5, train_iterations: int = 4) -> dict[str, Any]:
@@ -70,7 +72,7 @@ def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> 
     from . import gas as gas_module
     from .las import LocalAnomalySynthesizer
     from .textures import load_textures
-    from .trainer import gas_settings, training_step
+    from .trainer import gas_settings, training_step, use_bf16
 
     size = config.image_size
     rng = np.random.default_rng(0)
@@ -82,6 +84,7 @@ def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> 
     if config.adaptor:
         optimizers.append(torch.optim.Adam(model.adaptor.parameters(), lr=config.lr))
     settings = gas_settings(config, "manifold")
+    bf16 = use_bf16(config.precision, device)
     centre = torch.zeros(model.grid**2, model.embed_dim, device=device)
     images = torch.rand(config.batch_size, 3, size, size)
     timings = {"backbone": 0.0, "las": 0.0, "gas": 0.0, "step_total": 0.0}
@@ -112,7 +115,8 @@ def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> 
             timings["backbone"] += (time.perf_counter() - start) / (2 if config.cache_features else 1)
             start = time.perf_counter()
             training_step(
-                model, optimizers, normal, las_features, synthetic.patch_labels.to(device), centre, config, settings, generator
+                model, optimizers, normal, las_features, synthetic.patch_labels.to(device), centre, config, settings,
+                generator, bf16,
             )
             _sync(device)
             timings["step_total"] += time.perf_counter() - start

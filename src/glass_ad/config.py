@@ -139,13 +139,14 @@ class GlassConfig:
 # recorded in docs/benchmarks.md; each entry is also an option of its own.
 FAST_RECIPE: dict[str, Any] = dict(
     recipe="fast",
-    epochs=40,
+    epochs=12,
     images_per_epoch=392,
     ascent_steps=4,
     ascent_step_size=0.005,  # same total ascent distance as 20 x 0.001
     project_every=2,
     gas_patch_fraction=0.25,
     early_stopping=True,
+    patience=4,
     cache_features=True,
     precision="auto",
 )
