@@ -62,7 +62,7 @@ def train(
     backbone: str = typer.Option("efficientnet_lite2", help="Registered backbone or any timm name (see `glass backbones`)."),
     weights: Optional[Path] = typer.Option(None, help="State-dict file with the backbone's pretrained weights."),
     layers: Optional[str] = typer.Option(None, help="Comma-separated backbone layers (default: the stride-8 and stride-16 stages)."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default by recipe: fast 40 with early stopping, paper 640)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default by recipe: fast 12 with early stopping, paper 640)."),
     textures: Optional[Path] = typer.Option(None, help="Folder of texture images for LAS (e.g. DTD); default: procedural textures."),
     hypothesis: HypothesisChoice = typer.Option(HypothesisChoice.auto, help="auto = GLASS-j spectrogram rule; or force GLASS-m / GLASS-h."),
     image_size: int = typer.Option(288, help="Input size (centre crop)."),
@@ -87,6 +87,7 @@ def train(
     patience: Optional[int] = typer.Option(None),
     holdout: Optional[float] = typer.Option(None, help="Fraction of normal images held out for validation and thresholds."),
     false_alarm_rate: Optional[float] = typer.Option(None, "--far", help="Target false-alarm rate of the stored threshold (default 0.01)."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Labelled validation folder (good/ + <defect>/): also store F1-optimal thresholds (as `glass calibrate`)."),
     precision: Optional[str] = typer.Option(None, help="Training arithmetic: auto (bf16 where the hardware has it; fast default), fp32 (paper default), bf16."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
@@ -145,6 +146,15 @@ def train(
             f"{100 * result.calibration['target_false_alarm_rate']:.1f} % false-alarm rate "
             f"(from {result.calibration['holdout_images']} held-out normal images)"
         )
+    if val is not None:
+        from .calibration import calibrate_run
+
+        try:
+            f1 = calibrate_run(result.checkpoint, val, device=device, progress=not quiet)
+        except (ValueError, FileNotFoundError, RuntimeError) as error:
+            _fail(f"F1 calibration on {val}: {error}")
+            return
+        typer.echo(f"F1-optimal image threshold {f1['f1_image_threshold']:.4f} (F1 {100 * f1['f1_image_f1']:.1f} on {val})")
 
 
 @app.command()
@@ -232,6 +242,27 @@ def demo(
     report = run_test(out / "run", data, json_path=out / "metrics.json", report_dir=out / "report", progress=not quiet)
     _print_report(report)
     typer.echo(f"metrics: {out / 'metrics.json'}; pictures: {out / 'report'}")
+
+
+@app.command()
+def benchmark(
+    backbone: str = typer.Option("efficientnet_lite2"),
+    image_size: int = typer.Option(288),
+    recipe: RecipeChoice = typer.Option(RecipeChoice.fast),
+    repeats: int = typer.Option(5, help="Timed batches per throughput figure."),
+    iterations: int = typer.Option(4, help="Timed training iterations."),
+    threads: Optional[int] = typer.Option(None),
+    device: str = typer.Option("auto"),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+) -> None:
+    """Throughput (backbone only vs full inference, batch 8 and 1), training s/iteration by branch, peak RAM."""
+    from .benchmark import format_benchmark, run_benchmark
+
+    config = make_config(recipe.value, backbone=backbone, image_size=image_size, num_threads=threads, device=device)
+    result = run_benchmark(config, repeats=repeats, train_iterations=iterations)
+    typer.echo(format_benchmark(result))
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))
 
 
 @app.command()
@@ -478,7 +509,7 @@ def ablate(
     root: Path = typer.Argument(..., help="One category folder, or a data-set root with --category."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: OUT/<study>=<value>/ runs and OUT/results.{csv,md}."),
     study: StudyChoice = typer.Option(..., help="las (on/off), gas (off,noise,ascent,full), r1, adaptor (on/off), backbone, layers."),
-    values: Optional[str] = typer.Option(None, help="Comma-separated variants (defaults per study; layers: join a variant's layers with '+', e.g. blocks.2+blocks.3,blocks.3)."),
+    values: Optional[str] = typer.Option(None, help="Comma-separated variants (defaults per study; layers: join a variant's layers with '+', first the stride-8 stage, e.g. blocks.2+blocks.4,blocks.2)."),
     category: Optional[str] = typer.Option(None),
     dataset: SuiteDatasetChoice = typer.Option(SuiteDatasetChoice.auto, "--dataset"),
     recipe: RecipeChoice = typer.Option(RecipeChoice.fast),
