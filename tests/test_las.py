@@ -1,121 +1,295 @@
+import logging
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from glass_ad.foreground import foreground_mask, is_object_category
+from glass_ad.foreground import analyse_foreground, foreground_mask, is_object_category
 from glass_ad.las import LocalAnomalySynthesizer
-from glass_ad.perlin import combined_perlin_mask, perlin_mask, perlin_noise
-from glass_ad.textures import AUGMENTATIONS, ProceduralTextures, TexturePool, load_textures
+from glass_ad.perlin import perlin_noise
+from glass_ad.textures import (
+    AUGMENTATIONS,
+    ProceduralTextures,
+    TextureError,
+    TexturePool,
+    fit_square,
+    load_textures,
+)
+
+SIZE = 64
 
 
-def test_perlin_noise_range_and_smoothness():
-    noise = perlin_noise((64, 64), (4, 4), np.random.default_rng(0))
-    assert noise.shape == (64, 64)
-    assert -1.5 < noise.min() < 0 < noise.max() < 1.5
-    assert np.abs(np.diff(noise, axis=1)).max() < 0.2  # continuous: neighbours differ little
+class FixedTextures:
+    """A texture source whose output the test knows."""
+
+    def __init__(self, size: int):
+        self.texture = np.random.default_rng(99).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+    def sample(self, rng):
+        return self.texture
 
 
-def test_perlin_rules_each_drawn_a_third_of_the_time():
-    rng = np.random.default_rng(0)
-    counts = Counter(combined_perlin_mask(32, rng)[1] for _ in range(900))
-    for rule in ("and", "or", "single"):
-        assert abs(counts[rule] / 900 - 1 / 3) < 0.05
-
-
-def test_and_or_relations_hold():
-    # Same seed → same two masks; the rule decides how they combine.
-    for seed in range(30):
-        rng = np.random.default_rng(seed)
-        first, second = perlin_mask(32, rng), perlin_mask(32, rng)
-        p = rng.random()
-        mask, rule = combined_perlin_mask(32, np.random.default_rng(seed))
-        expected = first if p <= 1 / 3 else (first & second if p <= 2 / 3 else first | second)
-        assert np.array_equal(mask, expected) and rule == {True: "single"}.get(p <= 1 / 3, "and" if p <= 2 / 3 else "or")
-
-
-def _images(batch=4, size=64):
+def _images(batch=4, size=SIZE):
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def test_overlay_formula_and_untouched_outside_mask():
-    las = LocalAnomalySynthesizer(64, ProceduralTextures(64))
+# ------------------------------------------------------------------------------------------------ LAS
+
+
+def test_outside_mask_untouched_inside_overlay_formula():
+    source = FixedTextures(SIZE)
+    las = LocalAnomalySynthesizer(SIZE, source)
     images = _images()
     out = las(images, None, np.random.default_rng(1))
-    mask = out.masks.bool().expand_as(images)
-    assert torch.equal(out.images[~mask], images[~mask])
-    # Inside: x+ = (1−β)·t + β·x, so t = (x+ − β·x)/(1−β) must be a valid colour in [0, 1].
-    beta = out.betas.view(-1, 1, 1, 1)
-    texture = (out.images - beta * images) / (1 - beta)
-    assert texture[mask].min() >= -1e-4 and texture[mask].max() <= 1 + 1e-4
-    assert (out.masks.flatten(1).sum(1) > 0).all()
+    assert out.images.shape == images.shape and out.masks.shape == (4, 1, SIZE, SIZE)
+    inside = out.masks.bool().expand_as(images)
+    assert torch.equal(out.images[~inside], images[~inside])  # bit for bit
+    texture = torch.from_numpy(source.texture).permute(2, 0, 1).float().div(255).expand_as(images)
+    beta = out.betas.view(-1, 1, 1, 1).expand_as(images)
+    expected = (1 - beta) * texture + beta * images
+    torch.testing.assert_close(out.images[inside], expected[inside], atol=1e-6, rtol=0)
+    assert out.images.min() >= 0 and out.images.max() <= 1
+    assert set(out.masks.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_patch_labels_are_max_pooled_masks():
-    las = LocalAnomalySynthesizer(64, ProceduralTextures(64))
-    out = las(_images(), None, np.random.default_rng(2))
-    assert out.patch_labels.shape == (4, 64)
-    assert torch.equal(out.patch_labels, F.max_pool2d(out.masks, 8).flatten(1))
-
-
-def test_beta_distribution_is_clipped_normal():
-    las = LocalAnomalySynthesizer(64, ProceduralTextures(64))
-    betas = las.draw_beta(np.random.default_rng(0), 20000)
-    assert betas.min() >= 0.2 and betas.max() <= 0.8
-    assert abs(betas.mean() - 0.5) < 0.005 and abs(betas.std() - 0.1) < 0.005
+def test_masks_non_empty_and_patch_labels_are_max_pooled():
+    las = LocalAnomalySynthesizer(SIZE, ProceduralTextures(SIZE))
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        out = las(_images(), None, rng)
+        assert (out.masks.flatten(1).sum(1) > 0).all()
+        assert out.patch_labels.shape == (4, (SIZE // 8) ** 2)
+        assert torch.equal(out.patch_labels, F.max_pool2d(out.masks, 8).flatten(1))
+        # Row-major: label (r, c) is patch rows 8r..8r+7, cols 8c..8c+7.
+        grid = out.patch_labels.view(4, SIZE // 8, SIZE // 8)
+        assert torch.equal(grid[:, 1, 2].bool(), out.masks[:, 0, 8:16, 16:24].flatten(1).amax(1).bool())
 
 
 def test_masks_stay_inside_the_foreground():
-    las = LocalAnomalySynthesizer(64, ProceduralTextures(64))
-    fg = torch.zeros(4, 1, 64, 64, dtype=torch.bool)
+    las = LocalAnomalySynthesizer(SIZE, ProceduralTextures(SIZE))
+    fg = torch.zeros(4, 1, SIZE, SIZE, dtype=torch.bool)
     fg[:, :, 16:48, 16:48] = True
-    out = las(_images(), fg, np.random.default_rng(3))
-    assert (out.masks.bool() & ~fg).sum() == 0
-    assert (out.masks.flatten(1).sum(1) > 0).all()
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        out = las(_images(), fg, rng)
+        assert not (out.masks.bool() & ~fg).any()
+        assert (out.masks.flatten(1).sum(1) > 0).all()
 
 
-def test_texture_pool_three_distinct_augmentations(tmp_path):
-    from PIL import Image
+def test_tiny_foreground_falls_back_to_the_perlin_mask():
+    las = LocalAnomalySynthesizer(SIZE, ProceduralTextures(SIZE))
+    fg = torch.zeros(4, 1, SIZE, SIZE, dtype=torch.bool)
+    fg[:, :, 0, 0] = True  # one pixel: treated as no foreground
+    out = las(_images(), fg, np.random.default_rng(4))
+    assert (out.masks.flatten(1).sum(1) > 1).all()
 
-    for i in range(3):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(tmp_path / f"t{i}.png")
-    (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    pool = TexturePool.from_folder(tmp_path, 64)
-    assert len(pool) == 3  # the broken file is skipped with a warning
+
+def test_beta_is_a_clipped_normal():
+    las = LocalAnomalySynthesizer(SIZE, ProceduralTextures(SIZE))
+    betas = las.draw_beta(np.random.default_rng(0), 20000)
+    assert betas.min() >= 0.2 and betas.max() <= 0.8
+    assert abs(betas.mean() - 0.5) < 0.005 and abs(betas.std() - 0.1) < 0.005
+    narrow = LocalAnomalySynthesizer(SIZE, ProceduralTextures(SIZE), beta_mean=0.5, beta_std=1.0)
+    wide = narrow.draw_beta(np.random.default_rng(0), 1000)
+    assert wide.min() == 0.2 and wide.max() == 0.8  # clipping really happens
+    out = las(_images(8), None, np.random.default_rng(5))
+    assert out.betas.shape == (8,) and ((out.betas >= 0.2) & (out.betas <= 0.8)).all()
+
+
+def test_rules_are_reported_and_all_occur():
+    las = LocalAnomalySynthesizer(SIZE, FixedTextures(SIZE))
+    rng = np.random.default_rng(6)
+    modes = Counter(m for _ in range(30) for m in las(_images(), None, rng).modes)
+    assert set(modes) == {"and", "or", "single"} and sum(modes.values()) == 120
+
+
+def test_same_seed_same_batch():
+    las = LocalAnomalySynthesizer(SIZE, ProceduralTextures(SIZE))
+    a = las(_images(), None, np.random.default_rng(7))
+    b = las(_images(), None, np.random.default_rng(7))
+    assert torch.equal(a.images, b.images) and a.modes == b.modes
+
+
+def test_bad_shapes_are_rejected():
+    las = LocalAnomalySynthesizer(SIZE, ProceduralTextures(SIZE))
+    with pytest.raises(ValueError, match="expected"):
+        las(torch.rand(2, 3, 32, 32), None, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="multiple of the feature stride"):
+        LocalAnomalySynthesizer(60, ProceduralTextures(60))
+
+
+# ------------------------------------------------------------------------------------------- textures
+
+
+def _write_textures(folder, count=3, shape=(80, 100, 3)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = np.random.default_rng(i).integers(0, 255, shape, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"t{i}.png")
+
+
+def test_texture_pool_decodes_once_and_applies_three_distinct_augmentations(tmp_path, caplog):
+    _write_textures(tmp_path / "a")
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"not an image")
+    with caplog.at_level(logging.WARNING):
+        pool = TexturePool.from_folder(tmp_path, SIZE)
+    assert len(pool) == 3 and pool.textures.shape == (3, SIZE, SIZE, 3)  # found recursively, decoded once
+    assert sum("broken.jpg" in r.getMessage() for r in caplog.records) == 1  # one warning, run goes on
     rng = np.random.default_rng(0)
-    for _ in range(20):
+    seen = Counter()
+    for _ in range(60):
         texture, ops = pool.sample(rng, return_ops=True)
-        assert texture.shape == (64, 64, 3) and texture.dtype == np.uint8
-        assert len(set(ops)) == 3 and set(ops) <= set(AUGMENTATIONS)
+        assert texture.shape == (SIZE, SIZE, 3) and texture.dtype == np.uint8
+        assert len(ops) == 3 and len(set(ops)) == 3 and set(ops) <= set(AUGMENTATIONS)
+        seen.update(ops)
+    assert set(seen) == set(AUGMENTATIONS)  # all 9 get used
+    assert pool.sample(rng, 32).shape == (32, 32, 3)
 
 
-def test_texture_folder_errors(tmp_path):
-    with pytest.raises(ValueError, match="texture folder not found"):
-        load_textures(tmp_path / "missing", 64)
-    with pytest.raises(ValueError, match="no texture images in"):
-        load_textures(tmp_path, 64)
+def test_each_augmentation_keeps_shape_and_does_its_job():
+    rng = np.random.default_rng(0)
+    image = np.random.default_rng(1).integers(30, 200, (48, 48, 3), dtype=np.uint8)
+    for name, op in AUGMENTATIONS.items():
+        out = op(image, rng)
+        assert out.shape == image.shape and out.dtype == np.uint8, name
+    assert np.array_equal(AUGMENTATIONS["hflip"](image, rng), image[:, ::-1])
+    assert np.array_equal(AUGMENTATIONS["vflip"](image, rng), image[::-1])
+    grey = AUGMENTATIONS["grayscale"](image, rng)
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 1], grey[..., 2])
+    stretched = AUGMENTATIONS["autocontrast"](image, rng)
+    pixels = stretched.reshape(-1, 3)
+    assert pixels.min(0).tolist() == [0, 0, 0] and pixels.max(0).tolist() == [255, 255, 255]
+    equalized = AUGMENTATIONS["equalize"](image, rng)
+    assert equalized.std() > image.std()
+    rotated = AUGMENTATIONS["rotate"](np.full((48, 48, 3), 200, np.uint8), np.random.default_rng(3))
+    assert (rotated == 0).any() and (rotated == 200).any()  # corners rotate in as black (|angle| > 0)
+
+
+def test_texture_folder_errors_are_one_clear_line(tmp_path):
+    with pytest.raises(TextureError, match="texture folder not found") as missing:
+        load_textures(tmp_path / "missing", SIZE)
+    assert "missing" in str(missing.value) and "\n" not in str(missing.value)
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(TextureError, match="no texture images in") as empty:
+        load_textures(tmp_path, SIZE)
+    assert str(tmp_path) in str(empty.value) and ".jpg" in str(empty.value) and ".png" in str(empty.value)
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(TextureError, match="could be read"):
+        load_textures(tmp_path, SIZE)
+    assert isinstance(TextureError("x"), ValueError)  # the CLI reports ValueErrors as one line
+
+
+def test_max_images_spreads_over_subfolders(tmp_path):
+    _write_textures(tmp_path / "a", 4)
+    _write_textures(tmp_path / "b", 4, shape=(60, 60, 3))
+    pool = TexturePool.from_folder(tmp_path, SIZE, max_images=2)
+    assert len(pool) == 2
+    assert not np.array_equal(pool.textures[0], pool.textures[1])
+
+
+def test_fit_square_resizes_shorter_side_and_crops_centre():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, 50:150] = 255  # the centre square
+    out = fit_square(image, 50)
+    assert out.shape == (50, 50, 3) and out.min() == 255
+
+
+def test_procedural_textures_are_patterned_and_varied():
+    source = load_textures(None, SIZE)
+    assert isinstance(source, ProceduralTextures)
+    rng = np.random.default_rng(0)
+    kinds = Counter()
+    for _ in range(30):
+        texture, (kind,) = source.sample(rng, return_ops=True)
+        assert texture.shape == (SIZE, SIZE, 3) and texture.dtype == np.uint8
+        assert texture.astype(np.float32).std() > 5  # not flat
+        kinds[kind] += 1
+    assert set(kinds) == set(ProceduralTextures.KINDS)
+    assert source.sample(rng, 40).shape == (40, 40, 3)
 
 
 def test_real_dtd_textures(dtd_root):
-    pool = TexturePool.from_folder(dtd_root / "banded", 64, max_images=5)
-    assert pool.sample(np.random.default_rng(0)).shape == (64, 64, 3)
+    pool = TexturePool.from_folder(dtd_root / "banded", SIZE, max_images=5)
+    assert len(pool) == 5 and pool.sample(np.random.default_rng(0)).shape == (SIZE, SIZE, 3)
 
 
-def test_foreground_object_versus_texture():
-    yy, xx = np.mgrid[0:96, 0:96]
-    disk = ((yy - 48) ** 2 + (xx - 48) ** 2 < 25**2)
-    objects = []
+# ----------------------------------------------------------------------------------------- foreground
+
+
+def _disk_images(count=6, size=96):
+    yy, xx = np.mgrid[0:size, 0:size]
     rng = np.random.default_rng(0)
-    for _ in range(4):
-        img = np.full((96, 96, 3), 40, np.uint8) + rng.integers(0, 10, (96, 96, 3)).astype(np.uint8)
-        img[disk] = 200
-        objects.append(img)
-    mask = foreground_mask(objects[0])
+    images = []
+    for i in range(count):
+        cy, cx, r = size // 2 + rng.integers(-5, 6), size // 2 + rng.integers(-5, 6), size // 4 + rng.integers(-2, 3)
+        img = (np.full((size, size, 3), 40) + rng.integers(0, 10, (size, size, 3))).astype(np.uint8)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = (200, 180, 160)
+        images.append(img)
+    return images
+
+
+def test_disk_on_background_is_an_object():
+    images = _disk_images()
+    assert is_object_category(images)
+    yy, xx = np.mgrid[0:96, 0:96]
+    mask = foreground_mask(images[0])
+    info = analyse_foreground(images[0])
+    assert info.is_object and mask.dtype == bool and mask.shape == (96, 96)
+    assert mask[48, 48] and not mask[2, 2] and 0.15 < mask.mean() < 0.5
+    # Generous: covers the whole disk plus a margin.
+    assert mask[(yy - 48) ** 2 + (xx - 48) ** 2 < 18**2].all()
+    assert mask.sum() > info.coverage * mask.size
+
+
+def test_dark_object_on_bright_background_uses_the_inner_region():
+    image = 255 - _disk_images(1)[0]
+    mask = foreground_mask(image)
     assert mask[48, 48] and not mask[2, 2]
-    assert mask[disk].mean() > 0.99 and mask.mean() < 0.5
-    assert is_object_category(objects)
-    textures = [rng.integers(0, 255, (96, 96, 3), dtype=np.uint8) for _ in range(4)]
-    assert not is_object_category(textures)
-    assert foreground_mask(textures[0]).all()
+
+
+def test_textures_are_not_objects():
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 255, (96, 96, 3), dtype=np.uint8) for _ in range(6)]
+    assert not is_object_category(noise)
+    assert foreground_mask(noise[0]).all()
+    smooth = []
+    for _ in range(6):
+        field = perlin_noise((96, 96), (4, 4), rng)
+        smooth.append(np.repeat(((field + 1) * 127).clip(0, 255).astype(np.uint8)[..., None], 3, axis=2))
+    assert not is_object_category(smooth)
+    assert not is_object_category([])
+
+
+def test_degenerate_masks_fall_back_to_the_whole_image():
+    flat = np.full((64, 64, 3), 90, np.uint8)
+    assert foreground_mask(flat).all()
+    tiny = flat.copy()
+    tiny[30:33, 30:33] = 250  # 0.2 % of the image
+    assert foreground_mask(tiny).all()
+
+
+def test_magnetic_tiles_are_a_surface(mtd_root):
+    from glass_ad.io import read_image
+
+    files = sorted((mtd_root / "train" / "good").iterdir())[::40][:16]
+    images = [fit_square(read_image(path), 128) for path in files]
+    assert not is_object_category(images)
+
+
+def test_redraws_are_bounded(monkeypatch):
+    import glass_ad.las as las_module
+
+    corner = np.zeros((SIZE, SIZE), bool)
+    corner[:8, :8] = True
+    monkeypatch.setattr(las_module, "combined_perlin_mask", lambda size, rng: (corner.copy(), "single"))
+    las = LocalAnomalySynthesizer(SIZE, FixedTextures(SIZE))
+    fg = np.zeros((SIZE, SIZE), bool)
+    fg[40:, 40:] = True  # never meets the Perlin blobs: after a few misses the foreground is given up
+    mask, _ = las.draw_mask(np.random.default_rng(0), fg)
+    assert np.array_equal(mask, corner)
+    monkeypatch.setattr(las_module, "combined_perlin_mask", lambda size, rng: (np.zeros((size, size), bool), "and"))
+    mask, _ = las.draw_mask(np.random.default_rng(0), None)  # always empty: one central patch, no endless loop
+    assert mask.sum() == 64 and mask[SIZE // 2, SIZE // 2]

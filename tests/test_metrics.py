@@ -79,7 +79,9 @@ def test_aupro_perfect_and_ties():
     rng = np.random.default_rng(1)
     _, masks = _random_case(rng)
     assert metrics.aupro(masks.astype(float), masks) == pytest.approx(1.0)
-    # constant map: one threshold, curve jumps straight to (1, 1) -> area = 0.3/2 / 0.3
+    # Constant map: a single threshold, so the curve goes straight from (0, 0) to (1, 1).
+    # Interpolated at FPR 0.3 that is the chance diagonal: 0.3 * 0.3 / 2 / 0.3 = 0.15, the
+    # same value a random map converges to (the standard definition, no free area).
     const = np.ones(masks.shape)
     assert metrics.aupro(const, masks) == pytest.approx(_brute_aupro(const, masks))
     assert metrics.aupro(const, masks) == pytest.approx(0.15)
@@ -123,3 +125,25 @@ def test_f1_optimal_threshold():
     assert metrics.threshold_stats(s, y, t)["f1"] == pytest.approx(f1)
     t, f1 = metrics.f1_optimal_threshold(s, np.zeros(6))
     assert math.isnan(t) and math.isnan(f1)
+
+
+def test_aupro_float32_and_larger_case_match_brute_force():
+    rng = np.random.default_rng(7)
+    maps, masks = _random_case(rng, n=4, h=16, w=16, quantize=50)  # many ties across images
+    maps32 = maps.astype(np.float32)
+    for limit in (0.3, 0.1, 0.5):
+        assert metrics.aupro(maps32, masks, limit) == pytest.approx(_brute_aupro(maps32, masks, limit), abs=1e-9)
+
+
+def test_aupro_limit_hits_a_curve_point_exactly():
+    # 10 normal pixels with distinct scores: FPR steps by 0.1, so 0.3 is a curve point.
+    maps = np.array([[[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.85, 0.05]]])
+    masks = np.zeros_like(maps, dtype=bool)
+    masks[0, 0, 10:] = True  # one region of two pixels
+    for limit in (0.3, 0.25, 1.0):
+        assert metrics.aupro(maps, masks, limit) == pytest.approx(_brute_aupro(maps, masks, limit), abs=1e-12)
+
+
+def test_aupro_rejects_nan():
+    with pytest.raises(ValueError):
+        metrics.aupro(np.full((1, 2, 2), np.nan), np.eye(2, dtype=bool)[None])

@@ -1,33 +1,87 @@
 import numpy as np
+import pytest
 
-from glass_ad.spectrum import choose_hypothesis, spectrogram_stats
+from glass_ad.spectrum import _grid_points_within, choose_hypothesis, mean_image, spectrogram_stats
+
+YY, XX = np.mgrid[0:288, 0:288]
 
 
-def _object_image():
-    """A bright, centred object on a dark background: a strong, dense low-frequency spectrum."""
-    yy, xx = np.mgrid[0:288, 0:288]
+def _disk(radius=90, value=220):
+    """A bright centred object on black: a dense blob of strong low frequencies."""
     img = np.zeros((288, 288, 3), np.float32)
-    img[(yy - 144) ** 2 + (xx - 144) ** 2 < 90**2] = 220
+    img[(YY - 144) ** 2 + (XX - 144) ** 2 < radius**2] = value
     return img
 
 
-def test_object_image_is_hypersphere():
-    hypothesis, stats = choose_hypothesis(_object_image())
+def test_object_on_plain_background_is_hypersphere():
+    hypothesis, stats = choose_hypothesis(_disk())
     assert hypothesis == "hypersphere", stats
-    assert stats["n"] > 60 and stats["radius"] > 12
+    assert stats["n"] > 60 and stats["radius"] > 12 and max(stats["density1"], stats["density2"]) > 0.21
 
 
-def test_uniform_texture_is_manifold():
-    # A flat grey image: only the DC term survives the threshold.
+def test_flat_image_is_manifold():
+    # Only the zero frequency survives the threshold: n = 1.
     hypothesis, stats = choose_hypothesis(np.full((288, 288, 3), 128, np.float32))
+    assert hypothesis == "manifold" and stats["n"] == 1 and stats["radius"] == 0
+
+
+def test_many_sparse_points_are_manifold():
+    # A bright square: its sinc-shaped spectrum puts > 60 points far out (R > 12) but spread thinly.
+    img = np.zeros((288, 288, 3), np.float32)
+    img[60:228, 60:228] = 200
+    hypothesis, stats = choose_hypothesis(img)
     assert hypothesis == "manifold", stats
-    assert stats["n"] < 60
+    assert stats["n"] > 60 and stats["radius"] > 12 and stats["density1"] < 0.21 and stats["density2"] < 0.21
 
 
-def test_black_image_does_not_divide_by_zero():
-    stats = spectrogram_stats(np.zeros((100, 100, 3), np.float32))
-    assert stats["n"] == 0 and stats["density1"] == 0
+def test_dense_but_small_blob_is_manifold():
+    # A wide Gaussian: a compact dense spectrum, but R ≤ 12 and n ≤ 60.
+    blob = 250 * np.exp(-((YY - 144) ** 2 + (XX - 144) ** 2) / (2 * 60.0**2))
+    hypothesis, stats = choose_hypothesis(blob)
+    assert hypothesis == "manifold", stats
+    assert stats["density1"] > 0.21 and stats["radius"] <= 12
 
 
-def test_grayscale_input_accepted():
-    assert choose_hypothesis(_object_image()[..., 0])[0] == "hypersphere"
+def test_black_image_has_no_points_and_no_division_by_zero():
+    with np.errstate(all="raise"):
+        hypothesis, stats = choose_hypothesis(np.zeros((100, 100, 3), np.float32))
+    assert hypothesis == "manifold"
+    assert stats["n"] == 0 and stats["density1"] == 0 and stats["density2"] == 0
+
+
+def test_input_types_agree():
+    disk = _disk()
+    as_uint8 = spectrogram_stats(disk.astype(np.uint8))
+    assert spectrogram_stats(disk) == as_uint8
+    assert choose_hypothesis(disk[..., 0])[0] == "hypersphere"  # grey input
+    with pytest.raises(ValueError, match="image"):
+        spectrogram_stats(np.zeros(10))
+
+
+def test_disc_count_matches_brute_force():
+    ys, xs = np.indices((578, 578))
+    squared = (ys - 144) ** 2 + (xs - 144) ** 2
+    for r2 in (0, 1, 2, 144, 145, 20736, 20737, 40000, 300000):
+        assert _grid_points_within(r2) == int((squared <= r2).sum())
+
+
+def test_mean_image_streams():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(5)]
+    mean = mean_image(iter(images))
+    np.testing.assert_allclose(mean, np.mean(np.stack(images).astype(np.float64), axis=0))
+    with pytest.raises(ValueError, match="at least one"):
+        mean_image([])
+    with pytest.raises(ValueError, match="same shape"):
+        mean_image([images[0], np.zeros((8, 8, 3), np.uint8)])
+
+
+def test_magnetic_tiles_are_manifold(mtd_root):
+    import cv2
+
+    from glass_ad.io import read_image
+
+    files = sorted((mtd_root / "train" / "good").iterdir())[::8]
+    mean = mean_image(cv2.resize(read_image(p), (288, 288), interpolation=cv2.INTER_AREA) for p in files)
+    hypothesis, stats = choose_hypothesis(mean)
+    assert hypothesis == "manifold", stats

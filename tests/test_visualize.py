@@ -58,3 +58,12 @@ def test_save_png_histogram_grid(tmp_path):
     grid = vz.case_grid(panels, g, columns=2)
     assert grid.shape == (24, 40, 3)
     assert Image.open(g).size == (40, 24)
+
+
+def test_case_grid_titles_and_unicode_title(tmp_path):
+    img, amap = _inputs()
+    panel = vz.overlay_panel(img, amap, vmin=0.0, vmax=1.0, threshold=0.5, title="score 0.83 \u2192 anomalous")
+    assert panel.shape == (64 + 28, 192, 3)
+    assert (panel[:28] < 128).any()  # some text was drawn in the bar
+    grid = vz.case_grid([img, img], tmp_path / "g.png", columns=1, titles=["a", None])
+    assert grid.shape == (2 * (64 + 28), 64, 3)

@@ -123,6 +123,13 @@ class StreamingEvaluator:
         """Defect type names in insertion order ("good" for normal images)."""
         return list(self._types)
 
+    def scores_table(self) -> list[dict]:
+        """One row per image in insertion order: ``path, defect_type, label, score``."""
+        return [
+            {"path": p, "defect_type": t, "label": int(y), "score": float(sc)}
+            for p, t, y, sc in zip(self._paths, self._types, self.labels.tolist(), self.image_scores.tolist())
+        ]
+
     # ----------------------------------------------------------------- metrics
     def compute(self) -> dict:
         """Compute image/pixel AUROC and AP, AUPRO, counts and per-defect-type AUROC."""
@@ -135,7 +142,8 @@ class StreamingEvaluator:
         for t in sorted(set(self._types)):
             if t == "good":
                 continue
-            sel = types == t
+            # The type's anomalous images against every normal image.
+            sel = (types == t) & y
             keep = sel | good
             per_type[t] = {
                 "image_auroc": metrics.image_auroc(scores[keep], sel[keep]),

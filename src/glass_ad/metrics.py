@@ -23,7 +23,15 @@ __all__ = [
 
 
 def _flat(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(scores, dtype=np.float64).ravel()
+    """Flatten to 1-D float scores and bool labels.
+
+    float32 input stays float32: pixel maps of a whole test set are large and a float64 copy
+    would double the memory for no gain in ranking accuracy.
+    """
+    s = np.asarray(scores)
+    if s.dtype not in (np.float32, np.float64):
+        s = s.astype(np.float64)
+    s = s.ravel()
     y = np.asarray(labels).ravel().astype(bool)
     if s.shape != y.shape:
         raise ValueError(f"scores and labels differ in size: {s.shape} vs {y.shape}")
@@ -48,13 +56,26 @@ def image_ap(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
-    """Pixel-level ROC AUC over all pixels of all images."""
+    """Pixel-level ROC AUC over all pixels of all images (nan if only one class is present)."""
     return image_auroc(maps, masks)
 
 
 def pixel_ap(maps: np.ndarray, masks: np.ndarray) -> float:
-    """Pixel-level average precision over all pixels of all images."""
+    """Pixel-level average precision over all pixels of all images (nan if one class only)."""
     return image_ap(maps, masks)
+
+
+def _region_ids(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label 8-connected regions per image with ids unique across images (0 = normal)."""
+    ids = np.zeros(masks.shape, dtype=np.int32)
+    structure = np.ones((3, 3), dtype=bool)  # 8-connectivity
+    offset = 0
+    for i in range(masks.shape[0]):
+        lab, n = ndimage.label(masks[i], structure=structure)
+        if n:
+            ids[i] = np.where(lab > 0, lab + offset, 0)
+            offset += n
+    return ids, offset
 
 
 def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
@@ -69,54 +90,69 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
     """
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError("fpr_limit must be in (0, 1]")
-    m = np.asarray(maps, dtype=np.float64)
-    g = np.asarray(masks).astype(bool)
+    m = np.asarray(maps)
+    if m.dtype not in (np.float32, np.float64):
+        m = m.astype(np.float64)
+    g = np.asarray(masks).astype(bool, copy=False)
     if m.shape != g.shape:
         raise ValueError(f"maps and masks differ in shape: {m.shape} vs {g.shape}")
     if m.ndim == 2:
         m, g = m[None], g[None]
     if m.ndim != 3:
         raise ValueError("maps must be (N, H, W)")
+    if not np.isfinite(m).all():
+        raise ValueError("maps contain NaN or infinite values")
 
-    # Per-pixel weight: 1/(region_size * n_regions) for anomalous pixels, 0 for normal ones.
-    region_ids = np.zeros(g.shape, dtype=np.int64)
-    offset = 0
-    structure = np.ones((3, 3), dtype=bool)
-    for i in range(g.shape[0]):
-        lab, n = ndimage.label(g[i], structure=structure)
-        if n:
-            region_ids[i] = np.where(lab > 0, lab + offset, 0)
-            offset += n
-    n_regions = offset
-    n_normal = int((~g).sum())
+    ids, n_regions = _region_ids(g)
+    n_normal = int(g.size - np.count_nonzero(g))
     if n_regions == 0 or n_normal == 0:
         return float("nan")
 
-    ids = region_ids.ravel()
-    sizes = np.bincount(ids, minlength=n_regions + 1).astype(np.float64)
-    pro_w = np.zeros(ids.shape, dtype=np.float64)
-    anom = ids > 0
-    pro_w[anom] = 1.0 / (sizes[ids[anom]] * n_regions)
-    fpr_w = (~anom).astype(np.float64) / n_normal
+    # An anomalous pixel above the threshold adds 1 / (region size * number of regions) to PRO.
+    sizes = np.bincount(ids.ravel(), minlength=n_regions + 1)
+    weight = np.zeros(n_regions + 1, dtype=np.float64)
+    weight[1:] = 1.0 / (sizes[1:] * float(n_regions))
 
-    scores = m.ravel()
-    order = np.argsort(-scores, kind="stable")
-    s_sorted = scores[order]
-    pro_c = np.cumsum(pro_w[order])
-    fpr_c = np.cumsum(fpr_w[order])
-    # Keep the last index of each tie group (all pixels with score >= t are counted).
+    # Sort once, highest score first; the order inside a tie group does not matter because
+    # only the last pixel of each group (all equal scores included) becomes a curve point.
+    order = np.argsort(m.ravel())
+    ascending = m.ravel()[order]
+    s_sorted = ascending[::-1]
+    ids_sorted = ids.ravel()[order][::-1]
+    del order
+    fp = np.cumsum(ids_sorted == 0, dtype=np.int64)  # integer count: exact, no round-off
+
+    # Only the curve up to the first point past fpr_limit is needed: cut the sorted arrays
+    # after the tie group in which FPR first exceeds the limit (saves memory and time).
+    n = s_sorted.size
+    # Largest false-positive count whose FPR is still <= limit, found with the same float
+    # division used for the curve below, so the cut and the integration agree exactly.
+    max_fp = int(np.floor(fpr_limit * n_normal))
+    while (max_fp + 1) / n_normal <= fpr_limit:
+        max_fp += 1
+    while max_fp > 0 and max_fp / n_normal > fpr_limit:
+        max_fp -= 1
+    j = int(np.searchsorted(fp, max_fp, side="right"))  # first pixel whose FPR exceeds the limit
+    if j < n:
+        # Every pixel scoring >= s_sorted[j] belongs before the cut (its whole tie group).
+        end = n - int(np.searchsorted(ascending, s_sorted[j], side="left"))
+        s_sorted, ids_sorted, fp = s_sorted[:end], ids_sorted[:end], fp[:end]
+
+    pro = np.cumsum(weight[ids_sorted])
     last = np.r_[s_sorted[1:] != s_sorted[:-1], True]
-    fpr = np.r_[0.0, fpr_c[last]]
-    pro = np.r_[0.0, pro_c[last]]
-    fpr = np.minimum(fpr, 1.0)  # guard against round-off above 1
-    fpr[-1] = 1.0
-    pro[-1] = 1.0
+    fpr = np.r_[0.0, fp[last] / n_normal]
+    pro = np.r_[0.0, pro[last]]
+    if s_sorted.size == n:
+        # The lowest threshold takes every pixel: pin the end to (1, 1) despite cumsum round-off.
+        fpr[-1] = 1.0
+        pro[-1] = 1.0
+    np.clip(pro, 0.0, 1.0, out=pro)
 
     # Integrate up to fpr_limit with linear interpolation at the limit.
     k = int(np.searchsorted(fpr, fpr_limit, side="right"))  # fpr[:k] <= limit
     f = fpr[:k]
     p = pro[:k]
-    if f[-1] < fpr_limit and k < fpr.size:
+    if f[-1] < fpr_limit:  # the curve was cut just past the limit, so fpr[k] exists
         f0, f1, p0, p1 = fpr[k - 1], fpr[k], pro[k - 1], pro[k]
         p_lim = p0 + (p1 - p0) * (fpr_limit - f0) / (f1 - f0)
         f = np.r_[f, fpr_limit]

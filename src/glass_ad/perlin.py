@@ -1,8 +1,12 @@
-"""Perlin-noise masks for Local Anomaly Synthesis.
+"""Perlin-noise masks for Local Anomaly Synthesis (LAS).
 
-Each mask: gradient noise at a lattice scale (2^a, 2^b), a, b ∈ {0..5} drawn independently, rotated by a
-random angle in (−90°, 90°) and thresholded at 0.5. Two such masks are combined: with p ~ U(0, 1),
-p ≤ 1/3 → m1 (single), 1/3 < p ≤ 2/3 → m1 ∧ m2, else m1 ∨ m2 — each rule a third of the time.
+One mask: 2-D gradient noise whose lattice has ``2^a × 2^b`` cells (``a, b`` drawn independently from
+``{0..5}``), rotated about the image centre by an angle drawn from (−90°, 90°) and thresholded at 0.5.
+Two such masks ``m1, m2`` and ``p ~ U(0, 1)`` give the final mask. The paper writes the rule as
+``p ≤ 1/3 → m1 ∧ m2``, ``1/3 < p ≤ 2/3 → m1 ∨ m2``, else ``m1``; the reference code assigns the thirds the
+other way round (``p > 2/3 → ∨``, ``1/3 < p ≤ 2/3 → ∧``, else ``m1``). ``p`` is uniform, so both give each
+rule with probability 1/3; this module follows the code. Redrawing empty masks is the caller's job
+(:mod:`glass_ad.las`), because emptiness is judged after intersecting with the foreground.
 """
 
 from __future__ import annotations
@@ -12,53 +16,101 @@ import math
 import cv2
 import numpy as np
 
+__all__ = ["THRESHOLD", "MIN_SCALE_EXP", "MAX_SCALE_EXP", "perlin_noise", "perlin_mask", "combined_perlin_mask"]
+
 THRESHOLD = 0.5
-MAX_SCALE_EXP = 6  # exclusive: scales 1, 2, 4, …, 32 lattice cells per side
+MIN_SCALE_EXP = 0
+MAX_SCALE_EXP = 6  # exclusive: lattices of 1, 2, 4, 8, 16 or 32 cells per side (the reference's 0..6)
 
 
 def _fade(t: np.ndarray) -> np.ndarray:
-    return t * t * t * (t * (t * 6 - 15) + 10)
+    """Perlin's quintic 6t⁵ − 15t⁴ + 10t³: zero first and second derivative at the lattice points."""
+    return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
 
 
-def perlin_noise(shape: tuple[int, int], scale: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """2-D gradient (Perlin) noise of `shape` with `scale` lattice cells per axis; values ≈ [−1, 1]."""
-    height, width = shape
-    cells_y, cells_x = scale
-    angles = rng.random((cells_y + 1, cells_x + 1)) * 2 * math.pi
-    grad_y, grad_x = np.sin(angles).astype(np.float32), np.cos(angles).astype(np.float32)
-    # Position of every row / column in lattice units: the grid is separable, so keep 1-D vectors.
-    ys = np.arange(height, dtype=np.float32) * (cells_y / height)
-    xs = np.arange(width, dtype=np.float32) * (cells_x / width)
-    iy, ix = ys.astype(np.int64), xs.astype(np.int64)
-    fy, fx = (ys - iy)[:, None], (xs - ix)[None, :]
+def perlin_noise(shape: tuple[int, int], scale: tuple[int, int], generator: np.random.Generator) -> np.ndarray:
+    """Gradient (Perlin) noise of ``shape`` with ``scale[i]`` lattice cells along axis ``i``.
 
-    def corner(dy: int, dx: int) -> np.ndarray:
-        rows, cols = np.ix_(iy + dy, ix + dx)
-        return grad_x[rows, cols] * (fx - dx) + grad_y[rows, cols] * (fy - dy)
-
+    Values lie in about [−1, 1] (the √2 factor stretches the natural ±√½ range, as the reference does).
+    Every cell spans ``ceil(shape / scale)`` pixels; when the shape is not divisible by the scale the noise
+    is computed on the enclosing padded grid and cropped. Returns float32.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    cells_y, cells_x = max(1, int(scale[0])), max(1, int(scale[1]))
+    step_y, step_x = -(-height // cells_y), -(-width // cells_x)  # pixels per cell (ceil)
+    angles = generator.random((cells_y + 1, cells_x + 1)) * (2.0 * math.pi)
+    # Gradient component 0 pairs with the axis-0 offset, component 1 with the axis-1 offset.
+    # The √2 output factor is folded into the gradients (everything is linear in them).
+    g0 = (np.cos(angles) * math.sqrt(2.0)).astype(np.float32)
+    g1 = (np.sin(angles) * math.sqrt(2.0)).astype(np.float32)
+    # Every cell has the same sub-pixel offsets, so the field is laid out as cells_y × step_y × cells_x × step_x.
+    # The corner dot products are sums of a y-only and an x-only term; interpolating along y first keeps all
+    # of that on the small cells_y × step_y × cells_x × 1 grid, and only a few products touch every pixel.
+    fy = (np.arange(step_y, dtype=np.float32) / step_y)[None, :, None, None]
+    fx = (np.arange(step_x, dtype=np.float32) / step_x)[None, None, None, :]
     wy, wx = _fade(fy), _fade(fx)
-    c00, c01, c10, c11 = corner(0, 0), corner(0, 1), corner(1, 0), corner(1, 1)
-    top = c00 + wx * (c01 - c00)
-    bottom = c10 + wx * (c11 - c10)
-    return math.sqrt(2) * (top + wy * (bottom - top))
+
+    def column(dx: int) -> tuple[np.ndarray, np.ndarray]:
+        """Noise along y at lattice column ``dx`` as ``a + b · (fx − dx)`` (a, b: cells_y×step_y×cells_x×1)."""
+        top0 = g0[:cells_y, dx : dx + cells_x][:, None, :, None]
+        bottom0 = g0[1:, dx : dx + cells_x][:, None, :, None]
+        top1 = g1[:cells_y, dx : dx + cells_x][:, None, :, None]
+        bottom1 = g1[1:, dx : dx + cells_x][:, None, :, None]
+        a = top0 * fy + wy * (bottom0 * (fy - 1.0) - top0 * fy)
+        b = top1 + wy * (bottom1 - top1)
+        return a, b
+
+    a0, b0 = column(0)
+    a1, b1 = column(1)
+    # noise = (a0 + b0·fx) + wx · ((a1 + b1·(fx − 1)) − (a0 + b0·fx))
+    noise = a0 + b0 * fx
+    noise += wx * ((a1 - a0) - b1) + (wx * fx) * (b1 - b0)
+    noise = noise.reshape(cells_y * step_y, cells_x * step_x)[:height, :width]
+    return np.ascontiguousarray(noise)
 
 
-def perlin_mask(size: int, rng: np.random.Generator, max_scale_exp: int = MAX_SCALE_EXP) -> np.ndarray:
-    """One binary mask: noise at a random scale, randomly rotated, thresholded at 0.5."""
-    scale = (2 ** int(rng.integers(0, max_scale_exp)), 2 ** int(rng.integers(0, max_scale_exp)))
-    noise = perlin_noise((size, size), scale, rng).astype(np.float32)
+def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+def perlin_mask(
+    size: int | tuple[int, int],
+    rng: np.random.Generator,
+    min_scale_exp: int = MIN_SCALE_EXP,
+    max_scale_exp: int = MAX_SCALE_EXP,
+    threshold: float = THRESHOLD,
+) -> np.ndarray:
+    """One binary mask (bool, ``size × size`` or ``H × W``): noise at scale ``(2^a, 2^b)`` with
+    ``a, b ∈ [min_scale_exp, max_scale_exp)``, rotated by U(−90°, 90°), thresholded at ``threshold``."""
+    height, width = _as_hw(size)
+    scale = (2 ** int(rng.integers(min_scale_exp, max_scale_exp)), 2 ** int(rng.integers(min_scale_exp, max_scale_exp)))
+    noise = perlin_noise((height, width), scale, rng)
     angle = float(rng.uniform(-90.0, 90.0))
-    rotation = cv2.getRotationMatrix2D((size / 2.0, size / 2.0), angle, 1.0)
-    noise = cv2.warpAffine(noise, rotation, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
-    return noise > THRESHOLD
+    # Rotation about the pixel-grid centre, bilinear, zero outside (the reference: imgaug Affine, order 1,
+    # constant 0): corners that rotate in from outside the image stay below the threshold.
+    rotation = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), angle, 1.0)
+    noise = cv2.warpAffine(
+        noise, rotation, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0
+    )
+    return noise > threshold
 
 
-def combined_perlin_mask(size: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """Two masks combined by the ∧ / ∨ / single rule; returns (mask, rule name)."""
-    first, second = perlin_mask(size, rng), perlin_mask(size, rng)
-    p = rng.random()
-    if p <= 1 / 3:
-        return first, "single"
-    if p <= 2 / 3:
+def combined_perlin_mask(
+    size: int | tuple[int, int],
+    rng: np.random.Generator,
+    min_scale_exp: int = MIN_SCALE_EXP,
+    max_scale_exp: int = MAX_SCALE_EXP,
+) -> tuple[np.ndarray, str]:
+    """Two Perlin masks combined by the ∧ / ∨ / single rule; returns ``(mask bool, "and" | "or" | "single")``.
+
+    Draw order (fixed, so results are reproducible from a seed): ``m1``, ``m2``, then ``p``. The mask may be
+    empty (a coarse lattice can stay below the threshold everywhere); callers redraw.
+    """
+    first = perlin_mask(size, rng, min_scale_exp, max_scale_exp)
+    second = perlin_mask(size, rng, min_scale_exp, max_scale_exp)
+    p = float(rng.random())
+    if p > 2.0 / 3.0:
+        return first | second, "or"
+    if p > 1.0 / 3.0:
         return first & second, "and"
-    return first | second, "or"
+    return first, "single"

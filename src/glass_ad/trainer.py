@@ -396,7 +396,7 @@ def train(
 
     val = None
     if holdout is not None and synthesizer is not None:
-        val = _validation_set(model, holdout, synthesizer, config, device)
+        val = _validation_set(model, holdout, synthesizer, config, device, foreground is not None)
 
     # 6. Optimisers as in the reference.
     optimizers: list[torch.optim.Optimizer] = [
@@ -517,11 +517,12 @@ def _mean_feature(model, images, store, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _validation_set(model, holdout, synthesizer, config, device) -> ValidationSet:
+def _validation_set(model, holdout, synthesizer, config, device, use_foreground: bool) -> ValidationSet:
     # A fixed seed: the same synthetic anomalies every epoch and every run with this seed.
     val_rng = np.random.default_rng(config.seed + 10_007)
     batch = holdout.float() / 255.0
-    fg = compute_foreground(holdout, config.foreground) if config.foreground != "off" else None
+    # The same foreground decision as for the training images (not a new "auto" vote on the holdout).
+    fg = compute_foreground(holdout, "on") if use_foreground else None
     normal, anomalous, labels = [], [], []
     for start in range(0, len(batch), 16):
         part = batch[start : start + 16]

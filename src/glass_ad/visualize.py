@@ -87,11 +87,19 @@ def overlay_panel(
         _draw_contours(contour_tile, gt > 0, GREEN)
 
     panel = np.concatenate([img, heat, contour_tile], axis=1)
-    if title:
-        bar = np.full((_TITLE_H, panel.shape[1], 3), 255, dtype=np.uint8)
-        cv2.putText(bar, str(title), (6, _TITLE_H - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-        panel = np.concatenate([bar, panel], axis=0)
-    return np.ascontiguousarray(panel)
+    return _with_title(panel, title)
+
+
+def _with_title(tile: np.ndarray, title: str | None) -> np.ndarray:
+    """Put a white bar with ``title`` in black above ``tile`` (no bar when title is empty)."""
+    if not title:
+        return np.ascontiguousarray(tile)
+    bar = np.full((_TITLE_H, tile.shape[1], 3), 255, dtype=np.uint8)
+    # Hershey fonts are ASCII only: replace anything else so arrows etc. don't print as '?'.
+    text = str(title).replace("\u2192", "->")
+    text = text.encode("ascii", "replace").decode("ascii")
+    cv2.putText(bar, text, (6, _TITLE_H - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.ascontiguousarray(np.concatenate([bar, tile], axis=0))
 
 
 def save_png(path: str | Path, rgb_array: np.ndarray) -> Path:
@@ -152,18 +160,30 @@ def score_histogram(
     return p
 
 
-def case_grid(panels: list[np.ndarray], path: str | Path, columns: int = 2) -> np.ndarray:
-    """Pad panels to a common size, tile them ``columns`` wide, save as PNG, return the grid."""
+def case_grid(
+    panels: list[np.ndarray],
+    path: str | Path,
+    columns: int = 2,
+    titles: Sequence[str | None] | None = None,
+) -> np.ndarray:
+    """Pad panels to a common size, tile them ``columns`` wide, save as PNG, return the grid.
+
+    ``titles`` (one per panel, ``None`` or ``""`` for none) adds a title bar above each panel.
+    """
     if not panels:
         raise ValueError("case_grid needs at least one panel")
     if columns < 1:
         raise ValueError("columns must be >= 1")
+    if titles is not None and len(titles) != len(panels):
+        raise ValueError("titles must have one entry per panel")
     tiles = [_as_rgb(p) for p in panels]
+    if titles is not None:
+        tiles = [_with_title(t, title) for t, title in zip(tiles, titles)]
     th = max(t.shape[0] for t in tiles)
     tw = max(t.shape[1] for t in tiles)
     cols = min(columns, len(tiles))
     rows = math.ceil(len(tiles) / cols)
-    grid = np.full((rows * th, cols * tw, 3), 255, dtype=np.uint8)
+    grid = np.full((rows * th, cols * tw, 3), 255, dtype=np.uint8)  # white padding
     for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
         grid[r * th : r * th + t.shape[0], c * tw : c * tw + t.shape[1]] = t

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The MTD measurements recorded in docs/benchmarks.md, in the order they were run (2-core CPU).
+# Each step logs to runs/<name>.log and writes runs/<name>.json; `/usr/bin/time -v` gives wall time and
+# peak RAM. Run from the repository root with the project's venv active.
+set -uo pipefail
+DATA=../shared/data/mtd
+DTD=../shared/data/dtd
+mkdir -p runs
+step() {  # step NAME COMMAND...
+  local name=$1; shift
+  echo "== $name: $*" | tee "runs/$name.log"
+  /usr/bin/time -v "$@" >>"runs/$name.log" 2>&1
+}
+case "${1:-all}" in
+  fast|all)
+    step fast_train glass train $DATA --out runs/mtd_fast --textures $DTD -q
+    step fast_test glass test runs/mtd_fast $DATA --json runs/mtd_fast.json -q ;;&
+  patchcore|all)
+    step patchcore python benchmarks/patchcore_baseline.py $DATA --coreset 0.01 --json runs/patchcore.json ;;&
+  paper1|all)
+    step paper1_train glass train $DATA --out runs/mtd_paper1 --textures $DTD --recipe paper --epochs 1 -q
+    step paper1_test glass test runs/mtd_paper1 $DATA --json runs/mtd_paper1.json -q ;;&
+  paper3|all)
+    step paper3_train glass train $DATA --out runs/mtd_paper3 --textures $DTD --recipe paper --epochs 3 -q
+    step paper3_test glass test runs/mtd_paper3 $DATA --json runs/mtd_paper3.json -q ;;&
+  weak|all)
+    rm -rf runs/weak_mtd
+    step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
+    step weak_test glass suite runs/weak_mtd --out runs/weak_results --model runs/mtd_fast --no-pictures -q ;;&
+  bench|all)
+    step bench glass benchmark --json runs/bench.json
+    step onnx_bench python benchmarks/onnx_vs_torch.py runs/mtd_fast ;;&
+esac

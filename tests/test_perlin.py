@@ -1,0 +1,87 @@
+import math
+from collections import Counter
+
+import numpy as np
+
+from glass_ad.perlin import combined_perlin_mask, perlin_mask, perlin_noise
+
+
+def _pointwise_perlin(shape, scale, rng):
+    """Per-pixel textbook Perlin noise (slow, independent of the vectorised code)."""
+    angles = 2 * math.pi * rng.random((scale[0] + 1, scale[1] + 1))
+    step_y, step_x = -(-shape[0] // scale[0]), -(-shape[1] // scale[1])
+    fade = lambda t: 6 * t**5 - 15 * t**4 + 10 * t**3  # noqa: E731
+    out = np.zeros(shape)
+    for y in range(shape[0]):
+        for x in range(shape[1]):
+            cy, cx, u, v = y // step_y, x // step_x, (y % step_y) / step_y, (x % step_x) / step_x
+
+            def dot(i, j):
+                a = angles[cy + i, cx + j]
+                return math.cos(a) * (u - i) + math.sin(a) * (v - j)
+
+            top = dot(0, 0) + fade(u) * (dot(1, 0) - dot(0, 0))
+            bottom = dot(0, 1) + fade(u) * (dot(1, 1) - dot(0, 1))
+            out[y, x] = math.sqrt(2) * (top + fade(v) * (bottom - top))
+    return out
+
+
+def test_vectorised_noise_matches_pointwise_formula():
+    for shape, scale in [((32, 32), (4, 2)), ((30, 37), (4, 8)), ((16, 16), (1, 1))]:
+        fast = perlin_noise(shape, scale, np.random.default_rng(1))
+        slow = _pointwise_perlin(shape, scale, np.random.default_rng(1))
+        assert fast.shape == shape and fast.dtype == np.float32
+        np.testing.assert_allclose(fast, slow, atol=1e-5)
+
+
+def test_indivisible_shape_is_a_crop_of_the_padded_grid():
+    # 30 rows / 4 cells → 8 px per cell → 32 rows; 37 cols / 8 cells → 5 px per cell → 40 cols.
+    cropped = perlin_noise((30, 37), (4, 8), np.random.default_rng(3))
+    padded = perlin_noise((32, 40), (4, 8), np.random.default_rng(3))
+    np.testing.assert_array_equal(cropped, padded[:30, :37])
+
+
+def test_noise_range_and_smoothness():
+    noise = perlin_noise((128, 128), (8, 8), np.random.default_rng(0))
+    assert -1.5 < noise.min() < 0 < noise.max() < 1.5
+    assert np.abs(np.diff(noise, axis=1)).max() < 0.2  # continuous: neighbours differ little
+
+
+def test_mask_is_boolean_reproducible_and_accepts_rectangles():
+    a = perlin_mask(64, np.random.default_rng(5))
+    b = perlin_mask(64, np.random.default_rng(5))
+    assert a.dtype == bool and a.shape == (64, 64) and np.array_equal(a, b)
+    assert perlin_mask((40, 72), np.random.default_rng(5)).shape == (40, 72)
+
+
+def test_mask_threshold_and_scale_range():
+    rng = np.random.default_rng(0)
+    coverage = np.mean([perlin_mask(64, rng).mean() for _ in range(200)])
+    assert 0.02 < coverage < 0.4  # noise > 0.5 is a minority of the area
+    fine = perlin_mask(64, np.random.default_rng(1), min_scale_exp=5, max_scale_exp=6)
+    assert 0 < fine.mean() < 0.5
+    assert perlin_mask(64, np.random.default_rng(1), threshold=2.0).sum() == 0
+
+
+def test_rules_each_drawn_a_third_of_the_time():
+    # 1500 draws: the binomial standard deviation is 0.012, so 0.05 is a 4-sigma band.
+    rng = np.random.default_rng(0)
+    counts = Counter(combined_perlin_mask(32, rng)[1] for _ in range(1500))
+    assert set(counts) == {"and", "or", "single"}
+    for rule in ("and", "or", "single"):
+        assert abs(counts[rule] / 1500 - 1 / 3) < 0.05, counts
+
+
+def test_rules_combine_the_two_masks():
+    # Draw order m1, m2, p: replaying it with the same seed gives the parts of the combined mask.
+    seen = set()
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        first, second = perlin_mask(48, rng), perlin_mask(48, rng)
+        p = rng.random()
+        mask, rule = combined_perlin_mask(48, np.random.default_rng(seed))
+        expected_rule = "or" if p > 2 / 3 else ("and" if p > 1 / 3 else "single")
+        expected = {"or": first | second, "and": first & second, "single": first}[expected_rule]
+        assert rule == expected_rule and np.array_equal(mask, expected)
+        seen.add(rule)
+    assert seen == {"and", "or", "single"}
