@@ -27,6 +27,9 @@ case "${1:-all}" in
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
     step weak_test glass suite runs/weak_mtd --out runs/weak_results --model runs/mtd_fast --no-pictures -q ;;&
+  suite|all)  # runs/suite_root holds a link to MTD and `make_demo_dataset(runs/suite_root)` ("surface")
+    step suite glass suite runs/suite_root --out runs/suite --textures $DTD -q
+    step suite_resume glass suite runs/suite_root --out runs/suite --textures $DTD -q ;;&
   bench|all)
     step bench glass benchmark --json runs/bench.json
     step onnx_bench python benchmarks/onnx_vs_torch.py runs/mtd_fast ;;&

@@ -52,3 +52,20 @@ def test_checkpoint_round_trip_is_exact_and_weights_only(model, tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="glass train"):
         load_model(tmp_path)
+
+
+def test_fused_inference_matches_unfused(model):
+    import copy
+
+    trained = copy.deepcopy(model)
+    # Non-trivial batch-norm statistics and adaptor, as after training.
+    trained.discriminator.body[1].running_mean.normal_()
+    trained.discriminator.body[1].running_var.uniform_(0.5, 2.0)
+    trained.feature_scale.fill_(0.3)
+    fused = copy.deepcopy(trained).fuse_()
+    assert isinstance(fused.adaptor, torch.nn.Identity)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = trained(x), fused(x)
+    assert torch.allclose(a.patch_scores, b.patch_scores, atol=1e-5)
+    assert torch.allclose(a.anomaly_maps, b.anomaly_maps, atol=1e-5)

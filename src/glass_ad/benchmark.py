@@ -54,10 +54,14 @@ def run_benchmark(config: GlassConfig, *, repeats: int = 5, train_iterations: in
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
     }
+    # Inference as deployed: affine layers folded (GlassModel.fuse_); training below uses a fresh model.
+    import copy
+
+    fused = copy.deepcopy(model).fuse_()
     for batch_size in (8, 1):
         batch = torch.rand(batch_size, 3, size, size, device=device)
         backbone = _throughput(model.backbone, batch, repeats)
-        full = _throughput(model, batch, repeats)
+        full = _throughput(fused, batch, repeats)
         result[f"backbone_img_s_b{batch_size}"] = backbone
         result[f"inference_img_s_b{batch_size}"] = full
         result[f"inference_vs_backbone_b{batch_size}"] = full / backbone

@@ -64,7 +64,7 @@ class InferenceGraph(nn.Module):
 def inference_graph(checkpoint: dict[str, Any], device: str | torch.device = "cpu") -> InferenceGraph:
     """The evaluation-mode `InferenceGraph` of a loaded checkpoint."""
     calibration = resolve_calibration(checkpoint.get("calibration"))
-    return InferenceGraph(model_from_checkpoint(checkpoint, device), calibration["image_normalization"]).eval()
+    return InferenceGraph(model_from_checkpoint(checkpoint, device, fuse=True), calibration["image_normalization"]).eval()
 
 
 def export_metadata(checkpoint: dict[str, Any]) -> dict[str, str]:

@@ -109,6 +109,31 @@ class GlassModel(nn.Module):
     def forward(self, images: torch.Tensor) -> GlassOutput:
         return self.postprocess(self.patch_scores(self.features(images)))
 
+    @torch.no_grad()
+    def fuse_(self) -> "GlassModel":
+        """Inference only: fold feature scale, adaptor and D's first batch norm into D's first Linear.
+
+        All four are affine maps in eval mode, so one Linear computes the same scores (up to float
+        rounding) without the adaptor's D×D product per patch. Training must use an unfused model.
+        """
+        body = self.discriminator.body
+        if len(body) < 2 or not isinstance(body[1], nn.BatchNorm1d):
+            return self
+        first, norm = body[0], body[1]
+        weight, bias = first.weight.clone(), first.bias.clone()
+        if isinstance(self.adaptor, Adaptor):
+            bias = weight @ self.adaptor.linear.bias + bias
+            weight = weight @ self.adaptor.linear.weight
+        weight = weight * self.feature_scale
+        gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        fused = nn.Linear(weight.shape[1], weight.shape[0]).to(weight.device)
+        fused.weight.copy_(weight * gain[:, None])
+        fused.bias.copy_((bias - norm.running_mean) * gain + norm.bias)
+        self.discriminator.body = nn.Sequential(fused, *list(body)[2:])
+        self.adaptor = nn.Identity()
+        self.feature_scale.fill_(1.0)
+        return self.eval()
+
 
 def build_model(config: GlassConfig, *, channels: list[int] | None = None) -> GlassModel:
     """A fresh (untrained) model for `config`; loads the backbone's pretrained weights."""
@@ -180,7 +205,10 @@ def read_checkpoint(run: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], device: str | torch.device = "cpu") -> GlassModel:
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], device: str | torch.device = "cpu", *, fuse: bool = False
+) -> GlassModel:
+    """The trained model; `fuse=True` folds the affine layers for faster inference (see `fuse_`)."""
     config = GlassConfig.from_dict(checkpoint["config"])
     config = config.replace(layers=tuple(checkpoint["backbone"]["layers"]), embed_dim=checkpoint["embed_dim"])
     model = build_model(config, channels=list(checkpoint["backbone"]["channels"]))
@@ -188,13 +216,16 @@ def model_from_checkpoint(checkpoint: dict[str, Any], device: str | torch.device
     if checkpoint["adaptor"] is not None:
         model.adaptor.load_state_dict(checkpoint["adaptor"])
     model.discriminator.load_state_dict(checkpoint["discriminator"])
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return model.fuse_() if fuse else model
 
 
-def load_model(run: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GlassModel, dict[str, Any]]:
+def load_model(
+    run: str | os.PathLike, device: str | torch.device = "cpu", *, fuse: bool = False
+) -> tuple[GlassModel, dict[str, Any]]:
     """Load a trained model from a run directory or checkpoint file."""
     checkpoint = read_checkpoint(run)
-    return model_from_checkpoint(checkpoint, device), checkpoint
+    return model_from_checkpoint(checkpoint, device, fuse=fuse), checkpoint
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -82,7 +82,7 @@ def test(
     """Evaluate the model in `run_dir` on `data_root/test`; returns (and optionally writes) the report."""
     start = time.perf_counter()
     torch_device = resolve_device(device)
-    model, checkpoint = load_model(run_dir, torch_device)
+    model, checkpoint = load_model(run_dir, torch_device, fuse=True)
     config = GlassConfig.from_dict(checkpoint["config"])
     dataset = load_dataset(data_root, layout, category=category)
     if not dataset.test:

@@ -452,8 +452,7 @@ def train(
                 stale += 1
         record["elapsed_s"] = time.perf_counter() - start_time
         history.append(record)
-        if progress:
-            bar.write(_epoch_line(record))
+        (bar.write if progress else echo)(_epoch_line(record))
         if config.early_stopping and val is not None and stale >= config.patience:
             echo(f"early stop after epoch {epoch + 1}: no validation gain for {config.patience} epochs (best: epoch {best_epoch})")
             break
