@@ -37,7 +37,7 @@ from .las import LocalAnomalySynthesizer
 from .losses import bce, las_loss
 from .metrics import image_auroc, pixel_ap
 from .model import GlassModel, build_model, make_checkpoint, resolve_device, save_checkpoint, CHECKPOINT_NAME
-from .spectrum import choose_hypothesis
+from .spectrum import choose_hypothesis, mean_image
 from .textures import load_textures
 
 log = logging.getLogger(__name__)
@@ -121,14 +121,6 @@ def compute_foreground(images: torch.Tensor, mode: str) -> torch.Tensor | None:
             return None
     masks = [torch.from_numpy(np.ascontiguousarray(foreground_mask(img))) for img in as_hwc]
     return torch.stack(masks).unsqueeze(1)
-
-
-def mean_image(images: torch.Tensor) -> np.ndarray:
-    """Mean training image (S×S×3 float in [0, 255]) for the spectrogram rule, batch by batch."""
-    total = torch.zeros(images.shape[1:], dtype=torch.float64)
-    for start in range(0, len(images), 64):
-        total += images[start : start + 64].double().sum(0)
-    return (total / len(images)).permute(1, 2, 0).numpy()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -345,7 +337,7 @@ def train(
     spectrum_stats: dict[str, Any] = {}
     hypothesis = config.hypothesis
     if hypothesis == "auto":
-        hypothesis, spectrum_stats = choose_hypothesis(mean_image(images))
+        hypothesis, spectrum_stats = choose_hypothesis(mean_image(img.permute(1, 2, 0).numpy() for img in images))
         echo(f"hypothesis: {hypothesis} (chosen by the spectrogram rule: {_format_stats(spectrum_stats)})")
     else:
         echo(f"hypothesis: {hypothesis} (forced)")
