@@ -2,10 +2,11 @@
 
 `GlassConfig` is what a checkpoint stores and what every CLI option overrides. Two recipes exist:
 
-* ``fast`` (default) — the same method with a cheaper schedule, measured to lose no quality
-  (see docs/benchmarks.md): cached backbone features, gradient ascent on a subset of patches with fewer,
-  longer steps, and early stopping on a validation split of normal images plus synthetic anomalies.
-* ``paper`` — the reference schedule: 640 epochs of at most 392 images, 20 ascent steps of η = 0.001 on
+* ``fast`` (default of `make_config` and the CLI) — the same method with a cheaper schedule: cached
+  backbone features, gradient ascent on a subset of patches with fewer, longer steps, bf16 arithmetic
+  where the hardware has it, 10× learning rates, and early stopping on a validation split of normal
+  images plus synthetic anomalies. Compared with the reference schedule in docs/benchmarks.md.
+* ``paper`` (the dataclass defaults) — the reference schedule: 640 epochs of at most 392 images, 20 ascent steps of η = 0.001 on
   every patch, projections every 5 steps, fresh LAS images every iteration, no early stopping.
 """
 
