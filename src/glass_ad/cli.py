@@ -50,6 +50,15 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _shared_overrides(layers: Optional[str], weights: Optional[Path], textures: Optional[Path]) -> dict:
+    """Config values of the options that train, suite and ablate share, converted from CLI strings/paths."""
+    return dict(
+        layers=tuple(layer.strip() for layer in layers.split(",")) if layers else None,
+        weights=str(weights) if weights else None,
+        textures=str(textures) if textures else None,
+    )
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
 
@@ -101,10 +110,8 @@ def train(
     _setup_logging(verbose)
     overrides = dict(
         backbone=backbone,
-        weights=str(weights) if weights else None,
-        layers=tuple(l.strip() for l in layers.split(",")) if layers else None,
+        **_shared_overrides(layers, weights, textures),
         epochs=epochs,
-        textures=str(textures) if textures else None,
         hypothesis=hypothesis.value,
         image_size=image_size,
         resize=resize,
@@ -479,10 +486,8 @@ def suite(
         config = make_config(
             recipe.value,
             backbone=backbone,
-            layers=tuple(l.strip() for l in layers.split(",")) if layers else None,
-            weights=str(weights) if weights else None,
+            **_shared_overrides(layers, weights, textures),
             epochs=epochs,
-            textures=str(textures) if textures else None,
             image_size=image_size,
             resize=resize,
             hypothesis=hypothesis.value,
@@ -538,10 +543,8 @@ def ablate(
         config = make_config(
             recipe.value,
             backbone=backbone,
-            layers=tuple(l.strip() for l in layers.split(",")) if layers else None,
-            weights=str(weights) if weights else None,
+            **_shared_overrides(layers, weights, textures),
             epochs=epochs,
-            textures=str(textures) if textures else None,
             image_size=image_size,
             hypothesis=hypothesis.value,
             seed=seed,
