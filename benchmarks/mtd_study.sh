@@ -15,6 +15,9 @@ case "${1:-all}" in
   fast|all)
     step fast_train glass train $DATA --out runs/mtd_fast --textures $DTD -q
     step fast_test glass test runs/mtd_fast $DATA --json runs/mtd_fast.json -q ;;&
+  fastseed|all)  # the same default with another seed: the run-to-run spread
+    step fastseed1_train glass train $DATA --out runs/mtd_fast_seed1 --textures $DTD --seed 1 -q
+    step fastseed1_test glass test runs/mtd_fast_seed1 $DATA --json runs/mtd_fast_seed1.json -q ;;&
   patchcore|all)
     step patchcore python benchmarks/patchcore_baseline.py $DATA --coreset 0.01 --json runs/patchcore.json ;;&
   paper1|all)
@@ -23,6 +26,13 @@ case "${1:-all}" in
   paper3|all)
     step paper3_train glass train $DATA --out runs/mtd_paper3 --textures $DTD --recipe paper --epochs 3 -q
     step paper3_test glass test runs/mtd_paper3 $DATA --json runs/mtd_paper3.json -q ;;&
+  paperlong|all)  # the reference schedule for 16 epochs; bf16 arithmetic and cached features (same schedule)
+    step paperlong_train glass train $DATA --out runs/mtd_paperlong --textures $DTD --recipe paper --epochs 16 --precision bf16 --cache -q
+    step paperlong_test glass test runs/mtd_paperlong $DATA --json runs/mtd_paperlong.json -q ;;&
+  explore|all)  # validation-only comparisons behind the fast defaults (docs/benchmarks.md, exploration)
+    step gasfull4_train glass train $DATA --out runs/exp_gasfull4 --textures $DTD --epochs 4 --gas-fraction 1 --ascent-steps 20 --ascent-step-size 0.001 --project-every 5 -q
+    step gashalf4_train glass train $DATA --out runs/exp_gashalf4 --textures $DTD --epochs 4 --gas-fraction 0.5 -q
+    step cosine20_train glass train $DATA --out runs/exp_cosine20 --textures $DTD --lr-schedule cosine --patience 20 -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0

@@ -68,3 +68,16 @@ def test_both_hypotheses_train(data, tmp_path, hypothesis):
     result = train(data, tmp_path, _config(epochs=1, hypothesis=hypothesis), progress=False, echo=lambda _: None)
     assert result.hypothesis == hypothesis
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
+
+
+def test_cosine_schedule_decays_the_learning_rate(data, tmp_path):
+    config = _config(epochs=3, lr_schedule="cosine", lr=1e-3)
+    result = train(data, tmp_path, config, progress=False, echo=lambda _: None)
+    rates = [record["lr"] for record in result.history]
+    # CosineAnnealingLR over 3 epochs: lr·(1 + cos(π·t/3))/2 for t = 0, 1, 2.
+    assert rates == pytest.approx([1e-3, 0.75e-3, 0.25e-3])
+
+
+def test_unknown_schedule_is_rejected():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _config(lr_schedule="step")

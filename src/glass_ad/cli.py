@@ -91,14 +91,18 @@ def train(
     gas_fraction: Optional[float] = typer.Option(None, help="Fraction of patches that go through gradient ascent."),
     ascent_steps: Optional[int] = typer.Option(None),
     ascent_step_size: Optional[float] = typer.Option(None),
+    project_every: Optional[int] = typer.Option(None, help="Truncated projection every N ascent steps (fast 2, paper 5)."),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None, help="Adaptor learning rate (the discriminator uses 2·lr); fast 1e-3, paper 1e-4."),
+    lr_schedule: Optional[str] = typer.Option(None, help="constant (reference) or cosine (decay to 0 over --epochs)."),
     early_stopping: Optional[bool] = typer.Option(None, "--early-stopping/--no-early-stopping"),
-    patience: Optional[int] = typer.Option(None),
+    patience: Optional[int] = typer.Option(None, help="Stop when the smoothed validation score has not risen for this many epochs."),
+    stop_window: Optional[int] = typer.Option(None, help="Epochs averaged by the stopping rule (default 3)."),
     holdout: Optional[float] = typer.Option(None, help="Fraction of normal images held out for validation and thresholds."),
     false_alarm_rate: Optional[float] = typer.Option(None, "--far", help="Target false-alarm rate of the stored threshold (default 0.01)."),
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled validation folder (good/ + <defect>/): also store F1-optimal thresholds (as `glass calibrate`)."),
     precision: Optional[str] = typer.Option(None, help="Training arithmetic: auto (bf16 where the hardware has it; fast default), fp32 (paper default), bf16."),
+    cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Compute the normal images' backbone features once (fast default) instead of every iteration (paper default)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -127,13 +131,17 @@ def train(
         gas_patch_fraction=gas_fraction,
         ascent_steps=ascent_steps,
         ascent_step_size=ascent_step_size,
+        project_every=project_every,
         batch_size=batch_size,
         lr=lr,
+        lr_schedule=lr_schedule,
         early_stopping=early_stopping,
         patience=patience,
+        stop_window=stop_window,
         holdout_fraction=holdout,
         target_false_alarm_rate=false_alarm_rate,
         precision=precision,
+        cache_features=cache,
         device=device,
         num_threads=threads,
     )
@@ -177,6 +185,7 @@ def test(
     batch_size: int = typer.Option(8),
     workers: int = typer.Option(0, help="Data-loading worker processes."),
     device: str = typer.Option("auto"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Score histogram and worst-case grid."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -185,6 +194,10 @@ def test(
     from .tester import test as run_test
 
     _setup_logging(verbose)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         result = run_test(
             run_dir,
@@ -326,6 +339,7 @@ def predict(
     threshold: str = typer.Option("far", help="far (false-alarm threshold from training), f1 (from `glass calibrate`), or a raw score."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write original | heatmap | region PNGs."),
     device: str = typer.Option("auto", help="Device of the torch engine."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (PyTorch or ONNX Runtime)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Score images: raw and normalized score, decision, heatmap overlay; one line per unreadable file."""
@@ -344,6 +358,7 @@ def predict(
             threshold=threshold,
             overlays=overlays,
             progress=not quiet,
+            threads=threads,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))

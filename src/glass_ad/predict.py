@@ -241,9 +241,12 @@ class Detector:
         threads: int | None = None,
     ) -> "Detector":
         """Load from a run directory or checkpoint file. ``engine="onnx"`` runs ``onnx_path`` (default
-        ``RUN_DIR/model.onnx``, written by `glass export`) with ONNX Runtime on the CPU."""
+        ``RUN_DIR/model.onnx``, written by `glass export`) with ONNX Runtime on the CPU. ``threads`` sets
+        ONNX Runtime's intra-op threads, or PyTorch's (process-wide) for the torch engine."""
         checkpoint = read_checkpoint(run)
         if engine == "torch":
+            if threads:
+                torch.set_num_threads(int(threads))
             runner: _TorchEngine | _OnnxEngine = _TorchEngine(checkpoint, resolve_device(device))
         elif engine == "onnx":
             from .export import ONNX_NAME
@@ -435,6 +438,7 @@ def predict_files(
     overlays: bool = True,
     progress: bool = True,
     report: Callable[[str], None] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Predict every image under `paths`; write overlays and ``predictions.{json,csv}`` into `out`.
 
@@ -447,7 +451,9 @@ def predict_files(
 
     if fmt not in ("json", "csv"):
         raise ValueError(f"format must be 'json' or 'csv', got {fmt!r}")
-    detector = Detector.load(run, device=device, engine=engine, onnx_path=onnx_path, batch_size=batch_size, threshold=threshold)
+    detector = Detector.load(
+        run, device=device, engine=engine, onnx_path=onnx_path, batch_size=batch_size, threshold=threshold, threads=threads
+    )
     files, problems = collect_inputs(paths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
