@@ -42,5 +42,6 @@ case "${1:-all}" in
     step suite_resume glass suite runs/suite_root --out runs/suite --textures $DTD -q ;;&
   bench|all)
     step bench glass benchmark --json runs/bench.json
+    step channels_last python benchmarks/channels_last.py
     step onnx_bench python benchmarks/onnx_vs_torch.py runs/mtd_fast ;;&
 esac

@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 
 from glass_ad.config import make_config
-from glass_ad.model import GaussianBlur, build_model, load_model, make_checkpoint, save_checkpoint
+from glass_ad.model import GaussianBlur, ScoreMap, build_model, load_model, make_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,14 @@ def test_blur_matches_scipy_away_from_borders():
     ref = ndimage.gaussian_filter(x, sigma=4, truncate=4.0)
     assert np.allclose(ours[17:-17, 17:-17], ref[17:-17, 17:-17], atol=1e-5)
     assert np.allclose(ours.mean(), x.mean(), atol=1e-2)
+
+
+@pytest.mark.parametrize("grid,size,sigma", [(36, 288, 4.0), (8, 64, 4.0), (8, 64, 0.0), (5, 40, 1.5)])
+def test_score_map_equals_upsample_then_blur(grid, size, sigma):
+    scores = torch.rand(3, grid, grid, generator=torch.Generator().manual_seed(grid))
+    upsampled = torch.nn.functional.interpolate(scores[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    reference = GaussianBlur(sigma)(upsampled)[:, 0]
+    assert torch.allclose(ScoreMap(grid, size, sigma)(scores), reference, atol=1e-6)
 
 
 def test_outputs_shapes_and_image_score_is_max_patch(model):

@@ -65,10 +65,27 @@ def run_benchmark(config: GlassConfig, *, repeats: int = 5, train_iterations: in
         result[f"backbone_img_s_b{batch_size}"] = backbone
         result[f"inference_img_s_b{batch_size}"] = full
         result[f"inference_vs_backbone_b{batch_size}"] = full / backbone
+    result.update(_head_breakdown(fused, size, device, repeats))
     result["inference_peak_rss_mb"] = _rss_mb()
     result.update(_training_breakdown(config, model, device, train_iterations))
     result["peak_rss_mb"] = _rss_mb()
     return result
+
+
+def _head_breakdown(model, size: int, device, repeats: int, batch_size: int = 8) -> dict[str, float]:
+    """Milliseconds per batch of the parts after the backbone: aggregation, A + D, map post-processing."""
+    images = torch.rand(batch_size, 3, size, size, device=device)
+    with torch.inference_mode():
+        maps = model.backbone(images)
+        features = model.aggregator(maps)
+        scores = model.patch_scores(features)
+        parts = {
+            "aggregation": lambda _: model.aggregator(maps),
+            "discriminator": lambda _: model.patch_scores(features),
+            "postprocess": lambda _: model.postprocess(scores),
+        }
+        # _throughput counts images per second; invert it to milliseconds per batch.
+        return {f"head_ms_{name}": 1000 * batch_size / _throughput(fn, images, repeats) for name, fn in parts.items()}
 
 
 def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> dict[str, float]:
@@ -148,6 +165,11 @@ def format_benchmark(result: dict[str, Any]) -> str:
             f"batch {b}: backbone {result[f'backbone_img_s_b{b}']:.1f} img/s, full inference "
             f"{result[f'inference_img_s_b{b}']:.1f} img/s ({100 * result[f'inference_vs_backbone_b{b}']:.0f} % of backbone)"
         )
+    lines.append(
+        "after the backbone, ms per batch of 8: "
+        f"aggregation {result['head_ms_aggregation']:.1f}, adaptor + discriminator {result['head_ms_discriminator']:.1f}, "
+        f"upsample + smoothing + max {result['head_ms_postprocess']:.1f}"
+    )
     lines.append(
         "training s/iteration: "
         f"backbone {result['train_s_per_it_backbone']:.3f}, GAS {result['train_s_per_it_gas']:.3f}, "

@@ -273,6 +273,7 @@ def benchmark(
     recipe: RecipeChoice = typer.Option(RecipeChoice.fast),
     repeats: int = typer.Option(5, help="Timed batches per throughput figure."),
     iterations: int = typer.Option(4, help="Timed training iterations."),
+    precision: Optional[str] = typer.Option(None, help="Training arithmetic (default by recipe): auto, fp32, bf16."),
     threads: Optional[int] = typer.Option(None),
     device: str = typer.Option("auto"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
@@ -280,7 +281,9 @@ def benchmark(
     """Throughput (backbone only vs full inference, batch 8 and 1), training s/iteration by branch, peak RAM."""
     from .benchmark import format_benchmark, run_benchmark
 
-    config = make_config(recipe.value, backbone=backbone, image_size=image_size, num_threads=threads, device=device)
+    config = make_config(
+        recipe.value, backbone=backbone, image_size=image_size, precision=precision, num_threads=threads, device=device
+    )
     result = run_benchmark(config, repeats=repeats, train_iterations=iterations)
     typer.echo(format_benchmark(result))
     if json_out:

@@ -40,14 +40,38 @@ class GaussianBlur(nn.Module):
         self.register_buffer("kernel", (kernel / kernel.sum()), persistent=False)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:  # B×1×H×W
+        return self.along_height(self.along_width(maps))
+
+    def along_width(self, maps: torch.Tensor) -> torch.Tensor:
         if self.sigma <= 0:
             return maps
         r = self.radius
-        k = self.kernel.to(maps.dtype)
-        x = F.pad(maps, (r, r, 0, 0), mode="reflect")
-        x = F.conv2d(x, k.view(1, 1, 1, -1))
-        x = F.pad(x, (0, 0, r, r), mode="reflect")
-        return F.conv2d(x, k.view(1, 1, -1, 1))
+        return F.conv2d(F.pad(maps, (r, r, 0, 0), mode="reflect"), self.kernel.to(maps.dtype).view(1, 1, 1, -1))
+
+    def along_height(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.sigma <= 0:
+            return maps
+        r = self.radius
+        return F.conv2d(F.pad(maps, (0, 0, r, r), mode="reflect"), self.kernel.to(maps.dtype).view(1, 1, -1, 1))
+
+
+class ScoreMap(nn.Module):
+    """h×h patch scores → S×S anomaly map: bilinear upsampling, then Gaussian smoothing.
+
+    Both steps are separable linear maps, so along each axis together they are one fixed S×h matrix K,
+    and the map is K·P·Kᵀ: the same numbers as interpolate + two 1-D convolutions (tests/test_model.py),
+    two small matrix products instead of a 33-tap single-channel convolution over every pixel.
+    """
+
+    def __init__(self, grid: int, size: int, sigma: float):
+        super().__init__()
+        basis = torch.eye(grid).view(grid, 1, grid, 1)  # one patch row per sample, width 1
+        columns = F.interpolate(basis, size=(size, 1), mode="bilinear", align_corners=False)
+        columns = GaussianBlur(sigma).along_height(columns)  # grid×1×S×1
+        self.register_buffer("matrix", columns.view(grid, size).T.contiguous(), persistent=False)
+
+    def forward(self, patch_scores: torch.Tensor) -> torch.Tensor:  # B×h×h → B×S×S
+        return self.matrix @ patch_scores @ self.matrix.T
 
 
 class GlassOutput(NamedTuple):
@@ -77,7 +101,7 @@ class GlassModel(nn.Module):
         self.discriminator = discriminator
         self.image_size = int(image_size)
         self.register_buffer("feature_scale", torch.tensor(float(feature_scale)))
-        self.blur = GaussianBlur(smoothing_sigma)
+        self.score_map = ScoreMap(self.grid, self.image_size, smoothing_sigma)
 
     @property
     def grid(self) -> int:
@@ -99,10 +123,7 @@ class GlassModel(nn.Module):
         return scores.view(b, side, side)
 
     def postprocess(self, patch_scores: torch.Tensor) -> GlassOutput:
-        maps = F.interpolate(
-            patch_scores.unsqueeze(1), size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
-        )
-        maps = self.blur(maps).squeeze(1)
+        maps = self.score_map(patch_scores)
         image_scores = patch_scores.flatten(1).amax(dim=1)
         return GlassOutput(image_scores, maps, patch_scores)
 
