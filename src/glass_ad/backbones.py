@@ -87,8 +87,8 @@ class FrozenBackbone(nn.Module):
         self.extractor = extractor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        # Channels-last (NHWC) convolutions: 1.85x the backbone throughput of NCHW on this project's CPU
-        # (Lite2, 288 px, batch 8; docs/benchmarks.md). Same weights, same numbers up to float rounding.
+        # Channels-last (NHWC) convolutions: 1.3-1.4x the NCHW throughput on this project's CPU (Lite2,
+        # 288 px; benchmarks/channels_last.py). Same weights, same numbers up to float rounding.
         self.extractor.to(memory_format=torch.channels_last)
         self.requires_grad_(False)
         self.eval()

@@ -471,7 +471,7 @@ def train(
             epoch_stats.append(stats)
             bar.set_postfix(it=f"{it + 1}/{iterations}", loss=f"{stats['loss']:.3f}")
         record = {"epoch": epoch + 1, **{k: float(np.mean([s[k] for s in epoch_stats if k in s])) for k in epoch_stats[0]}}
-        record["lr"] = optimizers[-1].param_groups[0]["lr"]  # the adaptor's rate (D: 2x) used in this epoch
+        record["lr"] = optimizers[0].param_groups[0]["lr"] / 2  # this epoch's rate in --lr terms (D runs at 2x)
         for scheduler in schedulers:
             scheduler.step()
 
