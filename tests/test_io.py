@@ -64,9 +64,12 @@ def test_16bit_png_full_range(tmp_path: Path) -> None:
 def test_12bit_values_in_16bit_tiff(tmp_path: Path) -> None:
     values = np.linspace(0, 4095, 20 * 30).reshape(20, 30).astype(np.uint16)
     Image.fromarray(values).save(tmp_path / "t.tif")
-    out = read_image(tmp_path / "t.tif")
+    # Default: the container's depth (16 bits), whatever the values.
+    np.testing.assert_allclose(read_image(tmp_path / "t.tif")[:, :, 0].astype(float), values / 257.0, atol=0.51)
+    # Declared 12-bit data: / 4095.
+    out = read_image(tmp_path / "t.tif", bit_depth=12)
     assert out[-1, -1, 0] == 255 and out[0, 0, 0] == 0
-    np.testing.assert_allclose(out[:, :, 0].astype(float), values / 16.0, atol=1)
+    np.testing.assert_allclose(out[:, :, 0].astype(float), values.astype(float) * 255 / 4095, atol=0.51)
 
 
 def test_16bit_colour_tiff_falls_back(tmp_path: Path) -> None:
@@ -166,14 +169,16 @@ def test_16bit_colour_png_uses_real_bit_depth(tmp_path: Path) -> None:
     bgr[..., 2] = 4095
     bgr[..., 1] = 2048
     assert cv2.imwrite(str(tmp_path / "c.png"), bgr)
-    out = read_image(tmp_path / "c.png")
+    out = read_image(tmp_path / "c.png", bit_depth=12)
     assert (out[..., 0] == 255).all() and (out[..., 1] == 128).all() and (out[..., 2] == 0).all()
+    out = read_image(tmp_path / "c.png")  # default: 16-bit container → / 65535
+    assert (out[..., 0] == 16).all() and (out[..., 1] == 8).all() and (out[..., 2] == 0).all()
 
 
 def test_8bit_values_stored_in_16bit(tmp_path: Path) -> None:
     values = np.arange(0, 240, dtype=np.uint16).reshape(12, 20)
     Image.fromarray(values).save(tmp_path / "v.png")
-    np.testing.assert_array_equal(read_image(tmp_path / "v.png")[:, :, 0], values.astype(np.uint8))
+    np.testing.assert_array_equal(read_image(tmp_path / "v.png", bit_depth=8)[:, :, 0], values.astype(np.uint8))
 
 
 def test_float_colour_tiff_via_opencv(tmp_path: Path) -> None:
@@ -183,10 +188,11 @@ def test_float_colour_tiff_via_opencv(tmp_path: Path) -> None:
     assert cv2.imwrite(str(tmp_path / "f.tif"), rgb[:, :, ::-1].copy())
     out = read_image(tmp_path / "f.tif")
     assert (out[..., 0] == 255).all() and (out[..., 1] == 0).all() and (np.abs(out[..., 2].astype(int) - 128) <= 1).all()
-    # out of [0, 1]: min-max scaled
+    # out of [0, 1]: clipped (a fixed rule, never the image's own range)
     assert cv2.imwrite(str(tmp_path / "g.tif"), np.linspace(-5, 5, 256, dtype=np.float32).reshape(16, 16))
     out = read_image(tmp_path / "g.tif")
     assert out.min() == 0 and out.max() == 255
+    assert (out[:8, :, 0] == 0).all() and (out[-6:, :, 0] == 255).all()
 
 
 def test_bilevel_and_cmyk(tmp_path: Path) -> None:
@@ -235,3 +241,58 @@ def test_read_mask_16bit_and_jpeg(tmp_path: Path) -> None:
     Image.fromarray(binary).save(tmp_path / "m.jpg", quality=75)
     out = read_mask(tmp_path / "m.jpg")  # compression noise around the square is not defect
     assert (out == (binary > 0)).mean() > 0.99
+
+
+def test_one_hot_pixel_does_not_change_the_scale(tmp_path: Path) -> None:
+    frame = np.linspace(0, 4000, 32 * 32).reshape(32, 32).astype(np.uint16)  # 12-bit camera data
+    hot = frame.copy()
+    hot[0, 0] = 4096  # one pixel over 12 bits: the old per-image rule decoded the whole frame 4× darker
+    cv2.imwrite(str(tmp_path / "a.png"), frame)
+    cv2.imwrite(str(tmp_path / "b.png"), hot)
+    for depth in (None, 12):
+        a, b = read_image(tmp_path / "a.png", bit_depth=depth), read_image(tmp_path / "b.png", bit_depth=depth)
+        np.testing.assert_array_equal(a[1:], b[1:])
+    assert read_image(tmp_path / "b.png", bit_depth=12)[0, 0, 0] == 255  # saturates, alone
+
+
+def test_declared_bit_depth_block_and_validation(tmp_path: Path) -> None:
+    from glass_ad.io import current_bit_depth, declared_bit_depth
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((16, 16), 4095, np.uint16))
+    assert read_image(tmp_path / "a.png")[0, 0, 0] == 16
+    with declared_bit_depth(12):
+        assert current_bit_depth() == 12
+        assert read_image(tmp_path / "a.png")[0, 0, 0] == 255
+    assert current_bit_depth() is None
+    for bad in (0, 33, 2.5, "12"):
+        with pytest.raises(ValueError, match="bit depth must be a whole number of bits from 1 to 32"):
+            read_image(tmp_path / "a.png", bit_depth=bad)
+
+
+def test_32bit_integers_need_a_declared_bit_depth(tmp_path: Path) -> None:
+    Image.fromarray(np.full((16, 16), 70000, np.int32), "I").save(tmp_path / "i.tif")
+    with pytest.raises(ImageReadError, match=r"i\.tif.*32-bit integer pixels.*--bit-depth"):
+        read_image(tmp_path / "i.tif")
+    assert read_image(tmp_path / "i.tif", bit_depth=17)[0, 0, 0] == round(70000 * 255 / 131071)
+
+
+def test_animated_gif_is_refused_and_listed(tmp_path: Path) -> None:
+    frames = [Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[1].save(tmp_path / "still.gif")
+    assert [p.name for p in list_images(tmp_path)] == ["anim.gif", "still.gif"]
+    with pytest.raises(ImageReadError, match=r"anim\.gif.*animated or multi-frame image \(3 frames\)"):
+        read_image(tmp_path / "anim.gif")
+    assert read_image(tmp_path / "still.gif")[0, 0].tolist() == [60, 60, 60]
+
+
+def test_symlink_loop_and_broken_link(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    broken = tmp_path / "broken.png"
+    broken.symlink_to(tmp_path / "gone.png")
+    assert [p.name for p in list_images(tmp_path)] == ["broken.png", "loop.png"]  # reported, not vanished
+    with pytest.raises(ImageReadError, match=r"loop\.png.*symbolic link loop"):
+        read_image(loop)
+    with pytest.raises(ImageReadError, match=r"broken\.png.*broken symbolic link.*gone\.png"):
+        read_image(broken)

@@ -5,14 +5,17 @@ Every image that enters the library goes through :func:`read_image`, which retur
 
 * 8-bit RGB / RGBA / grey / grey+alpha / palette / CMYK / 1-bit: converted to RGB; alpha is dropped
   (the colour values are kept as they are, no compositing onto a background).
-* Integer images deeper than 8 bits (16-bit PNG/TIFF, grey or colour) are scaled by the bit depth the
-  data actually uses: the smallest of 8, 10, 12, 14 or 16 bits that holds the image's largest value,
-  shifted right to 8 bits (full-range 16-bit: ``>> 8``; 12-bit camera data stored in 16 bits, max ≤ 4095:
-  ``>> 4``; 8-bit data stored in 16 bits: unchanged). The choice is made per image, from its maximum, so a
-  16-bit image that is almost black (max < 4096) is read as 12-bit data — the usual case for industrial
-  cameras. Larger integers (32-bit) are scaled by the image maximum; signed data with negative values is
-  min–max scaled.
-* Float images: values inside ``[0, 1]`` are multiplied by 255, anything else is min–max scaled.
+* Images stored with more than 8 bits per channel are scaled by one fixed rule, never by the image's own
+  values: ``round(v · 255 / (2^B − 1))`` with ``B`` the *declared bit depth* — by default the container's
+  (16-bit PNG/TIFF: ``B = 16``, i.e. ``v / 65535``), or the bit depth the camera really uses, declared once
+  per model (``glass train --bit-depth 12``, recorded in the checkpoint and used again by ``glass test``,
+  ``glass predict`` and the ``Detector``; see :func:`declared_bit_depth`). Values above ``2^B − 1`` (a hot
+  pixel) saturate at 255; they never change how the rest of the image is decoded. Integers wider than 16
+  bits have no sensible default and need a declared bit depth; negative values read as 0.
+* Float images: values in ``[0, 1]`` are multiplied by 255 (outside: clipped); with a declared bit depth
+  ``B`` they are divided by ``2^B − 1`` first. 8-bit images are never rescaled.
+* Animated or multi-frame files (GIF, APNG, multi-page TIFF) are refused with a message naming the frame
+  count: which frame to inspect is the user's decision, not the reader's.
 * The EXIF orientation tag, when present, is applied.
 
 Pillow decodes the files. 16-bit colour PNG/TIFF files (which Pillow would truncate to 8 bits) and TIFF
@@ -24,16 +27,36 @@ Every failure is an :class:`ImageReadError` whose message is one line naming the
 
 from __future__ import annotations
 
+import errno
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "list_images", "read_image", "read_mask"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "check_bit_depth",
+    "current_bit_depth",
+    "declared_bit_depth",
+    "list_images",
+    "read_image",
+    "read_mask",
+    "to_uint8",
+]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm",
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".gif",
 )
+
+# The bit depth declared for the images being read (None: the container's own depth). Set for a block of
+# work with `declared_bit_depth`, so that code that only calls `read_image(path)` (training) reads every
+# image by the model's rule; `read_image(..., bit_depth=B)` overrides it for one call.
+_DECLARED_BIT_DEPTH: ContextVar[int | None] = ContextVar("glass_ad_declared_bit_depth", default=None)
+MAX_BIT_DEPTH = 32
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
@@ -46,6 +69,30 @@ class ImageReadError(ValueError):
         self.path = Path(path)
         self.reason = " ".join(str(reason).split())  # always one line
         super().__init__(f"cannot read image '{self.path}': {self.reason}")
+
+
+def check_bit_depth(bit_depth: int | None) -> int | None:
+    """``bit_depth`` as an int in 1..32, or None; anything else is a one-line ValueError."""
+    if bit_depth is None:
+        return None
+    if isinstance(bit_depth, bool) or not isinstance(bit_depth, (int, np.integer)) or not 1 <= int(bit_depth) <= MAX_BIT_DEPTH:
+        raise ValueError(f"bit depth must be a whole number of bits from 1 to {MAX_BIT_DEPTH}, got {bit_depth!r}")
+    return int(bit_depth)
+
+
+@contextmanager
+def declared_bit_depth(bit_depth: int | None) -> Iterator[int | None]:
+    """Within the block, images deeper than 8 bits are read as ``bit_depth``-bit data (None: by container)."""
+    token = _DECLARED_BIT_DEPTH.set(check_bit_depth(bit_depth))
+    try:
+        yield _DECLARED_BIT_DEPTH.get()
+    finally:
+        _DECLARED_BIT_DEPTH.reset(token)
+
+
+def current_bit_depth() -> int | None:
+    """The bit depth declared by the enclosing :func:`declared_bit_depth` block (None: by container)."""
+    return _DECLARED_BIT_DEPTH.get()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,6 +149,11 @@ def _decode_pillow(path: Path) -> tuple[np.ndarray, int]:
     from PIL import Image
 
     with Image.open(path) as image:
+        frames = int(getattr(image, "n_frames", 1) or 1)
+        if frames > 1:
+            raise ImageReadError(
+                path, f"animated or multi-frame image ({frames} frames); save the frame to inspect as a single-frame PNG"
+            )
         rawmodes = [str(tile[3][0] if isinstance(tile[3], tuple) else tile[3]) for tile in image.tile]
         if image.mode in ("RGB", "RGBA") and any(";16" in mode for mode in rawmodes):
             raise _UseOpenCV("16-bit colour")
@@ -149,23 +201,38 @@ def _decode_opencv(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(array), orientation
 
 
+def _stat_problem(path: Path, error: OSError) -> str:
+    """Why a path cannot be opened, in words (symlink loops and broken links are not "file not found")."""
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop (the link points back to itself)"
+    if error.errno == errno.ENOENT:
+        if path.is_symlink():
+            return f"broken symbolic link (its target '{os.readlink(path)}' does not exist)"
+        return "file not found"
+    if error.errno == errno.EACCES:
+        return "permission denied (a folder on the path is not readable)"
+    return f"cannot access the file ({_short_error(error, path)})"
+
+
 def _decode(path: str | os.PathLike[str]) -> np.ndarray:
     """The file's pixels as a raw array (orientation applied), or :class:`ImageReadError`."""
     from PIL import Image
 
     path = Path(path)
-    if not path.exists():
-        raise ImageReadError(path, "file not found")
-    if path.is_dir():
-        raise ImageReadError(path, "is a directory, not an image file")
     try:
         size = path.stat().st_size
     except OSError as error:
-        raise ImageReadError(path, f"cannot access the file ({_short_error(error, path)})") from error
+        raise ImageReadError(path, _stat_problem(path, error)) from error
+    if path.is_dir():
+        raise ImageReadError(path, "is a directory, not an image file")
     if size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise ImageReadError(path, "permission denied (the file is not readable)")
     try:
         array, orientation = _decode_pillow(path)
+    except ImageReadError:
+        raise
     except _UseOpenCV:
         try:
             array, orientation = _decode_opencv(path)
@@ -205,34 +272,45 @@ def _colour_channels(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale any numeric pixel array to uint8 (rules in the module docstring)."""
+def to_uint8(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
+    """Scale any numeric pixel array to uint8 by the fixed rule of the module docstring.
+
+    ``bit_depth`` (None: :func:`current_bit_depth`, then the dtype's own depth) applies to arrays deeper
+    than 8 bits. Raises ValueError (one line) for integers wider than 16 bits without a bit depth.
+    """
+    bit_depth = check_bit_depth(bit_depth) if bit_depth is not None else current_bit_depth()
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.integer):
-        values = array.astype(np.int64)
-        low, high = int(values.min()), int(values.max())
-        if low < 0:
-            span = max(high - low, 1)
-            return ((values - low) * 255 // span).astype(np.uint8)
-        if high > 65535:
-            return (values * 255 // high).astype(np.uint8)
-        bits = next(b for b in (8, 10, 12, 14, 16) if high < (1 << b))
-        return np.clip(values >> (bits - 8), 0, 255).astype(np.uint8)
+        bits = bit_depth
+        if bits is None:
+            if array.dtype.itemsize > 2:
+                raise ValueError(
+                    f"{8 * array.dtype.itemsize}-bit integer pixels have no standard scale; declare the bit depth "
+                    f"the camera uses (--bit-depth N)"
+                )
+            bits = 8 * array.dtype.itemsize
+        top = (1 << bits) - 1
+        values = np.clip(array.astype(np.int64), 0, top)
+        return ((values * 255 + top // 2) // top).astype(np.uint8)
     values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = float(values.min()), float(values.max())
-    if low < 0.0 or high > 1.0:
-        values = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    if bit_depth is not None:
+        values = values / float((1 << bit_depth) - 1)
     return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
 
 
-def read_image(path: str | os.PathLike[str], min_size: int = 8) -> np.ndarray:
+_to_uint8 = to_uint8  # the name other modules used before it was public
+
+
+def read_image(path: str | os.PathLike[str], min_size: int = 8, bit_depth: int | None = None) -> np.ndarray:
     """Read an image file as a ``uint8`` ``H×W×3`` RGB array.
 
-    Raises :class:`ImageReadError` (one line naming the file) when the file is missing, empty, not
-    decodable, or has a side shorter than ``min_size`` pixels.
+    ``bit_depth``: how images deeper than 8 bits are scaled (module docstring); None uses the enclosing
+    :func:`declared_bit_depth`, else the file's own depth. Raises :class:`ImageReadError` (one line
+    naming the file) when the file is missing, empty, not decodable, animated, or has a side shorter than
+    ``min_size`` pixels.
     """
     array = _decode(path)
     height, width = array.shape[:2]
@@ -240,7 +318,10 @@ def read_image(path: str | os.PathLike[str], min_size: int = 8) -> np.ndarray:
         raise ImageReadError(
             path, f"image is {width}x{height} pixels, smaller than the minimum {min_size}x{min_size}"
         )
-    array = _to_uint8(_colour_channels(array))
+    try:
+        array = to_uint8(_colour_channels(array), bit_depth)
+    except ValueError as error:
+        raise ImageReadError(path, str(error)) from error
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     return np.ascontiguousarray(array)
@@ -256,7 +337,7 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """
     array = _colour_channels(_decode(path))
     if Path(path).suffix.lower() in _LOSSY_EXTENSIONS:
-        array = _to_uint8(array) > 127
+        array = to_uint8(array, 8 if array.dtype == np.uint8 else None) > 127
     else:
         array = array != 0
     if array.ndim == 3:
@@ -268,7 +349,9 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
     """Image files in ``folder``, sorted; extensions are matched case-insensitively and hidden files
     (and, when recursive, hidden folders) are skipped.
 
-    Raises ``FileNotFoundError`` when ``folder`` is not a directory.
+    Broken or looping symbolic links with an image extension are listed, so that reading them reports
+    the problem instead of the file vanishing without notice. Raises ``FileNotFoundError`` when
+    ``folder`` is not a directory.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -278,6 +361,6 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
     for candidate in candidates:
         if any(part.startswith(".") for part in candidate.relative_to(folder).parts):
             continue
-        if candidate.suffix.lower() in IMAGE_EXTENSIONS and candidate.is_file():
+        if candidate.suffix.lower() in IMAGE_EXTENSIONS and (candidate.is_file() or candidate.is_symlink()):
             found.append(candidate)
     return sorted(found)
