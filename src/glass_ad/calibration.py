@@ -66,12 +66,34 @@ def normalize_scores(scores, params: dict[str, float]):
     return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
+def holdout_warning(count: int, rate: float) -> str | None:
+    """A warning when ``count`` held-out images cannot resolve a ``rate`` false-alarm quantile.
+
+    The (1 − rate) quantile of n scores is a real quantile only when n·rate ≥ 1; below that the threshold
+    is simply the largest held-out score, and the false-alarm rate it gives is unknown.
+    """
+    needed = math.ceil(1.0 / rate - 1e-9) if rate > 0 else 0
+    if count >= needed:
+        return None
+    return (
+        f"the {100 * rate:g} % false-alarm threshold comes from only {count} held-out normal images (a {100 * rate:g} % "
+        f"rate needs at least {needed}); it is just their highest score — hold out more images (--holdout), raise "
+        f"--far, or add an F1 threshold with `glass calibrate --val`"
+    )
+
+
 def calibrate(model, holdout: torch.Tensor, config: GlassConfig, device) -> dict[str, Any]:
-    """Thresholds for the target false-alarm rate from held-out normal images."""
+    """Thresholds for the target false-alarm rate from held-out normal images.
+
+    Too few images for the rate (see `holdout_warning`) is logged as a warning and stored as ``warning``.
+    """
     image_scores, pixel_values = holdout_scores(model, holdout, device)
     rate = config.target_false_alarm_rate
     image_threshold = float(np.quantile(image_scores, 1.0 - rate, method="higher"))
     pixel_threshold = float(np.quantile(pixel_values, 1.0 - rate, method="higher"))
+    warning = holdout_warning(len(image_scores), rate)
+    if warning:
+        log.warning(warning)
     return {
         "method": "holdout-normal-quantile",
         "target_false_alarm_rate": rate,
@@ -81,6 +103,7 @@ def calibrate(model, holdout: torch.Tensor, config: GlassConfig, device) -> dict
         "image_normalization": logistic_params(image_scores, image_threshold),
         "pixel_normalization": logistic_params(pixel_values, pixel_threshold),
         "holdout_image_scores": [float(s) for s in image_scores],
+        **({"warning": warning} if warning else {}),
     }
 
 
@@ -193,22 +216,25 @@ def f1_calibration(
     *,
     batch_size: int = 8,
     progress: bool = False,
+    bit_depth: int | None = None,
 ) -> dict[str, Any]:
     """F1-optimal image threshold (and pixel threshold, when every defect image has a mask) on labelled
-    validation samples. Images go through the same uint8 preprocessing as training and `Detector`.
+    validation samples. Images go through the same uint8 preprocessing as training and `Detector`
+    (``bit_depth``: the model's input bit depth for images deeper than 8 bits).
 
-    Unreadable files are skipped (logged); returns the ``f1_*`` fields `glass calibrate` stores.
+    Unreadable files are skipped (logged, and listed in ``f1_val_skipped_files``); returns the ``f1_*``
+    fields `glass calibrate` stores.
     """
     from tqdm.auto import tqdm
 
     fit = "crop" if config.fit == "auto" else config.fit
-    dataset = ImageDataset(samples, Preprocessor(config.image_size, config.resize, fit))
+    dataset = ImageDataset(samples, Preprocessor(config.image_size, config.resize, fit), bit_depth=bit_depth)
     with_pixels = all(s.mask_path is not None for s in samples if s.label == 1)
     positive = np.zeros(_PIXEL_BINS + 1, dtype=np.int64)
     negative = np.zeros(_PIXEL_BINS + 1, dtype=np.int64)
     scores: list[float] = []
     labels: list[int] = []
-    skipped = 0
+    skipped: list[str] = []
     model.eval()
 
     def run(batch: list[dict[str, Any]]) -> None:
@@ -229,7 +255,7 @@ def f1_calibration(
             pending.append(dataset[index])
         except ImageReadError as error:
             log.warning("skipped: %s", error)
-            skipped += 1
+            skipped.append(str(error))
             continue
         if len(pending) == batch_size:
             run(pending)
@@ -252,7 +278,8 @@ def f1_calibration(
         "f1_image_false_alarm_rate": stats["false_alarm_rate"],
         "f1_val_images": int(len(score_array)),
         "f1_val_anomalous": int(label_array.sum()),
-        "f1_val_skipped": skipped,
+        "f1_val_skipped": len(skipped),
+        "f1_val_skipped_files": skipped,
         "f1_pixel_threshold": None,
         "f1_pixel_f1": None,
     }
@@ -274,14 +301,24 @@ def calibrate_run(
     Only ``f1_*`` fields are written; the false-alarm threshold and the normalisation stay as they are.
     Returns the new ``f1_*`` fields (plus ``f1_val_dir``).
     """
-    from .model import checkpoint_path, model_from_checkpoint, read_checkpoint, resolve_device, save_checkpoint
+    from .model import (
+        checkpoint_bit_depth,
+        checkpoint_path,
+        model_from_checkpoint,
+        read_checkpoint,
+        resolve_device,
+        save_checkpoint,
+    )
 
     samples, root = load_validation_set(val_dir)
     checkpoint = read_checkpoint(run)
     torch_device = resolve_device(device)
     model = model_from_checkpoint(checkpoint, torch_device)
     config = GlassConfig.from_dict(checkpoint["config"])
-    result = f1_calibration(model, samples, config, torch_device, batch_size=batch_size, progress=progress)
+    result = f1_calibration(
+        model, samples, config, torch_device, batch_size=batch_size, progress=progress,
+        bit_depth=checkpoint_bit_depth(checkpoint),
+    )  # fmt: skip
     result["f1_val_dir"] = str(root)
     calibration = dict(checkpoint.get("calibration") or {})
     calibration.update(result)

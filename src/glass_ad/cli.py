@@ -50,6 +50,28 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _hold_for_command(*managers) -> None:
+    """Enter context managers (output locks, the declared bit depth) for the rest of the running command;
+    they are released when it ends, also when it fails. Used by the pre-flight checks (safety.py)."""
+    import click
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    try:
+        for manager in managers:
+            stack.enter_context(manager)
+    except BaseException:
+        stack.close()
+        raise
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(stack.close)
+
+
+_FORCE_HELP = "Replace results of an earlier run at the same place (default: refuse and say so)."
+_BIT_DEPTH_HELP = "Bits per channel of images deeper than 8 bits (e.g. 12 for 12-bit camera data in 16-bit files); default: the bit depth recorded with the model."
+
+
 def _shared_overrides(layers: Optional[str], weights: Optional[Path], textures: Optional[Path]) -> dict:
     """Config values of the options that train, suite and ablate share, converted from CLI strings/paths."""
     return dict(
@@ -107,6 +129,8 @@ def train(
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUT/model.pt (only once the new one is complete)."),
+    bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help="Bits per channel of images deeper than 8 bits (e.g. 12 for 12-bit camera data in 16-bit files); default: the file's own depth. Recorded with the model."),
 ) -> None:
     """Train on DATA_DIR/train/good (normal images only)."""
     from .trainer import train as run_training
@@ -149,9 +173,13 @@ def train(
         config = make_config(recipe.value, **overrides)
         if feature_std is not None:
             config = config.replace(feature_std=feature_std if feature_std > 0 else None)
+        _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val)
         result = run_training(data_dir, out, config, category=category, layout=dataset, progress=not quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
+        return
+    except OSError as error:
+        _fail(" ".join(str(error).split()))
         return
     typer.echo(
         f"saved {result.checkpoint} (hypothesis {result.hypothesis}, {result.epochs_run} epochs, "
@@ -174,6 +202,34 @@ def train(
         typer.echo(f"F1-optimal image threshold {f1['f1_image_threshold']:.4f} (F1 {100 * f1['f1_image_f1']:.1f} on {val})")
 
 
+def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, textures, weights, val) -> None:
+    """Everything `glass train` can check before the first image: outputs, inputs, disk; then the run
+    folder's lock and the declared bit depth for the whole command."""
+    from .io import check_bit_depth, declared_bit_depth
+    from .safety import output_lock, preflight_train
+
+    check_bit_depth(bit_depth)
+    onnx_file = Path(out) / "model.onnx"
+    stale = force and onnx_file.exists()
+    preflight_train(
+        data_dir, out, config, force=force, category=category, layout=layout, textures=textures, weights=weights, val=val
+    )
+    _hold_for_command(output_lock(out), declared_bit_depth(bit_depth))
+    if stale:
+        import click
+
+        def warn_stale() -> None:
+            if (Path(out) / "model.pt").stat().st_mtime > onnx_file.stat().st_mtime:
+                typer.secho(
+                    f"warning: {onnx_file} was exported from the replaced model; re-export it: glass export {out} --force",
+                    fg=typer.colors.YELLOW, err=True,
+                )  # fmt: skip
+
+        context = click.get_current_context(silent=True)
+        if context is not None:
+            context.call_on_close(warn_stale)
+
+
 @app.command()
 def test(
     run_dir: Path = typer.Argument(..., help="Run directory written by `glass train`."),
@@ -189,8 +245,16 @@ def test(
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Score histogram and worst-case grid."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
+    allow_dropped: bool = typer.Option(False, "--allow-dropped", help="Exit 0 even when test images could not be used (they are still listed in the report)."),
+    bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help=_BIT_DEPTH_HELP),
 ) -> None:
-    """Evaluate a trained model on DATA_DIR/test (metrics never feed back into the model)."""
+    """Evaluate a trained model on DATA_DIR/test (metrics never feed back into the model).
+
+    Every test image that could not be used is listed (JSON: `dropped`); the command then fails unless
+    --allow-dropped. Existing results are replaced only with --force.
+    """
+    from .model import checkpoint_path
     from .tester import test as run_test
 
     _setup_logging(verbose)
@@ -198,24 +262,70 @@ def test(
         import torch
 
         torch.set_num_threads(threads)
+    report = report or checkpoint_path(run_dir).parent / "test_report"
     try:
+        _test_preflight(run_dir, data_dir, json_out, report if pictures else None, force)
         result = run_test(
             run_dir,
             data_dir,
             category=category,
             layout=dataset,
             json_path=json_out,
-            report_dir=report or Path(run_dir) / "test_report",
+            report_dir=report,
             batch_size=batch_size,
             workers=workers,
             device=device,
             progress=not quiet,
             pictures=pictures,
+            bit_depth=bit_depth,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
         return
+    except OSError as error:
+        _fail(" ".join(str(error).split()))
+        return
     _print_report(result)
+    _check_dropped(result, json_out, allow_dropped)
+
+
+def _test_preflight(run_dir, data_dir, json_out, report_dir, force) -> None:
+    """Outputs of `glass test`: not an input, not silently replaced, writable, locked for the command."""
+    from .model import checkpoint_path, read_checkpoint
+    from .safety import ensure_writable, output_locks, refuse_existing, refuse_input_overlap
+
+    inputs = [checkpoint_path(run_dir), data_dir]
+    targets = []
+    if json_out is not None:
+        refuse_input_overlap(json_out, inputs, what="JSON report")
+        targets.append(json_out)
+    if report_dir is not None:
+        refuse_input_overlap(report_dir, inputs, what="picture folder")
+        targets += [Path(report_dir) / "score_histogram.png", Path(report_dir) / "worst_cases.png"]
+    read_checkpoint(run_dir)  # a damaged or foreign checkpoint fails here, before any folder is made
+    refuse_existing(targets, force=force, option="--json / --report")
+    folders = [Path(json_out).parent if json_out is not None else None, report_dir]
+    for folder in folders:
+        if folder is not None:
+            ensure_writable(folder)
+    _hold_for_command(output_locks(folders))
+
+
+def _check_dropped(result: dict, json_out, allow_dropped: bool) -> None:
+    """One line per test image that could not be used; a non-zero exit unless --allow-dropped."""
+    dropped, empty = result.get("dropped") or [], result.get("empty_test_folders") or []
+    for entry in dropped:
+        typer.secho(f"dropped: {entry['file']}: {entry['reason']}", fg=typer.colors.YELLOW, err=True)
+    for folder in empty:
+        typer.secho(f"empty: test folder {folder} has no images", fg=typer.colors.YELLOW, err=True)
+    if (dropped or empty) and not allow_dropped:
+        where = f"listed under 'dropped' in {json_out}" if json_out else "listed above"
+        parts = []
+        if dropped:
+            parts.append(f"{len(dropped)} of {result.get('n_listed', '?')} test images could not be used and are not in these metrics")
+        if empty:
+            parts.append(f"{len(empty)} test folder(s) have no images")
+        _fail(f"{'; '.join(parts)} ({where}); fix them, or pass --allow-dropped to accept the smaller test set")
 
 
 def _print_report(result: dict) -> None:
@@ -310,6 +420,9 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
         _fail(str(error))
         return
     summary = {
+        "format": checkpoint.get("format"),
+        "package_version": checkpoint.get("package_version", "unknown (written before 0.1.0 recorded it)"),
+        "input_bit_depth": (checkpoint.get("input") or {}).get("bit_depth") or "the file's own depth",
         "backbone": checkpoint["backbone"],
         "hypothesis": checkpoint.get("hypothesis"),
         "spectrum": checkpoint.get("spectrum"),
@@ -344,11 +457,14 @@ def predict(
     device: str = typer.Option("auto", help="Device of the torch engine."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (PyTorch or ONNX Runtime)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    force: bool = typer.Option(False, "--force", help="Replace predictions.* and overlays of an earlier run in OUT (default: refuse)."),
+    bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help=_BIT_DEPTH_HELP),
 ) -> None:
     """Score images: raw and normalized score, decision, heatmap overlay; one line per unreadable file."""
     from .predict import predict_files, summary_line
 
     try:
+        _predict_preflight(run_dir, paths, out, fmt.value, overlays, onnx, force)
         summary = predict_files(
             run_dir,
             paths,
@@ -362,13 +478,29 @@ def predict(
             overlays=overlays,
             progress=not quiet,
             threads=threads,
+            bit_depth=bit_depth,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
         return
+    except OSError as error:
+        _fail(" ".join(str(error).split()))
+        return
     if summary["n_images"] == 0:
         _fail(f"no image could be processed ({summary['n_failed']} input(s) skipped, see above)")
     typer.echo(summary_line(summary))
+
+
+def _predict_preflight(run_dir, paths, out, fmt, overlays, onnx, force) -> None:
+    from .model import read_checkpoint
+    from .predict import check_outputs, output_paths
+    from .safety import ensure_writable, output_lock, refuse_existing
+
+    check_outputs(run_dir, paths, out, fmt=fmt, overlays=overlays, onnx_path=onnx)
+    read_checkpoint(run_dir)
+    refuse_existing(output_paths(out, fmt, overlays), force=force)
+    ensure_writable(out)
+    _hold_for_command(output_lock(out))
 
 
 @app.command()
@@ -378,16 +510,27 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: RUN_DIR/model.onnx)."),
     opset: int = typer.Option(17, help="ONNX opset (>= 17)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare ONNX Runtime with PyTorch on a random batch."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing ONNX file at the target (default: refuse)."),
 ) -> None:
     """Export the whole inference graph (uint8 pixels → scores and map) as one ONNX model."""
-    from .export import export_onnx
+    from .export import ONNX_NAME, export_onnx
+    from .model import checkpoint_path, read_checkpoint
+    from .safety import ensure_writable, output_lock, refuse_existing, refuse_input_overlap
 
     if fmt.lower() != "onnx":
         _fail(f"unknown export format {fmt!r} (supported: onnx)")
+    target = out if out is not None else checkpoint_path(run_dir).parent / ONNX_NAME
     try:
-        result = export_onnx(run_dir, out, opset=opset, verify=verify)
+        refuse_input_overlap(target, [checkpoint_path(run_dir)], what="export target")
+        read_checkpoint(run_dir)
+        refuse_existing([target], force=force)
+        _hold_for_command(output_lock(ensure_writable(target.parent, what="export folder")))
+        result = export_onnx(run_dir, target, opset=opset, verify=verify)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
+        return
+    except OSError as error:
+        _fail(" ".join(str(error).split()))
         return
     typer.echo(f"saved {result.path} (opset {result.opset}, {result.exporter} exporter)")
     if result.max_abs_diff:
@@ -403,15 +546,28 @@ def calibrate(
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    force: bool = typer.Option(False, "--force", help="Replace F1 thresholds stored by an earlier `glass calibrate` (default: refuse)."),
 ) -> None:
     """Add F1-optimal image/pixel thresholds from a labelled validation set (the false-alarm threshold stays)."""
     from .calibration import calibrate_run
+    from .model import checkpoint_path, read_checkpoint
+    from .safety import OutputError, ensure_writable, output_lock
 
     _setup_logging(verbose)
     try:
+        checkpoint = read_checkpoint(run_dir)
+        if (checkpoint.get("calibration") or {}).get("f1_image_threshold") is not None and not force:
+            raise OutputError(
+                f"{checkpoint_path(run_dir)} already holds F1 thresholds (from {checkpoint['calibration'].get('f1_val_dir')}); "
+                f"pass --force to replace them"
+            )
+        _hold_for_command(output_lock(ensure_writable(checkpoint_path(run_dir).parent, what="run folder")))
         result = calibrate_run(run_dir, val, device=device, batch_size=batch_size, progress=not quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
+        return
+    except OSError as error:
+        _fail(" ".join(str(error).split()))
         return
     if Path(result["f1_val_dir"]).name == "test":
         typer.secho(

@@ -46,7 +46,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -145,6 +145,7 @@ class DatasetSplit:
     train: list[Sample]
     test: list[Sample]
     has_masks: bool  # the test split has anomalous images and every one of them has a mask
+    empty_test_folders: list[Path] = field(default_factory=list)  # test/<type> folders without images
 
     @property
     def defect_types(self) -> list[str]:
@@ -208,9 +209,10 @@ class _MaskIndex:
 
 
 def _test_samples(
-    test_dir: Path, mask_folders: Callable[[str], list[Path]], *, strict: bool
+    test_dir: Path, mask_folders: Callable[[str], list[Path]], *, strict: bool, empty: list[Path] | None = None
 ) -> tuple[list[Sample], bool]:
     """Samples of ``test_dir/<type>/*`` (``good`` = normal) and whether every defect image has a mask.
+    Type folders without images are appended to ``empty`` (reported by `glass test`, not ignored).
 
     Masks of a type are looked up in ``mask_folders(type)``. A defect image without a mask is an error
     when ``strict`` or when one of its type's mask folders exists. Masks are kept only when all defect
@@ -221,6 +223,9 @@ def _test_samples(
     for type_dir in _subdirs(test_dir):
         defect_type = type_dir.name
         if defect_type.lower() in _RESERVED_TEST_FOLDERS:
+            continue
+        if empty is not None and not list_images(type_dir):
+            empty.append(type_dir)
             continue
         if defect_type == "good":
             samples.extend(Sample(image, 0, "good", None) for image in list_images(type_dir))
@@ -265,13 +270,14 @@ def _load_mvtec(root: Path, category: str | None, test_dir: Path | None) -> Data
     test_root = Path(test_dir) if test_dir is not None else base / "test"
     test: list[Sample] = []
     has_masks = False
+    empty: list[Path] = []
     if test_root.is_dir():
         gt_root = test_root.parent / "ground_truth"
         if gt_root.is_dir():
-            test, has_masks = _test_samples(test_root, lambda kind: [gt_root / kind], strict=True)
+            test, has_masks = _test_samples(test_root, lambda kind: [gt_root / kind], strict=True, empty=empty)
         else:
-            test, has_masks = _test_samples(test_root, lambda kind: [], strict=False)
-    return DatasetSplit(category or base.name, "mvtec", base, train, test, has_masks)
+            test, has_masks = _test_samples(test_root, lambda kind: [], strict=False, empty=empty)
+    return DatasetSplit(category or base.name, "mvtec", base, train, test, has_masks, empty)
 
 
 def _read_visa_csv(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
@@ -362,6 +368,7 @@ def _load_folder(root: Path, test_dir: Path | None) -> DatasetSplit:
     train = [Sample(p, 0, "good", None) for p in images]
     test: list[Sample] = []
     has_masks = False
+    empty: list[Path] = []
     if test_dir is not None:
         test_dir = Path(test_dir)
         if not test_dir.is_dir():
@@ -370,8 +377,8 @@ def _load_folder(root: Path, test_dir: Path | None) -> DatasetSplit:
         def mask_folders(kind: str) -> list[Path]:
             return [test_dir / kind / "masks", test_dir / "ground_truth" / kind, test_dir.parent / "ground_truth" / kind]
 
-        test, has_masks = _test_samples(test_dir, mask_folders, strict=False)
-    return DatasetSplit(root.name, "folder", root, train, test, has_masks)
+        test, has_masks = _test_samples(test_dir, mask_folders, strict=False, empty=empty)
+    return DatasetSplit(root.name, "folder", root, train, test, has_masks, empty)
 
 
 def detect_layout(root: str | os.PathLike[str], category: str | None = None) -> str:
@@ -599,11 +606,13 @@ class ImageDataset(Dataset):
     An unreadable image or mask raises :class:`~glass_ad.io.ImageReadError` naming the file (the caller
     decides whether to skip it). A mask saved at another resolution than its image is resized (nearest)
     when the aspect ratios agree within 2 %; otherwise that is an ImageReadError naming the mask.
+    ``bit_depth`` is the model's input bit depth for images deeper than 8 bits (None: by container).
     """
 
-    def __init__(self, samples: list[Sample], preprocessor: Preprocessor):
+    def __init__(self, samples: list[Sample], preprocessor: Preprocessor, bit_depth: int | None = None):
         self.samples = list(samples)
         self.preprocessor = preprocessor
+        self.bit_depth = bit_depth
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -626,7 +635,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        pixels = read_image(sample.path)
+        pixels = read_image(sample.path, bit_depth=self.bit_depth)
         return {
             "image": self.preprocessor.image(pixels),
             "mask": self._mask(sample, pixels.shape[:2]),

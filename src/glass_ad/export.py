@@ -14,6 +14,11 @@ the same formula, including the normalised score (`calibration.normalize_scores`
 
 The model's metadata (``glass_ad.*`` properties) records the image size, the thresholds and the
 normalisation it was exported with; `Detector` refuses an ONNX file that does not match its checkpoint.
+
+Images deeper than 8 bits are converted to the graph's uint8 input by one fixed rule per model, recorded
+as the ``glass_ad.bit_depth`` metadata (``B``; ``container`` when none was declared, i.e. ``B`` is the
+file's own depth): ``uint8 = round(v · 255 / (2^B − 1))``, values above ``2^B − 1`` saturating at 255 —
+the rule of `glass_ad.io.to_uint8`, never a per-image maximum.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from torch import nn
 
 from .calibration import normalize_scores, resolve_calibration
 from .config import GlassConfig
-from .model import GlassModel, checkpoint_path, model_from_checkpoint, read_checkpoint
+from .model import GlassModel, checkpoint_bit_depth, checkpoint_path, model_from_checkpoint, read_checkpoint
+from .safety import ensure_writable, refuse_input_overlap, unique_temporary
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,9 @@ def export_metadata(checkpoint: dict[str, Any]) -> dict[str, str]:
         "normalization_center": calibration["image_normalization"]["center"],
         "normalization_scale": calibration["image_normalization"]["scale"],
         "input": "uint8 BxSxSx3 RGB, already resized/cropped to image_size",
+        "bit_depth": checkpoint_bit_depth(checkpoint) or "container",
+        "input_scaling": "deeper than 8 bits: uint8 = round(v * 255 / (2^bit_depth - 1)), saturating at 255",
+        "package_version": checkpoint.get("package_version", ""),
     }
     return {META_PREFIX + key: repr(value) if isinstance(value, float) else str(value) for key, value in values.items()}
 
@@ -179,15 +188,20 @@ def export_onnx(
 
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (got {opset})")
+    path = Path(out) if out is not None else checkpoint_path(run).parent / ONNX_NAME
+    if path.is_dir():
+        raise ValueError(f"export target '{path}' is a folder; give a file name such as {path / ONNX_NAME}")
+    refuse_input_overlap(path, [checkpoint_path(run)], what="export target")
     checkpoint = read_checkpoint(run)
     size = GlassConfig.from_dict(checkpoint["config"]).image_size
-    path = Path(out) if out is not None else checkpoint_path(run).parent / ONNX_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
     graph = inference_graph(checkpoint, "cpu")
+    weights = sum(t.numel() * t.element_size() for t in graph.state_dict().values())
+    ensure_writable(path.parent, need_bytes=2 * weights, what="export folder")
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
-    # Write next to the target and rename at the end: a failed export never leaves a half-written file.
-    tmp = path.with_name(f".{path.name}.tmp")
+    # Write to a unique file next to the target and rename at the end: a failed export never leaves a
+    # half-written file, and two exports at once never share a temporary name.
+    tmp = unique_temporary(path)
     chosen = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     used, errors = None, []
     for name in chosen:

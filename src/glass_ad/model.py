@@ -7,9 +7,13 @@ map; image score = max of the unsmoothed patch scores.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,8 +25,10 @@ from .backbones import FrozenBackbone, create_backbone
 from .config import GlassConfig
 from .discriminator import Adaptor, Discriminator
 from .features import PatchAggregator, default_embed_dim
+from .io import current_bit_depth
 
 CHECKPOINT_FORMAT = "glass-ad/1"
+FORMAT_VERSION = 1  # the number in CHECKPOINT_FORMAT; a newer file says which package wrote it
 CHECKPOINT_NAME = "model.pt"
 FEATURE_STRIDE = 8
 
@@ -176,6 +182,30 @@ def build_model(config: GlassConfig, *, channels: list[int] | None = None) -> Gl
 
 # ---------------------------------------------------------------------------------------------------
 # Checkpoints: one file, plain tensors and primitives only (loadable with weights_only=True).
+#
+# Besides the weights a checkpoint records its format ("glass-ad/1"), the package version that wrote it,
+# the input bit depth rule (`io.declared_bit_depth`; None: by container) and a digest of its settings, so
+# that a damaged, foreign, newer or hand-edited file is refused with one line instead of a traceback or a
+# silently different model.
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, foreign, unsafe, newer, edited or inconsistent (one line)."""
+
+
+_REQUIRED = ("config", "backbone", "embed_dim", "feature_scale", "adaptor", "discriminator")
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """SHA-256 of the settings as stored, to notice a checkpoint whose settings were edited by hand."""
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def checkpoint_path(run: str | os.PathLike) -> Path:
@@ -184,10 +214,15 @@ def checkpoint_path(run: str | os.PathLike) -> Path:
 
 
 def make_checkpoint(model: GlassModel, config: GlassConfig, **extra: Any) -> dict[str, Any]:
+    """The checkpoint dict; ``input.bit_depth`` is the bit depth declared around training (see io.py)."""
     adaptor = model.adaptor.state_dict() if isinstance(model.adaptor, Adaptor) else None
+    config_dict = config.to_dict()
     return {
         "format": CHECKPOINT_FORMAT,
-        "config": config.to_dict(),
+        "package_version": _package_version(),
+        "config": config_dict,
+        "config_digest": config_digest(config_dict),
+        "input": {"bit_depth": current_bit_depth()},
         "backbone": {
             "name": model.backbone.name,
             "layers": list(model.backbone.layers),
@@ -216,27 +251,145 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path
     return path
 
 
+def _load_plain(path: Path) -> Any:
+    """torch.load with weights_only=True, every failure turned into one CheckpointError line."""
+    restore = "retrain, or restore the file from a copy"
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from error
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write was cut off; {restore}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" in str(error):
+            raise CheckpointError(
+                f"refused to load {path}: it contains Python objects, not only tensors and numbers, and loading "
+                f"them could run code; glass-ad checkpoints never do — use one written by `glass train`"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a glass-ad checkpoint (not a PyTorch tensor file; an ONNX model, JSON or other file?)"
+        ) from None
+    except PermissionError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: permission denied") from error
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as error:
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(error).__name__}); {restore}") from None
+
+
+def _check_structure(checkpoint: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a glass-ad checkpoint (it holds a {type(checkpoint).__name__}, not a checkpoint)")
+    fmt = checkpoint.get("format")
+    if not isinstance(fmt, str) or not fmt.startswith("glass-ad/"):
+        hint = " (a bare state dict?)" if fmt is None else ""
+        raise CheckpointError(f"{path} is not a glass-ad checkpoint: no '{CHECKPOINT_FORMAT}' format entry{hint}")
+    written_by = checkpoint.get("package_version", "unknown")
+    try:
+        version = int(fmt.split("/", 1)[1])
+    except ValueError:
+        raise CheckpointError(f"{path} has an unknown checkpoint format '{fmt}'") from None
+    if version != FORMAT_VERSION:
+        newer = version > FORMAT_VERSION
+        raise CheckpointError(
+            f"{path} is in checkpoint format {fmt} (written by glass-ad {written_by}); glass-ad {_package_version()} "
+            f"reads {CHECKPOINT_FORMAT}: "
+            + ("upgrade glass-ad (pip install -U glass-ad)" if newer else f"retrain with glass-ad {_package_version()}")
+        )
+    missing = [key for key in _REQUIRED if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}; retrain, or restore it from a copy")
+    backbone = checkpoint["backbone"]
+    if not isinstance(backbone, dict) or not {"name", "layers", "channels"} <= set(backbone):
+        raise CheckpointError(f"checkpoint {path} is incomplete: the backbone entry lacks name, layers or channels")
+    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["discriminator"], dict):
+        raise CheckpointError(f"checkpoint {path} is damaged: config and discriminator must be tables")
+    return checkpoint
+
+
+def _check_consistency(checkpoint: dict[str, Any], path: Path) -> None:
+    """Settings that disagree with the stored weights (an edited file) are refused, not used silently."""
+    stored = checkpoint.get("config_digest")
+    if stored is not None and stored != config_digest(checkpoint["config"]):
+        raise CheckpointError(
+            f"the settings in {path} were changed after training (they no longer match the digest written with "
+            f"the weights); restore the original file, or retrain with the settings you want"
+        )
+    try:
+        config = GlassConfig.from_dict(checkpoint["config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} has unreadable settings ({error})") from None
+    centre = checkpoint.get("centre")
+    if isinstance(centre, torch.Tensor) and centre.ndim == 2:
+        grid = int(math.isqrt(centre.shape[0]))
+        if grid * FEATURE_STRIDE != config.image_size:
+            raise CheckpointError(
+                f"{path} says image_size {config.image_size}, but its weights were trained at {grid * FEATURE_STRIDE} px; "
+                f"the file was edited — restore it or retrain"
+            )
+    dim = int(checkpoint["embed_dim"])
+    first = checkpoint["discriminator"].get("body.0.weight", checkpoint["discriminator"].get("tail.0.weight"))
+    if isinstance(first, torch.Tensor) and first.ndim == 2 and first.shape[1] != dim:
+        raise CheckpointError(
+            f"{path} says patch width (embed_dim) {dim}, but its discriminator takes {first.shape[1]}; "
+            f"the file was edited or damaged — restore it or retrain"
+        )
+
+
 def read_checkpoint(run: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint of a run folder (or file), checked: CheckpointError (one line) when it cannot be used."""
     path = checkpoint_path(run)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (train one with `glass train DATA --out RUN_DIR`)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    checkpoint = _check_structure(_load_plain(path), path)
+    _check_consistency(checkpoint, path)
     return checkpoint
+
+
+def checkpoint_bit_depth(checkpoint: dict[str, Any]) -> int | None:
+    """The input bit depth recorded at training (None: each file's container depth)."""
+    value = (checkpoint.get("input") or {}).get("bit_depth")
+    return int(value) if value is not None else None
 
 
 def model_from_checkpoint(
     checkpoint: dict[str, Any], device: str | torch.device = "cpu", *, fuse: bool = False
 ) -> GlassModel:
-    """The trained model; `fuse=True` folds the affine layers for faster inference (see `fuse_`)."""
+    """The trained model; `fuse=True` folds the affine layers for faster inference (see `fuse_`).
+
+    Raises CheckpointError (one line) when the checkpoint's backbone cannot be built or does not give the
+    channels its weights were trained on, or when the weights do not fit the described model.
+    """
     config = GlassConfig.from_dict(checkpoint["config"])
     config = config.replace(layers=tuple(checkpoint["backbone"]["layers"]), embed_dim=checkpoint["embed_dim"])
-    model = build_model(config, channels=list(checkpoint["backbone"]["channels"]))
+    stored = [int(c) for c in checkpoint["backbone"]["channels"]]
+    name = checkpoint["backbone"]["name"]
+    try:
+        model = build_model(config, channels=stored)
+    except CheckpointError:
+        raise
+    except Exception as error:  # unknown backbone, missing weights package, bad layer names …
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise CheckpointError(f"cannot build the checkpoint's backbone '{name}': {detail}") from None
+    actual = model.backbone.channels()
+    if actual != stored:
+        raise CheckpointError(
+            f"the checkpoint was trained on backbone '{name}' layers {list(config.layers)} with {stored} channels, but "
+            f"that backbone now gives {actual}; use the backbone (and weights) it was trained with, or retrain"
+        )
     model.feature_scale.fill_(checkpoint["feature_scale"])
-    if checkpoint["adaptor"] is not None:
-        model.adaptor.load_state_dict(checkpoint["adaptor"])
-    model.discriminator.load_state_dict(checkpoint["discriminator"])
+    try:
+        if checkpoint["adaptor"] is not None:
+            model.adaptor.load_state_dict(checkpoint["adaptor"])
+        model.discriminator.load_state_dict(checkpoint["discriminator"])
+    except (RuntimeError, KeyError, AttributeError, TypeError) as error:
+        first = " ".join(str(error).split())[:200]
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit the model its settings describe (backbone '{name}', patch width "
+            f"{checkpoint['embed_dim']}): {first}"
+        ) from None
     model = model.to(device).eval()
     return model.fuse_() if fuse else model
 

@@ -9,7 +9,8 @@
     result.anomaly_map, result.region                         # float32 / bool, original H×W
 
 Every input goes through the same steps as training: ``uint8`` RGB (`io.read_image` rules for files and
-for non-uint8 arrays), the checkpoint's `Preprocessor` (resize + crop / stretch to S×S), rounding to
+for non-uint8 arrays, with the bit depth recorded in the checkpoint — or ``bit_depth=`` — for images deeper
+than 8 bits, so one rule holds for every image of a model), the checkpoint's `Preprocessor` (resize + crop / stretch to S×S), rounding to
 ``uint8``; then the `export.InferenceGraph` in PyTorch or its ONNX export in ONNX Runtime (same formula
 for both). Maps are brought back to the original frame with `Preprocessor.map_to_original` (0 where the
 crop cut the image).
@@ -39,8 +40,9 @@ import torch
 from .calibration import LN9, resolve_calibration
 from .config import GlassConfig
 from .datasets import Preprocessor
-from .io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
-from .model import checkpoint_path, read_checkpoint, resolve_device
+from .io import IMAGE_EXTENSIONS, ImageReadError, check_bit_depth, list_images, read_image, to_uint8
+from .model import checkpoint_bit_depth, checkpoint_path, read_checkpoint, resolve_device
+from .safety import refuse_input_overlap, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +90,7 @@ class Prediction:
 # Inputs → uint8 H×W×3
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    # The file reader's rule (bit depth from the data, floats in [0, 1] × 255), so that an array and the
-    # file it came from give the same pixels.
-    from .io import _to_uint8 as convert
-
-    return convert(array)
-
-
-def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+def _array_to_rgb(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
@@ -109,7 +103,9 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
     height, width = array.shape[:2]
     if min(height, width) < MIN_SIDE:
         raise ValueError(f"image is {width}x{height} pixels, smaller than the minimum {MIN_SIDE}x{MIN_SIDE}")
-    array = _to_uint8(array)
+    # The file reader's rule (one fixed scale per bit depth, floats in [0, 1] × 255), so that an array and
+    # the file it came from give the same pixels.
+    array = to_uint8(array, bit_depth)
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     return np.ascontiguousarray(array)
@@ -123,21 +119,22 @@ def _pil_to_array(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def to_rgb(item: ImageInput) -> tuple[np.ndarray, str | None]:
+def to_rgb(item: ImageInput, bit_depth: int | None = None) -> tuple[np.ndarray, str | None]:
     """One input as ``uint8`` H×W×3 RGB, and its path (None for in-memory images).
 
-    Raises `ImageReadError` (files) or `ValueError` (arrays, PIL images) with a one-line reason.
+    ``bit_depth`` scales inputs deeper than 8 bits (None: the container's depth). Raises `ImageReadError`
+    (files) or `ValueError` (arrays, PIL images) with a one-line reason.
     """
     if isinstance(item, (str, os.PathLike)):
-        return read_image(item, min_size=MIN_SIDE), str(item)
+        return read_image(item, min_size=MIN_SIDE, bit_depth=bit_depth), str(item)
     if isinstance(item, np.ndarray):
-        return _array_to_rgb(item), None
+        return _array_to_rgb(item, bit_depth), None
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - Pillow is a dependency
         Image = None
     if Image is not None and isinstance(item, Image.Image):
-        return _array_to_rgb(_pil_to_array(item)), getattr(item, "filename", None) or None
+        return _array_to_rgb(_pil_to_array(item), bit_depth), getattr(item, "filename", None) or None
     raise TypeError(f"cannot predict on a {type(item).__name__}: pass a numpy array, a PIL image or a path")
 
 
@@ -215,8 +212,11 @@ class Detector:
         batch_size: int = 8,
         threshold: str | float = "far",
         source: str | None = None,
+        bit_depth: int | None = None,
     ):
         config = GlassConfig.from_dict(checkpoint["config"])
+        # Inputs deeper than 8 bits: the rule fixed at training (checkpoint), unless overridden here.
+        self.bit_depth = check_bit_depth(bit_depth) if bit_depth is not None else checkpoint_bit_depth(checkpoint)
         # Checkpoints store the fit chosen at training time; "auto" can only remain in hand-made configs.
         fit = "crop" if config.fit == "auto" else config.fit
         self.checkpoint = checkpoint
@@ -239,10 +239,13 @@ class Detector:
         batch_size: int = 8,
         threshold: str | float = "far",
         threads: int | None = None,
+        bit_depth: int | None = None,
     ) -> "Detector":
         """Load from a run directory or checkpoint file. ``engine="onnx"`` runs ``onnx_path`` (default
         ``RUN_DIR/model.onnx``, written by `glass export`) with ONNX Runtime on the CPU. ``threads`` sets
-        ONNX Runtime's intra-op threads, or PyTorch's (process-wide) for the torch engine."""
+        ONNX Runtime's intra-op threads, or PyTorch's (process-wide) for the torch engine. ``bit_depth``
+        overrides the input bit depth recorded at training (for images deeper than 8 bits)."""
+        check_bit_depth(bit_depth)
         checkpoint = read_checkpoint(run)
         if engine == "torch":
             if threads:
@@ -255,7 +258,9 @@ class Detector:
             runner = _OnnxEngine(path, checkpoint, threads)
         else:
             raise ValueError(f"engine must be 'torch' or 'onnx', got {engine!r}")
-        return cls(checkpoint, runner, batch_size=batch_size, threshold=threshold, source=str(checkpoint_path(run)))
+        return cls(
+            checkpoint, runner, batch_size=batch_size, threshold=threshold, source=str(checkpoint_path(run)), bit_depth=bit_depth
+        )
 
     def _thresholds(self, threshold: str | float) -> tuple[str, float, float]:
         cal = self.calibration
@@ -318,7 +323,7 @@ class Detector:
         pending: list[tuple[np.ndarray, str | None, np.ndarray]] = []
         for item in images:
             try:
-                rgb, path = to_rgb(item)
+                rgb, path = to_rgb(item, self.bit_depth)
                 pending.append((rgb, path, self.prepare(rgb)))
             except (ValueError, TypeError, OSError) as error:  # ImageReadError is a ValueError
                 if on_error is None:
@@ -439,11 +444,16 @@ def predict_files(
     progress: bool = True,
     report: Callable[[str], None] | None = None,
     threads: int | None = None,
+    bit_depth: int | None = None,
 ) -> dict[str, Any]:
     """Predict every image under `paths`; write overlays and ``predictions.{json,csv}`` into `out`.
 
     Each unreadable input is reported as one line through `report` (default: stderr) and skipped.
-    Returns the summary (also the JSON file's header): counts, thresholds, result file, errors.
+    Returns the summary (also the JSON file's header): counts, thresholds, result file, errors. When no
+    image could be predicted, no results file is written (an earlier one is never replaced by an empty
+    one; ``results`` is None). Outputs that would overwrite an input or the checkpoint are refused
+    (`safety.OutputError`) before anything is computed; replacing earlier results is the caller's
+    decision (`glass predict` refuses without ``--force``).
     """
     from tqdm.auto import tqdm
 
@@ -451,11 +461,13 @@ def predict_files(
 
     if fmt not in ("json", "csv"):
         raise ValueError(f"format must be 'json' or 'csv', got {fmt!r}")
-    detector = Detector.load(
-        run, device=device, engine=engine, onnx_path=onnx_path, batch_size=batch_size, threshold=threshold, threads=threads
-    )
-    files, problems = collect_inputs(paths)
     out = Path(out)
+    check_outputs(run, paths, out, fmt=fmt, overlays=overlays, onnx_path=onnx_path)
+    detector = Detector.load(
+        run, device=device, engine=engine, onnx_path=onnx_path, batch_size=batch_size, threshold=threshold,
+        threads=threads, bit_depth=bit_depth,
+    )  # fmt: skip
+    files, problems = collect_inputs(paths)
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(files), desc="predicting", unit="img", disable=not progress, file=sys.stderr)
     errors: list[dict[str, str]] = []
@@ -496,7 +508,7 @@ def predict_files(
     bar.close()
 
     anomalous = sum(1 for r in rows if r["decision"] == "anomalous")
-    results = out / f"predictions.{fmt}"
+    results = out / f"predictions.{fmt}" if rows else None
     summary: dict[str, Any] = {
         "run": detector.source,
         "engine": detector.engine_name,
@@ -505,15 +517,40 @@ def predict_files(
         "n_anomalous": anomalous,
         "n_normal": len(rows) - anomalous,
         "n_failed": len(errors),
-        "results": str(results),
+        "results": str(results) if results else None,
         "overlays": str(out / "overlays") if overlays and rows else None,
         "errors": errors,
     }
-    if fmt == "json":
-        _write_atomic(results, json.dumps({**summary, "predictions": rows}, indent=2))
+    if results is None:
+        pass  # nothing predicted: an earlier results file stays as it was
+    elif fmt == "json":
+        write_atomic(results, json.dumps({**summary, "predictions": rows}, indent=2))
     else:
         _write_csv(results, rows)
     return summary
+
+
+def output_paths(out: str | os.PathLike, fmt: str = "json", overlays: bool = True) -> list[Path]:
+    """The files and folders `predict_files` writes into `out`."""
+    out = Path(out)
+    return [out / f"predictions.{fmt}"] + ([out / "overlays"] if overlays else [])
+
+
+def check_outputs(
+    run: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    fmt: str = "json",
+    overlays: bool = True,
+    onnx_path: str | os.PathLike | None = None,
+) -> None:
+    """Refuse (`safety.OutputError`) an `out` whose results would overwrite an input, the checkpoint or
+    the ONNX model, that lies inside an input folder, or whose overlay folder holds inputs."""
+    model_files = [checkpoint_path(run), onnx_path]
+    refuse_input_overlap(out, [*paths, *model_files], what="output folder")
+    for target in output_paths(out, fmt, overlays):
+        refuse_input_overlap(target, [*paths, *model_files], what="output", contains=target.name == "overlays")
 
 
 CSV_COLUMNS = ("path", "score", "normalized_score", "decision", "threshold", "width", "height", "region_fraction", "overlay")
@@ -526,13 +563,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(path, buffer.getvalue())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -544,7 +575,8 @@ def summary_line(summary: dict[str, Any]) -> str:
     )
     if summary["n_failed"]:
         line += f"; {summary['n_failed']} skipped"
-    line += f" → {summary['results']}"
+    if summary["results"]:
+        line += f" → {summary['results']}"
     if summary.get("overlays"):
         line += f", overlays in {summary['overlays']}"
     return line

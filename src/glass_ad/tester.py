@@ -3,6 +3,11 @@
 The model, its thresholds and its score normalisation were all fixed at training time; the test set only
 measures them. Memory stays flat in the number of test images apart from the metric inputs (one score
 map per image at the model's resolution).
+
+Nothing is dropped silently: every test image that could not be used (unreadable file, mask that does not
+fit its image, …) is listed under ``dropped`` in the report with its reason and counted in ``n_dropped``,
+and every test folder without images under ``empty_test_folders``; `glass test` then exits non-zero unless
+``--allow-dropped``. Images deeper than 8 bits are read with the model's recorded bit depth.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from .calibration import normalize_scores
 from .config import GlassConfig
 from .datasets import ImageDataset, Preprocessor, load_dataset
 from .evaluate import StreamingEvaluator
-from .io import ImageReadError
+from .io import ImageReadError, check_bit_depth
 from .metrics import threshold_stats
-from .model import load_model, resolve_device
+from .model import checkpoint_bit_depth, checkpoint_path, load_model, resolve_device
+from .safety import refuse_input_overlap, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +40,12 @@ def _resolved_fit(config: GlassConfig) -> str:
 
 
 def _collate(items):
-    keep = [item for item in items if item is not None]
+    dropped = [item["dropped"] for item in items if "dropped" in item]
+    keep = [item for item in items if "dropped" not in item]
     if not keep:
-        return None
+        return {"dropped": dropped}
     return {
+        "dropped": dropped,
         "image": torch.stack([i["image"] for i in keep]),
         "mask": torch.stack([i["mask"] for i in keep]),
         "label": torch.tensor([i["label"] for i in keep]),
@@ -47,7 +55,8 @@ def _collate(items):
 
 
 class _SkippingDataset(torch.utils.data.Dataset):
-    """Wraps ImageDataset: an unreadable file is logged (one line) and skipped, not fatal."""
+    """Wraps ImageDataset: an unreadable file is logged (one line) and returned as a ``dropped`` record
+    (path, defect type, reason) that travels through the loader — also from worker processes."""
 
     def __init__(self, inner: ImageDataset):
         self.inner = inner
@@ -60,7 +69,16 @@ class _SkippingDataset(torch.utils.data.Dataset):
             return self.inner[index]
         except ImageReadError as error:
             log.warning("skipped: %s", error)
-            return None
+            sample = self.inner.samples[index]
+            return {
+                "dropped": {
+                    "path": str(sample.path),
+                    "defect_type": sample.defect_type,
+                    "label": int(sample.label),
+                    "reason": error.reason if isinstance(error, ImageReadError) else str(error),
+                    "file": str(error.path),
+                }
+            }
 
 
 def test(
@@ -78,26 +96,39 @@ def test(
     pictures: bool = True,
     scores_csv: str | Path | None = None,
     echo: Callable[[str], None] = print,
+    bit_depth: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the model in `run_dir` on `data_root/test`; returns (and optionally writes) the report."""
+    """Evaluate the model in `run_dir` on `data_root/test`; returns (and optionally writes) the report.
+
+    ``bit_depth`` overrides the input bit depth recorded in the checkpoint. Output paths that are the
+    checkpoint or lie inside the data folder are refused (`safety.OutputError`) before any work.
+    """
     start = time.perf_counter()
+    check_bit_depth(bit_depth)
+    inputs = [checkpoint_path(run_dir), data_root]
+    for output, what in ((json_path, "JSON report"), (report_dir if pictures else None, "picture folder"), (scores_csv, "scores file")):
+        if output is not None:
+            refuse_input_overlap(output, inputs, what=what)
     torch_device = resolve_device(device)
     model, checkpoint = load_model(run_dir, torch_device, fuse=True)
     config = GlassConfig.from_dict(checkpoint["config"])
+    bit_depth = bit_depth if bit_depth is not None else checkpoint_bit_depth(checkpoint)
     dataset = load_dataset(data_root, layout, category=category)
     if not dataset.test:
         raise ValueError(f"{dataset.root} has no test images (expected test/good and test/<defect> folders)")
     preprocessor = Preprocessor(config.image_size, config.resize, _resolved_fit(config))
     loader = torch.utils.data.DataLoader(
-        _SkippingDataset(ImageDataset(dataset.test, preprocessor)),
+        _SkippingDataset(ImageDataset(dataset.test, preprocessor, bit_depth=bit_depth)),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
     )
     evaluator = StreamingEvaluator(config.image_size, expected=len(dataset.test))
+    dropped: list[dict[str, Any]] = []
     with torch.inference_mode():
         for batch in tqdm(loader, desc="testing", unit="batch", disable=not progress):
-            if batch is None:
+            dropped.extend(batch["dropped"])
+            if "image" not in batch:
                 continue
             out = model(batch["image"].to(torch_device))
             masks = batch["mask"][:, 0].numpy() > 0.5
@@ -109,7 +140,16 @@ def test(
                 batch["defect_type"],
                 batch["path"],
             )
+    if not len(evaluator):
+        raise ValueError(
+            f"none of the {len(dataset.test)} test images could be used (first: {dropped[0]['file']}: {dropped[0]['reason']})"
+        )
     report: dict[str, Any] = evaluator.compute()
+    report["n_listed"] = len(dataset.test)
+    report["n_dropped"] = len(dropped)
+    report["dropped"] = dropped
+    report["empty_test_folders"] = [str(folder) for folder in dataset.empty_test_folders]
+    report["bit_depth"] = bit_depth
     if not dataset.has_masks:  # all-zero stand-in masks would make pixel metrics meaningless
         for key in ("pixel_auroc", "pixel_ap", "aupro"):
             report[key] = float("nan")
@@ -150,18 +190,16 @@ def test(
         }
 
     if pictures and report_dir is not None:
-        _write_pictures(report_dir, evaluator, preprocessor, calibration, model, torch_device)
+        _write_pictures(report_dir, evaluator, preprocessor, calibration, model, torch_device, bit_depth)
         report["pictures"] = str(report_dir)
     if scores_csv is not None:
         _write_scores_csv(scores_csv, evaluator)
     if json_path is not None:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_jsonable(report), indent=2))
+        write_atomic(json_path, json.dumps(_jsonable(report), indent=2))
     return report
 
 
-def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, device) -> None:
+def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, device, bit_depth=None) -> None:
     """Score histogram with the threshold, and a grid of the worst false positives / negatives."""
     from . import visualize
     from .io import read_image
@@ -183,7 +221,7 @@ def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, dev
         for i in indices:
             path = evaluator.paths[i]
             try:
-                image = (preprocessor.image(read_image(path)) * 255).byte().permute(1, 2, 0).numpy()
+                image = (preprocessor.image(read_image(path, bit_depth=bit_depth)) * 255).byte().permute(1, 2, 0).numpy()
             except ImageReadError:
                 continue
             gt = evaluator.masks[i] if labels[i] == 1 else None
@@ -206,13 +244,14 @@ def _write_scores_csv(path: str | Path, evaluator: StreamingEvaluator) -> None:
     """One row per test image (path, defect_type, label, image score), for histograms across runs."""
     import csv
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "defect_type", "label", "score"])
-        for row in zip(evaluator.paths, evaluator.defect_types, evaluator.labels, evaluator.image_scores):
-            writer.writerow([row[0], row[1], int(row[2]), f"{float(row[3]):.6g}"])
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "defect_type", "label", "score"])
+    for row in zip(evaluator.paths, evaluator.defect_types, evaluator.labels, evaluator.image_scores):
+        writer.writerow([row[0], row[1], int(row[2]), f"{float(row[3]):.6g}"])
+    write_atomic(path, buffer.getvalue())
 
 
 def _jsonable(value):

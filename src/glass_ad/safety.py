@@ -1,0 +1,293 @@
+"""Outputs never destroy inputs or models, and results are never replaced silently or torn.
+
+Every command that writes goes through these checks *before* any expensive work:
+
+* :func:`refuse_input_overlap` — an output that is an input file, the checkpoint, or lies inside an input
+  folder is refused (``glass export RUN --out RUN/model.pt``, ``glass predict RUN parts --out parts/out``).
+* :func:`refuse_existing` — a result that already exists is replaced only with ``--force``.
+* :func:`ensure_writable` — the output folder exists or can be created, is a folder, accepts a file, and
+  has the free disk space the command needs.
+* :func:`output_locks` — one lock file (``.glass.lock``) per output folder, taken without waiting, so
+  that of two commands writing into the same folder at once the second is refused with a message
+  instead of tearing the first one's results.
+* :func:`write_atomic` — results are written to a unique temporary file in the target folder
+  (``tempfile.mkstemp``) and renamed over the target, so a reader never sees half a file and two writers
+  never share a temporary name.
+
+Every refusal is an :class:`OutputError` (a ``ValueError``) whose message is one line naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+__all__ = [
+    "LOCK_NAME",
+    "OutputError",
+    "ensure_writable",
+    "output_lock",
+    "output_locks",
+    "refuse_existing",
+    "refuse_input_overlap",
+    "write_atomic",
+]
+
+LOCK_NAME = ".glass.lock"
+MARGIN_BYTES = 16 * 1024 * 1024  # free space kept in reserve beyond each command's own estimate
+
+
+class OutputError(ValueError):
+    """An output path that would destroy an input, replace a result silently, or cannot be written."""
+
+
+def _real(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(os.fspath(path)))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path != folder and path.is_relative_to(folder)
+
+
+def refuse_input_overlap(
+    output: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike | None],
+    *,
+    what: str = "output",
+    contains: bool = False,
+) -> None:
+    """Refuse an ``output`` that is one of ``inputs``, lies inside an input folder, or (``contains=True``,
+    for an output folder whose contents are written) holds an input inside it."""
+    target = _real(output)
+    for given in inputs:
+        if given is None:
+            continue
+        source = _real(given)
+        if target == source:
+            raise OutputError(f"{what} '{output}' is the input '{given}' — it would be overwritten; choose another path")
+        if source.is_dir() and _inside(target, source):
+            raise OutputError(
+                f"{what} '{output}' is inside the input folder '{given}'; write it outside the inputs"
+            )
+        if contains and _inside(source, target):
+            raise OutputError(
+                f"the input '{given}' is inside {what} '{output}', where results are written; choose another path"
+            )
+
+
+def refuse_existing(paths: Iterable[str | os.PathLike], *, force: bool, option: str = "--out") -> None:
+    """Refuse to replace an existing result (a file, or a non-empty folder) unless ``force``."""
+    if force:
+        return
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            if any(path.iterdir()):
+                raise OutputError(
+                    f"'{path}' already holds results of an earlier run; pass --force to replace them, or choose another {option}"
+                )
+        elif path.exists() or path.is_symlink():
+            raise OutputError(
+                f"'{path}' already exists (from an earlier run); pass --force to replace it, or choose another {option}"
+            )
+
+
+def _probe_write(folder: Path) -> None:
+    """Create and remove a file in ``folder``; raises OSError when that is not possible."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".glass-write-check-")
+    os.close(fd)
+    os.unlink(name)
+
+
+def ensure_writable(folder: str | os.PathLike, *, need_bytes: int = 0, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and check that a file can be written there with ``need_bytes`` free."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} '{folder}' is a file, not a folder; choose a folder path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"cannot create {what} '{folder}': a part of the path is a file, not a folder") from None
+    except OSError as error:
+        raise OutputError(f"cannot create {what} '{folder}': {error.strerror or error}") from None
+    try:
+        _probe_write(folder)
+    except OSError as error:
+        raise OutputError(
+            f"{what} '{folder}' is not writable ({error.strerror or error}); fix its permissions or choose another path"
+        ) from None
+    if need_bytes > 0:
+        free = shutil.disk_usage(folder).free
+        if free < need_bytes + MARGIN_BYTES:
+            raise OutputError(
+                f"not enough free disk space in {what} '{folder}': {free / 1e6:.0f} MB free, about "
+                f"{(need_bytes + MARGIN_BYTES) / 1e6:.0f} MB needed"
+            )
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------
+# Locks
+
+
+def _try_lock(fd: int) -> bool:
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _unlock(fd: int) -> None:
+    if sys.platform == "win32":  # pragma: no cover
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextmanager
+def output_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``folder/.glass.lock`` for the block; refused at once (OutputError) while another command
+    holds it. The lock is released when the block ends or the process dies (the file itself stays)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise OutputError(f"cannot lock output folder '{folder}': {error.strerror or error}") from None
+    try:
+        if not _try_lock(fd):
+            raise OutputError(
+                f"another glass command is writing to '{folder}' right now (it holds {lock}); wait for it to "
+                f"finish or choose another output"
+            )
+        try:
+            yield folder
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def output_locks(folders: Sequence[str | os.PathLike | None]) -> Iterator[None]:
+    """Locks on several output folders (each real folder once, in a fixed order)."""
+    unique = sorted({_real(f) for f in folders if f is not None})
+    with ExitStack() as stack:
+        for folder in unique:
+            stack.enter_context(output_lock(folder))
+        yield
+
+
+# ---------------------------------------------------------------------------------------------------
+# Atomic writes with unique temporary names
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` to a unique temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def unique_temporary(path: str | os.PathLike) -> Path:
+    """A unique, empty temporary file beside ``path`` (for writers that need a file name, e.g. ONNX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
+    return Path(tmp)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pre-flight of `glass train` (everything checked before the first image is decoded)
+
+
+def train_disk_need(n_images: int, config) -> int:
+    """Bytes `glass train` may write into its run folder: the checkpoint (written beside the old one
+    before the rename) and, when it exceeds the RAM budget, the memory-mapped feature cache."""
+    grid = (config.image_size // 8) ** 2
+    dim = getattr(config, "embed_dim", None) or 1536  # the widest default patch vector
+    hidden = getattr(config, "dsc_hidden", 1024)
+    checkpoint = 4 * (dim * dim + dim * hidden + 4 * hidden + grid * dim) + (1 << 20)
+    cache = n_images * grid * dim * (2 if getattr(config, "cache_dtype", "float16") == "float16" else 4)
+    limit = getattr(config, "cache_ram_limit_gb", 4.0) * 1e9
+    spill = cache if getattr(config, "cache_features", False) and cache > limit else 0
+    return checkpoint + spill
+
+
+def preflight_train(
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    config,
+    *,
+    force: bool = False,
+    category: str | None = None,
+    layout: str = "auto",
+    textures: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    val: str | os.PathLike | None = None,
+) -> int:
+    """Refuse a training run that would end badly after the work: an output among the inputs, an existing
+    model without ``force``, unreadable inputs, a read-only or full run folder. Returns the number of
+    normal training images found."""
+    from .datasets import load_dataset
+    from .model import CHECKPOINT_NAME
+
+    out = Path(out)
+    for folder, what in ((textures, "texture folder"), (val, "validation folder")):
+        if folder is not None and not Path(folder).is_dir():
+            raise OutputError(f"{what} not found: '{folder}'")
+    if weights is not None and not Path(weights).is_file():
+        raise OutputError(f"backbone weights file not found: '{weights}'")
+    refuse_input_overlap(out, [data_dir, textures, val], what="run folder")
+    refuse_input_overlap(out / CHECKPOINT_NAME, [weights], what="checkpoint")
+    refuse_existing([out / CHECKPOINT_NAME], force=force)
+    try:
+        dataset = load_dataset(data_dir, layout, category=category)
+    except PermissionError as error:
+        raise OutputError(f"cannot read the data set: permission denied on '{error.filename}'") from None
+    ensure_writable(out, need_bytes=train_disk_need(len(dataset.train), config), what="run folder")
+    return len(dataset.train)
