@@ -853,6 +853,76 @@ def preview_heatmaps(
         return
     typer.echo(f"saved {path}")
 
+# --------------------------------------------------------------------------------------------------
+# The inspection service (see serve/ and docs/serve.md; needs the `serve` extra).
+
+
+def _serve_extra_missing(error: ImportError) -> None:
+    _fail(f"{error}: `glass serve` and `glass report` need the serve extra (pip install \"glass-ad[serve]\")")
+
+
+@app.command()
+def serve(
+    runs: list[str] = typer.Argument(..., help="Run directories (or model.pt files) to serve; NAME=RUN_DIR names a model (default: the folder name)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; the default accepts local connections only."),
+    port: int = typer.Option(8000, min=0, max=65535),
+    engine: EngineChoice = typer.Option(EngineChoice.torch, help="torch, or onnx (RUN_DIR/model.onnx from `glass export`)."),
+    db: Optional[str] = typer.Option(None, "--db", help="Inspection log: postgresql://user:pw@host/db, any SQLAlchemy URL, or a SQLite file (default DATA_DIR/inspections.db)."),
+    data_dir: Path = typer.Option(Path("serve-data"), "--data-dir", help="The service's folder: SQLite log, stored overlays, upload scratch files."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="GLASS_SERVE_TOKEN", help="API token required on every route except /healthz and /readyz (env GLASS_SERVE_TOKEN)."),
+    threshold: str = typer.Option("far", help="far, f1 (from `glass calibrate`), or a raw score."),
+    max_batch: int = typer.Option(8, min=1, help="Largest micro-batch of concurrent requests per network pass (1: no batching)."),
+    batch_wait_ms: float = typer.Option(2.0, min=0.0, help="How long a request may wait for others to share its batch."),
+    max_upload_mb: float = typer.Option(20.0, min=0.001, help="Largest request body."),
+    device: str = typer.Option("auto", help="Device of the torch engine."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (PyTorch or ONNX Runtime)."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Serve models over HTTP: inspection API, web page, inspection log (SQLite or PostgreSQL)."""
+    try:
+        import uvicorn
+
+        from .serve import ServeSettings, create_app
+    except ImportError as error:
+        _serve_extra_missing(error)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
+    try:
+        settings = ServeSettings(
+            runs=list(runs), data_dir=data_dir, db=db, engine=engine.value, device=device, threshold=threshold,
+            threads=threads, max_batch=max_batch, max_wait_ms=batch_wait_ms, token=token,
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        )  # fmt: skip
+        application = create_app(settings)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+        return
+    if host not in ("127.0.0.1", "localhost", "::1") and not (token or settings.token):
+        typer.secho(f"warning: serving on {host} without --token: anyone who can reach it can use it", fg=typer.colors.YELLOW, err=True)
+    uvicorn.run(application, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+
+
+@app.command()
+def report(
+    db: str = typer.Argument(..., help="Inspection log: a SQLite file (e.g. serve-data/inspections.db) or a database URL."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
+    bucket: str = typer.Option("auto", help="Period of the rows: auto, hour, day, week."),
+) -> None:
+    """Flag, false-alarm and defect rates over time from the inspection log, as one HTML file."""
+    try:
+        from .serve.report import write_report
+        from .serve.store import DatabaseError
+    except ImportError as error:
+        _serve_extra_missing(error)
+        return
+    try:
+        path = write_report(db, out, bucket=bucket)
+    except (ValueError, FileNotFoundError, DatabaseError) as error:
+        _fail(str(error))
+        return
+    typer.echo(f"saved {path}")
+
+
 
 def main() -> None:
     app()
