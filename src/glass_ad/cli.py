@@ -50,22 +50,31 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _hold_for_command(*managers) -> None:
-    """Enter context managers (output locks, the declared bit depth) for the rest of the running command;
-    they are released when it ends, also when it fails. Used by the pre-flight checks (safety.py)."""
-    import click
+_COMMAND_STACKS: list = []  # one ExitStack per running command (see _guarded)
+
+
+def _guarded(function):
+    """Run a command with a stack that `_hold_for_command` fills; closed when the command ends, also on errors."""
+    import functools
     from contextlib import ExitStack
 
-    stack = ExitStack()
-    try:
-        for manager in managers:
-            stack.enter_context(manager)
-    except BaseException:
-        stack.close()
-        raise
-    context = click.get_current_context(silent=True)
-    if context is not None:
-        context.call_on_close(stack.close)
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        with ExitStack() as stack:
+            _COMMAND_STACKS.append(stack)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _COMMAND_STACKS.pop()
+
+    return run
+
+
+def _hold_for_command(*managers) -> None:
+    """Enter context managers (output locks, the declared bit depth) for the rest of the running command."""
+    stack = _COMMAND_STACKS[-1]
+    for manager in managers:
+        stack.enter_context(manager)
 
 
 _FORCE_HELP = "Replace results of an earlier run at the same place (default: refuse and say so)."
@@ -86,6 +95,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @app.command()
+@_guarded
 def train(
     data_dir: Path = typer.Argument(..., help="Data set (MVTec layout: DATA_DIR/train/good), or a data-set root with --category."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory; the checkpoint is OUT/model.pt."),
@@ -216,7 +226,6 @@ def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, 
     )
     _hold_for_command(output_lock(out), declared_bit_depth(bit_depth))
     if stale:
-        import click
 
         def warn_stale() -> None:
             if (Path(out) / "model.pt").stat().st_mtime > onnx_file.stat().st_mtime:
@@ -225,12 +234,11 @@ def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, 
                     fg=typer.colors.YELLOW, err=True,
                 )  # fmt: skip
 
-        context = click.get_current_context(silent=True)
-        if context is not None:
-            context.call_on_close(warn_stale)
+        _COMMAND_STACKS[-1].callback(warn_stale)
 
 
 @app.command()
+@_guarded
 def test(
     run_dir: Path = typer.Argument(..., help="Run directory written by `glass train`."),
     data_dir: Path = typer.Argument(..., help="Data set with test/good and test/<defect> (+ ground_truth masks)."),
@@ -444,6 +452,7 @@ class EngineChoice(str, Enum):
 
 
 @app.command()
+@_guarded
 def predict(
     run_dir: Path = typer.Argument(..., help="Run directory written by `glass train` (or its model.pt)."),
     paths: list[Path] = typer.Argument(..., help="Images and/or folders (searched recursively); any size, RGB or grey, 8/16-bit."),
@@ -504,6 +513,7 @@ def _predict_preflight(run_dir, paths, out, fmt, overlays, onnx, force) -> None:
 
 
 @app.command()
+@_guarded
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory written by `glass train` (or its model.pt)."),
     fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
@@ -539,6 +549,7 @@ def export(
 
 
 @app.command()
+@_guarded
 def calibrate(
     run_dir: Path = typer.Argument(..., help="Run directory written by `glass train` (or its model.pt)."),
     val: Path = typer.Option(..., "--val", help="Labelled validation folder: good/ and <defect>/ subfolders (+ optional masks), not the test set."),

@@ -15,7 +15,7 @@ import pickle
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from .backbones import FrozenBackbone, create_backbone
 from .config import GlassConfig
 from .discriminator import Adaptor, Discriminator
 from .features import PatchAggregator, default_embed_dim
+from .memory_bank import MemoryBank
 from .io import current_bit_depth
 
 CHECKPOINT_FORMAT = "glass-ad/1"
@@ -108,6 +109,16 @@ class GlassModel(nn.Module):
         self.image_size = int(image_size)
         self.register_buffer("feature_scale", torch.tensor(float(feature_scale)))
         self.score_map = ScoreMap(self.grid, self.image_size, smoothing_sigma)
+        # Optional hybrid score (`score="hybrid"`): a bank of normal patch vectors, and the mean and std
+        # of the discriminator logit and of the nearest-neighbour distance on held-out normal patches.
+        self.memory_bank: MemoryBank | None = None
+        self.register_buffer("hybrid_norm", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+
+    def set_memory_bank(self, bank: torch.Tensor | None, norm: Sequence[float] | None = None) -> None:
+        """Turn the hybrid score on (`bank` = M×D scaled normal patch vectors) or off (None)."""
+        self.memory_bank = MemoryBank(bank).to(self.feature_scale.device) if bank is not None else None
+        if norm is not None:
+            self.hybrid_norm.copy_(torch.tensor([float(v) for v in norm]))
 
     @property
     def grid(self) -> int:
@@ -122,11 +133,22 @@ class GlassModel(nn.Module):
         return self.aggregator(self.backbone(images)) * self.feature_scale
 
     def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
-        """B×P×D features → B×h×w discriminator scores."""
+        """B×P×D features → B×h×w discriminator scores (hybrid scores when a memory bank is set)."""
         b, p, d = features.shape
-        scores = self.discriminator(self.adaptor(features.reshape(b * p, d)))
+        rows = features.reshape(b * p, d)
+        if self.memory_bank is None:
+            scores = self.discriminator(self.adaptor(rows))
+        else:
+            scores = self.hybrid_parts(rows).sum(dim=1) * 0.5
         side = int(math.isqrt(p))
         return scores.view(b, side, side)
+
+    def hybrid_parts(self, rows: torch.Tensor) -> torch.Tensor:
+        """N×2: standardised discriminator logit and nearest-neighbour distance of N patch vectors."""
+        logits = self.discriminator.logits(self.adaptor(rows)).flatten()
+        distances = self.memory_bank(rows) if self.memory_bank is not None else torch.zeros_like(logits)
+        mean_logit, std_logit, mean_distance, std_distance = self.hybrid_norm.unbind(0)
+        return torch.stack([(logits - mean_logit) / std_logit, (distances - mean_distance) / std_distance], dim=1)
 
     def postprocess(self, patch_scores: torch.Tensor) -> GlassOutput:
         maps = self.score_map(patch_scores)
@@ -152,6 +174,10 @@ class GlassModel(nn.Module):
             bias = weight @ self.adaptor.linear.bias + bias
             weight = weight @ self.adaptor.linear.weight
         weight = weight * self.feature_scale
+        if self.memory_bank is not None:  # distances of unscaled features: bank and its statistics / scale
+            scale = float(self.feature_scale)
+            self.memory_bank.rescale_(1.0 / scale)
+            self.hybrid_norm[2:] /= scale
         gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
         fused = nn.Linear(weight.shape[1], weight.shape[0]).to(weight.device)
         fused.weight.copy_(weight * gain[:, None])
@@ -232,6 +258,8 @@ def make_checkpoint(model: GlassModel, config: GlassConfig, **extra: Any) -> dic
         "feature_scale": float(model.feature_scale),
         "adaptor": {k: v.detach().cpu() for k, v in adaptor.items()} if adaptor else None,
         "discriminator": {k: v.detach().cpu() for k, v in model.discriminator.state_dict().items()},
+        "memory_bank": model.memory_bank.bank.detach().cpu() if model.memory_bank is not None else None,
+        "hybrid_norm": [float(v) for v in model.hybrid_norm],
         **extra,
     }
 
@@ -376,14 +404,17 @@ def model_from_checkpoint(
     actual = model.backbone.channels()
     if actual != stored:
         raise CheckpointError(
-            f"the checkpoint was trained on backbone '{name}' layers {list(config.layers)} with {stored} channels, but "
-            f"that backbone now gives {actual}; use the backbone (and weights) it was trained with, or retrain"
+            f"the checkpoint's weights were trained on {stored} channels of backbone '{name}' (layers "
+            f"{', '.join(config.layers)}), but its settings' backbone '{config.backbone}' gives {actual}; use the "
+            f"backbone and weights it was trained with, or retrain"
         )
     model.feature_scale.fill_(checkpoint["feature_scale"])
     try:
         if checkpoint["adaptor"] is not None:
             model.adaptor.load_state_dict(checkpoint["adaptor"])
         model.discriminator.load_state_dict(checkpoint["discriminator"])
+        if checkpoint.get("memory_bank") is not None:  # hybrid score
+            model.set_memory_bank(checkpoint["memory_bank"], checkpoint["hybrid_norm"])
     except (RuntimeError, KeyError, AttributeError, TypeError) as error:
         first = " ".join(str(error).split())[:200]
         raise CheckpointError(

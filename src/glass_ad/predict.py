@@ -400,7 +400,7 @@ def collect_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[tuple[Path,
     seen: set[Path] = set()  # a file reached twice (given, and inside a given folder) is predicted once
 
     def add(image: Path, name: Path) -> None:
-        key = image.resolve()
+        key = Path(os.path.realpath(image))  # also for a symlink loop (reported when it is read)
         if key not in seen:
             seen.add(key)
             found.append((image, unique(name)))
@@ -422,7 +422,7 @@ def collect_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[tuple[Path,
             base = Path(path.resolve().name or "images")
             for image in images:
                 add(image, base / image.relative_to(path))
-        elif path.exists():
+        elif path.exists() or path.is_symlink():  # a broken or looping link is read, so its problem is named
             add(path, Path(path.name))
         else:
             problems.append((str(path), f"'{path}': file not found"))
