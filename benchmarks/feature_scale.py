@@ -1,9 +1,10 @@
-"""Scale-aware GAS, measured: feature statistics of each offline backbone before and after scaling.
+"""The scale rule, measured: normal-feature geometry of each offline backbone before and after scaling.
 
-For every backbone: mean per-component std of the pooled patch features, the scale factor applied,
-the hypersphere radius r'1 (0.75-quantile of distances to the per-position mean) and the median distance
-from a patch to the nearest patch of another image at the same position, each compared with the GAS
-constants (noise norm σ·√D, manifold band [r1, r2]).
+For every backbone: the normal spacing (median distance from a patch to its nearest patch in *other*
+normal images) before scaling, the scale that brings it to 1, the 10–90 % spread of that distance, the
+per-component and principal (PCA) standard deviations after scaling, and the hypersphere radius r'1
+(0.75-quantile of distances to the per-position mean) in the same unit. The GAS lengths (noise σ·√D,
+manifold band [r1, r2]) are given in this unit by construction.
 
     python benchmarks/feature_scale.py ../shared/data/mtd --images 32
 """
@@ -17,8 +18,9 @@ import torch
 
 from glass_ad.config import make_config
 from glass_ad.datasets import Preprocessor, load_dataset
+from glass_ad.geometry import SpacingProbe, measure_geometry
 from glass_ad.model import build_model
-from glass_ad.trainer import choose_fit, decode_images, measure_feature_scale
+from glass_ad.trainer import choose_fit, decode_images
 
 
 def main() -> None:
@@ -29,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     dataset = load_dataset(args.data)
     samples = dataset.train[:: max(1, len(dataset.train) // args.images)][: args.images]
-    print("| backbone | D | raw std/comp | scale | r'1 raw | r'1 scaled | NN dist scaled | σ√D | r1–r2 | r1 / NN dist |")
+    print("| backbone | D | raw spacing | scale | NN 10–90 % | std/component | principal std min / median / max | r'1 | σ√D | r1–r2 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.backbones.split(","):
         config = make_config("fast", backbone=name)
@@ -37,19 +39,15 @@ def main() -> None:
         images, _ = decode_images(samples, Preprocessor(config.image_size, None, choose_fit(dataset.train)), progress=False)
         with torch.inference_mode():
             feats = torch.cat([model.features(images[i : i + 8].float() / 255) for i in range(0, len(images), 8)])
-        raw_std = feats.flatten(0, 1).std(0).mean().item()
-        scale = measure_feature_scale(feats, config.feature_std)
-        centre = feats.mean(0, keepdim=True)
-        r_raw = torch.quantile((feats - centre).norm(dim=2).flatten(), 0.75).item()
-        scaled = feats * scale
-        # Nearest patch of another image at the same grid position (how far apart normal patches are).
-        dist = torch.cdist(scaled.transpose(0, 1), scaled.transpose(0, 1))  # P × N × N
-        dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-        nn = dist.min(dim=2).values.median().item()
+        geometry = measure_geometry(SpacingProbe.from_features(feats, np.random.default_rng(0)), config.feature_spacing)
+        scaled = feats * geometry.scale
+        radius = torch.quantile((scaled - scaled.mean(0, keepdim=True)).norm(dim=2).flatten(), 0.75).item()
         d = feats.shape[-1]
         print(
-            f"| {name} | {d} | {raw_std:.3f} | {scale:.3f} | {r_raw:.1f} | {r_raw * scale:.2f} | {nn:.2f} | "
-            f"{config.noise_std * np.sqrt(d):.2f} | {config.r1}–{config.r2} | {config.r1 / nn:.3f} |"
+            f"| {name} | {d} | {geometry.raw_spacing:.2f} | {geometry.scale:.4f} | {geometry.spacing_q10:.2f}–"
+            f"{geometry.spacing_q90:.2f} | {geometry.component_std:.3f} | {geometry.principal_std_min:.3f} / "
+            f"{geometry.principal_std_median:.3f} / {geometry.principal_std_max:.3f} | {radius:.2f} | "
+            f"{config.noise_std * np.sqrt(d):.2f} | {config.r1}–{config.r2} |"
         )
 
 

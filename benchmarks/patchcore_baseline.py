@@ -1,7 +1,8 @@
 """Baseline to beat: a PatchCore-style nearest-neighbour scorer on the same patch features as GLASS.
 
 Benchmark code, not a product feature. Memory bank = greedy coreset (on a random projection) of the
-training patch features; patch score = distance to the nearest bank vector; image score = max patch
+patch features of exactly the images GLASS trains on with the same seed (its held-out validation images
+are left out, as GLASS never trains on them); patch score = distance to the nearest bank vector; image score = max patch
 score; map = bilinear upsample + Gaussian σ = 4 (the same post-processing as GLASS).
 
     python benchmarks/patchcore_baseline.py ../shared/data/mtd --coreset 0.01 --json out.json
@@ -20,7 +21,7 @@ from glass_ad.config import make_config
 from glass_ad.datasets import ImageDataset, Preprocessor, load_dataset
 from glass_ad.evaluate import StreamingEvaluator
 from glass_ad.model import build_model
-from glass_ad.trainer import choose_fit, decode_images
+from glass_ad.trainer import choose_fit, decode_images, split_holdout
 
 
 def greedy_coreset(features: torch.Tensor, fraction: float, seed: int = 0, projection_dim: int = 64) -> torch.Tensor:
@@ -53,20 +54,23 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite2")
     parser.add_argument("--image-size", type=int, default=288)
     parser.add_argument("--coreset", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0, help="GLASS's seed: decides the held-out images left out")
     parser.add_argument("--json")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    config = make_config("fast", backbone=args.backbone, image_size=args.image_size)
+    config = make_config("fast", backbone=args.backbone, image_size=args.image_size, seed=args.seed)
     dataset = load_dataset(args.data)
+    train_samples, _ = split_holdout(dataset.train, config)
     fit = choose_fit(dataset.train)
     preprocessor = Preprocessor(config.image_size, None, fit)
     model = build_model(config).eval()
-    images, _ = decode_images(dataset.train, preprocessor)
+    images, _ = decode_images(train_samples, preprocessor)
     with torch.inference_mode():
         train_features = torch.cat(
             [model.features(images[i : i + 16].float() / 255) for i in range(0, len(images), 16)]
         ).flatten(0, 1)
+    train_images = len(images)
     del images
     bank = train_features[greedy_coreset(train_features, args.coreset)]
     fit_time = time.perf_counter() - start
@@ -94,6 +98,7 @@ def main() -> None:
         fit=fit,
         coreset_fraction=args.coreset,
         bank_size=len(bank),
+        train_images=train_images,
         fit_time_s=fit_time,
         total_time_s=time.perf_counter() - start,
     )

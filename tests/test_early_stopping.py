@@ -38,3 +38,12 @@ def test_best_single_epoch_is_reported():
     flags = [stopper.update(s) for s in [0.5, 0.8, 0.7, 0.79, 0.81]]
     assert flags == [True, True, False, False, True]
     assert stopper.best_score == pytest.approx(0.81)
+
+
+# Validation scores of an MTD run whose first epoch scored high by luck (worse-family selection): the
+# trend must not be compared with a one-epoch "mean" (it stopped this run at epoch 7 with the best score).
+LUCKY_FIRST = [0.6637, 0.6555, 0.6539, 0.6481, 0.6703, 0.5717, 0.6891]
+
+
+def test_trend_waits_for_a_full_window():
+    assert _first_stop(LUCKY_FIRST, patience=6, window=3) is None

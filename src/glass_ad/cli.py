@@ -119,8 +119,14 @@ def train(
     r1: Optional[float] = typer.Option(None, help="Manifold truncation radius r1 (r2 = 2·r1 unless --r2)."),
     r2: Optional[float] = typer.Option(None),
     embed_dim: Optional[int] = typer.Option(None, help="Patch-vector width (default per backbone)."),
-    feature_std: Optional[float] = typer.Option(None, help="Scale-aware GAS target std (default 0.5); 0 disables the rescaling."),
-    gas_fraction: Optional[float] = typer.Option(None, help="Fraction of patches that go through gradient ascent."),
+    feature_spacing: Optional[float] = typer.Option(None, help="Scale rule: normal spacing (median nearest-neighbour distance) the features are scaled to; GAS lengths are in this unit (default 1); 0 = raw features, absolute lengths."),
+    patch_fraction: Optional[float] = typer.Option(None, help="Fraction of the batch's patch vectors each branch trains on per iteration (fast 0.25, paper 1)."),
+    las_fraction: Optional[float] = typer.Option(None, help="Fraction of each batch's images that get a LAS copy (fast 0.5, paper 1)."),
+    gas_fraction: Optional[float] = typer.Option(None, help="Fraction of those normal patch vectors that go through gradient ascent."),
+    texture_colour: Optional[str] = typer.Option(None, help="LAS texture colour: auto (grey for grey products), colour (reference), grey."),
+    selection: Optional[str] = typer.Option(None, help="Model selection: worst (worse of LAS and the unseen strokes/blobs family; default) or las."),
+    score: Optional[str] = typer.Option(None, help="glass (the discriminator; default) or hybrid (+ distance to the nearest normal training patch, each standardised on held-out normals)."),
+    memory_bank_fraction: Optional[float] = typer.Option(None, help="Hybrid score: share of the training patch vectors kept in the memory bank (default 0.01)."),
     ascent_steps: Optional[int] = typer.Option(None),
     ascent_step_size: Optional[float] = typer.Option(None),
     project_every: Optional[int] = typer.Option(None, help="Truncated projection every N ascent steps (fast 2, paper 5)."),
@@ -163,6 +169,12 @@ def train(
         r2=r2 if r2 is not None else (2 * r1 if r1 is not None else None),
         embed_dim=embed_dim,
         gas_patch_fraction=gas_fraction,
+        patch_fraction=patch_fraction,
+        las_fraction=las_fraction,
+        texture_colour=texture_colour,
+        selection=selection,
+        score=score,
+        memory_bank_fraction=memory_bank_fraction,
         ascent_steps=ascent_steps,
         ascent_step_size=ascent_step_size,
         project_every=project_every,
@@ -181,8 +193,8 @@ def train(
     )
     try:
         config = make_config(recipe.value, **overrides)
-        if feature_std is not None:
-            config = config.replace(feature_std=feature_std if feature_std > 0 else None)
+        if feature_spacing is not None:
+            config = config.replace(feature_spacing=feature_spacing if feature_spacing > 0 else None).validate()
         _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val)
         result = run_training(data_dir, out, config, category=category, layout=dataset, progress=not quiet)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
@@ -419,8 +431,10 @@ def backbones() -> None:
 
 @app.command()
 def info(run_dir: Path = typer.Argument(...)) -> None:
-    """Show what a checkpoint holds: config, hypothesis, thresholds, training history summary."""
+    """Show what a checkpoint holds: config, hypothesis, thresholds, feature geometry, and per epoch the
+    losses and separations of each branch (a warning when GAS stayed near chance)."""
     from .model import read_checkpoint
+    from .trainer import branch_summary
 
     try:
         checkpoint = read_checkpoint(run_dir)
@@ -436,6 +450,8 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
         "spectrum": checkpoint.get("spectrum"),
         "calibration": {k: v for k, v in (checkpoint.get("calibration") or {}).items() if k != "holdout_image_scores"},
         "training": {k: v for k, v in checkpoint.get("training", {}).items() if k not in ("history", "holdout_paths")},
+        "geometry": checkpoint.get("geometry"),
+        "branches": branch_summary(checkpoint.get("training", {}).get("history", [])),
         "config": checkpoint["config"],
     }
     typer.echo(json.dumps(summary, indent=2, default=str))
@@ -864,6 +880,7 @@ def preview_heatmaps(
         return
     typer.echo(f"saved {path}")
 
+
 # --------------------------------------------------------------------------------------------------
 # The inspection service (see serve/ and docs/serve.md; needs the `serve` extra).
 
@@ -894,6 +911,7 @@ def serve(
         import uvicorn
 
         from .serve import ServeSettings, create_app
+        from .serve.store import DatabaseError
     except ImportError as error:
         _serve_extra_missing(error)
         return
@@ -905,7 +923,7 @@ def serve(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         )  # fmt: skip
         application = create_app(settings)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, DatabaseError) as error:
         _fail(str(error))
         return
     if host not in ("127.0.0.1", "localhost", "::1") and not (token or settings.token):
@@ -932,7 +950,6 @@ def report(
         _fail(str(error))
         return
     typer.echo(f"saved {path}")
-
 
 
 def main() -> None:

@@ -56,14 +56,26 @@ class GlassConfig:
     ascent_steps: int = 20
     ascent_step_size: float = 0.001
     project_every: int = 5
-    r1: float = 0.5  # manifold truncation [r1, r2]
-    r2: float = 1.0
+    # Manifold truncation [r1, r2], in units of the normal spacing (see feature_spacing): r1 = 1, r2 = 2r1 as
+    # in the paper's text. GAS then starts where held-out normal patches end (their nearest-neighbour
+    # distance is about one spacing), so D is not taught to flag normal variation (docs/method.md).
+    r1: float = 1.0
+    r2: float = 2.0
     radius_quantile: float = 0.75  # hypersphere r'1: this quantile of normal distances to the centre
-    gas_patch_fraction: float = 1.0  # fraction of patch vectors that go through gradient ascent
-    # Scale-aware GAS: features are divided by one scalar measured on the training features so that their
-    # mean per-component standard deviation equals `feature_std`; the absolute constants above then mean
-    # the same for every backbone. None disables it (raw features, as the reference code).
-    feature_std: float | None = 0.5
+    gas_patch_fraction: float = 1.0  # fraction of the (sampled) normal patch vectors that go through GAS
+    # Scale rule: features are multiplied by one scalar measured on the training features so that the
+    # normal spacing — the median distance from a normal patch to its nearest neighbour in other normal
+    # images — equals `feature_spacing`; GAS lengths (noise_std, ascent_step_size, r1, r2) are then in units
+    # of that spacing, re-measured in adaptor space every epoch (geometry.py, docs/method.md). None: raw
+    # features and absolute lengths, as the reference code.
+    feature_spacing: float | None = 1.0
+    # Patch vectors per iteration: the discriminator is patch-wise, so each branch may train on a random
+    # subset of the batch's B·P patch vectors (1.0: all of them, as the reference).
+    patch_fraction: float = 1.0
+    # Images of each batch that get a LAS copy. The backbone pass over the LAS images is the largest cost
+    # of a fast-recipe iteration; with fewer LAS images the LAS branch still sees as many patch vectors
+    # per step as the normal branch (up to all of the LAS images' patches).
+    las_fraction: float = 1.0
 
     # --- LAS (local anomaly synthesis, image level) -------------------------------------------------
     las: bool = True
@@ -73,19 +85,30 @@ class GlassConfig:
     beta_std: float = 0.1
     beta_min: float = 0.2
     beta_max: float = 0.8
+    # Texture colour: "auto" turns the textures grey when every training image is grey (a coloured texture
+    # on a grey product is an anomaly no real defect looks like); "colour" keeps them as drawn (reference).
+    texture_colour: Literal["auto", "colour", "grey"] = "auto"
 
-    # Training arithmetic of A and D: bf16 autocast is ~3x faster on CPUs with bf16 units (AVX512-BF16,
-    # AMX) and on recent GPUs; "auto" uses it where the hardware has it. Inference is always float32.
+    # Training arithmetic of A and D: "auto" times one step in float32 and bf16 autocast at start-up and keeps
+    # bf16 only where it is clearly faster (precision.py). GAS geometry and inference are always float32.
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
 
     # --- inference ----------------------------------------------------------------------------------
     smoothing_sigma: float = 4.0
+    # "glass": the discriminator's score (the method). "hybrid": the discriminator's logit plus the distance
+    # to the nearest normal training patch (a coreset memory bank of `memory_bank_fraction` of the training
+    # patches), each standardised on the held-out normal images, averaged (memory_bank.py).
+    score: Literal["glass", "hybrid"] = "glass"
+    memory_bank_fraction: float = 0.01
 
     # --- schedule, validation & calibration (no test data is ever used) ------------------------------
     recipe: Recipe = "paper"
     holdout_fraction: float = 0.1  # normal images kept out of training: validation + threshold calibration
     min_holdout: int = 4
     early_stopping: bool = False
+    # Model selection score: "worst" = the worse of the two synthetic validation families (LAS, which
+    # training draws, and the unseen strokes/blobs family, which it never draws); "las" = LAS only.
+    selection: Literal["worst", "las"] = "worst"
     patience: int = 5  # epochs without a rise of the smoothed validation score before stopping
     stop_window: int = 3  # epochs averaged for the stopping rule (the best single epoch is still kept)
     target_false_alarm_rate: float = 0.01
@@ -125,6 +148,16 @@ class GlassConfig:
             problems.append("radius_quantile must lie in (0, 1)")
         if not 0 < self.gas_patch_fraction <= 1:
             problems.append("gas_patch_fraction must lie in (0, 1]")
+        if not 0 < self.patch_fraction <= 1:
+            problems.append("patch_fraction must lie in (0, 1]")
+        if self.score not in ("glass", "hybrid"):
+            problems.append(f"score must be 'glass' or 'hybrid' (got {self.score!r})")
+        if not 0 < self.memory_bank_fraction <= 1:
+            problems.append("memory_bank_fraction must lie in (0, 1]")
+        if not 0 < self.las_fraction <= 1:
+            problems.append("las_fraction must lie in (0, 1]")
+        if self.feature_spacing is not None and self.feature_spacing <= 0:
+            problems.append("feature_spacing must be > 0 (or None for raw features)")
         if not 0 <= self.holdout_fraction < 1:
             problems.append("holdout_fraction must lie in [0, 1)")
         if not 0 < self.target_false_alarm_rate < 1:
@@ -154,8 +187,10 @@ FAST_RECIPE: dict[str, Any] = dict(
     ascent_steps=4,
     ascent_step_size=0.005,  # same total ascent distance as 20 x 0.001
     project_every=2,
-    # 4 steps on 25 % of patches: same validation score as the reference GAS on MTD, 1/8 of its cost.
-    gas_patch_fraction=0.25,
+    # Each branch trains on a random quarter of the batch's patch vectors (all of them go through GAS).
+    patch_fraction=0.25,
+    las_fraction=0.5,
+    gas_patch_fraction=1.0,
     early_stopping=True,
     patience=6,  # on the 3-epoch mean validation score (stop_window); val noise ~0.01/epoch on MTD
     cache_features=True,
@@ -170,6 +205,8 @@ PAPER_RECIPE: dict[str, Any] = dict(
     ascent_step_size=0.001,
     project_every=5,
     gas_patch_fraction=1.0,
+    patch_fraction=1.0,
+    las_fraction=1.0,
     early_stopping=False,
     cache_features=False,
     precision="fp32",

@@ -41,3 +41,7 @@ class Discriminator(nn.Module):
 
     def forward(self, x):
         return self.tail(self.body(x))
+
+    def logits(self, x):
+        """The score before the sigmoid (unbounded; no ties at 0 or 1 in float32)."""
+        return self.tail[0](self.body(x))

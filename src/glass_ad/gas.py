@@ -7,6 +7,15 @@ L_gas = BCE(D(g), 1), with a truncated projection every `project_every` steps:
 * hypersphere (GLASS-h): g − c rescaled so that r′1 ≤ ‖g − c‖ ≤ 2r′1, with c the per-position mean
   normal feature and r′1 the `radius_quantile` of the normal distances to c.
 
+All lengths (σ·√D, η, r1, r2) are multiplied by `unit`: the measured spacing of the normal features
+(median distance from a normal patch to its nearest neighbour in other normal images, in adaptor space,
+see :mod:`glass_ad.geometry`). So r1 = 0.5 means "half the typical gap between neighbouring normal
+patches" for every backbone, and the adaptor cannot make GAS trivial or invisible by rescaling its output.
+The hypersphere radii are quantiles of the data already and need no unit.
+
+The ascent always runs in float32 (autocast off): a bf16-rounded input would erase most components of
+one ascent step.
+
 The returned v keeps the adaptor's gradient through u (v = u + δ with δ a constant), so the GAS loss
 trains A as well as D.
 """
@@ -30,6 +39,7 @@ class GASSettings:
     project_every: int = 5
     r1: float = 0.5
     r2: float = 1.0
+    unit: float = 1.0  # length unit of noise_std, step_size, r1, r2: the measured normal spacing
 
 
 def truncate_norm(delta: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:
@@ -62,28 +72,33 @@ def synthesize(
     During the ascent D sees normal and synthetic vectors together, as in the reference, so its batch
     normalisation statistics are those of the mixed batch.
     """
-    u = normal.detach()
-    noise = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype) * settings.noise_std
-    g = u + noise
+    u = normal.detach().float()
+    unit = float(settings.unit)
+    # Drawn on the generator's device (a CPU generator cannot fill a CUDA tensor), then moved.
+    noise_device = generator.device if generator is not None else u.device
+    noise = torch.randn(u.shape, generator=generator, device=noise_device, dtype=torch.float32).to(u.device)
+    g = u + noise * (settings.noise_std * unit)
     if settings.mode in ("ascent", "full"):
         hypersphere = settings.hypothesis == "hypersphere"
         if hypersphere and (centres is None or radius is None):
             raise ValueError("the hypersphere projection needs centres and radius")
-        for step in range(settings.steps):
-            g = g.detach().requires_grad_(True)
-            with torch.enable_grad():
-                scores = discriminator(torch.cat([u, g]))[len(u) :].float()
-                loss = F.binary_cross_entropy(scores, torch.ones_like(scores))
-                (grad,) = torch.autograd.grad(loss, [g])
-            with torch.no_grad():
-                g = g + settings.step_size * grad / (grad.norm(dim=1, keepdim=True) + 1e-10)
-                if settings.mode == "full" and (step + 1) % settings.project_every == 0:
-                    if hypersphere:
-                        g = centres + truncate_norm(g - centres, radius, 2 * radius)
-                    else:
-                        g = u + truncate_norm(g - u, settings.r1, settings.r2)
+        step_size, r1, r2 = settings.step_size * unit, settings.r1 * unit, settings.r2 * unit
+        with torch.autocast(u.device.type, enabled=False):
+            for step in range(settings.steps):
+                g = g.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    scores = discriminator(torch.cat([u, g]))[len(u) :].float()
+                    loss = F.binary_cross_entropy(scores, torch.ones_like(scores))
+                    (grad,) = torch.autograd.grad(loss, [g])
+                with torch.no_grad():
+                    g = g + step_size * grad / (grad.norm(dim=1, keepdim=True) + 1e-10)
+                    if settings.mode == "full" and (step + 1) % settings.project_every == 0:
+                        if hypersphere:
+                            g = centres + truncate_norm(g - centres, radius, 2 * radius)
+                        else:
+                            g = u + truncate_norm(g - u, r1, r2)
     delta = (g - u).detach()
-    return normal + delta
+    return normal.float() + delta
 
 
 def project_las_features(

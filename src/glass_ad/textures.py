@@ -42,6 +42,7 @@ __all__ = [
     "ProceduralTextures",
     "fit_square",
     "load_textures",
+    "GreyTextures",
 ]
 
 TEXTURE_EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS
@@ -331,3 +332,14 @@ def load_textures(
     pool = TexturePool.from_folder(path_or_none, image_size, max_images=max_images)
     log.info("LAS textures: %d images from %s", len(pool), path_or_none)
     return pool
+
+
+class GreyTextures:
+    """Wraps a texture source so every sample is grey (for grey products; `texture_colour`)."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        texture = self.source.sample(rng)
+        return np.repeat(_grey(texture)[..., None], 3, axis=2)

@@ -32,13 +32,17 @@ from .calibration import calibrate
 from .config import GlassConfig
 from .datasets import Preprocessor, Sample, load_dataset
 from .foreground import foreground_mask, is_object_category
+from .geometry import FeatureGeometry, SpacingProbe, measure_geometry
 from .io import ImageReadError, read_image
 from .las import LocalAnomalySynthesizer
+from .memory_bank import greedy_coreset
 from .losses import bce, las_loss
-from .metrics import image_auroc, pixel_ap
+from .metrics import image_auroc, pixel_ap, pixel_auroc
 from .model import GlassModel, build_model, make_checkpoint, resolve_device, save_checkpoint, CHECKPOINT_NAME
+from .precision import choose_precision
 from .spectrum import choose_hypothesis, mean_image
-from .textures import load_textures
+from .textures import GreyTextures, load_textures
+from .unseen_anomalies import UnseenAnomalySynthesizer
 
 log = logging.getLogger(__name__)
 
@@ -147,20 +151,12 @@ def extract_features(
     return store
 
 
-def measure_feature_scale(features: torch.Tensor, target_std: float | None) -> float:
-    """Scale-aware GAS: factor that brings the mean per-component std of the features to `target_std`."""
-    if target_std is None:
-        return 1.0
-    flat = features.reshape(-1, features.shape[-1]).float()
-    std = flat.std(dim=0).mean().item()
-    return target_std / max(std, 1e-8)
-
-
 # ---------------------------------------------------------------------------------------------------
 # One training step
 
 
-def gas_settings(config: GlassConfig, hypothesis: str) -> gas_module.GASSettings:
+def gas_settings(config: GlassConfig, hypothesis: str, unit: float = 1.0) -> gas_module.GASSettings:
+    """GAS settings of `config`; `unit` is the current normal spacing when the scale rule is on."""
     return gas_module.GASSettings(
         hypothesis=hypothesis,
         mode=config.gas,
@@ -170,18 +166,13 @@ def gas_settings(config: GlassConfig, hypothesis: str) -> gas_module.GASSettings
         project_every=config.project_every,
         r1=config.r1,
         r2=config.r2,
+        unit=unit if config.feature_spacing is not None else 1.0,
     )
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether training arithmetic runs under bf16 autocast."""
-    if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def use_bf16(precision: str, device: torch.device, dim: int = 432, hidden: int = 1024) -> bool:
+    """Whether training arithmetic runs under bf16 autocast ("auto": measured, see precision.py)."""
+    return choose_precision(precision, device, dim, hidden).bf16
 
 
 def training_step(
@@ -207,53 +198,71 @@ def training_step(
     return stats
 
 
+def _sample_rows(count: int, keep: int, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """Indices of `keep` random rows out of `count` (None: keep all of them)."""
+    if keep >= count:
+        return None
+    return torch.randperm(count, generator=generator)[: max(2, keep)].to(device)
+
+
 def _step_loss(model, normal, las_features, las_labels, centre, config, settings, generator):
     batch, patches, dim = normal.shape
-    # Feature geometry (distances, projections, ascent steps) stays float32 even under autocast.
-    u = model.adaptor(normal.reshape(-1, dim)).float()
     centres = centre.repeat(batch, 1)
-    fake = labels = None
+    rows = normal.reshape(-1, dim)
+    # Each branch trains on the same number of patch vectors: `patch_fraction` of the batch's B·P.
+    keep = max(2, int(len(rows) * config.patch_fraction))
+    pick = _sample_rows(len(rows), keep, generator, rows.device)
+    if pick is not None:
+        rows, centres_u = rows[pick], centres[pick]
+    else:
+        centres_u = centres
+    # Feature geometry (distances, projections, ascent steps) stays float32 even under autocast.
+    u = model.adaptor(rows).float()
+    fake = labels = centres_fake = None
     if las_features is not None:
-        fake = model.adaptor(las_features.reshape(-1, dim)).float()
-        labels = las_labels.reshape(-1)
+        las_rows, labels = las_features.reshape(-1, dim), las_labels.reshape(-1)
+        centres_fake = centre.repeat(las_features.shape[0], 1)
+        pick = _sample_rows(len(las_rows), keep, generator, las_rows.device)
+        if pick is not None:
+            las_rows, labels, centres_fake = las_rows[pick], labels[pick], centres_fake[pick]
+        fake = model.adaptor(las_rows).float()
 
     # r'1: 75 % quantile of normal distances to the centre (normal LAS patches count as normal).
     radius = None
     if settings.hypothesis == "hypersphere":
         normal_points = u if fake is None else torch.cat([fake[labels < 0.5], u])
-        normal_centres = centres if fake is None else torch.cat([centres[: len(fake)][labels < 0.5], centres])
+        normal_centres = centres_u if fake is None else torch.cat([centres_fake[labels < 0.5], centres_u])
         radius = gas_module.hypersphere_radius(normal_points, normal_centres, config.radius_quantile)
 
     loss_terms: dict[str, torch.Tensor] = {}
-    true_scores = None
+    stats: dict[str, float] = {}
+    count = len(u)
     if config.gas != "off":
-        count = len(u)
-        if config.gas_patch_fraction < 1.0:
-            keep = max(1, int(count * config.gas_patch_fraction))
-            subset = torch.randperm(count, generator=generator)[:keep].to(u.device)
-        else:
+        subset = _sample_rows(count, int(count * config.gas_patch_fraction), generator, u.device)
+        if subset is None:
             subset = torch.arange(count, device=u.device)
         v = gas_module.synthesize(
-            model.discriminator, u[subset], settings, centres=centres[subset], radius=radius, generator=generator
+            model.discriminator, u[subset], settings, centres=centres_u[subset], radius=radius, generator=generator
         )
         scores = model.discriminator(torch.cat([u, v])).float()
         true_scores, gas_scores = scores[:count], scores[count:]
         loss_terms["normal"] = bce(true_scores, 0.0)
         loss_terms["gas"] = bce(gas_scores, 1.0)
+        stats["p_gas"] = float((gas_scores.detach() >= 0.5).float().mean())  # GAS vectors called anomalous
     else:
         true_scores = model.discriminator(u).float()
         loss_terms["normal"] = bce(true_scores, 0.0)
 
     if fake is not None:
         if settings.hypothesis == "hypersphere":
-            fake = gas_module.project_las_features(fake, labels, centres[: len(fake)], radius)
+            fake = gas_module.project_las_features(fake, labels, centres_fake, radius)
         fake_scores = model.discriminator(fake).float().squeeze(1)
         loss_terms["las"] = las_loss(fake_scores, labels, config.focal_gamma, config.ohem_quantile)
 
     loss = sum(loss_terms.values())
-    stats = {f"loss_{k}": float(v.detach()) for k, v in loss_terms.items()}
+    stats.update({f"loss_{k}": float(v.detach()) for k, v in loss_terms.items()})
     stats["loss"] = float(loss.detach())
-    stats["p_true"] = float((true_scores.detach() < 0.5).float().mean())
+    stats["p_true"] = float((true_scores.detach() < 0.5).float().mean())  # normal vectors called normal
     if radius is not None:
         stats["radius"] = float(radius)
     return loss, stats
@@ -268,6 +277,8 @@ class ValidationSet:
     normal: torch.Tensor  # Nv×P×D scaled features of held-out normal images
     anomalous: torch.Tensor  # Nv×P×D features of the same images with LAS anomalies
     labels: torch.Tensor  # Nv×P patch labels of the anomalies
+    unseen: torch.Tensor  # Nv×P×D features of the same images with the unseen family (strokes, blobs)
+    unseen_labels: torch.Tensor  # Nv×P
 
 
 @torch.no_grad()
@@ -279,19 +290,82 @@ def score_features(model: GlassModel, features: torch.Tensor, batch_size: int = 
     return torch.cat(out)
 
 
-def validate(model: GlassModel, val: ValidationSet) -> dict[str, float]:
-    model.eval()
-    normal = score_features(model, val.normal)
-    anomalous = score_features(model, val.anomalous)
-    model.discriminator.train()
-    model.adaptor.train()
+GAS_PROBE_PATCHES = 4096  # held-out normal patch vectors used to measure the GAS separation
+GAS_DEAD_AUROC = 0.6  # below this the discriminator does not tell GAS from normal: the branch is dead
+
+
+def _family_scores(normal: torch.Tensor, anomalous: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Image AUROC, patch AP and patch AUROC (normal patches vs anomalous ones) of one synthetic family."""
     image_scores = torch.cat([normal.amax(1), anomalous.amax(1)]).numpy()
     image_labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
     patch_scores = torch.cat([normal.flatten(), anomalous.flatten()]).numpy()
-    patch_labels = torch.cat([torch.zeros(normal.numel()), val.labels.flatten()]).numpy()
-    auroc = image_auroc(image_scores, image_labels)
-    ap = pixel_ap(patch_scores, patch_labels.astype(bool))
-    return {"val_image_auroc": auroc, "val_patch_ap": ap, "val_score": 0.5 * (auroc + ap)}
+    patch_labels = torch.cat([torch.zeros(normal.numel()), labels.flatten()]).numpy().astype(bool)
+    auroc, ap = image_auroc(image_scores, image_labels), pixel_ap(patch_scores, patch_labels)
+    separation = pixel_auroc(patch_scores, patch_labels)
+    return {"image_auroc": auroc, "patch_ap": ap, "patch_auroc": separation, "score": 0.5 * (auroc + ap)}
+
+
+def gas_separation(
+    model: GlassModel,
+    features: torch.Tensor,
+    settings: gas_module.GASSettings,
+    centre: torch.Tensor,
+    radius_quantile: float,
+    seed: int = 0,
+) -> float:
+    """AUROC of D on held-out normal patch vectors vs their GAS copies (0.5: GAS is invisible to D)."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    rows = features.reshape(-1, features.shape[-1])
+    positions = torch.arange(len(rows)) % centre.shape[0]
+    if len(rows) > GAS_PROBE_PATCHES:
+        pick = torch.randperm(len(rows), generator=generator)[:GAS_PROBE_PATCHES]
+        rows, positions = rows[pick], positions[pick]
+    positions = positions.to(rows.device)
+    with torch.no_grad():
+        u = model.adaptor(rows).float()
+        centres = centre[positions]
+    radius = None
+    if settings.hypothesis == "hypersphere":
+        radius = gas_module.hypersphere_radius(u, centres, radius_quantile)
+    v = gas_module.synthesize(model.discriminator, u, settings, centres=centres, radius=radius, generator=generator)
+    with torch.no_grad():
+        normal_scores = model.discriminator(u).float().flatten().cpu().numpy()
+        gas_scores = model.discriminator(v).float().flatten().cpu().numpy()
+    model.train(was_training)
+    labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(gas_scores))].astype(bool)
+    return pixel_auroc(np.r_[normal_scores, gas_scores], labels)
+
+
+def validate(
+    model: GlassModel,
+    val: ValidationSet,
+    settings: gas_module.GASSettings | None = None,
+    centre: torch.Tensor | None = None,
+    radius_quantile: float = 0.75,
+    selection: str = "worst",
+) -> dict[str, float]:
+    """Scores of both synthetic families on the held-out normal images, the GAS separation, and the
+    selection score (the worse family's mean of image AUROC and patch AP, or LAS's alone)."""
+    model.eval()
+    normal = score_features(model, val.normal)
+    las = _family_scores(normal, score_features(model, val.anomalous), val.labels)
+    unseen = _family_scores(normal, score_features(model, val.unseen), val.unseen_labels)
+    record = {
+        "val_image_auroc": las["image_auroc"],
+        "val_patch_ap": las["patch_ap"],
+        "val_las_separation": las["patch_auroc"],
+        "val_unseen_image_auroc": unseen["image_auroc"],
+        "val_unseen_patch_ap": unseen["patch_ap"],
+        "val_unseen_separation": unseen["patch_auroc"],
+    }
+    if settings is not None and centre is not None and settings.mode != "off":
+        record["val_gas_separation"] = gas_separation(model, val.normal, settings, centre, radius_quantile)
+    record["val_score"] = min(las["score"], unseen["score"]) if selection == "worst" else las["score"]
+    model.discriminator.train()
+    model.adaptor.train()
+    return record
 
 
 class EarlyStopping:
@@ -312,11 +386,14 @@ class EarlyStopping:
     def update(self, score: float) -> bool:
         """Record one epoch's score; True when it is the best single score so far."""
         self.scores.append(score)
-        trend = float(np.mean(self.scores[-self.window :]))
-        if trend > self.best_trend + self.min_delta:
-            self.best_trend, self.stale = trend, 0
-        else:
-            self.stale += 1
+        # The trend is compared only once the window is full: a one-epoch "mean" of a lucky first epoch
+        # would otherwise set a bar that the averaged scores need many epochs to clear.
+        if len(self.scores) >= self.window:
+            trend = float(np.mean(self.scores[-self.window :]))
+            if trend > self.best_trend + self.min_delta:
+                self.best_trend, self.stale = trend, 0
+            else:
+                self.stale += 1
         if score > self.best_score + self.min_delta:
             self.best_score = score
             return True
@@ -379,6 +456,10 @@ def train(
     synthesizer = None
     if config.las:
         textures = load_textures(config.textures, config.image_size)
+        grey = config.texture_colour == "grey" or (config.texture_colour == "auto" and is_grey(images))
+        if grey:
+            textures = GreyTextures(textures)
+        echo(f"LAS textures: {'grey (the training images are grey)' if grey else 'colour'}")
         synthesizer = LocalAnomalySynthesizer(
             config.image_size,
             textures,
@@ -403,15 +484,23 @@ def train(
         )
         extract_features(model, images, device, store=store, progress=progress)
 
-    # 5. Feature scale, measured once on (a subset of) the normal features.
+    # 5. The scale rule: measure the spacing of the normal features once (median distance to the nearest
+    # patch of another image) and scale the features so that it equals `feature_spacing`.
     probe_index = np.sort(rng.choice(len(images), size=min(len(images), 64), replace=False))
     if store is not None:
-        probe = store.read(probe_index)
+        probe_features = store.read(probe_index)
     else:
         with torch.no_grad():
-            probe = torch.cat([model.features(images[i : i + 1].to(device).float() / 255) for i in probe_index]).cpu()
-    scale = measure_feature_scale(probe, config.feature_std)
+            probe_features = torch.cat(
+                [model.features(images[i : i + 1].to(device).float() / 255) for i in probe_index]
+            ).cpu()
+    spacing_probe = SpacingProbe.from_features(probe_features.cpu(), rng)
+    del probe_features
+    geometry = measure_geometry(spacing_probe, config.feature_spacing)
+    echo(f"feature geometry: {geometry.describe()}")
+    scale = geometry.scale
     model.feature_scale.fill_(scale)
+    spacing_probe = SpacingProbe(spacing_probe.queries.mul_(scale).to(device), spacing_probe.bank.mul_(scale).to(device))
     if store is not None:
         store.array *= np.asarray(scale, dtype=store.array.dtype)
 
@@ -434,9 +523,9 @@ def train(
         for optimizer in optimizers
         if config.lr_schedule == "cosine"
     ]
-    settings = gas_settings(config, hypothesis)
-    bf16 = use_bf16(config.precision, device)
-    echo(f"training arithmetic: {'bf16 autocast' if bf16 else 'float32'}")
+    arithmetic = choose_precision(config.precision, device, model.embed_dim, config.dsc_hidden)
+    bf16 = arithmetic.bf16
+    echo(f"training arithmetic: {arithmetic.reason}")
     iterations = math.ceil((config.images_per_epoch + 1) / config.batch_size)
     iterations = min(iterations, math.ceil(len(images) / config.batch_size))
 
@@ -450,6 +539,9 @@ def train(
     for epoch in bar:
         with torch.no_grad():
             centre = model.adaptor(mean_feature)
+        # GAS lengths in units of the current normal spacing in adaptor space (A is trained, so it moves).
+        unit = spacing_probe.spacing(model.adaptor) if config.feature_spacing is not None else 1.0
+        settings = gas_settings(config, hypothesis, unit)
         order = rng.permutation(len(images))
         epoch_stats: list[dict[str, float]] = []
         for it in range(iterations):
@@ -459,8 +551,9 @@ def train(
             normal = _normal_features(model, images, store, index, device)
             las_features = las_labels = None
             if synthesizer is not None:
-                batch = images[index].float() / 255.0
-                fg = foreground[index] if foreground is not None else None
+                las_index = index[: max(2, round(len(index) * config.las_fraction))]
+                batch = images[las_index].float() / 255.0
+                fg = foreground[las_index] if foreground is not None else None
                 synthetic = synthesizer(batch, fg, rng)
                 with torch.no_grad():
                     las_features = model.features(synthetic.images.to(device))
@@ -472,12 +565,13 @@ def train(
             bar.set_postfix(it=f"{it + 1}/{iterations}", loss=f"{stats['loss']:.3f}")
         record = {"epoch": epoch + 1, **{k: float(np.mean([s[k] for s in epoch_stats if k in s])) for k in epoch_stats[0]}}
         record["lr"] = optimizers[0].param_groups[0]["lr"] / 2  # this epoch's rate in --lr terms (D runs at 2x)
+        record["spacing"] = unit
         for scheduler in schedulers:
             scheduler.step()
 
         # 7. Validation on held-out normals + fixed synthetic anomalies; model selection and stopping.
         if val is not None:
-            record.update(validate(model, val))
+            record.update(validate(model, val, settings, centre, config.radius_quantile, config.selection))
             if stopper.update(record["val_score"]):
                 best_epoch, best_state = epoch + 1, _trainable_state(model)
         record["elapsed_s"] = time.perf_counter() - start_time
@@ -491,10 +585,17 @@ def train(
             break
     bar.close()
     epochs_run = epoch + 1
+    warning = dead_branch_warning(history)
+    if warning:
+        log.warning(warning)
+        echo(f"WARNING: {warning}")
     if config.early_stopping and best_state is not None:
         model.load_state_dict(best_state, strict=False)
     else:
         best_epoch = epochs_run
+    if config.score == "hybrid":
+        hybrid = build_hybrid_score(model, images, store, holdout, config, device, progress=progress)
+        echo(f"hybrid score: memory bank of {hybrid['bank_size']} patch vectors")
     if store is not None:
         store.close()
 
@@ -511,6 +612,7 @@ def train(
         spectrum=spectrum_stats,
         foreground=foreground is not None,
         centre=centre,
+        geometry=geometry.to_dict(),
         calibration=calibration,
         training={
             "data_root": str(data_root),
@@ -521,6 +623,7 @@ def train(
             "epochs_run": epochs_run,
             "best_epoch": best_epoch,
             "wall_time_s": wall,
+            "precision": arithmetic.reason,
             "history": history,
         },
     )
@@ -555,15 +658,104 @@ def _validation_set(model, holdout, synthesizer, config, device, use_foreground:
     batch = holdout.float() / 255.0
     # The same foreground decision as for the training images (not a new "auto" vote on the holdout).
     fg = compute_foreground(holdout, "on") if use_foreground else None
-    normal, anomalous, labels = [], [], []
+    unseen_rng = np.random.default_rng(config.seed + 20_011)
+    unseen_synthesizer = UnseenAnomalySynthesizer(config.image_size)
+    normal, anomalous, labels, unseen, unseen_labels = [], [], [], [], []
     for start in range(0, len(batch), 16):
         part = batch[start : start + 16]
         part_fg = fg[start : start + 16] if fg is not None else None
         synthetic = synthesizer(part, part_fg, val_rng)
+        other = unseen_synthesizer(part, part_fg, unseen_rng)
         normal.append(model.features(part.to(device)).cpu())
         anomalous.append(model.features(synthetic.images.to(device)).cpu())
         labels.append(synthetic.patch_labels.cpu())
-    return ValidationSet(torch.cat(normal).to(device), torch.cat(anomalous).to(device), torch.cat(labels))
+        unseen.append(model.features(other.images.to(device)).cpu())
+        unseen_labels.append(other.patch_labels.cpu())
+    return ValidationSet(
+        torch.cat(normal).to(device),
+        torch.cat(anomalous).to(device),
+        torch.cat(labels),
+        torch.cat(unseen).to(device),
+        torch.cat(unseen_labels),
+    )
+
+
+@torch.no_grad()
+def build_hybrid_score(
+    model: GlassModel,
+    images: torch.Tensor,
+    store: FeatureStore | None,
+    holdout: torch.Tensor | None,
+    config: GlassConfig,
+    device: torch.device,
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Set the model's memory bank (a coreset of the training patch vectors) and standardise the logit and the
+    nearest-neighbour distance on the held-out normal images (their mean and std over all patches)."""
+    if holdout is None or len(holdout) == 0:
+        raise ValueError("the hybrid score needs held-out normal images to standardise its parts (--holdout > 0)")
+    model.eval()
+    rows_per_image = model.grid**2
+    count = max(1, int(round(len(images) * rows_per_image * config.memory_bank_fraction)))
+    # A random pool of at most 64 patch vectors per image keeps the greedy selection's cost bounded.
+    per_image = min(rows_per_image, 64)
+    generator = torch.Generator().manual_seed(config.seed)
+    pool = []
+    for start in range(0, len(images), 16):
+        index = np.arange(start, min(start + 16, len(images)))
+        features = _normal_features(model, images, store, index, device).float().cpu()
+        pick = torch.stack([torch.randperm(rows_per_image, generator=generator)[:per_image] for _ in index])
+        pool.append(torch.gather(features, 1, pick.unsqueeze(-1).expand(-1, -1, features.shape[-1])).flatten(0, 1))
+    pool_rows = torch.cat(pool)
+    bank = pool_rows[greedy_coreset(pool_rows, min(count, len(pool_rows)), seed=config.seed)]
+    model.set_memory_bank(bank.to(device))
+    parts = []
+    for start in range(0, len(holdout), 16):
+        batch = holdout[start : start + 16].to(device).float() / 255.0
+        features = model.features(batch)
+        parts.append(model.hybrid_parts(features.reshape(-1, features.shape[-1])).cpu())
+    raw = torch.cat(parts)  # standardised with the neutral norm (0, 1, 0, 1): raw values
+    mean, std = raw.mean(0), raw.std(0).clamp_min(1e-6)
+    model.set_memory_bank(bank.to(device), [mean[0], std[0], mean[1], std[1]])
+    return {"bank_size": len(bank), "norm": [float(mean[0]), float(std[0]), float(mean[1]), float(std[1])]}
+
+
+def is_grey(images: torch.Tensor, probe: int = 32) -> bool:
+    """True when the (probed) N×3×S×S uint8 images have equal channels: a grey product."""
+    sample = images[:: max(1, len(images) // probe)][:probe].to(torch.int16)
+    return bool(((sample[:, 0] - sample[:, 1]).abs().max() <= 2) and ((sample[:, 0] - sample[:, 2]).abs().max() <= 2))
+
+
+def dead_branch_warning(history: list[dict[str, float]], last: int = 3) -> str | None:
+    """A message when GAS stayed near chance over the last epochs (the discriminator cannot see it)."""
+    values = [r["val_gas_separation"] for r in history[-last:] if "val_gas_separation" in r]
+    if not values or float(np.mean(values)) >= GAS_DEAD_AUROC:
+        return None
+    return (
+        f"GAS is near chance: the discriminator separates held-out normal patches from their GAS copies at "
+        f"AUROC {np.mean(values):.2f} over the last {len(values)} epochs; the GAS branch does not train it "
+        f"(check --feature-spacing, --r1/--r2)"
+    )
+
+
+BRANCH_KEYS = (
+    "loss_normal",
+    "loss_gas",
+    "loss_las",
+    "p_gas",
+    "spacing",
+    "val_gas_separation",
+    "val_las_separation",
+    "val_unseen_separation",
+    "val_score",
+)
+
+
+def branch_summary(history: list[dict[str, float]]) -> dict[str, Any]:
+    """Per-epoch losses and separations of each branch, and the dead-branch warning (for `glass info`)."""
+    rows = [{"epoch": r["epoch"], **{k: round(r[k], 4) for k in BRANCH_KEYS if k in r}} for r in history]
+    return {"epochs": rows, "warning": dead_branch_warning(history)}
 
 
 def _trainable_state(model: GlassModel) -> dict[str, torch.Tensor]:
@@ -578,7 +770,10 @@ def _epoch_line(record: dict[str, float]) -> str:
     parts = [f"epoch {record['epoch']:>3}", f"loss {record['loss']:.4f}"]
     parts += [f"{k[5:]} {record[k]:.4f}" for k in ("loss_normal", "loss_gas", "loss_las") if k in record]
     if "val_score" in record:
-        parts.append(f"val image AUROC {record['val_image_auroc']:.4f} patch AP {record['val_patch_ap']:.4f}")
+        parts.append(f"val LAS image AUROC {record['val_image_auroc']:.3f} AP {record['val_patch_ap']:.3f}")
+        parts.append(f"unseen {record['val_unseen_image_auroc']:.3f} AP {record['val_unseen_patch_ap']:.3f}")
+        if "val_gas_separation" in record:
+            parts.append(f"GAS sep {record['val_gas_separation']:.3f}")
     parts.append(f"{record['elapsed_s']:.0f} s")
     return " | ".join(parts)
 
