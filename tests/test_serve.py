@@ -128,7 +128,7 @@ def serve(run_dir: Path, data_dir: Path, *extra: str, token: str | None = TOKEN,
                 process.wait(timeout=10)
 
 
-def wait_ready(server: Server, timeout: float = 90.0) -> None:
+def wait_ready(server: Server, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     with httpx.Client(base_url=server.url, timeout=5) as client:
         while time.monotonic() < deadline:
@@ -338,7 +338,8 @@ def test_batch_endpoint_answers_per_image(api, run, images):
     single = api.post(f"/v1/models/{run.name}/inspect", content=images["defect"].read_bytes(), headers={"Content-Type": "image/png"})
     assert results[2]["result"]["score"] == pytest.approx(single.json()["score"], abs=1e-6)
     too_many = [("files", (f"{i}.png", b"x", "image/png")) for i in range(33)]
-    assert api.post(f"/v1/models/{run.name}/inspect-batch", files=too_many).status_code == 400
+    too_many_answer = api.post(f"/v1/models/{run.name}/inspect-batch", files=too_many)
+    assert too_many_answer.status_code == 400 and "more than 32 images" in too_many_answer.json()["detail"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -724,3 +725,26 @@ def test_report_rates():
     assert first.flag_rate == pytest.approx(2 / 3) and first.false_alarm_rate == pytest.approx(0.5)
     assert first.defect_rate == pytest.approx(1 / 3)
     assert total.missed == 1 and total.reviewed == 4 and per_model["m"][t0].inspected == 3
+
+
+def test_serve_command_refuses_a_database_it_cannot_use(run, tmp_path):
+    from typer.testing import CliRunner
+
+    from glass_ad.cli import app
+
+    newer = tmp_path / "newer.db"
+    log = InspectionLog.open(f"sqlite:///{newer}")
+    with log.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE glass_schema SET value = '99' WHERE key = 'version'"))
+    log.close()
+    port = str(free_port())
+    for db, message in (
+        (str(newer), "newer than this glass-ad"),
+        (f"postgresql://nobody@127.0.0.1:{free_port()}/nothing", "cannot"),
+        ("nosuchdialect://x", "cannot use database nosuchdialect://x"),
+    ):
+        result = CliRunner().invoke(app, ["serve", str(run), "--db", db, "--port", port, "--data-dir", str(tmp_path / "d")])
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+    missing = CliRunner().invoke(app, ["serve", str(tmp_path / "no-run"), "--port", port])
+    assert missing.exit_code == 2 and "no checkpoint" in missing.output

@@ -220,10 +220,15 @@ class Service:
         self._loader: threading.Thread | None = None
         self._stopping = threading.Event()
 
+    def open_log(self) -> None:
+        """Connect to the log and create or migrate its schema (`DatabaseError` with the reason)."""
+        if self.log is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.log = InspectionLog.open(self.db_url)
+            log.info("inspection log: %s", redact_url(self.db_url))
+
     def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log = InspectionLog.open(self.db_url)
-        log.info("inspection log: %s", redact_url(self.db_url))
+        self.open_log()
 
         def commit(rows: list[dict[str, Any]]) -> list[int]:
             self.metrics.log_rows.observe(len(rows))
@@ -263,6 +268,7 @@ class Service:
             self.writer.close()
         if self.log is not None:
             self.log.close()
+            self.log = None
 
     def status(self) -> dict[str, Any]:
         loading = [spec.name for spec in self.settings.specs if spec.name not in self.models and spec.name not in self.errors]
@@ -521,6 +527,10 @@ class _BodyLimitMiddleware:
 # Request bodies
 
 
+class _TooManyFiles(ValueError):
+    pass
+
+
 def _parse_multipart(body: bytes, content_type: str, scratch: Path, max_files: int) -> list[Upload]:
     from python_multipart.multipart import create_form_parser
 
@@ -528,7 +538,7 @@ def _parse_multipart(body: bytes, content_type: str, scratch: Path, max_files: i
 
     def on_file(part) -> None:
         if len(files) >= max_files:
-            raise ValueError(f"more than {max_files} files in one request")
+            raise _TooManyFiles(f"more than {max_files} images in one request")
         handle = part.file_object
         handle.seek(0)
         raw_name = part.file_name
@@ -552,6 +562,8 @@ async def _uploads(request: Request, service: Service, *, field_name: str, max_f
     if kind == "multipart/form-data":
         try:
             files = await run_in_threadpool(_parse_multipart, body, content_type, service.scratch, max_files)
+        except _TooManyFiles as error:
+            raise HTTPException(400, str(error)) from None
         except Exception as error:  # noqa: BLE001 - any parser complaint is the client's malformed body
             raise HTTPException(400, f"malformed multipart body: {error}") from None
         named = [f for f in files if f.part == field_name]
@@ -591,8 +603,10 @@ def colorbar_png(height: int = 256, width: int = 16) -> bytes:
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
-    """The FastAPI app; models load in the background when it starts (uvicorn's lifespan)."""
+    """The FastAPI app. The inspection log is opened (and its schema created or migrated) here, so that a
+    bad `--db` fails before serving (`DatabaseError`); models load in the background once it starts."""
     service = Service(settings)
+    service.open_log()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
