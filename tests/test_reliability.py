@@ -620,6 +620,42 @@ def test_unwritable_outputs_are_refused_before_the_work(run, data, tmp_path, mon
         locked.chmod(0o755)
 
 
+def test_full_disk_is_refused_before_training(data, tmp_path, monkeypatch):
+    import glass_ad.safety as safety
+
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(safety.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=5_000_000))
+
+    def check() -> str:
+        started = time.perf_counter()
+        message = _one_error(_invoke(["train", data, "--out", tmp_path / "run", *TRAIN_ARGS]))
+        assert "not enough free disk space" in message and "5 MB free" in message, message
+        assert time.perf_counter() - started < 30 and not (tmp_path / "run" / "model.pt").exists()
+        return message[7:]
+
+    _record("Pre-flight checks", "a disk with 5 MB free", "glass train", "refused before training (checkpoint + feature cache do not fit)", check)
+
+
+def test_retraining_with_force_flags_a_stale_onnx_model(run, data, tmp_path):
+    copy = _copy_run(run, tmp_path / "run")
+    (copy / "model.onnx").write_bytes(b"exported from the old model")
+
+    def check() -> str:
+        old = _digest(copy / "model.pt")
+        result = _invoke(["train", data, "--out", copy, "--force", *TRAIN_ARGS])
+        assert result.exit_code == 0, result.output
+        assert _digest(copy / "model.pt") != old and read_checkpoint(copy)["format"] == "glass-ad/1"
+        warning = [line for line in result.stderr.splitlines() if "model.onnx" in line]
+        assert len(warning) == 1 and "re-export it" in warning[0] and "--force" in warning[0], result.stderr
+        assert (copy / "model.onnx").read_bytes() == b"exported from the old model"  # kept, flagged
+        return warning[0].removeprefix("warning: ")
+
+    _record(
+        "Results never replaced silently", "glass train --force into a run with an exported model.onnx", "glass train",
+        "model.pt replaced once the new one is complete; the stale model.onnx is named, with the re-export command", check,
+    )  # fmt: skip
+
+
 def test_unreadable_data_folder(run, data, tmp_path, monkeypatch):
     import glass_ad.datasets as datasets
     import glass_ad.tester as tester
