@@ -88,6 +88,7 @@ def serve_and_load(run: Path, images: list[bytes], max_batch: int, args, work: P
         "mean_batch": result.batch_mean,
         "logged_rows": int(logged),
         "lost_rows": result.ok - int(logged),
+        "load_average_1min_after": os.getloadavg()[0],  # other work on the machine shows up here
     }
 
 
@@ -102,7 +103,7 @@ def predict_throughput(run: Path, paths: list[Path], threads: int, count: int) -
     results = detector.predict(inputs)
     seconds = time.perf_counter() - start
     assert len(results) == count
-    line = {"images": count, "seconds": seconds, "images_per_s": count / seconds}
+    line = {"images": count, "seconds": seconds, "images_per_s": count / seconds, "load_average_1min_after": os.getloadavg()[0]}
     print(f"glass predict (batch 8, no overlays): {count / seconds:.1f} img/s", flush=True)
     return line
 

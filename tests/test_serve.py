@@ -748,3 +748,15 @@ def test_serve_command_refuses_a_database_it_cannot_use(run, tmp_path):
         assert message in result.output
     missing = CliRunner().invoke(app, ["serve", str(tmp_path / "no-run"), "--port", port])
     assert missing.exit_code == 2 and "no checkpoint" in missing.output
+
+
+def test_page_loads_nothing_from_outside(api):
+    import re
+
+    static = Path(__import__("glass_ad.serve.app", fromlist=["STATIC_DIR"]).STATIC_DIR)
+    for path in static.iterdir():
+        text = path.read_text()
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), path.name  # no CDN, no fonts
+    page = api.get("/").text
+    assert 'src="/static/app.js"' in page and 'href="/static/style.css"' in page
+    assert api.get("/docs").status_code == 404  # FastAPI's docs page would pull scripts from a CDN
