@@ -725,6 +725,9 @@ def test_report_rates():
     assert first.flag_rate == pytest.approx(2 / 3) and first.false_alarm_rate == pytest.approx(0.5)
     assert first.defect_rate == pytest.approx(1 / 3)
     assert total.missed == 1 and total.reviewed == 4 and per_model["m"][t0].inspected == 3
+    assert aggregate(outcomes, "day")[0] == "day" and len(aggregate(outcomes, "day")[1]) == 1
+    with pytest.raises(ValueError, match="bucket"):
+        aggregate([], "month")
 
 
 def test_serve_command_refuses_a_database_it_cannot_use(run, tmp_path):
@@ -760,3 +763,29 @@ def test_page_loads_nothing_from_outside(api):
     page = api.get("/").text
     assert 'src="/static/app.js"' in page and 'href="/static/style.css"' in page
     assert api.get("/docs").status_code == 404  # FastAPI's docs page would pull scripts from a CDN
+
+
+def test_onnx_engine_serves_the_same_scores(run, images, tmp_path):
+    """--engine onnx: the exported graph behind the same batcher gives the torch engine's numbers."""
+    pytest.importorskip("onnxruntime")
+    from glass_ad.export import export_onnx
+    from glass_ad.serve.models import load_served_model, parse_model_spec
+
+    export_onnx(run, tmp_path / "model.onnx")
+    shutil.copy(tmp_path / "model.onnx", run / "model.onnx")
+    try:
+        spec = parse_model_spec(f"line={run}")
+        served = {engine: load_served_model(spec, engine=engine, threads=1) for engine in ("torch", "onnx")}
+        try:
+            for path in images.values():
+                prepared = served["torch"].detector.prepare(np.array(Image.open(path).convert("RGB")))
+                torch_score = served["torch"].batcher.submit(prepared).result(30)
+                onnx_score = served["onnx"].batcher.submit(prepared).result(30)
+                assert onnx_score[0] == pytest.approx(torch_score[0], abs=1e-4)
+                assert np.abs(onnx_score[2] - torch_score[2]).max() < 1e-3
+            assert served["onnx"].info["engine"] == "onnx" and served["onnx"].version == served["torch"].version
+        finally:
+            for model in served.values():
+                model.close()
+    finally:
+        (run / "model.onnx").unlink()

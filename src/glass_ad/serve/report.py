@@ -86,6 +86,8 @@ def aggregate(
 ) -> tuple[str, dict[dt.datetime, Counts], dict[str, dict[dt.datetime, Counts]], Counts]:
     """(bucket used, counts per period, counts per model and period, totals) from (time, model, decision,
     review) tuples in time order."""
+    if bucket != "auto" and bucket not in BUCKETS:
+        raise ValueError(f"bucket must be one of {', '.join(BUCKETS)} or auto, got {bucket!r}")
     rows = list(outcomes) if bucket == "auto" else outcomes
     if bucket == "auto":
         bucket = choose_bucket(rows[0][0], rows[-1][0]) if rows else "day"
