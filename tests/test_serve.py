@@ -569,7 +569,7 @@ def _chromium() -> tuple[str, str] | None:
 
 
 @pytest.fixture
-def browser(tmp_path):
+def browser(tmp_path, monkeypatch):
     webdriver = pytest.importorskip("selenium.webdriver")
     found = _chromium()
     if found is None:
@@ -582,7 +582,7 @@ def browser(tmp_path):
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
                  f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,1000"):  # fmt: skip
         options.add_argument(flag)
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium look for drivers online
+    monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium look for drivers online
     driver = webdriver.Chrome(options=options, service=DriverService(executable_path=found[1]))
     try:
         yield driver
