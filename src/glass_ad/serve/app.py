@@ -37,7 +37,7 @@ from .batching import BatcherClosed, MicroBatcher
 from .images import BadImage, ImageTooLarge, Upload, decode_upload, png_bytes
 from .metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from .models import ModelSpec, ServedModel, load_served_model, parse_model_spec
-from .store import DatabaseError, InspectionLog, database_url, redact_url
+from .store import InspectionLog, database_url, redact_url
 
 log = logging.getLogger(__name__)
 
