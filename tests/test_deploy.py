@@ -99,6 +99,27 @@ def test_onnx_runtime_matches_pytorch_on_real_images(run, onnx_file, real_images
         assert x.path == str(path)
 
 
+def test_exported_model_takes_frames_and_carries_what_deciding_needs(run, onnx_file, real_images, torch_detector, tmp_path):
+    from glass_ad.runtime import Runtime
+
+    meta = read_metadata(onnx_file)
+    for key in ("image_threshold", "pixel_threshold", "f1_image_threshold", "normalization_center",
+                "pixel_normalization_scale", "bit_depth", "fit", "resize", "package_version", "export_package_version"):  # fmt: skip
+        assert key in meta
+    assert meta["preprocessing"] == "in-graph"
+    runtime = Runtime(onnx_file, batch_size=3)  # torch-free: nothing but the ONNX file
+    assert runtime.image_threshold == torch_detector.image_threshold
+    a, b = torch_detector(real_images), runtime(real_images)
+    assert [x.decision for x in a] == [y.decision for y in b]
+    assert max(abs(x.score - y.score) for x, y in zip(a, b)) < 1e-3
+    assert all(x.anomaly_map.shape == y.anomaly_map.shape for x, y in zip(a, b))
+    # The S×S graph (preprocessing outside) still exports, and the runtime feeds it by the numpy reference.
+    crop = export_onnx(run, tmp_path / "crop.onnx", preprocessing=False)
+    assert read_metadata(crop.path)["preprocessing"] == "external"
+    c = Runtime(crop.path)(real_images)
+    assert max(abs(x.score - y.score) for x, y in zip(a, c)) < 1e-3
+
+
 def test_exported_graph_is_the_inference_graph(run, onnx_file):
     meta = read_metadata(onnx_file)
     checkpoint = read_checkpoint(run)

@@ -73,26 +73,54 @@ def inference_graph(checkpoint: dict[str, Any], device: str | torch.device = "cp
     return InferenceGraph(model_from_checkpoint(checkpoint, device, fuse=True), calibration["image_normalization"]).eval()
 
 
-def export_metadata(checkpoint: dict[str, Any]) -> dict[str, str]:
-    """The ``glass_ad.*`` metadata an exported model carries (strings, as ONNX requires)."""
+def _or_empty(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def export_metadata(checkpoint: dict[str, Any], in_graph: bool = True) -> dict[str, str]:
+    """The ``glass_ad.*`` metadata an exported model carries (strings, as ONNX requires).
+
+    Everything a program needs to use the model without the checkpoint: image size, resize and fit, both
+    thresholds (false-alarm and, after `glass calibrate`, F1), the image and pixel normalisations, the
+    input bit depth and the package versions.
+    """
+    from . import __version__
+
     config = GlassConfig.from_dict(checkpoint["config"])
     calibration = resolve_calibration(checkpoint.get("calibration"))
+    training = checkpoint.get("training") or {}
     values = {
         "format": "glass-ad-onnx/1",
         "image_size": config.image_size,
         "resize": config.resize if config.resize is not None else "",
-        "fit": config.fit,
+        "fit": "crop" if config.fit == "auto" else config.fit,
+        "preprocessing": "in-graph" if in_graph else "external",
         "backbone": checkpoint["backbone"]["name"],
         "image_threshold": calibration["image_threshold"],
         "pixel_threshold": calibration["pixel_threshold"],
+        "f1_image_threshold": _or_empty(calibration.get("f1_image_threshold")),
+        "f1_pixel_threshold": _or_empty(calibration.get("f1_pixel_threshold")),
         "normalization_center": calibration["image_normalization"]["center"],
         "normalization_scale": calibration["image_normalization"]["scale"],
-        "input": "uint8 BxSxSx3 RGB, already resized/cropped to image_size",
+        "pixel_normalization_center": calibration["pixel_normalization"]["center"],
+        "pixel_normalization_scale": calibration["pixel_normalization"]["scale"],
+        "normalized_score": "1 / (1 + exp(-(score - normalization_center) / normalization_scale))",
+        "input": (
+            "uint8 BxHxWx3 RGB frames of any size (one size per batch); resize and crop are in the graph"
+            if in_graph
+            else "uint8 BxSxSx3 RGB, already resized/cropped to image_size"
+        ),
+        "outputs": "image_score (B), normalized_score (B), anomaly_map (" + ("BxHxW, the input frame" if in_graph else "BxSxS") + ")",
         "bit_depth": checkpoint_bit_depth(checkpoint) or "container",
         "input_scaling": "deeper than 8 bits: uint8 = round(v * 255 / (2^bit_depth - 1)), saturating at 255",
         "package_version": checkpoint.get("package_version", ""),
+        "export_package_version": __version__,
+        "data_fingerprint": training.get("data_fingerprint", ""),
     }
-    return {META_PREFIX + key: repr(value) if isinstance(value, float) else str(value) for key, value in values.items()}
+    return {
+        META_PREFIX + key: repr(float(value)) if isinstance(value, (float, np.floating)) else str(value)
+        for key, value in values.items()
+    }
 
 
 def read_metadata(onnx_path: str | os.PathLike) -> dict[str, str]:
@@ -147,15 +175,11 @@ def _export_dynamo(graph: nn.Module, example: torch.Tensor, path: Path, opset: i
         program.save(str(path))
 
 
-def onnx_session(onnx_path: str | os.PathLike, threads: int | None = None):
-    """An ONNX Runtime session on the CPU provider."""
-    import onnxruntime as ort
+def onnx_session(onnx_path: str | os.PathLike, threads: int | None = None, providers: Any = "cpu"):
+    """An ONNX Runtime session (CPU provider by default; see `runtime.resolve_providers`)."""
+    from .runtime import session
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    options.log_severity_level = 3  # warnings about unused initialisers etc. are noise for users
-    return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    return session(onnx_path, providers, threads)
 
 
 def compare(graph: InferenceGraph, onnx_path: str | os.PathLike, images: np.ndarray) -> dict[str, float]:
@@ -170,6 +194,26 @@ def compare(graph: InferenceGraph, onnx_path: str | os.PathLike, images: np.ndar
     }
 
 
+def compare_frames(checkpoint: dict[str, Any], graph: InferenceGraph, onnx_path: str | os.PathLike, frames: np.ndarray) -> dict[str, float]:
+    """Max |ONNX Runtime − PyTorch| per output for a model with the preprocessing in the graph, on uint8
+    frames B×H×W×3: PyTorch runs `Preprocessor` (resize + crop, rounding), the graph and `map_to_original`."""
+    from .datasets import Preprocessor
+
+    config = GlassConfig.from_dict(checkpoint["config"])
+    preprocessor = Preprocessor(config.image_size, config.resize, "crop" if config.fit == "auto" else config.fit)
+    prepared = np.stack([
+        (preprocessor.image(frame) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy() for frame in frames
+    ])  # fmt: skip
+    with torch.inference_mode():
+        scores, normalized, maps = (t.numpy() for t in graph(torch.from_numpy(prepared)))
+    full = np.stack([preprocessor.map_to_original(m, frames.shape[1:3]) for m in maps])
+    onnx_out = onnx_session(onnx_path).run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(frames, dtype=np.uint8)})
+    return {
+        name: float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+        for name, a, b in zip(OUTPUT_NAMES, onnx_out, (scores, normalized, full))
+    }
+
+
 def export_onnx(
     run: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -177,12 +221,16 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
     exporter: str = "auto",
+    preprocessing: bool = True,
 ) -> ExportResult:
     """Export the model of `run` (run directory or checkpoint) to ONNX; default ``RUN_DIR/model.onnx``.
 
     ``exporter``: ``torchscript`` (``dynamo=False``, robust for this graph), ``dynamo``, or ``auto`` (the
-    first, then the second if it fails). The file is checked with ``onnx.checker``; with ``verify`` a
-    random batch of 2 is run through ONNX Runtime and PyTorch and the differences are returned.
+    first, then the second if it fails). With ``preprocessing`` (default) the graph takes frames of any
+    size and returns the map on the frame (`frame_graph.wrap_frames`); without, it takes S×S crops. The
+    file is checked with ``onnx.checker``; with ``verify`` a random batch of 2 is run through ONNX Runtime
+    and PyTorch (frames of another size than S when the preprocessing is in the graph) and the
+    differences are returned.
     """
     import onnx
 
@@ -218,7 +266,12 @@ def export_onnx(
         raise RuntimeError("ONNX export failed: " + " | ".join(errors))
     try:
         model = onnx.load(str(tmp))
-        for key, value in export_metadata(checkpoint).items():
+        if preprocessing:
+            from .frame_graph import wrap_frames
+
+            config = GlassConfig.from_dict(checkpoint["config"])
+            model = wrap_frames(model, config.image_size, config.resize, "crop" if config.fit == "auto" else config.fit)
+        for key, value in export_metadata(checkpoint, in_graph=preprocessing).items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(model, full_check=True)
@@ -231,7 +284,11 @@ def export_onnx(
     result = ExportResult(path, used, int(written_opset))
     if verify:
         rng = np.random.default_rng(0)
-        result.max_abs_diff = compare(graph, path, rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8))
+        if preprocessing:
+            frames = rng.integers(0, 256, (2, size + 13, 2 * size + 5, 3), dtype=np.uint8)
+            result.max_abs_diff = compare_frames(checkpoint, graph, path, frames)
+        else:
+            result.max_abs_diff = compare(graph, path, rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8))
     return result
 
 

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field  # noqa: F401
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
@@ -40,102 +40,16 @@ import torch
 from .calibration import LN9, resolve_calibration
 from .config import GlassConfig
 from .datasets import Preprocessor
-from .io import IMAGE_EXTENSIONS, ImageReadError, check_bit_depth, list_images, read_image, to_uint8
+from .io import IMAGE_EXTENSIONS, ImageReadError, check_bit_depth, list_images
 from .model import checkpoint_bit_depth, checkpoint_path, read_checkpoint, resolve_device
+from .runtime import MIN_SIDE, ImageInput, Prediction, to_rgb  # noqa: F401 (re-exported: predict.Prediction, predict.to_rgb)
 from .safety import refuse_input_overlap, write_atomic
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Detector", "Prediction", "ImageInput", "collect_inputs", "predict_files"]
 
-MIN_SIDE = 8  # as io.read_image: smaller images carry no usable texture at stride 8
 OVERLAY_MAX_SIDE = 1024  # overlays of huge images are drawn downscaled (3 tiles wide)
-
-ImageInput = Union[np.ndarray, "PIL.Image.Image", str, os.PathLike]  # noqa: F821 (PIL is imported lazily)
-
-
-@dataclass
-class Prediction:
-    """The result for one image. Maps are at the image's original size."""
-
-    score: float  # raw image score (max patch score of the discriminator)
-    normalized: float  # in (0, 1); the false-alarm threshold maps to 0.5
-    is_anomalous: bool  # score >= the detector's image threshold
-    anomaly_map: np.ndarray  # float32 H×W
-    region: np.ndarray  # bool H×W: anomaly_map >= the detector's pixel threshold
-    path: str | None = None  # the file, when the input was one
-    threshold: float = float("nan")  # the image threshold the decision used
-    image: np.ndarray | None = field(default=None, repr=False)  # uint8 H×W×3, only with keep_image=True
-
-    @property
-    def decision(self) -> str:
-        return "anomalous" if self.is_anomalous else "normal"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (no arrays)."""
-        height, width = self.anomaly_map.shape
-        return {
-            "path": self.path,
-            "score": float(self.score),
-            "normalized_score": float(self.normalized),
-            "decision": self.decision,
-            "threshold": float(self.threshold),
-            "width": int(width),
-            "height": int(height),
-            "region_fraction": float(self.region.mean()) if self.region.size else 0.0,
-        }
-
-
-# ---------------------------------------------------------------------------------------------------
-# Inputs → uint8 H×W×3
-
-
-def _array_to_rgb(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim == 3 and array.shape[2] in (2, 4):  # grey+alpha / RGBA: alpha is dropped, like files
-        array = array[:, :, 0] if array.shape[2] == 2 else array[:, :, :3]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
-        raise ValueError(f"expected an H×W or H×W×3 image array, got shape {tuple(array.shape)}")
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"unsupported image array dtype {array.dtype}")
-    height, width = array.shape[:2]
-    if min(height, width) < MIN_SIDE:
-        raise ValueError(f"image is {width}x{height} pixels, smaller than the minimum {MIN_SIDE}x{MIN_SIDE}")
-    # The file reader's rule (one fixed scale per bit depth, floats in [0, 1] × 255), so that an array and
-    # the file it came from give the same pixels.
-    array = to_uint8(array, bit_depth)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(array)
-
-
-def _pil_to_array(image) -> np.ndarray:
-    # Modes numpy reads as they are (16/32-bit integers and floats keep their depth for _to_uint8);
-    # every other mode (palette, 1-bit, CMYK, …) is converted by Pillow itself.
-    if image.mode in ("RGB", "RGBA", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
-        return np.asarray(image)
-    return np.asarray(image.convert("RGB"))
-
-
-def to_rgb(item: ImageInput, bit_depth: int | None = None) -> tuple[np.ndarray, str | None]:
-    """One input as ``uint8`` H×W×3 RGB, and its path (None for in-memory images).
-
-    ``bit_depth`` scales inputs deeper than 8 bits (None: the container's depth). Raises `ImageReadError`
-    (files) or `ValueError` (arrays, PIL images) with a one-line reason.
-    """
-    if isinstance(item, (str, os.PathLike)):
-        return read_image(item, min_size=MIN_SIDE, bit_depth=bit_depth), str(item)
-    if isinstance(item, np.ndarray):
-        return _array_to_rgb(item, bit_depth), None
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        Image = None
-    if Image is not None and isinstance(item, Image.Image):
-        return _array_to_rgb(_pil_to_array(item), bit_depth), getattr(item, "filename", None) or None
-    raise TypeError(f"cannot predict on a {type(item).__name__}: pass a numpy array, a PIL image or a path")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -144,6 +58,7 @@ def to_rgb(item: ImageInput, bit_depth: int | None = None) -> tuple[np.ndarray, 
 
 class _TorchEngine:
     name = "torch"
+    in_graph = False  # takes S×S crops; Detector resizes and crops
 
     def __init__(self, checkpoint: dict[str, Any], device: torch.device):
         from .export import inference_graph
@@ -160,16 +75,19 @@ class _TorchEngine:
 class _OnnxEngine:
     name = "onnx"
 
-    def __init__(self, onnx_path: Path, checkpoint: dict[str, Any], threads: int | None = None):
+    def __init__(self, onnx_path: Path, checkpoint: dict[str, Any], threads: int | None = None, providers: str | Sequence[str] | None = "cpu"):
         from .export import INPUT_NAME, OUTPUT_NAMES, onnx_session, read_metadata
 
         if not onnx_path.is_file():
             raise FileNotFoundError(
                 f"no ONNX model at {onnx_path} (create it with `glass export RUN_DIR --format onnx --out {onnx_path}`)"
             )
-        _check_metadata(read_metadata(onnx_path), checkpoint, onnx_path)
+        meta = read_metadata(onnx_path)
+        _check_metadata(meta, checkpoint, onnx_path)
+        # In-graph preprocessing (the default of `glass export`): frames of any size in, maps on the frame out.
+        self.in_graph = meta.get("preprocessing") == "in-graph"
         self.path = onnx_path
-        self.session = onnx_session(onnx_path, threads)
+        self.session = onnx_session(onnx_path, threads, providers)
         self.input_name, self.output_names = INPUT_NAME, list(OUTPUT_NAMES)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -240,9 +158,11 @@ class Detector:
         threshold: str | float = "far",
         threads: int | None = None,
         bit_depth: int | None = None,
+        providers: str | Sequence[str] | None = "cpu",
     ) -> "Detector":
         """Load from a run directory or checkpoint file. ``engine="onnx"`` runs ``onnx_path`` (default
-        ``RUN_DIR/model.onnx``, written by `glass export`) with ONNX Runtime on the CPU. ``threads`` sets
+        ``RUN_DIR/model.onnx``, written by `glass export`) with ONNX Runtime on ``providers`` (``"cpu"``,
+        ``"cuda"``, ``"openvino"``, ``"auto"``…; see `runtime.resolve_providers`). ``threads`` sets
         ONNX Runtime's intra-op threads, or PyTorch's (process-wide) for the torch engine. ``bit_depth``
         overrides the input bit depth recorded at training (for images deeper than 8 bits)."""
         check_bit_depth(bit_depth)
@@ -255,7 +175,7 @@ class Detector:
             from .export import ONNX_NAME
 
             path = Path(onnx_path) if onnx_path is not None else checkpoint_path(run).parent / ONNX_NAME
-            runner = _OnnxEngine(path, checkpoint, threads)
+            runner = _OnnxEngine(path, checkpoint, threads, providers)
         else:
             raise ValueError(f"engine must be 'torch' or 'onnx', got {engine!r}")
         return cls(
@@ -294,7 +214,11 @@ class Detector:
 
     def score_prepared(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run the engine on prepared uint8 B×S×S×3 images: (raw scores, normalised scores, S×S maps)."""
-        return self.engine(np.ascontiguousarray(images, dtype=np.uint8))
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        if self.engine.in_graph and self.preprocessor.resize != self.preprocessor.image_size:
+            # An S×S crop fed to a graph that resizes would be resized again.
+            raise ValueError("this ONNX model resizes frames itself; pass whole frames to predict() instead")
+        return self.engine(images)
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None):
         return self.predict(images, batch_size=batch_size)
@@ -320,26 +244,34 @@ class Detector:
         With `on_error`, an input that cannot be read is reported there and skipped; without, it raises.
         """
         size = max(1, int(batch_size or self.batch_size))
-        pending: list[tuple[np.ndarray, str | None, np.ndarray]] = []
+        frames = self.engine.in_graph  # the graph resizes: batch whole frames, one size per batch
+        pending: list[tuple[np.ndarray, str | None, np.ndarray | None]] = []
         for item in images:
             try:
                 rgb, path = to_rgb(item, self.bit_depth)
-                pending.append((rgb, path, self.prepare(rgb)))
+                prepared = None if frames else self.prepare(rgb)
             except (ValueError, TypeError, OSError) as error:  # ImageReadError is a ValueError
                 if on_error is None:
                     raise
                 on_error(item, error)
                 continue
+            if frames and pending and pending[0][0].shape != rgb.shape:
+                yield from self._finish(pending, keep_image)
+                pending = []
+            pending.append((rgb, path, prepared))
             if len(pending) == size:
                 yield from self._finish(pending, keep_image)
                 pending = []
         if pending:
             yield from self._finish(pending, keep_image)
 
-    def _finish(self, batch: list[tuple[np.ndarray, str | None, np.ndarray]], keep_image: bool) -> Iterator[Prediction]:
-        scores, normalized, maps = self.score_prepared(np.stack([prepared for _, _, prepared in batch]))
+    def _finish(self, batch: list[tuple[np.ndarray, str | None, np.ndarray | None]], keep_image: bool) -> Iterator[Prediction]:
+        if self.engine.in_graph:
+            scores, normalized, maps = self.engine(np.ascontiguousarray(np.stack([rgb for rgb, _, _ in batch])))
+        else:
+            scores, normalized, maps = self.score_prepared(np.stack([prepared for _, _, prepared in batch]))
         for (rgb, path, _), score, norm, small in zip(batch, scores, normalized, maps):
-            full = self.preprocessor.map_to_original(small, rgb.shape[:2])
+            full = small if self.engine.in_graph else self.preprocessor.map_to_original(small, rgb.shape[:2])
             yield Prediction(
                 score=float(score),
                 normalized=float(norm),
