@@ -789,3 +789,22 @@ def test_onnx_engine_serves_the_same_scores(run, images, tmp_path):
                 model.close()
     finally:
         (run / "model.onnx").unlink()
+
+
+def test_a_model_that_fails_to_load_keeps_the_service_unready(run, tmp_path):
+    from fastapi import HTTPException
+
+    from glass_ad.serve.app import Service, ServeSettings
+
+    service = Service(ServeSettings(runs=[f"line={run}"], data_dir=tmp_path, engine="onnx"))  # no model.onnx
+    service.start()
+    try:
+        service._loader.join(timeout=60)
+        status = service.status()
+        assert status["status"] == "failed" and "glass export" in status["errors"]["line"]
+        assert not service.ready
+        with pytest.raises(HTTPException) as error:
+            service.model("line")
+        assert error.value.status_code == 503 and "failed to load" in error.value.detail
+    finally:
+        service.stop()
