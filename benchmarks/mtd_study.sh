@@ -18,8 +18,22 @@ case "${1:-all}" in
   fastseed|all)  # the same default with another seed: the run-to-run spread
     step fastseed1_train glass train $DATA --out runs/mtd_fast_seed1 --textures $DTD --seed 1 -q
     step fastseed1_test glass test runs/mtd_fast_seed1 $DATA --json runs/mtd_fast_seed1.json -q ;;&
-  patchcore|all)
-    step patchcore python benchmarks/patchcore_baseline.py $DATA --coreset 0.01 --json runs/patchcore.json ;;&
+  patchcore|patchcore0|all)  # bank from exactly the images GLASS trains on (seeds hold out different images)
+    step patchcore python benchmarks/patchcore_baseline.py $DATA --coreset 0.01 --seed 0 --json runs/patchcore.json ;;&
+  patchcore|patchcore1|all)
+    step patchcore_seed1 python benchmarks/patchcore_baseline.py $DATA --coreset 0.01 --seed 1 --json runs/patchcore_seed1.json ;;&
+  table4|all)  # paper Table 4 on MTD: LAS only; GAS only (noise; + ascent; + projection); both = fast
+    step las_only_train glass train $DATA --out runs/t4_las_only --textures $DTD --gas off -q
+    step las_only_test glass test runs/t4_las_only $DATA --json runs/t4_las_only.json -q
+    for mode in noise ascent full; do
+      step gas_${mode}_train glass train $DATA --out runs/t4_gas_$mode --textures $DTD --no-las --gas $mode -q
+      step gas_${mode}_test glass test runs/t4_gas_$mode $DATA --json runs/t4_gas_$mode.json -q
+    done ;;&
+  hybrid|all)  # the optional hybrid score, same training as fast seed 0
+    step hybrid_train glass train $DATA --out runs/mtd_hybrid --textures $DTD --score hybrid -q
+    step hybrid_test glass test runs/mtd_hybrid $DATA --json runs/mtd_hybrid.json -q ;;&
+  geometry|all)
+    step geometry python benchmarks/feature_scale.py $DATA --images 32 ;;&
   paper1|all)
     step paper1_train glass train $DATA --out runs/mtd_paper1 --textures $DTD --recipe paper --epochs 1 -q
     step paper1_test glass test runs/mtd_paper1 $DATA --json runs/mtd_paper1.json -q ;;&
