@@ -81,3 +81,26 @@ def test_cosine_schedule_decays_the_learning_rate(data, tmp_path):
 def test_unknown_schedule_is_rejected():
     with pytest.raises(ValueError, match="lr_schedule"):
         _config(lr_schedule="step")
+
+
+def test_every_branch_is_measured_and_gas_is_alive(trained):
+    """The history holds each branch's own effect: losses, GAS/LAS/unseen separations, the spacing."""
+    from typer.testing import CliRunner
+
+    from glass_ad.cli import app
+
+    run, result = trained
+    last = result.history[-1]
+    for key in ("loss_normal", "loss_gas", "loss_las", "p_gas", "spacing", "val_gas_separation",
+                "val_las_separation", "val_unseen_separation", "val_score"):
+        assert key in last, key
+    assert last["val_gas_separation"] > 0.7  # chance is 0.5; GAS is separable on held-out normals: the branch trains D
+    assert last["loss_gas"] < 0.6931  # below ln 2: better than chance
+    checkpoint = read_checkpoint(run)
+    assert checkpoint["geometry"]["scale"] > 0 and 0 < checkpoint["geometry"]["spacing_q10"] <= 1.0
+    shown = CliRunner().invoke(app, ["info", str(run)])
+    assert shown.exit_code == 0, shown.output
+    info = json.loads(shown.output)
+    assert len(info["branches"]["epochs"]) == len(result.history)
+    assert info["branches"]["warning"] is None
+    assert info["geometry"]["raw_spacing"] > 0
