@@ -1,0 +1,82 @@
+"""The validation-only anomaly family, grey textures for grey products, and measured training precision."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glass_ad.precision import PrecisionChoice, choose_precision
+from glass_ad.textures import GreyTextures, ProceduralTextures
+from glass_ad.trainer import is_grey
+from glass_ad.unseen_anomalies import UnseenAnomalySynthesizer
+
+
+def _grey_batch(count=6, size=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    grey = 0.3 + 0.4 * torch.rand(count, 1, size, size, generator=generator)
+    return grey.expand(count, 3, size, size).clone()
+
+
+def test_unseen_family_changes_only_intensity_near_its_mask():
+    images = _grey_batch()
+    out = UnseenAnomalySynthesizer(64)(images, None, np.random.default_rng(0))
+    assert out.images.shape == images.shape and out.images.min() >= 0 and out.images.max() <= 1
+    # Intensity-only: a grey image stays grey (same factor on every channel).
+    assert torch.allclose(out.images[:, 0], out.images[:, 1]) and torch.allclose(out.images[:, 0], out.images[:, 2])
+    for i in range(len(images)):
+        assert out.masks[i].sum() > 0  # never empty
+        changed = (out.images[i] - images[i]).abs().amax(0) > 1e-4
+        # Changes stay near the mask (strokes: edge blur of a pixel or two; blobs: the soft tail).
+        near = F.max_pool2d(out.masks[i][None], 15, stride=1, padding=7)[0, 0] > 0
+        if out.modes[i] == "stroke":
+            assert not (changed & ~near).any()
+        assert changed.any()
+    # Patch labels are the masks max-pooled by the stride, row-major like the features.
+    assert torch.equal(out.patch_labels, F.max_pool2d(out.masks, 8).flatten(1))
+    assert set(out.modes) <= {"stroke", "blob"}
+
+
+def test_unseen_family_is_fixed_by_its_seed_and_draws_both_kinds():
+    images = _grey_batch(count=16)
+    synth = UnseenAnomalySynthesizer(64)
+    a = synth(images, None, np.random.default_rng(7))
+    b = synth(images, None, np.random.default_rng(7))
+    assert torch.equal(a.images, b.images) and a.modes == b.modes
+    assert {"stroke", "blob"} <= set(a.modes)
+
+
+def test_unseen_family_starts_inside_the_foreground():
+    images = _grey_batch(count=8)
+    foreground = torch.zeros(8, 1, 64, 64, dtype=torch.bool)
+    foreground[..., 20:44, 20:44] = True
+    out = UnseenAnomalySynthesizer(64, stroke_share=0.0)(images, foreground, np.random.default_rng(1))
+    centres = [torch.nonzero(m[0] > 0).float().mean(0) for m in out.masks]
+    assert all(16 <= float(c[0]) <= 48 and 16 <= float(c[1]) <= 48 for c in centres)
+
+
+def test_grey_textures_and_grey_detection():
+    source = ProceduralTextures(32)
+    texture = GreyTextures(source).sample(np.random.default_rng(0))
+    assert texture.shape == (32, 32, 3) and texture.dtype == np.uint8
+    assert np.array_equal(texture[..., 0], texture[..., 1]) and np.array_equal(texture[..., 0], texture[..., 2])
+    grey = (torch.rand(4, 1, 16, 16) * 255).to(torch.uint8).expand(4, 3, 16, 16).clone()
+    assert is_grey(grey)
+    colour = grey.clone()
+    colour[:, 0] = 255 - colour[:, 0]
+    assert not is_grey(colour)
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert choose_precision("fp32", cpu, 16) == PrecisionChoice(False, "float32 (asked for)")
+    assert choose_precision("bf16", cpu, 16).bf16
+    auto = choose_precision("auto", cpu, 16, hidden=32, rows=256, repeats=1)
+    assert auto.reason.startswith("bf16" if auto.bf16 else "float32")
+    if auto.fp32_ms is not None:  # measured: bf16 is chosen only when clearly faster
+        assert auto.bf16 == (auto.fp32_ms / auto.bf16_ms >= 1.15)
+    # The measurement leaves the global random state alone.
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    choose_precision("auto", cpu, 24, hidden=32, rows=128, repeats=1)
+    assert torch.equal(torch.rand(3), expected)
