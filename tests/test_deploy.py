@@ -120,6 +120,29 @@ def test_exported_model_takes_frames_and_carries_what_deciding_needs(run, onnx_f
     assert max(abs(x.score - y.score) for x, y in zip(a, c)) < 1e-3
 
 
+def test_predict_saves_maps_masks_and_boxes(run, real_images, tmp_path):
+    from glass_ad.predict import predict_files
+
+    summary = predict_files(run, real_images[:2], tmp_path / "npy", progress=False, save_maps="npy", save_masks=True,
+                            overlays=False, threshold=-1e9)  # fmt: skip
+    rows = json.loads((tmp_path / "npy" / "predictions.json").read_text())["predictions"]
+    for row in rows:
+        raw = np.load(row["map"])
+        mask = np.asarray(Image.open(row["mask"]))
+        assert raw.shape == mask.shape == (row["height"], row["width"]) and raw.dtype == np.float32
+        assert set(np.unique(mask)) <= {0, 255} and (mask > 0).mean() == pytest.approx(row["region_fraction"])
+        assert all(set(box) == {"x", "y", "width", "height", "area", "peak"} for box in row["boxes"])
+        assert sum(box["area"] for box in row["boxes"]) == int((mask > 0).sum())
+    summary = predict_files(run, real_images[:1], tmp_path / "png", progress=False, save_maps="png", overlays=False)
+    row = json.loads((tmp_path / "png" / "predictions.json").read_text())["predictions"][0]
+    png, raw = np.asarray(Image.open(row["map"])), np.load(tmp_path / "npy" / "maps" / Path(rows[0]["map"]).relative_to(tmp_path / "npy" / "maps"))
+    low, high = summary["maps"]["png_low"], summary["maps"]["png_high"]
+    assert png.dtype == np.uint16 and png.shape == raw.shape
+    assert np.abs(low + (high - low) * png / 65535.0 - np.clip(raw, low, high)).max() <= (high - low) / 65535.0
+    with pytest.raises(ValueError, match="save_maps"):
+        predict_files(run, real_images[:1], tmp_path / "bad", progress=False, save_maps="tiff")
+
+
 def test_exported_graph_is_the_inference_graph(run, onnx_file):
     meta = read_metadata(onnx_file)
     checkpoint = read_checkpoint(run)
@@ -222,7 +245,8 @@ def test_predict_command_skips_bad_files_and_writes_results(run, real_images, tm
         assert 0.0 <= float(row["normalized_score"]) <= 1.0
         overlay = Image.open(row["overlay"])
         assert max(int(row["width"]), int(row["height"])) <= 1024  # drawn at full size: three tiles wide
-        assert overlay.size[0] == 3 * int(row["width"]) and overlay.mode == "RGB"
+        # three tiles, then the colour scale (a strip narrower than a tile for these sizes)
+        assert 3 * int(row["width"]) < overlay.size[0] < 4 * int(row["width"]) and overlay.mode == "RGB"
 
 
 def test_predict_command_json_and_all_bad_input(run, onnx_file, real_images, tmp_path):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -67,3 +69,71 @@ def test_case_grid_titles_and_unicode_title(tmp_path):
     assert (panel[:28] < 128).any()  # some text was drawn in the bar
     grid = vz.case_grid([img, img], tmp_path / "g.png", columns=1, titles=["a", None])
     assert grid.shape == (2 * (64 + 28), 64, 3)
+
+
+# ------------------------------------------------------------------------ readable pictures (issue 13)
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "overlay_panel.png"
+
+
+def _snapshot_panel() -> np.ndarray:
+    """A fixed input: a grey gradient frame 80×120 with one bright blob, the centre 80×80 inspected."""
+    yy, xx = np.mgrid[0:80, 0:120]
+    image = np.stack([(xx * 2) % 256, (yy * 3) % 256, np.full_like(xx, 128)], axis=-1).astype(np.uint8)
+    amap = np.exp(-(((xx - 60) / 8.0) ** 2 + ((yy - 40) / 8.0) ** 2)).astype(np.float32)
+    return vz.overlay_panel(image, amap, vmin=-0.2, vmax=1.0, threshold=0.4, title="part_007.png: anomalous, score 0.912",
+                            inspected=(0, 20, 80, 100), colorbar=True)  # fmt: skip
+
+
+def test_overlay_snapshot():
+    """The picture of a fixed input stays what a person checked (tolerance for font anti-aliasing)."""
+    panel = _snapshot_panel()
+    if not SNAPSHOT.exists():  # first run writes the reference; look at it before committing
+        vz.save_png(SNAPSHOT, panel)
+    reference = np.asarray(Image.open(SNAPSHOT).convert("RGB"))
+    assert panel.shape == reference.shape
+    difference = np.abs(panel.astype(int) - reference.astype(int))
+    assert difference.mean() < 1.0 and (difference.max(axis=2) > 40).mean() < 0.005
+
+
+def test_not_inspected_area_is_hatched_grey_not_blue():
+    panel = _snapshot_panel()
+    bar = panel.shape[0] - 80
+    heat = panel[bar:, 120:240]
+    outside, inside_low = heat[:, :20].reshape(-1, 3).astype(int), heat[70:, 30:40].reshape(-1, 3).astype(int)
+    spread = lambda px: (px.max(axis=1) - px.min(axis=1)).mean()  # noqa: E731 (grey: channels equal)
+    assert spread(outside) < 40 < spread(inside_low)  # coloured (blue) inside, grey outside
+    assert len(np.unique(outside[:, 0])) >= 2  # hatched: light and dark lines
+
+
+def test_colorbar_marks_the_threshold_and_titles_fit():
+    strip = vz.colorbar(200, vmin=0.0, vmax=1.0, threshold=0.25)
+    assert strip.shape[0] == 200 and strip.dtype == np.uint8
+    row = int(round((1 - 0.25) * 199))
+    assert (strip[row, 2:6] < 30).all()  # the black threshold line across the ramp
+    assert strip[5, 4, 0] > strip[5, 4, 2] and strip[195, 4, 2] > strip[195, 4, 0]  # red on top, blue at the bottom
+    long_title = "a very long file name that would never fit into a small picture.png: anomalous, score 0.999"
+    small = vz._with_title(np.zeros((40, 90, 3), np.uint8), long_title)
+    large = vz._with_title(np.zeros((400, 3000, 3), np.uint8), "score 0.9")
+    assert small.shape[1] == 90 and (small[: small.shape[0] - 40, -4:] == 255).all()  # text ends before the edge
+    assert large.shape[0] - 400 > 40  # the bar (and the font) grows with the picture
+
+
+def test_outlines_only_when_asked_and_small_regions_dropped():
+    img, amap = _inputs()
+    assert _red_count(vz.overlay_panel(img, amap, vmin=0.0, vmax=1.0, threshold=0.5, outline=False)[:, 128:]) == 0
+    speck = np.zeros((64, 64), np.float32)
+    speck[5:7, 5:7] = 1.0
+    speck[30:50, 30:50] = 1.0
+    boxes = vz.region_boxes(speck > 0.5, speck, min_area=10)
+    assert boxes == [{"x": 30, "y": 30, "width": 20, "height": 20, "area": 400, "peak": 1.0}]
+    assert len(vz.region_boxes(speck > 0.5)) == 2
+    few = vz.overlay_panel(img, speck, vmin=0.0, vmax=1.0, threshold=0.5, min_area=10)
+    assert _red_count(few[:12, 128:140]) == 0 and _red_count(few[:, 128:]) > 0
+
+
+def test_one_colour_scale_from_the_calibration():
+    calibration = {"pixel_threshold": 0.6, "pixel_normalization": {"center": 0.6, "scale": 0.1}}
+    low, high = vz.heat_range(calibration)
+    assert low < 0.6 < high and abs((low + high) / 2 - 0.6) < 1e-12
+    assert abs(high - low - 2 * 0.1 * np.log(9)) < 1e-12

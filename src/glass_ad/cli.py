@@ -393,7 +393,10 @@ def demo(
     typer.echo(f"trained in {result.wall_time_s:.0f} s → {result.checkpoint}")
     report = run_test(out / "run", data, json_path=out / "metrics.json", report_dir=out / "report", progress=not quiet)
     _print_report(report)
-    typer.echo(f"metrics: {out / 'metrics.json'}; pictures: {out / 'report'}")
+    from .previews import heatmap_grid
+
+    heatmaps = heatmap_grid(out / "run", data, out / "report" / "heatmaps.png", count=8, columns=2)
+    typer.echo(f"metrics: {out / 'metrics.json'}; pictures: {out / 'report'} (heatmaps: {heatmaps})")
 
 
 @app.command()
@@ -484,12 +487,17 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     force: bool = typer.Option(False, "--force", help="Replace predictions.* and overlays of an earlier run in OUT (default: refuse)."),
     bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help=_BIT_DEPTH_HELP),
+    providers: str = typer.Option("cpu", help="ONNX Runtime execution provider for --engine onnx: cpu, cuda, openvino, tensorrt, directml, coreml, auto."),
+    save_maps: Optional[str] = typer.Option(None, "--save-maps", help="Also write raw maps at the original size into OUT/maps: npy (float32) or png (16-bit, the colour scale onto 0..65535)."),
+    save_masks: bool = typer.Option(False, "--save-masks", help="Also write the predicted regions as 0/255 PNGs into OUT/masks."),
+    outlines: str = typer.Option("anomalous", help="Red region outlines on the overlays: anomalous (only images decided anomalous), all, none."),
+    min_area: int = typer.Option(0, "--min-area", min=0, help="Smallest region (pixels) outlined and listed in the JSON boxes."),
 ) -> None:
     """Score images: raw and normalized score, decision, heatmap overlay; one line per unreadable file."""
     from .predict import predict_files, summary_line
 
     try:
-        _predict_preflight(run_dir, paths, out, fmt.value, overlays, onnx, force)
+        _predict_preflight(run_dir, paths, out, fmt.value, overlays, onnx, force, bool(save_maps), save_masks)
         summary = predict_files(
             run_dir,
             paths,
@@ -504,6 +512,11 @@ def predict(
             progress=not quiet,
             threads=threads,
             bit_depth=bit_depth,
+            providers=providers,
+            save_maps=save_maps,
+            save_masks=save_masks,
+            outlines=outlines,
+            min_area=min_area,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
@@ -516,14 +529,14 @@ def predict(
     typer.echo(summary_line(summary))
 
 
-def _predict_preflight(run_dir, paths, out, fmt, overlays, onnx, force) -> None:
+def _predict_preflight(run_dir, paths, out, fmt, overlays, onnx, force, maps=False, masks=False) -> None:
     from .model import read_checkpoint
     from .predict import check_outputs, output_paths
     from .safety import ensure_writable, output_lock, refuse_existing
 
     check_outputs(run_dir, paths, out, fmt=fmt, overlays=overlays, onnx_path=onnx)
     read_checkpoint(run_dir)
-    refuse_existing(output_paths(out, fmt, overlays), force=force)
+    refuse_existing(output_paths(out, fmt, overlays, maps, masks), force=force)
     ensure_writable(out)
     _hold_for_command(output_lock(out))
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 import numpy as np
 import torch
 
-from .calibration import LN9, resolve_calibration
+from .calibration import resolve_calibration
 from .config import GlassConfig
 from .datasets import Preprocessor
 from .io import IMAGE_EXTENSIONS, ImageReadError, check_bit_depth, list_images
@@ -286,33 +286,56 @@ class Detector:
     # -------------------------------------------------------------------------------------- pictures
 
     def heat_range(self) -> tuple[float, float]:
-        """Fixed colour scale for this model's maps: a typical normal pixel at the bottom, the pixel
-        threshold in the middle, so heatmaps of different images compare at a glance."""
-        threshold = float(self.pixel_threshold)
-        spread = float(self.calibration["pixel_normalization"]["scale"]) * LN9  # threshold − median normal
-        spread = spread if spread > 1e-6 else max(threshold, 1e-3)
-        return threshold - spread, threshold + spread
+        """Fixed colour scale for this model's maps (`visualize.heat_range`: a typical normal pixel at the
+        bottom, the pixel threshold in the middle), so heatmaps of different images compare at a glance."""
+        from .visualize import heat_range
 
-    def overlay(self, prediction: Prediction, image: np.ndarray | None = None, title: str | None = None) -> np.ndarray:
-        """original | heatmap | predicted-region contour, as a uint8 RGB panel (downscaled when large)."""
+        return heat_range({**self.calibration, "pixel_threshold": self.pixel_threshold})
+
+    def overlay(
+        self,
+        prediction: Prediction,
+        image: np.ndarray | None = None,
+        title: str | None = None,
+        *,
+        outlines: str = "anomalous",
+        min_area: int = 0,
+        colorbar: bool | None = None,
+    ) -> np.ndarray:
+        """original | heatmap | predicted-region contour (| colour scale), uint8 RGB, downscaled when large.
+
+        The area the centre crop drops is hatched grey ("not inspected"). ``outlines``: ``"anomalous"``
+        (default: red outlines only on images decided anomalous), ``"all"`` or ``"none"``; regions under
+        ``min_area`` pixels (of the original image) are not outlined. ``colorbar`` (default: with a title;
+        ``title=""`` gives the bare three tiles) appends the colour scale with the pixel threshold marked.
+        """
         import cv2
 
         from .visualize import overlay_panel
 
+        if outlines not in ("anomalous", "all", "none"):
+            raise ValueError(f"outlines must be 'anomalous', 'all' or 'none', got {outlines!r}")
         picture = image if image is not None else prediction.image
         if picture is None:
             raise ValueError("overlay needs the image: predict with keep_image=True or pass image=")
         height, width = picture.shape[:2]
+        inspected = self.preprocessor.crop_box(height, width).in_original()
         scale = OVERLAY_MAX_SIDE / max(height, width)
         if scale < 1.0:  # overlay_panel resizes the map to the image; contours follow the resized map
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
+            inspected = tuple(v * scale for v in inspected)
+            min_area = int(round(min_area * scale * scale))
+        else:
+            scale = 1.0
         vmin, vmax = self.heat_range()
         if title is None:
             title = f"{prediction.decision}: score {prediction.score:.3f} (normalized {prediction.normalized:.2f})"
+        outline = outlines == "all" or (outlines == "anomalous" and prediction.is_anomalous)
         return overlay_panel(
-            picture, prediction.anomaly_map, vmin=vmin, vmax=vmax, threshold=self.pixel_threshold, title=title
-        )
+            picture, prediction.anomaly_map, vmin=vmin, vmax=vmax, threshold=self.pixel_threshold, title=title,
+            inspected=inspected, outline=outline, min_area=min_area, colorbar=bool(title) if colorbar is None else colorbar,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -377,8 +400,19 @@ def predict_files(
     report: Callable[[str], None] | None = None,
     threads: int | None = None,
     bit_depth: int | None = None,
+    providers: str | Sequence[str] | None = "cpu",
+    save_maps: str | None = None,
+    save_masks: bool = False,
+    outlines: str = "anomalous",
+    min_area: int = 0,
 ) -> dict[str, Any]:
     """Predict every image under `paths`; write overlays and ``predictions.{json,csv}`` into `out`.
+
+    ``save_maps``: also write each raw map at the original size, ``"npy"`` (float32) into ``maps/`` or
+    ``"png"`` (16-bit: the model's colour scale `Detector.heat_range` mapped linearly onto 0…65535, so the
+    pixel threshold is 32768; the scale is in the summary); ``save_masks``: the predicted region as a
+    0/255 PNG into ``masks/``. JSON rows always carry ``boxes`` (connected regions of at least
+    ``min_area`` pixels, largest first). ``outlines``/``min_area``: see `Detector.overlay`.
 
     Each unreadable input is reported as one line through `report` (default: stderr) and skipped.
     Returns the summary (also the JSON file's header): counts, thresholds, result file, errors. When no
@@ -391,14 +425,19 @@ def predict_files(
 
     from .visualize import save_png
 
+    from .visualize import region_boxes
+
     if fmt not in ("json", "csv"):
         raise ValueError(f"format must be 'json' or 'csv', got {fmt!r}")
+    if save_maps not in (None, "npy", "png"):
+        raise ValueError(f"save_maps must be 'npy' or 'png', got {save_maps!r}")
     out = Path(out)
     check_outputs(run, paths, out, fmt=fmt, overlays=overlays, onnx_path=onnx_path)
     detector = Detector.load(
         run, device=device, engine=engine, onnx_path=onnx_path, batch_size=batch_size, threshold=threshold,
-        threads=threads, bit_depth=bit_depth,
+        threads=threads, bit_depth=bit_depth, providers=providers,
     )  # fmt: skip
+    low, high = detector.heat_range()
     files, problems = collect_inputs(paths)
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(files), desc="predicting", unit="img", disable=not progress, file=sys.stderr)
@@ -425,13 +464,29 @@ def predict_files(
         [path for path, _ in files], on_error=failed, keep_image=overlays, batch_size=batch_size
     ):
         row = prediction.to_dict()
+        name = overlay_names[str(prediction.path)]
+        row["boxes"] = region_boxes(prediction.region, prediction.anomaly_map, min_area)
+        if save_maps == "npy":
+            target = out / "maps" / name.with_suffix(".npy")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            np.save(target, prediction.anomaly_map.astype(np.float32))
+            row["map"] = str(target)
+        elif save_maps == "png":
+            target = out / "maps" / name
+            scaled = np.clip((prediction.anomaly_map - low) / max(high - low, 1e-12), 0.0, 1.0)
+            _save_png16(target, np.round(scaled * 65535.0).astype(np.uint16))
+            row["map"] = str(target)
+        if save_masks:
+            target = out / "masks" / name
+            save_png(target, prediction.region.astype(np.uint8) * 255)
+            row["mask"] = str(target)
         if overlays:
-            target = out / "overlays" / overlay_names[str(prediction.path)]
+            target = out / "overlays" / name
             title = (
                 f"{Path(str(prediction.path)).name}: {prediction.decision}, score {prediction.score:.3f} "
                 f"(normalized {prediction.normalized:.2f})"
             )
-            save_png(target, detector.overlay(prediction, title=title))
+            save_png(target, detector.overlay(prediction, title=title, outlines=outlines, min_area=min_area))
             row["overlay"] = str(target)
         else:
             row["overlay"] = ""
@@ -451,8 +506,12 @@ def predict_files(
         "n_failed": len(errors),
         "results": str(results) if results else None,
         "overlays": str(out / "overlays") if overlays and rows else None,
+        "maps": ({"folder": str(out / "maps"), "format": save_maps} if save_maps and rows else None),
+        "masks": str(out / "masks") if save_masks and rows else None,
         "errors": errors,
     }
+    if save_maps == "png" and rows:
+        summary["maps"].update(png_low=low, png_high=high, png_rule="map = low + (high - low) * value / 65535")
     if results is None:
         pass  # nothing predicted: an earlier results file stays as it was
     elif fmt == "json":
@@ -462,10 +521,20 @@ def predict_files(
     return summary
 
 
-def output_paths(out: str | os.PathLike, fmt: str = "json", overlays: bool = True) -> list[Path]:
+def _save_png16(path: Path, values: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values.astype(np.uint16)).save(path, format="PNG")
+
+
+def output_paths(
+    out: str | os.PathLike, fmt: str = "json", overlays: bool = True, maps: bool = False, masks: bool = False
+) -> list[Path]:
     """The files and folders `predict_files` writes into `out`."""
     out = Path(out)
-    return [out / f"predictions.{fmt}"] + ([out / "overlays"] if overlays else [])
+    extra = ([out / "maps"] if maps else []) + ([out / "masks"] if masks else [])
+    return [out / f"predictions.{fmt}"] + ([out / "overlays"] if overlays else []) + extra
 
 
 def check_outputs(

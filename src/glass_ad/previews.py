@@ -285,7 +285,9 @@ def heatmap_grid(
         output = model(torch.stack([b["image"] for b in batch]))
     maps = output.anomaly_maps.numpy()
     calibration = checkpoint.get("calibration") or {}
-    vmax = max(float(np.quantile(maps, 0.999)), 1e-6)
+    from .tester import _heat_range
+
+    vmin, vmax = _heat_range(calibration, maps)
     panels = []
     for item, amap, score in zip(batch, maps, output.image_scores.tolist()):
         image = (item["image"] * 255).round().byte().permute(1, 2, 0).numpy()
@@ -293,7 +295,8 @@ def heatmap_grid(
         title = f"{item['defect_type']}: score {score:.3f} {Path(item['path']).name}"
         panels.append(
             visualize.overlay_panel(
-                image, amap, vmin=0.0, vmax=vmax, threshold=calibration.get("pixel_threshold"), title=title, gt_mask=mask
+                image, amap, vmin=vmin, vmax=vmax, threshold=calibration.get("pixel_threshold"), title=title, gt_mask=mask,
+                colorbar=True,
             )
         )
     visualize.case_grid(panels, out, columns=columns)

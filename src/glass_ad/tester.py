@@ -216,7 +216,7 @@ def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, dev
     false_pos, false_neg = evaluator.worst_cases(threshold, k=6)
     panels, titles = [], []
     maps = evaluator.maps
-    vmax = float(np.quantile(maps[: len(scores)], 0.999)) if len(scores) else 1.0
+    vmin, vmax = _heat_range(calibration, maps[: len(scores)])
     for kind, indices in (("false positive", false_pos), ("false negative", false_neg)):
         for i in indices:
             path = evaluator.paths[i]
@@ -229,15 +229,27 @@ def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, dev
                 visualize.overlay_panel(
                     image,
                     maps[i],
-                    vmin=0.0,
-                    vmax=max(vmax, 1e-6),
+                    vmin=vmin,
+                    vmax=vmax,
                     threshold=calibration.get("pixel_threshold"),
+                    colorbar=True,
                     title=f"{kind}: score {scores[i]:.3f} (thr {threshold:.3f}) {Path(path).name}",
                     gt_mask=gt,
                 )
             )
     if panels:
         visualize.case_grid(panels, folder / "worst_cases.png", columns=1)
+
+
+def _heat_range(calibration: dict, maps: np.ndarray) -> tuple[float, float]:
+    """The model's one colour scale (`visualize.heat_range`, as `glass predict`); without a pixel
+    threshold, 0 to the 99.9 % quantile of the maps."""
+    from .calibration import resolve_calibration
+    from .visualize import heat_range
+
+    if calibration and calibration.get("pixel_threshold") is not None:
+        return heat_range(resolve_calibration(calibration))
+    return 0.0, max(float(np.quantile(maps, 0.999)) if len(maps) else 1.0, 1e-6)
 
 
 def _write_scores_csv(path: str | Path, evaluator: StreamingEvaluator) -> None:

@@ -14,11 +14,74 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["colorize", "overlay_panel", "save_png", "score_histogram", "case_grid"]
+__all__ = [
+    "colorize",
+    "heat_range",
+    "overlay_panel",
+    "colorbar",
+    "region_boxes",
+    "save_png",
+    "score_histogram",
+    "case_grid",
+]
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
+GREY = (128, 128, 128)
 _TITLE_H = 28
+LN9 = math.log(9.0)
+
+
+def heat_range(calibration: dict) -> tuple[float, float]:
+    """The one colour scale of a model's maps (predict, test and preview pictures all use it): a typical
+    normal pixel (the median of held-out normal pixels) at the bottom, the pixel threshold in the middle,
+    as far above it as the median is below. ``calibration``: a checkpoint's (resolved) calibration."""
+    threshold = float(calibration["pixel_threshold"])
+    normalization = calibration.get("pixel_normalization") or {}
+    spread = float(normalization.get("scale", 0.0)) * LN9  # threshold − median normal pixel
+    spread = spread if spread > 1e-6 else max(abs(threshold), 1e-3)
+    return threshold - spread, threshold + spread
+
+
+def region_boxes(region: np.ndarray, anomaly_map: np.ndarray | None = None, min_area: int = 0) -> list[dict]:
+    """Connected regions of a bool mask as boxes ``{x, y, width, height, area, peak}`` (pixels; ``peak``:
+    the highest map value inside, when a map is given), largest first; regions under ``min_area`` pixels
+    are left out."""
+    mask = np.asarray(region).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    boxes = []
+    for label in range(1, count):
+        x, y, width, height, area = (int(v) for v in stats[label])
+        if area < max(1, int(min_area)):
+            continue
+        box = {"x": x, "y": y, "width": width, "height": height, "area": area}
+        if anomaly_map is not None:
+            box["peak"] = float(np.asarray(anomaly_map)[labels == label].max())
+        boxes.append(box)
+    return sorted(boxes, key=lambda b: -b["area"])
+
+
+def _drop_small(region: np.ndarray, min_area: int) -> np.ndarray:
+    if min_area <= 1 or not region.any():
+        return region
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+    keep = np.zeros(count, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    return keep[labels]
+
+
+def _hatch(tile: np.ndarray, image: np.ndarray, outside: np.ndarray) -> None:
+    """Where ``outside`` (the area the model did not inspect): the image in faded grey under diagonal
+    lines, so it never reads as a (blue) "normal" score."""
+    if not outside.any():
+        return
+    h, w = outside.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    lines = ((xx + yy) % 8) < 2
+    luminance = image.astype(np.float32).mean(axis=2, keepdims=True)
+    faded = np.repeat(0.35 * luminance + 0.65 * GREY[0], 3, axis=2).astype(np.uint8)
+    tile[outside] = faded[outside]
+    tile[outside & lines] = (90, 90, 90)
 
 
 def colorize(map01: np.ndarray) -> np.ndarray:
@@ -57,12 +120,20 @@ def overlay_panel(
     threshold: float | None = None,
     title: str | None = None,
     gt_mask: np.ndarray | None = None,
+    inspected: np.ndarray | tuple[float, float, float, float] | None = None,
+    outline: bool = True,
+    min_area: int = 0,
+    colorbar: bool = False,
 ) -> np.ndarray:
     """Three tiles side by side: original | heatmap over original | contours.
 
-    The map is resized to the image size; the heatmap is ``(map - vmin) / (vmax - vmin)``.
-    The third tile outlines ``map >= threshold`` in red and, if given, ``gt_mask`` in green.
-    An optional title bar is added on top. Returns ``uint8`` RGB.
+    The map is resized to the image size; the heatmap is ``(map - vmin) / (vmax - vmin)`` (use
+    `heat_range` so that every picture of a model shares one scale). The third tile outlines ``map >=
+    threshold`` in red (with ``outline``; regions under ``min_area`` pixels left out) and, if given,
+    ``gt_mask`` in green. ``inspected`` (a bool mask, or a box ``(y0, x0, y1, x1)`` in image pixels) marks
+    what the model saw: elsewhere (the ends a centre crop drops) the heatmap is hatched grey, "not
+    inspected", not coloured as normal. ``colorbar`` appends the colour scale with the threshold marked.
+    An optional title bar (its text sized to the width) is added on top. Returns ``uint8`` RGB.
     """
     img = _as_rgb(image)
     h, w = img.shape[:2]
@@ -74,10 +145,16 @@ def overlay_panel(
     span = float(vmax) - float(vmin)
     norm = (amap - float(vmin)) / span if span > 0 else np.zeros_like(amap)
     heat = cv2.addWeighted(img, 0.5, colorize(norm), 0.5, 0.0)
+    seen = _inspected_mask(inspected, h, w)
 
     contour_tile = img.copy()
-    if threshold is not None:
-        _draw_contours(contour_tile, amap >= float(threshold), RED)
+    if seen is not None:
+        _hatch(heat, img, ~seen)
+    if threshold is not None and outline:
+        region = amap >= float(threshold)
+        if seen is not None:
+            region &= seen
+        _draw_contours(contour_tile, _drop_small(region, min_area), RED)
     if gt_mask is not None:
         gt = np.asarray(gt_mask).astype(np.uint8)
         if gt.ndim == 3:
@@ -86,19 +163,86 @@ def overlay_panel(
             gt = cv2.resize(gt, (w, h), interpolation=cv2.INTER_NEAREST)
         _draw_contours(contour_tile, gt > 0, GREEN)
 
-    panel = np.concatenate([img, heat, contour_tile], axis=1)
+    tiles = [img, heat, contour_tile]
+    if colorbar:
+        tiles.append(_colorbar_tile(h, vmin, vmax, threshold))
+    panel = np.concatenate(tiles, axis=1)
     return _with_title(panel, title)
 
 
+def _inspected_mask(inspected, h: int, w: int) -> np.ndarray | None:
+    if inspected is None:
+        return None
+    if isinstance(inspected, tuple):
+        y0, x0, y1, x1 = inspected
+        mask = np.zeros((h, w), bool)
+        mask[max(0, int(round(y0))) : int(round(y1)), max(0, int(round(x0))) : int(round(x1))] = True
+        return mask
+    mask = np.asarray(inspected).astype(bool)
+    if mask.shape != (h, w):
+        mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return mask
+
+
+def _font_scale(width: int) -> float:
+    """Hershey font scale for a picture ``width`` pixels wide: readable when small, not tiny when large."""
+    return float(np.clip(width / 1100.0, 0.35, 1.4))
+
+
+def _put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float, color=(0, 0, 0)) -> None:
+    thickness = 1 if scale < 0.8 else 2
+    cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
+
+
+def colorbar(height: int, vmin: float, vmax: float, threshold: float | None = None) -> np.ndarray:
+    """The colour scale as a ``height``-pixel tall uint8 RGB strip with its labels (top = ``vmax``), the
+    threshold marked by a black line and "thr"."""
+    return _colorbar_tile(height, vmin, vmax, threshold)
+
+
+def _colorbar_tile(height: int, vmin: float, vmax: float, threshold: float | None) -> np.ndarray:
+    scale = float(np.clip(height / 500.0, 0.3, 0.8))
+    label_w = int(62 * scale / 0.45)
+    bar_w = max(8, height // 20)
+    tile = np.full((height, bar_w + label_w + 6, 3), 255, np.uint8)
+    ramp = np.repeat(np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None], bar_w, axis=1)
+    tile[:, 2 : 2 + bar_w] = colorize(ramp)
+    span = float(vmax) - float(vmin)
+
+    def row(value: float) -> int:
+        fraction = (float(value) - float(vmin)) / span if span > 0 else 0.5
+        return int(round((1.0 - np.clip(fraction, 0.0, 1.0)) * (height - 1)))
+
+    text_h = cv2.getTextSize("0", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][1]
+    x = bar_w + 5
+    _put_text(tile, f"{vmax:.3g}", (x, text_h + 1), scale)
+    _put_text(tile, f"{vmin:.3g}", (x, height - 2), scale)
+    if threshold is not None and np.isfinite(threshold):
+        y = row(threshold)
+        cv2.line(tile, (0, y), (bar_w + 3, y), (0, 0, 0), max(2, height // 100))
+        _put_text(tile, "thr", (x, int(np.clip(y + text_h // 2, text_h + 1, height - 2))), scale)
+    return tile
+
+
 def _with_title(tile: np.ndarray, title: str | None) -> np.ndarray:
-    """Put a white bar with ``title`` in black above ``tile`` (no bar when title is empty)."""
+    """Put a white bar with ``title`` in black above ``tile`` (no bar when title is empty).
+
+    The font size follows the width (`_font_scale`); a title still too long is cut with "...".
+    """
     if not title:
         return np.ascontiguousarray(tile)
-    bar = np.full((_TITLE_H, tile.shape[1], 3), 255, dtype=np.uint8)
     # Hershey fonts are ASCII only: replace anything else so arrows etc. don't print as '?'.
     text = str(title).replace("\u2192", "->")
     text = text.encode("ascii", "replace").decode("ascii")
-    cv2.putText(bar, text, (6, _TITLE_H - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    width = tile.shape[1]
+    scale = _font_scale(width)
+    (text_w, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    while text_w > width - 12 and len(text) > 4:
+        text = text[: max(1, int(len(text) * (width - 12) / text_w) - 4)] + "..."
+        (text_w, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    bar_h = max(_TITLE_H, text_h * 2 + 6)
+    bar = np.full((bar_h, width, 3), 255, dtype=np.uint8)
+    _put_text(bar, text, (6, (bar_h + text_h) // 2), scale)
     return np.ascontiguousarray(np.concatenate([bar, tile], axis=0))
 
 
