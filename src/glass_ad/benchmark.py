@@ -34,10 +34,21 @@ def _sync(device: torch.device) -> None:
 
 
 def _rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
-    import resource
+    """Peak resident memory of this process so far (MB), on Linux, macOS and Windows (psutil)."""
+    import sys
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import psutil
+
+    info = psutil.Process().memory_info()
+    peak = getattr(info, "peak_wset", None)  # Windows: peak working set, bytes
+    if peak is None:
+        try:
+            import resource  # POSIX only
+        except ImportError:
+            return info.rss / 2**20  # no peak available: the current size
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere
+    return max(peak, info.rss) / 2**20
 
 
 def run_benchmark(config: GlassConfig, *, repeats: int = 5, train_iterations: int = 4) -> dict[str, Any]:

@@ -21,6 +21,21 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"glass-ad {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """GLASS anomaly detection: train on defect-free images, test, predict, export."""
+
+
 class HypothesisChoice(str, Enum):
     auto = "auto"
     manifold = "manifold"
@@ -97,7 +112,9 @@ def _setup_logging(verbose: bool) -> None:
 @app.command()
 @_guarded
 def train(
+    ctx: typer.Context,
     data_dir: Path = typer.Argument(..., help="Data set (MVTec layout: DATA_DIR/train/good), or a data-set root with --category."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML or TOML file of settings (names as in RUN/config.yaml, plus recipe); options given on the command line win."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory; the checkpoint is OUT/model.pt."),
     recipe: RecipeChoice = typer.Option(RecipeChoice.fast, help="fast: cached features, cheaper GAS, early stopping. paper: the reference schedule (640 epochs)."),
     backbone: str = typer.Option("efficientnet_lite2", help="Registered backbone or any timm name (see `glass backbones`)."),
@@ -192,7 +209,7 @@ def train(
         num_threads=threads,
     )
     try:
-        config = make_config(recipe.value, **overrides)
+        config = _train_config(ctx, config_file, recipe.value, overrides)
         if feature_spacing is not None:
             config = config.replace(feature_spacing=feature_spacing if feature_spacing > 0 else None).validate()
         _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val)
@@ -203,6 +220,7 @@ def train(
     except OSError as error:
         _fail(" ".join(str(error).split()))
         return
+    _record_run(data_dir, dataset, category, result.checkpoint)
     typer.echo(
         f"saved {result.checkpoint} (hypothesis {result.hypothesis}, {result.epochs_run} epochs, "
         f"model of epoch {result.best_epoch}, {result.wall_time_s:.0f} s)"
@@ -222,6 +240,48 @@ def train(
             _fail(f"F1 calibration on {val}: {error}")
             return
         typer.echo(f"F1-optimal image threshold {f1['f1_image_threshold']:.4f} (F1 {100 * f1['f1_image_f1']:.1f} on {val})")
+
+# `glass train` option names that differ from the GlassConfig field they set
+_OPTION_OF_FIELD = {
+    "gas_patch_fraction": "gas_fraction",
+    "holdout_fraction": "holdout",
+    "target_false_alarm_rate": "false_alarm_rate",
+    "cache_features": "cache",
+    "num_threads": "threads",
+}
+
+
+def _train_config(ctx: typer.Context, config_file: Optional[Path], recipe: str, overrides: dict):
+    """The settings of `glass train`: the recipe, then the --config file, then options given explicitly."""
+    if config_file is None:
+        return make_config(recipe, **overrides)
+    from .provenance import load_config_file
+
+    values = load_config_file(config_file)
+
+    def given(option: str) -> bool:  # typed on the command line (or set through the environment)
+        source = ctx.get_parameter_source(option)
+        return getattr(source, "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+
+    chosen = recipe if given("recipe") else str(values.pop("recipe", recipe))
+    values.pop("recipe", None)
+    for field_name, value in overrides.items():
+        if value is not None and (given(_OPTION_OF_FIELD.get(field_name, field_name)) or (field_name == "r2" and given("r1"))):
+            values[field_name] = value
+    if values.get("layers") is not None:
+        values["layers"] = tuple(values["layers"])
+    return make_config(chosen, **values)
+
+
+def _record_run(data_dir: Path, layout: str, category: Optional[str], checkpoint: Path) -> None:
+    """Package version, git revision and training-data fingerprint into the checkpoint; config.yaml and
+    history.csv beside it."""
+    from .datasets import load_dataset
+    from .provenance import add_to_checkpoint, provenance, write_run_files
+
+    split = load_dataset(data_dir, layout, category=category)
+    add_to_checkpoint(checkpoint, provenance([sample.path for sample in split.train], split.root))
+    write_run_files(checkpoint)
 
 
 def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, textures, weights, val) -> None:
@@ -447,6 +507,7 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
     summary = {
         "format": checkpoint.get("format"),
         "package_version": checkpoint.get("package_version", "unknown (written before 0.1.0 recorded it)"),
+        "provenance": checkpoint.get("provenance", "not recorded (trained through the library, or before it was recorded)"),
         "input_bit_depth": (checkpoint.get("input") or {}).get("bit_depth") or "the file's own depth",
         "backbone": checkpoint["backbone"],
         "hypothesis": checkpoint.get("hypothesis"),

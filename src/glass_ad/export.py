@@ -88,7 +88,7 @@ def export_metadata(checkpoint: dict[str, Any], in_graph: bool = True) -> dict[s
 
     config = GlassConfig.from_dict(checkpoint["config"])
     calibration = resolve_calibration(checkpoint.get("calibration"))
-    training = checkpoint.get("training") or {}
+    provenance = checkpoint.get("provenance") or {}
     values = {
         "format": "glass-ad-onnx/1",
         "image_size": config.image_size,
@@ -115,7 +115,8 @@ def export_metadata(checkpoint: dict[str, Any], in_graph: bool = True) -> dict[s
         "input_scaling": "deeper than 8 bits: uint8 = round(v * 255 / (2^bit_depth - 1)), saturating at 255",
         "package_version": checkpoint.get("package_version", ""),
         "export_package_version": __version__,
-        "data_fingerprint": training.get("data_fingerprint", ""),
+        "data_fingerprint": provenance.get("data_fingerprint") or "",
+        "git_describe": provenance.get("git_describe") or "",
     }
     return {
         META_PREFIX + key: repr(float(value)) if isinstance(value, (float, np.floating)) else str(value)

@@ -1,0 +1,148 @@
+"""Where a model comes from: package version, source revision, a fingerprint of the training data, and
+the files written beside every model so a run can be read and repeated without the checkpoint.
+
+* `data_fingerprint(paths, root)`: SHA-256 over the sorted ``relative path, size in bytes`` lines of the
+  training files — the same list and sizes give the same fingerprint on any machine; a file added, removed,
+  renamed or re-encoded changes it. (Sizes, not contents: hashing gigabytes of images at every training run
+  would cost more than it tells.)
+* `provenance(...)`: ``{package_version, git_describe, data_fingerprint, train_files, train_bytes}``, stored
+  in the checkpoint under ``provenance`` (`add_to_checkpoint`, as `model.make_checkpoint(**extra)` would).
+* `write_run_files(run_dir)`: ``config.yaml`` (the effective settings, loadable by ``glass train --config``)
+  and ``history.csv`` (one row per epoch) beside ``model.pt``.
+* `load_config_file(path)`: a YAML or TOML file of `GlassConfig` fields (plus ``recipe``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+__all__ = ["data_fingerprint", "git_describe", "provenance", "add_to_checkpoint", "write_run_files", "load_config_file"]
+
+
+def data_fingerprint(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``{"sha256", "files", "bytes"}`` of the sorted ``relative path<TAB>size`` lines of ``paths``."""
+    base = Path(root).resolve() if root is not None else None
+    lines = []
+    total = 0
+    for path in paths:
+        path = Path(path)
+        size = path.stat().st_size
+        total += size
+        name = path.resolve()
+        if base is not None and name.is_relative_to(base):
+            name = name.relative_to(base)
+        lines.append(f"{name.as_posix()}\t{size}")
+    digest = hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
+    return {"sha256": digest, "files": len(lines), "bytes": total}
+
+
+def git_describe(folder: str | os.PathLike | None = None) -> str | None:
+    """``git describe --always --dirty`` of the package's source tree, or None (not a checkout, no git)."""
+    where = Path(folder) if folder is not None else Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"], cwd=where, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def provenance(train_paths: Sequence[str | os.PathLike], data_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The ``provenance`` entry of a checkpoint for a model trained on ``train_paths``."""
+    from . import __version__
+
+    fingerprint = data_fingerprint(train_paths, data_root)
+    return {
+        "package_version": __version__,
+        "git_describe": git_describe(),
+        "data_fingerprint": fingerprint["sha256"],
+        "train_files": fingerprint["files"],
+        "train_bytes": fingerprint["bytes"],
+    }
+
+
+def add_to_checkpoint(run: str | os.PathLike, entry: dict[str, Any]) -> Path:
+    """Add ``provenance`` to an existing checkpoint (rewritten atomically; nothing else changes)."""
+    from .model import checkpoint_path, read_checkpoint, save_checkpoint
+
+    checkpoint = read_checkpoint(run)
+    checkpoint["provenance"] = entry
+    return save_checkpoint(checkpoint, checkpoint_path(run))
+
+
+def _yaml_text(data: dict[str, Any], header: str) -> str:
+    import yaml
+
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def write_run_files(run: str | os.PathLike) -> list[Path]:
+    """Write ``config.yaml`` and ``history.csv`` beside the checkpoint of ``run``; returns their paths."""
+    from .model import checkpoint_path, read_checkpoint
+    from .safety import write_atomic
+
+    path = checkpoint_path(run)
+    checkpoint = read_checkpoint(path)
+    folder = path.parent
+    info = checkpoint.get("provenance") or {}
+    header = (
+        f"# Effective settings of {path.name} (glass-ad {checkpoint.get('package_version', '?')}"
+        + (f", data fingerprint {info['data_fingerprint'][:16]}" if info.get("data_fingerprint") else "")
+        + ").\n# Repeat the run with: glass train DATA --out NEW_RUN --config config.yaml\n"
+    )
+    written = [write_atomic(folder / "config.yaml", _yaml_text(dict(checkpoint["config"]), header))]
+    history = (checkpoint.get("training") or {}).get("history") or []
+    if history:
+        columns: list[str] = []
+        for record in history:
+            columns.extend(key for key in record if key not in columns)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: v for k, v in record.items() if not isinstance(v, (dict, list))} for record in history)
+        written.append(write_atomic(folder / "history.csv", buffer.getvalue()))
+    return [Path(p) if p is not None else p for p in written]
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings of a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file: `GlassConfig` field names
+    (``config.yaml`` written beside a model is such a file), plus an optional ``recipe``. Unknown names are
+    a ValueError that lists them."""
+    from dataclasses import fields
+
+    from .config import GlassConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: '{path}'")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml"):
+        raise ValueError(f"config file '{path}' must end in .yaml, .yml or .toml")
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as error:  # a syntax error of either parser
+        raise ValueError(f"config file '{path}' cannot be read: {' '.join(str(error).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file '{path}' must hold a mapping of settings, not {type(data).__name__}")
+    known = {f.name for f in fields(GlassConfig)} | {"recipe"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"config file '{path}': unknown setting(s) {', '.join(unknown)} (names as in config.yaml of a run)")
+    return data
