@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -754,6 +755,112 @@ def test_atomic_writes_use_unique_temporary_files(tmp_path):
         return "4 × 25 writes: one complete file, no temporary file left"
 
     _record("Concurrent writers", "4 writers replacing the same result file at once", "safety.write_atomic", "never torn, never a shared temporary name", check)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Interrupted training: SIGINT through the real process, then --resume (resume.py)
+
+RESUME_ARGS = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "4", "--precision", "fp32", "--threads", "1", "-q"]
+
+
+def test_interrupted_training_resumes(data, tmp_path):
+    from glass_ad.resume import STATE_NAME, describe_state
+
+    run = tmp_path / "run"
+    glass = str(Path(sys.executable).with_name("glass"))
+    args = ["train", str(data), "--out", str(run), *RESUME_ARGS, "--no-early-stopping", "--lr-schedule", "constant"]
+    done = 0
+
+    def interrupt() -> str:
+        nonlocal done
+        process = subprocess.Popen(
+            [glass, *args, "--epochs", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 600
+        while not (run / STATE_NAME).exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no epoch completed in time"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 130, err
+        assert "Traceback" not in err
+        lines = [line for line in err.splitlines() if line.startswith("interrupted")]
+        assert len(lines) == 1, err
+        assert f"saved in {run / STATE_NAME}" in lines[0] and lines[0].endswith("--epochs 50 --resume"), lines[0]
+        assert not (run / "model.pt").exists() and not list(run.glob(f".{STATE_NAME}.*"))
+        done = int(describe_state(run).split()[1])
+        assert 1 <= done < 50
+        return f"exit 130; {lines[0].split(' continue with:')[0].rstrip(';')}; continue with: glass train … --resume"
+
+    _record(
+        "Interrupted training", "SIGINT during training (a real process)", "glass train",
+        "exit 130 at once; the state of the last completed epoch kept; one line with the command that resumes", interrupt,
+    )  # fmt: skip
+
+    def fresh_run_refused() -> str:
+        before = _digest(run)
+        message = _one_error(_invoke([*args, "--epochs", "50"]))
+        assert "holds an interrupted training; continue it with --resume" in message and "--force" in message
+        assert _digest(run) == before
+        return message[7:]
+
+    _record(
+        "Interrupted training", "a new training into the folder of an interrupted one", "glass train",
+        "refused: says --resume (or --force to start over); the saved state keeps its bytes", fresh_run_refused,
+    )  # fmt: skip
+
+    def other_settings_refused() -> str:
+        before = _digest(run)
+        message = _one_error(_invoke([*args, "--epochs", "50", "--seed", "1", "--resume"]))
+        assert "settings differ from the interrupted run (seed 0 -> 1)" in message, message
+        assert _digest(run) == before
+        return message[7:]
+
+    _record(
+        "Interrupted training", "--resume with other settings (--seed 1)", "glass train --resume",
+        "refused before any work, naming the setting; the saved state keeps its bytes", other_settings_refused,
+    )  # fmt: skip
+
+    def resumed() -> str:
+        # With a constant learning rate the epoch count may change: one more epoch ends the run.
+        result = subprocess.run([glass, *args, "--epochs", str(done + 1), "--resume"], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        assert f"resuming after epoch {done} of {done + 1}" in result.stdout, result.stdout
+        assert (run / "model.pt").exists() and not (run / STATE_NAME).exists()
+        history = read_checkpoint(run)["training"]["history"]
+        assert [r["epoch"] for r in history] == list(range(1, done + 2))
+        return f"exit 0; resuming after epoch {done}; model.pt written, {STATE_NAME} removed"
+
+    _record(
+        "Interrupted training", "the interrupted run, continued", "glass train --resume",
+        "continues from the last completed epoch (the same model as an uninterrupted run: tests/test_resume.py)", resumed,
+    )  # fmt: skip
+
+
+def test_resume_without_an_interrupted_run(run, data, tmp_path):
+    from glass_ad.resume import STATE_NAME
+
+    empty = tmp_path / "empty"
+    finished = _copy_run(run, tmp_path / "finished")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / STATE_NAME).write_bytes(b"PK\x03\x04 cut off")
+    for name, folder, fragment in (
+        ("an empty run folder", empty, "nothing to resume"),
+        ("a finished run (model.pt, no state)", finished, "it holds a finished model"),
+        (f"a damaged {STATE_NAME}", damaged, "is damaged or truncated"),
+    ):
+
+        def check(folder=folder, fragment=fragment) -> str:
+            before = _digest(folder) if folder.exists() else {}
+            message = _one_error(_invoke(["train", data, "--out", folder, *TRAIN_ARGS, "--resume"]))
+            assert fragment in message, message
+            assert (_digest(folder) if folder.exists() else {}) == before
+            return message[7:]
+
+        _record("Interrupted training", f"--resume into {name}", "glass train --resume", f"refused with one line ({fragment}); nothing changed", check)
 
 
 # ---------------------------------------------------------------------------------------------------

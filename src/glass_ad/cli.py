@@ -163,6 +163,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     force: bool = typer.Option(False, "--force", help="Replace an existing OUT/model.pt (only once the new one is complete)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted training in OUT from its last completed epoch (same options; --epochs may change with a constant learning rate)."),
     bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help="Bits per channel of images deeper than 8 bits (e.g. 12 for 12-bit camera data in 16-bit files); default: the file's own depth. Recorded with the model."),
 ) -> None:
     """Train on DATA_DIR/train/good (normal images only)."""
@@ -212,8 +213,11 @@ def train(
         config = _train_config(ctx, config_file, recipe.value, overrides)
         if feature_spacing is not None:
             config = config.replace(feature_spacing=feature_spacing if feature_spacing > 0 else None).validate()
-        _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val)
-        result = run_training(data_dir, out, config, category=category, layout=dataset, progress=not quiet)
+        _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val, resume)
+        result = run_training(data_dir, out, config, category=category, layout=dataset, progress=not quiet, resume=resume)
+    except KeyboardInterrupt as interrupt:
+        _interrupted(interrupt, data_dir, out)
+        return
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
         return
@@ -240,6 +244,28 @@ def train(
             _fail(f"F1 calibration on {val}: {error}")
             return
         typer.echo(f"F1-optimal image threshold {f1['f1_image_threshold']:.4f} (F1 {100 * f1['f1_image_f1']:.1f} on {val})")
+
+
+def _interrupted(interrupt: KeyboardInterrupt, data_dir: Path, out: Path) -> None:
+    """One line on how to continue an interrupted `glass train`; exit 128 + the signal number."""
+    import shlex
+
+    from .resume import STATE_NAME, TrainingInterrupted, describe_state
+
+    code, name = (interrupt.exit_code, str(interrupt)) if isinstance(interrupt, TrainingInterrupted) else (130, "SIGINT")
+    saved = describe_state(out)
+    if saved is None:
+        message = f"interrupted ({name}) before the first epoch was complete; nothing to resume: run glass train again"
+    else:
+        if Path(sys.argv[0]).name == "glass" and "train" in sys.argv:  # the command as typed, plus --resume
+            args = [a for a in sys.argv[1:] if a not in ("--force", "--resume")]
+            command = shlex.join(["glass", *args, "--resume"])
+        else:
+            command = f"glass train {shlex.quote(str(data_dir))} --out {shlex.quote(str(out))} <the same options> --resume"
+        message = f"interrupted ({name}); the state of {saved} is saved in {Path(out) / STATE_NAME}; continue with: {command}"
+    typer.secho(message, fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(code=code)
+
 
 # `glass train` option names that differ from the GlassConfig field they set
 _OPTION_OF_FIELD = {
@@ -284,19 +310,21 @@ def _record_run(data_dir: Path, layout: str, category: Optional[str], checkpoint
     write_run_files(checkpoint)
 
 
-def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, textures, weights, val) -> None:
+def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, textures, weights, val, resume=False) -> None:
     """Everything `glass train` can check before the first image: outputs, inputs, disk; then the run
-    folder's lock and the declared bit depth for the whole command."""
+    folder's lock, the declared bit depth and clean interrupts (resume.py) for the whole command."""
     from .io import check_bit_depth, declared_bit_depth
+    from .resume import interruptible
     from .safety import output_lock, preflight_train
 
     check_bit_depth(bit_depth)
     onnx_file = Path(out) / "model.onnx"
     stale = force and onnx_file.exists()
     preflight_train(
-        data_dir, out, config, force=force, category=category, layout=layout, textures=textures, weights=weights, val=val
+        data_dir, out, config, force=force, category=category, layout=layout, textures=textures, weights=weights, val=val,
+        resume=resume,
     )
-    _hold_for_command(output_lock(out), declared_bit_depth(bit_depth))
+    _hold_for_command(output_lock(out), declared_bit_depth(bit_depth), interruptible())
     if stale:
 
         def warn_stale() -> None:
@@ -713,6 +741,32 @@ class ProjectionChoice(str, Enum):
     tsne = "tsne"
 
 
+class JobEngineChoice(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+_ENGINE_HELP = "local: one job after the other in this process. ray: every job a Ray task (pip install \"glass-ad[distributed]\"; docs/scale.md)."
+_ADDRESS_HELP = "With --engine ray: 'auto' (the cluster of `ray start`) or ray://HOST:PORT; default: start a local Ray for the run."
+_WORKERS_HELP = "With --engine ray and no --address: CPUs of the local Ray (default: all)."
+_CPUS_PER_JOB_HELP = "With --engine ray: CPUs each job declares (GPUs: 1 per job with --device cuda)."
+
+
+def _ray_options(engine: "JobEngineChoice", address: Optional[str], workers: Optional[int], cpus_per_job: float, device: str):
+    """`cluster.RayOptions` for --engine ray, None for local; --address/--workers without ray are an error."""
+    if engine is JobEngineChoice.local:
+        if address or workers:
+            raise ValueError("--address and --workers need --engine ray")
+        return None
+    from .cluster import RayOptions
+
+    if cpus_per_job <= 0:
+        raise ValueError(f"--cpus-per-job must be positive, got {cpus_per_job}")
+    return RayOptions(
+        address=address, num_cpus=workers, cpus_per_job=cpus_per_job, gpus_per_job=1.0 if device.startswith("cuda") else 0.0
+    )
+
+
 def _print_results_table(out: Path, results) -> None:
     typer.echo((out / "results.md").read_text())
     failed = [r.name for r in results if not r.ok]
@@ -752,6 +806,10 @@ def suite(
     threads: Optional[int] = typer.Option(None),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    engine: JobEngineChoice = typer.Option(JobEngineChoice.local, "--engine", help=_ENGINE_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
+    cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help=_CPUS_PER_JOB_HELP),
 ) -> None:
     """Train and test every category; resumable (finished categories are skipped), one results table."""
     from .suite import run_suite
@@ -779,6 +837,7 @@ def suite(
         results = run_suite(
             root, out, config, dataset=dataset.value, categories=only, model=model, redo=redo,
             pictures=pictures, progress=not quiet, echo=typer.echo,
+            ray_options=_ray_options(engine, address, workers, cpus_per_job, device),
         )  # fmt: skip
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
@@ -809,6 +868,10 @@ def ablate(
     threads: Optional[int] = typer.Option(None),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    engine: JobEngineChoice = typer.Option(JobEngineChoice.local, "--engine", help=_ENGINE_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
+    cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help=_CPUS_PER_JOB_HELP),
 ) -> None:
     """Run the variants of one ablation (paper Table 4 / Fig. 8) on one category; resumable, one table."""
     from .suite import run_ablation
@@ -829,6 +892,7 @@ def ablate(
         results = run_ablation(
             root, out, config, study.value, values=values.split(",") if values else None, category=category,
             dataset=dataset.value, redo=redo, pictures=pictures, progress=not quiet, echo=typer.echo,
+            ray_options=_ray_options(engine, address, workers, cpus_per_job, device),
         )  # fmt: skip
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))

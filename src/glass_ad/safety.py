@@ -247,15 +247,18 @@ def unique_temporary(path: str | os.PathLike) -> Path:
 
 def train_disk_need(n_images: int, config) -> int:
     """Bytes `glass train` may write into its run folder: the checkpoint (written beside the old one
-    before the rename) and, when it exceeds the RAM budget, the memory-mapped feature cache."""
+    before the rename), the resume state and, when it exceeds the RAM budget, the memory-mapped feature
+    cache."""
     grid = (config.image_size // 8) ** 2
     dim = getattr(config, "embed_dim", None) or 1536  # the widest default patch vector
     hidden = getattr(config, "dsc_hidden", 1024)
     checkpoint = 4 * (dim * dim + dim * hidden + 4 * hidden + grid * dim) + (1 << 20)
+    # The resume state (weights, two Adam moments, best weights), old and new side by side while replaced.
+    state = 2 * 4 * 4 * (dim * dim + dim * hidden + 4 * hidden)
     cache = n_images * grid * dim * (2 if getattr(config, "cache_dtype", "float16") == "float16" else 4)
     limit = getattr(config, "cache_ram_limit_gb", 4.0) * 1e9
     spill = cache if getattr(config, "cache_features", False) and cache > limit else 0
-    return checkpoint + spill
+    return checkpoint + state + spill
 
 
 def preflight_train(
@@ -269,12 +272,14 @@ def preflight_train(
     textures: str | os.PathLike | None = None,
     weights: str | os.PathLike | None = None,
     val: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> int:
     """Refuse a training run that would end badly after the work: an output among the inputs, an existing
-    model without ``force``, unreadable inputs, a read-only or full run folder. Returns the number of
-    normal training images found."""
+    model or an interrupted training without ``force``, ``resume`` where nothing was interrupted,
+    unreadable inputs, a read-only or full run folder. Returns the number of normal training images found."""
     from .datasets import load_dataset
     from .model import CHECKPOINT_NAME
+    from .resume import STATE_NAME
 
     out = Path(out)
     for folder, what in ((textures, "texture folder"), (val, "validation folder")):
@@ -284,7 +289,14 @@ def preflight_train(
         raise OutputError(f"backbone weights file not found: '{weights}'")
     refuse_input_overlap(out, [data_dir, textures, val], what="run folder")
     refuse_input_overlap(out / CHECKPOINT_NAME, [weights], what="checkpoint")
-    refuse_existing([out / CHECKPOINT_NAME], force=force)
+    if resume:  # continuing the interrupted run replaces what it was started to replace
+        if not (out / STATE_NAME).is_file():
+            finished = " (it holds a finished model)" if (out / CHECKPOINT_NAME).exists() else ""
+            raise OutputError(f"nothing to resume in '{out}'{finished}: no interrupted training there ({STATE_NAME} not found)")
+    else:
+        refuse_existing([out / CHECKPOINT_NAME], force=force)
+        if not force and (out / STATE_NAME).exists():
+            raise OutputError(f"'{out}' holds an interrupted training; continue it with --resume, or pass --force to start over")
     try:
         dataset = load_dataset(data_dir, layout, category=category)
     except PermissionError as error:

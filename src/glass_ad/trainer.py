@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import gas as gas_module
+from . import resume as resume_module
 from .cache import FeatureStore
 from .calibration import calibrate
 from .config import GlassConfig
@@ -417,8 +418,10 @@ def train(
     layout: str = "auto",
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train GLASS on `data_root`'s normal training images and write `out_dir/model.pt`."""
+    """Train GLASS on `data_root`'s normal training images and write `out_dir/model.pt`; `resume` continues an
+    interrupted run in `out_dir` from its last completed epoch (resume.py)."""
     start_time = time.perf_counter()
     config = config.validate()
     torch.manual_seed(config.seed)
@@ -429,6 +432,7 @@ def train(
     device = resolve_device(config.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_state = resume_module.TrainState(out_dir, config, data_root, category, layout, device, resume=resume)
 
     # 1-2. Normal images only, decoded once.
     dataset = load_dataset(data_root, layout, category=category)
@@ -451,23 +455,23 @@ def train(
         echo(f"hypothesis: {hypothesis} (chosen by the spectrogram rule: {_format_stats(spectrum_stats)})")
     else:
         echo(f"hypothesis: {hypothesis} (forced)")
-    foreground = compute_foreground(images, config.foreground) if config.las else None
+    # The LAS synthesizer is also built with --no-las: the validation split uses it (it never trains then).
+    foreground = compute_foreground(images, config.foreground)
     echo(f"foreground masks: {'on' if foreground is not None else 'off (whole image)'}")
-    synthesizer = None
-    if config.las:
-        textures = load_textures(config.textures, config.image_size)
-        grey = config.texture_colour == "grey" or (config.texture_colour == "auto" and is_grey(images))
-        if grey:
-            textures = GreyTextures(textures)
-        echo(f"LAS textures: {'grey (the training images are grey)' if grey else 'colour'}")
-        synthesizer = LocalAnomalySynthesizer(
-            config.image_size,
-            textures,
-            beta_mean=config.beta_mean,
-            beta_std=config.beta_std,
-            beta_min=config.beta_min,
-            beta_max=config.beta_max,
-        )
+    textures = load_textures(config.textures, config.image_size)
+    grey = config.texture_colour == "grey" or (config.texture_colour == "auto" and is_grey(images))
+    if grey:
+        textures = GreyTextures(textures)
+    echo(f"LAS textures: {'grey (the training images are grey)' if grey else 'colour'}" + ("" if config.las else " (validation only: --no-las)"))
+    las_synthesizer = LocalAnomalySynthesizer(
+        config.image_size,
+        textures,
+        beta_mean=config.beta_mean,
+        beta_std=config.beta_std,
+        beta_min=config.beta_min,
+        beta_max=config.beta_max,
+    )
+    synthesizer = las_synthesizer if config.las else None
 
     # 4. Model and (optionally) the feature cache.
     model = build_model(config).to(device)
@@ -509,8 +513,8 @@ def train(
     mean_feature = _mean_feature(model, images, store, device)
 
     val = None
-    if holdout is not None and synthesizer is not None:
-        val = _validation_set(model, holdout, synthesizer, config, device, foreground is not None)
+    if holdout is not None:
+        val = _validation_set(model, holdout, las_synthesizer, config, device, foreground is not None)
 
     # 6. Optimisers as in the reference.
     optimizers: list[torch.optim.Optimizer] = [
@@ -532,10 +536,17 @@ def train(
     history: list[dict[str, float]] = []
     stopper = EarlyStopping(config.patience, config.stop_window)
     best_state, best_epoch = None, 0
+    start_epoch, end_epoch = 0, config.epochs
+    if run_state.loaded is not None:  # every state as it was at the end of the last completed epoch
+        start_epoch, best_state, best_epoch, history, bf16 = run_state.restore(model, optimizers, schedulers, stopper, rng, generator)
+        start_time -= run_state.elapsed_s
+        if config.early_stopping and val is not None and stopper.should_stop:
+            end_epoch = start_epoch
+        echo(f"resuming after epoch {start_epoch} of {config.epochs}")
     model.discriminator.train()
     model.adaptor.train()
-    bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress)
-    epoch = 0
+    bar = tqdm(range(start_epoch, end_epoch), desc="training", unit="epoch", disable=not progress, initial=start_epoch, total=config.epochs)
+    epoch = max(0, start_epoch - 1)
     for epoch in bar:
         with torch.no_grad():
             centre = model.adaptor(mean_feature)
@@ -577,6 +588,7 @@ def train(
         record["elapsed_s"] = time.perf_counter() - start_time
         history.append(record)
         (bar.write if progress else echo)(_epoch_line(record))
+        run_state.save(epoch + 1, model, optimizers, schedulers, stopper, rng, generator, best_state, best_epoch, history, bf16, record["elapsed_s"])
         if config.early_stopping and val is not None and stopper.should_stop:
             echo(
                 f"early stop after epoch {epoch + 1}: the {config.stop_window}-epoch mean validation score has not "
@@ -628,6 +640,7 @@ def train(
         },
     )
     path = save_checkpoint(checkpoint, out_dir / CHECKPOINT_NAME)
+    run_state.remove()
     return TrainResult(path, hypothesis, epochs_run, best_epoch, wall, history, calibration)
 
 

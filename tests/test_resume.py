@@ -1,0 +1,160 @@
+"""Resumable training: an interrupted and resumed run ends with the same model as an uninterrupted one;
+settings that differ are refused; SIGINT/SIGTERM become a clean stop that never cuts a state write."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from glass_ad import resume as resume_module
+from glass_ad.config import make_config
+from glass_ad.demo_data import make_demo_dataset
+from glass_ad.model import read_checkpoint
+from glass_ad.resume import STATE_NAME, ResumeError, TrainingInterrupted, describe_state, interruptible
+from glass_ad.trainer import train
+
+QUIET = dict(progress=False, echo=lambda _: None)
+
+
+def _config(**overrides):
+    # Early stopping that never stops (best-epoch tracking still runs) and a cosine schedule: the restored
+    # stopper and scheduler states both matter for the final model.
+    values = dict(
+        backbone="efficientnet_lite0", image_size=64, epochs=3, batch_size=4, early_stopping=True, patience=50,
+        lr_schedule="cosine", precision="fp32", seed=3, num_threads=1,
+    )  # fmt: skip
+    values.update(overrides)
+    return make_config("fast", **values)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_demo_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_test_good=1, n_test_defect=1, size=64)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("whole")
+    return run, train(data, run, _config(), **QUIET)
+
+
+def _interrupt_after(monkeypatch, epoch: int) -> None:
+    """Deliver 'SIGINT' right after the state of `epoch` is written (what a signal during the next epoch does)."""
+    save = resume_module.TrainState.save
+
+    def save_then_stop(self, done, *args, **kwargs):
+        path = save(self, done, *args, **kwargs)
+        if done == epoch:
+            raise TrainingInterrupted(signal.SIGINT)
+        return path
+
+    monkeypatch.setattr(resume_module.TrainState, "save", save_then_stop)
+
+
+def _without_time(history):
+    return [{k: v for k, v in record.items() if k != "elapsed_s"} for record in history]
+
+
+def test_resumed_run_equals_uninterrupted_run(data, uninterrupted, tmp_path, monkeypatch):
+    whole_run, whole = uninterrupted
+    assert not (whole_run / STATE_NAME).exists()  # removed once the checkpoint is written
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(data, run, _config(), **QUIET)
+    assert not (run / "model.pt").exists()
+    state = torch.load(run / STATE_NAME, weights_only=True)  # plain tensors, numbers, lists and dicts
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+    assert describe_state(run) == "epoch 1 of 3"
+    assert not list(run.glob(f".{STATE_NAME}.*"))  # no temporary file left behind
+
+    resumed = train(data, run, _config(), resume=True, **QUIET)
+    assert not (run / STATE_NAME).exists()
+    assert (resumed.epochs_run, resumed.best_epoch) == (whole.epochs_run, whole.best_epoch)
+    assert _without_time(resumed.history) == _without_time(whole.history)
+    assert resumed.history[-1]["elapsed_s"] >= state["elapsed_s"]  # wall time counts both sessions
+    a, b = read_checkpoint(whole.checkpoint), read_checkpoint(resumed.checkpoint)
+    for part in ("adaptor", "discriminator"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+    assert torch.equal(a["centre"], b["centre"])
+    assert a["calibration"]["image_threshold"] == b["calibration"]["image_threshold"]
+
+
+def test_interrupted_after_its_last_epoch(data, tmp_path, monkeypatch):
+    """Stopped early (or at the last epoch), interrupted before the checkpoint: the resume trains no more."""
+    config = _config(epochs=4, patience=1, stop_window=1, lr_schedule="constant")
+    whole = train(data, tmp_path / "whole", config, **QUIET)
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, whole.epochs_run)
+        with pytest.raises(KeyboardInterrupt):
+            train(data, run, config, **QUIET)
+    resumed = train(data, run, config, resume=True, **QUIET)
+    assert (resumed.epochs_run, resumed.best_epoch) == (whole.epochs_run, whole.best_epoch)
+    assert _without_time(resumed.history) == _without_time(whole.history)
+    a, b = read_checkpoint(whole.checkpoint), read_checkpoint(resumed.checkpoint)
+    assert all(torch.equal(a["discriminator"][k], b["discriminator"][k]) for k in a["discriminator"])
+
+
+def test_resume_refuses_other_settings_and_data(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(data, run, _config(), **QUIET)
+    with pytest.raises(ResumeError, match=r"settings differ .*lr 0\.001 -> 0\.002") as refused:
+        train(data, run, _config(lr=2e-3), resume=True, **QUIET)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ResumeError, match="epochs 3 -> 5"):  # the cosine schedule depends on it
+        train(data, run, _config(epochs=5), resume=True, **QUIET)
+    other = make_demo_dataset(tmp_path / "other", n_train=8, n_test_good=1, n_test_defect=1, size=64)
+    with pytest.raises(ResumeError, match="trained on .*give the same data set"):
+        train(other, run, _config(), resume=True, **QUIET)
+    assert describe_state(run) == "epoch 1 of 3"  # refusals leave the state as it was
+    with pytest.raises(ResumeError, match="nothing to resume"):
+        train(data, tmp_path / "empty", _config(), resume=True, **QUIET)
+
+
+def test_which_settings_may_change():
+    saved = _config(lr_schedule="constant").to_dict()
+    changed = lambda **values: resume_module._setting_changes(saved, {**saved, **values}, epochs_done=2)  # noqa: E731
+    assert changed(num_threads=4) == []
+    assert changed(epochs=40) == [] and changed(epochs=2) == []  # constant rate: any count not below the epochs done
+    assert changed(epochs=1) == ["epochs 3 -> 1"]
+    assert changed(epochs=40, lr_schedule="cosine") == ["epochs 3 -> 40", "lr_schedule 'constant' -> 'cosine'"]
+    assert changed(seed=1, device="cuda") == ["device 'auto' -> 'cuda'", "seed 3 -> 1"]
+
+
+def test_sigint_and_sigterm_become_training_interrupted():
+    previous = signal.getsignal(signal.SIGTERM)
+    for kind, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        with interruptible():
+            with pytest.raises(TrainingInterrupted) as stopped:
+                os.kill(os.getpid(), kind)
+                time.sleep(5)  # the handler runs at the next bytecode
+        assert stopped.value.exit_code == code
+    assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored after the block
+
+
+def test_a_signal_during_the_state_write_waits_for_it():
+    written = []
+    with interruptible():
+        with pytest.raises(TrainingInterrupted):
+            with resume_module._hold_signals():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # the handler has run by now: it must only take note
+                written.append("complete")
+    assert written == ["complete"]
+
+
+# SIGINT through a real `glass train` process, the resume command it prints, and the CLI refusals are rows of
+# the bad-input matrix (tests/test_reliability.py, group "Interrupted training").
