@@ -746,7 +746,7 @@ class JobEngineChoice(str, Enum):
     ray = "ray"
 
 
-_ENGINE_HELP = "local: one job after the other in this process. ray: every job a Ray task (pip install \"glass-ad[distributed]\"; docs/scale.md)."
+_ENGINE_HELP = "local: one job after the other in this process. ray: every job a Ray task (needs the distributed extra; docs/scale.md)."
 _ADDRESS_HELP = "With --engine ray: 'auto' (the cluster of `ray start`) or ray://HOST:PORT; default: start a local Ray for the run."
 _WORKERS_HELP = "With --engine ray and no --address: CPUs of the local Ray (default: all)."
 _CPUS_PER_JOB_HELP = "With --engine ray: CPUs each job declares (GPUs: 1 per job with --device cuda)."

@@ -29,13 +29,16 @@ import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from .config import GlassConfig
 from .datasets import BENCHMARK_CATEGORIES, DatasetError, default_resize, list_categories
 from .model import CHECKPOINT_NAME
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .cluster import RayOptions
 
 METRICS_NAME = "metrics.json"
 REQUEST_NAME = "request.json"
@@ -223,8 +226,17 @@ def run_jobs(
     pictures: bool = True,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    ray_options: "RayOptions | None" = None,
 ) -> list[JobResult]:
-    """Run the jobs in order, rewriting ``out_dir/results.{csv,md}`` after each one."""
+    """Run the jobs in order, rewriting ``out_dir/results.{csv,md}`` after each one. With ``ray_options``
+    each job is a Ray task instead (`glass_ad.cluster`), same folders and tables."""
+    if ray_options is not None:
+        from .cluster import run_jobs_ray
+
+        return run_jobs_ray(
+            data_root, out_dir, jobs, ray_options, layout=layout, title=title, first_column=first_column,
+            redo=redo, pictures=pictures, progress=progress, echo=echo,
+        )  # fmt: skip
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [_safe_name(job.name) for job in jobs]
@@ -282,6 +294,7 @@ def run_suite(
     pictures: bool = True,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    ray_options: "RayOptions | None" = None,
 ) -> list[JobResult]:
     """Train and test every category of ``data_root`` (or test them all with one trained ``model``)."""
     names = suite_categories(data_root, dataset, categories)
@@ -292,7 +305,10 @@ def run_suite(
              f"the Mean row is not comparable with the paper's")  # fmt: skip
     jobs = [Job(name, name, category_config(config, name), Path(model) if model else None) for name in names]
     title = f"Suite: {Path(data_root).name}" + (f" (model {model})" if model else "")
-    return run_jobs(data_root, out_dir, jobs, layout=dataset, title=title, redo=redo, pictures=pictures, progress=progress, echo=echo)
+    return run_jobs(
+        data_root, out_dir, jobs, layout=dataset, title=title, redo=redo, pictures=pictures, progress=progress,
+        echo=echo, ray_options=ray_options,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- ablations
@@ -361,6 +377,7 @@ def run_ablation(
     pictures: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    ray_options: "RayOptions | None" = None,
 ) -> list[JobResult]:
     """Run the variants of one study on one category; one table in ``out_dir/results.{csv,md}``."""
     found = suite_categories(data_root, dataset, [category] if category else None)
@@ -378,7 +395,7 @@ def run_ablation(
     title = f"Ablation: {study} on {category}"
     return run_jobs(
         data_root, out_dir, jobs, layout=dataset, title=title, first_column="variant",
-        redo=redo, pictures=pictures, progress=progress, echo=echo,
+        redo=redo, pictures=pictures, progress=progress, echo=echo, ray_options=ray_options,
     )  # fmt: skip
 
 
