@@ -32,9 +32,12 @@ def data_fingerprint(paths: Iterable[str | os.PathLike], root: str | os.PathLike
     total = 0
     for path in paths:
         path = Path(path)
-        size = path.stat().st_size
-        total += size
-        name = path.resolve()
+        try:  # a file that cannot be statted (a symlink loop, a vanished file) counts with size -1
+            size = path.stat().st_size
+            name = path.resolve()
+        except (OSError, RuntimeError):
+            size, name = -1, path.absolute()
+        total += max(size, 0)
         if base is not None and name.is_relative_to(base):
             name = name.relative_to(base)
         lines.append(f"{name.as_posix()}\t{size}")
