@@ -302,3 +302,31 @@ def test_calibrate_adds_f1_thresholds_and_keeps_the_false_alarm_one(run, data, t
     report = run_test(copy, data, progress=False, pictures=False)
     assert report["f1_threshold"]["image_threshold"] == after["f1_image_threshold"]
     assert report["stored_threshold"]["image_threshold"] == before["image_threshold"]
+
+
+# ------------------------------------------------------------------------------------------ OpenVINO
+
+
+def test_openvino_export_fp32_and_int8(run, data, onnx_file, real_images, tmp_path):
+    pytest.importorskip("openvino")
+    from glass_ad.openvino_export import export_openvino, read_metadata as ov_metadata
+    from glass_ad.runtime import Runtime
+
+    fp32 = export_openvino(run, tmp_path / "model.xml")
+    assert fp32.path.is_file() and fp32.path.with_suffix(".bin").is_file()
+    assert max(fp32.max_abs_diff.values()) < 1e-3  # vs ONNX Runtime, with the f32 precision hint
+    meta = ov_metadata(fp32.path)
+    assert meta["inference_precision_hint"] == "f32" and meta["precision"] == "fp32" and meta["preprocessing"] == "in-graph"
+    onnx_runtime, openvino = Runtime(onnx_file), Runtime(fp32.path)
+    assert openvino.providers == ["OpenVINO:CPU"]
+    a, b = onnx_runtime(real_images), openvino(real_images)
+    assert [x.decision for x in a] == [y.decision for y in b]
+    assert max(abs(x.score - y.score) for x, y in zip(a, b)) < 1e-3
+
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "openvino", "--precision", "int8", "--out", str(tmp_path / "q.xml")])
+    assert result.exit_code == 2 and "--calibration" in result.output
+    pytest.importorskip("nncf")
+    int8 = export_openvino(run, tmp_path / "int8.xml", precision="int8", calibration=data, calibration_limit=4, fast=True)
+    assert int8.calibration_images == 4 and ov_metadata(int8.path)["precision"] == "int8"
+    quantized = Runtime(int8.path)(real_images[:2])
+    assert all(np.isfinite(p.score) and p.anomaly_map.shape == x.anomaly_map.shape for p, x in zip(quantized, a))

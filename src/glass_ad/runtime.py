@@ -290,7 +290,53 @@ def session(onnx_path: str | os.PathLike, providers: str | Sequence[str] | None 
     return ort.InferenceSession(str(onnx_path), sess_options=options, providers=resolve_providers(providers))
 
 
+class _OpenVinoSession:
+    """An OpenVINO IR (``.xml``) behind the few ONNX Runtime session methods `Runtime` uses, compiled with
+    ``INFERENCE_PRECISION_HINT=f32`` (OpenVINO would otherwise run it in bf16 on CPUs that have it)."""
+
+    def __init__(self, path: Path, device: str = "CPU", threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError as error:
+            raise ValueError(f'{path} is OpenVINO IR: pip install "glass-ad[openvino]" ({error})') from None
+        core = ov.Core()
+        self.model = core.read_model(str(path))
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(self.model, device, config)
+        self.device = device
+
+    def metadata(self) -> dict[str, str]:
+        info = self.model.get_rt_info()
+        if "glass_ad" not in info:
+            return {}
+        section = info["glass_ad"]
+        keys = section.keys() if isinstance(section, dict) else section.astype(dict).keys()
+        return {key: self.model.get_rt_info(["glass_ad", key]).astype(str) for key in keys}
+
+    def get_inputs(self):
+        return [_Named(port.get_any_name()) for port in self.compiled.inputs]
+
+    def get_outputs(self):
+        return [_Named(port.get_any_name()) for port in self.compiled.outputs]
+
+    def get_providers(self) -> list[str]:
+        return [f"OpenVINO:{self.device}"]
+
+    def run(self, output_names, feed):
+        result = self.compiled(next(iter(feed.values())))
+        return [np.asarray(result[self.compiled.output(name)]) for name in output_names]
+
+
+@dataclass
+class _Named:
+    name: str
+
+
 def _metadata(sess) -> dict[str, str]:
+    if isinstance(sess, _OpenVinoSession):
+        return sess.metadata()
     custom = sess.get_modelmeta().custom_metadata_map
     return {key[len(META_PREFIX) :]: value for key, value in custom.items() if key.startswith(META_PREFIX)}
 
@@ -302,7 +348,9 @@ def _optional_float(value: str | None) -> float | None:
 
 
 class Runtime:
-    """An exported GLASS model under ONNX Runtime: frames of any size in, decisions and maps out.
+    """An exported GLASS model under ONNX Runtime (``.onnx``) or OpenVINO (``.xml``, ``providers`` then
+    names the OpenVINO device: ``"cpu"``, ``"gpu"``, ``"npu"``, ``"auto"``): frames of any size in,
+    decisions and maps out.
 
     ``threshold``: ``"far"`` (the false-alarm threshold fixed at training), ``"f1"`` (from ``glass
     calibrate``, when the model was exported after it) or a raw image score. ``bit_depth`` overrides the
@@ -323,7 +371,11 @@ class Runtime:
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX model at {path} (create it with `glass export RUN_DIR --out {path}`)")
         self.path = path
-        self.session = session(path, providers, threads)
+        if path.suffix.lower() == ".xml":  # OpenVINO IR from `glass export --format openvino`
+            device = providers if isinstance(providers, str) and providers.upper() in ("CPU", "GPU", "NPU", "AUTO") else "CPU"
+            self.session = _OpenVinoSession(path, device.upper(), threads)
+        else:
+            self.session = session(path, providers, threads)
         meta = _metadata(self.session)
         if "image_size" not in meta:
             raise ValueError(f"{path} has no glass_ad metadata (not written by `glass export`)")
