@@ -634,26 +634,33 @@ def _predict_preflight(run_dir, paths, out, fmt, overlays, onnx, force, maps=Fal
 @_guarded
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory written by `glass train` (or its model.pt)."),
-    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: RUN_DIR/model.onnx)."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format: onnx, or openvino (IR; pip install \"glass-ad[openvino]\")."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: RUN_DIR/model.onnx, RUN_DIR/model.xml, RUN_DIR/model_<precision>.xml)."),
     opset: int = typer.Option(17, help="ONNX opset (>= 17)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare ONNX Runtime with PyTorch on a random batch."),
     force: bool = typer.Option(False, "--force", help="Replace an existing ONNX file at the target (default: refuse)."),
+    preprocessing: bool = typer.Option(True, "--preprocessing/--no-preprocessing", help="Resize and crop inside the graph (frames of any size in, map on the frame out); --no-preprocessing: S×S crops in."),
+    precision: str = typer.Option("fp32", help="OpenVINO: fp32, fp16 (half-size weights) or int8 (needs --calibration)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="OpenVINO int8: the training data set (its train/good) or a folder of normal images."),
 ) -> None:
-    """Export the whole inference graph (uint8 pixels → scores and map) as one ONNX model."""
+    """Export the whole inference graph (uint8 pixels → scores and map) as one ONNX model or OpenVINO IR."""
     from .export import ONNX_NAME, export_onnx
     from .model import checkpoint_path, read_checkpoint
     from .safety import ensure_writable, output_lock, refuse_existing, refuse_input_overlap
 
-    if fmt.lower() != "onnx":
-        _fail(f"unknown export format {fmt!r} (supported: onnx)")
+    kind = fmt.lower()
+    if kind not in ("onnx", "openvino"):
+        _fail(f"unknown export format {fmt!r} (supported: onnx, openvino)")
+    if kind == "openvino":
+        _export_openvino(run_dir, out, precision, calibration, force)
+        return
     target = out if out is not None else checkpoint_path(run_dir).parent / ONNX_NAME
     try:
         refuse_input_overlap(target, [checkpoint_path(run_dir)], what="export target")
         read_checkpoint(run_dir)
         refuse_existing([target], force=force)
         _hold_for_command(output_lock(ensure_writable(target.parent, what="export folder")))
-        result = export_onnx(run_dir, target, opset=opset, verify=verify)
+        result = export_onnx(run_dir, target, opset=opset, verify=verify, preprocessing=preprocessing)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
         return
@@ -664,6 +671,32 @@ def export(
     if result.max_abs_diff:
         diffs = ", ".join(f"{name} {value:.1e}" for name, value in result.max_abs_diff.items())
         typer.echo(f"ONNX Runtime vs PyTorch, max |difference|: {diffs}")
+
+
+def _export_openvino(run_dir: Path, out: Optional[Path], precision: str, calibration: Optional[Path], force: bool) -> None:
+    from .model import checkpoint_path, read_checkpoint
+    from .openvino_export import XML_NAME, export_openvino
+    from .safety import ensure_writable, output_lock, refuse_existing, refuse_input_overlap
+
+    default = XML_NAME if precision == "fp32" else f"model_{precision}.xml"
+    target = out if out is not None else checkpoint_path(run_dir).parent / default
+    try:
+        refuse_input_overlap(target, [checkpoint_path(run_dir)], what="export target")
+        read_checkpoint(run_dir)
+        refuse_existing([target, target.with_suffix(".bin")], force=force)
+        _hold_for_command(output_lock(ensure_writable(target.parent, what="export folder")))
+        result = export_openvino(run_dir, target, precision=precision, calibration=calibration)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        _fail(str(error))
+        return
+    except OSError as error:
+        _fail(" ".join(str(error).split()))
+        return
+    extra = f", calibrated on {result.calibration_images} normal images" if result.calibration_images else ""
+    typer.echo(f"saved {result.path} (OpenVINO IR, {result.precision}{extra}; run it with INFERENCE_PRECISION_HINT=f32)")
+    if result.max_abs_diff:
+        diffs = ", ".join(f"{name} {value:.1e}" for name, value in result.max_abs_diff.items())
+        typer.echo(f"OpenVINO vs ONNX Runtime fp32, max |difference|: {diffs}")
 
 
 @app.command()
