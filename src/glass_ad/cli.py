@@ -1123,6 +1123,43 @@ def report(
     typer.echo(f"saved {path}")
 
 
+@app.command("predict-batch")
+def predict_batch_command(
+    run_dir: Path = typer.Argument(..., help="Run directory (model.pt; model.onnx from `glass export` for --format onnx)."),
+    source: Path = typer.Argument(..., help="Folder of images (searched recursively) or a .txt list of image paths (one per line)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results file, .parquet or .csv: one row per image (path, score, normalized, decision, threshold, error, map)."),
+    engine: JobEngineChoice = typer.Option(JobEngineChoice.local, "--engine", help="local: this process. ray: Ray Data, one scoring actor per CPU (or GPU) of the cluster (needs the distributed extra; docs/scale.md)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (RUN_DIR/model.onnx with ONNX Runtime) or torch."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="ONNX file (default: RUN_DIR/model.onnx)."),
+    threshold: str = typer.Option("far", help="far (default), f1, or a raw image score."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    maps: Optional[Path] = typer.Option(None, "--maps", help="Also save every anomaly map as MAPS/<path below SOURCE>.npy (float32, original size)."),
+    device: str = typer.Option("cpu", help="cpu, or cuda (one GPU per actor with --engine ray)."),
+    address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="With --engine ray: CPUs (and ONNX Runtime threads) of each scoring actor."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing results file."),
+) -> None:
+    """Score an archive of images into one Parquet/CSV table; unreadable files become rows with their error."""
+    from .batch import predict_batch
+
+    try:
+        if engine is JobEngineChoice.local and (address or workers):
+            raise ValueError("--address and --workers need --engine ray")
+        summary = predict_batch(
+            run_dir, source, out, engine=engine.value, fmt=fmt, onnx_path=onnx, threshold=threshold,
+            batch_size=batch_size, device=device, maps_dir=maps, address=address, num_cpus=workers,
+            cpus_per_worker=cpus_per_worker, force=force,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as error:
+        _fail(str(error))
+        return
+    typer.echo(
+        f"{summary['images']} images ({summary['errors']} unreadable, {summary['anomalous']} anomalous) in "
+        f"{summary['seconds']:.1f} s ({summary['images_per_s']} images/s, {summary['engine']}) -> {summary['results']}"
+    )
+
+
 def main() -> None:
     app()
 
