@@ -322,6 +322,9 @@ def test_openvino_export_fp32_and_int8(run, data, onnx_file, real_images, tmp_pa
     a, b = onnx_runtime(real_images), openvino(real_images)
     assert [x.decision for x in a] == [y.decision for y in b]
     assert max(abs(x.score - y.score) for x, y in zip(a, b)) < 1e-3
+    detector = Detector.load(run, engine="openvino", onnx_path=fp32.path)  # checked against the checkpoint
+    assert detector.engine_name == "openvino"
+    assert [p.decision for p in detector(real_images)] == [x.decision for x in a]
 
     result = CliRunner().invoke(app, ["export", str(run), "--format", "openvino", "--precision", "int8", "--out", str(tmp_path / "q.xml")])
     assert result.exit_code == 2 and "--calibration" in result.output

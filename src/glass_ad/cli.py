@@ -557,6 +557,7 @@ class PredictFormat(str, Enum):
 class EngineChoice(str, Enum):
     torch = "torch"
     onnx = "onnx"
+    openvino = "openvino"
 
 
 @app.command()
@@ -566,8 +567,8 @@ def predict(
     paths: list[Path] = typer.Argument(..., help="Images and/or folders (searched recursively); any size, RGB or grey, 8/16-bit."),
     out: Path = typer.Option(Path("predictions"), "--out", "-o", help="Folder for predictions.json|csv and overlays/."),
     fmt: PredictFormat = typer.Option(PredictFormat.json, "--format", help="Results file format."),
-    engine: EngineChoice = typer.Option(EngineChoice.torch, help="torch, or onnx (ONNX Runtime, CPU; see `glass export`)."),
-    onnx: Optional[Path] = typer.Option(None, "--onnx", help="ONNX model for --engine onnx (default: RUN_DIR/model.onnx)."),
+    engine: EngineChoice = typer.Option(EngineChoice.torch, help="torch, onnx (ONNX Runtime; see `glass export`) or openvino (OpenVINO IR from `glass export --format openvino`)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Exported model for --engine onnx/openvino (default: RUN_DIR/model.onnx, RUN_DIR/model.xml)."),
     batch_size: int = typer.Option(8, min=1),
     threshold: str = typer.Option("far", help="far (false-alarm threshold from training), f1 (from `glass calibrate`), or a raw score."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write original | heatmap | region PNGs."),

@@ -75,19 +75,37 @@ class _TorchEngine:
 class _OnnxEngine:
     name = "onnx"
 
-    def __init__(self, onnx_path: Path, checkpoint: dict[str, Any], threads: int | None = None, providers: str | Sequence[str] | None = "cpu"):
+    def __init__(
+        self,
+        onnx_path: Path,
+        checkpoint: dict[str, Any],
+        threads: int | None = None,
+        providers: str | Sequence[str] | None = "cpu",
+        openvino: bool = False,
+    ):
         from .export import INPUT_NAME, OUTPUT_NAMES, onnx_session, read_metadata
 
+        kind = "openvino" if openvino else "onnx"
         if not onnx_path.is_file():
             raise FileNotFoundError(
-                f"no ONNX model at {onnx_path} (create it with `glass export RUN_DIR --format onnx --out {onnx_path}`)"
+                f"no {'OpenVINO' if openvino else 'ONNX'} model at {onnx_path} "
+                f"(create it with `glass export RUN_DIR --format {kind} --out {onnx_path}`)"
             )
-        meta = read_metadata(onnx_path)
+        if openvino:  # OpenVINO IR, compiled with the f32 precision hint (see openvino_export)
+            from .openvino_export import read_metadata as ir_metadata
+            from .runtime import _OpenVinoSession
+
+            self.name = "openvino"
+            meta = ir_metadata(onnx_path)
+            device = providers if isinstance(providers, str) and providers.upper() in ("CPU", "GPU", "NPU", "AUTO") else "CPU"
+            session = _OpenVinoSession(onnx_path, device.upper(), threads)
+        else:
+            meta = read_metadata(onnx_path)
         _check_metadata(meta, checkpoint, onnx_path)
         # In-graph preprocessing (the default of `glass export`): frames of any size in, maps on the frame out.
         self.in_graph = meta.get("preprocessing") == "in-graph"
         self.path = onnx_path
-        self.session = onnx_session(onnx_path, threads, providers)
+        self.session = session if openvino else onnx_session(onnx_path, threads, providers)
         self.input_name, self.output_names = INPUT_NAME, list(OUTPUT_NAMES)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,8 +194,13 @@ class Detector:
 
             path = Path(onnx_path) if onnx_path is not None else checkpoint_path(run).parent / ONNX_NAME
             runner = _OnnxEngine(path, checkpoint, threads, providers)
+        elif engine == "openvino":
+            from .openvino_export import XML_NAME
+
+            path = Path(onnx_path) if onnx_path is not None else checkpoint_path(run).parent / XML_NAME
+            runner = _OnnxEngine(path, checkpoint, threads, providers, openvino=True)
         else:
-            raise ValueError(f"engine must be 'torch' or 'onnx', got {engine!r}")
+            raise ValueError(f"engine must be 'torch', 'onnx' or 'openvino', got {engine!r}")
         return cls(
             checkpoint, runner, batch_size=batch_size, threshold=threshold, source=str(checkpoint_path(run)), bit_depth=bit_depth
         )
