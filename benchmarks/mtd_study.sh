@@ -25,7 +25,7 @@ case "${1:-all}" in
   table4|all)  # paper Table 4 on MTD: LAS only; GAS only (noise; + ascent; + projection); both = fast
     step las_only_train glass train $DATA --out runs/t4_las_only --textures $DTD --gas off -q
     step las_only_test glass test runs/t4_las_only $DATA --json runs/t4_las_only.json -q
-    for mode in noise ascent full; do
+    for mode in full noise ascent; do
       step gas_${mode}_train glass train $DATA --out runs/t4_gas_$mode --textures $DTD --no-las --gas $mode -q
       step gas_${mode}_test glass test runs/t4_gas_$mode $DATA --json runs/t4_gas_$mode.json -q
     done ;;&
