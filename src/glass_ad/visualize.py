@@ -184,9 +184,11 @@ def _inspected_mask(inspected, h: int, w: int) -> np.ndarray | None:
     return mask
 
 
-def _font_scale(width: int) -> float:
-    """Hershey font scale for a picture ``width`` pixels wide: readable when small, not tiny when large."""
-    return float(np.clip(width / 1100.0, 0.35, 1.4))
+def _font_scale(width: int, height: int | None = None) -> float:
+    """Hershey font scale for a picture ``width × height`` pixels: readable when small, not tiny when
+    large, never taller than a fraction of a flat picture."""
+    scale = width / 1100.0 if height is None else min(width / 1100.0, height / 250.0)
+    return float(np.clip(scale, 0.35, 1.4))
 
 
 def _put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float, color=(0, 0, 0)) -> None:
@@ -201,7 +203,7 @@ def colorbar(height: int, vmin: float, vmax: float, threshold: float | None = No
 
 
 def _colorbar_tile(height: int, vmin: float, vmax: float, threshold: float | None) -> np.ndarray:
-    scale = float(np.clip(height / 500.0, 0.3, 0.8))
+    scale = float(np.clip(height / 400.0, 0.35, 0.8))
     label_w = int(62 * scale / 0.45)
     bar_w = max(8, height // 20)
     tile = np.full((height, bar_w + label_w + 6, 3), 255, np.uint8)
@@ -235,7 +237,7 @@ def _with_title(tile: np.ndarray, title: str | None) -> np.ndarray:
     text = str(title).replace("\u2192", "->")
     text = text.encode("ascii", "replace").decode("ascii")
     width = tile.shape[1]
-    scale = _font_scale(width)
+    scale = _font_scale(width, tile.shape[0])
     (text_w, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     while text_w > width - 12 and len(text) > 4:
         text = text[: max(1, int(len(text) * (width - 12) / text_w) - 4)] + "..."
