@@ -4,7 +4,6 @@ beside the model, package version and training-data fingerprint in the checkpoin
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

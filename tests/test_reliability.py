@@ -40,7 +40,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from glass_ad import io as glass_io
 from glass_ad.cli import app
 from glass_ad.demo_data import make_demo_dataset
 from glass_ad.io import ImageReadError, read_image

@@ -1,7 +1,6 @@
 """The validation-only anomaly family, grey textures for grey products, and measured training precision."""
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -300,13 +300,10 @@ def _train_config(ctx: typer.Context, config_file: Optional[Path], recipe: str, 
 
 
 def _record_run(data_dir: Path, layout: str, category: Optional[str], checkpoint: Path) -> None:
-    """Package version, git revision and training-data fingerprint into the checkpoint; config.yaml and
-    history.csv beside it."""
-    from .datasets import load_dataset
-    from .provenance import add_to_checkpoint, provenance, write_run_files
+    """config.yaml and history.csv beside the checkpoint (which the trainer gave its provenance entry:
+    package version, git revision, training-data fingerprint)."""
+    from .provenance import write_run_files
 
-    split = load_dataset(data_dir, layout, category=category)
-    add_to_checkpoint(checkpoint, provenance([sample.path for sample in split.train], split.root))
     write_run_files(checkpoint)
 
 

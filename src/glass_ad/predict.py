@@ -32,7 +32,7 @@ import os
 import sys
 from dataclasses import dataclass, field  # noqa: F401
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch

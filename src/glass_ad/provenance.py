@@ -6,7 +6,7 @@ the files written beside every model so a run can be read and repeated without t
   renamed or re-encoded changes it. (Sizes, not contents: hashing gigabytes of images at every training run
   would cost more than it tells.)
 * `provenance(...)`: ``{package_version, git_describe, data_fingerprint, train_files, train_bytes}``, stored
-  in the checkpoint under ``provenance`` (`add_to_checkpoint`, as `model.make_checkpoint(**extra)` would).
+  in the checkpoint under ``provenance`` (the trainer passes it to `model.make_checkpoint`).
 * `write_run_files(run_dir)`: ``config.yaml`` (the effective settings, loadable by ``glass train --config``)
   and ``history.csv`` (one row per epoch) beside ``model.pt``.
 * `load_config_file(path)`: a YAML or TOML file of `GlassConfig` fields (plus ``recipe``).
@@ -22,7 +22,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["data_fingerprint", "git_describe", "provenance", "add_to_checkpoint", "write_run_files", "load_config_file"]
+__all__ = ["data_fingerprint", "git_describe", "provenance", "write_run_files", "load_config_file"]
 
 
 def data_fingerprint(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -69,15 +69,6 @@ def provenance(train_paths: Sequence[str | os.PathLike], data_root: str | os.Pat
         "train_files": fingerprint["files"],
         "train_bytes": fingerprint["bytes"],
     }
-
-
-def add_to_checkpoint(run: str | os.PathLike, entry: dict[str, Any]) -> Path:
-    """Add ``provenance`` to an existing checkpoint (rewritten atomically; nothing else changes)."""
-    from .model import checkpoint_path, read_checkpoint, save_checkpoint
-
-    checkpoint = read_checkpoint(run)
-    checkpoint["provenance"] = entry
-    return save_checkpoint(checkpoint, checkpoint_path(run))
 
 
 def _yaml_text(data: dict[str, Any], header: str) -> str:

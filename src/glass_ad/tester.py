@@ -214,7 +214,7 @@ def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, dev
     if threshold is None:
         return
     false_pos, false_neg = evaluator.worst_cases(threshold, k=6)
-    panels, titles = [], []
+    panels = []
     maps = evaluator.maps
     vmin, vmax = _heat_range(calibration, maps[: len(scores)])
     for kind, indices in (("false positive", false_pos), ("false negative", false_neg)):

@@ -33,7 +33,7 @@ from .calibration import calibrate
 from .config import GlassConfig
 from .datasets import Preprocessor, Sample, load_dataset
 from .foreground import foreground_mask, is_object_category
-from .geometry import FeatureGeometry, SpacingProbe, measure_geometry
+from .geometry import SpacingProbe, measure_geometry
 from .io import ImageReadError, read_image
 from .las import LocalAnomalySynthesizer
 from .memory_bank import greedy_coreset
@@ -41,6 +41,7 @@ from .losses import bce, las_loss
 from .metrics import image_auroc, pixel_ap, pixel_auroc
 from .model import GlassModel, build_model, make_checkpoint, resolve_device, save_checkpoint, CHECKPOINT_NAME
 from .precision import choose_precision
+from .provenance import provenance
 from .spectrum import choose_hypothesis, mean_image
 from .textures import GreyTextures, load_textures
 from .unseen_anomalies import UnseenAnomalySynthesizer
@@ -625,6 +626,7 @@ def train(
         foreground=foreground is not None,
         centre=centre,
         geometry=geometry.to_dict(),
+        provenance=provenance([sample.path for sample in dataset.train], dataset.root),
         calibration=calibration,
         training={
             "data_root": str(data_root),
