@@ -136,7 +136,8 @@ def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> 
             if i == 1:  # first iteration is warm-up
                 timings = {k: 0.0 for k in timings}
             start = time.perf_counter()
-            synthetic = synthesizer(images, None, rng)
+            # LAS copies of the first las_fraction of the batch, as the trainer makes them.
+            synthetic = synthesizer(images[: max(2, round(len(images) * config.las_fraction))], None, rng)
             timings["las"] += time.perf_counter() - start
             start = time.perf_counter()
             with torch.no_grad():

@@ -37,8 +37,8 @@ class GASSettings:
     steps: int = 20
     step_size: float = 0.001
     project_every: int = 5
-    r1: float = 0.5
-    r2: float = 1.0
+    r1: float = 1.0  # as GlassConfig: in units of `unit`
+    r2: float = 2.0
     unit: float = 1.0  # length unit of noise_std, step_size, r1, r2: the measured normal spacing
 
 
