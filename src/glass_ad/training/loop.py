@@ -1,0 +1,116 @@
+"""The optimisers and one epoch of training."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import gas as gas_module
+from ..config import GlassConfig
+from ..model import GlassModel
+from .distributed import Distributed
+from .preparation import NormalFeatures, SynthesisSetup
+from .step import training_step
+
+
+@dataclass
+class Optimisation:
+    """AdamW for D at twice the rate, Adam with weight decay for A (the reference's choice); cosine or
+    constant schedule over the configured epochs."""
+
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[Any] = field(default_factory=list)
+
+    @property
+    def lr(self) -> float:
+        """This epoch's rate in --lr terms (D runs at 2×)."""
+        return self.optimizers[0].param_groups[0]["lr"] / 2
+
+    def end_epoch(self) -> None:
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+
+def make_optimisation(model: GlassModel, config: GlassConfig) -> Optimisation:
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(model.discriminator.parameters(), lr=config.lr * 2)]
+    if config.adaptor:
+        optimizers.append(
+            torch.optim.Adam(model.adaptor.parameters(), lr=config.lr, weight_decay=config.adaptor_weight_decay)
+        )
+    schedulers = [
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        for optimizer in optimizers
+        if config.lr_schedule == "cosine"
+    ]
+    return Optimisation(optimizers, schedulers)
+
+
+def iterations_per_epoch(config: GlassConfig, images: int) -> int:
+    """The reference's `images_per_epoch` worth of batches, at most one pass over the images."""
+    return min(math.ceil((config.images_per_epoch + 1) / config.batch_size), math.ceil(images / config.batch_size))
+
+
+def train_one_epoch(
+    model: GlassModel,
+    optimisation: Optimisation,
+    features: NormalFeatures,
+    synthesis: SynthesisSetup,
+    config: GlassConfig,
+    settings: gas_module.GASSettings,
+    centre: torch.Tensor,
+    *,
+    order_rng: np.random.Generator,
+    las_rng: np.random.Generator,
+    generator: torch.Generator,
+    bf16: bool = False,
+    group: Distributed | None = None,
+    on_step: Any = None,
+) -> dict[str, float]:
+    """One pass of `iterations_per_epoch` batches; returns the mean of each step statistic.
+
+    `order_rng` shuffles the images (the same stream on every rank), `las_rng` draws the LAS anomalies and
+    `generator` the patch subsets and GAS noise (per rank in data-parallel training; one stream otherwise).
+    """
+    group = group or Distributed()
+    device = centre.device
+    iterations = iterations_per_epoch(config, len(features))
+    order = order_rng.permutation(len(features))
+    synchronize = group.average_gradients if group.active else None
+    steps: list[dict[str, float]] = []
+    for it in range(iterations):
+        index = np.sort(order[it * config.batch_size : (it + 1) * config.batch_size])
+        if len(index) < 2:
+            break
+        index = group.shard(index)
+        normal = features.batch(index)
+        las_features = las_labels = None
+        if config.las:
+            las_index = index[: max(2, round(len(index) * config.las_fraction))]
+            batch = features.images[las_index].float() / 255.0
+            foreground = synthesis.foreground[las_index] if synthesis.foreground is not None else None
+            synthetic = synthesis.las(batch, foreground, las_rng)
+            with torch.no_grad():
+                las_features = model.features(synthetic.images.to(device))
+            las_labels = synthetic.patch_labels.to(device)
+        stats = training_step(
+            model,
+            optimisation.optimizers,
+            normal,
+            las_features,
+            las_labels,
+            centre,
+            config,
+            settings,
+            generator,
+            bf16,
+            synchronize,
+        )
+        steps.append(stats)
+        if on_step is not None:
+            on_step(it + 1, iterations, stats)
+    group.average_buffers(model.discriminator)
+    return {k: float(np.mean([s[k] for s in steps if k in s])) for k in steps[0]}

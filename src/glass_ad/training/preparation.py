@@ -1,0 +1,295 @@
+"""Preparation, before the first epoch: the normal images (split, decoded once), the synthesis set-up
+(hypothesis, foreground, textures, LAS) and the normal features (cache, measured geometry, scale)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..cache import FeatureStore
+from ..config import GlassConfig
+from ..datasets import DatasetSplit, Preprocessor, Sample, load_dataset
+from ..foreground import foreground_mask, is_object_category
+from ..geometry import FeatureGeometry, SpacingProbe, measure_geometry
+from ..io import ImageReadError, read_image
+from ..las import LocalAnomalySynthesizer
+from ..model import GlassModel
+from ..spectrum import choose_hypothesis, mean_image
+from ..textures import GreyTextures, load_textures
+
+log = logging.getLogger(__name__)
+
+Echo = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The normal images
+
+
+def split_holdout(samples: list[Sample], config: GlassConfig) -> tuple[list[Sample], list[Sample]]:
+    """Seeded split of the normal training images into (train, holdout)."""
+    if config.holdout_fraction <= 0:
+        return list(samples), []
+    count = max(config.min_holdout, int(round(len(samples) * config.holdout_fraction)))
+    if len(samples) - count < config.batch_size:
+        count = max(0, len(samples) - config.batch_size)
+    order = np.random.default_rng(config.seed).permutation(len(samples))
+    holdout = sorted(order[:count].tolist())
+    chosen = set(holdout)
+    return [s for i, s in enumerate(samples) if i not in chosen], [samples[i] for i in holdout]
+
+
+ELONGATED = 1.5  # long/short side: a centre crop would drop over a third of such an image
+ELONGATED_SHARE = 0.1
+
+
+def choose_fit(samples: list[Sample], probe: int = 64) -> str:
+    """'stretch' when at least 10 % of the images are elongated (a centre crop would drop whole regions,
+    and with them defects), else 'crop' (the reference)."""
+    from PIL import Image
+
+    ratios = []
+    for sample in samples[:: max(1, len(samples) // probe)][:probe]:
+        try:
+            with Image.open(sample.path) as image:
+                width, height = image.size
+        except Exception:  # unreadable files are reported when decoded
+            continue
+        ratios.append(max(width, height) / max(1, min(width, height)))
+    share = float(np.mean(np.asarray(ratios) > ELONGATED)) if ratios else 0.0
+    return "stretch" if share >= ELONGATED_SHARE else "crop"
+
+
+def decode_images(
+    samples: list[Sample], preprocessor: Preprocessor, *, progress: bool = True, desc: str = "decoding"
+) -> tuple[torch.Tensor, list[Sample]]:
+    """All images resized and cropped once, as an N×3×S×S uint8 tensor; unreadable files are skipped."""
+    images, kept = [], []
+    for sample in tqdm(samples, desc=desc, unit="img", disable=not progress, leave=False):
+        try:
+            pixels = read_image(sample.path)
+        except ImageReadError as error:
+            log.warning("skipped: %s", error)
+            continue
+        images.append((preprocessor.image(pixels) * 255.0).round().to(torch.uint8))
+        kept.append(sample)
+    if not images:
+        raise ValueError("no readable training images")
+    return torch.stack(images), kept
+
+
+@dataclass
+class TrainingImages:
+    """The normal images of one run, decoded once (uint8 N×3×S×S), and where they came from."""
+
+    config: GlassConfig  # with the image fit resolved
+    dataset: DatasetSplit
+    train_samples: list[Sample]
+    holdout_samples: list[Sample]
+    images: torch.Tensor
+    holdout: torch.Tensor | None  # held-out normal images: validation and threshold calibration
+
+
+def prepare_images(
+    data_root: str | Path,
+    config: GlassConfig,
+    *,
+    category: str | None = None,
+    layout: str = "auto",
+    progress: bool = True,
+    echo: Echo = print,
+) -> TrainingImages:
+    """Normal training images only (`train/good`), split into train and holdout, decoded once."""
+    dataset = load_dataset(data_root, layout, category=category)
+    train_samples, holdout_samples = split_holdout(dataset.train, config)
+    if config.fit == "auto":
+        config = config.replace(fit=choose_fit(dataset.train))
+        echo(f"image fit: {config.fit}")
+    preprocessor = Preprocessor(config.image_size, config.resize, config.fit)
+    images, train_samples = decode_images(train_samples, preprocessor, progress=progress)
+    holdout = None
+    if holdout_samples:
+        holdout = decode_images(holdout_samples, preprocessor, progress=progress, desc="decoding holdout")[0]
+    if len(images) < config.batch_size:
+        raise ValueError(f"need at least {config.batch_size} readable training images, found {len(images)}")
+    held = 0 if holdout is None else len(holdout)
+    echo(f"training images: {len(images)}, held out for validation/calibration: {held}")
+    return TrainingImages(config, dataset, train_samples, holdout_samples, images, holdout)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthesis set-up
+
+
+def compute_foreground(images: torch.Tensor, mode: str) -> torch.Tensor | None:
+    """N×1×S×S bool foreground masks, or None when LAS may use the whole image."""
+    as_hwc = [img.permute(1, 2, 0).numpy() for img in images]
+    if mode == "off":
+        return None
+    if mode == "auto":
+        probe = as_hwc[:: max(1, len(as_hwc) // 16)][:16]
+        if not is_object_category(probe):
+            return None
+    masks = [torch.from_numpy(np.ascontiguousarray(foreground_mask(img))) for img in as_hwc]
+    return torch.stack(masks).unsqueeze(1)
+
+
+def is_grey(images: torch.Tensor, probe: int = 32) -> bool:
+    """True when the (probed) N×3×S×S uint8 images have equal channels: a grey product."""
+    sample = images[:: max(1, len(images) // probe)][:probe].to(torch.int16)
+    return bool(((sample[:, 0] - sample[:, 1]).abs().max() <= 2) and ((sample[:, 0] - sample[:, 2]).abs().max() <= 2))
+
+
+@dataclass
+class SynthesisSetup:
+    """What the two synthesis strategies need, decided once from the training images."""
+
+    hypothesis: str  # "manifold" or "hypersphere" (GLASS-j's rule unless forced)
+    spectrum: dict[str, Any]  # the spectrogram statistics behind an automatic choice
+    foreground: torch.Tensor | None  # N×1×S×S masks that keep LAS on the object, or None
+    las: LocalAnomalySynthesizer  # built even with --no-las: validation draws from it
+
+
+def prepare_synthesis(images: torch.Tensor, config: GlassConfig, echo: Echo = print) -> SynthesisSetup:
+    """Hypothesis (GLASS-j), foreground masks, textures (grey for grey products) and the LAS synthesizer."""
+    spectrum: dict[str, Any] = {}
+    hypothesis = config.hypothesis
+    if hypothesis == "auto":
+        hypothesis, spectrum = choose_hypothesis(mean_image(img.permute(1, 2, 0).numpy() for img in images))
+        echo(f"hypothesis: {hypothesis} (chosen by the spectrogram rule: {_format_stats(spectrum)})")
+    else:
+        echo(f"hypothesis: {hypothesis} (forced)")
+    foreground = compute_foreground(images, config.foreground)
+    echo(f"foreground masks: {'on' if foreground is not None else 'off (whole image)'}")
+    textures = load_textures(config.textures, config.image_size)
+    grey = config.texture_colour == "grey" or (config.texture_colour == "auto" and is_grey(images))
+    if grey:
+        textures = GreyTextures(textures)
+    echo(
+        f"LAS textures: {'grey (the training images are grey)' if grey else 'colour'}"
+        + ("" if config.las else " (validation only: --no-las)")
+    )
+    las = LocalAnomalySynthesizer(
+        config.image_size,
+        textures,
+        beta_mean=config.beta_mean,
+        beta_std=config.beta_std,
+        beta_min=config.beta_min,
+        beta_max=config.beta_max,
+    )
+    return SynthesisSetup(hypothesis, spectrum, foreground, las)
+
+
+def _format_stats(stats: dict[str, Any]) -> str:
+    keys = ("n", "radius", "density1", "density2")
+    return ", ".join(f"{k}={stats[k]:.3g}" for k in keys if k in stats and isinstance(stats[k], (int, float)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The normal features
+
+
+@torch.no_grad()
+def extract_features(
+    model: GlassModel,
+    images: torch.Tensor,
+    device: torch.device,
+    *,
+    batch_size: int = 16,
+    store: FeatureStore | None = None,
+    progress: bool = True,
+    desc: str = "caching features",
+) -> FeatureStore:
+    """Patch features (scaled) of uint8 images, computed once and kept in a FeatureStore."""
+    if store is None:
+        store = FeatureStore(len(images), model.grid**2, model.embed_dim)
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
+        batch = images[start : start + batch_size].to(device).float() / 255.0
+        store.write(start, model.features(batch))
+    return store
+
+
+class NormalFeatures:
+    """The normal training images' patch features (B×P×D, scaled): read from the cache, or computed by the
+    frozen backbone on demand when the cache is off."""
+
+    def __init__(self, model: GlassModel, images: torch.Tensor, store: FeatureStore | None, device: torch.device):
+        self.model, self.images, self.store, self.device = model, images, store, device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, index: np.ndarray) -> torch.Tensor:
+        if self.store is not None:
+            return self.store.read(index, self.device)
+        with torch.no_grad():
+            return self.model.features(self.images[index].to(self.device).float() / 255.0)
+
+    @torch.no_grad()
+    def mean(self) -> torch.Tensor:
+        """The per-position mean P×D. The hypersphere centre is A(mean): A is linear, so no pass over the data
+        is needed per epoch."""
+        total = torch.zeros(self.model.grid**2, self.model.embed_dim, dtype=torch.float64, device=self.device)
+        for start in range(0, len(self), 16):
+            total += self.batch(np.arange(start, min(start + 16, len(self)))).double().sum(0)
+        return (total / len(self)).float()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+@dataclass
+class FeatureSetup:
+    features: NormalFeatures
+    geometry: FeatureGeometry  # the measured normal spacing and the scale applied to the features
+    spacing_probe: SpacingProbe  # re-measures the spacing in adaptor space every epoch (GAS's length unit)
+    mean_feature: torch.Tensor  # P×D
+
+
+def prepare_features(
+    model: GlassModel,
+    images: torch.Tensor,
+    config: GlassConfig,
+    device: torch.device,
+    rng: np.random.Generator,
+    *,
+    spill_dir: str | Path | None = None,
+    progress: bool = True,
+    echo: Echo = print,
+) -> FeatureSetup:
+    """Cache the frozen backbone's features (when on), then the scale rule: measure the spacing of the normal
+    features once (median distance to the nearest patch of another image) and scale the features so that it
+    equals `feature_spacing` (docs/method.md)."""
+    model.feature_scale.fill_(1.0)
+    store = None
+    if config.cache_features:
+        store = FeatureStore(
+            len(images),
+            model.grid**2,
+            model.embed_dim,
+            dtype=config.cache_dtype,
+            ram_limit_gb=config.cache_ram_limit_gb,
+            spill_dir=spill_dir,
+        )
+        extract_features(model, images, device, store=store, progress=progress)
+    features = NormalFeatures(model, images, store, device)
+
+    probe_index = np.sort(rng.choice(len(images), size=min(len(images), 64), replace=False))
+    probe_features = features.batch(probe_index).cpu()
+    spacing_probe = SpacingProbe.from_features(probe_features, rng)
+    del probe_features
+    geometry = measure_geometry(spacing_probe, config.feature_spacing)
+    echo(f"feature geometry: {geometry.describe()}")
+    scale = geometry.scale
+    model.feature_scale.fill_(scale)
+    spacing_probe = SpacingProbe(spacing_probe.queries.mul_(scale).to(device), spacing_probe.bank.mul_(scale).to(device))
+    if store is not None:
+        store.array *= np.asarray(scale, dtype=store.array.dtype)
+    return FeatureSetup(features, geometry, spacing_probe, features.mean())

@@ -1,0 +1,141 @@
+"""One training step: the normal branch, GAS (noise, gradient ascent, projections) and LAS (focal loss with
+OHEM) on the same share of patch vectors, one summed loss, Adam(A) + AdamW(D)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .. import gas as gas_module
+from ..config import GlassConfig
+from ..losses import bce, las_loss
+from ..model import GlassModel
+from ..precision import choose_precision
+
+
+def gas_settings(config: GlassConfig, hypothesis: str, unit: float = 1.0) -> gas_module.GASSettings:
+    """GAS settings of `config`; `unit` is the current normal spacing when the scale rule is on."""
+    return gas_module.GASSettings(
+        hypothesis=hypothesis,
+        mode=config.gas,
+        noise_std=config.noise_std,
+        steps=config.ascent_steps,
+        step_size=config.ascent_step_size,
+        project_every=config.project_every,
+        r1=config.r1,
+        r2=config.r2,
+        unit=unit if config.feature_spacing is not None else 1.0,
+    )
+
+
+def use_bf16(precision: str, device: torch.device, dim: int = 432, hidden: int = 1024) -> bool:
+    """Whether training arithmetic runs under bf16 autocast ("auto": measured, see precision.py)."""
+    return choose_precision(precision, device, dim, hidden).bf16
+
+
+def training_step(
+    model: GlassModel,
+    optimizers: list[torch.optim.Optimizer],
+    normal: torch.Tensor,
+    las_features: torch.Tensor | None,
+    las_labels: torch.Tensor | None,
+    centre: torch.Tensor,
+    config: GlassConfig,
+    settings: gas_module.GASSettings,
+    generator: torch.Generator,
+    bf16: bool = False,
+    synchronize: Callable[[GlassModel], None] | None = None,
+) -> dict[str, float]:
+    """One optimisation step on B×P×D normal features and (optionally) B×P×D LAS features. `synchronize`
+    runs between backward and the update (data-parallel training averages the gradients there)."""
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(normal.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss, stats = step_loss(model, normal, las_features, las_labels, centre, config, settings, generator)
+    loss.backward()
+    if synchronize is not None:
+        synchronize(model)
+    for optimizer in optimizers:
+        optimizer.step()
+    return stats
+
+
+def sample_rows(count: int, keep: int, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """Indices of `keep` random rows out of `count` (None: keep all of them)."""
+    if keep >= count:
+        return None
+    return torch.randperm(count, generator=generator)[: max(2, keep)].to(device)
+
+
+def step_loss(
+    model: GlassModel,
+    normal: torch.Tensor,
+    las_features: torch.Tensor | None,
+    las_labels: torch.Tensor | None,
+    centre: torch.Tensor,
+    config: GlassConfig,
+    settings: gas_module.GASSettings,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one step (normal + GAS + LAS branches) and its per-branch statistics."""
+    batch, patches, dim = normal.shape
+    centres = centre.repeat(batch, 1)
+    rows = normal.reshape(-1, dim)
+    # Each branch trains on the same number of patch vectors: `patch_fraction` of the batch's B·P.
+    keep = max(2, int(len(rows) * config.patch_fraction))
+    pick = sample_rows(len(rows), keep, generator, rows.device)
+    if pick is not None:
+        rows, centres_u = rows[pick], centres[pick]
+    else:
+        centres_u = centres
+    # Feature geometry (distances, projections, ascent steps) stays float32 even under autocast.
+    u = model.adaptor(rows).float()
+    fake = labels = centres_fake = None
+    if las_features is not None:
+        las_rows, labels = las_features.reshape(-1, dim), las_labels.reshape(-1)
+        centres_fake = centre.repeat(las_features.shape[0], 1)
+        pick = sample_rows(len(las_rows), keep, generator, las_rows.device)
+        if pick is not None:
+            las_rows, labels, centres_fake = las_rows[pick], labels[pick], centres_fake[pick]
+        fake = model.adaptor(las_rows).float()
+
+    # r'1: 75 % quantile of normal distances to the centre (normal LAS patches count as normal).
+    radius = None
+    if settings.hypothesis == "hypersphere":
+        normal_points = u if fake is None else torch.cat([fake[labels < 0.5], u])
+        normal_centres = centres_u if fake is None else torch.cat([centres_fake[labels < 0.5], centres_u])
+        radius = gas_module.hypersphere_radius(normal_points, normal_centres, config.radius_quantile)
+
+    loss_terms: dict[str, torch.Tensor] = {}
+    stats: dict[str, float] = {}
+    count = len(u)
+    if config.gas != "off":
+        subset = sample_rows(count, int(count * config.gas_patch_fraction), generator, u.device)
+        if subset is None:
+            subset = torch.arange(count, device=u.device)
+        v = gas_module.synthesize(
+            model.discriminator, u[subset], settings, centres=centres_u[subset], radius=radius, generator=generator
+        )
+        scores = model.discriminator(torch.cat([u, v])).float()
+        true_scores, gas_scores = scores[:count], scores[count:]
+        loss_terms["normal"] = bce(true_scores, 0.0)
+        loss_terms["gas"] = bce(gas_scores, 1.0)
+        stats["p_gas"] = float((gas_scores.detach() >= 0.5).float().mean())  # GAS vectors called anomalous
+    else:
+        true_scores = model.discriminator(u).float()
+        loss_terms["normal"] = bce(true_scores, 0.0)
+
+    if fake is not None:
+        if settings.hypothesis == "hypersphere":
+            fake = gas_module.project_las_features(fake, labels, centres_fake, radius)
+        fake_scores = model.discriminator(fake).float().squeeze(1)
+        loss_terms["las"] = las_loss(fake_scores, labels, config.focal_gamma, config.ohem_quantile)
+
+    loss = sum(loss_terms.values())
+    stats.update({f"loss_{k}": float(v.detach()) for k, v in loss_terms.items()})
+    stats["loss"] = float(loss.detach())
+    stats["p_true"] = float((true_scores.detach() < 0.5).float().mean())  # normal vectors called normal
+    if radius is not None:
+        stats["radius"] = float(radius)
+    return loss, stats

@@ -1,0 +1,301 @@
+"""Training: normal images only. `train` reads top to bottom:
+
+1. preparation: the normal images (seeded holdout for validation and calibration, decoded once), the
+   synthesis set-up (GLASS-j hypothesis, foreground masks, textures, LAS), the model, the cached features and
+   their measured geometry (scale-aware GAS);
+2. the optimisers and the schedule;
+3. epochs of: normal + GAS + LAS branches → one loss (loop.py, step.py);
+4. after each epoch, validation on the holdout normals and fixed synthetic anomalies: keep the best state,
+   stop early when the trend no longer rises (validation.py);
+5. finishing: calibrate thresholds on the holdout normals, write one self-contained checkpoint.
+
+No test image is read here. Under `torchrun` the same function trains one model data-parallel
+(distributed.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import resume as resume_module
+from ..calibration import calibrate
+from ..config import GlassConfig
+from ..model import CHECKPOINT_NAME, GlassModel, build_model, make_checkpoint, resolve_device, save_checkpoint
+from ..precision import choose_precision
+from ..provenance import provenance
+from .distributed import Distributed
+from .hybrid import build_hybrid_score
+from .loop import make_optimisation, train_one_epoch
+from .preparation import prepare_features, prepare_images, prepare_synthesis
+from .step import gas_settings
+from .validation import EarlyStopping, build_validation_set, dead_branch_warning, validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    hypothesis: str
+    epochs_run: int
+    best_epoch: int
+    wall_time_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+
+def train(
+    data_root: str | Path,
+    out_dir: str | Path,
+    config: GlassConfig,
+    *,
+    category: str | None = None,
+    layout: str = "auto",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    resume: bool = False,
+) -> TrainResult:
+    """Train GLASS on `data_root`'s normal training images and write `out_dir/model.pt`; `resume` continues an
+    interrupted run in `out_dir` from its last completed epoch (resume.py). Started by torchrun, every rank
+    calls this and one model is trained data-parallel."""
+    start_time = time.perf_counter()
+    config = config.validate()
+    group = Distributed.from_environment(config.device)
+    if group.active and resume:
+        group.close()
+        raise ValueError("--resume is not supported in multi-process training; restart the run")
+    if not group.is_main:  # one voice: rank 0 reports
+        echo, progress = (lambda _: None), False
+    try:
+        with cpu_threads(config.num_threads):
+            return _train(data_root, Path(out_dir), config, group, category, layout, progress, echo, resume, start_time)
+    finally:
+        group.close()
+
+
+def _train(
+    data_root: str | Path,
+    out_dir: Path,
+    config: GlassConfig,
+    group: Distributed,
+    category: str | None,
+    layout: str,
+    progress: bool,
+    echo: Callable[[str], None],
+    resume: bool,
+    start_time: float,
+) -> TrainResult:
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)  # image order (the same on every rank), probes
+    generator = torch.Generator().manual_seed(config.seed)
+    las_rng = rng
+    if group.active:  # each rank draws its own LAS anomalies, patch subsets and GAS noise
+        las_rng = np.random.default_rng([config.seed, group.rank])
+        generator = torch.Generator().manual_seed(config.seed * 1000 + group.rank)
+    device = group.device(resolve_device(config.device))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_state = None
+    if group.is_main:
+        run_state = resume_module.TrainState(out_dir, config, data_root, category, layout, device, resume=resume)
+
+    # 1. Preparation.
+    data = prepare_images(data_root, config, category=category, layout=layout, progress=progress, echo=echo)
+    config = data.config
+    synthesis = prepare_synthesis(data.images, config, echo)
+    model = build_model(config).to(device)
+    setup = prepare_features(model, data.images, config, device, rng, spill_dir=out_dir, progress=progress, echo=echo)
+    group.broadcast_module(model)
+    val = None
+    if data.holdout is not None and group.is_main:
+        val = build_validation_set(model, data.holdout, synthesis.las, config, device, synthesis.foreground is not None)
+    validating = group.broadcast(val is not None)
+
+    # 2. Optimisers, schedule, arithmetic.
+    optimisation = make_optimisation(model, config)
+    arithmetic = group.broadcast(choose_precision(config.precision, device, model.embed_dim, config.dsc_hidden))
+    bf16 = arithmetic.bf16
+    echo(f"training arithmetic: {arithmetic.reason}")
+    if group.active:
+        echo(f"data-parallel over {group.world_size} processes: {config.batch_size} images per step in all")
+
+    history: list[dict[str, float]] = []
+    stopper = EarlyStopping(config.patience, config.stop_window)
+    best_state, best_epoch = None, 0
+    start_epoch, end_epoch = 0, config.epochs
+    if run_state is not None and run_state.loaded is not None:  # every state as at the end of the last epoch
+        start_epoch, best_state, best_epoch, history, bf16 = run_state.restore(
+            model, optimisation.optimizers, optimisation.schedulers, stopper, rng, generator
+        )
+        start_time -= run_state.elapsed_s
+        if config.early_stopping and validating and stopper.should_stop:
+            end_epoch = start_epoch
+        echo(f"resuming after epoch {start_epoch} of {config.epochs}")
+
+    # 3-4. Epochs, each followed by validation, model selection and the stopping rule.
+    model.discriminator.train()
+    model.adaptor.train()
+    bar = tqdm(
+        range(start_epoch, end_epoch),
+        desc="training",
+        unit="epoch",
+        disable=not progress,
+        initial=start_epoch,
+        total=config.epochs,
+    )
+    epoch = max(0, start_epoch - 1)
+    for epoch in bar:
+        with torch.no_grad():
+            centre = model.adaptor(setup.mean_feature)
+        # GAS lengths in units of the current normal spacing in adaptor space (A is trained, so it moves).
+        unit = setup.spacing_probe.spacing(model.adaptor) if config.feature_spacing is not None else 1.0
+        settings = gas_settings(config, synthesis.hypothesis, unit)
+        record: dict[str, float] = {"epoch": epoch + 1}
+        record |= train_one_epoch(
+            model,
+            optimisation,
+            setup.features,
+            synthesis,
+            config,
+            settings,
+            centre,
+            order_rng=rng,
+            las_rng=las_rng,
+            generator=generator,
+            bf16=bf16,
+            group=group,
+            on_step=lambda it, total, stats: bar.set_postfix(it=f"{it}/{total}", loss=f"{stats['loss']:.3f}"),
+        )
+        record["lr"] = optimisation.lr
+        record["spacing"] = unit
+        optimisation.end_epoch()
+
+        if validating:
+            scores = validate(model, val, settings, centre, config.radius_quantile, config.selection) if val else {}
+            record.update(group.broadcast(scores))
+            if stopper.update(record["val_score"]):
+                best_epoch, best_state = epoch + 1, trainable_state(model)
+        record["elapsed_s"] = time.perf_counter() - start_time
+        history.append(record)
+        (bar.write if progress else echo)(epoch_line(record))
+        if run_state is not None:
+            run_state.save(
+                epoch + 1,
+                model,
+                optimisation.optimizers,
+                optimisation.schedulers,
+                stopper,
+                rng,
+                generator,
+                best_state,
+                best_epoch,
+                history,
+                bf16,
+                record["elapsed_s"],
+            )
+        if config.early_stopping and validating and stopper.should_stop:
+            echo(
+                f"early stop after epoch {epoch + 1}: the {config.stop_window}-epoch mean validation score has not "
+                f"risen for {config.patience} epochs (best: epoch {best_epoch})"
+            )
+            break
+    bar.close()
+    epochs_run = epoch + 1
+    warning = dead_branch_warning(history)
+    if warning:
+        log.warning(warning)
+        echo(f"WARNING: {warning}")
+    if config.early_stopping and best_state is not None:
+        model.load_state_dict(best_state, strict=False)
+    else:
+        best_epoch = epochs_run
+
+    # 5. Finishing (rank 0): the hybrid score's bank, thresholds from held-out normals, one checkpoint.
+    path = out_dir / CHECKPOINT_NAME
+    calibration: dict[str, Any] = {}
+    if group.is_main:
+        if config.score == "hybrid":
+            hybrid = build_hybrid_score(model, setup.features, data.holdout, config, device, progress=progress)
+            echo(f"hybrid score: memory bank of {hybrid['bank_size']} patch vectors")
+        setup.features.close()
+        model.eval()
+        calibration = calibrate(model, data.holdout, config, device) if data.holdout is not None else {}
+        with torch.no_grad():
+            centre = model.adaptor(setup.mean_feature).cpu()
+        wall = time.perf_counter() - start_time
+        checkpoint = make_checkpoint(
+            model,
+            config,
+            hypothesis=synthesis.hypothesis,
+            spectrum=synthesis.spectrum,
+            foreground=synthesis.foreground is not None,
+            centre=centre,
+            geometry=setup.geometry.to_dict(),
+            provenance=provenance([sample.path for sample in data.dataset.train], data.dataset.root),
+            calibration=calibration,
+            training={
+                "data_root": str(data_root),
+                "category": category,
+                "train_images": len(data.images),
+                "holdout_images": 0 if data.holdout is None else len(data.holdout),
+                "holdout_paths": [str(s.path) for s in data.holdout_samples],
+                "epochs_run": epochs_run,
+                "best_epoch": best_epoch,
+                "wall_time_s": wall,
+                "precision": arithmetic.reason,
+                "processes": group.world_size,
+                "history": history,
+            },
+        )
+        save_checkpoint(checkpoint, path)
+        run_state.remove()
+    else:
+        setup.features.close()
+    group.barrier()  # the checkpoint exists when any rank returns
+    wall = time.perf_counter() - start_time
+    return TrainResult(path, synthesis.hypothesis, epochs_run, best_epoch, wall, history, calibration)
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """PyTorch's CPU thread count set to `count` for the duration of the block, then restored (a library
+    call must not change a process-wide setting behind its caller's back)."""
+    if not count:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def trainable_state(model: GlassModel) -> dict[str, torch.Tensor]:
+    """A copy of what training changes (A and D): the best epoch's state."""
+    return {
+        k: v.detach().clone()
+        for k, v in model.state_dict().items()
+        if k.startswith("discriminator.") or k.startswith("adaptor.")
+    }
+
+
+def epoch_line(record: dict[str, float]) -> str:
+    """One printed line per epoch: losses per branch, validation per family, the GAS separation, time."""
+    parts = [f"epoch {record['epoch']:>3}", f"loss {record['loss']:.4f}"]
+    parts += [f"{k[5:]} {record[k]:.4f}" for k in ("loss_normal", "loss_gas", "loss_las") if k in record]
+    if "val_score" in record:
+        parts.append(f"val LAS image AUROC {record['val_image_auroc']:.3f} AP {record['val_patch_ap']:.3f}")
+        parts.append(f"unseen {record['val_unseen_image_auroc']:.3f} AP {record['val_unseen_patch_ap']:.3f}")
+        if "val_gas_separation" in record:
+            parts.append(f"GAS sep {record['val_gas_separation']:.3f}")
+    parts.append(f"{record['elapsed_s']:.0f} s")
+    return " | ".join(parts)

@@ -1,0 +1,220 @@
+"""Validation on held-out normal images plus fixed synthetic anomalies (never test data): each branch's own
+effect (GAS, LAS and unseen-family separations), the selection score, and the stopping rule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import gas as gas_module
+from ..config import GlassConfig
+from ..las import LocalAnomalySynthesizer
+from ..metrics import image_auroc, pixel_ap, pixel_auroc
+from ..model import GlassModel
+from ..unseen_anomalies import UnseenAnomalySynthesizer
+from .preparation import compute_foreground
+
+
+@dataclass
+class ValidationSet:
+    normal: torch.Tensor  # Nv×P×D scaled features of held-out normal images
+    anomalous: torch.Tensor  # Nv×P×D features of the same images with LAS anomalies
+    labels: torch.Tensor  # Nv×P patch labels of the anomalies
+    unseen: torch.Tensor  # Nv×P×D features of the same images with the unseen family (strokes, blobs)
+    unseen_labels: torch.Tensor  # Nv×P
+
+
+@torch.no_grad()
+def score_features(model: GlassModel, features: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Patch scores N×P for stored features, in eval mode (batch norm running statistics)."""
+    out = []
+    for start in range(0, len(features), batch_size):
+        out.append(model.patch_scores(features[start : start + batch_size]).flatten(1))
+    return torch.cat(out)
+
+
+GAS_PROBE_PATCHES = 4096  # held-out normal patch vectors used to measure the GAS separation
+GAS_DEAD_AUROC = 0.6  # below this the discriminator does not tell GAS from normal: the branch is dead
+
+
+def _family_scores(normal: torch.Tensor, anomalous: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Image AUROC, patch AP and patch AUROC (normal patches vs anomalous ones) of one synthetic family."""
+    image_scores = torch.cat([normal.amax(1), anomalous.amax(1)]).numpy()
+    image_labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
+    patch_scores = torch.cat([normal.flatten(), anomalous.flatten()]).numpy()
+    patch_labels = torch.cat([torch.zeros(normal.numel()), labels.flatten()]).numpy().astype(bool)
+    auroc, ap = image_auroc(image_scores, image_labels), pixel_ap(patch_scores, patch_labels)
+    separation = pixel_auroc(patch_scores, patch_labels)
+    return {"image_auroc": auroc, "patch_ap": ap, "patch_auroc": separation, "score": 0.5 * (auroc + ap)}
+
+
+def gas_separation(
+    model: GlassModel,
+    features: torch.Tensor,
+    settings: gas_module.GASSettings,
+    centre: torch.Tensor,
+    radius_quantile: float,
+    seed: int = 0,
+) -> float:
+    """AUROC of D on held-out normal patch vectors vs their GAS copies (0.5: GAS is invisible to D)."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    rows = features.reshape(-1, features.shape[-1])
+    positions = torch.arange(len(rows)) % centre.shape[0]
+    if len(rows) > GAS_PROBE_PATCHES:
+        pick = torch.randperm(len(rows), generator=generator)[:GAS_PROBE_PATCHES]
+        rows, positions = rows[pick], positions[pick]
+    positions = positions.to(rows.device)
+    with torch.no_grad():
+        u = model.adaptor(rows).float()
+        centres = centre[positions]
+    radius = None
+    if settings.hypothesis == "hypersphere":
+        radius = gas_module.hypersphere_radius(u, centres, radius_quantile)
+    v = gas_module.synthesize(model.discriminator, u, settings, centres=centres, radius=radius, generator=generator)
+    with torch.no_grad():
+        normal_scores = model.discriminator(u).float().flatten().cpu().numpy()
+        gas_scores = model.discriminator(v).float().flatten().cpu().numpy()
+    model.train(was_training)
+    labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(gas_scores))].astype(bool)
+    return pixel_auroc(np.r_[normal_scores, gas_scores], labels)
+
+
+def validate(
+    model: GlassModel,
+    val: ValidationSet,
+    settings: gas_module.GASSettings | None = None,
+    centre: torch.Tensor | None = None,
+    radius_quantile: float = 0.75,
+    selection: str = "worst",
+) -> dict[str, float]:
+    """Scores of both synthetic families on the held-out normal images, the GAS separation, and the
+    selection score (the worse family's mean of image AUROC and patch AP, or LAS's alone)."""
+    model.eval()
+    normal = score_features(model, val.normal)
+    las = _family_scores(normal, score_features(model, val.anomalous), val.labels)
+    unseen = _family_scores(normal, score_features(model, val.unseen), val.unseen_labels)
+    record = {
+        "val_image_auroc": las["image_auroc"],
+        "val_patch_ap": las["patch_ap"],
+        "val_las_separation": las["patch_auroc"],
+        "val_unseen_image_auroc": unseen["image_auroc"],
+        "val_unseen_patch_ap": unseen["patch_ap"],
+        "val_unseen_separation": unseen["patch_auroc"],
+    }
+    if settings is not None and centre is not None and settings.mode != "off":
+        record["val_gas_separation"] = gas_separation(model, val.normal, settings, centre, radius_quantile)
+    record["val_score"] = min(las["score"], unseen["score"]) if selection == "worst" else las["score"]
+    model.discriminator.train()
+    model.adaptor.train()
+    return record
+
+
+class EarlyStopping:
+    """Best-epoch tracking and a stopping rule on the validation score.
+
+    The best single epoch is kept, but stopping follows the trend: the mean of the last `window` scores
+    must rise (by more than `min_delta`) at least once every `patience` epochs. On MTD the score moves by
+    about 0.01 between neighbouring epochs, enough to stop a still-improving run on raw scores
+    (docs/benchmarks.md).
+    """
+
+    def __init__(self, patience: int, window: int = 3, min_delta: float = 1e-4):
+        self.patience, self.window, self.min_delta = patience, window, min_delta
+        self.scores: list[float] = []
+        self.best_score = self.best_trend = -math.inf
+        self.stale = 0
+
+    def update(self, score: float) -> bool:
+        """Record one epoch's score; True when it is the best single score so far."""
+        self.scores.append(score)
+        # The trend is compared only once the window is full: a one-epoch "mean" of a lucky first epoch
+        # would otherwise set a bar that the averaged scores need many epochs to clear.
+        if len(self.scores) >= self.window:
+            trend = float(np.mean(self.scores[-self.window :]))
+            if trend > self.best_trend + self.min_delta:
+                self.best_trend, self.stale = trend, 0
+            else:
+                self.stale += 1
+        if score > self.best_score + self.min_delta:
+            self.best_score = score
+            return True
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stale >= self.patience
+
+
+@torch.no_grad()
+def build_validation_set(
+    model: GlassModel,
+    holdout: torch.Tensor,
+    synthesizer: LocalAnomalySynthesizer,
+    config: GlassConfig,
+    device: torch.device,
+    use_foreground: bool,
+) -> ValidationSet:
+    """Features of the held-out normal images and of fixed synthetic anomalies on them: the LAS family that
+    training draws from and the unseen family (strokes, blobs) that it never draws."""
+    # A fixed seed: the same synthetic anomalies every epoch and every run with this seed.
+    val_rng = np.random.default_rng(config.seed + 10_007)
+    batch = holdout.float() / 255.0
+    # The same foreground decision as for the training images (not a new "auto" vote on the holdout).
+    fg = compute_foreground(holdout, "on") if use_foreground else None
+    unseen_rng = np.random.default_rng(config.seed + 20_011)
+    unseen_synthesizer = UnseenAnomalySynthesizer(config.image_size)
+    normal, anomalous, labels, unseen, unseen_labels = [], [], [], [], []
+    for start in range(0, len(batch), 16):
+        part = batch[start : start + 16]
+        part_fg = fg[start : start + 16] if fg is not None else None
+        synthetic = synthesizer(part, part_fg, val_rng)
+        other = unseen_synthesizer(part, part_fg, unseen_rng)
+        normal.append(model.features(part.to(device)).cpu())
+        anomalous.append(model.features(synthetic.images.to(device)).cpu())
+        labels.append(synthetic.patch_labels.cpu())
+        unseen.append(model.features(other.images.to(device)).cpu())
+        unseen_labels.append(other.patch_labels.cpu())
+    return ValidationSet(
+        torch.cat(normal).to(device),
+        torch.cat(anomalous).to(device),
+        torch.cat(labels),
+        torch.cat(unseen).to(device),
+        torch.cat(unseen_labels),
+    )
+
+
+def dead_branch_warning(history: list[dict[str, float]], last: int = 3) -> str | None:
+    """A message when GAS stayed near chance over the last epochs (the discriminator cannot see it)."""
+    values = [r["val_gas_separation"] for r in history[-last:] if "val_gas_separation" in r]
+    if not values or float(np.mean(values)) >= GAS_DEAD_AUROC:
+        return None
+    return (
+        f"GAS is near chance: the discriminator separates held-out normal patches from their GAS copies at "
+        f"AUROC {np.mean(values):.2f} over the last {len(values)} epochs; the GAS branch does not train it "
+        f"(check --feature-spacing, --r1/--r2)"
+    )
+
+
+BRANCH_KEYS = (
+    "loss_normal",
+    "loss_gas",
+    "loss_las",
+    "p_gas",
+    "spacing",
+    "val_gas_separation",
+    "val_las_separation",
+    "val_unseen_separation",
+    "val_score",
+)
+
+
+def branch_summary(history: list[dict[str, float]]) -> dict[str, Any]:
+    """Per-epoch losses and separations of each branch, and the dead-branch warning (for `glass info`)."""
+    rows = [{"epoch": r["epoch"], **{k: round(r[k], 4) for k in BRANCH_KEYS if k in r}} for r in history]
+    return {"epochs": rows, "warning": dead_branch_warning(history)}
