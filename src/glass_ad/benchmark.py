@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import GlassConfig, make_config
+from .config import GlassConfig
 from .model import build_model, resolve_device
 
 
@@ -52,9 +52,14 @@ def _rss_mb() -> float:
 
 
 def run_benchmark(config: GlassConfig, *, repeats: int = 5, train_iterations: int = 4) -> dict[str, Any]:
+    from .training.trainer import cpu_threads
+
+    with cpu_threads(config.num_threads):
+        return _run_benchmark(config, repeats, train_iterations)
+
+
+def _run_benchmark(config: GlassConfig, repeats: int, train_iterations: int) -> dict[str, Any]:
     device = resolve_device(config.device)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
     model = build_model(config).to(device).eval()
     size = config.image_size
     result: dict[str, Any] = {
@@ -100,70 +105,62 @@ def _head_breakdown(model, size: int, device, repeats: int, batch_size: int = 8)
 
 
 def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> dict[str, float]:
-    """Seconds per training iteration, split by branch, with synthetic images and LAS masks."""
-    from . import gas as gas_module
-    from .las import LocalAnomalySynthesizer
+    """Seconds per training iteration, split by branch, with synthetic images and LAS masks: the trainer's
+    own optimisers, LAS synthesizer and step (glass_ad.training)."""
     from .textures import load_textures
-    from .trainer import gas_settings, training_step, use_bf16
+    from .training.loop import make_optimisation
+    from .training.preparation import make_las_synthesizer
+    from .training.step import gas_settings, training_step, use_bf16
 
     size = config.image_size
     rng = np.random.default_rng(0)
     generator = torch.Generator().manual_seed(0)
-    synthesizer = LocalAnomalySynthesizer(size, load_textures(config.textures, size))
+    synthesizer = make_las_synthesizer(config, load_textures(config.textures, size))
     model.discriminator.train()
     model.adaptor.train()
-    optimizers = [torch.optim.AdamW(model.discriminator.parameters(), lr=config.lr * 2)]
-    if config.adaptor:
-        optimizers.append(torch.optim.Adam(model.adaptor.parameters(), lr=config.lr))
+    optimisation = make_optimisation(model, config)
     settings = gas_settings(config, "manifold")
-    bf16 = use_bf16(config.precision, device)
+    bf16 = use_bf16(config.precision, device, model.embed_dim, config.dsc_hidden)
     centre = torch.zeros(model.grid**2, model.embed_dim, device=device)
     images = torch.rand(config.batch_size, 3, size, size)
     timings = {"backbone": 0.0, "las": 0.0, "gas": 0.0, "step_total": 0.0}
-
-    original = gas_module.synthesize
-
-    def timed_synthesize(*args, **kwargs):
+    for i in range(iterations + 1):
+        if i == 1:  # first iteration is warm-up
+            timings = {k: 0.0 for k in timings}
         start = time.perf_counter()
-        out = original(*args, **kwargs)
+        # LAS copies of the first las_fraction of the batch, as the trainer makes them.
+        synthetic = synthesizer(images[: max(2, round(len(images) * config.las_fraction))], None, rng)
+        timings["las"] += time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.no_grad():
+            normal = model.features(images.to(device))
+            las_features = model.features(synthetic.images.to(device))
         _sync(device)
-        timings["gas"] += time.perf_counter() - start
-        return out
-
-    gas_module.synthesize = timed_synthesize
-    try:
-        for i in range(iterations + 1):
-            if i == 1:  # first iteration is warm-up
-                timings = {k: 0.0 for k in timings}
-            start = time.perf_counter()
-            # LAS copies of the first las_fraction of the batch, as the trainer makes them.
-            synthetic = synthesizer(images[: max(2, round(len(images) * config.las_fraction))], None, rng)
-            timings["las"] += time.perf_counter() - start
-            start = time.perf_counter()
-            with torch.no_grad():
-                normal = model.features(images.to(device))
-                las_features = model.features(synthetic.images.to(device))
-            _sync(device)
-            # With the fast recipe the normal features come from the cache: count them only once.
-            timings["backbone"] += (time.perf_counter() - start) / (2 if config.cache_features else 1)
-            start = time.perf_counter()
-            training_step(
-                model, optimizers, normal, las_features, synthetic.patch_labels.to(device), centre, config, settings,
-                generator, bf16,
-            )
-            _sync(device)
-            timings["step_total"] += time.perf_counter() - start
-    finally:
-        gas_module.synthesize = original
+        # With the fast recipe the normal features come from the cache: count them only once.
+        timings["backbone"] += (time.perf_counter() - start) / (2 if config.cache_features else 1)
+        start = time.perf_counter()
+        training_step(
+            model,
+            optimisation.optimizers,
+            normal,
+            las_features,
+            synthetic.patch_labels.to(device),
+            centre,
+            config,
+            settings,
+            generator,
+            bf16,
+            timings=timings,
+        )
+        _sync(device)
+        timings["step_total"] += time.perf_counter() - start
     per_it = {k: v / iterations for k, v in timings.items()}
-    rest = per_it["step_total"] - per_it["gas"]
-    total = per_it["backbone"] + per_it["las"] + per_it["step_total"]
     return {
         "train_s_per_it_backbone": per_it["backbone"],
         "train_s_per_it_las": per_it["las"],
         "train_s_per_it_gas": per_it["gas"],
-        "train_s_per_it_rest": rest,
-        "train_s_per_it_total": total,
+        "train_s_per_it_rest": per_it["step_total"] - per_it["gas"],
+        "train_s_per_it_total": per_it["backbone"] + per_it["las"] + per_it["step_total"],
     }
 
 
@@ -190,7 +187,3 @@ def format_benchmark(result: dict[str, Any]) -> str:
     )
     lines.append(f"peak RSS: inference {result['inference_peak_rss_mb']:.0f} MB, with training {result['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
-
-
-def benchmark_config(recipe: str = "fast", **overrides: Any) -> GlassConfig:
-    return make_config(recipe, **overrides)

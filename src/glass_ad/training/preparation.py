@@ -175,7 +175,12 @@ def prepare_synthesis(images: torch.Tensor, config: GlassConfig, echo: Echo = pr
         f"LAS textures: {'grey (the training images are grey)' if grey else 'colour'}"
         + ("" if config.las else " (validation only: --no-las)")
     )
-    las = LocalAnomalySynthesizer(
+    return SynthesisSetup(hypothesis, spectrum, foreground, make_las_synthesizer(config, textures))
+
+
+def make_las_synthesizer(config: GlassConfig, textures: Any) -> LocalAnomalySynthesizer:
+    """The LAS synthesizer with the config's image size and β overlay (every user builds it here)."""
+    return LocalAnomalySynthesizer(
         config.image_size,
         textures,
         beta_mean=config.beta_mean,
@@ -183,7 +188,6 @@ def prepare_synthesis(images: torch.Tensor, config: GlassConfig, echo: Echo = pr
         beta_min=config.beta_min,
         beta_max=config.beta_max,
     )
-    return SynthesisSetup(hypothesis, spectrum, foreground, las)
 
 
 def _format_stats(stats: dict[str, Any]) -> str:

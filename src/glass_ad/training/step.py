@@ -3,6 +3,7 @@ OHEM) on the same share of patch vectors, one summed loss, Adam(A) + AdamW(D).""
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -46,13 +47,15 @@ def training_step(
     generator: torch.Generator,
     bf16: bool = False,
     synchronize: Callable[[GlassModel], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """One optimisation step on B×P×D normal features and (optionally) B×P×D LAS features. `synchronize`
-    runs between backward and the update (data-parallel training averages the gradients there)."""
+    runs between backward and the update (data-parallel training averages the gradients there); `timings`,
+    when given, accumulates the seconds spent in GAS synthesis under "gas" (`glass benchmark`)."""
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     with torch.autocast(normal.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss, stats = step_loss(model, normal, las_features, las_labels, centre, config, settings, generator)
+        loss, stats = step_loss(model, normal, las_features, las_labels, centre, config, settings, generator, timings)
     loss.backward()
     if synchronize is not None:
         synchronize(model)
@@ -77,6 +80,7 @@ def step_loss(
     config: GlassConfig,
     settings: gas_module.GASSettings,
     generator: torch.Generator,
+    timings: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one step (normal + GAS + LAS branches) and its per-branch statistics."""
     batch, patches, dim = normal.shape
@@ -114,9 +118,14 @@ def step_loss(
         subset = sample_rows(count, int(count * config.gas_patch_fraction), generator, u.device)
         if subset is None:
             subset = torch.arange(count, device=u.device)
+        started = time.perf_counter()
         v = gas_module.synthesize(
             model.discriminator, u[subset], settings, centres=centres_u[subset], radius=radius, generator=generator
         )
+        if timings is not None:
+            if v.device.type == "cuda":
+                torch.cuda.synchronize(v.device)
+            timings["gas"] = timings.get("gas", 0.0) + time.perf_counter() - started
         scores = model.discriminator(torch.cat([u, v])).float()
         true_scores, gas_scores = scores[:count], scores[count:]
         loss_terms["normal"] = bce(true_scores, 0.0)

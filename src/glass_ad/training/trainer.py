@@ -210,7 +210,7 @@ def _train(
     bar.close()
     epochs_run = epoch + 1
     warning = dead_branch_warning(history)
-    if warning:
+    if warning and group.is_main:
         log.warning(warning)
         echo(f"WARNING: {warning}")
     if config.early_stopping and best_state is not None:
