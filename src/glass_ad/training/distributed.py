@@ -44,7 +44,7 @@ class Distributed:
             return cls()
         if not dist.is_available():
             raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         owns = False
         if not dist.is_initialized():
             cuda = device != "cpu" and torch.cuda.is_available()

@@ -4,7 +4,7 @@ OHEM) on the same share of patch vectors, one summed loss, Adam(A) + AdamW(D).""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -83,7 +83,7 @@ def step_loss(
     timings: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one step (normal + GAS + LAS branches) and its per-branch statistics."""
-    batch, patches, dim = normal.shape
+    batch, _, dim = normal.shape
     centres = centre.repeat(batch, 1)
     rows = normal.reshape(-1, dim)
     # Each branch trains on the same number of patch vectors: `patch_fraction` of the batch's B·P.

@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,14 @@ from tqdm.auto import tqdm
 from .. import resume as resume_module
 from ..calibration import calibrate
 from ..config import GlassConfig
-from ..model import CHECKPOINT_NAME, GlassModel, build_model, make_checkpoint, resolve_device, save_checkpoint
+from ..model import (
+    CHECKPOINT_NAME,
+    GlassModel,
+    build_model,
+    make_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
 from ..precision import choose_precision
 from ..provenance import provenance
 from .distributed import Distributed
@@ -37,7 +45,12 @@ from .hybrid import build_hybrid_score
 from .loop import make_optimisation, train_one_epoch
 from .preparation import prepare_features, prepare_images, prepare_synthesis
 from .step import gas_settings
-from .validation import EarlyStopping, build_validation_set, dead_branch_warning, validate
+from .validation import (
+    EarlyStopping,
+    build_validation_set,
+    dead_branch_warning,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +297,7 @@ def trainable_state(model: GlassModel) -> dict[str, torch.Tensor]:
     return {
         k: v.detach().clone()
         for k, v in model.state_dict().items()
-        if k.startswith("discriminator.") or k.startswith("adaptor.")
+        if k.startswith(("discriminator.", "adaptor."))
     }
 
 
