@@ -1,12 +1,19 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 
+from glass_ad.config import GAS_MODES, GlassConfig, make_config
 from glass_ad.discriminator import Discriminator
 from glass_ad.gas import GASSettings, hypersphere_radius, project_las_features, synthesize, truncate_norm
 
 DIM = 32
+
+
+def settings_of(hypothesis: str = "manifold", **changes) -> GASSettings:
+    """The paper config's GAS settings with some fields changed."""
+    return dataclasses.replace(GASSettings.from_config(GlassConfig(), hypothesis), **changes)
 
 
 @pytest.fixture()
@@ -27,7 +34,7 @@ def test_manifold_projection_radius(disc):
     u = torch.randn(400, DIM)
     # Large noise so that the projection must shrink most vectors; small noise so that it must grow some.
     for noise in (0.001, 0.5):
-        settings = GASSettings("manifold", noise_std=noise, steps=10, step_size=0.01, project_every=5, r1=0.5, r2=1.0)
+        settings = settings_of("manifold", noise_std=noise, steps=10, step_size=0.01, project_every=5, r1=0.5, r2=1.0)
         v = synthesize(disc, u, settings, generator=torch.Generator().manual_seed(1))
         dist = (v - u).norm(dim=1)
         assert dist.min() >= 0.5 - 1e-4 and dist.max() <= 1.0 + 1e-4
@@ -41,7 +48,7 @@ def test_hypersphere_projection_radius(disc):
     assert math.isclose(float(radius), float(expected), rel_tol=1e-6)
     # r'1 covers 75 % of the normal points.
     assert math.isclose(float((u.norm(dim=1) <= radius).float().mean()), 0.75, abs_tol=0.01)
-    settings = GASSettings("hypersphere", steps=5, project_every=5)
+    settings = settings_of("hypersphere", steps=5, project_every=5)
     v = synthesize(disc, u, settings, centres=centres, radius=radius, generator=torch.Generator().manual_seed(1))
     dist = v.norm(dim=1)
     assert dist.min() >= radius - 1e-4 and dist.max() <= 2 * radius + 1e-4
@@ -60,14 +67,14 @@ def test_las_anomalies_pushed_to_outer_shell():
 
 def test_noise_only_mode_is_gaussian(disc):
     u = torch.zeros(2000, DIM)
-    v = synthesize(disc, u, GASSettings(mode="noise", noise_std=0.015), generator=torch.Generator().manual_seed(0))
+    v = synthesize(disc, u, settings_of(mode="noise", noise_std=0.015), generator=torch.Generator().manual_seed(0))
     assert math.isclose(float(v.std()), 0.015, rel_tol=0.05)
 
 
 def test_ascent_moves_towards_higher_loss(disc):
     # Each normalised step has length η: without projection the total move is at most steps·η.
     u = torch.randn(300, DIM)
-    settings = GASSettings(mode="ascent", noise_std=0.0, steps=4, step_size=0.05)
+    settings = settings_of(mode="ascent", noise_std=0.0, steps=4, step_size=0.05)
     v = synthesize(disc, u, settings, generator=torch.Generator().manual_seed(0))
     moved = (v - u).norm(dim=1)
     assert moved.max() <= 0.2 + 1e-5 and moved.mean() > 0.18  # 4 steps of 0.05, nearly straight
@@ -78,6 +85,31 @@ def test_ascent_moves_towards_higher_loss(disc):
 
 def test_gas_output_carries_gradient_to_the_input(disc):
     u = torch.randn(50, DIM, requires_grad=True)
-    v = synthesize(disc, u, GASSettings(steps=5, project_every=5), generator=torch.Generator().manual_seed(0))
+    v = synthesize(disc, u, settings_of(steps=5, project_every=5), generator=torch.Generator().manual_seed(0))
     v.sum().backward()
     assert torch.allclose(u.grad, torch.ones_like(u))
+
+
+def test_settings_come_from_the_config():
+    config = make_config("fast", noise_std=0.02, r1=0.7, r2=1.5, gas="ascent")
+    settings = GASSettings.from_config(config, "hypersphere", 2.5)
+    assert (settings.hypothesis, settings.mode, settings.noise_std) == ("hypersphere", "ascent", 0.02)
+    assert (settings.steps, settings.step_size, settings.project_every) == (
+        config.ascent_steps,
+        config.ascent_step_size,
+        config.project_every,
+    )
+    assert (settings.r1, settings.r2, settings.unit) == (0.7, 1.5, 2.5)
+    assert GASSettings.from_config(config.replace(feature_spacing=None), "manifold", 2.5).unit == 1.0
+
+
+def test_modes_are_one_list():
+    # Each mode adds one step to the previous one.
+    steps = {mode: (settings_of(mode=mode).ascends, settings_of(mode=mode).projects) for mode in GAS_MODES}
+    assert steps == {"off": (False, False), "noise": (False, False), "ascent": (True, False), "full": (True, True)}
+    with pytest.raises(ValueError, match="GAS mode"):
+        settings_of(mode="projection")
+    with pytest.raises(ValueError, match="hypothesis"):
+        settings_of(hypothesis="auto")
+    with pytest.raises(ValueError, match="gas must be one of"):
+        GlassConfig(gas="projection").validate()

@@ -1,5 +1,6 @@
 """The scale rule (normal spacing), GAS lengths in that unit, and GAS that really trains the discriminator."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -7,11 +8,16 @@ import pytest
 import torch
 
 from glass_ad import gas as gas_module
-from glass_ad.config import make_config
+from glass_ad.config import GlassConfig, make_config
 from glass_ad.discriminator import Adaptor, Discriminator
 from glass_ad.gas import GASSettings, synthesize
 from glass_ad.geometry import FeatureGeometry, SpacingProbe, measure_geometry, nearest_distances
-from glass_ad.trainer import dead_branch_warning, gas_separation, gas_settings
+from glass_ad.trainer import dead_branch_warning, gas_separation
+
+
+def settings_of(hypothesis: str = "manifold", **changes) -> GASSettings:
+    """The paper config's GAS settings with some fields changed."""
+    return dataclasses.replace(GASSettings.from_config(GlassConfig(), hypothesis), **changes)
 
 
 def test_nearest_distances_match_brute_force():
@@ -55,7 +61,7 @@ def test_gas_lengths_are_in_units_of_the_spacing(unit):
     torch.manual_seed(0)
     disc = Discriminator(32, hidden=16)
     u = torch.randn(300, 32) * unit
-    settings = GASSettings("manifold", steps=4, step_size=0.005, project_every=2, r1=0.5, r2=1.0, unit=unit)
+    settings = settings_of("manifold", steps=4, step_size=0.005, project_every=2, r1=0.5, r2=1.0, unit=unit)
     v = synthesize(disc, u, settings, generator=torch.Generator().manual_seed(0))
     distance = (v - u).norm(dim=1)
     assert distance.min() >= 0.5 * unit * (1 - 1e-4) and distance.max() <= 1.0 * unit * (1 + 1e-4)
@@ -63,8 +69,8 @@ def test_gas_lengths_are_in_units_of_the_spacing(unit):
 
 def test_config_unit_only_with_the_scale_rule():
     config = make_config("fast")
-    assert gas_settings(config, "manifold", 2.5).unit == 2.5
-    assert gas_settings(config.replace(feature_spacing=None), "manifold", 2.5).unit == 1.0
+    assert GASSettings.from_config(config, "manifold", 2.5).unit == 2.5
+    assert GASSettings.from_config(config.replace(feature_spacing=None), "manifold", 2.5).unit == 1.0
 
 
 def test_noise_is_drawn_on_the_generators_device(monkeypatch):
@@ -79,7 +85,7 @@ def test_noise_is_drawn_on_the_generators_device(monkeypatch):
     monkeypatch.setattr(gas_module.torch, "randn", spy)
     generator = torch.Generator().manual_seed(0)
     disc = Discriminator(8, hidden=8)
-    synthesize(disc, torch.randn(10, 8), GASSettings(steps=1), generator=generator)
+    synthesize(disc, torch.randn(10, 8), settings_of(steps=1), generator=generator)
     assert seen and all(device == generator.device for device, gen in seen if gen is generator)
 
 
@@ -87,7 +93,7 @@ def test_ascent_runs_in_float32_under_autocast():
     torch.manual_seed(0)
     disc = Discriminator(32, hidden=16)
     u = torch.randn(64, 32)
-    settings = GASSettings("ascent", noise_std=0.0, steps=1, step_size=1e-3)
+    settings = settings_of(mode="ascent", noise_std=0.0, steps=1, step_size=1e-3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         v = synthesize(disc, u, settings, generator=torch.Generator().manual_seed(0))
     assert v.dtype == torch.float32
@@ -142,7 +148,7 @@ def test_gas_becomes_separable_at_the_measured_spacing_and_not_deep_inside():
     train, held_out = train * geometry.scale, held_out * geometry.scale
     results = {}
     for name, unit in (("spacing", 1.0), ("deep inside", 0.02)):
-        settings = GASSettings("manifold", steps=4, step_size=0.005, project_every=2, r1=0.5, r2=1.0, unit=unit)
+        settings = settings_of("manifold", steps=4, step_size=0.005, project_every=2, r1=0.5, r2=1.0, unit=unit)
         adaptor, disc = _train_gas_only(train, 80, settings)
         model = _Model(adaptor, disc)
         centre = torch.zeros(64, 96)
@@ -166,7 +172,7 @@ def test_gas_becomes_separable_on_real_mtd_features(mtd_root):
         features = model.features(images.float() / 255)  # 16 × 256 × 432: real patch vectors
     train, held_out = features[:12], features[12:]
     geometry = measure_geometry(SpacingProbe.from_features(train, np.random.default_rng(0)), 1.0)
-    settings = GASSettings("manifold", steps=4, step_size=0.005, project_every=2, r1=0.5, r2=1.0, unit=1.0)
+    settings = settings_of("manifold", steps=4, step_size=0.005, project_every=2, r1=0.5, r2=1.0, unit=1.0)
     adaptor, disc = _train_gas_only(train * geometry.scale, 60, settings)
     separation = gas_separation(_Model(adaptor, disc), held_out * geometry.scale, settings, torch.zeros(256, 432), 0.75)
     assert separation > 0.8

@@ -296,3 +296,59 @@ def test_symlink_loop_and_broken_link(tmp_path: Path) -> None:
         read_image(loop)
     with pytest.raises(ImageReadError, match=r"broken\.png.*broken symbolic link.*gone\.png"):
         read_image(broken)
+
+
+# ------------------------------------------------------------- file rules shared by the whole package
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path: Path) -> None:
+    from glass_ad.safety import atomic_path, write_atomic
+
+    target = tmp_path / "out" / "result.bin"
+    write_atomic(target, "old")
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        tmp.write_bytes(b"new")
+        assert target.read_bytes() == b"old"  # not replaced before the block ends
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"torn")
+            raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["result.bin"]
+
+
+def test_mask_lookup_rule(tmp_path: Path) -> None:
+    from glass_ad.datasets import MaskIndex, find_mask, mask_folders
+
+    folders = mask_folders(tmp_path / "test", "scratch")
+    assert folders == [
+        tmp_path / "test" / "scratch" / "masks",
+        tmp_path / "test" / "ground_truth" / "scratch",
+        tmp_path / "ground_truth" / "scratch",
+    ]
+    pixels = np.zeros((8, 8), np.uint8)
+    for folder, name in ((folders[1], "a_mask.png"), (folders[1], "b.png"), (folders[2], "b_mask.bmp"), (folders[2], "c.jpg")):
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / name)
+    assert find_mask(folders, "a") == folders[1] / "a_mask.png"
+    assert find_mask(folders, "b") == folders[2] / "b_mask.bmp"  # <stem>_mask wins over <stem>
+    assert find_mask(folders, "c") == folders[2] / "c.jpg"
+    assert find_mask(folders, "d") is None and MaskIndex(folders).folders == folders[1:]
+
+
+def test_fit_rule(tmp_path: Path) -> None:
+    from glass_ad.config import GlassConfig
+    from glass_ad.datasets import Preprocessor, Sample, resolve_fit
+
+    assert resolve_fit("stretch") == "stretch" and resolve_fit("crop") == "crop"
+    assert resolve_fit("auto") == "crop"  # a model's config: the reference
+    wide = []
+    for i in range(5):
+        Image.fromarray(np.zeros((10, 30 if i < 1 else 10), np.uint8)).save(tmp_path / f"{i}.png")
+        wide.append(Sample(tmp_path / f"{i}.png", 0, "good", None))
+    assert resolve_fit("auto", wide) == "stretch"  # 1 of 5 elongated: >= 10 %
+    assert resolve_fit("auto", wide[1:]) == "crop"
+    assert resolve_fit("crop", wide) == "crop"
+    preprocessor = Preprocessor.from_config(GlassConfig(image_size=64, resize=72))
+    assert (preprocessor.image_size, preprocessor.resize, preprocessor.fit) == (64, 72, "crop")

@@ -7,17 +7,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from glass_ad.config import GlassConfig
 from glass_ad.foreground import analyse_foreground, foreground_mask, is_object_category
 from glass_ad.las import LocalAnomalySynthesizer
 from glass_ad.perlin import perlin_noise
 from glass_ad.textures import (
     AUGMENTATIONS,
+    GreyTextures,
     ProceduralTextures,
     TextureError,
     TexturePool,
+    augment,
     fit_square,
     load_textures,
+    textures_from_config,
 )
+from glass_ad.weak_defects import FolderTextures
 
 SIZE = 64
 
@@ -28,7 +33,7 @@ class FixedTextures:
     def __init__(self, size: int):
         self.texture = np.random.default_rng(99).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
-    def sample(self, rng):
+    def sample(self, rng, size=None):
         return self.texture
 
 
@@ -138,10 +143,13 @@ def test_texture_pool_decodes_once_and_applies_three_distinct_augmentations(tmp_
         pool = TexturePool.from_folder(tmp_path, SIZE)
     assert len(pool) == 3 and pool.textures.shape == (3, SIZE, SIZE, 3)  # found recursively, decoded once
     assert sum("broken.jpg" in r.getMessage() for r in caplog.records) == 1  # one warning, run goes on
-    rng = np.random.default_rng(0)
+    rng, replay = np.random.default_rng(0), np.random.default_rng(0)
     seen = Counter()
     for _ in range(60):
-        texture, ops = pool.sample(rng, return_ops=True)
+        texture = pool.sample(rng)
+        # The same draws by hand: one stored texture, then `augment` (3 of the 9, distinct).
+        expected, ops = augment(pool.textures[int(replay.integers(len(pool)))], replay)
+        assert np.array_equal(texture, expected)
         assert texture.shape == (SIZE, SIZE, 3) and texture.dtype == np.uint8
         assert len(ops) == 3 and len(set(ops)) == 3 and set(ops) <= set(AUGMENTATIONS)
         seen.update(ops)
@@ -203,7 +211,10 @@ def test_procedural_textures_are_patterned_and_varied():
     rng = np.random.default_rng(0)
     kinds = Counter()
     for _ in range(30):
-        texture, (kind,) = source.sample(rng, return_ops=True)
+        state = rng.bit_generator.state  # the kind is the first draw of every sample: peek at it
+        kind = ProceduralTextures.KINDS[int(rng.integers(len(ProceduralTextures.KINDS)))]
+        rng.bit_generator.state = state
+        texture = source.sample(rng)
         assert texture.shape == (SIZE, SIZE, 3) and texture.dtype == np.uint8
         assert texture.astype(np.float32).std() > 5  # not flat
         kinds[kind] += 1
@@ -280,16 +291,54 @@ def test_magnetic_tiles_are_a_surface(mtd_root):
 
 
 def test_redraws_are_bounded(monkeypatch):
-    import glass_ad.las as las_module
+    import glass_ad.perlin as perlin_module
 
     corner = np.zeros((SIZE, SIZE), bool)
     corner[:8, :8] = True
-    monkeypatch.setattr(las_module, "combined_perlin_mask", lambda size, rng: (corner.copy(), "single"))
+    monkeypatch.setattr(perlin_module, "combined_perlin_mask", lambda size, rng: (corner.copy(), "single"))
     las = LocalAnomalySynthesizer(SIZE, FixedTextures(SIZE))
     fg = np.zeros((SIZE, SIZE), bool)
     fg[40:, 40:] = True  # never meets the Perlin blobs: after a few misses the foreground is given up
     mask, _ = las.draw_mask(np.random.default_rng(0), fg)
     assert np.array_equal(mask, corner)
-    monkeypatch.setattr(las_module, "combined_perlin_mask", lambda size, rng: (np.zeros((size, size), bool), "and"))
+    monkeypatch.setattr(perlin_module, "combined_perlin_mask", lambda size, rng: (np.zeros((size, size), bool), "and"))
     mask, _ = las.draw_mask(np.random.default_rng(0), None)  # always empty: one central patch, no endless loop
     assert mask.sum() == 64 and mask[SIZE // 2, SIZE // 2]
+
+
+# ------------------------------------------------------------------------------- one texture interface
+
+
+def test_every_texture_source_has_the_same_sample(tmp_path):
+    _write_textures(tmp_path / "t")
+    sources = {
+        "pool": TexturePool.from_folder(tmp_path / "t", SIZE),
+        "procedural": ProceduralTextures(SIZE),
+        "grey": GreyTextures(ProceduralTextures(SIZE)),
+        "files": FolderTextures(tmp_path / "t", SIZE),
+    }
+    for name, source in sources.items():
+        assert source.sample(np.random.default_rng(0)).shape == (SIZE, SIZE, 3), name
+        assert source.sample(np.random.default_rng(0), 40).shape == (40, 40, 3), name
+    grey = sources["grey"].sample(np.random.default_rng(0), 40)
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 1], grey[..., 2])
+    with pytest.raises(ValueError, match="needs a size"):
+        FolderTextures(tmp_path / "t").sample(np.random.default_rng(0))
+
+
+def test_texture_colour_rule_and_las_from_config():
+    config = GlassConfig(image_size=SIZE, beta_mean=0.3, beta_std=0.05, beta_min=0.25, beta_max=0.35)
+    assert isinstance(textures_from_config(config), ProceduralTextures)
+    assert isinstance(textures_from_config(config, grey_images=True), GreyTextures)  # "auto"
+    assert isinstance(textures_from_config(config.replace(texture_colour="grey")), GreyTextures)
+    assert isinstance(textures_from_config(config.replace(texture_colour="colour"), grey_images=True), ProceduralTextures)
+    las = LocalAnomalySynthesizer.from_config(config, FixedTextures(SIZE))
+    assert (las.image_size, las.beta_mean, las.beta_std, las.beta_min, las.beta_max) == (SIZE, 0.3, 0.05, 0.25, 0.35)
+    default = LocalAnomalySynthesizer(SIZE, FixedTextures(SIZE))  # defaults are the config's, not copies
+    paper = GlassConfig()
+    assert (default.beta_mean, default.beta_std, default.beta_min, default.beta_max) == (
+        paper.beta_mean,
+        paper.beta_std,
+        paper.beta_min,
+        paper.beta_max,
+    )

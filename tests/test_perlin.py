@@ -85,3 +85,46 @@ def test_rules_combine_the_two_masks():
         assert rule == expected_rule and np.array_equal(mask, expected)
         seen.add(rule)
     assert seen == {"and", "or", "single"}
+
+
+# ------------------------------------------------------------------------------ the one redraw loop
+
+
+def test_draw_perlin_mask_crops_the_enclosing_square():
+    from glass_ad.perlin import draw_perlin_mask
+
+    mask, rule = draw_perlin_mask((40, 70), np.random.default_rng(3))
+    square, same_rule = combined_perlin_mask(70, np.random.default_rng(3))
+    assert mask.shape == (40, 70) and rule == same_rule
+    assert np.array_equal(mask, square[15:55])  # centred crop of the max(H, W) square
+
+
+def test_draw_perlin_mask_redraws_until_large_enough_and_keeps_the_foreground():
+    from glass_ad.perlin import draw_perlin_mask
+
+    foreground = np.zeros((64, 64), bool)
+    foreground[8:40, 8:40] = True
+    for seed in range(10):
+        mask, _ = draw_perlin_mask(64, np.random.default_rng(seed), foreground=foreground, min_pixels=50)
+        assert mask.sum() >= 50 and not (mask & ~foreground).any()
+
+
+def test_draw_perlin_mask_returns_the_largest_when_every_draw_falls_short(monkeypatch):
+    import glass_ad.perlin as perlin_module
+
+    sizes = iter([3, 9, 9, 5])
+
+    def fake(size, rng):
+        mask = np.zeros((size, size), bool)
+        mask.flat[: next(sizes)] = True
+        return mask, "single"
+
+    monkeypatch.setattr(perlin_module, "combined_perlin_mask", fake)
+    mask, _ = perlin_module.draw_perlin_mask(16, np.random.default_rng(0), min_pixels=100, max_draws=4)
+    assert mask.sum() == 9
+    # The foreground is given up after `foreground_tries` misses.
+    sizes = iter([4, 4, 4])
+    far = np.zeros((16, 16), bool)
+    far[-1, -1] = True
+    mask, _ = perlin_module.draw_perlin_mask(16, np.random.default_rng(0), foreground=far, foreground_tries=2, max_draws=3)
+    assert mask.sum() == 4

@@ -14,11 +14,28 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Hypothesis = Literal["auto", "manifold", "hypersphere"]
 Recipe = Literal["fast", "paper"]
 Foreground = Literal["auto", "on", "off"]
+# GAS ablation modes, each adding one step to the previous: off (no GAS branch), noise (u + ε),
+# ascent (+ gradient ascent), full (+ truncated projection: the method). The one list of them: config
+# validation, gas.py, the CLI and the ablation grid all read it.
+GasMode = Literal["off", "noise", "ascent", "full"]
+GAS_MODES: tuple[str, ...] = get_args(GasMode)
+Fit = Literal["auto", "crop", "stretch"]
+FITS: tuple[str, ...] = get_args(Fit)
+
+# The paper's manifold truncation: r2 = 2·r1 (whenever r1 is set and r2 is not).
+R2_PER_R1 = 2.0
+
+
+def paired_r2(r1: float | None, r2: float | None = None) -> float | None:
+    """r2 as given, else the paper's 2·r1 (None when neither is given)."""
+    if r2 is not None:
+        return r2
+    return None if r1 is None else R2_PER_R1 * r1
 
 
 @dataclass
@@ -32,7 +49,7 @@ class GlassConfig:
     # crop: resize the shorter side, centre-crop (the reference). stretch: resize both sides (keeps the
     # whole image). auto: stretch when >= 10 % of the training images are elongated (long/short > 1.5), where
     # a centre crop would cut away whole regions — and their defects.
-    fit: Literal["auto", "crop", "stretch"] = "auto"
+    fit: Fit = "auto"  # resolved by datasets.resolve_fit
     patch_size: int = 3  # neighbourhood aggregation p
     embed_dim: int | None = None  # target width of the pooled patch vector; None: per-backbone default
     adaptor: bool = True  # the linear adaptor A (ablation: off)
@@ -51,7 +68,7 @@ class GlassConfig:
 
     # --- GAS (global anomaly synthesis, feature level) ----------------------------------------------
     hypothesis: Hypothesis = "auto"  # GLASS-j: spectrogram rule chooses manifold (m) or hypersphere (h)
-    gas: Literal["full", "noise", "ascent", "off"] = "full"  # ablation: noise only / + ascent / + projection
+    gas: GasMode = "full"  # ablation (GAS_MODES): off / noise only / + ascent / + projection
     noise_std: float = 0.015
     ascent_steps: int = 20
     ascent_step_size: float = 0.001
@@ -60,7 +77,7 @@ class GlassConfig:
     # in the paper's text. GAS then starts where held-out normal patches end (their nearest-neighbour
     # distance is about one spacing), so D is not taught to flag normal variation (docs/method.md).
     r1: float = 1.0
-    r2: float = 2.0
+    r2: float = 2.0  # = paired_r2(r1)
     radius_quantile: float = 0.75  # hypersphere r'1: this quantile of normal distances to the centre
     gas_patch_fraction: float = 1.0  # fraction of the (sampled) normal patch vectors that go through GAS
     # Scale rule: features are multiplied by one scalar measured on the training features so that the
@@ -142,6 +159,10 @@ class GlassConfig:
         problems = []
         if self.image_size < 32 or self.image_size % 8:
             problems.append(f"image_size must be a multiple of 8 and >= 32 (got {self.image_size})")
+        if self.gas not in GAS_MODES:
+            problems.append(f"gas must be one of {', '.join(GAS_MODES)} (got {self.gas!r})")
+        if self.fit not in FITS:
+            problems.append(f"fit must be one of {', '.join(FITS)} (got {self.fit!r})")
         if not 0 < self.r1 <= self.r2:
             problems.append(f"need 0 < r1 <= r2 (got r1={self.r1}, r2={self.r2})")
         if not 0 < self.radius_quantile < 1:
@@ -224,12 +245,29 @@ def make_config(recipe: Recipe = "fast", **overrides: Any) -> GlassConfig:
     return GlassConfig(**values).validate()
 
 
+def field_default(name: str) -> Any:
+    """The default of one `GlassConfig` field, for code that needs it without copying the number."""
+    for item in fields(GlassConfig):
+        if item.name == name:
+            if item.default is dataclasses.MISSING:
+                raise KeyError(f"GlassConfig.{name} has no plain default")
+            return item.default
+    raise KeyError(f"GlassConfig has no field {name!r}")
+
+
 # Per-backbone notes on input normalisation. Kept here so export and training agree.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = [
     "GlassConfig",
+    "GasMode",
+    "GAS_MODES",
+    "Fit",
+    "FITS",
+    "R2_PER_R1",
+    "paired_r2",
+    "field_default",
     "FAST_RECIPE",
     "PAPER_RECIPE",
     "RECIPES",

@@ -48,7 +48,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image, read_mask
+
+if TYPE_CHECKING:
+    from .config import GlassConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +71,24 @@ __all__ = [
     "BENCHMARK_CATEGORIES",
     "RESIZE_OVERRIDES",
     "LAYOUTS",
+    "MASK_SUFFIX",
+    "ELONGATED",
+    "ELONGATED_SHARE",
     "CropBox",
     "DatasetError",
     "DatasetSplit",
     "ImageDataset",
     "Preprocessor",
     "Sample",
+    "MaskIndex",
+    "choose_fit",
     "default_resize",
     "detect_layout",
+    "find_mask",
     "list_categories",
     "load_dataset",
+    "mask_folders",
+    "resolve_fit",
 ]
 
 MVTEC_CATEGORIES: tuple[str, ...] = (
@@ -193,19 +204,37 @@ def _visa_location(root: Path) -> tuple[Path, str | None] | None:
     return None
 
 
-class _MaskIndex:
-    """``<stem>_mask.<ext>`` or ``<stem>.<ext>`` in a list of folders (listed once; earlier folders and
-    ``.png`` win)."""
+MASK_SUFFIX = "_mask"  # ground truth of image <stem>.<ext>: <stem>_mask.<ext> (or <stem>.<ext>) in a mask folder
 
-    def __init__(self, folders: list[Path]):
-        self.folders = [f for f in folders if f.is_dir()]
+
+def mask_folders(test_dir: str | os.PathLike[str], defect_type: str) -> list[Path]:
+    """Where the masks of ``test_dir/<defect_type>/`` images may lie, in lookup order, for plain folders
+    and validation folders: ``test_dir/<type>/masks``, ``test_dir/ground_truth/<type>``,
+    ``test_dir/../ground_truth/<type>``."""
+    test_dir = Path(test_dir)
+    return [test_dir / defect_type / "masks", test_dir / "ground_truth" / defect_type, test_dir.parent / "ground_truth" / defect_type]
+
+
+class MaskIndex:
+    """The ground-truth lookup rule: ``<stem>_mask.<ext>``, else ``<stem>.<ext>``, in a list of folders
+    (each listed once; earlier folders win, and ``.png`` over other extensions)."""
+
+    def __init__(self, folders: Sequence[Path]):
+        self.folders = [Path(f) for f in folders if Path(f).is_dir()]
         self._index: dict[str, Path] = {}
         for folder in reversed(self.folders):
             for path in sorted(list_images(folder), key=lambda p: p.suffix.lower() == ".png"):
                 self._index[path.stem] = path
 
     def find(self, stem: str) -> Path | None:
-        return self._index.get(f"{stem}_mask") or self._index.get(stem)
+        """The mask of image ``stem``, or None."""
+        return self._index.get(f"{stem}{MASK_SUFFIX}") or self._index.get(stem)
+
+
+def find_mask(folders: Sequence[Path], stem: str) -> Path | None:
+    """The mask of image ``stem`` in ``folders`` (:class:`MaskIndex`'s rule; build one index instead when
+    looking up many images in the same folders)."""
+    return MaskIndex(folders).find(stem)
 
 
 def _test_samples(
@@ -231,14 +260,14 @@ def _test_samples(
             samples.extend(Sample(image, 0, "good", None) for image in list_images(type_dir))
             continue
         candidates = mask_folders(defect_type)
-        index = _MaskIndex(candidates)
+        index = MaskIndex(candidates)
         for image in list_images(type_dir):
             any_defect = True
             mask = index.find(image.stem)
             if mask is None:
                 all_masked = False
                 if strict or index.folders:
-                    where = (index.folders or candidates)[0] / f"{image.stem}_mask.png"
+                    where = (index.folders or candidates)[0] / f"{image.stem}{MASK_SUFFIX}.png"
                     raise DatasetError(f"test image '{image}' has no mask: expected '{where}'")
             samples.append(Sample(image, 1, defect_type, mask))
     has_masks = any_defect and all_masked
@@ -374,10 +403,7 @@ def _load_folder(root: Path, test_dir: Path | None) -> DatasetSplit:
         if not test_dir.is_dir():
             raise DatasetError(f"test folder is missing: '{test_dir}'")
 
-        def mask_folders(kind: str) -> list[Path]:
-            return [test_dir / kind / "masks", test_dir / "ground_truth" / kind, test_dir.parent / "ground_truth" / kind]
-
-        test, has_masks = _test_samples(test_dir, mask_folders, strict=False, empty=empty)
+        test, has_masks = _test_samples(test_dir, lambda kind: mask_folders(test_dir, kind), strict=False, empty=empty)
     return DatasetSplit(root.name, "folder", root, train, test, has_masks, empty)
 
 
@@ -456,6 +482,38 @@ def list_categories(root: str | os.PathLike[str], layout: str = "auto") -> list[
 
 # ---------------------------------------------------------------------------------------- preprocessing
 
+ELONGATED = 1.5  # long/short side: a centre crop would drop over a third of such an image
+ELONGATED_SHARE = 0.1  # fit "auto" stretches when at least this share of the training images is elongated
+
+
+def choose_fit(samples: Sequence[Sample], probe: int = 64) -> str:
+    """'stretch' when at least 10 % of the (probed) images are elongated (a centre crop would drop whole
+    regions, and with them defects), else 'crop' (the reference). Reads image headers only."""
+    from PIL import Image
+
+    ratios = []
+    for sample in samples[:: max(1, len(samples) // probe)][:probe]:
+        try:
+            with Image.open(sample.path) as image:
+                width, height = image.size
+        except Exception:  # unreadable files are reported when decoded
+            continue
+        ratios.append(max(width, height) / max(1, min(width, height)))
+    share = float(np.mean(np.asarray(ratios) > ELONGATED)) if ratios else 0.0
+    return "stretch" if share >= ELONGATED_SHARE else "crop"
+
+
+def resolve_fit(fit: str, samples: Sequence[Sample] | None = None) -> str:
+    """The fit a :class:`Preprocessor` applies ("crop" or "stretch") for a configured ``fit``.
+
+    "auto" is decided once, at training time, from the training ``samples`` (:func:`choose_fit`), and the
+    checkpoint stores the decision. Without samples — a trained model's config, where "auto" can only remain
+    in hand-made configs — "auto" means "crop", the reference.
+    """
+    if fit != "auto":
+        return fit
+    return choose_fit(samples) if samples is not None else "crop"
+
 
 @dataclass(frozen=True)
 class CropBox:
@@ -507,6 +565,11 @@ class Preprocessor:
         self.resize = int(resize) if resize is not None else self.image_size
         if self.resize < self.image_size:
             raise ValueError(f"resize ({self.resize}) must not be smaller than image_size ({self.image_size})")
+
+    @classmethod
+    def from_config(cls, config: "GlassConfig", samples: Sequence[Sample] | None = None) -> "Preprocessor":
+        """The preprocessing of `config` (image size, resize, fit resolved by :func:`resolve_fit`)."""
+        return cls(config.image_size, config.resize, resolve_fit(config.fit, samples))
 
     def __repr__(self) -> str:
         return f"Preprocessor(image_size={self.image_size}, resize={self.resize}, fit={self.fit!r})"

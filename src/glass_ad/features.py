@@ -66,6 +66,3 @@ class PatchAggregator(nn.Module):
             out = level if out is None else out + level
         assert out is not None
         return out.flatten(2).transpose(1, 2)  # B × P × D, row-major over the grid
-
-    def grid_size(self, image_size: int, stride: int = 8) -> int:
-        return image_size // stride

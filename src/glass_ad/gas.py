@@ -28,18 +28,60 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import GAS_MODES, GlassConfig
+
+HYPOTHESES = ("manifold", "hypersphere")  # the resolved ones ("auto" is decided before GAS runs)
+
 
 @dataclass(frozen=True)
 class GASSettings:
-    hypothesis: str = "manifold"  # or "hypersphere"
-    mode: str = "full"  # "noise" (no ascent, no projection), "ascent" (no projection), "full", "off"
-    noise_std: float = 0.015
-    steps: int = 20
-    step_size: float = 0.001
-    project_every: int = 5
-    r1: float = 1.0  # as GlassConfig: in units of `unit`
-    r2: float = 2.0
-    unit: float = 1.0  # length unit of noise_std, step_size, r1, r2: the measured normal spacing
+    """What one GAS call needs. Built from a `GlassConfig` by :meth:`from_config` (the config holds the
+    defaults; nothing here repeats them)."""
+
+    hypothesis: str  # "manifold" or "hypersphere"
+    mode: str  # one of GAS_MODES
+    noise_std: float
+    steps: int
+    step_size: float
+    project_every: int
+    r1: float  # in units of `unit`
+    r2: float
+    unit: float = 1.0  # length unit of noise_std, step_size, r1, r2: the measured normal spacing (1: raw)
+
+    def __post_init__(self) -> None:
+        if self.mode not in GAS_MODES:
+            raise ValueError(f"GAS mode must be one of {', '.join(GAS_MODES)} (got {self.mode!r})")
+        if self.hypothesis not in HYPOTHESES:
+            raise ValueError(f"GAS hypothesis must be one of {', '.join(HYPOTHESES)} (got {self.hypothesis!r})")
+
+    @classmethod
+    def from_config(cls, config: GlassConfig, hypothesis: str, unit: float = 1.0) -> "GASSettings":
+        """The GAS settings of `config`; `unit` is the current normal spacing, used only when the scale
+        rule is on (``config.feature_spacing`` not None), else lengths are absolute (unit 1)."""
+        return cls(
+            hypothesis=hypothesis,
+            mode=config.gas,
+            noise_std=config.noise_std,
+            steps=config.ascent_steps,
+            step_size=config.ascent_step_size,
+            project_every=config.project_every,
+            r1=config.r1,
+            r2=config.r2,
+            unit=unit if config.feature_spacing is not None else 1.0,
+        )
+
+    @property
+    def ascends(self) -> bool:
+        """Gradient ascent runs in modes "ascent" and "full"."""
+        return GAS_MODES.index(self.mode) >= GAS_MODES.index("ascent")
+
+    @property
+    def projects(self) -> bool:
+        """The truncated projection runs in mode "full" only."""
+        return self.mode == "full"
+
+
+__all__ = ["GASSettings", "HYPOTHESES", "truncate_norm", "hypersphere_radius", "synthesize", "project_las_features"]
 
 
 def truncate_norm(delta: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:
@@ -49,8 +91,8 @@ def truncate_norm(delta: torch.Tensor, low: torch.Tensor | float, high: torch.Te
     return delta * (target / (norm + 1e-10))
 
 
-def hypersphere_radius(points: torch.Tensor, centres: torch.Tensor, quantile: float = 0.75) -> torch.Tensor:
-    """r′1: the `quantile` of ‖x − c‖ over normal patch vectors (no gradient)."""
+def hypersphere_radius(points: torch.Tensor, centres: torch.Tensor, quantile: float) -> torch.Tensor:
+    """r′1: the `quantile` (``GlassConfig.radius_quantile``) of ‖x − c‖ over normal patch vectors (no gradient)."""
     with torch.no_grad():
         distances = (points - centres).norm(dim=1)
         if distances.numel() > 1_000_000:  # torch.quantile's input limit; a random subset is plenty
@@ -78,7 +120,7 @@ def synthesize(
     noise_device = generator.device if generator is not None else u.device
     noise = torch.randn(u.shape, generator=generator, device=noise_device, dtype=torch.float32).to(u.device)
     g = u + noise * (settings.noise_std * unit)
-    if settings.mode in ("ascent", "full"):
+    if settings.ascends:
         hypersphere = settings.hypothesis == "hypersphere"
         if hypersphere and (centres is None or radius is None):
             raise ValueError("the hypersphere projection needs centres and radius")
@@ -92,7 +134,7 @@ def synthesize(
                     (grad,) = torch.autograd.grad(loss, [g])
                 with torch.no_grad():
                     g = g + step_size * grad / (grad.norm(dim=1, keepdim=True) + 1e-10)
-                    if settings.mode == "full" and (step + 1) % settings.project_every == 0:
+                    if settings.projects and (step + 1) % settings.project_every == 0:
                         if hypersphere:
                             g = centres + truncate_norm(g - centres, radius, 2 * radius)
                         else:

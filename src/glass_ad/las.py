@@ -1,8 +1,8 @@
 """Local Anomaly Synthesis (LAS): textures blended into normal images under Perlin masks.
 
 For every image: ``m`` = combined Perlin mask (∧ / ∨ / single rule, :mod:`glass_ad.perlin`) ∧ foreground,
-redrawn (mask pair and rule together, as the reference does) until non-empty; β ~ N(0.5, 0.1²) clipped to
-[0.2, 0.8]; then
+redrawn (mask pair and rule together, as the reference does; :func:`glass_ad.perlin.draw_perlin_mask`) until
+non-empty; β ~ N(beta_mean, beta_std²) clipped to [beta_min, beta_max] (the `GlassConfig` settings); then
 
     x+ = x ⊙ (1 − m) + (1 − β) · texture ⊙ m + β · x ⊙ m
 
@@ -21,13 +21,14 @@ alone is used, so the anomaly may reach the background. Should even that stay em
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .perlin import combined_perlin_mask
+from .config import GlassConfig, field_default
+from .perlin import draw_perlin_mask
+from .textures import TextureSource
 
 __all__ = [
     "LASBatch",
@@ -36,6 +37,9 @@ __all__ = [
     "FOREGROUND_TRIES",
     "MAX_REDRAWS",
     "MIN_FOREGROUND_PIXELS",
+    "FEATURE_STRIDE",
+    "foreground_arrays",
+    "patch_labels",
 ]
 
 FOREGROUND_TRIES = 16  # draws that must meet the foreground before it is given up
@@ -43,10 +47,19 @@ MAX_REDRAWS = 32
 MIN_FOREGROUND_PIXELS = 16  # smaller foregrounds are treated as absent (the Perlin mask alone is used)
 
 
-class TextureSource(Protocol):
-    """Anything with ``sample(rng) -> S×S×3 uint8`` (:class:`~glass_ad.textures.TexturePool`, procedural)."""
+FEATURE_STRIDE = 8  # pixels per patch of the finest feature grid: patch labels are masks pooled by it
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray: ...
+
+def foreground_arrays(foreground: torch.Tensor | None, batch: int, size: int) -> np.ndarray | None:
+    """A B×1×S×S foreground tensor as a B×S×S bool NumPy array (None stays None: the whole image)."""
+    if foreground is None:
+        return None
+    return foreground.reshape(batch, size, size).detach().to("cpu", torch.bool).numpy()
+
+
+def patch_labels(masks: torch.Tensor, stride: int = FEATURE_STRIDE) -> torch.Tensor:
+    """B×1×S×S {0, 1} masks → B×(S/stride)² patch labels (max-pooled, row-major: the patch order)."""
+    return F.max_pool2d(masks, stride).flatten(1)
 
 
 @dataclass
@@ -68,11 +81,12 @@ class LocalAnomalySynthesizer:
         image_size: int,
         textures: TextureSource,
         *,
-        beta_mean: float = 0.5,
-        beta_std: float = 0.1,
-        beta_min: float = 0.2,
-        beta_max: float = 0.8,
-        feature_stride: int = 8,
+        # Defaults are GlassConfig's (read, not copied); the library builds it with from_config.
+        beta_mean: float = field_default("beta_mean"),
+        beta_std: float = field_default("beta_std"),
+        beta_min: float = field_default("beta_min"),
+        beta_max: float = field_default("beta_max"),
+        feature_stride: int = FEATURE_STRIDE,
     ) -> None:
         if image_size % feature_stride:
             raise ValueError(f"image_size {image_size} is not a multiple of the feature stride {feature_stride}")
@@ -84,18 +98,30 @@ class LocalAnomalySynthesizer:
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self.stride = int(feature_stride)
 
+    @classmethod
+    def from_config(
+        cls, config: GlassConfig, textures: TextureSource, *, feature_stride: int = FEATURE_STRIDE
+    ) -> "LocalAnomalySynthesizer":
+        """The synthesizer of `config` (image size and every β setting) drawing from `textures`."""
+        return cls(
+            config.image_size,
+            textures,
+            beta_mean=config.beta_mean,
+            beta_std=config.beta_std,
+            beta_min=config.beta_min,
+            beta_max=config.beta_max,
+            feature_stride=feature_stride,
+        )
+
     def draw_mask(self, rng: np.random.Generator, foreground: np.ndarray | None = None) -> tuple[np.ndarray, str]:
         """A non-empty S×S bool mask inside ``foreground`` (when given and not tiny), and its rule."""
         if foreground is not None and int(np.count_nonzero(foreground)) < MIN_FOREGROUND_PIXELS:
             foreground = None
-        for attempt in range(MAX_REDRAWS):
-            mask, mode = combined_perlin_mask(self.image_size, rng)
-            if foreground is not None:
-                mask &= foreground
-            if mask.any():
-                return mask, mode
-            if attempt + 1 == FOREGROUND_TRIES:
-                foreground = None  # the foreground keeps missing the Perlin blobs: give it up
+        mask, mode = draw_perlin_mask(
+            self.image_size, rng, foreground=foreground, max_draws=MAX_REDRAWS, foreground_tries=FOREGROUND_TRIES
+        )
+        if mask.any():
+            return mask, mode
         # Only reachable when even plain Perlin masks came out empty this many times (practically never):
         # one central patch keeps the contract "mask non-empty" without looping forever.
         mask = np.zeros((self.image_size, self.image_size), dtype=bool)
@@ -112,9 +138,7 @@ class LocalAnomalySynthesizer:
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected B×3×{self.image_size}×{self.image_size} images, got {tuple(images.shape)}")
         batch = images.shape[0]
-        fg = None
-        if foreground is not None:
-            fg = foreground.reshape(batch, self.image_size, self.image_size).detach().to("cpu", torch.bool).numpy()
+        fg = foreground_arrays(foreground, batch, self.image_size)
         size = self.image_size
         masks = np.empty((batch, size, size), dtype=bool)
         textures = np.empty((batch, size, size, 3), dtype=np.uint8)
@@ -132,5 +156,5 @@ class LocalAnomalySynthesizer:
         blend = torch.lerp(texture, images, beta)  # (1 − β)·texture + β·x
         out = torch.where(mask, blend, images)  # outside the mask: x, bit for bit
         mask_f = mask.to(dtype)
-        labels = F.max_pool2d(mask_f, self.stride).flatten(1)
+        labels = patch_labels(mask_f, self.stride)
         return LASBatch(out, mask_f, labels, beta.view(-1), modes)

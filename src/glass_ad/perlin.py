@@ -5,8 +5,11 @@ One mask: 2-D gradient noise whose lattice has ``2^a × 2^b`` cells (``a, b`` dr
 Two such masks ``m1, m2`` and ``p ~ U(0, 1)`` give the final mask. The paper writes the rule as
 ``p ≤ 1/3 → m1 ∧ m2``, ``1/3 < p ≤ 2/3 → m1 ∨ m2``, else ``m1``; the reference code assigns the thirds the
 other way round (``p > 2/3 → ∨``, ``1/3 < p ≤ 2/3 → ∧``, else ``m1``). ``p`` is uniform, so both give each
-rule with probability 1/3; this module follows the code. Redrawing empty masks is the caller's job
-(:mod:`glass_ad.las`), because emptiness is judged after intersecting with the foreground.
+rule with probability 1/3; this module follows the code.
+
+:func:`draw_perlin_mask` is the one redraw loop (∧ foreground, redraw until large enough) used by LAS
+(:mod:`glass_ad.las`) and the weak-defect test sets (:mod:`glass_ad.weak_defects`); what to do when every
+draw fails stays with the caller.
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["THRESHOLD", "MIN_SCALE_EXP", "MAX_SCALE_EXP", "perlin_noise", "perlin_mask", "combined_perlin_mask"]
+__all__ = [
+    "THRESHOLD",
+    "MIN_SCALE_EXP",
+    "MAX_SCALE_EXP",
+    "perlin_noise",
+    "perlin_mask",
+    "combined_perlin_mask",
+    "draw_perlin_mask",
+]
 
 THRESHOLD = 0.5
 MIN_SCALE_EXP = 0
@@ -114,3 +125,42 @@ def combined_perlin_mask(
     if p > 1.0 / 3.0:
         return first & second, "and"
     return first, "single"
+
+
+def draw_perlin_mask(
+    size: int | tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    foreground: np.ndarray | None = None,
+    min_pixels: float = 1.0,
+    max_draws: int = 32,
+    foreground_tries: int | None = None,
+) -> tuple[np.ndarray, str]:
+    """A combined Perlin mask (bool ``H × W``) ∧ ``foreground``, and its rule, redrawn until it covers at
+    least ``min_pixels`` pixels.
+
+    Non-square sizes are drawn on the enclosing ``max(H, W)`` square and centre-cropped, so a lattice scale
+    means the same at every aspect ratio. After ``foreground_tries`` draws that miss (None: never) the
+    foreground is given up and the Perlin mask alone is used. When all ``max_draws`` draws fall short, the
+    largest mask drawn is returned (the first one on ties; empty when every draw was): the caller decides
+    what an empty mask means.
+    """
+    height, width = _as_hw(size)
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    best: tuple[np.ndarray, str] | None = None
+    for attempt in range(max_draws):
+        square, rule = combined_perlin_mask(side, rng)
+        mask = square[top : top + height, left : left + width]
+        if foreground is not None:
+            mask = mask & foreground
+        covered = int(np.count_nonzero(mask))
+        if covered >= max(1.0, min_pixels):
+            return mask, rule
+        if best is None or covered > int(np.count_nonzero(best[0])):
+            best = (mask, rule)
+        if foreground_tries is not None and attempt + 1 == foreground_tries:
+            foreground = None  # the foreground keeps missing the Perlin blobs: give it up
+    if best is None:  # max_draws < 1
+        return np.zeros((height, width), dtype=bool), "single"
+    return best

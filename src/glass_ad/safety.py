@@ -10,9 +10,9 @@ Every command that writes goes through these checks *before* any expensive work:
 * :func:`output_locks` — one lock file (``.glass.lock``) per output folder, taken without waiting, so
   that of two commands writing into the same folder at once the second is refused with a message
   instead of tearing the first one's results.
-* :func:`write_atomic` — results are written to a unique temporary file in the target folder
-  (``tempfile.mkstemp``) and renamed over the target, so a reader never sees half a file and two writers
-  never share a temporary name.
+* :func:`atomic_path` / :func:`write_atomic` — results are written to a unique temporary file in the
+  target folder (``tempfile.mkstemp``) and renamed over the target, so a reader never sees half a file and
+  two writers never share a temporary name. Every atomic write of the package goes through these.
 
 Every refusal is an :class:`OutputError` (a ``ValueError``) whose message is one line naming the path.
 """
@@ -36,6 +36,8 @@ __all__ = [
     "refuse_existing",
     "refuse_input_overlap",
     "write_atomic",
+    "atomic_path",
+    "unique_temporary",
 ]
 
 LOCK_NAME = ".glass.lock"
@@ -212,33 +214,41 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to a unique temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def unique_temporary(path: str | os.PathLike) -> Path:
     """A unique, empty temporary file beside ``path`` (for writers that need a file name, e.g. ONNX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, _FILE_MODE)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp's 0600 would make results unreadable to the user's group
     return Path(tmp)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """The one atomic-write rule: yields a unique temporary file beside ``path`` to write (``torch.save``,
+    ``onnx.save``, a Parquet writer...); when the block ends without an error it is renamed over ``path``,
+    else removed. A reader sees the old file or the new one, never half of one, and two writers never
+    share a temporary name."""
+    target = Path(path)
+    tmp = unique_temporary(target)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` through :func:`atomic_path`, flushed to disk first."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,17 +23,19 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import cv2
 import numpy as np
 
+from .config import GlassConfig
 from .io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
 from .perlin import perlin_noise
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "TextureSource",
     "TEXTURE_EXTENSIONS",
     "AUGMENTATIONS",
     "augment",
@@ -43,10 +45,22 @@ __all__ = [
     "fit_square",
     "load_textures",
     "GreyTextures",
+    "wants_grey_textures",
+    "textures_from_config",
 ]
 
 TEXTURE_EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS
 AUGMENTATIONS_PER_SAMPLE = 3
+
+
+class TextureSource(Protocol):
+    """What LAS and the weak-defect sets draw textures from: :class:`TexturePool` (a folder, decoded once),
+    :class:`ProceduralTextures`, :class:`GreyTextures` around either, and
+    :class:`glass_ad.weak_defects.FolderTextures` (a folder, decoded on demand)."""
+
+    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+        """A random ``size × size × 3`` uint8 texture (None: the source's own image size)."""
+        ...
 
 
 class TextureError(ValueError):
@@ -227,15 +241,11 @@ class TexturePool:
     def __len__(self) -> int:
         return len(self.textures)
 
-    def sample(self, rng: np.random.Generator, size: int | None = None, *, return_ops: bool = False):
-        """A random texture (``S × S × 3`` uint8, or ``size × size``) with 3 distinct augmentations.
-
-        With ``return_ops`` returns ``(texture, names of the applied augmentations in order)``.
-        """
+    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+        """A random texture (``S × S × 3`` uint8, or ``size × size``) with 3 distinct augmentations."""
         base = self.textures[int(rng.integers(len(self.textures)))]
-        texture, ops = augment(base, rng)
-        texture = _resize_square(texture, size)
-        return (texture, ops) if return_ops else texture
+        texture, _ = augment(base, rng)
+        return _resize_square(texture, size)
 
 
 class ProceduralTextures:
@@ -256,18 +266,17 @@ class ProceduralTextures:
     def __init__(self, image_size: int) -> None:
         self.image_size = int(image_size)
 
-    def sample(self, rng: np.random.Generator, size: int | None = None, *, return_ops: bool = False):
-        """A random ``S × S × 3`` uint8 pattern (``size × size`` if given); ``return_ops`` adds ``[kind]``."""
+    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+        """A random ``S × S × 3`` uint8 pattern (``size × size`` if given)."""
         side = int(size or self.image_size)
-        kind = self.KINDS[int(rng.integers(len(self.KINDS)))]
+        kind = self.KINDS[int(rng.integers(len(self.KINDS)))]  # the first draw: tests rely on this order
         if kind == "perlin":
             field = self._fractal(side, rng)
         elif kind == "stripes":
             field = self._stripes(side, rng)
         else:
             field = self._speckle(side, rng)
-        image = self._colourise(field, rng)
-        return (image, [kind]) if return_ops else image
+        return self._colourise(field, rng)
 
     @staticmethod
     def _fractal(side: int, rng: np.random.Generator) -> np.ndarray:
@@ -337,9 +346,22 @@ def load_textures(
 class GreyTextures:
     """Wraps a texture source so every sample is grey (for grey products; `texture_colour`)."""
 
-    def __init__(self, source) -> None:
+    def __init__(self, source: TextureSource) -> None:
         self.source = source
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        texture = self.source.sample(rng)
+    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+        """The wrapped source's texture, converted to grey (still ``× 3`` channels)."""
+        texture = self.source.sample(rng, size)
         return np.repeat(_grey(texture)[..., None], 3, axis=2)
+
+
+def wants_grey_textures(texture_colour: str, grey_images: bool) -> bool:
+    """The `texture_colour` rule: "grey" always, "auto" when the training images are grey, "colour" never."""
+    return texture_colour == "grey" or (texture_colour == "auto" and grey_images)
+
+
+def textures_from_config(config: GlassConfig, *, grey_images: bool = False) -> TextureSource:
+    """The LAS texture source of `config`: its texture folder (none: procedural textures), made grey by the
+    `texture_colour` rule (``grey_images``: the training images are grey)."""
+    textures = load_textures(config.textures, config.image_size)
+    return GreyTextures(textures) if wants_grey_textures(config.texture_colour, grey_images) else textures

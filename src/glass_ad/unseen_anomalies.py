@@ -21,9 +21,8 @@ import math
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .las import LASBatch
+from .las import FEATURE_STRIDE, LASBatch, foreground_arrays, patch_labels
 
 __all__ = ["UnseenAnomalySynthesizer"]
 
@@ -31,7 +30,7 @@ __all__ = ["UnseenAnomalySynthesizer"]
 class UnseenAnomalySynthesizer:
     """Builds stroke / blob anomalies for a B×3×S×S float batch in [0, 1] (``__call__`` like LAS)."""
 
-    def __init__(self, image_size: int, feature_stride: int = 8, stroke_share: float = 0.5) -> None:
+    def __init__(self, image_size: int, feature_stride: int = FEATURE_STRIDE, stroke_share: float = 0.5) -> None:
         self.image_size = int(image_size)
         self.stride = int(feature_stride)
         self.stroke_share = float(stroke_share)
@@ -81,9 +80,7 @@ class UnseenAnomalySynthesizer:
         batch, size = images.shape[0], self.image_size
         if images.shape[-2:] != (size, size):
             raise ValueError(f"expected B×3×{size}×{size} images, got {tuple(images.shape)}")
-        fg = None
-        if foreground is not None:
-            fg = foreground.reshape(batch, size, size).detach().to("cpu", torch.bool).numpy()
+        fg = foreground_arrays(foreground, batch, size)
         weights = np.zeros((batch, size, size), dtype=np.float32)
         masks = np.zeros((batch, size, size), dtype=bool)
         gains = np.zeros(batch, dtype=np.float32)
@@ -107,5 +104,5 @@ class UnseenAnomalySynthesizer:
         gain = torch.from_numpy(gains).to(device=device, dtype=dtype).view(-1, 1, 1, 1)
         out = (images * (1.0 + weight * (gain - 1.0))).clamp(0.0, 1.0)
         mask = torch.from_numpy(masks).to(device=device, dtype=dtype).unsqueeze(1)
-        labels = F.max_pool2d(mask, self.stride).flatten(1)
+        labels = patch_labels(mask, self.stride)
         return LASBatch(out, mask, labels, gain.view(-1), kinds)

@@ -42,10 +42,11 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
+from .config import field_default
 from .datasets import DatasetError, load_dataset
 from .io import ImageReadError, read_image
-from .perlin import combined_perlin_mask
-from .textures import TEXTURE_EXTENSIONS, ProceduralTextures, TexturePool
+from .perlin import draw_perlin_mask
+from .textures import TEXTURE_EXTENSIONS, ProceduralTextures, TexturePool, TextureSource
 
 MARKER = ".glass_weak_defects"
 MANIFEST = "weak_defects.json"
@@ -68,8 +69,9 @@ class FolderTextures:
     the test images' full resolution, where decoding a whole DTD would cost gigabytes.
     """
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, image_size: int | None = None):
         self.folder = Path(folder)
+        self.image_size = image_size  # the side of a sample when `sample` is given no size
         if not self.folder.is_dir():
             raise ValueError(f"texture folder not found: {self.folder}")
         self.files = sorted(
@@ -78,8 +80,11 @@ class FolderTextures:
         if not self.files:
             raise ValueError(f"no texture images in {self.folder}")
 
-    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """A ``size × size × 3`` uint8 texture; unreadable files are passed over."""
+    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+        """A ``size × size × 3`` uint8 texture (None: ``image_size``); unreadable files are passed over."""
+        size = size or self.image_size
+        if size is None:
+            raise ValueError("FolderTextures.sample needs a size (none given, no image_size set)")
         for _ in range(len(self.files)):
             path = self.files[int(rng.integers(len(self.files)))]
             try:
@@ -89,11 +94,6 @@ class FolderTextures:
             tensor = TF.resize(torch.from_numpy(pixels).permute(2, 0, 1), size, antialias=True)
             return TexturePool([tensor.permute(1, 2, 0).contiguous().numpy()], size).sample(rng)
         raise ValueError(f"no readable texture images in {self.folder}")
-
-
-class _ProceduralSource:
-    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        return ProceduralTextures(size).sample(rng)
 
 
 def _centre_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -127,25 +127,17 @@ def draw_mask(height: int, width: int, rng: np.random.Generator, foreground: np.
     """A Perlin mask (∧/∨/single rule) at the image's resolution: drawn on the enclosing square and
     centre-cropped, so lattice scales mean the same as in training; redrawn while it covers less than
     :data:`MIN_MASK_FRACTION` of the image (of the foreground, when given)."""
-    side = max(height, width)
     area = float(foreground.sum()) if foreground is not None else float(height * width)
-    best: tuple[np.ndarray, str] | None = None
-    for _ in range(MAX_REDRAWS):
-        square, rule = combined_perlin_mask(side, rng)
-        mask = _centre_crop(square, height, width)
-        if foreground is not None:
-            mask = mask & foreground
-        if best is None or mask.sum() > best[0].sum():
-            best = (mask, rule)
-        if mask.sum() >= max(1.0, MIN_MASK_FRACTION * area):
-            return mask, rule
-    if best is None or not best[0].any():
+    mask, rule = draw_perlin_mask(
+        (height, width), rng, foreground=foreground, min_pixels=MIN_MASK_FRACTION * area, max_draws=MAX_REDRAWS
+    )
+    if not mask.any():
         raise ValueError("could not draw a non-empty mask (is the foreground empty?)")
-    return best
+    return mask, rule
 
 
 def draw_defect(
-    path: Path, rng: np.random.Generator, textures, *, foreground: bool = False
+    path: Path, rng: np.random.Generator, textures: TextureSource, *, foreground: bool = False
 ) -> WeakDefect:
     """Decode ``path`` and draw its mask and texture (β-independent)."""
     from .foreground import foreground_mask
@@ -244,7 +236,8 @@ def make_weak_defects(
     chosen = set(order[: len(goods) // 2].tolist())
     synthetic = [p for i, p in enumerate(goods) if i in chosen]
     kept = [p for i, p in enumerate(goods) if i not in chosen]
-    source = FolderTextures(textures) if textures is not None else _ProceduralSource()
+    # draw_defect asks every source for the image's own size; the procedural default size is never used.
+    source = FolderTextures(textures) if textures is not None else ProceduralTextures(field_default("image_size"))
 
     folders = [out / beta_folder_name(b) for b in betas]
     for folder in folders:
