@@ -45,13 +45,57 @@ def _random_case(rng, n=3, h=12, w=12, quantize=None):
     return maps, masks
 
 
-def test_image_and_pixel_match_sklearn():
-    rng = np.random.default_rng(0)
-    s = rng.random(50)
+def _brute_auroc(scores, labels):
+    """Mann-Whitney: the share of (anomalous, normal) pairs ranked right, ties counting one half."""
+    s, y = np.ravel(scores), np.ravel(labels).astype(bool)
+    difference = s[y][:, None] - s[~y][None, :]
+    return float(np.mean((difference > 0) + 0.5 * (difference == 0)))
+
+
+def _brute_ap(scores, labels):
+    """Step-wise average precision: sum over distinct thresholds of (recall gained) × precision there."""
+    s, y = np.ravel(scores), np.ravel(labels).astype(bool)
+    area, previous_recall = 0.0, 0.0
+    for t in sorted(set(s.tolist()), reverse=True):
+        flagged = s >= t
+        recall = (flagged & y).sum() / y.sum()
+        area += (recall - previous_recall) * (flagged & y).sum() / flagged.sum()
+        previous_recall = recall
+    return float(area)
+
+
+def _brute_best_f1(scores, labels):
+    """Every distinct score tried as the threshold: the best F1 and the thresholds that reach it."""
+    s, y = np.ravel(scores), np.ravel(labels).astype(bool)
+    results = {}
+    for t in sorted(set(s.tolist())):
+        flagged = s >= t
+        tp = (flagged & y).sum()
+        results[t] = 0.0 if tp == 0 else 2 * tp / (flagged.sum() + y.sum())
+    best = max(results.values())
+    return best, [t for t, f1 in results.items() if f1 == best]
+
+
+def test_image_metrics_hand_case():
+    # Ranked: 0.8 (anomalous), 0.4 (normal), 0.35 (anomalous), 0.1 (normal).
+    scores, labels = np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])
+    assert metrics.image_auroc(scores, labels) == pytest.approx(3 / 4)  # 3 of 4 pairs in order
+    assert metrics.image_ap(scores, labels) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    # A tie between a normal and an anomalous image counts one half.
+    assert metrics.image_auroc([0.5, 0.5, 0.9], [0, 1, 1]) == pytest.approx((0.5 + 1) / 2)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_image_and_pixel_metrics_match_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    s = np.round(rng.random(50), 1)  # ties across the classes
     y = rng.integers(0, 2, 50)
-    assert metrics.image_auroc(s, y) == pytest.approx(roc_auc_score(y, s))
-    assert metrics.image_ap(s, y) == pytest.approx(average_precision_score(y, s))
-    maps, masks = _random_case(rng)
+    assert metrics.image_auroc(s, y) == pytest.approx(_brute_auroc(s, y), abs=1e-12)
+    assert metrics.image_ap(s, y) == pytest.approx(_brute_ap(s, y), abs=1e-12)
+    maps, masks = _random_case(rng, quantize=20)
+    assert metrics.pixel_auroc(maps, masks) == pytest.approx(_brute_auroc(maps, masks), abs=1e-12)
+    assert metrics.pixel_ap(maps, masks) == pytest.approx(_brute_ap(maps, masks), abs=1e-12)
+    # Pixel metrics pool every pixel of every image: not the mean of per-image values.
     assert metrics.pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
     assert metrics.pixel_ap(maps, masks) == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()))
 
@@ -117,14 +161,32 @@ def test_threshold_stats_hand_case():
     assert math.isnan(st["false_alarm_rate"])
 
 
-def test_f1_optimal_threshold():
-    s = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
-    y = np.array([0, 0, 0, 1, 1, 1])
-    t, f1 = metrics.f1_optimal_threshold(s, y)
-    assert t == pytest.approx(0.7) and f1 == pytest.approx(1.0)
-    assert metrics.threshold_stats(s, y, t)["f1"] == pytest.approx(f1)
-    t, f1 = metrics.f1_optimal_threshold(s, np.zeros(6))
+def test_f1_optimal_threshold_hand_case():
+    # Ranked high to low: 0.9 a, 0.8 a, 0.7 n, 0.6 a, 0.5 n, 0.4 n, 0.3 a, 0.2 n (a = anomalous, 4 of them).
+    # F1 at each threshold: 0.40, 0.67, 0.57, 0.75, 0.67, 0.60, 0.73, 0.67 — only 0.6 gives 0.75
+    # (precision 3/4, recall 3/4); the runner-up 0.3 (8/11) is what "flag more" rules would pick.
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    y = np.array([1, 1, 0, 1, 0, 0, 1, 0])
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(s))  # the input order must not matter
+    t, f1 = metrics.f1_optimal_threshold(s[order], y[order])
+    assert t == 0.6 and f1 == pytest.approx(0.75)
+    assert _brute_best_f1(s, y) == (pytest.approx(0.75), [0.6])
+    stats = metrics.threshold_stats(s, y, t)
+    assert (stats["tp"], stats["fp"], stats["fn"], stats["f1"]) == (3, 1, 1, pytest.approx(0.75))
+    t, f1 = metrics.f1_optimal_threshold(s, np.zeros(8))
     assert math.isnan(t) and math.isnan(f1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_f1_optimal_threshold_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 40)
+    s = np.round(rng.random(40) + 0.4 * y, 2)  # overlapping classes, ties
+    t, f1 = metrics.f1_optimal_threshold(s, y)
+    best, thresholds = _brute_best_f1(s, y)
+    assert f1 == pytest.approx(best, abs=1e-12) and t in thresholds
+    assert metrics.threshold_stats(s, y, t)["f1"] == pytest.approx(best, abs=1e-12)
 
 
 def test_aupro_float32_and_larger_case_match_brute_force():

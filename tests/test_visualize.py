@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from glass_ad import visualize as vz
@@ -43,23 +44,39 @@ def test_overlay_panel_contours():
     assert _green_count(titled[-64:, 128:]) > 0
 
 
-def test_save_png_histogram_grid(tmp_path):
+def test_save_png_and_case_grid(tmp_path):
     img, amap = _inputs()
     p = vz.save_png(tmp_path / "a" / "b.png", img)
     assert np.array_equal(np.asarray(Image.open(p)), img)
 
-    h = tmp_path / "h" / "hist.png"
-    vz.score_histogram([0.1, 0.2, 0.3], [0.7, 0.9], 0.5, h, title="t")
-    assert h.stat().st_size > 0
-    h2 = tmp_path / "hist2.png"
-    vz.score_histogram([0.1, 0.2], [], None, h2)
-    assert h2.exists()
 
     panels = [np.zeros((10, 20, 3), np.uint8), np.zeros((12, 15, 3), np.uint8), np.zeros((5, 5, 3), np.uint8)]
     g = tmp_path / "grid.png"
     grid = vz.case_grid(panels, g, columns=2)
     assert grid.shape == (24, 40, 3)
     assert Image.open(g).size == (40, 24)
+
+
+def test_score_histogram_draws_each_score_and_the_threshold_where_it_lies(tmp_path, read_histogram):
+    h = vz.score_histogram([0.1, 0.2, 0.3], [0.7, 0.9], 0.5, tmp_path / "h" / "hist.png", title="t")
+    with Image.open(h) as picture:
+        assert picture.format == "PNG" and picture.size == (600, 400)
+    parts = read_histogram(h)
+    # One bar per distinct score (bins are 0.8 / 30 wide), normal ones left of anomalous ones.
+    assert len(parts["normal"]) == 3 and len(parts["anomalous"]) == 2
+    left, right = parts["normal"][0][0], parts["anomalous"][-1][1]  # x of score 0.1 and of score 0.9
+    assert parts["normal"][-1][1] < parts["anomalous"][0][0]
+    # Dark vertical lines: the two axes spines and, between the bars, the dashed threshold at x(0.5).
+    assert len(parts["dark"]) == 3
+    line = sum(parts["dark"][1]) / 2
+    assert parts["normal"][-1][1] < line < parts["anomalous"][0][0]
+    assert line == pytest.approx(left + (0.5 - 0.1) / 0.8 * (right + 1 - left), abs=2)
+    moved = read_histogram(vz.score_histogram([0.1, 0.2, 0.3], [0.7, 0.9], 0.8, tmp_path / "moved.png"))
+    assert sum(moved["dark"][1]) / 2 == pytest.approx(left + (0.8 - 0.1) / 0.8 * (right + 1 - left), abs=2)
+
+    # No threshold and no anomalous scores: two normal bars, no red, no line between the spines.
+    bare = read_histogram(vz.score_histogram([0.1, 0.2], [], None, tmp_path / "hist2.png"))
+    assert len(bare["normal"]) == 2 and bare["anomalous"] == [] and len(bare["dark"]) == 2
 
 
 def test_case_grid_titles_and_unicode_title(tmp_path):
@@ -88,8 +105,9 @@ def _snapshot_panel() -> np.ndarray:
 def test_overlay_snapshot():
     """The picture of a fixed input stays what a person checked (tolerance for font anti-aliasing)."""
     panel = _snapshot_panel()
-    if not SNAPSHOT.exists():  # first run writes the reference; look at it before committing
+    if not SNAPSHOT.exists():  # a missing reference must not pass: write it, then fail until a person looked
         vz.save_png(SNAPSHOT, panel)
+        pytest.fail(f"no reference picture: wrote {SNAPSHOT}; look at it, commit it and run again")
     reference = np.asarray(Image.open(SNAPSHOT).convert("RGB"))
     assert panel.shape == reference.shape
     difference = np.abs(panel.astype(int) - reference.astype(int))
