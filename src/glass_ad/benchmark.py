@@ -107,19 +107,20 @@ def _head_breakdown(model, size: int, device, repeats: int, batch_size: int = 8)
 def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> dict[str, float]:
     """Seconds per training iteration, split by branch, with synthetic images and LAS masks: the trainer's
     own optimisers, LAS synthesizer and step (glass_ad.training)."""
+    from .gas import GASSettings
+    from .las import LocalAnomalySynthesizer
     from .textures import load_textures
     from .training.loop import make_optimisation
-    from .training.preparation import make_las_synthesizer
-    from .training.step import gas_settings, training_step, use_bf16
+    from .training.step import training_step, use_bf16
 
     size = config.image_size
     rng = np.random.default_rng(0)
     generator = torch.Generator().manual_seed(0)
-    synthesizer = make_las_synthesizer(config, load_textures(config.textures, size))
+    synthesizer = LocalAnomalySynthesizer.from_config(config, load_textures(config.textures, size))
     model.discriminator.train()
     model.adaptor.train()
     optimisation = make_optimisation(model, config)
-    settings = gas_settings(config, "manifold")
+    settings = GASSettings.from_config(config, "manifold")
     bf16 = use_bf16(config.precision, device, model.embed_dim, config.dsc_hidden)
     centre = torch.zeros(model.grid**2, model.embed_dim, device=device)
     images = torch.rand(config.batch_size, 3, size, size)

@@ -2,14 +2,21 @@
 
 from .training.hybrid import build_hybrid_score
 from .training.preparation import (
-    choose_fit,
     compute_foreground,
     decode_images,
     extract_features,
     is_grey,
     split_holdout,
 )
-from .training.step import gas_settings, training_step, use_bf16
+from .gas import GASSettings
+from .training.step import training_step, use_bf16
+
+
+def gas_settings(config, hypothesis, unit=1.0):  # kept for callers not yet moved
+    return GASSettings.from_config(config, hypothesis, unit)
+
+
+from .datasets import choose_fit  # noqa: E402
 from .training.trainer import TrainResult, train
 from .training.validation import (
     EarlyStopping,
@@ -21,11 +28,11 @@ from .training.validation import (
 )
 
 __all__ = [
+    "choose_fit",
     "EarlyStopping",
     "TrainResult",
     "branch_summary",
     "build_hybrid_score",
-    "choose_fit",
     "compute_foreground",
     "dead_branch_warning",
     "decode_images",

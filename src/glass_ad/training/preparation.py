@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..cache import FeatureStore
 from ..config import GlassConfig
-from ..datasets import DatasetSplit, Preprocessor, Sample, load_dataset
+from ..datasets import DatasetSplit, Preprocessor, Sample, load_dataset, resolve_fit
 from ..foreground import foreground_mask, is_object_category
 from ..geometry import FeatureGeometry, SpacingProbe, measure_geometry
 from ..io import ImageReadError, read_image
@@ -44,27 +44,6 @@ def split_holdout(samples: list[Sample], config: GlassConfig) -> tuple[list[Samp
     holdout = sorted(order[:count].tolist())
     chosen = set(holdout)
     return [s for i, s in enumerate(samples) if i not in chosen], [samples[i] for i in holdout]
-
-
-ELONGATED = 1.5  # long/short side: a centre crop would drop over a third of such an image
-ELONGATED_SHARE = 0.1
-
-
-def choose_fit(samples: list[Sample], probe: int = 64) -> str:
-    """'stretch' when at least 10 % of the images are elongated (a centre crop would drop whole regions,
-    and with them defects), else 'crop' (the reference)."""
-    from PIL import Image
-
-    ratios = []
-    for sample in samples[:: max(1, len(samples) // probe)][:probe]:
-        try:
-            with Image.open(sample.path) as image:
-                width, height = image.size
-        except Exception:  # unreadable files are reported when decoded
-            continue
-        ratios.append(max(width, height) / max(1, min(width, height)))
-    share = float(np.mean(np.asarray(ratios) > ELONGATED)) if ratios else 0.0
-    return "stretch" if share >= ELONGATED_SHARE else "crop"
 
 
 def decode_images(
@@ -109,10 +88,10 @@ def prepare_images(
     """Normal training images only (`train/good`), split into train and holdout, decoded once."""
     dataset = load_dataset(data_root, layout, category=category)
     train_samples, holdout_samples = split_holdout(dataset.train, config)
-    if config.fit == "auto":
-        config = config.replace(fit=choose_fit(dataset.train))
+    if config.fit == "auto":  # decided once from the training images; the checkpoint stores the decision
+        config = config.replace(fit=resolve_fit(config.fit, dataset.train))
         echo(f"image fit: {config.fit}")
-    preprocessor = Preprocessor(config.image_size, config.resize, config.fit)
+    preprocessor = Preprocessor.from_config(config)
     images, train_samples = decode_images(train_samples, preprocessor, progress=progress)
     holdout = None
     if holdout_samples:
@@ -176,19 +155,7 @@ def prepare_synthesis(images: torch.Tensor, config: GlassConfig, echo: Echo = pr
         f"LAS textures: {'grey (the training images are grey)' if grey else 'colour'}"
         + ("" if config.las else " (validation only: --no-las)")
     )
-    return SynthesisSetup(hypothesis, spectrum, foreground, make_las_synthesizer(config, textures))
-
-
-def make_las_synthesizer(config: GlassConfig, textures: Any) -> LocalAnomalySynthesizer:
-    """The LAS synthesizer with the config's image size and β overlay (every user builds it here)."""
-    return LocalAnomalySynthesizer(
-        config.image_size,
-        textures,
-        beta_mean=config.beta_mean,
-        beta_std=config.beta_std,
-        beta_min=config.beta_min,
-        beta_max=config.beta_max,
-    )
+    return SynthesisSetup(hypothesis, spectrum, foreground, LocalAnomalySynthesizer.from_config(config, textures))
 
 
 def _format_stats(stats: dict[str, Any]) -> str:

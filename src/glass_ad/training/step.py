@@ -15,21 +15,6 @@ from ..model import GlassModel
 from ..precision import choose_precision
 
 
-def gas_settings(config: GlassConfig, hypothesis: str, unit: float = 1.0) -> gas_module.GASSettings:
-    """GAS settings of `config`; `unit` is the current normal spacing when the scale rule is on."""
-    return gas_module.GASSettings(
-        hypothesis=hypothesis,
-        mode=config.gas,
-        noise_std=config.noise_std,
-        steps=config.ascent_steps,
-        step_size=config.ascent_step_size,
-        project_every=config.project_every,
-        r1=config.r1,
-        r2=config.r2,
-        unit=unit if config.feature_spacing is not None else 1.0,
-    )
-
-
 def use_bf16(precision: str, device: torch.device, dim: int = 432, hidden: int = 1024) -> bool:
     """Whether training arithmetic runs under bf16 autocast ("auto": measured, see precision.py)."""
     return choose_precision(precision, device, dim, hidden).bf16

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import gas as gas_module
 from .. import resume as resume_module
 from ..calibration import calibrate
 from ..config import GlassConfig
@@ -44,7 +45,6 @@ from .distributed import Distributed
 from .hybrid import build_hybrid_score
 from .loop import make_optimisation, train_one_epoch
 from .preparation import prepare_features, prepare_images, prepare_synthesis
-from .step import gas_settings
 from .validation import (
     EarlyStopping,
     build_validation_set,
@@ -170,7 +170,7 @@ def _train(
             centre = model.adaptor(setup.mean_feature)
         # GAS lengths in units of the current normal spacing in adaptor space (A is trained, so it moves).
         unit = setup.spacing_probe.spacing(model.adaptor) if config.feature_spacing is not None else 1.0
-        settings = gas_settings(config, synthesis.hypothesis, unit)
+        settings = gas_module.GASSettings.from_config(config, synthesis.hypothesis, unit)
         record: dict[str, float] = {"epoch": epoch + 1}
         record |= train_one_epoch(
             model,
