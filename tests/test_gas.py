@@ -6,7 +6,13 @@ import torch
 
 from glass_ad.config import GAS_MODES, GlassConfig, make_config
 from glass_ad.discriminator import Discriminator
-from glass_ad.gas import GASSettings, hypersphere_radius, project_las_features, synthesize, truncate_norm
+from glass_ad.gas import (
+    GASSettings,
+    hypersphere_radius,
+    project_las_features,
+    synthesize,
+    truncate_norm,
+)
 
 DIM = 32
 

@@ -11,7 +11,12 @@ from glass_ad import gas as gas_module
 from glass_ad.config import GlassConfig, make_config
 from glass_ad.discriminator import Adaptor, Discriminator
 from glass_ad.gas import GASSettings, synthesize
-from glass_ad.geometry import FeatureGeometry, SpacingProbe, measure_geometry, nearest_distances
+from glass_ad.geometry import (
+    FeatureGeometry,
+    SpacingProbe,
+    measure_geometry,
+    nearest_distances,
+)
 from glass_ad.trainer import dead_branch_warning, gas_separation
 
 

@@ -311,10 +311,9 @@ def test_atomic_path_replaces_only_on_success(tmp_path: Path) -> None:
         tmp.write_bytes(b"new")
         assert target.read_bytes() == b"old"  # not replaced before the block ends
     assert target.read_bytes() == b"new"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"torn")
-            raise RuntimeError("writer failed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"torn")
+        raise RuntimeError("writer failed")
     assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["result.bin"]
 
 

@@ -55,7 +55,7 @@ class GASSettings:
             raise ValueError(f"GAS hypothesis must be one of {', '.join(HYPOTHESES)} (got {self.hypothesis!r})")
 
     @classmethod
-    def from_config(cls, config: GlassConfig, hypothesis: str, unit: float = 1.0) -> "GASSettings":
+    def from_config(cls, config: GlassConfig, hypothesis: str, unit: float = 1.0) -> GASSettings:
         """The GAS settings of `config`; `unit` is the current normal spacing, used only when the scale
         rule is on (``config.feature_spacing`` not None), else lengths are absolute (unit 1)."""
         return cls(

@@ -101,7 +101,7 @@ class LocalAnomalySynthesizer:
     @classmethod
     def from_config(
         cls, config: GlassConfig, textures: TextureSource, *, feature_stride: int = FEATURE_STRIDE
-    ) -> "LocalAnomalySynthesizer":
+    ) -> LocalAnomalySynthesizer:
         """The synthesizer of `config` (image size and every β setting) drawing from `textures`."""
         return cls(
             config.image_size,

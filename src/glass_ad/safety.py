@@ -243,11 +243,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write ``data`` (text as UTF-8) to ``path`` through :func:`atomic_path`, flushed to disk first."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
     return Path(path)
 
 
