@@ -2,7 +2,7 @@
 
 Two tiny generated categories are trained once for the whole module (1 epoch, 64 px, EfficientNet-Lite0);
 the first suite run is made to crash on the second category, the second run must finish it without
-retraining the first.
+retraining the first. Tests that use those trained runs are marked `slow`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ def _config(**overrides):
 
 def _quiet(_: str) -> None:
     pass
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB")).astype(int)
 
 
 def _table(out: Path) -> list[dict[str, str]]:
@@ -88,6 +94,7 @@ def suite_runs(data_root, tmp_path_factory) -> dict:
 # ----------------------------------------------------------------------------------------------- suite
 
 
+@pytest.mark.slow  # uses the suite trained for this module
 def test_crashed_category_is_reported_and_the_suite_goes_on(suite_runs):
     first = suite_runs["first"]
     assert [r.status for r in first] == ["done", "failed"]
@@ -98,6 +105,7 @@ def test_crashed_category_is_reported_and_the_suite_goes_on(suite_runs):
     assert "Traceback" in suite_runs["first_error"] and "second line" in suite_runs["first_error"]
 
 
+@pytest.mark.slow  # uses the suite trained for this module
 def test_resume_skips_finished_categories(suite_runs):
     out = suite_runs["out"]
     assert suite_runs["calls_second"] == [("train", "wood"), ("test", "wood")]  # alpha neither retrained nor retested
@@ -106,14 +114,19 @@ def test_resume_skips_finished_categories(suite_runs):
     assert not (out / "wood" / "error.txt").exists()
 
 
+@pytest.mark.slow  # uses the suite trained for this module
 def test_results_table_layout(suite_runs):
     out = suite_runs["out"]
     rows = _table(out)
     assert [r["category"] for r in rows] == ["alpha", "wood", "Mean"]
-    for row in rows:
-        for key in ("image AUROC (%)", "pixel AUROC (%)", "AUPRO (%)", "image AP (%)", "pixel AP (%)"):
-            value = row[key]
-            assert 0.0 <= float(value) <= 100.0 and len(value.split(".")[1]) == 1  # %, one decimal
+    columns = {"image AUROC (%)": "image_auroc", "pixel AUROC (%)": "pixel_auroc", "AUPRO (%)": "aupro",
+               "image AP (%)": "image_ap", "pixel AP (%)": "pixel_ap"}  # fmt: skip
+    for row in rows[:2]:  # each cell is its run's metrics.json value in %, one decimal
+        measured = json.loads((out / row["category"] / "metrics.json").read_text())
+        for column, key in columns.items():
+            value = row[column]
+            assert len(value.split(".")[1]) == 1, value
+            assert float(value) == pytest.approx(100 * measured[key], abs=0.05 + 1e-9), (row["category"], column)
     for key in ("image AUROC (%)", "AUPRO (%)"):
         mean = np.mean([float(r[key]) for r in rows[:2]])
         assert abs(float(rows[2][key]) - mean) <= 0.051
@@ -128,12 +141,14 @@ def test_results_table_layout(suite_runs):
     assert len(scores) == 9 and {s["label"] for s in scores} == {"0", "1"}
 
 
+@pytest.mark.slow  # uses the suite trained for this module
 def test_reference_resize_is_applied_per_category(suite_runs):
     out = suite_runs["out"]
     assert read_checkpoint(out / "wood")["config"]["resize"] == round(329 * 64 / 288)
     assert read_checkpoint(out / "alpha")["config"]["resize"] is None
 
 
+@pytest.mark.slow  # uses the suite trained for this module
 def test_missing_metrics_reuses_the_trained_model(suite_runs, data_root, monkeypatch):
     out = suite_runs["out"]
     (out / "alpha" / "metrics.json").unlink()  # as if the run died during the test
@@ -285,23 +300,50 @@ def test_weak_defects_with_a_texture_folder_and_copies(tmp_path):
 # ----------------------------------------------------------------------------------- previews and CLI
 
 
-def test_previews_write_pngs(suite_runs, data_root, tmp_path):
+@pytest.mark.slow  # uses the suite trained for this module
+def test_previews_show_what_they_claim(suite_runs, data_root, tmp_path):
     from glass_ad import previews
 
     out = suite_runs["out"]
-    paths = [
-        previews.las_grid(data_root / "alpha", tmp_path / "las.png", count=3, image_size=64),
-        previews.feature_projection(out / "alpha", data_root / "alpha", tmp_path / "features.png", images=2, points=300),
-        previews.score_histograms(out, tmp_path / "scores.png"),
-        previews.heatmap_grid(out / "alpha", data_root / "alpha", tmp_path / "heatmaps.png", count=3),
-    ]
-    for path in paths:
-        with Image.open(path) as image:
-            assert image.format == "PNG" and image.size[0] > 50 and image.size[1] > 50
+
+    # LAS grid: 3 panels (title bar 24 px over normal | LAS | mask, 64 px each), 2 per row. The LAS image
+    # equals the normal one outside its (binary, non-empty) mask and differs inside.
+    grid = _pixels(previews.las_grid(data_root / "alpha", tmp_path / "las.png", count=3, image_size=64))
+    assert grid.shape == (2 * (24 + 64), 2 * 3 * 64, 3)
+    for k in range(3):
+        row, column = divmod(k, 2)
+        tile = grid[row * 88 + 24 : (row + 1) * 88, column * 192 : (column + 1) * 192]
+        normal, synthetic, mask = tile[:, :64], tile[:, 64:128], tile[:, 128:]
+        assert set(np.unique(mask).tolist()) == {0, 255}
+        inside = mask[..., 0] == 255
+        assert np.array_equal(synthetic[~inside], normal[~inside])
+        assert np.abs(synthetic[inside] - normal[inside]).mean() > 5
+
+    # Feature projection: points of all three groups (normal blue, GAS orange, LAS red).
+    scatter = _pixels(previews.feature_projection(out / "alpha", data_root / "alpha", tmp_path / "features.png", images=2, points=300))
+    r, g, b = scatter[..., 0], scatter[..., 1], scatter[..., 2]
+    assert ((b > r + 40) & (b > g + 10)).sum() > 50  # normal
+    assert ((r > b + 80) & (g > b + 30) & (g < r - 20)).sum() > 50  # GAS
+    assert ((r > g + 60) & (r > b + 60) & (np.abs(g - b) < 25)).sum() > 50  # LAS anomalies
+
+    # Score histograms: one panel per run with both classes.
+    histograms = _pixels(previews.score_histograms(out, tmp_path / "scores.png"))
+    assert histograms.shape == (280, 720, 3)  # 2 panels side by side, 3.6 × 2.8 in at 100 dpi
+    for half in (histograms[:, :360], histograms[:, 360:]):
+        assert (np.abs(half - (120, 173, 210)).max(axis=2) <= 4).sum() > 20  # normal bars
+        assert (np.abs(half - (230, 125, 126)).max(axis=2) <= 4).sum() > 20  # anomalous bars
+
+    # Heatmaps: 2 defective test images (ground truth outlined in green), then 1 good one (no green).
+    heat = _pixels(previews.heatmap_grid(out / "alpha", data_root / "alpha", tmp_path / "heatmaps.png", count=3))
+    assert heat.shape[0] % 3 == 0
+    panels = np.split(heat, 3, axis=0)
+    green = [int(np.all(panel == (0, 255, 0), axis=-1).sum()) for panel in panels]
+    assert green[0] > 0 and green[1] > 0 and green[2] == 0
     with pytest.raises(FileNotFoundError, match="no scores.csv"):
         previews.score_histograms(tmp_path, tmp_path / "none.png")
 
 
+@pytest.mark.slow  # uses the suite trained for this module
 def test_cli_suite_tests_one_model_on_weak_defect_sets(suite_runs, data_root, tmp_path):
     runner = CliRunner()
     weak = tmp_path / "weak"
@@ -314,6 +356,7 @@ def test_cli_suite_tests_one_model_on_weak_defect_sets(suite_runs, data_root, tm
     assert [r["category"] for r in _table(out)] == ["beta_0.2", "beta_0.6", "Mean"]
     assert "| **Mean** |" in result.output and not (out / "beta_0.2" / "model.pt").exists()
     result = runner.invoke(app, ["preview", "scores", str(out), "--out", str(tmp_path / "h.png")])
-    assert result.exit_code == 0 and (tmp_path / "h.png").stat().st_size > 0
+    assert result.exit_code == 0 and result.output.strip() == f"saved {tmp_path / 'h.png'}"
+    assert _pixels(tmp_path / "h.png").shape == (280, 720, 3)  # one panel per weak-defect set
     result = runner.invoke(app, ["suite", str(tmp_path / "nowhere"), "--out", str(out)])
     assert result.exit_code == 2 and "error:" in result.output

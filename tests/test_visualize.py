@@ -33,6 +33,11 @@ def test_overlay_panel_contours():
     img, amap = _inputs()
     panel = vz.overlay_panel(img, amap, vmin=0.0, vmax=1.0, threshold=0.5)
     assert panel.shape == (64, 192, 3) and panel.dtype == np.uint8
+    assert np.array_equal(panel[:, :64], img)  # the original, untouched
+    # The heatmap (middle) is hot (red, not blue) where the map is 1 (map cells 4:10 = pixels 16:40), cold elsewhere.
+    heat = panel[:, 64:128].astype(int)
+    hot, cold = heat[20:36, 20:36].reshape(-1, 3), heat[48:, 48:].reshape(-1, 3)
+    assert (hot[:, 0] > hot[:, 2] + 40).all() and (cold[:, 2] > cold[:, 0] + 40).all()
     assert _red_count(panel[:, 128:]) > 0
     assert _red_count(panel[:, :64]) == 0
     none = vz.overlay_panel(img, amap, vmin=0.0, vmax=1.0, threshold=2.0)
