@@ -12,6 +12,9 @@ the threshold to 0.5. It is monotone, lies in (0, 1), and is the same formula in
 Optionally (`glass calibrate RUN_DIR --val DIR`), a labelled validation set that is not the test set
 adds a second operating point, the F1-optimal image (and pixel) threshold, stored next to the
 false-alarm one under ``f1_*`` keys; the false-alarm threshold and the normalisation never change.
+
+This module computes; the result is a `checkpoint.Calibration`, stored in and read from the model's
+`checkpoint.Checkpoint` (which also defines the behaviour of a checkpoint without calibration).
 """
 
 from __future__ import annotations
@@ -25,14 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import LN9, Calibration, Checkpoint, F1Thresholds, Normalization, checkpoint_path
 from .config import GlassConfig
 from .datasets import ImageDataset, Preprocessor, Sample
 from .io import IMAGE_EXTENSIONS, ImageReadError, list_images
 from .metrics import f1_optimal_threshold, threshold_stats
 
 log = logging.getLogger(__name__)
-
-LN9 = math.log(9.0)
 
 
 @torch.no_grad()
@@ -51,19 +53,22 @@ def holdout_scores(model, images: torch.Tensor, device, batch_size: int = 16) ->
 
 
 def logistic_params(normal_scores: np.ndarray, threshold: float) -> dict[str, float]:
+    return logistic_normalization(normal_scores, threshold).to_dict()
+
+
+def logistic_normalization(normal_scores: np.ndarray, threshold: float) -> Normalization:
+    """The curve that maps the median normal score to 0.1 and the threshold to 0.5."""
     median = float(np.median(normal_scores))
     spread = (threshold - median) / LN9
     if not spread > 1e-6:  # degenerate holdout (all scores equal): a narrow but valid curve
         spread = max(abs(threshold) * 1e-3, 1e-6)
-    return {"center": float(threshold), "scale": float(spread)}
+    return Normalization(float(threshold), float(spread))
 
 
-def normalize_scores(scores, params: dict[str, float]):
+def normalize_scores(scores, params: Normalization | dict[str, float]):
     """Monotone map raw → (0, 1) with threshold ↦ 0.5 (numpy arrays or torch tensors)."""
-    z = (scores - params["center"]) / params["scale"]
-    if isinstance(scores, torch.Tensor):
-        return torch.sigmoid(z)
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+    normalization = params if isinstance(params, Normalization) else Normalization.from_dict(params)
+    return normalization(scores)
 
 
 def holdout_warning(count: int, rate: float) -> str | None:
@@ -82,8 +87,8 @@ def holdout_warning(count: int, rate: float) -> str | None:
     )
 
 
-def calibrate(model, holdout: torch.Tensor, config: GlassConfig, device) -> dict[str, Any]:
-    """Thresholds for the target false-alarm rate from held-out normal images.
+def calibrate_holdout(model, holdout: torch.Tensor, config: GlassConfig, device) -> Calibration:
+    """Thresholds for the target false-alarm rate from held-out normal uint8 images N×3×S×S.
 
     Too few images for the rate (see `holdout_warning`) is logged as a warning and stored as ``warning``.
     """
@@ -94,41 +99,31 @@ def calibrate(model, holdout: torch.Tensor, config: GlassConfig, device) -> dict
     warning = holdout_warning(len(image_scores), rate)
     if warning:
         log.warning(warning)
-    return {
-        "method": "holdout-normal-quantile",
-        "target_false_alarm_rate": rate,
-        "holdout_images": int(len(image_scores)),
-        "image_threshold": image_threshold,
-        "pixel_threshold": pixel_threshold,
-        "image_normalization": logistic_params(image_scores, image_threshold),
-        "pixel_normalization": logistic_params(pixel_values, pixel_threshold),
-        "holdout_image_scores": [float(s) for s in image_scores],
-        **({"warning": warning} if warning else {}),
-    }
+    return Calibration(
+        method="holdout-normal-quantile",
+        target_false_alarm_rate=rate,
+        holdout_images=int(len(image_scores)),
+        image_threshold=image_threshold,
+        pixel_threshold=pixel_threshold,
+        image_normalization=logistic_normalization(image_scores, image_threshold),
+        pixel_normalization=logistic_normalization(pixel_values, pixel_threshold),
+        holdout_image_scores=tuple(float(s) for s in image_scores),
+        warning=warning,
+    )
 
 
-# ---------------------------------------------------------------------------------------------------
-# Fallback when a checkpoint has no calibration (trained without a holdout).
-
-# Without held-out images the only neutral choice is the discriminator's own decision boundary: its
-# output is a probability of "anomalous", so 0.5. The scale puts a score of 0 at 0.1, like a median
-# normal image of a calibrated model.
-_FALLBACK_THRESHOLD = 0.5
+def calibrate(model, holdout: torch.Tensor, config: GlassConfig, device) -> dict[str, Any]:
+    """`calibrate_holdout` as the plain dict that is stored in the checkpoint (the older API)."""
+    return calibrate_holdout(model, holdout, config, device).to_dict()
 
 
-def resolve_calibration(calibration: dict[str, Any] | None) -> dict[str, Any]:
-    """The checkpoint's calibration, completed with the neutral fallback where a field is missing."""
-    result = dict(calibration or {})
-    if "image_threshold" not in result:
-        result["method"] = "fallback-discriminator-probability"
-        result["image_threshold"] = _FALLBACK_THRESHOLD
-    if "pixel_threshold" not in result:
-        result["pixel_threshold"] = _FALLBACK_THRESHOLD
-    if "image_normalization" not in result:
-        result["image_normalization"] = {"center": result["image_threshold"], "scale": result["image_threshold"] / LN9}
-    if "pixel_normalization" not in result:
-        result["pixel_normalization"] = {"center": result["pixel_threshold"], "scale": result["pixel_threshold"] / LN9}
-    return result
+def resolve_calibration(calibration: Calibration | dict[str, Any] | None) -> dict[str, Any]:
+    """The stored calibration completed with the fallback (`checkpoint.Calibration.from_dict`), as a dict.
+
+    Older API: new code uses `Checkpoint.calibration`, which is always complete.
+    """
+    typed = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
+    return typed.resolved_dict()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -298,30 +293,20 @@ def calibrate_run(
 ) -> dict[str, Any]:
     """Add the F1-optimal thresholds of `val_dir` to the checkpoint of `run` (atomic rewrite).
 
-    Only ``f1_*`` fields are written; the false-alarm threshold and the normalisation stay as they are.
+    Only the F1 operating point changes; the false-alarm threshold and the normalisation stay as they are.
     Returns the new ``f1_*`` fields (plus ``f1_val_dir``).
     """
-    from .model import (
-        checkpoint_bit_depth,
-        checkpoint_path,
-        model_from_checkpoint,
-        read_checkpoint,
-        resolve_device,
-        save_checkpoint,
-    )
+    from .model import resolve_device
 
     samples, root = load_validation_set(val_dir)
-    checkpoint = read_checkpoint(run)
+    checkpoint = Checkpoint.load(run)
     torch_device = resolve_device(device)
-    model = model_from_checkpoint(checkpoint, torch_device)
-    config = GlassConfig.from_dict(checkpoint["config"])
+    model = checkpoint.build_model(torch_device)
     result = f1_calibration(
-        model, samples, config, torch_device, batch_size=batch_size, progress=progress,
-        bit_depth=checkpoint_bit_depth(checkpoint),
+        model, samples, checkpoint.config, torch_device, batch_size=batch_size, progress=progress,
+        bit_depth=checkpoint.bit_depth,
     )  # fmt: skip
     result["f1_val_dir"] = str(root)
-    calibration = dict(checkpoint.get("calibration") or {})
-    calibration.update(result)
-    checkpoint["calibration"] = calibration
-    save_checkpoint(checkpoint, checkpoint_path(run))
+    checkpoint.calibration = checkpoint.calibration.with_f1(F1Thresholds.from_fields(result))
+    checkpoint.save(checkpoint_path(run))
     return result

@@ -229,11 +229,12 @@ def train(
         f"saved {result.checkpoint} (hypothesis {result.hypothesis}, {result.epochs_run} epochs, "
         f"model of epoch {result.best_epoch}, {result.wall_time_s:.0f} s)"
     )
-    if result.calibration:
+    calibration = _as_calibration(result.calibration)
+    if not calibration.is_fallback:
         typer.echo(
-            f"image threshold {result.calibration['image_threshold']:.4f} for a "
-            f"{100 * result.calibration['target_false_alarm_rate']:.1f} % false-alarm rate "
-            f"(from {result.calibration['holdout_images']} held-out normal images)"
+            f"image threshold {calibration.image_threshold:.4f} for a "
+            f"{100 * (calibration.target_false_alarm_rate or 0.0):.1f} % false-alarm rate "
+            f"(from {calibration.holdout_images} held-out normal images)"
         )
     if val is not None:
         from .calibration import calibrate_run
@@ -244,6 +245,21 @@ def train(
             _fail(f"F1 calibration on {val}: {error}")
             return
         typer.echo(f"F1-optimal image threshold {f1['f1_image_threshold']:.4f} (F1 {100 * f1['f1_image_f1']:.1f} on {val})")
+
+
+def _as_calibration(calibration):
+    """The typed calibration of a training result (older trainers return the stored dict)."""
+    from .checkpoint import Calibration
+
+    return calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
+
+
+def _torch_threads(threads: Optional[int]) -> None:
+    """PyTorch's process-wide thread count: the command's choice, never a library function's."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 def _interrupted(interrupt: KeyboardInterrupt, data_dir: Path, out: Path) -> None:
@@ -359,14 +375,11 @@ def test(
     Every test image that could not be used is listed (JSON: `dropped`); the command then fails unless
     --allow-dropped. Existing results are replaced only with --force.
     """
-    from .model import checkpoint_path
+    from .checkpoint import checkpoint_path
     from .tester import test as run_test
 
     _setup_logging(verbose)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _torch_threads(threads)
     report = report or checkpoint_path(run_dir).parent / "test_report"
     try:
         _test_preflight(run_dir, data_dir, json_out, report if pictures else None, force)
@@ -396,7 +409,7 @@ def test(
 
 def _test_preflight(run_dir, data_dir, json_out, report_dir, force) -> None:
     """Outputs of `glass test`: not an input, not silently replaced, writable, locked for the command."""
-    from .model import checkpoint_path, read_checkpoint
+    from .checkpoint import Checkpoint, checkpoint_path
     from .safety import ensure_writable, output_locks, refuse_existing, refuse_input_overlap
 
     inputs = [checkpoint_path(run_dir), data_dir]
@@ -407,7 +420,7 @@ def _test_preflight(run_dir, data_dir, json_out, report_dir, force) -> None:
     if report_dir is not None:
         refuse_input_overlap(report_dir, inputs, what="picture folder")
         targets += [Path(report_dir) / "score_histogram.png", Path(report_dir) / "worst_cases.png"]
-    read_checkpoint(run_dir)  # a damaged or foreign checkpoint fails here, before any folder is made
+    Checkpoint.load(run_dir)  # a damaged or foreign checkpoint fails here, before any folder is made
     refuse_existing(targets, force=force, option="--json / --report")
     folders = [Path(json_out).parent if json_out is not None else None, report_dir]
     for folder in folders:
@@ -521,27 +534,34 @@ def backbones() -> None:
 def info(run_dir: Path = typer.Argument(...)) -> None:
     """Show what a checkpoint holds: config, hypothesis, thresholds, feature geometry, and per epoch the
     losses and separations of each branch (a warning when GAS stayed near chance)."""
-    from .model import read_checkpoint
+    from .checkpoint import Checkpoint
     from .trainer import branch_summary
 
     try:
-        checkpoint = read_checkpoint(run_dir)
+        checkpoint = Checkpoint.load(run_dir)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error))
         return
+    calibration = checkpoint.calibration
+    geometry = checkpoint.geometry.to_dict() if checkpoint.geometry is not None else checkpoint.extra.get("geometry")
     summary = {
-        "format": checkpoint.get("format"),
-        "package_version": checkpoint.get("package_version", "unknown (written before 0.1.0 recorded it)"),
-        "provenance": checkpoint.get("provenance", "not recorded (trained through the library, or before it was recorded)"),
-        "input_bit_depth": (checkpoint.get("input") or {}).get("bit_depth") or "the file's own depth",
-        "backbone": checkpoint["backbone"],
-        "hypothesis": checkpoint.get("hypothesis"),
-        "spectrum": checkpoint.get("spectrum"),
-        "calibration": {k: v for k, v in (checkpoint.get("calibration") or {}).items() if k != "holdout_image_scores"},
-        "training": {k: v for k, v in checkpoint.get("training", {}).items() if k not in ("history", "holdout_paths")},
-        "geometry": checkpoint.get("geometry"),
-        "branches": branch_summary(checkpoint.get("training", {}).get("history", [])),
-        "config": checkpoint["config"],
+        "format": checkpoint.format,
+        "package_version": checkpoint.package_version or "unknown (written before 0.1.0 recorded it)",
+        "provenance": checkpoint.provenance or "not recorded (trained through the library, or before it was recorded)",
+        "input_bit_depth": checkpoint.bit_depth or "the file's own depth",
+        "backbone": checkpoint.backbone.to_dict(),
+        "hypothesis": checkpoint.hypothesis,
+        "spectrum": checkpoint.spectrum,
+        "calibration": {k: v for k, v in calibration.to_dict().items() if k != "holdout_image_scores"},
+        "thresholds_in_use": {
+            "image": calibration.image_threshold,
+            "pixel": calibration.pixel_threshold,
+            "source": calibration.method,
+        },
+        "training": checkpoint.training.summary() if checkpoint.training.recorded else {},
+        "geometry": geometry,
+        "branches": branch_summary(list(checkpoint.training.history)),
+        "config": checkpoint.stored_config if checkpoint.stored_config is not None else checkpoint.config.to_dict(),
     }
     typer.echo(json.dumps(summary, indent=2, default=str))
 
@@ -583,6 +603,8 @@ def predict(
     """Score images: raw and normalized score, decision, heatmap overlay; one line per unreadable file."""
     from .predict import predict_files, summary_line
 
+    if engine.value == "torch":
+        _torch_threads(threads)
     try:
         _predict_preflight(run_dir, paths, out, fmt.value, overlays, onnx, force, bool(save_maps), save_masks)
         summary = predict_files(
@@ -617,12 +639,12 @@ def predict(
 
 
 def _predict_preflight(run_dir, paths, out, fmt, overlays, onnx, force, maps=False, masks=False) -> None:
-    from .model import read_checkpoint
+    from .checkpoint import Checkpoint
     from .predict import check_outputs, output_paths
     from .safety import ensure_writable, output_lock, refuse_existing
 
     check_outputs(run_dir, paths, out, fmt=fmt, overlays=overlays, onnx_path=onnx)
-    read_checkpoint(run_dir)
+    Checkpoint.load(run_dir)
     refuse_existing(output_paths(out, fmt, overlays, maps, masks), force=force)
     ensure_writable(out)
     _hold_for_command(output_lock(out))
@@ -642,8 +664,8 @@ def export(
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="OpenVINO int8: the training data set (its train/good) or a folder of normal images."),
 ) -> None:
     """Export the whole inference graph (uint8 pixels → scores and map) as one ONNX model or OpenVINO IR."""
+    from .checkpoint import Checkpoint, checkpoint_path
     from .export import ONNX_NAME, export_onnx
-    from .model import checkpoint_path, read_checkpoint
     from .safety import ensure_writable, output_lock, refuse_existing, refuse_input_overlap
 
     kind = fmt.lower()
@@ -655,7 +677,7 @@ def export(
     target = out if out is not None else checkpoint_path(run_dir).parent / ONNX_NAME
     try:
         refuse_input_overlap(target, [checkpoint_path(run_dir)], what="export target")
-        read_checkpoint(run_dir)
+        Checkpoint.load(run_dir)
         refuse_existing([target], force=force)
         _hold_for_command(output_lock(ensure_writable(target.parent, what="export folder")))
         result = export_onnx(run_dir, target, opset=opset, verify=verify, preprocessing=preprocessing)
@@ -672,7 +694,7 @@ def export(
 
 
 def _export_openvino(run_dir: Path, out: Optional[Path], precision: str, calibration: Optional[Path], force: bool) -> None:
-    from .model import checkpoint_path, read_checkpoint
+    from .checkpoint import Checkpoint, checkpoint_path
     from .openvino_export import XML_NAME, export_openvino
     from .safety import ensure_writable, output_lock, refuse_existing, refuse_input_overlap
 
@@ -680,7 +702,7 @@ def _export_openvino(run_dir: Path, out: Optional[Path], precision: str, calibra
     target = out if out is not None else checkpoint_path(run_dir).parent / default
     try:
         refuse_input_overlap(target, [checkpoint_path(run_dir)], what="export target")
-        read_checkpoint(run_dir)
+        Checkpoint.load(run_dir)
         refuse_existing([target, target.with_suffix(".bin")], force=force)
         _hold_for_command(output_lock(ensure_writable(target.parent, what="export folder")))
         result = export_openvino(run_dir, target, precision=precision, calibration=calibration)
@@ -710,16 +732,15 @@ def calibrate(
 ) -> None:
     """Add F1-optimal image/pixel thresholds from a labelled validation set (the false-alarm threshold stays)."""
     from .calibration import calibrate_run
-    from .model import checkpoint_path, read_checkpoint
+    from .checkpoint import Checkpoint, checkpoint_path
     from .safety import OutputError, ensure_writable, output_lock
 
     _setup_logging(verbose)
     try:
-        checkpoint = read_checkpoint(run_dir)
-        if (checkpoint.get("calibration") or {}).get("f1_image_threshold") is not None and not force:
+        f1 = Checkpoint.load(run_dir).calibration.f1
+        if f1 is not None and not force:
             raise OutputError(
-                f"{checkpoint_path(run_dir)} already holds F1 thresholds (from {checkpoint['calibration'].get('f1_val_dir')}); "
-                f"pass --force to replace them"
+                f"{checkpoint_path(run_dir)} already holds F1 thresholds (from {f1.val_dir}); pass --force to replace them"
             )
         _hold_for_command(output_lock(ensure_writable(checkpoint_path(run_dir).parent, what="run folder")))
         result = calibrate_run(run_dir, val, device=device, batch_size=batch_size, progress=not quiet)
@@ -1085,6 +1106,8 @@ def serve(
         _serve_extra_missing(error)
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
+    if engine.value == "torch":
+        _torch_threads(threads)
     try:
         settings = ServeSettings(
             runs=list(runs), data_dir=data_dir, db=db, engine=engine.value, device=device, threshold=threshold,

@@ -9,8 +9,8 @@ One ONNX model holds everything between raw pixels and the outputs:
 S is the checkpoint's ``image_size``; the batch axis is dynamic. Resizing and cropping images of any
 size to S×S stays in Python (`glass_ad.datasets.Preprocessor`, used by `glass_ad.predict.Detector`),
 because antialiased resizing differs between libraries and would break the parity with training. The
-graph is the module `InferenceGraph`, which `Detector` also runs in PyTorch, so both engines compute
-the same formula, including the normalised score (`calibration.normalize_scores`).
+graph is `predict.InferenceGraph`, the module `Detector` runs in PyTorch, so both engines compute the
+same formula, including the normalised score (`checkpoint.Normalization`).
 
 The model's metadata (``glass_ad.*`` properties) records the image size, the thresholds and the
 normalisation it was exported with; `Detector` refuses an ONNX file that does not match its checkpoint.
@@ -35,9 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .calibration import normalize_scores, resolve_calibration
-from .config import GlassConfig
-from .model import GlassModel, checkpoint_bit_depth, checkpoint_path, model_from_checkpoint, read_checkpoint
+from .checkpoint import Checkpoint, as_checkpoint, checkpoint_path
+from .predict import InferenceGraph, inference_graph  # noqa: F401 (export.InferenceGraph: the older name)
 from .safety import ensure_writable, refuse_input_overlap, unique_temporary
 
 log = logging.getLogger(__name__)
@@ -49,35 +48,11 @@ ONNX_NAME = "model.onnx"
 META_PREFIX = "glass_ad."
 
 
-class InferenceGraph(nn.Module):
-    """uint8 images B×S×S×3 → (raw image score B, normalised score B, anomaly map B×S×S).
-
-    The exported graph and the PyTorch engine of `Detector` are this module, so the two agree.
-    """
-
-    def __init__(self, model: GlassModel, normalization: dict[str, float]):
-        super().__init__()
-        self.model = model
-        # Plain floats: they become constants of the graph, like the thresholds they come from.
-        self.normalization = {"center": float(normalization["center"]), "scale": float(normalization["scale"])}
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        out = self.model(x)
-        return out.image_scores, normalize_scores(out.image_scores, self.normalization), out.anomaly_maps
-
-
-def inference_graph(checkpoint: dict[str, Any], device: str | torch.device = "cpu") -> InferenceGraph:
-    """The evaluation-mode `InferenceGraph` of a loaded checkpoint."""
-    calibration = resolve_calibration(checkpoint.get("calibration"))
-    return InferenceGraph(model_from_checkpoint(checkpoint, device, fuse=True), calibration["image_normalization"]).eval()
-
-
 def _or_empty(value: Any) -> Any:
     return "" if value is None else value
 
 
-def export_metadata(checkpoint: dict[str, Any], in_graph: bool = True) -> dict[str, str]:
+def export_metadata(checkpoint: Checkpoint | dict[str, Any], in_graph: bool = True) -> dict[str, str]:
     """The ``glass_ad.*`` metadata an exported model carries (strings, as ONNX requires).
 
     Everything a program needs to use the model without the checkpoint: image size, resize and fit, both
@@ -86,24 +61,25 @@ def export_metadata(checkpoint: dict[str, Any], in_graph: bool = True) -> dict[s
     """
     from . import __version__
 
-    config = GlassConfig.from_dict(checkpoint["config"])
-    calibration = resolve_calibration(checkpoint.get("calibration"))
-    provenance = checkpoint.get("provenance") or {}
+    checkpoint = as_checkpoint(checkpoint)
+    config, calibration = checkpoint.config, checkpoint.calibration
+    provenance = checkpoint.provenance or {}
+    f1 = calibration.f1
     values = {
         "format": "glass-ad-onnx/1",
         "image_size": config.image_size,
         "resize": config.resize if config.resize is not None else "",
-        "fit": "crop" if config.fit == "auto" else config.fit,
+        "fit": checkpoint.fit,
         "preprocessing": "in-graph" if in_graph else "external",
-        "backbone": checkpoint["backbone"]["name"],
-        "image_threshold": calibration["image_threshold"],
-        "pixel_threshold": calibration["pixel_threshold"],
-        "f1_image_threshold": _or_empty(calibration.get("f1_image_threshold")),
-        "f1_pixel_threshold": _or_empty(calibration.get("f1_pixel_threshold")),
-        "normalization_center": calibration["image_normalization"]["center"],
-        "normalization_scale": calibration["image_normalization"]["scale"],
-        "pixel_normalization_center": calibration["pixel_normalization"]["center"],
-        "pixel_normalization_scale": calibration["pixel_normalization"]["scale"],
+        "backbone": checkpoint.backbone.name,
+        "image_threshold": calibration.image_threshold,
+        "pixel_threshold": calibration.pixel_threshold,
+        "f1_image_threshold": _or_empty(f1.image_threshold if f1 is not None else None),
+        "f1_pixel_threshold": _or_empty(f1.pixel_threshold if f1 is not None else None),
+        "normalization_center": calibration.image_normalization.center,
+        "normalization_scale": calibration.image_normalization.scale,
+        "pixel_normalization_center": calibration.pixel_normalization.center,
+        "pixel_normalization_scale": calibration.pixel_normalization.scale,
         "normalized_score": "1 / (1 + exp(-(score - normalization_center) / normalization_scale))",
         "input": (
             "uint8 BxHxWx3 RGB frames of any size (one size per batch); resize and crop are in the graph"
@@ -111,9 +87,9 @@ def export_metadata(checkpoint: dict[str, Any], in_graph: bool = True) -> dict[s
             else "uint8 BxSxSx3 RGB, already resized/cropped to image_size"
         ),
         "outputs": "image_score (B), normalized_score (B), anomaly_map (" + ("BxHxW, the input frame" if in_graph else "BxSxS") + ")",
-        "bit_depth": checkpoint_bit_depth(checkpoint) or "container",
+        "bit_depth": checkpoint.bit_depth or "container",
         "input_scaling": "deeper than 8 bits: uint8 = round(v * 255 / (2^bit_depth - 1)), saturating at 255",
-        "package_version": checkpoint.get("package_version", ""),
+        "package_version": checkpoint.package_version or "",
         "export_package_version": __version__,
         "data_fingerprint": provenance.get("data_fingerprint") or "",
         "git_describe": provenance.get("git_describe") or "",
@@ -195,13 +171,12 @@ def compare(graph: InferenceGraph, onnx_path: str | os.PathLike, images: np.ndar
     }
 
 
-def compare_frames(checkpoint: dict[str, Any], graph: InferenceGraph, onnx_path: str | os.PathLike, frames: np.ndarray) -> dict[str, float]:
+def compare_frames(
+    checkpoint: Checkpoint | dict[str, Any], graph: InferenceGraph, onnx_path: str | os.PathLike, frames: np.ndarray
+) -> dict[str, float]:
     """Max |ONNX Runtime − PyTorch| per output for a model with the preprocessing in the graph, on uint8
     frames B×H×W×3: PyTorch runs `Preprocessor` (resize + crop, rounding), the graph and `map_to_original`."""
-    from .datasets import Preprocessor
-
-    config = GlassConfig.from_dict(checkpoint["config"])
-    preprocessor = Preprocessor(config.image_size, config.resize, "crop" if config.fit == "auto" else config.fit)
+    preprocessor = as_checkpoint(checkpoint).preprocessor()
     prepared = np.stack([
         (preprocessor.image(frame) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy() for frame in frames
     ])  # fmt: skip
@@ -241,8 +216,8 @@ def export_onnx(
     if path.is_dir():
         raise ValueError(f"export target '{path}' is a folder; give a file name such as {path / ONNX_NAME}")
     refuse_input_overlap(path, [checkpoint_path(run)], what="export target")
-    checkpoint = read_checkpoint(run)
-    size = GlassConfig.from_dict(checkpoint["config"]).image_size
+    checkpoint = Checkpoint.load(run)
+    size = checkpoint.image_size
     graph = inference_graph(checkpoint, "cpu")
     weights = sum(t.numel() * t.element_size() for t in graph.state_dict().values())
     ensure_writable(path.parent, need_bytes=2 * weights, what="export folder")
@@ -270,8 +245,7 @@ def export_onnx(
         if preprocessing:
             from .frame_graph import wrap_frames
 
-            config = GlassConfig.from_dict(checkpoint["config"])
-            model = wrap_frames(model, config.image_size, config.resize, "crop" if config.fit == "auto" else config.fit)
+            model = wrap_frames(model, checkpoint.image_size, checkpoint.config.resize, checkpoint.fit)
         for key, value in export_metadata(checkpoint, in_graph=preprocessing).items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
@@ -315,8 +289,8 @@ def torch_throughput(
     run: str | os.PathLike, batch_size: int = 8, repeats: int = 5, device: str | torch.device = "cpu"
 ) -> float:
     """Images per second of the same graph in PyTorch (uint8 input, as the ONNX model), after a warm-up."""
-    checkpoint = read_checkpoint(run)
-    size = GlassConfig.from_dict(checkpoint["config"]).image_size
+    checkpoint = Checkpoint.load(run)
+    size = checkpoint.image_size
     graph = inference_graph(checkpoint, device)
     images = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, device=device)
     with torch.inference_mode():

@@ -301,9 +301,6 @@ def to_uint8(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
     return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
 
 
-_to_uint8 = to_uint8  # the name other modules used before it was public
-
-
 def read_image(path: str | os.PathLike[str], min_size: int = 8, bit_depth: int | None = None) -> np.ndarray:
     """Read an image file as a ``uint8`` ``H×W×3`` RGB array.
 

@@ -96,8 +96,8 @@ def export_openvino(
     """Export the model of ``run`` as OpenVINO IR (default ``RUN_DIR/model.xml``; ``model_int8.xml`` etc.
     for the other precisions). int8 needs ``calibration``: the training data set or a folder of normal
     images (never test images). ``fast`` skips NNCF's bias correction (for tests)."""
+    from .checkpoint import Checkpoint, checkpoint_path
     from .export import INPUT_NAME, OUTPUT_NAMES, export_metadata, export_onnx
-    from .model import checkpoint_bit_depth, checkpoint_path, read_checkpoint
     from .runtime import session
     from .safety import refuse_input_overlap
 
@@ -111,8 +111,8 @@ def export_openvino(
     if path.suffix != ".xml":
         raise ValueError(f"OpenVINO IR is an .xml file (weights in the .bin beside it), got '{path}'")
     refuse_input_overlap(path, [checkpoint_path(run)], what="export target")
-    checkpoint = read_checkpoint(run)
-    frames = calibration_frames(calibration, calibration_limit, checkpoint_bit_depth(checkpoint)) if calibration else []
+    checkpoint = Checkpoint.load(run)
+    frames = calibration_frames(calibration, calibration_limit, checkpoint.bit_depth) if calibration else []
 
     with tempfile.TemporaryDirectory(prefix="glass-ov-") as scratch:
         onnx_path = Path(scratch) / "model.onnx"

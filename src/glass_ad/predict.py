@@ -11,13 +11,14 @@
 Every input goes through the same steps as training: ``uint8`` RGB (`io.read_image` rules for files and
 for non-uint8 arrays, with the bit depth recorded in the checkpoint — or ``bit_depth=`` — for images deeper
 than 8 bits, so one rule holds for every image of a model), the checkpoint's `Preprocessor` (resize + crop / stretch to S×S), rounding to
-``uint8``; then the `export.InferenceGraph` in PyTorch or its ONNX export in ONNX Runtime (same formula
-for both). Maps are brought back to the original frame with `Preprocessor.map_to_original` (0 where the
+``uint8``; then the `InferenceGraph` (defined here) in PyTorch or its ONNX export (`export.py`) in ONNX
+Runtime (same formula for both). Maps are brought back to the original frame with `Preprocessor.map_to_original` (0 where the
 crop cut the image).
 
-Decisions use the checkpoint's thresholds: ``threshold="far"`` (default) the false-alarm threshold fixed at
-training time, ``"f1"`` the F1-optimal one added by `glass calibrate`, or a number (raw image score).
-The normalised score always maps the false-alarm threshold to 0.5.
+Decisions use the checkpoint's thresholds (`checkpoint.Calibration.operating_point`, as `glass test`):
+``threshold="far"`` (default) the false-alarm threshold fixed at training time, ``"f1"`` the F1-optimal one
+added by `glass calibrate`, or a number (raw image score). The normalised score always maps the
+false-alarm threshold to 0.5. A checkpoint without calibration uses `Calibration.fallback()`.
 
 `predict_files` is the `glass predict` command without the command line: folders, overlays, a
 results file, and one line per unreadable input while the rest are still predicted.
@@ -36,20 +37,50 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
-from .calibration import resolve_calibration
-from .config import GlassConfig
-from .datasets import Preprocessor
+from .checkpoint import Checkpoint, Normalization, as_checkpoint, checkpoint_path
 from .io import IMAGE_EXTENSIONS, ImageReadError, check_bit_depth, list_images
-from .model import checkpoint_bit_depth, checkpoint_path, read_checkpoint, resolve_device
+from .model import GlassModel, resolve_device
 from .runtime import MIN_SIDE, ImageInput, Prediction, to_rgb  # noqa: F401 (re-exported: predict.Prediction, predict.to_rgb)
 from .safety import refuse_input_overlap, write_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Detector", "Prediction", "ImageInput", "collect_inputs", "predict_files"]
+__all__ = ["Detector", "InferenceGraph", "Prediction", "ImageInput", "collect_inputs", "inference_graph", "predict_files"]
 
 OVERLAY_MAX_SIDE = 1024  # overlays of huge images are drawn downscaled (3 tiles wide)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The inference graph: what the torch engine runs, and what `export.py` writes as ONNX
+
+
+class InferenceGraph(nn.Module):
+    """uint8 images B×S×S×3 → (raw image score B, normalised score B, anomaly map B×S×S).
+
+    The torch engine of `Detector` runs this module and `export.export_onnx` exports it, so the two agree.
+    """
+
+    def __init__(self, model: GlassModel, normalization: Normalization | dict[str, float]):
+        super().__init__()
+        self.model = model
+        # Plain floats: they become constants of the graph, like the thresholds they come from.
+        if not isinstance(normalization, Normalization):
+            normalization = Normalization.from_dict(normalization)
+        self.normalization = Normalization(float(normalization.center), float(normalization.scale))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        out = self.model(x)
+        return out.image_scores, self.normalization(out.image_scores), out.anomaly_maps
+
+
+def inference_graph(checkpoint: Checkpoint | dict[str, Any], device: str | torch.device = "cpu") -> InferenceGraph:
+    """The evaluation-mode `InferenceGraph` of a checkpoint (fused model, its image normalisation)."""
+    checkpoint = as_checkpoint(checkpoint)
+    model = checkpoint.build_model(device, fuse=True)
+    return InferenceGraph(model, checkpoint.calibration.image_normalization).eval()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -60,9 +91,7 @@ class _TorchEngine:
     name = "torch"
     in_graph = False  # takes S×S crops; Detector resizes and crops
 
-    def __init__(self, checkpoint: dict[str, Any], device: torch.device):
-        from .export import inference_graph
-
+    def __init__(self, checkpoint: Checkpoint, device: torch.device):
         self.device = device
         self.graph = inference_graph(checkpoint, device)
 
@@ -78,7 +107,7 @@ class _OnnxEngine:
     def __init__(
         self,
         onnx_path: Path,
-        checkpoint: dict[str, Any],
+        checkpoint: Checkpoint,
         threads: int | None = None,
         providers: str | Sequence[str] | None = "cpu",
         openvino: bool = False,
@@ -93,12 +122,12 @@ class _OnnxEngine:
             )
         if openvino:  # OpenVINO IR, compiled with the f32 precision hint (see openvino_export)
             from .openvino_export import read_metadata as ir_metadata
-            from .runtime import _OpenVinoSession
+            from .runtime import OpenVinoSession
 
             self.name = "openvino"
             meta = ir_metadata(onnx_path)
             device = providers if isinstance(providers, str) and providers.upper() in ("CPU", "GPU", "NPU", "AUTO") else "CPU"
-            session = _OpenVinoSession(onnx_path, device.upper(), threads)
+            session = OpenVinoSession(onnx_path, device.upper(), threads)
         else:
             meta = read_metadata(onnx_path)
         _check_metadata(meta, checkpoint, onnx_path)
@@ -113,10 +142,10 @@ class _OnnxEngine:
         return tuple(np.asarray(o, dtype=np.float32) for o in out)  # type: ignore[return-value]
 
 
-def _check_metadata(meta: dict[str, str], checkpoint: dict[str, Any], path: Path) -> None:
+def _check_metadata(meta: dict[str, str], checkpoint: Checkpoint, path: Path) -> None:
     """The ONNX file must come from this checkpoint's model size and normalisation (else: re-export)."""
-    config = GlassConfig.from_dict(checkpoint["config"])
-    calibration = resolve_calibration(checkpoint.get("calibration"))
+    config = checkpoint.config
+    normalization = checkpoint.calibration.image_normalization
     problems = []
     if not meta:
         problems.append("it has no glass_ad metadata (not written by `glass export`)")
@@ -124,8 +153,8 @@ def _check_metadata(meta: dict[str, str], checkpoint: dict[str, Any], path: Path
         if int(meta.get("image_size", -1)) != config.image_size:
             problems.append(f"image size {meta.get('image_size')} ≠ {config.image_size}")
         for key, want in (
-            ("normalization_center", calibration["image_normalization"]["center"]),
-            ("normalization_scale", calibration["image_normalization"]["scale"]),
+            ("normalization_center", normalization.center),
+            ("normalization_scale", normalization.scale),
         ):
             have = float(meta.get(key, "nan"))
             if not abs(have - want) <= 1e-9 * max(1.0, abs(want)):
@@ -142,7 +171,7 @@ class Detector:
 
     def __init__(
         self,
-        checkpoint: dict[str, Any],
+        checkpoint: Checkpoint | dict[str, Any],
         engine: _TorchEngine | _OnnxEngine,
         *,
         batch_size: int = 8,
@@ -150,19 +179,17 @@ class Detector:
         source: str | None = None,
         bit_depth: int | None = None,
     ):
-        config = GlassConfig.from_dict(checkpoint["config"])
+        checkpoint = as_checkpoint(checkpoint)
         # Inputs deeper than 8 bits: the rule fixed at training (checkpoint), unless overridden here.
-        self.bit_depth = check_bit_depth(bit_depth) if bit_depth is not None else checkpoint_bit_depth(checkpoint)
-        # Checkpoints store the fit chosen at training time; "auto" can only remain in hand-made configs.
-        fit = "crop" if config.fit == "auto" else config.fit
+        self.bit_depth = check_bit_depth(bit_depth) if bit_depth is not None else checkpoint.bit_depth
         self.checkpoint = checkpoint
-        self.config = config
-        self.preprocessor = Preprocessor(config.image_size, config.resize, fit)
-        self.calibration = resolve_calibration(checkpoint.get("calibration"))
+        self.config = checkpoint.config
+        self.preprocessor = checkpoint.preprocessor()
+        self.calibration = checkpoint.calibration
         self.engine = engine
         self.batch_size = max(1, int(batch_size))
         self.source = source
-        self.threshold_kind, self.image_threshold, self.pixel_threshold = self._thresholds(threshold)
+        self.threshold_kind, self.image_threshold, self.pixel_threshold = self.calibration.operating_point(threshold)
 
     @classmethod
     def load(
@@ -180,14 +207,14 @@ class Detector:
     ) -> "Detector":
         """Load from a run directory or checkpoint file. ``engine="onnx"`` runs ``onnx_path`` (default
         ``RUN_DIR/model.onnx``, written by `glass export`) with ONNX Runtime on ``providers`` (``"cpu"``,
-        ``"cuda"``, ``"openvino"``, ``"auto"``…; see `runtime.resolve_providers`). ``threads`` sets
-        ONNX Runtime's intra-op threads, or PyTorch's (process-wide) for the torch engine. ``bit_depth``
-        overrides the input bit depth recorded at training (for images deeper than 8 bits)."""
+        ``"cuda"``, ``"openvino"``, ``"auto"``…; see `runtime.resolve_providers`). ``threads`` sets the
+        intra-op threads of the ONNX Runtime / OpenVINO session; the torch engine's threads are process-wide
+        and stay the caller's choice (`torch.set_num_threads`, as `glass predict --threads` does), so
+        ``threads`` does not change them. ``bit_depth`` overrides the input bit depth recorded at training
+        (for images deeper than 8 bits)."""
         check_bit_depth(bit_depth)
-        checkpoint = read_checkpoint(run)
+        checkpoint = Checkpoint.load(run)
         if engine == "torch":
-            if threads:
-                torch.set_num_threads(int(threads))
             runner: _TorchEngine | _OnnxEngine = _TorchEngine(checkpoint, resolve_device(device))
         elif engine == "onnx":
             from .export import ONNX_NAME
@@ -204,21 +231,6 @@ class Detector:
         return cls(
             checkpoint, runner, batch_size=batch_size, threshold=threshold, source=str(checkpoint_path(run)), bit_depth=bit_depth
         )
-
-    def _thresholds(self, threshold: str | float) -> tuple[str, float, float]:
-        cal = self.calibration
-        if isinstance(threshold, str) and threshold.lower() == "far":
-            return "far", float(cal["image_threshold"]), float(cal["pixel_threshold"])
-        if isinstance(threshold, str) and threshold.lower() == "f1":
-            if cal.get("f1_image_threshold") is None:
-                raise ValueError("this checkpoint has no F1 threshold; add one with `glass calibrate RUN_DIR --val DIR`")
-            pixel = cal.get("f1_pixel_threshold")
-            return "f1", float(cal["f1_image_threshold"]), float(pixel if pixel is not None else cal["pixel_threshold"])
-        try:
-            value = float(threshold)
-        except (TypeError, ValueError):
-            raise ValueError(f"threshold must be 'far', 'f1' or a number, got {threshold!r}") from None
-        return "custom", value, float(cal["pixel_threshold"])
 
     @property
     def engine_name(self) -> str:
@@ -311,9 +323,7 @@ class Detector:
     def heat_range(self) -> tuple[float, float]:
         """Fixed colour scale for this model's maps (`visualize.heat_range`: a typical normal pixel at the
         bottom, the pixel threshold in the middle), so heatmaps of different images compare at a glance."""
-        from .visualize import heat_range
-
-        return heat_range({**self.calibration, "pixel_threshold": self.pixel_threshold})
+        return self.calibration.heat_range(self.pixel_threshold)
 
     def overlay(
         self,

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from . import visualize
-from .config import GlassConfig
 from .datasets import DatasetError, ImageDataset, Preprocessor, Sample, load_dataset
 
 _TITLE_H = 24
@@ -48,10 +47,6 @@ def _spread(items: list, count: int) -> list:
     if len(items) <= count:
         return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
-
-
-def _resolved_fit(config: GlassConfig) -> str:
-    return "crop" if config.fit == "auto" else config.fit
 
 
 # ------------------------------------------------------------------------------------------------- LAS
@@ -122,16 +117,17 @@ def feature_projection(
     folder when it still exists, else procedural textures).
     """
     from . import gas as gas_module
+    from .checkpoint import Checkpoint
     from .las import LocalAnomalySynthesizer
-    from .model import load_model
     from .textures import load_textures
     from .trainer import compute_foreground, decode_images, gas_settings
 
-    model, checkpoint = load_model(run_dir, "cpu")
-    config = GlassConfig.from_dict(checkpoint["config"])
-    hypothesis = checkpoint.get("hypothesis") or "manifold"
+    checkpoint = Checkpoint.load(run_dir)
+    model = checkpoint.build_model("cpu")
+    config = checkpoint.config
+    hypothesis = checkpoint.hypothesis or "manifold"
     dataset = load_dataset(data_root, layout, category=category)
-    preprocessor = Preprocessor(config.image_size, config.resize, _resolved_fit(config))
+    preprocessor = checkpoint.preprocessor()
     raw, _ = decode_images(_spread(dataset.train, images), preprocessor, progress=False)
     batch = raw.float() / 255.0
     generator = torch.Generator().manual_seed(seed)
@@ -139,7 +135,7 @@ def feature_projection(
 
     u = _adapted(model, batch)
     settings = gas_settings(config if config.gas != "off" else config.replace(gas="full"), hypothesis)
-    centres = checkpoint["centre"].float().repeat(len(batch), 1)
+    centres = checkpoint.centre.float().repeat(len(batch), 1)
     radius = gas_module.hypersphere_radius(u, centres, config.radius_quantile) if hypothesis == "hypersphere" else None
     v = gas_module.synthesize(model.discriminator, u, settings, centres=centres, radius=radius, generator=generator).detach()
 
@@ -147,7 +143,7 @@ def feature_projection(
     if texture_folder is not None and not Path(texture_folder).is_dir():
         texture_folder = None  # the training machine's folder is not here: procedural textures instead
     synthesizer = LocalAnomalySynthesizer(config.image_size, load_textures(texture_folder, config.image_size))
-    fg = compute_foreground(raw, "on") if checkpoint.get("foreground") else None
+    fg = compute_foreground(raw, "on") if checkpoint.foreground else None
     las = synthesizer(batch, fg, rng)
     las_u = _adapted(model, las.images)[las.patch_labels.reshape(-1) > 0.5]
 
@@ -268,10 +264,10 @@ def heatmap_grid(
 ) -> Path:
     """``count`` test images (about three quarters defective, the rest good, spread over the set) with
     their anomaly maps, the stored pixel threshold (red) and the ground truth (green)."""
-    from .model import load_model
+    from .checkpoint import Checkpoint
 
-    model, checkpoint = load_model(run_dir, "cpu")
-    config = GlassConfig.from_dict(checkpoint["config"])
+    checkpoint = Checkpoint.load(run_dir)
+    model = checkpoint.build_model("cpu")
     dataset = load_dataset(data_root, layout, category=category)
     if not dataset.test:
         raise DatasetError(f"'{dataset.root}' has no test images")
@@ -279,15 +275,13 @@ def heatmap_grid(
     goods = [s for s in dataset.test if s.label == 0]
     n_defect = min(len(defects), max(1, round(count * 0.75)) if defects else 0)
     chosen: list[Sample] = _spread(defects, n_defect) + _spread(goods, count - n_defect)
-    items = ImageDataset(chosen, Preprocessor(config.image_size, config.resize, _resolved_fit(config)))
+    items = ImageDataset(chosen, checkpoint.preprocessor())
     batch = [items[i] for i in range(len(items))]
     with torch.no_grad():
         output = model(torch.stack([b["image"] for b in batch]))
     maps = output.anomaly_maps.numpy()
-    calibration = checkpoint.get("calibration") or {}
-    from .tester import _heat_range
-
-    vmin, vmax = _heat_range(calibration, maps)
+    calibration = checkpoint.calibration
+    vmin, vmax = calibration.heat_range()
     panels = []
     for item, amap, score in zip(batch, maps, output.image_scores.tolist()):
         image = (item["image"] * 255).round().byte().permute(1, 2, 0).numpy()
@@ -295,7 +289,7 @@ def heatmap_grid(
         title = f"{item['defect_type']}: score {score:.3f} {Path(item['path']).name}"
         panels.append(
             visualize.overlay_panel(
-                image, amap, vmin=vmin, vmax=vmax, threshold=calibration.get("pixel_threshold"), title=title, gt_mask=mask,
+                image, amap, vmin=vmin, vmax=vmax, threshold=calibration.pixel_threshold, title=title, gt_mask=mask,
                 colorbar=True,
             )
         )

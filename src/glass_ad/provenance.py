@@ -6,7 +6,7 @@ the files written beside every model so a run can be read and repeated without t
   renamed or re-encoded changes it. (Sizes, not contents: hashing gigabytes of images at every training run
   would cost more than it tells.)
 * `provenance(...)`: ``{package_version, git_describe, data_fingerprint, train_files, train_bytes}``, stored
-  in the checkpoint under ``provenance`` (the trainer passes it to `model.make_checkpoint`).
+  in the checkpoint under ``provenance`` (the trainer passes it to `checkpoint.Checkpoint.from_model`).
 * `write_run_files(run_dir)`: ``config.yaml`` (the effective settings, loadable by ``glass train --config``)
   and ``history.csv`` (one row per epoch) beside ``model.pt``.
 * `load_config_file(path)`: a YAML or TOML file of `GlassConfig` fields (plus ``recipe``).
@@ -79,20 +79,22 @@ def _yaml_text(data: dict[str, Any], header: str) -> str:
 
 def write_run_files(run: str | os.PathLike) -> list[Path]:
     """Write ``config.yaml`` and ``history.csv`` beside the checkpoint of ``run``; returns their paths."""
-    from .model import checkpoint_path, read_checkpoint
+    from .checkpoint import Checkpoint, checkpoint_path
     from .safety import write_atomic
 
     path = checkpoint_path(run)
-    checkpoint = read_checkpoint(path)
+    checkpoint = Checkpoint.load(path)
     folder = path.parent
-    info = checkpoint.get("provenance") or {}
+    info = checkpoint.provenance or {}
     header = (
-        f"# Effective settings of {path.name} (glass-ad {checkpoint.get('package_version', '?')}"
+        f"# Effective settings of {path.name} (glass-ad {checkpoint.package_version or '?'}"
         + (f", data fingerprint {info['data_fingerprint'][:16]}" if info.get("data_fingerprint") else "")
         + ").\n# Repeat the run with: glass train DATA --out NEW_RUN --config config.yaml\n"
     )
-    written = [write_atomic(folder / "config.yaml", _yaml_text(dict(checkpoint["config"]), header))]
-    history = (checkpoint.get("training") or {}).get("history") or []
+    # The settings as stored (not re-derived), so that config.yaml repeats exactly what was trained.
+    settings = checkpoint.stored_config if checkpoint.stored_config is not None else checkpoint.config.to_dict()
+    written = [write_atomic(folder / "config.yaml", _yaml_text(dict(settings), header))]
+    history = list(checkpoint.training.history)
     if history:
         columns: list[str] = []
         for record in history:

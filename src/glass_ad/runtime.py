@@ -31,6 +31,7 @@ import numpy as np
 from .io import check_bit_depth, read_image, to_uint8
 
 __all__ = [
+    "OpenVinoSession",
     "Prediction",
     "Runtime",
     "crop_box",
@@ -290,7 +291,7 @@ def session(onnx_path: str | os.PathLike, providers: str | Sequence[str] | None 
     return ort.InferenceSession(str(onnx_path), sess_options=options, providers=resolve_providers(providers))
 
 
-class _OpenVinoSession:
+class OpenVinoSession:
     """An OpenVINO IR (``.xml``) behind the few ONNX Runtime session methods `Runtime` uses, compiled with
     ``INFERENCE_PRECISION_HINT=f32`` (OpenVINO would otherwise run it in bf16 on CPUs that have it)."""
 
@@ -335,7 +336,7 @@ class _Named:
 
 
 def _metadata(sess) -> dict[str, str]:
-    if isinstance(sess, _OpenVinoSession):
+    if isinstance(sess, OpenVinoSession):
         return sess.metadata()
     custom = sess.get_modelmeta().custom_metadata_map
     return {key[len(META_PREFIX) :]: value for key, value in custom.items() if key.startswith(META_PREFIX)}
@@ -373,7 +374,7 @@ class Runtime:
         self.path = path
         if path.suffix.lower() == ".xml":  # OpenVINO IR from `glass export --format openvino`
             device = providers if isinstance(providers, str) and providers.upper() in ("CPU", "GPU", "NPU", "AUTO") else "CPU"
-            self.session = _OpenVinoSession(path, device.upper(), threads)
+            self.session = OpenVinoSession(path, device.upper(), threads)
         else:
             self.session = session(path, providers, threads)
         meta = _metadata(self.session)

@@ -8,6 +8,9 @@ Nothing is dropped silently: every test image that could not be used (unreadable
 fit its image, …) is listed under ``dropped`` in the report with its reason and counted in ``n_dropped``,
 and every test folder without images under ``empty_test_folders``; `glass test` then exits non-zero unless
 ``--allow-dropped``. Images deeper than 8 bits are read with the model's recorded bit depth.
+
+The stored-threshold decisions are the checkpoint's `Calibration.operating_point("far")`, the same rule
+`predict.Detector` decides by — for a checkpoint without calibration too (`Calibration.fallback()`).
 """
 
 from __future__ import annotations
@@ -22,22 +25,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .calibration import normalize_scores
-from .config import GlassConfig
-from .datasets import ImageDataset, Preprocessor, load_dataset
+from .checkpoint import Calibration, Checkpoint, checkpoint_path
+from .datasets import ImageDataset, load_dataset
 from .evaluate import StreamingEvaluator
 from .io import ImageReadError, check_bit_depth
 from .metrics import threshold_stats
-from .model import checkpoint_bit_depth, checkpoint_path, load_model, resolve_device
+from .model import resolve_device
 from .safety import refuse_input_overlap, write_atomic
 
 log = logging.getLogger(__name__)
-
-
-def _resolved_fit(config: GlassConfig) -> str:
-    # Checkpoints store the fit chosen at training time; "auto" can only remain in hand-made configs.
-    return "crop" if config.fit == "auto" else config.fit
-
 
 def _collate(items):
     dropped = [item["dropped"] for item in items if "dropped" in item]
@@ -110,13 +106,14 @@ def test(
         if output is not None:
             refuse_input_overlap(output, inputs, what=what)
     torch_device = resolve_device(device)
-    model, checkpoint = load_model(run_dir, torch_device, fuse=True)
-    config = GlassConfig.from_dict(checkpoint["config"])
-    bit_depth = bit_depth if bit_depth is not None else checkpoint_bit_depth(checkpoint)
+    checkpoint = Checkpoint.load(run_dir)
+    model = checkpoint.build_model(torch_device, fuse=True)
+    config = checkpoint.config
+    bit_depth = bit_depth if bit_depth is not None else checkpoint.bit_depth
     dataset = load_dataset(data_root, layout, category=category)
     if not dataset.test:
         raise ValueError(f"{dataset.root} has no test images (expected test/good and test/<defect> folders)")
-    preprocessor = Preprocessor(config.image_size, config.resize, _resolved_fit(config))
+    preprocessor = checkpoint.preprocessor()
     loader = torch.utils.data.DataLoader(
         _SkippingDataset(ImageDataset(dataset.test, preprocessor, bit_depth=bit_depth)),
         batch_size=batch_size,
@@ -154,52 +151,57 @@ def test(
         for key in ("pixel_auroc", "pixel_ap", "aupro"):
             report[key] = float("nan")
         report["note"] = "no ground-truth masks: pixel metrics not computed"
-    report["hypothesis"] = checkpoint.get("hypothesis")
-    report["backbone"] = checkpoint["backbone"]["name"]
+    report["hypothesis"] = checkpoint.hypothesis
+    report["backbone"] = checkpoint.backbone.name
     report["recipe"] = config.recipe
     report["image_size"] = config.image_size
     report["test_wall_time_s"] = time.perf_counter() - start
-    report["train_wall_time_s"] = checkpoint.get("training", {}).get("wall_time_s")
-    report["epochs_run"] = checkpoint.get("training", {}).get("epochs_run")
-
-    calibration = checkpoint.get("calibration") or {}
-    scores = evaluator.image_scores
-    labels = evaluator.labels
-    if "image_threshold" in calibration:
-        threshold = calibration["image_threshold"]
-        stats = threshold_stats(scores, labels, threshold)
-        report["stored_threshold"] = {
-            "image_threshold": threshold,
-            "target_false_alarm_rate": calibration.get("target_false_alarm_rate"),
-            "source": calibration.get("method"),
-            **stats,
-        }
-        report["normalized_scores"] = {
-            "normal_median": float(np.median(normalize_scores(scores[labels == 0], calibration["image_normalization"])))
-            if (labels == 0).any()
-            else None,
-        }
-    if calibration.get("f1_image_threshold") is not None:
-        # Second operating point from `glass calibrate` (labelled validation set), reported beside the first.
-        report["f1_threshold"] = {
-            "image_threshold": calibration["f1_image_threshold"],
-            "pixel_threshold": calibration.get("f1_pixel_threshold"),
-            "validation_images": calibration.get("f1_val_images"),
-            "source": calibration.get("f1_method"),
-            **threshold_stats(scores, labels, calibration["f1_image_threshold"]),
-        }
+    report["train_wall_time_s"] = checkpoint.training.wall_time_s
+    report["epochs_run"] = checkpoint.training.epochs_run
+    report.update(threshold_report(checkpoint.calibration, evaluator.image_scores, evaluator.labels))
 
     if pictures and report_dir is not None:
-        _write_pictures(report_dir, evaluator, preprocessor, calibration, model, torch_device, bit_depth)
+        _write_pictures(report_dir, evaluator, preprocessor, checkpoint.calibration, bit_depth)
         report["pictures"] = str(report_dir)
     if scores_csv is not None:
         _write_scores_csv(scores_csv, evaluator)
     if json_path is not None:
-        write_atomic(json_path, json.dumps(_jsonable(report), indent=2))
+        write_atomic(json_path, json.dumps(jsonable(report), indent=2))
     return report
 
 
-def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, device, bit_depth=None) -> None:
+def threshold_report(calibration: Calibration, scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The report entries of the model's thresholds on test scores: ``stored_threshold`` (the false-alarm
+    operating point — the fallback's for a checkpoint without calibration, ``source`` says which),
+    ``normalized_scores``, and ``f1_threshold`` when `glass calibrate` added one."""
+    far = calibration.operating_point("far")
+    normal = labels == 0
+    report: dict[str, Any] = {
+        "stored_threshold": {
+            "image_threshold": far.image_threshold,
+            "pixel_threshold": far.pixel_threshold,
+            "target_false_alarm_rate": calibration.target_false_alarm_rate,
+            "source": calibration.method,
+            **threshold_stats(scores, labels, far.image_threshold),
+        },
+        "normalized_scores": {
+            "normal_median": float(np.median(calibration.image_normalization(scores[normal]))) if normal.any() else None,
+        },
+    }
+    if calibration.f1 is not None:
+        # Second operating point from `glass calibrate` (labelled validation set), reported beside the first.
+        f1 = calibration.operating_point("f1")
+        report["f1_threshold"] = {
+            "image_threshold": f1.image_threshold,
+            "pixel_threshold": calibration.f1.pixel_threshold,
+            "validation_images": calibration.f1.val_images,
+            "source": calibration.f1.method,
+            **threshold_stats(scores, labels, f1.image_threshold),
+        }
+    return report
+
+
+def _write_pictures(report_dir, evaluator, preprocessor, calibration: Calibration, bit_depth=None) -> None:
     """Score histogram with the threshold, and a grid of the worst false positives / negatives."""
     from . import visualize
     from .io import read_image
@@ -207,16 +209,14 @@ def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, dev
     folder = Path(report_dir)
     folder.mkdir(parents=True, exist_ok=True)
     scores, labels = evaluator.image_scores, evaluator.labels
-    threshold = calibration.get("image_threshold")
+    threshold, pixel_threshold = calibration.image_threshold, calibration.pixel_threshold
     visualize.score_histogram(
         scores[labels == 0], scores[labels == 1], threshold, folder / "score_histogram.png", title="image scores (test)"
     )
-    if threshold is None:
-        return
     false_pos, false_neg = evaluator.worst_cases(threshold, k=6)
     panels = []
     maps = evaluator.maps
-    vmin, vmax = _heat_range(calibration, maps[: len(scores)])
+    vmin, vmax = calibration.heat_range()
     for kind, indices in (("false positive", false_pos), ("false negative", false_neg)):
         for i in indices:
             path = evaluator.paths[i]
@@ -231,7 +231,7 @@ def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, dev
                     maps[i],
                     vmin=vmin,
                     vmax=vmax,
-                    threshold=calibration.get("pixel_threshold"),
+                    threshold=pixel_threshold,
                     colorbar=True,
                     title=f"{kind}: score {scores[i]:.3f} (thr {threshold:.3f}) {Path(path).name}",
                     gt_mask=gt,
@@ -239,17 +239,6 @@ def _write_pictures(report_dir, evaluator, preprocessor, calibration, model, dev
             )
     if panels:
         visualize.case_grid(panels, folder / "worst_cases.png", columns=1)
-
-
-def _heat_range(calibration: dict, maps: np.ndarray) -> tuple[float, float]:
-    """The model's one colour scale (`visualize.heat_range`, as `glass predict`); without a pixel
-    threshold, 0 to the 99.9 % quantile of the maps."""
-    from .calibration import resolve_calibration
-    from .visualize import heat_range
-
-    if calibration and calibration.get("pixel_threshold") is not None:
-        return heat_range(resolve_calibration(calibration))
-    return 0.0, max(float(np.quantile(maps, 0.999)) if len(maps) else 1.0, 1e-6)
 
 
 def _write_scores_csv(path: str | Path, evaluator: StreamingEvaluator) -> None:
@@ -266,11 +255,12 @@ def _write_scores_csv(path: str | Path, evaluator: StreamingEvaluator) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def _jsonable(value):
+def jsonable(value: Any) -> Any:
+    """A report made JSON-safe: numpy numbers → Python numbers, nan/inf → None, paths → strings."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (np.floating, float)):
         return None if not np.isfinite(value) else float(value)
     if isinstance(value, np.integer):
@@ -278,3 +268,6 @@ def _jsonable(value):
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+_jsonable = jsonable  # the older private name (suite.py used it)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..model import checkpoint_path
+from ..checkpoint import checkpoint_path
 from ..predict import Detector
 from .batching import MicroBatcher
 
@@ -76,33 +76,33 @@ class ServedModel:
 
 def describe(name: str, version: str, detector: Detector, max_batch: int) -> dict[str, Any]:
     checkpoint = detector.checkpoint
-    training = checkpoint.get("training") or {}
+    training = checkpoint.training
     cal = detector.calibration
     vmin, vmax = detector.heat_range()
     return {
         "name": name,
         "version": version,
         "engine": detector.engine_name,
-        "backbone": checkpoint["backbone"]["name"],
-        "layers": list(checkpoint["backbone"].get("layers", [])),
+        "backbone": checkpoint.backbone.name,
+        "layers": list(checkpoint.backbone.layers),
         "image_size": detector.image_size,
-        "hypothesis": checkpoint.get("hypothesis"),
+        "hypothesis": checkpoint.hypothesis,
         "thresholds": {
             "kind": detector.threshold_kind,
             "image": detector.image_threshold,
             "pixel": detector.pixel_threshold,
-            "target_false_alarm_rate": _finite(cal.get("target_false_alarm_rate")),
-            "f1_image": _finite(cal.get("f1_image_threshold")),
+            "target_false_alarm_rate": _finite(cal.target_false_alarm_rate),
+            "f1_image": _finite(cal.f1.image_threshold if cal.f1 is not None else None),
         },
         "color_scale": {"min": vmin, "max": vmax, "pixel_threshold": detector.pixel_threshold},
         "training": {
             # The folder name only: the service does not publish its file-system layout.
-            "data": Path(str(training["data_root"])).name if training.get("data_root") else None,
-            "category": training.get("category"),
-            "train_images": training.get("train_images"),
-            "holdout_images": training.get("holdout_images"),
-            "epochs_run": training.get("epochs_run"),
-            "best_epoch": training.get("best_epoch"),
+            "data": Path(str(training.data_root)).name if training.data_root else None,
+            "category": training.category,
+            "train_images": training.train_images,
+            "holdout_images": training.holdout_images,
+            "epochs_run": training.epochs_run,
+            "best_epoch": training.best_epoch,
         },
         "max_batch": max_batch,
     }
