@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import tempfile
 import threading
 import warnings
 from contextlib import contextmanager
@@ -33,6 +32,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from .safety import atomic_path
 
 __all__ = [
     "STATE_NAME",
@@ -298,18 +299,12 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {
         k: v.detach().cpu().clone()
         for k, v in model.state_dict().items()
-        if k.startswith("discriminator.") or k.startswith("adaptor.")
+        if k.startswith(("discriminator.", "adaptor."))
     }
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -22,7 +22,7 @@ from ..io import ImageReadError, read_image
 from ..las import LocalAnomalySynthesizer
 from ..model import GlassModel
 from ..spectrum import choose_hypothesis, mean_image
-from ..textures import GreyTextures, load_textures
+from ..textures import textures_from_config, wants_grey_textures
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +147,9 @@ def prepare_synthesis(images: torch.Tensor, config: GlassConfig, echo: Echo = pr
         echo(f"hypothesis: {hypothesis} (forced)")
     foreground = compute_foreground(images, config.foreground)
     echo(f"foreground masks: {'on' if foreground is not None else 'off (whole image)'}")
-    textures = load_textures(config.textures, config.image_size)
-    grey = config.texture_colour == "grey" or (config.texture_colour == "auto" and is_grey(images))
-    if grey:
-        textures = GreyTextures(textures)
+    grey_images = is_grey(images)
+    textures = textures_from_config(config, grey_images=grey_images)
+    grey = wants_grey_textures(config.texture_colour, grey_images)
     echo(
         f"LAS textures: {'grey (the training images are grey)' if grey else 'colour'}"
         + ("" if config.las else " (validation only: --no-las)")
