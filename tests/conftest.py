@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -9,7 +10,8 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# GLASS_SHARED_DATA points elsewhere (or at nothing, to check that realdata tests skip cleanly).
+SHARED_DATA = Path(os.environ.get("GLASS_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 # One thread: tiny test tensors gain nothing from more, and a busy machine makes OpenMP threads spin.
 torch.set_num_threads(1)
@@ -29,7 +31,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def mtd_root() -> Path:
     path = SHARED_DATA / "mtd"
     if not (path / "train" / "good").is_dir():
-        pytest.skip("../shared/data/mtd is not available")
+        pytest.skip(f"real data not available: {path} (../shared/data/mtd)")
     return path
 
 
@@ -37,7 +39,7 @@ def mtd_root() -> Path:
 def dtd_root() -> Path:
     path = SHARED_DATA / "dtd"
     if not path.is_dir():
-        pytest.skip("../shared/data/dtd is not available")
+        pytest.skip(f"real data not available: {path} (../shared/data/dtd)")
     return path
 
 
