@@ -330,7 +330,7 @@ class BackboneRecord:
 
 _TRAINING_KEYS = (
     "data_root", "category", "train_images", "holdout_images", "holdout_paths", "epochs_run", "best_epoch",
-    "wall_time_s", "precision", "history",
+    "wall_time_s", "precision", "processes", "history",
 )  # fmt: skip
 
 
@@ -347,6 +347,7 @@ class TrainingRecord:
     best_epoch: int | None = None
     wall_time_s: float | None = None
     precision: str | None = None
+    processes: int = 1  # data-parallel ranks (torchrun); 1: one process
     history: tuple[dict[str, Any], ...] = ()  # one record per epoch (losses, separations, validation)
     extra: Mapping[str, Any] = field(default_factory=dict)
     recorded: bool = True  # False: the file had no training entry

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,16 +28,10 @@ from tqdm.auto import tqdm
 
 from .. import gas as gas_module
 from .. import resume as resume_module
-from ..calibration import calibrate
+from ..calibration import calibrate_holdout
+from ..checkpoint import CHECKPOINT_NAME, Calibration, Checkpoint, TrainingRecord
 from ..config import GlassConfig
-from ..model import (
-    CHECKPOINT_NAME,
-    GlassModel,
-    build_model,
-    make_checkpoint,
-    resolve_device,
-    save_checkpoint,
-)
+from ..model import GlassModel, build_model, resolve_device
 from ..precision import choose_precision
 from ..provenance import provenance
 from .distributed import Distributed
@@ -63,7 +56,7 @@ class TrainResult:
     best_epoch: int
     wall_time_s: float
     history: list[dict[str, float]] = field(default_factory=list)
-    calibration: dict[str, Any] = field(default_factory=dict)
+    calibration: Calibration = field(default_factory=Calibration.fallback)
 
 
 def train(
@@ -233,42 +226,43 @@ def _train(
 
     # 5. Finishing (rank 0): the hybrid score's bank, thresholds from held-out normals, one checkpoint.
     path = out_dir / CHECKPOINT_NAME
-    calibration: dict[str, Any] = {}
+    calibration = Calibration.fallback()
     if group.is_main:
         if config.score == "hybrid":
             hybrid = build_hybrid_score(model, setup.features, data.holdout, config, device, progress=progress)
             echo(f"hybrid score: memory bank of {hybrid['bank_size']} patch vectors")
         setup.features.close()
         model.eval()
-        calibration = calibrate(model, data.holdout, config, device) if data.holdout is not None else {}
+        calibration = Calibration.fallback()
+        if data.holdout is not None:
+            calibration = calibrate_holdout(model, data.holdout, config, device)
         with torch.no_grad():
             centre = model.adaptor(setup.mean_feature).cpu()
-        wall = time.perf_counter() - start_time
-        checkpoint = make_checkpoint(
+        record = TrainingRecord(
+            data_root=str(data_root),
+            category=category,
+            train_images=len(data.images),
+            holdout_images=0 if data.holdout is None else len(data.holdout),
+            holdout_paths=tuple(str(s.path) for s in data.holdout_samples),
+            epochs_run=epochs_run,
+            best_epoch=best_epoch,
+            wall_time_s=time.perf_counter() - start_time,
+            precision=arithmetic.reason,
+            processes=group.world_size,
+            history=tuple(history),
+        )
+        Checkpoint.from_model(
             model,
             config,
+            calibration=calibration,
+            training=record,
             hypothesis=synthesis.hypothesis,
             spectrum=synthesis.spectrum,
             foreground=synthesis.foreground is not None,
             centre=centre,
-            geometry=setup.geometry.to_dict(),
+            geometry=setup.geometry,
             provenance=provenance([sample.path for sample in data.dataset.train], data.dataset.root),
-            calibration=calibration,
-            training={
-                "data_root": str(data_root),
-                "category": category,
-                "train_images": len(data.images),
-                "holdout_images": 0 if data.holdout is None else len(data.holdout),
-                "holdout_paths": [str(s.path) for s in data.holdout_samples],
-                "epochs_run": epochs_run,
-                "best_epoch": best_epoch,
-                "wall_time_s": wall,
-                "precision": arithmetic.reason,
-                "processes": group.world_size,
-                "history": history,
-            },
-        )
-        save_checkpoint(checkpoint, path)
+        ).save(path)
         run_state.remove()
     else:
         setup.features.close()
