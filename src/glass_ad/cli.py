@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
+from . import cli_options as opt
+from .cli_options import ForegroundChoice, RecipeChoice
 from .config import make_config
 
 app = typer.Typer(
@@ -34,30 +37,6 @@ def _main_options(
     version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     """GLASS anomaly detection: train on defect-free images, test, predict, export."""
-
-
-class HypothesisChoice(str, Enum):
-    auto = "auto"
-    manifold = "manifold"
-    hypersphere = "hypersphere"
-
-
-class RecipeChoice(str, Enum):
-    fast = "fast"
-    paper = "paper"
-
-
-class GasChoice(str, Enum):
-    full = "full"
-    ascent = "ascent"
-    noise = "noise"
-    off = "off"
-
-
-class ForegroundChoice(str, Enum):
-    auto = "auto"
-    on = "on"
-    off = "off"
 
 
 def _fail(message: str) -> None:
@@ -96,15 +75,6 @@ _FORCE_HELP = "Replace results of an earlier run at the same place (default: ref
 _BIT_DEPTH_HELP = "Bits per channel of images deeper than 8 bits (e.g. 12 for 12-bit camera data in 16-bit files); default: the bit depth recorded with the model."
 
 
-def _shared_overrides(layers: Optional[str], weights: Optional[Path], textures: Optional[Path]) -> dict:
-    """Config values of the options that train, suite and ablate share, converted from CLI strings/paths."""
-    return dict(
-        layers=tuple(layer.strip() for layer in layers.split(",")) if layers else None,
-        weights=str(weights) if weights else None,
-        textures=str(textures) if textures else None,
-    )
-
-
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
 
@@ -113,107 +83,76 @@ def _setup_logging(verbose: bool) -> None:
 @_guarded
 def train(
     ctx: typer.Context,
-    data_dir: Path = typer.Argument(..., help="Data set (MVTec layout: DATA_DIR/train/good), or a data-set root with --category."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML or TOML file of settings (names as in RUN/config.yaml, plus recipe); options given on the command line win."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory; the checkpoint is OUT/model.pt."),
-    recipe: RecipeChoice = typer.Option(RecipeChoice.fast, help="fast: cached features, cheaper GAS, early stopping. paper: the reference schedule (640 epochs)."),
-    backbone: str = typer.Option("efficientnet_lite2", help="Registered backbone or any timm name (see `glass backbones`)."),
-    weights: Optional[Path] = typer.Option(None, help="State-dict file with the backbone's pretrained weights."),
-    layers: Optional[str] = typer.Option(None, help="Comma-separated backbone layers (default: the stride-8 and stride-16 stages)."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default by recipe: fast 20 with early stopping, paper 640)."),
-    textures: Optional[Path] = typer.Option(None, help="Folder of texture images for LAS (e.g. DTD); default: procedural textures."),
-    hypothesis: HypothesisChoice = typer.Option(HypothesisChoice.auto, help="auto = GLASS-j spectrogram rule; or force GLASS-m / GLASS-h."),
-    image_size: int = typer.Option(288, help="Input size (centre crop)."),
-    resize: Optional[int] = typer.Option(None, help="Shorter side before the crop (default: image size)."),
-    fit: str = typer.Option("auto", help="crop (reference), stretch (keep the whole image), auto (stretch elongated images)."),
-    seed: int = typer.Option(0),
-    category: Optional[str] = typer.Option(None, help="Category folder inside DATA_DIR."),
-    dataset: str = typer.Option("auto", "--dataset", help="Layout: auto, mvtec, mpdd, wfdd, visa, folder."),
-    foreground: ForegroundChoice = typer.Option(ForegroundChoice.auto, help="Keep LAS anomalies on the object (auto: objects yes, textures no)."),
-    las: bool = typer.Option(True, "--las/--no-las", help="Local anomaly synthesis (ablation: off)."),
-    gas: GasChoice = typer.Option(GasChoice.full, help="GAS ablation: noise only, + ascent, full (+ projection), off."),
-    adaptor: bool = typer.Option(True, "--adaptor/--no-adaptor", help="Linear adaptor (ablation: off)."),
-    r1: Optional[float] = typer.Option(None, help="Manifold truncation radius r1 (r2 = 2·r1 unless --r2)."),
-    r2: Optional[float] = typer.Option(None),
-    embed_dim: Optional[int] = typer.Option(None, help="Patch-vector width (default per backbone)."),
-    feature_spacing: Optional[float] = typer.Option(None, help="Scale rule: normal spacing (median nearest-neighbour distance) the features are scaled to; GAS lengths are in this unit (default 1); 0 = raw features, absolute lengths."),
-    patch_fraction: Optional[float] = typer.Option(None, help="Fraction of the batch's patch vectors each branch trains on per iteration (fast 0.25, paper 1)."),
-    las_fraction: Optional[float] = typer.Option(None, help="Fraction of each batch's images that get a LAS copy (fast 0.5, paper 1)."),
-    gas_fraction: Optional[float] = typer.Option(None, help="Fraction of those normal patch vectors that go through gradient ascent."),
-    texture_colour: Optional[str] = typer.Option(None, help="LAS texture colour: auto (grey for grey products), colour (reference), grey."),
-    selection: Optional[str] = typer.Option(None, help="Model selection: worst (worse of LAS and the unseen strokes/blobs family; default) or las."),
-    score: Optional[str] = typer.Option(None, help="glass (the discriminator; default) or hybrid (+ distance to the nearest normal training patch, each standardised on held-out normals)."),
-    memory_bank_fraction: Optional[float] = typer.Option(None, help="Hybrid score: share of the training patch vectors kept in the memory bank (default 0.01)."),
-    ascent_steps: Optional[int] = typer.Option(None),
-    ascent_step_size: Optional[float] = typer.Option(None),
-    project_every: Optional[int] = typer.Option(None, help="Truncated projection every N ascent steps (fast 2, paper 5)."),
-    batch_size: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None, help="Adaptor learning rate (the discriminator uses 2·lr); fast 1e-3, paper 1e-4."),
-    lr_schedule: Optional[str] = typer.Option(None, help="constant (reference) or cosine (decay to 0 over --epochs)."),
-    early_stopping: Optional[bool] = typer.Option(None, "--early-stopping/--no-early-stopping"),
-    patience: Optional[int] = typer.Option(None, help="Stop when the smoothed validation score has not risen for this many epochs."),
-    stop_window: Optional[int] = typer.Option(None, help="Epochs averaged by the stopping rule (default 3)."),
-    holdout: Optional[float] = typer.Option(None, help="Fraction of normal images held out for validation and thresholds."),
-    false_alarm_rate: Optional[float] = typer.Option(None, "--far", help="Target false-alarm rate of the stored threshold (default 0.01)."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Labelled validation folder (good/ + <defect>/): also store F1-optimal thresholds (as `glass calibrate`)."),
-    precision: Optional[str] = typer.Option(None, help="Training arithmetic: auto (bf16 where the hardware has it; fast default), fp32 (paper default), bf16."),
-    cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Compute the normal images' backbone features once (fast default) instead of every iteration (paper default)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-    force: bool = typer.Option(False, "--force", help="Replace an existing OUT/model.pt (only once the new one is complete)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted training in OUT from its last completed epoch (same options; --epochs may change with a constant learning rate)."),
-    bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help="Bits per channel of images deeper than 8 bits (e.g. 12 for 12-bit camera data in 16-bit files); default: the file's own depth. Recorded with the model."),
+    data_dir: Annotated[Path, typer.Argument(help="Data set (MVTec layout: DATA_DIR/train/good), or a data-set root with --category.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; the checkpoint is OUT/model.pt.")],
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="YAML or TOML file of settings (names as in RUN/config.yaml, plus recipe); options given on the command line win.")] = None,
+    recipe: opt.Recipe = opt.RecipeChoice.fast,
+    backbone: opt.Backbone = opt.BACKBONE,
+    weights: opt.Weights = None,
+    layers: opt.Layers = None,
+    epochs: opt.Epochs = None,
+    textures: opt.Textures = None,
+    hypothesis: opt.Hypothesis = opt.HypothesisChoice.auto,
+    image_size: opt.ImageSize = opt.IMAGE_SIZE,
+    resize: opt.Resize = None,
+    fit: Annotated[Optional[str], typer.Option(help="crop (reference), stretch (keep the whole image), auto (stretch elongated images; default).")] = None,
+    seed: opt.Seed = opt.SEED,
+    category: Annotated[Optional[str], typer.Option(help="Category folder inside DATA_DIR.")] = None,
+    dataset: Annotated[str, typer.Option("--dataset", help="Layout: auto, mvtec, mpdd, wfdd, visa, folder.")] = "auto",
+    foreground: Annotated[opt.ForegroundChoice, typer.Option(help="Keep LAS anomalies on the object (auto: objects yes, textures no).")] = opt.ForegroundChoice.auto,
+    las: opt.Las = True,
+    gas: opt.Gas = opt.GasChoice.full,
+    adaptor: opt.Adaptor = True,
+    r1: opt.R1 = None,
+    r2: Annotated[Optional[float], typer.Option(help="Hypersphere/manifold outer radius r2 (default 2·r1).")] = None,
+    embed_dim: Annotated[Optional[int], typer.Option(help="Patch-vector width (default per backbone).")] = None,
+    feature_spacing: Annotated[Optional[float], typer.Option(help="Scale rule: normal spacing (median nearest-neighbour distance) the features are scaled to; GAS lengths are in this unit (default 1); 0 = raw features, absolute lengths.")] = None,
+    patch_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the batch's patch vectors each branch trains on per iteration (fast 0.25, paper 1).")] = None,
+    las_fraction: Annotated[Optional[float], typer.Option(help="Fraction of each batch's images that get a LAS copy (fast 0.5, paper 1).")] = None,
+    gas_patch_fraction: Annotated[Optional[float], typer.Option("--gas-patch-fraction", "--gas-fraction", help="Fraction of those normal patch vectors that go through gradient ascent.")] = None,
+    texture_colour: Annotated[Optional[str], typer.Option(help="LAS texture colour: auto (grey for grey products), colour (reference), grey.")] = None,
+    selection: Annotated[Optional[str], typer.Option(help="Model selection: worst (worse of LAS and the unseen strokes/blobs family; default) or las.")] = None,
+    score: Annotated[Optional[str], typer.Option(help="glass (the discriminator; default) or hybrid (+ distance to the nearest normal training patch, each standardised on held-out normals).")] = None,
+    memory_bank_fraction: Annotated[Optional[float], typer.Option(help="Hybrid score: share of the training patch vectors kept in the memory bank (default 0.01).")] = None,
+    ascent_steps: Annotated[Optional[int], typer.Option(help="Gradient-ascent steps of GAS (fast 4, paper 20).")] = None,
+    ascent_step_size: Annotated[Optional[float], typer.Option(help="Gradient-ascent step size (fast 0.005, paper 0.001).")] = None,
+    project_every: Annotated[Optional[int], typer.Option(help="Truncated projection every N ascent steps (fast 2, paper 5).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step (all processes together under torchrun).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adaptor learning rate (the discriminator uses 2·lr); fast 1e-3, paper 1e-4.")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="constant (reference) or cosine (decay to 0 over --epochs).")] = None,
+    early_stopping: Annotated[Optional[bool], typer.Option("--early-stopping/--no-early-stopping", help="Stop when validation no longer improves (fast default).")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop when the smoothed validation score has not risen for this many epochs.")] = None,
+    stop_window: Annotated[Optional[int], typer.Option(help="Epochs averaged by the stopping rule (default 3).")] = None,
+    holdout_fraction: Annotated[Optional[float], typer.Option("--holdout-fraction", "--holdout", help="Fraction of normal images held out for validation and thresholds.")] = None,
+    target_false_alarm_rate: Annotated[Optional[float], typer.Option("--target-false-alarm-rate", "--far", help="Target false-alarm rate of the stored threshold (default 0.01).")] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="Labelled validation folder (good/ + <defect>/): also store F1-optimal thresholds (as `glass calibrate`).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Training arithmetic: auto (bf16 only where a timed step shows it faster; fast default), fp32 (paper default), bf16.")] = None,
+    cache_features: Annotated[Optional[bool], typer.Option("--cache-features/--no-cache-features", "--cache/--no-cache", help="Compute the normal images' backbone features once (fast default) instead of every iteration (paper default).")] = None,
+    device: opt.Device = opt.DEVICE,
+    num_threads: opt.NumThreads = None,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing OUT/model.pt (only once the new one is complete).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted training in OUT from its last completed epoch (same options; --epochs may change with a constant learning rate).")] = False,
+    bit_depth: Annotated[Optional[int], typer.Option("--bit-depth", help="Bits per channel of images deeper than 8 bits (e.g. 12 for 12-bit camera data in 16-bit files); default: the file's own depth. Recorded with the model.")] = None,
 ) -> None:
-    """Train on DATA_DIR/train/good (normal images only)."""
-    from .trainer import train as run_training
+    """Train on DATA_DIR/train/good (normal images only). Under `torchrun --nproc-per-node N -m glass_ad train …`
+    one model is trained data-parallel over N processes (docs/scale.md)."""
+    from .training import train as run_training
 
+    overrides = opt.config_values(locals())  # every parameter named like a GlassConfig field
     _setup_logging(verbose)
-    overrides = dict(
-        backbone=backbone,
-        **_shared_overrides(layers, weights, textures),
-        epochs=epochs,
-        hypothesis=hypothesis.value,
-        image_size=image_size,
-        resize=resize,
-        fit=fit,
-        seed=seed,
-        foreground=foreground.value,
-        las=las,
-        gas=gas.value,
-        adaptor=adaptor,
-        r1=r1,
-        r2=r2 if r2 is not None else (2 * r1 if r1 is not None else None),
-        embed_dim=embed_dim,
-        gas_patch_fraction=gas_fraction,
-        patch_fraction=patch_fraction,
-        las_fraction=las_fraction,
-        texture_colour=texture_colour,
-        selection=selection,
-        score=score,
-        memory_bank_fraction=memory_bank_fraction,
-        ascent_steps=ascent_steps,
-        ascent_step_size=ascent_step_size,
-        project_every=project_every,
-        batch_size=batch_size,
-        lr=lr,
-        lr_schedule=lr_schedule,
-        early_stopping=early_stopping,
-        patience=patience,
-        stop_window=stop_window,
-        holdout_fraction=holdout,
-        target_false_alarm_rate=false_alarm_rate,
-        precision=precision,
-        cache_features=cache,
-        device=device,
-        num_threads=threads,
-    )
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 checks, locks and reports
     try:
         config = _train_config(ctx, config_file, recipe.value, overrides)
         if feature_spacing is not None:
             config = config.replace(feature_spacing=feature_spacing if feature_spacing > 0 else None).validate()
-        _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val, resume)
+        if main_rank:
+            _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val, resume)
+        else:
+            from .io import declared_bit_depth
+
+            _hold_for_command(declared_bit_depth(bit_depth))
         result = run_training(data_dir, out, config, category=category, layout=dataset, progress=not quiet, resume=resume)
     except KeyboardInterrupt as interrupt:
         _interrupted(interrupt, data_dir, out)
@@ -223,6 +162,8 @@ def train(
         return
     except OSError as error:
         _fail(" ".join(str(error).split()))
+        return
+    if not main_rank:
         return
     _record_run(data_dir, dataset, category, result.checkpoint)
     typer.echo(
@@ -283,16 +224,6 @@ def _interrupted(interrupt: KeyboardInterrupt, data_dir: Path, out: Path) -> Non
     raise typer.Exit(code=code)
 
 
-# `glass train` option names that differ from the GlassConfig field they set
-_OPTION_OF_FIELD = {
-    "gas_patch_fraction": "gas_fraction",
-    "holdout_fraction": "holdout",
-    "target_false_alarm_rate": "false_alarm_rate",
-    "cache_features": "cache",
-    "num_threads": "threads",
-}
-
-
 def _train_config(ctx: typer.Context, config_file: Optional[Path], recipe: str, overrides: dict):
     """The settings of `glass train`: the recipe, then the --config file, then options given explicitly."""
     if config_file is None:
@@ -308,7 +239,7 @@ def _train_config(ctx: typer.Context, config_file: Optional[Path], recipe: str, 
     chosen = recipe if given("recipe") else str(values.pop("recipe", recipe))
     values.pop("recipe", None)
     for field_name, value in overrides.items():
-        if value is not None and (given(_OPTION_OF_FIELD.get(field_name, field_name)) or (field_name == "r2" and given("r1"))):
+        if value is not None and (given(field_name) or (field_name == "r2" and given("r1"))):
             values[field_name] = value
     if values.get("layers") is not None:
         values["layers"] = tuple(values["layers"])
@@ -837,27 +768,27 @@ def suite(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: OUT/<category>/ runs, OUT/results.csv and OUT/results.md."),
     dataset: SuiteDatasetChoice = typer.Option(SuiteDatasetChoice.auto, "--dataset", help="Layout of ROOT."),
     categories: Optional[str] = typer.Option(None, help="Comma-separated categories (default: all found)."),
-    recipe: RecipeChoice = typer.Option(RecipeChoice.fast),
-    backbone: str = typer.Option("efficientnet_lite2"),
-    layers: Optional[str] = typer.Option(None, help="Comma-separated backbone layers."),
-    weights: Optional[Path] = typer.Option(None, help="Backbone weights file."),
-    epochs: Optional[int] = typer.Option(None),
-    textures: Optional[Path] = typer.Option(None, help="Texture folder for LAS (e.g. DTD); default: procedural."),
-    image_size: int = typer.Option(288),
-    resize: Optional[int] = typer.Option(None, help="Shorter side before the crop for every category (default: image size; MVTec toothbrush/wood: 329/288 of it, as the reference)."),
-    hypothesis: HypothesisChoice = typer.Option(HypothesisChoice.auto),
-    las: bool = typer.Option(True, "--las/--no-las"),
-    gas: GasChoice = typer.Option(GasChoice.full),
-    adaptor: bool = typer.Option(True, "--adaptor/--no-adaptor"),
-    r1: Optional[float] = typer.Option(None, help="Manifold truncation r1 (r2 = 2·r1)."),
-    seed: int = typer.Option(0),
+    recipe: opt.Recipe = opt.RecipeChoice.fast,
+    backbone: opt.Backbone = opt.BACKBONE,
+    layers: opt.Layers = None,
+    weights: opt.Weights = None,
+    epochs: opt.Epochs = None,
+    textures: opt.Textures = None,
+    image_size: opt.ImageSize = opt.IMAGE_SIZE,
+    resize: Annotated[Optional[int], typer.Option(help="Shorter side before the crop for every category (default: image size; MVTec toothbrush/wood: 329/288 of it, as the reference).")] = None,
+    hypothesis: opt.Hypothesis = opt.HypothesisChoice.auto,
+    las: opt.Las = True,
+    gas: opt.Gas = opt.GasChoice.full,
+    adaptor: opt.Adaptor = True,
+    r1: opt.R1 = None,
+    seed: opt.Seed = opt.SEED,
     model: Optional[Path] = typer.Option(None, "--model", help="Test every category with this trained run instead of training one per category (e.g. on weak-defect sets)."),
     redo: bool = typer.Option(False, "--redo", help="Recompute runs that already have metrics.json."),
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Score histogram and worst cases per category."),
-    device: str = typer.Option("auto"),
-    threads: Optional[int] = typer.Option(None),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    device: opt.Device = opt.DEVICE,
+    num_threads: opt.NumThreads = None,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
     engine: JobEngineChoice = typer.Option(JobEngineChoice.local, "--engine", help=_ENGINE_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
@@ -866,25 +797,10 @@ def suite(
     """Train and test every category; resumable (finished categories are skipped), one results table."""
     from .suite import run_suite
 
+    overrides = opt.config_values(locals())
     _setup_logging(verbose)
     try:
-        config = make_config(
-            recipe.value,
-            backbone=backbone,
-            **_shared_overrides(layers, weights, textures),
-            epochs=epochs,
-            image_size=image_size,
-            resize=resize,
-            hypothesis=hypothesis.value,
-            las=las,
-            gas=gas.value,
-            adaptor=adaptor,
-            r1=r1,
-            r2=2 * r1 if r1 is not None else None,
-            seed=seed,
-            device=device,
-            num_threads=threads,
-        )
+        config = make_config(recipe.value, **overrides)
         only = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
         results = run_suite(
             root, out, config, dataset=dataset.value, categories=only, model=model, redo=redo,
@@ -905,21 +821,21 @@ def ablate(
     values: Optional[str] = typer.Option(None, help="Comma-separated variants (defaults per study; layers: join a variant's layers with '+', first the stride-8 stage, e.g. blocks.2+blocks.4,blocks.2)."),
     category: Optional[str] = typer.Option(None),
     dataset: SuiteDatasetChoice = typer.Option(SuiteDatasetChoice.auto, "--dataset"),
-    recipe: RecipeChoice = typer.Option(RecipeChoice.fast),
-    backbone: str = typer.Option("efficientnet_lite2"),
-    layers: Optional[str] = typer.Option(None),
-    weights: Optional[Path] = typer.Option(None),
-    epochs: Optional[int] = typer.Option(None),
-    textures: Optional[Path] = typer.Option(None),
-    image_size: int = typer.Option(288),
-    hypothesis: HypothesisChoice = typer.Option(HypothesisChoice.auto, help="The r1 study forces manifold when this is auto."),
-    seed: int = typer.Option(0),
+    recipe: opt.Recipe = opt.RecipeChoice.fast,
+    backbone: opt.Backbone = opt.BACKBONE,
+    layers: opt.Layers = None,
+    weights: opt.Weights = None,
+    epochs: opt.Epochs = None,
+    textures: opt.Textures = None,
+    image_size: opt.ImageSize = opt.IMAGE_SIZE,
+    hypothesis: Annotated[opt.HypothesisChoice, typer.Option(help="The r1 study forces manifold when this is auto.")] = opt.HypothesisChoice.auto,
+    seed: opt.Seed = opt.SEED,
     redo: bool = typer.Option(False, "--redo"),
     pictures: bool = typer.Option(False, "--pictures/--no-pictures"),
-    device: str = typer.Option("auto"),
-    threads: Optional[int] = typer.Option(None),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    device: opt.Device = opt.DEVICE,
+    num_threads: opt.NumThreads = None,
+    quiet: opt.Quiet = False,
+    verbose: opt.Verbose = False,
     engine: JobEngineChoice = typer.Option(JobEngineChoice.local, "--engine", help=_ENGINE_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
@@ -928,19 +844,10 @@ def ablate(
     """Run the variants of one ablation (paper Table 4 / Fig. 8) on one category; resumable, one table."""
     from .suite import run_ablation
 
+    overrides = opt.config_values(locals())
     _setup_logging(verbose)
     try:
-        config = make_config(
-            recipe.value,
-            backbone=backbone,
-            **_shared_overrides(layers, weights, textures),
-            epochs=epochs,
-            image_size=image_size,
-            hypothesis=hypothesis.value,
-            seed=seed,
-            device=device,
-            num_threads=threads,
-        )
+        config = make_config(recipe.value, **overrides)
         results = run_ablation(
             root, out, config, study.value, values=values.split(",") if values else None, category=category,
             dataset=dataset.value, redo=redo, pictures=pictures, progress=not quiet, echo=typer.echo,

@@ -1,0 +1,108 @@
+"""Option definitions shared by the commands that train (`glass train`, `glass suite`, `glass ablate`).
+
+Every option that sets a `GlassConfig` field is named like the field (`--gas-patch-fraction` sets
+`gas_patch_fraction`); a few older, shorter spellings stay as aliases (`--far`, `--holdout`, `--cache`,
+`--threads`, `--gas-fraction`). Defaults come from config.py; None means "the recipe's value".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .config import GAS_MODES, GlassConfig, field_default, paired_r2
+
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(GlassConfig)) - {"recipe"}  # the recipe picks defaults
+
+
+class HypothesisChoice(str, Enum):
+    auto = "auto"
+    manifold = "manifold"
+    hypersphere = "hypersphere"
+
+
+class RecipeChoice(str, Enum):
+    fast = "fast"
+    paper = "paper"
+
+
+GasChoice = Enum("GasChoice", [(mode, mode) for mode in GAS_MODES], type=str)  # config.GAS_MODES, in order
+
+
+class ForegroundChoice(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+# --- what to train on and with -----------------------------------------------------------------------
+Recipe = Annotated[
+    RecipeChoice,
+    typer.Option(help="fast: cached features, cheaper GAS, early stopping. paper: the reference schedule (640 epochs)."),
+]
+Backbone = Annotated[str, typer.Option(help="Registered backbone or any timm name (see `glass backbones`).")]
+Weights = Annotated[Optional[Path], typer.Option(help="State-dict file with the backbone's pretrained weights.")]
+Layers = Annotated[
+    Optional[str],
+    typer.Option(help="Comma-separated backbone layers (default: the stride-8 and stride-16 stages)."),
+]
+Textures = Annotated[
+    Optional[Path],
+    typer.Option(help="Folder of texture images for LAS (e.g. DTD); default: procedural textures."),
+]
+ImageSize = Annotated[int, typer.Option(help="Network input size (square).")]
+Resize = Annotated[Optional[int], typer.Option(help="Shorter side before the crop (default: image size).")]
+Seed = Annotated[int, typer.Option(help="Seed of every random choice (holdout split, synthesis, initialisation).")]
+
+# --- the method and its ablations --------------------------------------------------------------------
+Hypothesis = Annotated[
+    HypothesisChoice, typer.Option(help="auto = GLASS-j spectrogram rule; or force GLASS-m / GLASS-h.")
+]
+Las = Annotated[bool, typer.Option("--las/--no-las", help="Local anomaly synthesis (ablation: off).")]
+Gas = Annotated[
+    GasChoice, typer.Option(help="GAS ablation: off, noise only, + ascent, full (+ truncated projection).")
+]
+Adaptor = Annotated[bool, typer.Option("--adaptor/--no-adaptor", help="Linear adaptor (ablation: off).")]
+R1 = Annotated[
+    Optional[float],
+    typer.Option(help="Manifold truncation radius r1, in units of the normal spacing (r2 = 2·r1 unless --r2)."),
+]
+Epochs = Annotated[
+    Optional[int], typer.Option(help="Maximum epochs (default by recipe: fast 20 with early stopping, paper 640).")
+]
+
+# --- where it runs -----------------------------------------------------------------------------------
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 …")]
+NumThreads = Annotated[Optional[int], typer.Option("--num-threads", "--threads", help="CPU threads for PyTorch.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")]
+
+# defaults taken from config.py (the one source)
+BACKBONE = field_default("backbone")
+IMAGE_SIZE = field_default("image_size")
+SEED = field_default("seed")
+DEVICE = field_default("device")
+
+
+def config_values(options: dict[str, Any]) -> dict[str, Any]:
+    """The `GlassConfig` overrides of a command's options (its parameters named like config fields):
+    choices to their values, paths to strings, layers to a tuple, r2 paired with r1. None = not given."""
+    values: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in CONFIG_FIELDS or value is None:
+            continue
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, Path):
+            value = str(value)
+        values[name] = value
+    if "layers" in values:
+        values["layers"] = tuple(layer.strip() for layer in values["layers"].split(",") if layer.strip())
+    r2 = paired_r2(values.get("r1"), values.get("r2"))
+    if r2 is not None:
+        values["r2"] = r2
+    return values
