@@ -1,11 +1,12 @@
 """Suites and ablations on Ray: every job a Ray task, results in the same resumable tables.
 
-`run_jobs_ray` is the `--engine ray` counterpart of `suite.run_jobs`. Each job that has no ``metrics.json``
-yet becomes one Ray task with declared resources (``num_cpus``, ``num_gpus`` when the jobs run on CUDA,
-optionally ``memory``); the task calls the very same `suite.run_job` as the sequential suite, so a job's
-folder holds the same files and a finished job is never rerun. A job that fails (an exception, or a worker
-process that dies) is retried once by Ray (``max_retries=1``); if it fails again it is reported in the table
-as ``failed: <one-line error>`` while the other jobs finish.
+`RayEngine` is the `suite.JobEngine` of ``--engine ray``: `suite.run_jobs` keeps every rule (finished jobs
+are read, never rerun; a failed job is retried once, then reported; the tables) and hands the jobs to run to
+the engine. Each becomes one Ray task with declared resources (``num_cpus``, ``num_gpus`` when the jobs run
+on CUDA, optionally ``memory``) that calls the very same `suite.run_job` as the sequential suite, so a job's
+folder holds the same files. A job that fails (an exception, or a worker process that dies) is submitted
+once more; if it fails again it is reported in the table as ``failed: <one-line error>`` while the other
+jobs finish.
 
 Workers write into ``OUT/<name>/`` themselves: on a cluster of several machines ``OUT`` (and the data) must
 be on storage every node sees at the same path (NFS, a shared volume). Without an address a local Ray is
@@ -19,12 +20,12 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .suite import Job, JobResult
+    from .suite import Job, JobContext, JobResult
 
 INSTALL_HINT = 'the ray engine needs Ray: pip install "glass-ad[distributed]"'
 
@@ -72,39 +73,96 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         kwargs.pop("include_dashboard")  # a setting of the cluster, not of a client
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        # "local": a new Ray of our own even when this machine has a `ray start` cluster (that one is --address auto).
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
     try:
         yield ray
     finally:
         ray.shutdown()
 
 
-class JobFailed(RuntimeError):
-    """Raised inside a task for a failed job, so that Ray retries it; carries the job's one-line error."""
-
-
-def _execute(data_root: str, out_dir: str, job: "Job", layout: str, redo: bool, pictures: bool, progress: bool) -> "JobResult":
-    """The body of one Ray task: `suite.run_job`, raising `JobFailed` for a failure so Ray retries it."""
-    from .suite import run_job
-
-    result = run_job(data_root, out_dir, job, layout=layout, redo=redo, pictures=pictures, progress=progress, echo=print)
-    if not result.ok:
-        raise JobFailed(result.error or "failed")
-    return result
+def _execute(context: "JobContext", job: "Job") -> "JobResult":
+    """The body of one Ray task: the very `suite.run_job` of the sequential suite (a failure inside the job
+    comes back as a ``failed`` result; retrying is `suite.run_jobs`' decision)."""
+    return context.run(job, print)
 
 
 def _task_error(ray: Any, error: BaseException) -> str:
-    """One line for a task that failed for good: the job's own error, or what happened to its worker."""
+    """One line for a task that did not return: the job's own error, or what happened to its worker."""
     from .suite import one_line
 
     if isinstance(error, ray.exceptions.RayTaskError):
         cause = error.cause if getattr(error, "cause", None) is not None else error
-        if isinstance(cause, JobFailed):
-            return str(cause)
         return one_line(cause)
     if isinstance(error, ray.exceptions.WorkerCrashedError):
-        return "WorkerCrashedError: the worker process died (twice)"
+        return "WorkerCrashedError: the worker process died"
     return one_line(error)
+
+
+class RayEngine:
+    """The `suite.JobEngine` of ``--engine ray``: one Ray task per submitted job, with declared resources.
+
+    Ray's own retries are off (``max_retries=0``): `suite.run_jobs` resubmits a failed job once
+    (``retries``), whether the job raised or its worker process died, so the rule is the sequential one."""
+
+    retries = 1
+
+    def __init__(self, options: RayOptions, context: "JobContext", echo: Callable[[str], None] = print) -> None:
+        self.options = options
+        # Workers have their own working directory: they get absolute paths.
+        self.context = replace(
+            context, data_root=str(Path(context.data_root).resolve()), out_dir=str(Path(context.out_dir).resolve())
+        )
+        self.echo = echo
+        self.pending: dict[Any, tuple[int, "Job"]] = {}
+        self._session: Any = None
+        self.ray: Any = None
+
+    def __enter__(self) -> "RayEngine":
+        self._session = ray_session(self.options.address, self.options.num_cpus)
+        self.ray = self._session.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for ref in self.pending:  # an interrupted run: stop what is still running (best effort)
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - a cluster already gone
+                pass
+        self.pending.clear()
+        self._session.__exit__(*exc_info)
+
+    def resources(self, job: "Job") -> dict[str, Any]:
+        """What the job's task declares: CPUs, GPUs (1 when the job runs on CUDA, unless set), memory."""
+        gpus = self.options.gpus_per_job
+        if gpus is None:
+            gpus = 1.0 if str(job.config.device).startswith("cuda") else 0.0
+        resources: dict[str, Any] = {"num_cpus": self.options.cpus_per_job, "num_gpus": gpus}
+        if self.options.memory_per_job_gb:
+            resources["memory"] = int(self.options.memory_per_job_gb * 1024**3)
+        return resources
+
+    def submit(self, index: int, job: "Job") -> None:
+        task = self.ray.remote(_execute).options(name=f"glass:{job.name}", max_retries=0, **self.resources(job))
+        self.pending[task.remote(self.context, job)] = (index, job)
+
+    def next_result(self) -> tuple[int, "JobResult"]:
+        from .suite import ERROR_NAME, JobResult, _safe_name, atomic_write_text
+
+        ready, _ = self.ray.wait(list(self.pending), num_returns=1)
+        index, job = self.pending.pop(ready[0])
+        try:
+            result = self.ray.get(ready[0])
+        except Exception as error:  # noqa: BLE001 - the task did not return (its worker died): a failed job
+            run_dir = Path(self.context.out_dir) / _safe_name(job.name)
+            message = _task_error(self.ray, error)
+            try:
+                atomic_write_text(run_dir / ERROR_NAME, f"{message}\n\n{error}\n")
+            except OSError:
+                pass
+            result = JobResult(job.name, "failed", run_dir, {}, message)
+        self.echo(f"[{job.name}] {result.status}" + (f": {result.error}" if not result.ok else ""))
+        return index, result
 
 
 def run_jobs_ray(
@@ -112,74 +170,12 @@ def run_jobs_ray(
     out_dir: str | Path,
     jobs: Sequence["Job"],
     options: RayOptions,
-    *,
-    layout: str = "auto",
-    title: str = "Results",
-    first_column: str = "category",
-    redo: bool = False,
-    pictures: bool = True,
-    progress: bool = True,
-    echo: Callable[[str], None] = print,
+    **kwargs: Any,
 ) -> list["JobResult"]:
-    """Run ``jobs`` as Ray tasks; rewrite ``out_dir/results.{csv,md}`` (job order) whenever one finishes."""
-    from .suite import METRICS_NAME, JobResult, _read_json, _safe_name, run_job, write_tables
+    """`suite.run_jobs` on Ray (kept for callers of the first version; same keyword arguments)."""
+    from .suite import run_jobs
 
-    out_dir = Path(out_dir).resolve()
-    data_root = Path(data_root).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = [_safe_name(job.name) for job in jobs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"two jobs would share a run folder: {names}")
-    results: list[JobResult | None] = [None] * len(jobs)
-    todo: list[int] = []
-    for index, job in enumerate(jobs):
-        # Finished jobs are read here, never sent to the cluster.
-        if not redo and _read_json(out_dir / names[index] / METRICS_NAME) is not None:
-            results[index] = run_job(data_root, out_dir, job, layout=layout, pictures=pictures, progress=False, echo=echo)
-        else:
-            todo.append(index)
-
-    def tables() -> None:
-        write_tables(out_dir, [r for r in results if r is not None], title=title, first_column=first_column)
-
-    if not todo:
-        tables()
-        return [r for r in results if r is not None]
-
-    with ray_session(options.address, options.num_cpus) as ray:
-        pending: dict[Any, int] = {}
-        for index in todo:
-            job = jobs[index]
-            gpus = options.gpus_per_job
-            if gpus is None:
-                gpus = 1.0 if str(job.config.device).startswith("cuda") else 0.0
-            resources: dict[str, Any] = {
-                "num_cpus": options.cpus_per_job,
-                "num_gpus": gpus,
-                "max_retries": 1,
-                "retry_exceptions": True,
-            }
-            if options.memory_per_job_gb:
-                resources["memory"] = int(options.memory_per_job_gb * 1024**3)
-            task = ray.remote(_execute).options(name=f"glass:{job.name}", **resources)
-            ref = task.remote(str(data_root), str(out_dir), job, layout, redo, pictures, progress)
-            pending[ref] = index
-        echo(f"== {len(pending)} job(s) submitted to Ray ({len(jobs) - len(pending)} done before)")
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(ready[0])
-            job = jobs[index]
-            try:
-                result = ray.get(ready[0])
-            except Exception as error:  # noqa: BLE001 - a job failed twice: reported, the others go on
-                message = _task_error(ray, error)
-                result = JobResult(job.name, "failed", out_dir / names[index], {}, message)
-                echo(f"[{job.name}] FAILED: {message}")
-            else:
-                echo(f"[{job.name}] {result.status}")
-            results[index] = result
-            tables()
-    return [r for r in results if r is not None]
+    return run_jobs(data_root, out_dir, jobs, ray_options=options, **kwargs)
 
 
-__all__ = ["INSTALL_HINT", "JobFailed", "RayOptions", "import_ray", "ray_session", "run_jobs_ray"]
+__all__ = ["INSTALL_HINT", "RayEngine", "RayOptions", "import_ray", "ray_session", "run_jobs_ray"]

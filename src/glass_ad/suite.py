@@ -12,7 +12,9 @@ on a single category. Every job owns the folder ``OUT/<name>``:
 Resuming: a job whose ``metrics.json`` exists is skipped (its stored metrics go into the table); a job with
 ``model.pt`` and a matching ``request.json`` but no metrics only runs the test (the crash came after
 training); anything else trains again. A failing job is reported in the table with its one-line error and
-the others go on; running the same command again retries only what is missing.
+the others go on (on Ray it is first retried once); running the same command again retries only what is
+missing. These rules live in `run_jobs` alone; where a job runs is a small pluggable `JobEngine`
+(`SequentialEngine` here, `cluster.RayEngine` for ``--engine ray``).
 
 The tables ``OUT/results.csv`` and ``OUT/results.md`` are rewritten after every job, so partial results are
 visible while a long suite runs.
@@ -27,9 +29,10 @@ import math
 import os
 import tempfile
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -214,6 +217,68 @@ def run_job(
         return JobResult(job.name, "failed", run_dir, {}, message)
 
 
+@dataclass(frozen=True)
+class JobContext:
+    """What every job of one `run_jobs` call shares; an engine runs a job with `run`."""
+
+    data_root: str
+    out_dir: str
+    layout: str = "auto"
+    redo: bool = False
+    pictures: bool = True
+    progress: bool = True
+
+    def run(self, job: Job, echo: Callable[[str], None] = print) -> JobResult:
+        return run_job(
+            self.data_root, self.out_dir, job, layout=self.layout, redo=self.redo, pictures=self.pictures,
+            progress=self.progress, echo=echo,
+        )  # fmt: skip
+
+
+class JobEngine(Protocol):
+    """Where jobs run. `run_jobs` decides which jobs run, retries failures and keeps the tables; an engine
+    only executes what it is given (a context manager: resources are held between enter and exit)."""
+
+    retries: int  # how many times a failed job is submitted again before its failure is recorded
+
+    def __enter__(self) -> "JobEngine": ...
+
+    def __exit__(self, *exc_info: Any) -> None: ...
+
+    def submit(self, index: int, job: Job) -> None:
+        """Queue ``job`` (``index``: its position in the job list, handed back with its result)."""
+
+    def next_result(self) -> tuple[int, JobResult]:
+        """Block until a submitted job ends; a job that could not run at all (its worker died) comes back
+        as a ``failed`` `JobResult`, never as an exception."""
+        ...
+
+
+class SequentialEngine:
+    """One job after the other in this process (the default engine). No retries: a failure in process is
+    deterministic more often than not, and rerunning the command retries it."""
+
+    retries = 0
+
+    def __init__(self, context: JobContext, total: int, echo: Callable[[str], None] = print) -> None:
+        self.context, self.total, self.echo = context, total, echo
+        self.queue: deque[tuple[int, Job]] = deque()
+
+    def __enter__(self) -> "SequentialEngine":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.queue.clear()
+
+    def submit(self, index: int, job: Job) -> None:
+        self.queue.append((index, job))
+
+    def next_result(self) -> tuple[int, JobResult]:
+        index, job = self.queue.popleft()
+        self.echo(f"== {index + 1}/{self.total}: {job.name}")
+        return index, self.context.run(job, self.echo)
+
+
 def run_jobs(
     data_root: str | Path,
     out_dir: str | Path,
@@ -227,29 +292,64 @@ def run_jobs(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     ray_options: "RayOptions | None" = None,
+    retries: int | None = None,
 ) -> list[JobResult]:
-    """Run the jobs in order, rewriting ``out_dir/results.{csv,md}`` after each one. With ``ray_options``
-    each job is a Ray task instead (`glass_ad.cluster`), same folders and tables."""
-    if ray_options is not None:
-        from .cluster import run_jobs_ray
+    """Run the jobs and keep ``out_dir/results.{csv,md}`` (job order) up to date; the one place of the rules.
 
-        return run_jobs_ray(
-            data_root, out_dir, jobs, ray_options, layout=layout, title=title, first_column=first_column,
-            redo=redo, pictures=pictures, progress=progress, echo=echo,
-        )  # fmt: skip
+    * a job whose ``metrics.json`` exists is read here and never handed to an engine (unless ``redo``);
+    * the others run on the engine: this process one after the other, or a Ray task each with
+      ``ray_options`` (`glass_ad.cluster.RayEngine`), same folders and tables;
+    * a failed job is submitted again ``retries`` times (default: the engine's — none in process, once on
+      Ray, where a worker can die of causes outside the job), then recorded as failed; the others go on;
+    * the tables are rewritten whenever a job ends.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [_safe_name(job.name) for job in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"two jobs would share a run folder: {names}")
-    results: list[JobResult] = []
-    for index, job in enumerate(jobs, start=1):
-        echo(f"== {index}/{len(jobs)}: {job.name}")
-        results.append(
-            run_job(data_root, out_dir, job, layout=layout, redo=redo, pictures=pictures, progress=progress, echo=echo)
-        )
-        write_tables(out_dir, results, title=title, first_column=first_column)
-    return results
+    context = JobContext(str(data_root), str(out_dir), layout, redo, pictures, progress)
+    results: list[JobResult | None] = [None] * len(jobs)
+
+    def tables() -> None:
+        write_tables(out_dir, [r for r in results if r is not None], title=title, first_column=first_column)
+
+    todo: list[int] = []
+    for index, job in enumerate(jobs):
+        if not redo and _read_json(out_dir / names[index] / METRICS_NAME) is not None:
+            results[index] = context.run(job, echo)  # reads the stored metrics: "skipped"
+        else:
+            todo.append(index)
+    if not todo:
+        tables()
+        return [r for r in results if r is not None]
+
+    engine: JobEngine
+    if ray_options is not None:
+        from .cluster import RayEngine
+
+        engine = RayEngine(ray_options, context, echo)
+    else:
+        engine = SequentialEngine(context, len(jobs), echo)
+    allowed = engine.retries if retries is None else retries
+    attempts = dict.fromkeys(todo, 0)
+    with engine:
+        for index in todo:
+            engine.submit(index, jobs[index])
+        if len(todo) < len(jobs):
+            echo(f"== {len(todo)} of {len(jobs)} job(s) to run ({len(jobs) - len(todo)} done before)")
+        left = len(todo)
+        while left:
+            index, result = engine.next_result()
+            attempts[index] += 1
+            if not result.ok and attempts[index] <= allowed:
+                echo(f"[{jobs[index].name}] failed ({result.error}); retry {attempts[index]} of {allowed}")
+                engine.submit(index, jobs[index])
+                continue
+            results[index] = result
+            left -= 1
+            tables()
+    return [r for r in results if r is not None]
 
 
 # ---------------------------------------------------------------------------------------------- suites
@@ -509,8 +609,11 @@ def _settings_note(results: Sequence[JobResult]) -> str:
 
 __all__ = [
     "Job",
+    "JobContext",
+    "JobEngine",
     "JobResult",
     "STUDIES",
+    "SequentialEngine",
     "ablation_jobs",
     "atomic_write_text",
     "category_config",
