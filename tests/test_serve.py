@@ -623,14 +623,59 @@ def test_page_inspects_an_uploaded_image(browser, server, api, run, images, tmp_
     want = [str(item["id"]) for item in api.get("/v1/inspections", params={"decision": "normal", "limit": 25}).json()["items"]]
     shown = "return Array.from(document.querySelectorAll('#inspections tbody tr')).map(r => r.dataset.id)"
     wait.until(lambda d: d.execute_script(shown) == want)
+    browser.execute_script("window.scrollTo(0, 0)")
     shot = tmp_path / "serve-page.png"
     browser.save_screenshot(str(shot))
-    assert shot.stat().st_size > 10_000
+    served = api.get(f"/v1/inspections/{overlay.get_attribute('data-inspection')}/overlay.png")
+    assert served.status_code == 200
+    _check_screenshot(browser, shot, verdict, overlay, served.content, expected["decision"])
     keep = os.environ.get("GLASS_SCREENSHOT_DIR")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / shot.name)
     print(f"\nscreenshot: {shot}")
+
+
+# The badge colours of style.css (.verdict.normal / .verdict.anomalous).
+VERDICT_BACKGROUND = {"normal": (0x2A, 0x8A, 0x3A), "anomalous": (0xC0, 0x39, 0x2B)}
+
+
+def _element_box(browser, element, ratio: float) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of an element's inner box (border excluded) in screenshot pixels."""
+    rect = browser.execute_script(
+        "const r = arguments[0].getBoundingClientRect(), s = getComputedStyle(arguments[0]);"
+        "const bl = parseFloat(s.borderLeftWidth), bt = parseFloat(s.borderTopWidth);"
+        "return [r.left + bl, r.top + bt, r.right - parseFloat(s.borderRightWidth), r.bottom - parseFloat(s.borderBottomWidth)];",
+        element,
+    )  # fmt: skip
+    return tuple(round(v * ratio) for v in rect)  # type: ignore[return-value]
+
+
+def _check_screenshot(browser, shot: Path, verdict, overlay, overlay_png: bytes, decision: str) -> None:
+    """The screenshot shows the page as it is: the viewport's size, the verdict badge in its decision's
+    colour, and the overlay the service answered (same picture, at the displayed size)."""
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    ratio, width, height = browser.execute_script("return [window.devicePixelRatio, window.innerWidth, window.innerHeight]")
+    assert pixels.shape[:2] == (round(height * ratio), round(width * ratio))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # a page, not a blank or uniform picture
+
+    left, top, right, bottom = _element_box(browser, verdict, ratio)
+    assert 0 <= left < right <= pixels.shape[1] and 0 <= top < bottom <= pixels.shape[0]
+    badge = pixels[top:bottom, left:right].reshape(-1, 3)
+    colours, counts = np.unique(badge, axis=0, return_counts=True)
+    # White bold text on the badge colour: the most frequent colour is the background of this decision.
+    assert np.abs(colours[counts.argmax()] - VERDICT_BACKGROUND[decision]).max() <= 3, colours[counts.argmax()]
+
+    left, top, right, bottom = _element_box(browser, overlay, ratio)
+    assert 0 <= left < right <= pixels.shape[1] and 0 <= top < bottom <= pixels.shape[0]
+    shown = Image.fromarray(pixels[top:bottom, left:right].astype(np.uint8))
+    served = Image.open(io.BytesIO(overlay_png)).convert("RGB")
+    assert abs(shown.width / shown.height - served.width / served.height) < 0.02  # drawn undistorted
+    # Compared at the served size: browser and PIL scale differently, so a small mean difference only.
+    on_screen = np.asarray(shown.resize(served.size, Image.BILINEAR)).astype(np.int16)
+    reference = np.asarray(served).astype(np.int16)
+    assert reference.std() > 10  # the heatmap overlay itself is not flat
+    assert np.abs(on_screen - reference).mean() < 8  # measured about 2
 
 
 # ---------------------------------------------------------------------------------------------------
