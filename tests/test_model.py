@@ -1,5 +1,6 @@
 import os
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -7,6 +8,8 @@ from scipy import ndimage
 
 from glass_ad.config import make_config
 from glass_ad.model import GaussianBlur, ScoreMap, build_model, load_model, make_checkpoint, save_checkpoint
+
+SIGMA = make_config("fast").smoothing_sigma  # the model's map smoothing (the paper's σ = 4)
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +35,39 @@ def test_score_map_equals_upsample_then_blur(grid, size, sigma):
     assert torch.allclose(ScoreMap(grid, size, sigma)(scores), reference, atol=1e-6)
 
 
+def _reference_map(patch_scores: np.ndarray, size: int, sigma: float) -> np.ndarray:
+    """h×h patch scores → S×S map by other code than the model's: OpenCV's bilinear resize (pixel centres,
+    as PyTorch's align_corners=False), then scipy's Gaussian with mirrored borders (PyTorch's "reflect")."""
+    upsampled = cv2.resize(patch_scores.astype(np.float64), (size, size), interpolation=cv2.INTER_LINEAR)
+    return ndimage.gaussian_filter(upsampled, sigma=sigma, truncate=4.0, mode="mirror")
+
+
 def test_outputs_shapes_and_image_score_is_max_patch(model):
     with torch.no_grad():
-        out = model(torch.rand(3, 3, 64, 64))
+        out = model(torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3)))
     assert out.patch_scores.shape == (3, 8, 8)
     assert out.anomaly_maps.shape == (3, 64, 64)
-    assert torch.allclose(out.image_scores, out.patch_scores.flatten(1).amax(1))
-    assert ((out.anomaly_maps >= 0) & (out.anomaly_maps <= 1)).all()
+    # The image score is the largest unsmoothed patch score of the same image.
+    assert torch.equal(out.image_scores, out.patch_scores.flatten(1).amax(1))
+    patches = out.patch_scores.numpy()
+    for maps, scores in zip(out.anomaly_maps.numpy(), patches):
+        assert np.abs(maps - _reference_map(scores, 64, SIGMA)).max() < 1e-5
+        # A smoothed interpolation never leaves the range of its patch scores.
+        assert scores.min() - 1e-6 <= maps.min() and maps.max() <= scores.max() + 1e-6
+
+
+@pytest.mark.parametrize("row,col", [(2, 5), (0, 0), (7, 3)])
+def test_a_hot_patch_makes_a_hot_region_where_it_lies(model, row, col):
+    patches = torch.full((1, 8, 8), 0.1)
+    patches[0, row, col] = 0.9
+    out = model.postprocess(patches)
+    assert float(out.image_scores[0]) == pytest.approx(0.9)
+    maps = out.anomaly_maps[0].numpy()
+    peak_y, peak_x = np.unravel_index(maps.argmax(), maps.shape)
+    # The peak lies on the hot patch's 8×8 pixels (stride 8), and the map falls off away from it.
+    assert 8 * row <= peak_y < 8 * row + 8 and 8 * col <= peak_x < 8 * col + 8
+    assert maps.max() > 0.1 + 0.05 and maps[8 * row + 4, 8 * col + 4] > maps[(8 * row + 36) % 64, (8 * col + 36) % 64]
+    assert np.abs(maps - _reference_map(patches[0].numpy(), 64, SIGMA)).max() < 1e-5
 
 
 def test_checkpoint_round_trip_is_exact_and_weights_only(model, tmp_path):
