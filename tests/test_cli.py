@@ -289,20 +289,12 @@ def test_refusals_without_a_model(name, data, tmp_path):
     assert _digest(data, tmp_path) == before and not out.exists()
 
 
-_LOCK_LEFT_BEHIND = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="`glass test` creates the --json folder and its .glass.lock in the pre-flight, before the data folder is "
-    "read: a refused run leaves OUT/ and OUT/.glass.lock behind",
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name,args,fragment",
     [
-        pytest.param("test: missing data folder", ["test", "{run}", "{missing}", "--json", "{out}/m.json", "-q"], "data-set folder is missing", marks=_LOCK_LEFT_BEHIND),
-        pytest.param("test: empty data folder", ["test", "{run}", "{empty}", "--json", "{out}/m.json", "-q"], "cannot detect the layout", marks=_LOCK_LEFT_BEHIND),
+        ("test: missing data folder", ["test", "{run}", "{missing}", "--json", "{out}/m.json", "-q"], "data-set folder is missing"),
+        ("test: empty data folder", ["test", "{run}", "{empty}", "--json", "{out}/m.json", "-q"], "cannot detect the layout"),
         ("preview heatmaps: empty data folder", ["preview", "heatmaps", "{run}", "{empty}", "--out", "{out}/h.png"], "cannot detect the layout"),
         ("preview features: missing data folder", ["preview", "features", "{run}", "{missing}", "--out", "{out}/f.png"], "data-set folder is missing"),
     ],
@@ -318,12 +310,6 @@ def test_refusals_with_a_model(name, args, fragment, run, data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a CSV file given as the model is reported as 'damaged or truncated (IndexError); retrain, or restore "
-    "the file from a copy' instead of 'is not a glass-ad checkpoint' (the PNG/YAML case): the advice is wrong",
-)
 def test_a_text_file_given_as_the_model_is_named_as_such(run, data, tmp_path):
     before = _digest(run, data)
     message = _refusal(_glass("info", run / "history.csv"))
@@ -331,24 +317,12 @@ def test_a_text_file_given_as_the_model_is_named_as_such(run, data, tmp_path):
     assert "is not a glass-ad checkpoint" in message, message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="`glass demo --epochs 0` writes the demo data, then ends with a ValueError traceback (exit 1): the "
-    "settings are validated after the data set is generated and the error is not turned into one line",
-)
 def test_demo_with_zero_epochs_is_refused_before_any_work(tmp_path):
     out = tmp_path / "demo"
     message = _refusal(_glass("demo", "--out", out, "--epochs", "0", "-q"))
     assert "epochs must be >= 1" in message and not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="`glass preview las DATA --out DATA/train/good/000.png` overwrites a training image with the preview "
-    "(previews do not use safety.refuse_input_overlap, unlike train/test/predict)",
-)
 def test_preview_never_overwrites_its_input(tmp_path):
     copy = tmp_path / "surface"
     make_demo_dataset(tmp_path, n_train=4, n_test_good=1, n_test_defect=1, size=64)

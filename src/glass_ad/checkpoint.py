@@ -640,6 +640,16 @@ def as_checkpoint(value: Checkpoint | Mapping[str, Any]) -> Checkpoint:
 # The checks of a stored file (each failure: one CheckpointError line)
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (or, in old versions, a pickle starting with its protocol byte)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return True  # let torch.load report the read error
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
 def _load_plain(path: Path) -> Any:
     """torch.load with weights_only=True, every failure turned into one CheckpointError line."""
     restore = "retrain, or restore the file from a copy"
@@ -649,6 +659,10 @@ def _load_plain(path: Path) -> Any:
         raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from error
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write was cut off; {restore}")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(
+            f"{path} is not a glass-ad checkpoint (not a PyTorch tensor file; an ONNX model, text, image or other file?)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -313,7 +313,7 @@ def test(
     _torch_threads(threads)
     report = report or checkpoint_path(run_dir).parent / "test_report"
     try:
-        _test_preflight(run_dir, data_dir, json_out, report if pictures else None, force)
+        _test_preflight(run_dir, data_dir, json_out, report if pictures else None, force, dataset, category)
         result = run_test(
             run_dir,
             data_dir,
@@ -338,9 +338,11 @@ def test(
     _check_dropped(result, json_out, allow_dropped)
 
 
-def _test_preflight(run_dir, data_dir, json_out, report_dir, force) -> None:
-    """Outputs of `glass test`: not an input, not silently replaced, writable, locked for the command."""
+def _test_preflight(run_dir, data_dir, json_out, report_dir, force, layout="auto", category=None) -> None:
+    """Outputs of `glass test`: not an input, not silently replaced, writable, locked for the command; the
+    model and the data set are read first, so a refusal leaves nothing behind."""
     from .checkpoint import Checkpoint, checkpoint_path
+    from .datasets import load_dataset
     from .safety import ensure_writable, output_locks, refuse_existing, refuse_input_overlap
 
     inputs = [checkpoint_path(run_dir), data_dir]
@@ -352,6 +354,7 @@ def _test_preflight(run_dir, data_dir, json_out, report_dir, force) -> None:
         refuse_input_overlap(report_dir, inputs, what="picture folder")
         targets += [Path(report_dir) / "score_histogram.png", Path(report_dir) / "worst_cases.png"]
     Checkpoint.load(run_dir)  # a damaged or foreign checkpoint fails here, before any folder is made
+    load_dataset(data_dir, layout, category=category)  # so does a missing or empty data set
     refuse_existing(targets, force=force, option="--json / --report")
     folders = [Path(json_out).parent if json_out is not None else None, report_dir]
     for folder in folders:
@@ -415,9 +418,13 @@ def demo(
     from .tester import test as run_test
     from .trainer import train as run_training
 
+    try:
+        config = make_config("fast", epochs=epochs, image_size=128, seed=seed, early_stopping=False).validate()
+    except ValueError as error:
+        _fail(str(error))
+        return
     data = make_demo_dataset(out / "data", seed=seed)
     typer.echo(f"demo data: {data}")
-    config = make_config("fast", epochs=epochs, image_size=128, seed=seed, early_stopping=False)
     result = run_training(data, out / "run", config, progress=not quiet)
     typer.echo(f"trained in {result.wall_time_s:.0f} s → {result.checkpoint}")
     report = run_test(out / "run", data, json_path=out / "metrics.json", report_dir=out / "report", progress=not quiet)
@@ -903,6 +910,7 @@ def preview_las(
     from .previews import las_grid
 
     try:
+        _preview_preflight(out, data_dir, textures)
         path = las_grid(
             data_dir, out, textures=textures, count=count, image_size=image_size, foreground=foreground.value,
             seed=seed, category=category, layout=dataset,
@@ -911,6 +919,19 @@ def preview_las(
         _fail(str(error))
         return
     typer.echo(f"saved {path}")
+
+
+def _model_file(run_dir: Path) -> Path:
+    from .checkpoint import checkpoint_path
+
+    return checkpoint_path(run_dir)
+
+
+def _preview_preflight(out: Path, *inputs: Optional[Path]) -> None:
+    """A preview picture never replaces one of its inputs nor lands inside an input folder."""
+    from .safety import refuse_input_overlap
+
+    refuse_input_overlap(out, inputs, what="preview picture")
 
 
 @preview_app.command("features")
@@ -930,6 +951,7 @@ def preview_features(
     from .previews import feature_projection
 
     try:
+        _preview_preflight(out, _model_file(run_dir), data_dir, textures)
         path = feature_projection(
             run_dir, data_dir, out, images=images, method=method.value, points=points, textures=textures,
             seed=seed, category=category, layout=dataset,
@@ -950,6 +972,7 @@ def preview_scores(
     from .previews import score_histograms
 
     try:
+        _preview_preflight(out, suite_dir)
         path = score_histograms(suite_dir, out, bins=bins)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
@@ -971,6 +994,7 @@ def preview_heatmaps(
     from .previews import heatmap_grid
 
     try:
+        _preview_preflight(out, _model_file(run_dir), data_dir)
         path = heatmap_grid(run_dir, data_dir, out, count=count, category=category, layout=dataset, columns=columns)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error))
