@@ -130,6 +130,43 @@ def _one_error(result) -> str:
     return errors[0]
 
 
+# The function that does each command's work: a refusal "before the work" means none of them is called.
+_COMMAND_WORK = {
+    "train": (("glass_ad.training", "glass_ad.trainer"), "train"),
+    "test": (("glass_ad.tester", "glass_ad.evaluation.tester"), "test"),
+    "predict": (("glass_ad.inference.predict", "glass_ad.predict"), "predict_files"),
+    "export": (("glass_ad.export", "glass_ad.inference.export", "glass_ad.deploy.export"), "export_onnx"),
+}
+
+
+def _forbid_the_work(monkeypatch) -> list[str]:
+    """Replace the work functions of `glass train/test/predict/export` (wherever a glass_ad module holds
+    them: modules may re-export each other) by stand-ins that record the call and stop the command.
+    Returns the list of commands whose work started: it must stay empty for a refusal up front."""
+    import importlib
+
+    started: list[str] = []
+    for command, (modules, name) in _COMMAND_WORK.items():
+        original = None
+        for module_name in modules:
+            try:
+                original = getattr(importlib.import_module(module_name), name, None)
+            except ImportError:
+                continue
+            if original is not None:
+                break
+        assert original is not None, f"the work function of glass {command} is not found: {modules} {name}"
+
+        def stand_in(*args, _command=command, **kwargs):
+            started.append(_command)
+            raise RuntimeError(f"the work of glass {_command} started")
+
+        for module in list(sys.modules.values()):
+            if getattr(module, "__name__", "").startswith("glass_ad") and getattr(module, name, None) is original:
+                monkeypatch.setattr(module, name, stand_in)
+    return started
+
+
 def _digest(*roots: Path) -> dict[str, str]:
     """sha256 of every file under the given files/folders (what "nothing lost" compares)."""
     found = {}
@@ -482,7 +519,7 @@ def _copy_run(run: Path, target: Path) -> Path:
     return target
 
 
-def test_outputs_that_are_inputs_are_refused(run, data, tmp_path):
+def test_outputs_that_are_inputs_are_refused(run, data, tmp_path, monkeypatch):
     parts = tmp_path / "OUT" / "overlays" / "parts"
     parts.mkdir(parents=True)
     for i, source in enumerate(sorted((data / "test" / "good").iterdir())[:2]):
@@ -497,12 +534,14 @@ def test_outputs_that_are_inputs_are_refused(run, data, tmp_path):
         ("--out inside the data set", ["train", data, "--out", data / "run", *TRAIN_ARGS], "glass train", "inside the input folder"),
         ("JSON report inside the data set", ["test", run, data, "--json", data / "m.json", "--no-pictures", "-q"], "glass test", "inside the input folder"),
     ]
+    started = _forbid_the_work(monkeypatch)
     for name, args, command, fragment in cases:
 
         def check(args=args, fragment=fragment) -> str:
             before = _digest(run, data, tmp_path)
             message = _one_error(_invoke(args))
             assert fragment in message, message
+            assert started == [], started  # refused before training, scoring or exporting began
             assert _digest(run, data, tmp_path) == before
             assert not (data / "run").exists() and not (plain / "results").exists()
             return message[7:]
@@ -510,7 +549,7 @@ def test_outputs_that_are_inputs_are_refused(run, data, tmp_path):
         _record("Outputs never destroy inputs", name, command, f"refused before any work ({fragment}); nothing written", check)
 
 
-def test_existing_results_are_not_replaced_without_force(run, data, tmp_path):
+def test_existing_results_are_not_replaced_without_force(run, data, tmp_path, monkeypatch):
     image = sorted((data / "test" / "good").iterdir())[0]
     out = tmp_path / "pred"
     first = _invoke(["predict", run, image, "--out", out, "-q"])
@@ -528,18 +567,19 @@ def test_existing_results_are_not_replaced_without_force(run, data, tmp_path):
         ("earlier test pictures", ["test", run, data, "--report", report_dir, "-q"], "glass test"),
         ("a trained model.pt in --out", ["train", data, "--out", run_copy, *TRAIN_ARGS], "glass train"),
     ]
-    for name, args, command in cases:
+    with monkeypatch.context() as patches:
+        started = _forbid_the_work(patches)
+        for name, args, command in cases:
 
-        def check(args=args) -> str:
-            before = _digest(tmp_path)
-            started = time.perf_counter()
-            message = _one_error(_invoke(args))
-            assert "--force" in message and ("already exists" in message or "already holds" in message), message
-            assert _digest(tmp_path) == before
-            assert time.perf_counter() - started < 30  # refused up front, not after the work
-            return message[7:]
+            def check(args=args) -> str:
+                before = _digest(tmp_path)
+                message = _one_error(_invoke(args))
+                assert "--force" in message and ("already exists" in message or "already holds" in message), message
+                assert started == [], started  # refused up front, before the work (not after it)
+                assert _digest(tmp_path) == before
+                return message[7:]
 
-        _record("Results never replaced silently", name, command, "refused, says --force; the earlier file keeps its bytes", check)
+            _record("Results never replaced silently", name, command, "refused, says --force; the earlier file keeps its bytes", check)
 
     def replaced_with_force() -> str:
         result = _invoke(["predict", run, image, "--out", out, "-q", "--force"])
@@ -604,14 +644,14 @@ def test_unwritable_outputs_are_refused_before_the_work(run, data, tmp_path, mon
         ("--out is an existing file", ["predict", run, image, "--out", a_file, "-q"], "glass predict", "is a file, not a folder"),
         ("--out below an existing file", ["train", data, "--out", a_file / "run", *TRAIN_ARGS], "glass train", "is a file, not a folder"),
     ]
+    started = _forbid_the_work(monkeypatch)
     try:
         for name, args, command, fragment in cases:
 
             def check(args=args, fragment=fragment) -> str:
-                started = time.perf_counter()
                 message = _one_error(_invoke(args))
                 assert fragment in message, message
-                assert time.perf_counter() - started < 30  # before training / predicting, not after
+                assert started == [], started  # before training / predicting / exporting, not after
                 assert a_file.read_text() == "keep me" and not any(locked.iterdir())
                 return message[7:]
 
@@ -626,11 +666,14 @@ def test_full_disk_is_refused_before_training(data, tmp_path, monkeypatch):
     real_usage = shutil.disk_usage
     monkeypatch.setattr(safety.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=5_000_000))
 
+    started = _forbid_the_work(monkeypatch)
+
     def check() -> str:
-        started = time.perf_counter()
         message = _one_error(_invoke(["train", data, "--out", tmp_path / "run", *TRAIN_ARGS]))
         assert "not enough free disk space" in message and "5 MB free" in message, message
-        assert time.perf_counter() - started < 30 and not (tmp_path / "run" / "model.pt").exists()
+        assert started == [], started  # refused before training began
+        # Nothing of a run was written: no checkpoint, no resume state, no feature cache.
+        assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
         return message[7:]
 
     _record("Pre-flight checks", "a disk with 5 MB free", "glass train", "refused before training (checkpoint + feature cache do not fit)", check)
