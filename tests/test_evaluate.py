@@ -85,12 +85,12 @@ def test_add_validates_shapes():
         ev.add(np.zeros(2), np.zeros((2, 3, 3)), np.zeros(2), None, ["good"] * 2, ["a", "b"])
 
 
-def test_scores_table_and_default_capacity():
+def test_growing_past_the_default_capacity_keeps_every_image():
     ev = StreamingEvaluator(2)
     for i in range(20):  # past the default capacity of 16
         kind = "good" if i % 2 == 0 else "dent"
         ev.add(np.array([i / 10]), np.zeros((1, 2, 2), np.float32), np.array([i % 2]), None, [kind], [f"p{i}"])
-    rows = ev.scores_table()
-    assert len(rows) == 20 and ev.capacity == 32
-    assert rows[3] == {"path": "p3", "defect_type": "dent", "label": 1, "score": pytest.approx(0.3)}
+    assert ev.capacity == 32
+    np.testing.assert_allclose(ev.image_scores, np.arange(20) / 10)
+    np.testing.assert_array_equal(ev.labels, np.arange(20) % 2)
     assert ev.maps.dtype == np.float32 and ev.masks.dtype == bool

@@ -329,10 +329,6 @@ for _name in _TORCHVISION_WEIGHTS:
     )
 
 
-def list_backbones() -> list[str]:
-    return sorted(BACKBONES)
-
-
 def create_backbone(name: str, layers: Sequence[str] | None = None, weights: str | None = None) -> FrozenBackbone:
     """Build a frozen backbone by registry name or any timm model name."""
     spec = BACKBONES.get(name)

@@ -30,8 +30,8 @@ import torch
 
 from .checkpoint import LN9, Calibration, Checkpoint, F1Thresholds, Normalization, checkpoint_path
 from .config import GlassConfig
-from .datasets import ImageDataset, Preprocessor, Sample
-from .io import IMAGE_EXTENSIONS, ImageReadError, list_images
+from .datasets import ImageDataset, MaskIndex, Preprocessor, Sample, mask_folders
+from .io import ImageReadError, list_images
 from .metrics import f1_optimal_threshold, threshold_stats
 
 log = logging.getLogger(__name__)
@@ -137,17 +137,6 @@ _PIXEL_BINS = 20_000  # maps lie in [0, 1]: a 5e-5 threshold resolution with mem
 _RESERVED_FOLDERS = ("ground_truth", "masks")
 
 
-def _find_mask(folders: list[Path], stem: str) -> Path | None:
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for name in (f"{stem}_mask", stem):
-            for candidate in sorted(folder.glob(f"{name}.*")):
-                if candidate.suffix.lower() in IMAGE_EXTENSIONS and candidate.is_file():
-                    return candidate
-    return None
-
-
 def load_validation_set(folder: str | os.PathLike) -> tuple[list[Sample], Path]:
     """Labelled samples of a validation folder, and the folder the images come from.
 
@@ -168,9 +157,9 @@ def load_validation_set(folder: str | os.PathLike) -> tuple[list[Sample], Path]:
         if sub.name == "good":
             samples.extend(Sample(path, 0, "good", None) for path in list_images(sub))
             continue
-        mask_folders = [sub / "masks", root / "ground_truth" / sub.name, root.parent / "ground_truth" / sub.name]
+        masks = MaskIndex(mask_folders(root, sub.name))
         for path in list_images(sub):
-            samples.append(Sample(path, 1, sub.name, _find_mask(mask_folders, path.stem)))
+            samples.append(Sample(path, 1, sub.name, masks.find(path.stem)))
     if not any(s.label == 0 for s in samples) or not any(s.label == 1 for s in samples):
         raise ValueError(
             f"validation folder '{root}' needs normal images in good/ and defect images in other subfolders "
@@ -222,8 +211,7 @@ def f1_calibration(
     """
     from tqdm.auto import tqdm
 
-    fit = "crop" if config.fit == "auto" else config.fit
-    dataset = ImageDataset(samples, Preprocessor(config.image_size, config.resize, fit), bit_depth=bit_depth)
+    dataset = ImageDataset(samples, Preprocessor.from_config(config), bit_depth=bit_depth)
     with_pixels = all(s.mask_path is not None for s in samples if s.label == 1)
     positive = np.zeros(_PIXEL_BINS + 1, dtype=np.int64)
     negative = np.zeros(_PIXEL_BINS + 1, dtype=np.int64)

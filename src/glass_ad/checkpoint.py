@@ -30,7 +30,6 @@ import json
 import math
 import os
 import pickle
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from .config import GlassConfig
 from .discriminator import Adaptor
 from .geometry import FeatureGeometry
 from .io import current_bit_depth
+from .safety import atomic_path
 from .model import FEATURE_STRIDE, GlassModel, build_model
 
 if TYPE_CHECKING:
@@ -567,14 +567,8 @@ class Checkpoint:
         path = Path(path)
         path = path / CHECKPOINT_NAME if path.is_dir() else path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(self.to_dict(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     # -------------------------------------------------------------------------------------- model
@@ -585,14 +579,16 @@ class Checkpoint:
 
     @property
     def fit(self) -> str:
-        # Checkpoints store the fit chosen at training time; "auto" can only remain in hand-made configs.
-        return "crop" if self.config.fit == "auto" else self.config.fit
+        """The fit chosen at training time (datasets.resolve_fit: "auto" only remains in hand-made configs)."""
+        from .datasets import resolve_fit
+
+        return resolve_fit(self.config.fit)
 
     def preprocessor(self) -> "Preprocessor":
         """The resize + crop of training, for images of any size."""
         from .datasets import Preprocessor
 
-        return Preprocessor(self.config.image_size, self.config.resize, self.fit)
+        return Preprocessor.from_config(self.config)
 
     def build_model(self, device: str | torch.device = "cpu", *, fuse: bool = False) -> GlassModel:
         """The trained model in eval mode; ``fuse=True`` folds the affine layers for faster inference.
@@ -757,14 +753,8 @@ def save_checkpoint(checkpoint: Checkpoint | Mapping[str, Any], path: str | os.P
         return checkpoint.save(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(dict(checkpoint), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -123,13 +123,6 @@ class StreamingEvaluator:
         """Defect type names in insertion order ("good" for normal images)."""
         return list(self._types)
 
-    def scores_table(self) -> list[dict]:
-        """One row per image in insertion order: ``path, defect_type, label, score``."""
-        return [
-            {"path": p, "defect_type": t, "label": int(y), "score": float(sc)}
-            for p, t, y, sc in zip(self._paths, self._types, self.labels.tolist(), self.image_scores.tolist())
-        ]
-
     # ----------------------------------------------------------------- metrics
     def compute(self) -> dict:
         """Compute image/pixel AUROC and AP, AUPRO, counts and per-defect-type AUROC."""

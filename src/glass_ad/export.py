@@ -37,7 +37,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint, as_checkpoint, checkpoint_path
 from .predict import InferenceGraph, inference_graph  # noqa: F401 (export.InferenceGraph: the older name)
-from .safety import ensure_writable, refuse_input_overlap, unique_temporary
+from .safety import atomic_path, ensure_writable, refuse_input_overlap
 
 log = logging.getLogger(__name__)
 
@@ -223,24 +223,21 @@ def export_onnx(
     ensure_writable(path.parent, need_bytes=2 * weights, what="export folder")
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
-    # Write to a unique file next to the target and rename at the end: a failed export never leaves a
-    # half-written file, and two exports at once never share a temporary name.
-    tmp = unique_temporary(path)
-    chosen = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
-    used, errors = None, []
-    for name in chosen:
-        try:
-            (_export_torchscript if name == "torchscript" else _export_dynamo)(graph, example, tmp, opset)
-            used = name
-            break
-        except Exception as error:  # one exporter failing is reason to try the other, not to stop
-            errors.append(f"{name}: {type(error).__name__}: {error}")
-            log.warning("ONNX export with the %s exporter failed: %s", name, error)
-    if used is None:
-        if tmp.exists():
-            tmp.unlink()
-        raise RuntimeError("ONNX export failed: " + " | ".join(errors))
-    try:
+    # Written to a unique file next to the target and renamed at the end (safety.atomic_path): a failed
+    # export never leaves a half-written file, and two exports at once never share a temporary name.
+    with atomic_path(path) as tmp:
+        chosen = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
+        used, errors = None, []
+        for name in chosen:
+            try:
+                (_export_torchscript if name == "torchscript" else _export_dynamo)(graph, example, tmp, opset)
+                used = name
+                break
+            except Exception as error:  # one exporter failing is reason to try the other, not to stop
+                errors.append(f"{name}: {type(error).__name__}: {error}")
+                log.warning("ONNX export with the %s exporter failed: %s", name, error)
+        if used is None:
+            raise RuntimeError("ONNX export failed: " + " | ".join(errors))
         model = onnx.load(str(tmp))
         if preprocessing:
             from .frame_graph import wrap_frames
@@ -251,10 +248,6 @@ def export_onnx(
             entry.key, entry.value = key, value
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     written_opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=opset)
     result = ExportResult(path, used, int(written_opset))
     if verify:

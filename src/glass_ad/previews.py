@@ -65,16 +65,19 @@ def las_grid(
     layout: str = "auto",
     columns: int = 2,
 ) -> Path:
-    """Grid of (normal | LAS image | mask) for ``count`` training images, titled with β and the rule."""
+    """Grid of (normal | LAS image | mask) for ``count`` training images, titled with β and the rule: the
+    training's LAS (default β overlay, grey textures for grey products)."""
+    from .config import make_config
     from .las import LocalAnomalySynthesizer
-    from .textures import load_textures
-    from .trainer import compute_foreground, decode_images
+    from .textures import textures_from_config
+    from .training.preparation import compute_foreground, decode_images, is_grey
 
+    config = make_config("fast", image_size=image_size, textures=str(textures) if textures else None)
     dataset = load_dataset(data_root, layout, category=category)
     samples = _spread(dataset.train, count)
     images, samples = decode_images(samples, Preprocessor(image_size), progress=False)
     fg = compute_foreground(images, foreground)
-    synthesizer = LocalAnomalySynthesizer(image_size, load_textures(str(textures) if textures else None, image_size))
+    synthesizer = LocalAnomalySynthesizer.from_config(config, textures_from_config(config, grey_images=is_grey(images)))
     batch = synthesizer(images.float() / 255.0, fg, np.random.default_rng(seed))
     normal, synthetic = _to_uint8(images.float() / 255.0), _to_uint8(batch.images)
     panels = []
@@ -119,8 +122,8 @@ def feature_projection(
     from . import gas as gas_module
     from .checkpoint import Checkpoint
     from .las import LocalAnomalySynthesizer
-    from .textures import load_textures
-    from .trainer import compute_foreground, decode_images, gas_settings
+    from .textures import textures_from_config
+    from .training.preparation import compute_foreground, decode_images, is_grey
 
     checkpoint = Checkpoint.load(run_dir)
     model = checkpoint.build_model("cpu")
@@ -134,7 +137,12 @@ def feature_projection(
     rng = np.random.default_rng(seed)
 
     u = _adapted(model, batch)
-    settings = gas_settings(config if config.gas != "off" else config.replace(gas="full"), hypothesis)
+    # GAS as trained: lengths in units of the last epoch's normal spacing (scale rule on).
+    history = checkpoint.training.history
+    unit = float(history[-1].get("spacing", 1.0)) if history else 1.0
+    settings = gas_module.GASSettings.from_config(
+        config if config.gas != "off" else config.replace(gas="full"), hypothesis, unit
+    )
     centres = checkpoint.centre.float().repeat(len(batch), 1)
     radius = gas_module.hypersphere_radius(u, centres, config.radius_quantile) if hypothesis == "hypersphere" else None
     v = gas_module.synthesize(model.discriminator, u, settings, centres=centres, radius=radius, generator=generator).detach()
@@ -142,7 +150,8 @@ def feature_projection(
     texture_folder = textures or config.textures
     if texture_folder is not None and not Path(texture_folder).is_dir():
         texture_folder = None  # the training machine's folder is not here: procedural textures instead
-    synthesizer = LocalAnomalySynthesizer(config.image_size, load_textures(texture_folder, config.image_size))
+    las_config = config.replace(textures=str(texture_folder) if texture_folder else None)
+    synthesizer = LocalAnomalySynthesizer.from_config(las_config, textures_from_config(las_config, grey_images=is_grey(raw)))
     fg = compute_foreground(raw, "on") if checkpoint.foreground else None
     las = synthesizer(batch, fg, rng)
     las_u = _adapted(model, las.images)[las.patch_labels.reshape(-1) > 0.5]
