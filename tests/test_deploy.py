@@ -1,13 +1,15 @@
 """Deployment: Detector (PyTorch and ONNX Runtime), `glass predict`, `glass export`, `glass calibrate`.
 
 One tiny model is trained once for the module (64 px, EfficientNet-Lite0, 1 epoch: seconds on a CPU).
-Parity is checked on real images (MTD test images of several sizes when ../shared/data/mtd exists).
+Parity is checked on the demo images and frames of other sizes and colour made from them, and (marked
+`realdata`, skipped without it) on MTD test images of several sizes from ../shared/data/mtd.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -18,16 +20,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from glass_ad.calibration import f1_calibration, load_validation_set, normalize_scores
+from glass_ad.checkpoint import Checkpoint
 from glass_ad.cli import app
 from glass_ad.config import GlassConfig, make_config
 from glass_ad.demo_data import make_demo_dataset
 from glass_ad.export import export_onnx, onnx_throughput, read_metadata
-from glass_ad.io import read_image
+from glass_ad.io import read_image, read_mask
 from glass_ad.model import load_model, read_checkpoint
 from glass_ad.predict import CSV_COLUMNS, Detector, Prediction
 from glass_ad.trainer import train
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PARITY_TOLERANCE = 1e-4
 
 
@@ -64,15 +66,25 @@ def onnx_file(run) -> Path:
 
 
 @pytest.fixture(scope="module")
-def real_images(data) -> list[Path]:
-    """A few real images of different sizes: MTD test images when present, else the demo test images."""
-    mtd = SHARED_DATA / "mtd" / "test"
-    if mtd.is_dir():
-        found = [sorted(p.glob("*.png"))[:2] for p in sorted(mtd.iterdir()) if p.is_dir()]
-        images = [path for group in found for path in group]
-        if images:
-            return images
-    return sorted((data / "test").rglob("*.png"))
+def frames(data, tmp_path_factory) -> list[Path]:
+    """Images of several sizes and kinds, no real data needed: the demo test images (64 px RGB), then a
+    wide RGB frame and a tall grey one made from them (the last image is grey on purpose)."""
+    demo = sorted((data / "test").rglob("*.png"))
+    folder = tmp_path_factory.mktemp("frames")
+    wide, tall = folder / "wide_rgb.png", folder / "tall_grey.png"
+    Image.open(demo[-1]).convert("RGB").resize((200, 120), Image.BILINEAR).save(wide)
+    Image.open(demo[-5]).convert("L").resize((61, 113), Image.BILINEAR).save(tall)
+    return [*demo, wide, tall]
+
+
+@pytest.fixture(scope="module")
+def mtd_images(mtd_root) -> list[Path]:
+    """Two MTD test images per defect type (grey, of several sizes); skips without ../shared/data/mtd."""
+    found = [sorted(p.glob("*.png"))[:2] for p in sorted((mtd_root / "test").iterdir()) if p.is_dir()]
+    images = [path for group in found for path in group]
+    if not images:
+        pytest.skip(f"no MTD test images under {mtd_root / 'test'}")
+    return images
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +95,15 @@ def torch_detector(run) -> Detector:
 # ------------------------------------------------------------------------------------------ parity
 
 
-def test_onnx_runtime_matches_pytorch_on_real_images(run, onnx_file, real_images, torch_detector):
+def _check_onnx_matches_pytorch(run: Path, torch_detector: Detector, images: list[Path]) -> None:
     onnx_detector = Detector.load(run, engine="onnx", batch_size=3)  # another batch size on purpose
-    a, b = torch_detector(real_images), onnx_detector(real_images)
-    assert len(a) == len(b) == len(real_images)
+    a, b = torch_detector(images), onnx_detector(images)
+    assert len(a) == len(b) == len(images)
     score_diff = max(abs(x.score - y.score) for x, y in zip(a, b))
     norm_diff = max(abs(x.normalized - y.normalized) for x, y in zip(a, b))
     map_diff = max(float(np.abs(x.anomaly_map - y.anomaly_map).max()) for x, y in zip(a, b))
     assert score_diff < PARITY_TOLERANCE and norm_diff < PARITY_TOLERANCE and map_diff < PARITY_TOLERANCE
-    for x, path in zip(a, real_images):
+    for x, path in zip(a, images):
         original = read_image(path)
         assert x.anomaly_map.shape == original.shape[:2] and x.anomaly_map.dtype == np.float32
         assert x.region.dtype == np.bool_ and np.array_equal(x.region, x.anomaly_map >= torch_detector.pixel_threshold)
@@ -99,7 +111,38 @@ def test_onnx_runtime_matches_pytorch_on_real_images(run, onnx_file, real_images
         assert x.path == str(path)
 
 
-def test_exported_model_takes_frames_and_carries_what_deciding_needs(run, onnx_file, real_images, torch_detector, tmp_path):
+def test_onnx_runtime_matches_pytorch_on_frames(run, onnx_file, frames, torch_detector):
+    assert len({read_image(path).shape for path in frames}) == 3  # 64 px RGB, wide RGB, tall grey
+    _check_onnx_matches_pytorch(run, torch_detector, frames)
+
+
+def test_onnx_runtime_matches_pytorch_on_real_images(run, onnx_file, mtd_images, torch_detector):
+    _check_onnx_matches_pytorch(run, torch_detector, mtd_images)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: on frames whose resize lands pixels on exact halves (61x61 upscaled to 64, a 2x shrink of 128x128) "
+    "the numpy reference runtime.preprocess, Detector.prepare (PyTorch) and the in-graph ONNX preprocessing round "
+    "some pixels to different grey levels (float ties before round-half-to-even); scores then differ by ~2e-4",
+)
+def test_preprocessing_is_the_same_pixels_on_tie_prone_frames(run, onnx_file, data, torch_detector, tmp_path):
+    from glass_ad.runtime import Runtime, preprocess
+
+    source = Image.open(sorted((data / "test").rglob("*.png"))[-1]).convert("RGB")
+    frames = []
+    for size in ((61, 61), (128, 128)):
+        frames.append(tmp_path / f"frame_{size[0]}x{size[1]}.png")
+        source.resize(size, Image.BILINEAR).save(frames[-1])
+    box = torch_detector.preprocessor
+    for path in frames:
+        pixels = read_image(path)
+        assert np.array_equal(preprocess(pixels, box.image_size, box.resize, box.fit), torch_detector.prepare(pixels)), path.name
+    a, b = torch_detector(frames), Runtime(onnx_file)(frames)
+    assert max(abs(x.score - y.score) for x, y in zip(a, b)) < PARITY_TOLERANCE
+
+
+def test_exported_model_takes_frames_and_carries_what_deciding_needs(run, onnx_file, frames, torch_detector, tmp_path):
     from glass_ad.runtime import Runtime
 
     meta = read_metadata(onnx_file)
@@ -109,21 +152,21 @@ def test_exported_model_takes_frames_and_carries_what_deciding_needs(run, onnx_f
     assert meta["preprocessing"] == "in-graph"
     runtime = Runtime(onnx_file, batch_size=3)  # torch-free: nothing but the ONNX file
     assert runtime.image_threshold == torch_detector.image_threshold
-    a, b = torch_detector(real_images), runtime(real_images)
+    a, b = torch_detector(frames), runtime(frames)
     assert [x.decision for x in a] == [y.decision for y in b]
     assert max(abs(x.score - y.score) for x, y in zip(a, b)) < 1e-3
     assert all(x.anomaly_map.shape == y.anomaly_map.shape for x, y in zip(a, b))
     # The S×S graph (preprocessing outside) still exports, and the runtime feeds it by the numpy reference.
     crop = export_onnx(run, tmp_path / "crop.onnx", preprocessing=False)
     assert read_metadata(crop.path)["preprocessing"] == "external"
-    c = Runtime(crop.path)(real_images)
+    c = Runtime(crop.path)(frames)
     assert max(abs(x.score - y.score) for x, y in zip(a, c)) < 1e-3
 
 
-def test_predict_saves_maps_masks_and_boxes(run, real_images, tmp_path):
+def test_predict_saves_maps_masks_and_boxes(run, frames, tmp_path):
     from glass_ad.predict import predict_files
 
-    summary = predict_files(run, real_images[:2], tmp_path / "npy", progress=False, save_maps="npy", save_masks=True,
+    summary = predict_files(run, frames[:2], tmp_path / "npy", progress=False, save_maps="npy", save_masks=True,
                             overlays=False, threshold=-1e9)  # fmt: skip
     rows = json.loads((tmp_path / "npy" / "predictions.json").read_text())["predictions"]
     for row in rows:
@@ -133,14 +176,14 @@ def test_predict_saves_maps_masks_and_boxes(run, real_images, tmp_path):
         assert set(np.unique(mask)) <= {0, 255} and (mask > 0).mean() == pytest.approx(row["region_fraction"])
         assert all(set(box) == {"x", "y", "width", "height", "area", "peak"} for box in row["boxes"])
         assert sum(box["area"] for box in row["boxes"]) == int((mask > 0).sum())
-    summary = predict_files(run, real_images[:1], tmp_path / "png", progress=False, save_maps="png", overlays=False)
+    summary = predict_files(run, frames[:1], tmp_path / "png", progress=False, save_maps="png", overlays=False)
     row = json.loads((tmp_path / "png" / "predictions.json").read_text())["predictions"][0]
     png, raw = np.asarray(Image.open(row["map"])), np.load(tmp_path / "npy" / "maps" / Path(rows[0]["map"]).relative_to(tmp_path / "npy" / "maps"))
     low, high = summary["maps"]["png_low"], summary["maps"]["png_high"]
     assert png.dtype == np.uint16 and png.shape == raw.shape
     assert np.abs(low + (high - low) * png / 65535.0 - np.clip(raw, low, high)).max() <= (high - low) / 65535.0
     with pytest.raises(ValueError, match="save_maps"):
-        predict_files(run, real_images[:1], tmp_path / "bad", progress=False, save_maps="tiff")
+        predict_files(run, frames[:1], tmp_path / "bad", progress=False, save_maps="tiff")
 
 
 def test_exported_graph_is_the_inference_graph(run, onnx_file):
@@ -167,7 +210,15 @@ def test_normalized_score_threshold_is_half_monotone_and_same_in_onnx(run, onnx_
     assert float(normalize_scores(np.array([threshold]), params)[0]) == pytest.approx(0.5, abs=1e-12)
     grid = np.linspace(threshold - 1.0, threshold + 1.0, 2001)
     values = normalize_scores(grid, params)
-    assert np.all(np.diff(values) >= 0) and values.min() >= 0.0 and values.max() <= 1.0
+    assert np.all(np.diff(values) >= 0)
+    assert np.allclose(values, 1.0 / (1.0 + np.exp(-(grid - params["center"]) / params["scale"])), rtol=0, atol=1e-12)
+    # The curve's scale: the median held-out normal score maps to 0.1 (a narrow curve when it equals the threshold).
+    median = float(np.median(calibration["holdout_image_scores"]))
+    if threshold - median > 1e-6 * math.log(9.0):
+        assert params["center"] == threshold and params["scale"] == pytest.approx((threshold - median) / math.log(9.0), rel=1e-9)
+        assert float(normalize_scores(np.array([median]), params)[0]) == pytest.approx(0.1, abs=1e-9)
+    else:
+        assert params["scale"] == pytest.approx(max(abs(threshold) * 1e-3, 1e-6), rel=1e-9)
     # ONNX's normalised output is the same formula applied to its raw output.
     images = np.random.default_rng(2).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     raw, normalized, _ = Detector.load(run, engine="onnx").score_prepared(images)
@@ -178,8 +229,8 @@ def test_normalized_score_threshold_is_half_monotone_and_same_in_onnx(run, onnx_
 # --------------------------------------------------------------------------------------------- inputs
 
 
-def test_array_pil_and_path_give_the_same_prediction(torch_detector, real_images, tmp_path):
-    path = real_images[-1]
+def test_array_pil_and_path_give_the_same_prediction(torch_detector, frames, tmp_path):
+    path = frames[-1]
     pixels = read_image(path)
     grey_path = tmp_path / "grey16.png"
     grey16 = (pixels[:, :, 0].astype(np.uint16) * 257)  # full-range 16-bit: read back as the same 8 bits
@@ -213,21 +264,21 @@ def test_bad_inputs_raise_one_line_errors(torch_detector, tmp_path):
 # ------------------------------------------------------------------------------------------- commands
 
 
-def _bad_folder(root: Path, real_images: list[Path]) -> Path:
+def _bad_folder(root: Path, frames: list[Path]) -> Path:
     folder = root / "inputs"
     (folder / "nested").mkdir(parents=True)
     (folder / "no_images").mkdir()
-    for i, path in enumerate(real_images[:2]):
+    for i, path in enumerate(frames[:2]):
         shutil.copy(path, folder / "nested" / f"good_{i}{path.suffix}")
-    Image.open(real_images[0]).convert("RGB").save(folder / "as_jpeg.jpg")
+    Image.open(frames[0]).convert("RGB").save(folder / "as_jpeg.jpg")
     (folder / "zero.png").write_bytes(b"")
     (folder / "garbage.png").write_bytes(b"\x89PNG not really" * 20)
     Image.new("L", (1, 1)).save(folder / "tiny.png")
     return folder
 
 
-def test_predict_command_skips_bad_files_and_writes_results(run, real_images, tmp_path):
-    folder = _bad_folder(tmp_path, real_images)
+def test_predict_command_skips_bad_files_and_writes_results(run, frames, tmp_path):
+    folder = _bad_folder(tmp_path, frames)
     out = tmp_path / "out"
     runner = CliRunner()
     result = runner.invoke(app, ["predict", str(run), str(folder), str(folder / "no_images"), "--out", str(out), "--format", "csv", "-q"])
@@ -241,18 +292,24 @@ def test_predict_command_skips_bad_files_and_writes_results(run, real_images, tm
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0].keys()) == CSV_COLUMNS
     assert len(rows) == 3 and {r["decision"] for r in rows} <= {"normal", "anomalous"}
+    calibration = Checkpoint.load(run).calibration
+    center, scale = calibration.image_normalization.center, calibration.image_normalization.scale
     for row in rows:
-        assert 0.0 <= float(row["normalized_score"]) <= 1.0
+        score = float(row["score"])
+        # The model's normalisation (checkpoint.Normalization) of this row's raw score, and its decision.
+        assert float(row["normalized_score"]) == pytest.approx(1.0 / (1.0 + math.exp(-(score - center) / scale)), abs=1e-6)
+        assert float(row["threshold"]) == calibration.image_threshold
+        assert row["decision"] == ("anomalous" if score >= calibration.image_threshold else "normal")
         overlay = Image.open(row["overlay"])
         assert max(int(row["width"]), int(row["height"])) <= 1024  # drawn at full size: three tiles wide
         # three tiles, then the colour scale (a strip narrower than a tile for these sizes)
         assert 3 * int(row["width"]) < overlay.size[0] < 4 * int(row["width"]) and overlay.mode == "RGB"
 
 
-def test_predict_command_json_and_all_bad_input(run, onnx_file, real_images, tmp_path):
+def test_predict_command_json_and_all_bad_input(run, onnx_file, frames, tmp_path):
     runner = CliRunner()
     out = tmp_path / "json"
-    result = runner.invoke(app, ["predict", str(run), str(real_images[0]), "--out", str(out), "--engine", "onnx", "--no-overlays", "-q"])
+    result = runner.invoke(app, ["predict", str(run), str(frames[0]), "--out", str(out), "--engine", "onnx", "--no-overlays", "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "predictions.json").read_text())
     assert report["engine"] == "onnx" and report["n_images"] == 1 and report["n_failed"] == 0
@@ -286,16 +343,43 @@ def test_calibrate_adds_f1_thresholds_and_keeps_the_false_alarm_one(run, data, t
     assert {"f1_image_threshold", "f1_pixel_threshold", "f1_val_images"} <= set(after)
     normal, defects = len(list((data / "test" / "good").iterdir())), len(list((data / "test").rglob("*.png")))
     assert after["f1_val_images"] == defects and after["f1_val_anomalous"] == defects - normal
-    assert 0.0 <= after["f1_pixel_threshold"] <= 1.0
-    assert Detector.load(copy, threshold="f1").image_threshold == after["f1_image_threshold"]
+    detector = Detector.load(copy, threshold="f1")
+    assert detector.image_threshold == after["f1_image_threshold"] and detector.pixel_threshold == after["f1_pixel_threshold"]
 
-    # The function itself: the threshold is F1-optimal on the set it was computed on.
-    model, checkpoint = load_model(copy)
+    # The thresholds are F1-optimal on the set they were computed on: brute force over every threshold,
+    # with the deployed model's scores and maps (Detector) and the ground-truth masks.
     samples, _ = load_validation_set(data / "test")
+    predictions = Detector.load(copy, device="cpu", engine="torch")([s.path for s in samples])
+    scores = np.array([p.score for p in predictions])
+    labels = np.array([s.label for s in samples])
+    best_image_f1 = max(_f1(scores >= t, labels) for t in scores)
+    assert after["f1_image_f1"] == pytest.approx(best_image_f1, abs=1e-9)
+    assert _f1(scores >= after["f1_image_threshold"], labels) == pytest.approx(best_image_f1, abs=1e-9)
+    # Halfway between two scores (a margin on both sides), never on a score, unless it is the lowest one.
+    assert after["f1_image_threshold"] not in set(scores[scores > scores.min()].tolist())
+
+    maps = np.concatenate([p.anomaly_map.ravel() for p in predictions])
+    truth = np.concatenate([
+        (read_mask(s.mask_path) if s.mask_path else np.zeros(p.anomaly_map.shape, bool)).ravel()
+        for s, p in zip(samples, predictions)
+    ])  # fmt: skip
+    assert truth.size == maps.size and 0 < truth.sum() < truth.size
+    pixel_threshold, pixel_f1 = after["f1_pixel_threshold"], after["f1_pixel_f1"]
+    # The stored F1 is the F1 of its threshold (by the definition, pixel by pixel) ...
+    assert _f1(maps >= pixel_threshold, truth) == pytest.approx(pixel_f1, abs=1e-3)
+    # ... the best of all thresholds on the calibration's grid (map values in steps of 1/20000) ...
+    assert pixel_threshold * 20_000 == pytest.approx(round(pixel_threshold * 20_000), abs=1e-6)
+    _, grid_f1 = _f1_at_every_threshold(np.floor(np.clip(maps, 0, 1) * 20_000), truth)
+    assert pixel_f1 == pytest.approx(grid_f1.max(), abs=1e-3)
+    # ... and no threshold at all (every distinct map value) does better by more than the grid's step costs.
+    _, exact_f1 = _f1_at_every_threshold(maps.astype(np.float64), truth)
+    assert pixel_f1 <= exact_f1.max() + 1e-3 and pixel_f1 >= exact_f1.max() - 5e-3
+
+    # The library function gives what the command stored.
+    model, checkpoint = load_model(copy)
     direct = f1_calibration(model, samples, GlassConfig.from_dict(checkpoint["config"]), "cpu")
     assert direct["f1_image_threshold"] == pytest.approx(after["f1_image_threshold"])
-    flag_all = 2 * (defects - normal) / (2 * (defects - normal) + normal)  # F1 of calling every image a defect
-    assert direct["f1_image_f1"] >= flag_all - 1e-9
+    assert direct["f1_pixel_threshold"] == pytest.approx(after["f1_pixel_threshold"])
 
     from glass_ad.tester import test as run_test
 
@@ -304,10 +388,29 @@ def test_calibrate_adds_f1_thresholds_and_keeps_the_false_alarm_one(run, data, t
     assert report["stored_threshold"]["image_threshold"] == before["image_threshold"]
 
 
+def _f1(flagged: np.ndarray, truth: np.ndarray) -> float:
+    """F1 of flagged (predicted anomalous) against the truth, from the definition."""
+    tp = int(np.sum(flagged & (truth == 1)))
+    fp = int(np.sum(flagged & (truth == 0)))
+    fn = int(np.sum(~flagged & (truth == 1)))
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def _f1_at_every_threshold(values: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every distinct value t: F1 of `values >= t` (sorted high to low, counts by cumulative sums)."""
+    order = np.argsort(-values, kind="stable")
+    ordered, positive = values[order], truth[order].astype(np.int64)
+    tp, fp = np.cumsum(positive), np.cumsum(1 - positive)
+    last = np.r_[np.flatnonzero(ordered[1:] != ordered[:-1]), len(ordered) - 1]  # end of each group of ties
+    tp, fp = tp[last], fp[last]
+    fn = positive.sum() - tp
+    return ordered[last], 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+
+
 # ------------------------------------------------------------------------------------------ OpenVINO
 
 
-def test_openvino_export_fp32(run, onnx_file, real_images, tmp_path):
+def test_openvino_export_fp32(run, onnx_file, frames, tmp_path):
     pytest.importorskip("openvino")
     from glass_ad.openvino_export import export_openvino, read_metadata as ov_metadata
     from glass_ad.runtime import Runtime
@@ -319,25 +422,25 @@ def test_openvino_export_fp32(run, onnx_file, real_images, tmp_path):
     assert meta["inference_precision_hint"] == "f32" and meta["precision"] == "fp32" and meta["preprocessing"] == "in-graph"
     onnx_runtime, openvino = Runtime(onnx_file), Runtime(fp32.path)
     assert openvino.providers == ["OpenVINO:CPU"]
-    a, b = onnx_runtime(real_images), openvino(real_images)
+    a, b = onnx_runtime(frames), openvino(frames)
     assert [x.decision for x in a] == [y.decision for y in b]
     assert max(abs(x.score - y.score) for x, y in zip(a, b)) < 1e-3
     detector = Detector.load(run, engine="openvino", onnx_path=fp32.path)  # checked against the checkpoint
     assert detector.engine_name == "openvino"
-    assert [p.decision for p in detector(real_images)] == [x.decision for x in a]
+    assert [p.decision for p in detector(frames)] == [x.decision for x in a]
 
     result = CliRunner().invoke(app, ["export", str(run), "--format", "openvino", "--precision", "int8", "--out", str(tmp_path / "q.xml")])
     assert result.exit_code == 2 and "--calibration" in result.output
 
 
-def test_openvino_int8_export_runs(run, data, onnx_file, real_images, tmp_path):
+def test_openvino_int8_export_runs(run, data, onnx_file, frames, tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")  # not in the test extra (large); the int8 path is checked where it is installed
     from glass_ad.openvino_export import export_openvino, read_metadata as ov_metadata
     from glass_ad.runtime import Runtime
 
-    a = Runtime(onnx_file)(real_images[:2])
+    a = Runtime(onnx_file)(frames[:2])
     int8 = export_openvino(run, tmp_path / "int8.xml", precision="int8", calibration=data, calibration_limit=4, fast=True)
     assert int8.calibration_images == 4 and ov_metadata(int8.path)["precision"] == "int8"
-    quantized = Runtime(int8.path)(real_images[:2])
+    quantized = Runtime(int8.path)(frames[:2])
     assert all(np.isfinite(p.score) and p.anomaly_map.shape == x.anomaly_map.shape for p, x in zip(quantized, a))
