@@ -9,7 +9,7 @@ One ONNX model holds everything between raw pixels and the outputs:
 S is the checkpoint's ``image_size``; the batch axis is dynamic. Resizing and cropping images of any
 size to S×S stays in Python (`glass_ad.datasets.Preprocessor`, used by `glass_ad.predict.Detector`),
 because antialiased resizing differs between libraries and would break the parity with training. The
-graph is `predict.InferenceGraph`, the module `Detector` runs in PyTorch, so both engines compute the
+graph is `engines.InferenceGraph`, the module `Detector`'s torch engine runs, so both engines compute the
 same formula, including the normalised score (`checkpoint.Normalization`).
 
 The model's metadata (``glass_ad.*`` properties) records the image size, the thresholds and the
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, as_checkpoint, checkpoint_path
-from .predict import InferenceGraph, inference_graph  # noqa: F401 (export.InferenceGraph: the older name)
+from .engines import InferenceGraph, inference_graph  # noqa: F401 (export.InferenceGraph: the older name)
 from .safety import atomic_path, ensure_writable, refuse_input_overlap
 
 log = logging.getLogger(__name__)

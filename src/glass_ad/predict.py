@@ -11,8 +11,8 @@
 Every input goes through the same steps as training: ``uint8`` RGB (`io.read_image` rules for files and
 for non-uint8 arrays, with the bit depth recorded in the checkpoint — or ``bit_depth=`` — for images deeper
 than 8 bits, so one rule holds for every image of a model), the checkpoint's `Preprocessor` (resize + crop / stretch to S×S), rounding to
-``uint8``; then the `InferenceGraph` (defined here) in PyTorch or its ONNX export (`export.py`) in ONNX
-Runtime (same formula for both). Maps are brought back to the original frame with `Preprocessor.map_to_original` (0 where the
+``uint8``; then an engine (`engines.py`: the `InferenceGraph` in PyTorch, or its ONNX / OpenVINO export; same
+formula for all). Maps are brought back to the original frame with `Preprocessor.map_to_original` (0 where the
 crop cut the image).
 
 Decisions use the checkpoint's thresholds (`checkpoint.Calibration.operating_point`, as `glass test`):
@@ -37,11 +37,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from .checkpoint import Checkpoint, Normalization, as_checkpoint, checkpoint_path
+from .checkpoint import Checkpoint, as_checkpoint, checkpoint_path
 from .io import IMAGE_EXTENSIONS, ImageReadError, check_bit_depth, list_images
-from .model import GlassModel, resolve_device
+from .engines import Engine, InferenceGraph, create_engine, inference_graph  # noqa: F401 (predict.InferenceGraph)
 from .runtime import MIN_SIDE, ImageInput, Prediction, to_rgb  # noqa: F401 (re-exported: predict.Prediction, predict.to_rgb)
 from .safety import refuse_input_overlap, write_atomic
 
@@ -53,117 +52,6 @@ OVERLAY_MAX_SIDE = 1024  # overlays of huge images are drawn downscaled (3 tiles
 
 
 # ---------------------------------------------------------------------------------------------------
-# The inference graph: what the torch engine runs, and what `export.py` writes as ONNX
-
-
-class InferenceGraph(nn.Module):
-    """uint8 images B×S×S×3 → (raw image score B, normalised score B, anomaly map B×S×S).
-
-    The torch engine of `Detector` runs this module and `export.export_onnx` exports it, so the two agree.
-    """
-
-    def __init__(self, model: GlassModel, normalization: Normalization | dict[str, float]):
-        super().__init__()
-        self.model = model
-        # Plain floats: they become constants of the graph, like the thresholds they come from.
-        if not isinstance(normalization, Normalization):
-            normalization = Normalization.from_dict(normalization)
-        self.normalization = Normalization(float(normalization.center), float(normalization.scale))
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        out = self.model(x)
-        return out.image_scores, self.normalization(out.image_scores), out.anomaly_maps
-
-
-def inference_graph(checkpoint: Checkpoint | dict[str, Any], device: str | torch.device = "cpu") -> InferenceGraph:
-    """The evaluation-mode `InferenceGraph` of a checkpoint (fused model, its image normalisation)."""
-    checkpoint = as_checkpoint(checkpoint)
-    model = checkpoint.build_model(device, fuse=True)
-    return InferenceGraph(model, checkpoint.calibration.image_normalization).eval()
-
-
-# ---------------------------------------------------------------------------------------------------
-# Engines: uint8 B×S×S×3 numpy → (scores B, normalised B, maps B×S×S) numpy
-
-
-class _TorchEngine:
-    name = "torch"
-    in_graph = False  # takes S×S crops; Detector resizes and crops
-
-    def __init__(self, checkpoint: Checkpoint, device: torch.device):
-        self.device = device
-        self.graph = inference_graph(checkpoint, device)
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            out = self.graph(torch.from_numpy(images).to(self.device))
-        return tuple(t.float().cpu().numpy() for t in out)  # type: ignore[return-value]
-
-
-class _OnnxEngine:
-    name = "onnx"
-
-    def __init__(
-        self,
-        onnx_path: Path,
-        checkpoint: Checkpoint,
-        threads: int | None = None,
-        providers: str | Sequence[str] | None = "cpu",
-        openvino: bool = False,
-    ):
-        from .export import INPUT_NAME, OUTPUT_NAMES, onnx_session, read_metadata
-
-        kind = "openvino" if openvino else "onnx"
-        if not onnx_path.is_file():
-            raise FileNotFoundError(
-                f"no {'OpenVINO' if openvino else 'ONNX'} model at {onnx_path} "
-                f"(create it with `glass export RUN_DIR --format {kind} --out {onnx_path}`)"
-            )
-        if openvino:  # OpenVINO IR, compiled with the f32 precision hint (see openvino_export)
-            from .openvino_export import read_metadata as ir_metadata
-            from .runtime import OpenVinoSession
-
-            self.name = "openvino"
-            meta = ir_metadata(onnx_path)
-            device = providers if isinstance(providers, str) and providers.upper() in ("CPU", "GPU", "NPU", "AUTO") else "CPU"
-            session = OpenVinoSession(onnx_path, device.upper(), threads)
-        else:
-            meta = read_metadata(onnx_path)
-        _check_metadata(meta, checkpoint, onnx_path)
-        # In-graph preprocessing (the default of `glass export`): frames of any size in, maps on the frame out.
-        self.in_graph = meta.get("preprocessing") == "in-graph"
-        self.path = onnx_path
-        self.session = session if openvino else onnx_session(onnx_path, threads, providers)
-        self.input_name, self.output_names = INPUT_NAME, list(OUTPUT_NAMES)
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out = self.session.run(self.output_names, {self.input_name: images})
-        return tuple(np.asarray(o, dtype=np.float32) for o in out)  # type: ignore[return-value]
-
-
-def _check_metadata(meta: dict[str, str], checkpoint: Checkpoint, path: Path) -> None:
-    """The ONNX file must come from this checkpoint's model size and normalisation (else: re-export)."""
-    config = checkpoint.config
-    normalization = checkpoint.calibration.image_normalization
-    problems = []
-    if not meta:
-        problems.append("it has no glass_ad metadata (not written by `glass export`)")
-    else:
-        if int(meta.get("image_size", -1)) != config.image_size:
-            problems.append(f"image size {meta.get('image_size')} ≠ {config.image_size}")
-        for key, want in (
-            ("normalization_center", normalization.center),
-            ("normalization_scale", normalization.scale),
-        ):
-            have = float(meta.get(key, "nan"))
-            if not abs(have - want) <= 1e-9 * max(1.0, abs(want)):
-                problems.append(f"{key} {have} ≠ {want}")
-    if problems:
-        raise ValueError(f"ONNX model {path} does not match the checkpoint ({'; '.join(problems)}); re-export it")
-
-
-# ---------------------------------------------------------------------------------------------------
 
 
 class Detector:
@@ -172,7 +60,7 @@ class Detector:
     def __init__(
         self,
         checkpoint: Checkpoint | dict[str, Any],
-        engine: _TorchEngine | _OnnxEngine,
+        engine: Engine,
         *,
         batch_size: int = 8,
         threshold: str | float = "far",
@@ -214,20 +102,9 @@ class Detector:
         (for images deeper than 8 bits)."""
         check_bit_depth(bit_depth)
         checkpoint = Checkpoint.load(run)
-        if engine == "torch":
-            runner: _TorchEngine | _OnnxEngine = _TorchEngine(checkpoint, resolve_device(device))
-        elif engine == "onnx":
-            from .export import ONNX_NAME
-
-            path = Path(onnx_path) if onnx_path is not None else checkpoint_path(run).parent / ONNX_NAME
-            runner = _OnnxEngine(path, checkpoint, threads, providers)
-        elif engine == "openvino":
-            from .openvino_export import XML_NAME
-
-            path = Path(onnx_path) if onnx_path is not None else checkpoint_path(run).parent / XML_NAME
-            runner = _OnnxEngine(path, checkpoint, threads, providers, openvino=True)
-        else:
-            raise ValueError(f"engine must be 'torch', 'onnx' or 'openvino', got {engine!r}")
+        runner = create_engine(
+            engine, run, checkpoint, device=device, model_path=onnx_path, threads=threads, providers=providers
+        )
         return cls(
             checkpoint, runner, batch_size=batch_size, threshold=threshold, source=str(checkpoint_path(run)), bit_depth=bit_depth
         )
