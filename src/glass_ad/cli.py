@@ -1078,14 +1078,14 @@ def report(
 @app.command("predict-batch")
 def predict_batch_command(
     run_dir: Path = typer.Argument(..., help="Run directory (model.pt; model.onnx from `glass export` for --format onnx)."),
-    source: Path = typer.Argument(..., help="Folder of images (searched recursively) or a .txt list of image paths (one per line)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Results file, .parquet or .csv: one row per image (path, score, normalized, decision, threshold, error, map)."),
+    source: str = typer.Argument(..., help="Folder of images (searched recursively) or a .txt list of image paths (one per line); local paths or fsspec URLs (file://, s3://… with the matching fsspec package)."),
+    out: str = typer.Option(..., "--out", "-o", help="Results file, .parquet or .csv (a path or an fsspec URL): one row per image (path, score, normalized, decision, threshold, error, map)."),
     engine: JobEngineChoice = typer.Option(JobEngineChoice.local, "--engine", help="local: this process. ray: Ray Data, one scoring actor per CPU (or GPU) of the cluster (needs the distributed extra; docs/scale.md)."),
     fmt: str = typer.Option("onnx", "--format", help="onnx (RUN_DIR/model.onnx with ONNX Runtime) or torch."),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="ONNX file (default: RUN_DIR/model.onnx)."),
     threshold: str = typer.Option("far", help="far (default), f1, or a raw image score."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    maps: Optional[Path] = typer.Option(None, "--maps", help="Also save every anomaly map as MAPS/<path below SOURCE>.npy (float32, original size)."),
+    maps: Optional[str] = typer.Option(None, "--maps", help="Also save every anomaly map as MAPS/<path below SOURCE>.npy (float32, original size); a path or an fsspec URL."),
     device: str = typer.Option("cpu", help="cpu, or cuda (one GPU per actor with --engine ray)."),
     address: Optional[str] = typer.Option(None, "--address", help=_ADDRESS_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=_WORKERS_HELP),
