@@ -16,7 +16,7 @@ import time
 import torch
 
 from glass_ad.config import make_config
-from glass_ad.model import build_model
+from glass_ad.model.glass_model import build_model
 
 
 def images_per_second(module: torch.nn.Module, batch: torch.Tensor, repeats: int) -> float:

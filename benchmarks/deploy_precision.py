@@ -24,8 +24,8 @@ import numpy as np
 
 def _tiny_run(folder: Path) -> tuple[Path, Path]:
     from glass_ad.config import make_config
-    from glass_ad.demo_data import make_demo_dataset
-    from glass_ad.trainer import train
+    from glass_ad.data.demo_data import make_demo_dataset
+    from glass_ad.training.trainer import train
 
     data = make_demo_dataset(folder / "data", n_train=48, n_test_good=12, n_test_defect=12, size=96)
     config = make_config("fast", epochs=3, image_size=96, backbone="efficientnet_lite0", early_stopping=False, num_threads=1)
@@ -53,11 +53,11 @@ def main() -> int:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from glass_ad.datasets import load_dataset
-    from glass_ad.export import export_onnx
-    from glass_ad.openvino_export import export_openvino
-    from glass_ad.predict import Detector
-    from glass_ad.runtime import Runtime
+    from glass_ad.data.datasets import load_dataset
+    from glass_ad.inference.export import export_onnx
+    from glass_ad.inference.openvino_export import export_openvino
+    from glass_ad.inference.predict import Detector
+    from glass_ad.inference.runtime import Runtime
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,7 +86,7 @@ def main() -> int:
     for p in ref:
         shapes.setdefault(p.anomaly_map.shape, []).append(p.path)
     frame_paths = max(shapes.values(), key=len)[:8]
-    from glass_ad.io import read_image
+    from glass_ad.data.io import read_image
 
     frames = np.stack([read_image(p) for p in frame_paths])
     rows = [{

@@ -2,7 +2,7 @@
 
     python benchmarks/onnx_vs_torch.py RUN_DIR [--onnx FILE] [--repeats 10] [--threads N]
 
-Both engines run the same graph (`glass_ad.export.InferenceGraph`: uint8 S×S×3 pixels → scores and
+Both engines run the same graph (`glass_ad.inference.export.InferenceGraph`: uint8 S×S×3 pixels → scores and
 smoothed map) on random inputs, so the numbers measure compute only; resizing arbitrary-size images (in
 Python, shared by both engines) is not included. Without --onnx the model is exported to a temporary file.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from glass_ad.config import GlassConfig
-from glass_ad.export import export_onnx, onnx_throughput, torch_throughput
-from glass_ad.model import read_checkpoint
+from glass_ad.inference.export import export_onnx, onnx_throughput, torch_throughput
+from glass_ad.model.glass_model import read_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,10 +17,10 @@ import time
 import torch
 
 from glass_ad.config import make_config
-from glass_ad.datasets import ImageDataset, Preprocessor, load_dataset
-from glass_ad.evaluate import StreamingEvaluator
-from glass_ad.model import build_model
-from glass_ad.trainer import choose_fit, decode_images, split_holdout
+from glass_ad.data.datasets import ImageDataset, Preprocessor, choose_fit, load_dataset
+from glass_ad.evaluation.evaluate import StreamingEvaluator
+from glass_ad.model.glass_model import build_model
+from glass_ad.training.preparation import decode_images, split_holdout
 
 
 def greedy_coreset(features: torch.Tensor, fraction: float, seed: int = 0, projection_dim: int = 64) -> torch.Tensor:

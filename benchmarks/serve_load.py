@@ -36,8 +36,8 @@ def free_port() -> int:
 
 def train_model(folder: Path, image_size: int, backbone: str) -> tuple[Path, Path]:
     from glass_ad.config import make_config
-    from glass_ad.demo_data import make_demo_dataset
-    from glass_ad.trainer import train
+    from glass_ad.data.demo_data import make_demo_dataset
+    from glass_ad.training.trainer import train
 
     data = make_demo_dataset(folder / "data", seed=0)
     config = make_config("fast", epochs=1, image_size=image_size, backbone=backbone, early_stopping=False)
@@ -94,7 +94,7 @@ def serve_and_load(run: Path, images: list[bytes], max_batch: int, args, work: P
 
 def predict_throughput(run: Path, paths: list[Path], threads: int, count: int) -> dict:
     """What `glass predict --no-overlays --batch-size 8` does per image: read, prepare, score in batches of 8."""
-    from glass_ad.predict import Detector
+    from glass_ad.inference.predict import Detector
 
     detector = Detector.load(run, threads=threads, batch_size=8)
     inputs = [str(paths[i % len(paths)]) for i in range(count)]

@@ -3,8 +3,8 @@ import urllib.error
 import pytest
 import torch
 
-from glass_ad import backbones
-from glass_ad.backbones import BackboneWeightsError, create_backbone
+from glass_ad.model import backbones
+from glass_ad.model.backbones import BackboneWeightsError, create_backbone
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from glass_ad.benchmark import format_benchmark, run_benchmark
 from glass_ad.config import make_config
-from glass_ad.demo_data import make_demo_dataset
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.research.benchmark import format_benchmark, run_benchmark
 
 _BRANCHES = ("backbone", "las", "gas", "rest")
 
@@ -80,7 +80,7 @@ def test_the_report_prints_the_measured_figures(benchmarked):
 
 @pytest.mark.slow
 def test_benchmark_times_the_trainers_optimisers(benchmarked, tmp_path):
-    from glass_ad.trainer import train
+    from glass_ad.training.trainer import train
 
     data = make_demo_dataset(tmp_path / "data", n_train=12, n_test_good=1, n_test_defect=1, size=64)
     trained = _optimisers_stepped(

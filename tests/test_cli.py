@@ -22,11 +22,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from glass_ad import metrics
 from glass_ad.cli import app
-from glass_ad.datasets import load_dataset
-from glass_ad.demo_data import make_demo_dataset
-from glass_ad.predict import Detector
+from glass_ad.data.datasets import load_dataset
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.evaluation import metrics
+from glass_ad.inference.predict import Detector
 
 TINY = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--epochs", "1", "--threads", "1", "-q"]
 

@@ -1,4 +1,4 @@
-"""Tests for glass_ad.datasets: layouts, errors, preprocessing geometry, real MTD counts."""
+"""Tests for glass_ad.data.datasets: layouts, errors, preprocessing geometry, real MTD counts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from glass_ad.datasets import (
+from glass_ad.data.datasets import (
     MVTEC_CATEGORIES,
     MVTEC_TEXTURES,
     DatasetError,
@@ -337,8 +337,8 @@ def test_thin_defect_survives_downscaling() -> None:
 
 
 def test_image_dataset_mask_size_mismatch(tmp_path: Path) -> None:
-    from glass_ad.datasets import Sample
-    from glass_ad.io import ImageReadError
+    from glass_ad.data.datasets import Sample
+    from glass_ad.data.io import ImageReadError
 
     image = _img(tmp_path / "i.png", size=(32, 32))
     half = tmp_path / "half.png"

@@ -19,16 +19,16 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from glass_ad.calibration import f1_calibration, load_validation_set, normalize_scores
-from glass_ad.checkpoint import Checkpoint
 from glass_ad.cli import app
 from glass_ad.config import GlassConfig, make_config
-from glass_ad.demo_data import make_demo_dataset
-from glass_ad.export import export_onnx, onnx_throughput, read_metadata
-from glass_ad.io import read_image, read_mask
-from glass_ad.model import load_model, read_checkpoint
-from glass_ad.predict import CSV_COLUMNS, Detector, Prediction
-from glass_ad.trainer import train
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.data.io import read_image, read_mask
+from glass_ad.inference.export import export_onnx, onnx_throughput, read_metadata
+from glass_ad.inference.predict import CSV_COLUMNS, Detector, Prediction
+from glass_ad.model.calibration import f1_calibration, load_validation_set, normalize_scores
+from glass_ad.model.checkpoint import Checkpoint
+from glass_ad.model.glass_model import load_model, read_checkpoint
+from glass_ad.training.trainer import train
 
 PARITY_TOLERANCE = 1e-4
 
@@ -127,7 +127,7 @@ def test_onnx_runtime_matches_pytorch_on_real_images(run, onnx_file, mtd_images,
     "some pixels to different grey levels (float ties before round-half-to-even); scores then differ by ~2e-4",
 )
 def test_preprocessing_is_the_same_pixels_on_tie_prone_frames(run, onnx_file, data, torch_detector, tmp_path):
-    from glass_ad.runtime import Runtime, preprocess
+    from glass_ad.inference.runtime import Runtime, preprocess
 
     source = Image.open(sorted((data / "test").rglob("*.png"))[-1]).convert("RGB")
     frames = []
@@ -143,7 +143,7 @@ def test_preprocessing_is_the_same_pixels_on_tie_prone_frames(run, onnx_file, da
 
 
 def test_exported_model_takes_frames_and_carries_what_deciding_needs(run, onnx_file, frames, torch_detector, tmp_path):
-    from glass_ad.runtime import Runtime
+    from glass_ad.inference.runtime import Runtime
 
     meta = read_metadata(onnx_file)
     for key in ("image_threshold", "pixel_threshold", "f1_image_threshold", "normalization_center",
@@ -164,7 +164,7 @@ def test_exported_model_takes_frames_and_carries_what_deciding_needs(run, onnx_f
 
 
 def test_predict_saves_maps_masks_and_boxes(run, frames, tmp_path):
-    from glass_ad.predict import predict_files
+    from glass_ad.inference.predict import predict_files
 
     summary = predict_files(run, frames[:2], tmp_path / "npy", progress=False, save_maps="npy", save_masks=True,
                             overlays=False, threshold=-1e9)  # fmt: skip
@@ -381,7 +381,7 @@ def test_calibrate_adds_f1_thresholds_and_keeps_the_false_alarm_one(run, data, t
     assert direct["f1_image_threshold"] == pytest.approx(after["f1_image_threshold"])
     assert direct["f1_pixel_threshold"] == pytest.approx(after["f1_pixel_threshold"])
 
-    from glass_ad.tester import test as run_test
+    from glass_ad.evaluation.tester import test as run_test
 
     report = run_test(copy, data, progress=False, pictures=False)
     assert report["f1_threshold"]["image_threshold"] == after["f1_image_threshold"]
@@ -412,8 +412,9 @@ def _f1_at_every_threshold(values: np.ndarray, truth: np.ndarray) -> tuple[np.nd
 
 def test_openvino_export_fp32(run, onnx_file, frames, tmp_path):
     pytest.importorskip("openvino")
-    from glass_ad.openvino_export import export_openvino, read_metadata as ov_metadata
-    from glass_ad.runtime import Runtime
+    from glass_ad.inference.openvino_export import export_openvino
+    from glass_ad.inference.openvino_export import read_metadata as ov_metadata
+    from glass_ad.inference.runtime import Runtime
 
     fp32 = export_openvino(run, tmp_path / "model.xml")
     assert fp32.path.is_file() and fp32.path.with_suffix(".bin").is_file()
@@ -436,8 +437,9 @@ def test_openvino_export_fp32(run, onnx_file, frames, tmp_path):
 def test_openvino_int8_export_runs(run, data, onnx_file, frames, tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")  # not in the test extra (large); the int8 path is checked where it is installed
-    from glass_ad.openvino_export import export_openvino, read_metadata as ov_metadata
-    from glass_ad.runtime import Runtime
+    from glass_ad.inference.openvino_export import export_openvino
+    from glass_ad.inference.openvino_export import read_metadata as ov_metadata
+    from glass_ad.inference.runtime import Runtime
 
     a = Runtime(onnx_file)(frames[:2])
     int8 = export_openvino(run, tmp_path / "int8.xml", precision="int8", calibration=data, calibration_limit=4, fast=True)

@@ -16,8 +16,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from glass_ad.config import make_config
-from glass_ad.demo_data import make_demo_dataset
-from glass_ad.tester import test as run_test
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.evaluation.tester import test as run_test
 from glass_ad.training import train
 from glass_ad.training.distributed import Distributed
 

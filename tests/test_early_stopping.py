@@ -2,7 +2,7 @@
 
 import pytest
 
-from glass_ad.trainer import EarlyStopping
+from glass_ad.training.validation import EarlyStopping
 
 # Validation scores of the MTD run with a cosine schedule (runs/exp_cosine20, docs/benchmarks.md): noisy,
 # but still rising until epoch 19.

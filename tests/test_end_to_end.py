@@ -8,15 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from glass_ad import metrics
 from glass_ad.config import make_config
-from glass_ad.datasets import load_dataset
-from glass_ad.demo_data import make_demo_dataset
-from glass_ad.io import read_mask
-from glass_ad.model import read_checkpoint
-from glass_ad.predict import Detector
-from glass_ad.tester import test as run_test
-from glass_ad.trainer import train
+from glass_ad.data.datasets import load_dataset
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.data.io import read_mask
+from glass_ad.evaluation import metrics
+from glass_ad.evaluation.tester import test as run_test
+from glass_ad.inference.predict import Detector
+from glass_ad.model.glass_model import read_checkpoint
+from glass_ad.training.trainer import train
 
 
 def _config(**overrides):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from glass_ad import metrics
-from glass_ad.evaluate import StreamingEvaluator
+from glass_ad.evaluation import metrics
+from glass_ad.evaluation.evaluate import StreamingEvaluator
 
 
 def _data(n=13, s=8, seed=0):

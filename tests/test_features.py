@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from glass_ad.features import PatchAggregator, adaptive_pool_matrix, default_embed_dim
+from glass_ad.model.features import PatchAggregator, adaptive_pool_matrix, default_embed_dim
 
 
 def test_pool_matrix_equals_adaptive_avg_pool():

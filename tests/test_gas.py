@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from glass_ad.config import GAS_MODES, GlassConfig, make_config
-from glass_ad.discriminator import Discriminator
-from glass_ad.gas import (
+from glass_ad.model.discriminator import Discriminator
+from glass_ad.synthesis.gas import (
     GASSettings,
     hypersphere_radius,
     project_las_features,

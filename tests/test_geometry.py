@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from glass_ad import gas as gas_module
 from glass_ad.config import GlassConfig, make_config
-from glass_ad.discriminator import Adaptor, Discriminator
-from glass_ad.gas import GASSettings, synthesize
-from glass_ad.geometry import (
+from glass_ad.model.discriminator import Adaptor, Discriminator
+from glass_ad.synthesis import gas as gas_module
+from glass_ad.synthesis.gas import GASSettings, synthesize
+from glass_ad.synthesis.geometry import (
     FeatureGeometry,
     SpacingProbe,
     measure_geometry,
     nearest_distances,
 )
-from glass_ad.trainer import dead_branch_warning, gas_separation
+from glass_ad.training.validation import dead_branch_warning, gas_separation
 
 
 def settings_of(hypothesis: str = "manifold", **changes) -> GASSettings:
@@ -165,9 +165,9 @@ def test_gas_becomes_separable_at_the_measured_spacing_and_not_deep_inside():
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_gas_becomes_separable_on_real_mtd_features(mtd_root):
-    from glass_ad.datasets import Preprocessor, load_dataset
-    from glass_ad.model import build_model
-    from glass_ad.trainer import decode_images
+    from glass_ad.data.datasets import Preprocessor, load_dataset
+    from glass_ad.model.glass_model import build_model
+    from glass_ad.training.preparation import decode_images
 
     config = make_config("fast", image_size=128)
     model = build_model(config).eval()

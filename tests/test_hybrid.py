@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from glass_ad.config import make_config
-from glass_ad.demo_data import make_demo_dataset
-from glass_ad.memory_bank import MemoryBank, greedy_coreset
-from glass_ad.model import build_model, load_model
-from glass_ad.trainer import train
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.model.glass_model import build_model, load_model
+from glass_ad.model.memory_bank import MemoryBank, greedy_coreset
+from glass_ad.training.trainer import train
 
 
 def test_memory_bank_distance_is_the_nearest_neighbour():
@@ -53,7 +53,7 @@ def test_hybrid_is_mean_of_standardised_parts_and_survives_fusing():
 
 @pytest.mark.slow
 def test_hybrid_training_checkpoint_and_onnx(tmp_path):
-    from glass_ad.export import export_onnx
+    from glass_ad.inference.export import export_onnx
 
     torch.set_num_threads(1)
     data = make_demo_dataset(tmp_path / "data", n_train=24, n_test_good=2, n_test_defect=2, size=64)

@@ -1,4 +1,4 @@
-"""Tests for glass_ad.io: formats, bit depths, channel layouts and error messages."""
+"""Tests for glass_ad.data.io: formats, bit depths, channel layouts and error messages."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glass_ad.io import ImageReadError, list_images, read_image, read_mask
+from glass_ad.data.io import ImageReadError, list_images, read_image, read_mask
 
 
 def _gradient(h: int = 20, w: int = 30) -> np.ndarray:
@@ -256,7 +256,7 @@ def test_one_hot_pixel_does_not_change_the_scale(tmp_path: Path) -> None:
 
 
 def test_declared_bit_depth_block_and_validation(tmp_path: Path) -> None:
-    from glass_ad.io import current_bit_depth, declared_bit_depth
+    from glass_ad.data.io import current_bit_depth, declared_bit_depth
 
     cv2.imwrite(str(tmp_path / "a.png"), np.full((16, 16), 4095, np.uint16))
     assert read_image(tmp_path / "a.png")[0, 0, 0] == 16
@@ -318,7 +318,7 @@ def test_atomic_path_replaces_only_on_success(tmp_path: Path) -> None:
 
 
 def test_mask_lookup_rule(tmp_path: Path) -> None:
-    from glass_ad.datasets import MaskIndex, find_mask, mask_folders
+    from glass_ad.data.datasets import MaskIndex, find_mask, mask_folders
 
     folders = mask_folders(tmp_path / "test", "scratch")
     assert folders == [
@@ -338,7 +338,7 @@ def test_mask_lookup_rule(tmp_path: Path) -> None:
 
 def test_fit_rule(tmp_path: Path) -> None:
     from glass_ad.config import GlassConfig
-    from glass_ad.datasets import Preprocessor, Sample, resolve_fit
+    from glass_ad.data.datasets import Preprocessor, Sample, resolve_fit
 
     assert resolve_fit("stretch") == "stretch" and resolve_fit("crop") == "crop"
     assert resolve_fit("auto") == "crop"  # a model's config: the reference

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from glass_ad.config import GlassConfig
-from glass_ad.foreground import analyse_foreground, foreground_mask, is_object_category
-from glass_ad.las import LocalAnomalySynthesizer
-from glass_ad.perlin import perlin_noise
-from glass_ad.textures import (
+from glass_ad.research.weak_defects import FolderTextures
+from glass_ad.synthesis.foreground import analyse_foreground, foreground_mask, is_object_category
+from glass_ad.synthesis.las import LocalAnomalySynthesizer
+from glass_ad.synthesis.perlin import perlin_noise
+from glass_ad.synthesis.textures import (
     AUGMENTATIONS,
     GreyTextures,
     ProceduralTextures,
@@ -22,7 +23,6 @@ from glass_ad.textures import (
     load_textures,
     textures_from_config,
 )
-from glass_ad.weak_defects import FolderTextures
 
 SIZE = 64
 
@@ -283,7 +283,7 @@ def test_degenerate_masks_fall_back_to_the_whole_image():
 
 
 def test_magnetic_tiles_are_a_surface(mtd_root):
-    from glass_ad.io import read_image
+    from glass_ad.data.io import read_image
 
     files = sorted((mtd_root / "train" / "good").iterdir())[::40][:16]
     images = [fit_square(read_image(path), 128) for path in files]
@@ -291,7 +291,7 @@ def test_magnetic_tiles_are_a_surface(mtd_root):
 
 
 def test_redraws_are_bounded(monkeypatch):
-    import glass_ad.perlin as perlin_module
+    import glass_ad.synthesis.perlin as perlin_module
 
     corner = np.zeros((SIZE, SIZE), bool)
     corner[:8, :8] = True

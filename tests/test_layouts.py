@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glass_ad.datasets import (
+from glass_ad.data.datasets import (
     BENCHMARK_CATEGORIES,
     DatasetError,
     ImageDataset,

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from glass_ad.losses import bce, focal_loss, las_loss, ohem_select
+from glass_ad.training.losses import bce, focal_loss, las_loss, ohem_select
 
 
 def test_focal_loss_reference_values():

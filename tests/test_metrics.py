@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from glass_ad import metrics
+from glass_ad.evaluation import metrics
 
 
 def _brute_aupro(maps, masks, limit=0.3):

@@ -3,7 +3,7 @@ from collections import Counter
 
 import numpy as np
 
-from glass_ad.perlin import combined_perlin_mask, perlin_mask, perlin_noise
+from glass_ad.synthesis.perlin import combined_perlin_mask, perlin_mask, perlin_noise
 
 
 def _pointwise_perlin(shape, scale, rng):
@@ -91,7 +91,7 @@ def test_rules_combine_the_two_masks():
 
 
 def test_draw_perlin_mask_crops_the_enclosing_square():
-    from glass_ad.perlin import draw_perlin_mask
+    from glass_ad.synthesis.perlin import draw_perlin_mask
 
     mask, rule = draw_perlin_mask((40, 70), np.random.default_rng(3))
     square, same_rule = combined_perlin_mask(70, np.random.default_rng(3))
@@ -100,7 +100,7 @@ def test_draw_perlin_mask_crops_the_enclosing_square():
 
 
 def test_draw_perlin_mask_redraws_until_large_enough_and_keeps_the_foreground():
-    from glass_ad.perlin import draw_perlin_mask
+    from glass_ad.synthesis.perlin import draw_perlin_mask
 
     foreground = np.zeros((64, 64), bool)
     foreground[8:40, 8:40] = True
@@ -110,7 +110,7 @@ def test_draw_perlin_mask_redraws_until_large_enough_and_keeps_the_foreground():
 
 
 def test_draw_perlin_mask_returns_the_largest_when_every_draw_falls_short(monkeypatch):
-    import glass_ad.perlin as perlin_module
+    import glass_ad.synthesis.perlin as perlin_module
 
     sizes = iter([3, 9, 9, 5])
 

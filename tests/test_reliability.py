@@ -41,10 +41,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from glass_ad.cli import app
-from glass_ad.demo_data import make_demo_dataset
-from glass_ad.io import ImageReadError, read_image
-from glass_ad.model import CheckpointError, read_checkpoint
-from glass_ad.predict import Detector
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.data.io import ImageReadError, read_image
+from glass_ad.inference.predict import Detector
+from glass_ad.model.glass_model import CheckpointError, read_checkpoint
 from glass_ad.safety import LOCK_NAME, write_atomic
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -132,10 +132,10 @@ def _one_error(result) -> str:
 
 # The function that does each command's work: a refusal "before the work" means none of them is called.
 _COMMAND_WORK = {
-    "train": (("glass_ad.training", "glass_ad.trainer"), "train"),
-    "test": (("glass_ad.tester", "glass_ad.evaluation.tester"), "test"),
-    "predict": (("glass_ad.inference.predict", "glass_ad.predict"), "predict_files"),
-    "export": (("glass_ad.export", "glass_ad.inference.export", "glass_ad.deploy.export"), "export_onnx"),
+    "train": (("glass_ad.training", "glass_ad.training"), "train"),
+    "test": (("glass_ad.evaluation.tester", "glass_ad.evaluation.tester"), "test"),
+    "predict": (("glass_ad.inference.predict", "glass_ad.inference.predict"), "predict_files"),
+    "export": (("glass_ad.inference.export", "glass_ad.inference.export", "glass_ad.deploy.export"), "export_onnx"),
 }
 
 
@@ -700,8 +700,8 @@ def test_retraining_with_force_flags_a_stale_onnx_model(run, data, tmp_path):
 
 
 def test_unreadable_data_folder(run, data, tmp_path, monkeypatch):
-    import glass_ad.datasets as datasets
-    import glass_ad.tester as tester
+    import glass_ad.data.datasets as datasets
+    import glass_ad.evaluation.tester as tester
 
     copy = tmp_path / "surface"
     shutil.copytree(data, copy)
@@ -806,7 +806,7 @@ RESUME_ARGS = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--batc
 
 
 def test_interrupted_training_resumes(data, tmp_path):
-    from glass_ad.resume import STATE_NAME, describe_state
+    from glass_ad.training.resume import STATE_NAME, describe_state
 
     run = tmp_path / "run"
     glass = str(Path(sys.executable).with_name("glass"))
@@ -882,7 +882,7 @@ def test_interrupted_training_resumes(data, tmp_path):
 
 
 def test_resume_without_an_interrupted_run(run, data, tmp_path):
-    from glass_ad.resume import STATE_NAME
+    from glass_ad.training.resume import STATE_NAME
 
     empty = tmp_path / "empty"
     finished = _copy_run(run, tmp_path / "finished")

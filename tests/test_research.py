@@ -16,16 +16,16 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import glass_ad.tester as tester_module
-import glass_ad.trainer as trainer_module
+import glass_ad.evaluation.tester as tester_module
+import glass_ad.training as trainer_module
 from glass_ad.cli import app
 from glass_ad.config import make_config
-from glass_ad.datasets import load_dataset
-from glass_ad.demo_data import make_demo_dataset
-from glass_ad.io import read_image
-from glass_ad.model import read_checkpoint
-from glass_ad.suite import ablation_jobs, run_ablation, run_suite
-from glass_ad.weak_defects import beta_folder_name, make_weak_defects, parse_betas
+from glass_ad.data.datasets import load_dataset
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.data.io import read_image
+from glass_ad.model.glass_model import read_checkpoint
+from glass_ad.research.suite import ablation_jobs, run_ablation, run_suite
+from glass_ad.research.weak_defects import beta_folder_name, make_weak_defects, parse_betas
 
 
 def _config(**overrides):
@@ -302,7 +302,7 @@ def test_weak_defects_with_a_texture_folder_and_copies(tmp_path):
 
 @pytest.mark.slow  # uses the suite trained for this module
 def test_previews_show_what_they_claim(suite_runs, data_root, tmp_path):
-    from glass_ad import previews
+    from glass_ad.research import previews
 
     out = suite_runs["out"]
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from glass_ad import resume as resume_module
 from glass_ad.config import make_config
-from glass_ad.demo_data import make_demo_dataset
-from glass_ad.model import read_checkpoint
-from glass_ad.resume import STATE_NAME, ResumeError, TrainingInterrupted, describe_state
-from glass_ad.trainer import train
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.model.glass_model import read_checkpoint
+from glass_ad.training import resume as resume_module
+from glass_ad.training.resume import STATE_NAME, ResumeError, TrainingInterrupted, describe_state
+from glass_ad.training.trainer import train
 
 QUIET = dict(progress=False, echo=lambda _: None)
 
@@ -138,8 +138,8 @@ def test_which_settings_may_change():
 # the native threads that other tests' libraries (ONNX Runtime, OpenVINO) leave behind.
 _SIGNALS_CHILD = """
 import os, signal, time
-from glass_ad import resume as resume_module
-from glass_ad.resume import TrainingInterrupted, interruptible
+from glass_ad.training import resume as resume_module
+from glass_ad.training.resume import TrainingInterrupted, interruptible
 
 previous = signal.getsignal(signal.SIGTERM)
 for kind, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):

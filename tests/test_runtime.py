@@ -20,9 +20,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from glass_ad import runtime
-from glass_ad.datasets import Preprocessor
-from glass_ad.frame_graph import wrap_frames
+from glass_ad.data.datasets import Preprocessor
+from glass_ad.inference import runtime
+from glass_ad.inference.frame_graph import wrap_frames
 
 GEOMETRIES = [
     # (height, width, image_size, resize, fit)
@@ -171,7 +171,7 @@ def test_runtime_imports_no_torch_scipy_or_sklearn(tmp_path):
                 if name.split(".")[0] in ("torch", "torchvision", "scipy", "sklearn", "timm", "matplotlib"):
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
-        from glass_ad.runtime import Runtime, main
+        from glass_ad.inference.runtime import Runtime, main
         p = Runtime({str(path)!r})({str(image)!r})
         assert p.anomaly_map.shape == (48, 80) and p.decision == "anomalous", p
         assert main([{str(path)!r}, {str(image)!r}]) == 0

@@ -9,6 +9,7 @@ and skip without it; the rules of the job-running core and the fsspec sources ar
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -20,12 +21,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
-from glass_ad.cluster import RayOptions, ray_session
 from glass_ad.config import make_config
-from glass_ad.demo_data import make_demo_dataset
-from glass_ad.suite import Job, JobResult, run_jobs, run_suite
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.research.cluster import RayOptions, ray_session
+from glass_ad.research.suite import Job, JobResult, run_jobs, run_suite
 
 CONFIG = {"backbone": "efficientnet_lite0", "image_size": 64, "epochs": 1, "seed": 0, "num_threads": 1}
 # The same settings as `glass suite` options (the killed run is the CLI, its restart the library).
@@ -73,7 +75,7 @@ def _fake_run_job(calls: list[str], fail_first: set[str], always_fail: set[str])
 
 @pytest.mark.parametrize("retries", [None, 1])
 def test_core_skips_finished_jobs_retries_and_records_failures(tmp_path, monkeypatch, retries):
-    from glass_ad import suite
+    from glass_ad.research import suite
 
     calls: list[str] = []
     monkeypatch.setattr(suite, "run_job", _fake_run_job(calls, fail_first={"flaky"}, always_fail={"bad"}))
@@ -144,7 +146,7 @@ def _dying_task_body(marker: str):
 
     Patched in as `cluster._execute` on the driver, it travels with every task `RayEngine` submits (a
     closure is pickled by value), so the retry of a dead worker is tested without any hook in the library."""
-    from glass_ad import cluster
+    from glass_ad.research import cluster
 
     real_execute = cluster._execute
 
@@ -183,14 +185,21 @@ def killed_and_restarted(data_root, sequential, worker_kill_marker, tmp_path_fac
                     pytest.fail(f"no job finished in time:\n{log.read_text()[-3000:]}")
                 time.sleep(0.1)
         finally:
+            # The driver's whole process tree: Ray's daemons may leave the session, and a surviving worker
+            # would finish its job after the "kill".
+            tree = psutil.Process(process.pid).children(recursive=True)
             os.killpg(process.pid, signal.SIGKILL)
+            for child in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+            psutil.wait_procs(tree, timeout=30)
             process.wait()
     finished = [p.parent.name for p in out.glob("*/metrics.json")]
     stamps = {p: p.stat().st_mtime_ns for name in finished for p in (out / name).iterdir() if p.is_file()}
     request.getfixturevalue("local_ray")  # started only now: never two Ray clusters at once on the CPUs
     said: list[str] = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("glass_ad.cluster._execute", _dying_task_body(str(worker_kill_marker)))
+        patch.setattr("glass_ad.research.cluster._execute", _dying_task_body(str(worker_kill_marker)))
         results = run_suite(
             data_root, out, _config(), pictures=False, progress=False, echo=said.append, ray_options=RayOptions()
         )  # fmt: skip
@@ -267,7 +276,7 @@ def test_session_reuses_a_running_ray(local_ray):
 @pytest.fixture(scope="module")
 def archive(sequential, data_root, tmp_path_factory) -> dict:
     """A trained tiny model with its ONNX export, and 31 files of which 4 are bad (and one non-image)."""
-    from glass_ad.export import export_onnx
+    from glass_ad.inference.export import export_onnx
 
     run = sequential["out"] / "alpha"
     export_onnx(run, run / "model.onnx")
@@ -292,7 +301,7 @@ def archive(sequential, data_root, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def local_rows(archive, tmp_path_factory) -> list[dict]:
     """The in-process rows of the archive (local paths): the reference of the other engines and sources."""
-    from glass_ad.batch import predict_batch
+    from glass_ad.inference.batch import predict_batch
 
     out = tmp_path_factory.mktemp("local_rows") / "local.parquet"
     summary = predict_batch(archive["run"], archive["folder"], out, engine="local")
@@ -328,8 +337,8 @@ def _same_rows(rows: list[dict], folder: str, reference: list[dict], reference_f
 
 @pytest.mark.slow
 def test_batch_rows_match_glass_predict_scores(archive, tmp_path):
-    from glass_ad.batch import predict_batch
-    from glass_ad.predict import Detector
+    from glass_ad.inference.batch import predict_batch
+    from glass_ad.inference.predict import Detector
 
     summary = predict_batch(archive["run"], archive["folder"], tmp_path / "local.csv", engine="local")
     rows = _read(tmp_path / "local.csv")
@@ -350,7 +359,7 @@ def test_batch_rows_match_glass_predict_scores(archive, tmp_path):
 def test_batch_on_ray_from_a_file_url_gives_the_local_rows(archive, local_rows, tmp_path, local_ray):
     """Ray Data actors list nothing themselves: the driver lists the URL folder through fsspec, the actors
     read each file's bytes through fsspec and save the maps."""
-    from glass_ad.batch import predict_batch
+    from glass_ad.inference.batch import predict_batch
 
     source = f"file://{archive['folder']}"
     summary = predict_batch(
@@ -372,7 +381,7 @@ def test_batch_from_memory_urls_gives_the_local_rows(archive, local_rows):
     import fsspec
     import pyarrow.parquet as pq
 
-    from glass_ad.batch import predict_batch
+    from glass_ad.inference.batch import predict_batch
 
     memory = fsspec.filesystem("memory")
     folder = archive["folder"]
@@ -413,7 +422,7 @@ def test_batch_from_memory_urls_gives_the_local_rows(archive, local_rows):
 
 @pytest.mark.slow
 def test_batch_from_a_list_reports_missing_files(archive, tmp_path):
-    from glass_ad.batch import predict_batch
+    from glass_ad.inference.batch import predict_batch
 
     listing = tmp_path / "inputs.txt"
     first = sorted((archive["folder"] / "line0").glob("*.png"))[:2]

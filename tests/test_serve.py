@@ -36,13 +36,13 @@ httpx = pytest.importorskip("httpx")
 sqlalchemy = pytest.importorskip("sqlalchemy")
 
 from glass_ad.config import make_config  # noqa: E402
-from glass_ad.demo_data import make_demo_dataset  # noqa: E402
-from glass_ad.predict import Detector  # noqa: E402
+from glass_ad.data.demo_data import make_demo_dataset  # noqa: E402
+from glass_ad.inference.predict import Detector  # noqa: E402
 from glass_ad.serve.batching import BatcherClosed, MicroBatcher  # noqa: E402
 from glass_ad.serve.loadtest import run_load  # noqa: E402
 from glass_ad.serve.report import aggregate, write_report  # noqa: E402
 from glass_ad.serve.store import SCHEMA_VERSION, DatabaseError, InspectionLog  # noqa: E402
-from glass_ad.trainer import train  # noqa: E402
+from glass_ad.training.trainer import train  # noqa: E402
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -712,7 +712,7 @@ def test_micro_batcher_groups_concurrent_items_and_reports_errors():
 def test_service_answers_503_until_a_model_is_loaded(run, tmp_path):
     from fastapi import HTTPException
 
-    from glass_ad.serve.app import Service, ServeSettings
+    from glass_ad.serve.app import ServeSettings, Service
 
     service = Service(ServeSettings(runs=[f"line1={run}"], data_dir=tmp_path))
     with pytest.raises(HTTPException) as loading:
@@ -813,7 +813,7 @@ def test_page_loads_nothing_from_outside(api):
 def test_onnx_engine_serves_the_same_scores(run, images, tmp_path):
     """--engine onnx: the exported graph behind the same batcher gives the torch engine's numbers."""
     pytest.importorskip("onnxruntime")
-    from glass_ad.export import export_onnx
+    from glass_ad.inference.export import export_onnx
     from glass_ad.serve.models import load_served_model, parse_model_spec
 
     export_onnx(run, tmp_path / "model.onnx")
@@ -839,7 +839,7 @@ def test_onnx_engine_serves_the_same_scores(run, images, tmp_path):
 def test_a_model_that_fails_to_load_keeps_the_service_unready(run, tmp_path):
     from fastapi import HTTPException
 
-    from glass_ad.serve.app import Service, ServeSettings
+    from glass_ad.serve.app import ServeSettings, Service
 
     service = Service(ServeSettings(runs=[f"line={run}"], data_dir=tmp_path, engine="onnx"))  # no model.onnx
     service.start()

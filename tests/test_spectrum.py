@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from glass_ad.spectrum import _grid_points_within, choose_hypothesis, mean_image, spectrogram_stats
+from glass_ad.synthesis.spectrum import _grid_points_within, choose_hypothesis, mean_image, spectrogram_stats
 
 YY, XX = np.mgrid[0:288, 0:288]
 
@@ -79,7 +79,7 @@ def test_mean_image_streams():
 def test_magnetic_tiles_are_manifold(mtd_root):
     import cv2
 
-    from glass_ad.io import read_image
+    from glass_ad.data.io import read_image
 
     files = sorted((mtd_root / "train" / "good").iterdir())[::8]
     mean = mean_image(cv2.resize(read_image(p), (288, 288), interpolation=cv2.INTER_AREA) for p in files)

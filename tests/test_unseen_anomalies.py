@@ -4,10 +4,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glass_ad.precision import PrecisionChoice, choose_precision
-from glass_ad.textures import GreyTextures, ProceduralTextures
-from glass_ad.trainer import is_grey
-from glass_ad.unseen_anomalies import UnseenAnomalySynthesizer
+from glass_ad.synthesis.textures import GreyTextures, ProceduralTextures
+from glass_ad.synthesis.unseen_anomalies import UnseenAnomalySynthesizer
+from glass_ad.training.precision import PrecisionChoice, choose_precision
+from glass_ad.training.preparation import is_grey
 
 
 def _grey_batch(count=6, size=64, seed=0):

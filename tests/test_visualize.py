@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glass_ad import visualize as vz
+from glass_ad.evaluation import visualize as vz
 
 
 def _red_count(tile):

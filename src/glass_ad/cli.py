@@ -12,9 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import cli_options as opt
-from .cli_options import ForegroundChoice, RecipeChoice
-from .config import make_config
+from glass_ad import cli_options as opt
+from glass_ad.cli_options import ForegroundChoice, RecipeChoice
+from glass_ad.config import make_config
 
 app = typer.Typer(
     add_completion=False,
@@ -26,7 +26,7 @@ app = typer.Typer(
 
 def _show_version(value: bool) -> None:
     if value:
-        from . import __version__
+        from glass_ad import __version__
 
         typer.echo(f"glass-ad {__version__}")
         raise typer.Exit()
@@ -138,7 +138,7 @@ def train(
 ) -> None:
     """Train on DATA_DIR/train/good (normal images only). Under `torchrun --nproc-per-node N -m glass_ad train …`
     one model is trained data-parallel over N processes (docs/scale.md)."""
-    from .training import train as run_training
+    from glass_ad.training import train as run_training
 
     overrides = opt.config_values(locals())  # every parameter named like a GlassConfig field
     _setup_logging(verbose)
@@ -150,7 +150,7 @@ def train(
         if main_rank:
             _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val, resume)
         else:
-            from .io import declared_bit_depth
+            from glass_ad.data.io import declared_bit_depth
 
             _hold_for_command(declared_bit_depth(bit_depth))
         result = run_training(data_dir, out, config, category=category, layout=dataset, progress=not quiet, resume=resume)
@@ -178,7 +178,7 @@ def train(
             f"(from {calibration.holdout_images} held-out normal images)"
         )
     if val is not None:
-        from .calibration import calibrate_run
+        from glass_ad.model.calibration import calibrate_run
 
         try:
             f1 = calibrate_run(result.checkpoint, val, device=device, progress=not quiet)
@@ -190,7 +190,7 @@ def train(
 
 def _as_calibration(calibration):
     """The typed calibration of a training result (older trainers return the stored dict)."""
-    from .checkpoint import Calibration
+    from glass_ad.model.checkpoint import Calibration
 
     return calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
 
@@ -207,7 +207,7 @@ def _interrupted(interrupt: KeyboardInterrupt, data_dir: Path, out: Path) -> Non
     """One line on how to continue an interrupted `glass train`; exit 128 + the signal number."""
     import shlex
 
-    from .resume import STATE_NAME, TrainingInterrupted, describe_state
+    from glass_ad.training.resume import STATE_NAME, TrainingInterrupted, describe_state
 
     code, name = (interrupt.exit_code, str(interrupt)) if isinstance(interrupt, TrainingInterrupted) else (130, "SIGINT")
     saved = describe_state(out)
@@ -228,7 +228,7 @@ def _train_config(ctx: typer.Context, config_file: Optional[Path], recipe: str, 
     """The settings of `glass train`: the recipe, then the --config file, then options given explicitly."""
     if config_file is None:
         return make_config(recipe, **overrides)
-    from .provenance import load_config_file
+    from glass_ad.provenance import load_config_file
 
     values = load_config_file(config_file)
 
@@ -249,7 +249,7 @@ def _train_config(ctx: typer.Context, config_file: Optional[Path], recipe: str, 
 def _record_run(data_dir: Path, layout: str, category: Optional[str], checkpoint: Path) -> None:
     """config.yaml and history.csv beside the checkpoint (which the trainer gave its provenance entry:
     package version, git revision, training-data fingerprint)."""
-    from .provenance import write_run_files
+    from glass_ad.provenance import write_run_files
 
     write_run_files(checkpoint)
 
@@ -257,9 +257,9 @@ def _record_run(data_dir: Path, layout: str, category: Optional[str], checkpoint
 def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, textures, weights, val, resume=False) -> None:
     """Everything `glass train` can check before the first image: outputs, inputs, disk; then the run
     folder's lock, the declared bit depth and clean interrupts (resume.py) for the whole command."""
-    from .io import check_bit_depth, declared_bit_depth
-    from .resume import interruptible
-    from .safety import output_lock, preflight_train
+    from glass_ad.data.io import check_bit_depth, declared_bit_depth
+    from glass_ad.safety import output_lock, preflight_train
+    from glass_ad.training.resume import interruptible
 
     check_bit_depth(bit_depth)
     onnx_file = Path(out) / "model.onnx"
@@ -306,8 +306,8 @@ def test(
     Every test image that could not be used is listed (JSON: `dropped`); the command then fails unless
     --allow-dropped. Existing results are replaced only with --force.
     """
-    from .checkpoint import checkpoint_path
-    from .tester import test as run_test
+    from glass_ad.evaluation.tester import test as run_test
+    from glass_ad.model.checkpoint import checkpoint_path
 
     _setup_logging(verbose)
     _torch_threads(threads)
@@ -341,9 +341,9 @@ def test(
 def _test_preflight(run_dir, data_dir, json_out, report_dir, force, layout="auto", category=None) -> None:
     """Outputs of `glass test`: not an input, not silently replaced, writable, locked for the command; the
     model and the data set are read first, so a refusal leaves nothing behind."""
-    from .checkpoint import Checkpoint, checkpoint_path
-    from .datasets import load_dataset
-    from .safety import ensure_writable, output_locks, refuse_existing, refuse_input_overlap
+    from glass_ad.data.datasets import load_dataset
+    from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
+    from glass_ad.safety import ensure_writable, output_locks, refuse_existing, refuse_input_overlap
 
     inputs = [checkpoint_path(run_dir), data_dir]
     targets = []
@@ -414,9 +414,9 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """The embedded default: generate a small surface-inspection data set, train, test, draw heatmaps."""
-    from .demo_data import make_demo_dataset
-    from .tester import test as run_test
-    from .trainer import train as run_training
+    from glass_ad.data.demo_data import make_demo_dataset
+    from glass_ad.evaluation.tester import test as run_test
+    from glass_ad.training.trainer import train as run_training
 
     try:
         config = make_config("fast", epochs=epochs, image_size=128, seed=seed, early_stopping=False).validate()
@@ -429,7 +429,7 @@ def demo(
     typer.echo(f"trained in {result.wall_time_s:.0f} s → {result.checkpoint}")
     report = run_test(out / "run", data, json_path=out / "metrics.json", report_dir=out / "report", progress=not quiet)
     _print_report(report)
-    from .previews import heatmap_grid
+    from glass_ad.research.previews import heatmap_grid
 
     heatmaps = heatmap_grid(out / "run", data, out / "report" / "heatmaps.png", count=8, columns=2)
     typer.echo(f"metrics: {out / 'metrics.json'}; pictures: {out / 'report'} (heatmaps: {heatmaps})")
@@ -448,7 +448,7 @@ def benchmark(
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:
     """Throughput (backbone only vs full inference, batch 8 and 1), training s/iteration by branch, peak RAM."""
-    from .benchmark import format_benchmark, run_benchmark
+    from glass_ad.research.benchmark import format_benchmark, run_benchmark
 
     config = make_config(
         recipe.value, backbone=backbone, image_size=image_size, precision=precision, num_threads=threads, device=device
@@ -462,7 +462,7 @@ def benchmark(
 @app.command()
 def backbones() -> None:
     """List the registered backbones (any timm model name also works)."""
-    from .backbones import BACKBONES
+    from glass_ad.model.backbones import BACKBONES
 
     for name, spec in sorted(BACKBONES.items()):
         typer.echo(f"{name:<20} layers {','.join(spec.default_layers):<18} {spec.description}")
@@ -472,8 +472,8 @@ def backbones() -> None:
 def info(run_dir: Path = typer.Argument(...)) -> None:
     """Show what a checkpoint holds: config, hypothesis, thresholds, feature geometry, and per epoch the
     losses and separations of each branch (a warning when GAS stayed near chance)."""
-    from .checkpoint import Checkpoint
-    from .trainer import branch_summary
+    from glass_ad.model.checkpoint import Checkpoint
+    from glass_ad.training.validation import branch_summary
 
     try:
         checkpoint = Checkpoint.load(run_dir)
@@ -539,7 +539,7 @@ def predict(
     min_area: int = typer.Option(0, "--min-area", min=0, help="Smallest region (pixels) outlined and listed in the JSON boxes."),
 ) -> None:
     """Score images: raw and normalized score, decision, heatmap overlay; one line per unreadable file."""
-    from .predict import predict_files, summary_line
+    from glass_ad.inference.predict import predict_files, summary_line
 
     if engine.value == "torch":
         _torch_threads(threads)
@@ -577,9 +577,9 @@ def predict(
 
 
 def _predict_preflight(run_dir, paths, out, fmt, overlays, onnx, force, maps=False, masks=False) -> None:
-    from .checkpoint import Checkpoint
-    from .predict import check_outputs, output_paths
-    from .safety import ensure_writable, output_lock, refuse_existing
+    from glass_ad.inference.predict import check_outputs, output_paths
+    from glass_ad.model.checkpoint import Checkpoint
+    from glass_ad.safety import ensure_writable, output_lock, refuse_existing
 
     check_outputs(run_dir, paths, out, fmt=fmt, overlays=overlays, onnx_path=onnx)
     Checkpoint.load(run_dir)
@@ -602,9 +602,9 @@ def export(
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="OpenVINO int8: the training data set (its train/good) or a folder of normal images."),
 ) -> None:
     """Export the whole inference graph (uint8 pixels → scores and map) as one ONNX model or OpenVINO IR."""
-    from .checkpoint import Checkpoint, checkpoint_path
-    from .export import ONNX_NAME, export_onnx
-    from .safety import ensure_writable, output_lock, refuse_existing, refuse_input_overlap
+    from glass_ad.inference.export import ONNX_NAME, export_onnx
+    from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
+    from glass_ad.safety import ensure_writable, output_lock, refuse_existing, refuse_input_overlap
 
     kind = fmt.lower()
     if kind not in ("onnx", "openvino"):
@@ -632,9 +632,9 @@ def export(
 
 
 def _export_openvino(run_dir: Path, out: Optional[Path], precision: str, calibration: Optional[Path], force: bool) -> None:
-    from .checkpoint import Checkpoint, checkpoint_path
-    from .openvino_export import XML_NAME, export_openvino
-    from .safety import ensure_writable, output_lock, refuse_existing, refuse_input_overlap
+    from glass_ad.inference.openvino_export import XML_NAME, export_openvino
+    from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
+    from glass_ad.safety import ensure_writable, output_lock, refuse_existing, refuse_input_overlap
 
     default = XML_NAME if precision == "fp32" else f"model_{precision}.xml"
     target = out if out is not None else checkpoint_path(run_dir).parent / default
@@ -669,9 +669,9 @@ def calibrate(
     force: bool = typer.Option(False, "--force", help="Replace F1 thresholds stored by an earlier `glass calibrate` (default: refuse)."),
 ) -> None:
     """Add F1-optimal image/pixel thresholds from a labelled validation set (the false-alarm threshold stays)."""
-    from .calibration import calibrate_run
-    from .checkpoint import Checkpoint, checkpoint_path
-    from .safety import OutputError, ensure_writable, output_lock
+    from glass_ad.model.calibration import calibrate_run
+    from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
+    from glass_ad.safety import OutputError, ensure_writable, output_lock
 
     _setup_logging(verbose)
     try:
@@ -748,7 +748,7 @@ def _ray_options(engine: "JobEngineChoice", address: Optional[str], workers: Opt
         if address or workers:
             raise ValueError("--address and --workers need --engine ray")
         return None
-    from .cluster import RayOptions
+    from glass_ad.research.cluster import RayOptions
 
     if cpus_per_job <= 0:
         raise ValueError(f"--cpus-per-job must be positive, got {cpus_per_job}")
@@ -802,7 +802,7 @@ def suite(
     cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help=_CPUS_PER_JOB_HELP),
 ) -> None:
     """Train and test every category; resumable (finished categories are skipped), one results table."""
-    from .suite import run_suite
+    from glass_ad.research.suite import run_suite
 
     overrides = opt.config_values(locals())
     _setup_logging(verbose)
@@ -849,7 +849,7 @@ def ablate(
     cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help=_CPUS_PER_JOB_HELP),
 ) -> None:
     """Run the variants of one ablation (paper Table 4 / Fig. 8) on one category; resumable, one table."""
-    from .suite import run_ablation
+    from glass_ad.research.suite import run_ablation
 
     overrides = opt.config_values(locals())
     _setup_logging(verbose)
@@ -878,7 +878,7 @@ def make_weak_defects_command(
     copy: bool = typer.Option(False, "--copy", help="Copy train/good and test/good instead of symlinking them."),
 ) -> None:
     """Build weak-defect test sets: LAS overlays at fixed β on half of SRC's good test images."""
-    from .weak_defects import make_weak_defects
+    from glass_ad.research.weak_defects import make_weak_defects
 
     try:
         folders = make_weak_defects(
@@ -907,7 +907,7 @@ def preview_las(
     dataset: str = typer.Option("auto", "--dataset"),
 ) -> None:
     """Grid of normal | LAS image | mask, titled with β and the Perlin rule."""
-    from .previews import las_grid
+    from glass_ad.research.previews import las_grid
 
     try:
         _preview_preflight(out, data_dir, textures)
@@ -922,14 +922,14 @@ def preview_las(
 
 
 def _model_file(run_dir: Path) -> Path:
-    from .checkpoint import checkpoint_path
+    from glass_ad.model.checkpoint import checkpoint_path
 
     return checkpoint_path(run_dir)
 
 
 def _preview_preflight(out: Path, *inputs: Optional[Path]) -> None:
     """A preview picture never replaces one of its inputs nor lands inside an input folder."""
-    from .safety import refuse_input_overlap
+    from glass_ad.safety import refuse_input_overlap
 
     refuse_input_overlap(out, inputs, what="preview picture")
 
@@ -948,7 +948,7 @@ def preview_features(
     dataset: str = typer.Option("auto", "--dataset"),
 ) -> None:
     """2-D projection of normal, GAS and LAS patch features of a trained model (the paper's Fig. 1)."""
-    from .previews import feature_projection
+    from glass_ad.research.previews import feature_projection
 
     try:
         _preview_preflight(out, _model_file(run_dir), data_dir, textures)
@@ -969,7 +969,7 @@ def preview_scores(
     bins: int = typer.Option(30, min=2),
 ) -> None:
     """Image-score histograms, one panel per category, with the stored thresholds."""
-    from .previews import score_histograms
+    from glass_ad.research.previews import score_histograms
 
     try:
         _preview_preflight(out, suite_dir)
@@ -991,7 +991,7 @@ def preview_heatmaps(
     dataset: str = typer.Option("auto", "--dataset"),
 ) -> None:
     """Test images with anomaly maps, the stored pixel threshold (red) and the ground truth (green)."""
-    from .previews import heatmap_grid
+    from glass_ad.research.previews import heatmap_grid
 
     try:
         _preview_preflight(out, _model_file(run_dir), data_dir)
@@ -1031,8 +1031,8 @@ def serve(
     try:
         import uvicorn
 
-        from .serve import ServeSettings, create_app
-        from .serve.store import DatabaseError
+        from glass_ad.serve import ServeSettings, create_app
+        from glass_ad.serve.store import DatabaseError
     except ImportError as error:
         _serve_extra_missing(error)
         return
@@ -1062,8 +1062,8 @@ def report(
 ) -> None:
     """Flag, false-alarm and defect rates over time from the inspection log, as one HTML file."""
     try:
-        from .serve.report import write_report
-        from .serve.store import DatabaseError
+        from glass_ad.serve.report import write_report
+        from glass_ad.serve.store import DatabaseError
     except ImportError as error:
         _serve_extra_missing(error)
         return
@@ -1093,7 +1093,7 @@ def predict_batch_command(
     force: bool = typer.Option(False, "--force", help="Replace an existing results file."),
 ) -> None:
     """Score an archive of images into one Parquet/CSV table; unreadable files become rows with their error."""
-    from .batch import predict_batch
+    from glass_ad.inference.batch import predict_batch
 
     try:
         if engine is JobEngineChoice.local and (address or workers):

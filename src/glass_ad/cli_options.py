@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .config import GAS_MODES, GlassConfig, field_default, paired_r2
+from glass_ad.config import GAS_MODES, GlassConfig, field_default, paired_r2
 
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(GlassConfig)) - {"recipe"}  # the recipe picks defaults
 

@@ -59,7 +59,7 @@ def git_describe(folder: str | os.PathLike | None = None) -> str | None:
 
 def provenance(train_paths: Sequence[str | os.PathLike], data_root: str | os.PathLike | None = None) -> dict[str, Any]:
     """The ``provenance`` entry of a checkpoint for a model trained on ``train_paths``."""
-    from . import __version__
+    from glass_ad import __version__
 
     fingerprint = data_fingerprint(train_paths, data_root)
     return {
@@ -79,8 +79,8 @@ def _yaml_text(data: dict[str, Any], header: str) -> str:
 
 def write_run_files(run: str | os.PathLike) -> list[Path]:
     """Write ``config.yaml`` and ``history.csv`` beside the checkpoint of ``run``; returns their paths."""
-    from .checkpoint import Checkpoint, checkpoint_path
-    from .safety import write_atomic
+    from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
+    from glass_ad.safety import write_atomic
 
     path = checkpoint_path(run)
     checkpoint = Checkpoint.load(path)
@@ -113,7 +113,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     a ValueError that lists them."""
     from dataclasses import fields
 
-    from .config import GlassConfig
+    from glass_ad.config import GlassConfig
 
     path = Path(path)
     if not path.is_file():

@@ -286,9 +286,9 @@ def preflight_train(
     """Refuse a training run that would end badly after the work: an output among the inputs, an existing
     model or an interrupted training without ``force``, ``resume`` where nothing was interrupted,
     unreadable inputs, a read-only or full run folder. Returns the number of normal training images found."""
-    from .datasets import load_dataset
-    from .model import CHECKPOINT_NAME
-    from .resume import STATE_NAME
+    from glass_ad.data.datasets import load_dataset
+    from glass_ad.model.glass_model import CHECKPOINT_NAME
+    from glass_ad.training.resume import STATE_NAME
 
     out = Path(out)
     for folder, what in ((textures, "texture folder"), (val, "validation folder")):

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["ServeSettings", "create_app"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import ServeSettings, create_app
+    from glass_ad.serve.app import ServeSettings, create_app
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `glass --help` works without the serve extra installed.
     if name in __all__:
-        from . import app
+        from glass_ad.serve import app
 
         return getattr(app, name)
     raise AttributeError(name)

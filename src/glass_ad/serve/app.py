@@ -27,17 +27,18 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from .batching import BatcherClosed, MicroBatcher
-from .images import BadImage, ImageTooLarge, Upload, decode_upload, png_bytes
-from .metrics import CONTENT_TYPE_LATEST, ServiceMetrics
-from .models import ModelSpec, ServedModel, load_served_model, parse_model_spec
-from .store import InspectionLog, database_url, redact_url
+from glass_ad.serve.batching import BatcherClosed, MicroBatcher
+from glass_ad.serve.images import BadImage, ImageTooLarge, Upload, decode_upload, png_bytes
+from glass_ad.serve.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from glass_ad.serve.models import ModelSpec, ServedModel, load_served_model, parse_model_spec
+from glass_ad.serve.store import InspectionLog, database_url, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ class Service:
     def _render(
         self, model: ServedModel, rgb: np.ndarray, score: float, normalized: float, small: np.ndarray, pictures: bool
     ) -> tuple[dict[str, Any], bytes | None, bytes | None]:
-        from ..predict import Prediction
+        from glass_ad.inference.predict import Prediction
 
         detector = model.detector
         full = detector.preprocessor.map_to_original(small, rgb.shape[:2])
@@ -592,7 +593,7 @@ def _parse_time(value: str | None, name: str) -> dt.datetime | None:
 
 def colorbar_png(height: int = 256, width: int = 16) -> bytes:
     """The heatmap colour scale, top = maximum, as a PNG (same colormap as the overlays)."""
-    from ..visualize import colorize
+    from glass_ad.evaluation.visualize import colorize
 
     ramp = np.repeat(np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None], width, axis=1)
     return png_bytes(colorize(ramp))
@@ -616,7 +617,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         finally:
             await run_in_threadpool(service.stop)
 
-    from .. import __version__ as package_version
+    from glass_ad import __version__ as package_version
 
     app = FastAPI(
         title="glass-ad inspection service",
@@ -779,7 +780,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/report", tags=["log"], summary="False-alarm and defect rates over time (HTML)", response_class=HTMLResponse)
     def report_page(bucket: Literal["auto", "hour", "day", "week"] = "auto") -> HTMLResponse:
-        from .report import render_report
+        from glass_ad.serve.report import render_report
 
         return HTMLResponse(render_report(service.log, bucket=bucket, title="glass-ad inspection report"))
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import ImageReadError, read_image
-from ..predict import MIN_SIDE
+from glass_ad.data.io import ImageReadError, read_image
+from glass_ad.inference.predict import MIN_SIDE
 
 __all__ = ["BadImage", "ImageTooLarge", "Upload", "decode_upload", "png_bytes"]
 

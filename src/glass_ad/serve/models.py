@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import checkpoint_path
-from ..predict import Detector
-from .batching import MicroBatcher
+from glass_ad.inference.predict import Detector
+from glass_ad.model.checkpoint import checkpoint_path
+from glass_ad.serve.batching import MicroBatcher
 
 __all__ = ["ModelSpec", "ServedModel", "parse_model_spec", "checkpoint_version", "load_served_model"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .store import InspectionLog
+from glass_ad.serve.store import InspectionLog
 
 __all__ = ["Counts", "aggregate", "render_report", "write_report"]
 
@@ -197,7 +197,7 @@ def render_report(log: InspectionLog, *, bucket: str = "auto", title: str = "Ins
 
 def write_report(db: str, out: str | Path, *, bucket: str = "auto") -> Path:
     """Open the log at `db` (URL or SQLite file) read-only in spirit (no migration) and write the report."""
-    from .store import DatabaseError, database_url
+    from glass_ad.serve.store import DatabaseError, database_url
 
     url = database_url(db, ".")
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():

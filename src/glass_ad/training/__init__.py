@@ -1,6 +1,6 @@
 """Training one GLASS model from normal images: preparation → optimisation → epochs → validation → finishing
 (see trainer.py for the order, docs/architecture.md for the map)."""
 
-from .trainer import TrainResult, train
+from glass_ad.training.trainer import TrainResult, train
 
 __all__ = ["TrainResult", "train"]

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import GlassConfig
-from ..memory_bank import greedy_coreset
-from ..model import GlassModel
-from .preparation import NormalFeatures
+from glass_ad.config import GlassConfig
+from glass_ad.model.glass_model import GlassModel
+from glass_ad.model.memory_bank import greedy_coreset
+from glass_ad.training.preparation import NormalFeatures
 
 
 @torch.no_grad()

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import gas as gas_module
-from ..config import GlassConfig
-from ..model import GlassModel
-from .distributed import Distributed
-from .preparation import NormalFeatures, SynthesisSetup
-from .step import training_step
+from glass_ad.config import GlassConfig
+from glass_ad.model.glass_model import GlassModel
+from glass_ad.synthesis import gas as gas_module
+from glass_ad.training.distributed import Distributed
+from glass_ad.training.preparation import NormalFeatures, SynthesisSetup
+from glass_ad.training.step import training_step
 
 
 @dataclass

@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import torch
 
-from .. import gas as gas_module
-from ..config import GlassConfig
-from ..losses import bce, las_loss
-from ..model import GlassModel
-from ..precision import choose_precision
+from glass_ad.config import GlassConfig
+from glass_ad.model.glass_model import GlassModel
+from glass_ad.synthesis import gas as gas_module
+from glass_ad.training.losses import bce, las_loss
+from glass_ad.training.precision import choose_precision
 
 
 def use_bf16(precision: str, device: torch.device, dim: int = 432, hidden: int = 1024) -> bool:

@@ -26,19 +26,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import gas as gas_module
-from .. import resume as resume_module
-from ..calibration import calibrate_holdout
-from ..checkpoint import CHECKPOINT_NAME, Calibration, Checkpoint, TrainingRecord
-from ..config import GlassConfig
-from ..model import GlassModel, build_model, resolve_device
-from ..precision import choose_precision
-from ..provenance import provenance
-from .distributed import Distributed
-from .hybrid import build_hybrid_score
-from .loop import make_optimisation, train_one_epoch
-from .preparation import prepare_features, prepare_images, prepare_synthesis
-from .validation import (
+from glass_ad.config import GlassConfig
+from glass_ad.model.calibration import calibrate_holdout
+from glass_ad.model.checkpoint import CHECKPOINT_NAME, Calibration, Checkpoint, TrainingRecord
+from glass_ad.model.glass_model import GlassModel, build_model, resolve_device
+from glass_ad.provenance import provenance
+from glass_ad.synthesis import gas as gas_module
+from glass_ad.training import resume as resume_module
+from glass_ad.training.distributed import Distributed
+from glass_ad.training.hybrid import build_hybrid_score
+from glass_ad.training.loop import make_optimisation, train_one_epoch
+from glass_ad.training.precision import choose_precision
+from glass_ad.training.preparation import prepare_features, prepare_images, prepare_synthesis
+from glass_ad.training.validation import (
     EarlyStopping,
     build_validation_set,
     dead_branch_warning,

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import gas as gas_module
-from ..config import GlassConfig
-from ..las import LocalAnomalySynthesizer
-from ..metrics import image_auroc, pixel_ap, pixel_auroc
-from ..model import GlassModel
-from ..unseen_anomalies import UnseenAnomalySynthesizer
-from .preparation import compute_foreground
+from glass_ad.config import GlassConfig
+from glass_ad.evaluation.metrics import image_auroc, pixel_ap, pixel_auroc
+from glass_ad.model.glass_model import GlassModel
+from glass_ad.synthesis import gas as gas_module
+from glass_ad.synthesis.las import LocalAnomalySynthesizer
+from glass_ad.synthesis.unseen_anomalies import UnseenAnomalySynthesizer
+from glass_ad.training.preparation import compute_foreground
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Data: image decoding, data-set layouts and preprocessing, the generated demo set."""

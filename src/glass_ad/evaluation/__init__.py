@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the streaming evaluator, `glass test`, pictures."""

@@ -1,0 +1,1 @@
+"""Inference and deployment: the Detector, ONNX/OpenVINO export, the torch-free runtime, batch prediction."""

@@ -1,0 +1,172 @@
+"""Inference engines: one interface, several runtimes.
+
+An `Engine` takes prepared uint8 images B×S×S×3 (or whole frames when ``in_graph``: the exported graph
+resizes and crops itself) and returns numpy (raw image scores B, normalised scores B, anomaly maps). The
+torch engine runs the `InferenceGraph` defined here; the ONNX and OpenVINO engines run its export
+(`export.py`, `openvino_export.py`), so all agree. `create_engine` picks one by name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from glass_ad.model.checkpoint import Checkpoint, Normalization, as_checkpoint, checkpoint_path
+from glass_ad.model.glass_model import GlassModel, resolve_device
+
+ENGINES = ("torch", "onnx", "openvino")
+
+
+class Engine(Protocol):
+    name: str
+    in_graph: bool  # True: takes whole frames (preprocessing inside the graph); False: S×S crops
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# The inference graph: what the torch engine runs, and what `export.py` writes as ONNX
+
+
+class InferenceGraph(nn.Module):
+    """uint8 images B×S×S×3 → (raw image score B, normalised score B, anomaly map B×S×S).
+
+    The torch engine of `Detector` runs this module and `export.export_onnx` exports it, so the two agree.
+    """
+
+    def __init__(self, model: GlassModel, normalization: Normalization | dict[str, float]):
+        super().__init__()
+        self.model = model
+        # Plain floats: they become constants of the graph, like the thresholds they come from.
+        if not isinstance(normalization, Normalization):
+            normalization = Normalization.from_dict(normalization)
+        self.normalization = Normalization(float(normalization.center), float(normalization.scale))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        out = self.model(x)
+        return out.image_scores, self.normalization(out.image_scores), out.anomaly_maps
+
+
+def inference_graph(checkpoint: Checkpoint | dict[str, Any], device: str | torch.device = "cpu") -> InferenceGraph:
+    """The evaluation-mode `InferenceGraph` of a checkpoint (fused model, its image normalisation)."""
+    checkpoint = as_checkpoint(checkpoint)
+    model = checkpoint.build_model(device, fuse=True)
+    return InferenceGraph(model, checkpoint.calibration.image_normalization).eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Engines: uint8 B×S×S×3 numpy → (scores B, normalised B, maps B×S×S) numpy
+
+
+class TorchEngine:
+    """The `InferenceGraph` in PyTorch."""
+
+    name = "torch"
+    in_graph = False  # takes S×S crops; Detector resizes and crops
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device):
+        self.device = device
+        self.graph = inference_graph(checkpoint, device)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            out = self.graph(torch.from_numpy(images).to(self.device))
+        return tuple(t.float().cpu().numpy() for t in out)  # type: ignore[return-value]
+
+
+class OnnxEngine:
+    """The exported graph in ONNX Runtime, or its OpenVINO IR (``openvino=True``)."""
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        checkpoint: Checkpoint,
+        threads: int | None = None,
+        providers: str | Sequence[str] | None = "cpu",
+        openvino: bool = False,
+    ):
+        from glass_ad.inference.export import INPUT_NAME, OUTPUT_NAMES, onnx_session, read_metadata
+
+        kind = "openvino" if openvino else "onnx"
+        if not onnx_path.is_file():
+            raise FileNotFoundError(
+                f"no {'OpenVINO' if openvino else 'ONNX'} model at {onnx_path} "
+                f"(create it with `glass export RUN_DIR --format {kind} --out {onnx_path}`)"
+            )
+        if openvino:  # OpenVINO IR, compiled with the f32 precision hint (see openvino_export)
+            from glass_ad.inference.openvino_export import read_metadata as ir_metadata
+            from glass_ad.inference.runtime import OpenVinoSession
+
+            self.name = "openvino"
+            meta = ir_metadata(onnx_path)
+            device = providers if isinstance(providers, str) and providers.upper() in ("CPU", "GPU", "NPU", "AUTO") else "CPU"
+            session = OpenVinoSession(onnx_path, device.upper(), threads)
+        else:
+            meta = read_metadata(onnx_path)
+        check_metadata(meta, checkpoint, onnx_path)
+        # In-graph preprocessing (the default of `glass export`): frames of any size in, maps on the frame out.
+        self.in_graph = meta.get("preprocessing") == "in-graph"
+        self.path = onnx_path
+        self.session = session if openvino else onnx_session(onnx_path, threads, providers)
+        self.input_name, self.output_names = INPUT_NAME, list(OUTPUT_NAMES)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self.session.run(self.output_names, {self.input_name: images})
+        return tuple(np.asarray(o, dtype=np.float32) for o in out)  # type: ignore[return-value]
+
+
+def check_metadata(meta: dict[str, str], checkpoint: Checkpoint, path: Path) -> None:
+    """The ONNX file must come from this checkpoint's model size and normalisation (else: re-export)."""
+    config = checkpoint.config
+    normalization = checkpoint.calibration.image_normalization
+    problems = []
+    if not meta:
+        problems.append("it has no glass_ad metadata (not written by `glass export`)")
+    else:
+        if int(meta.get("image_size", -1)) != config.image_size:
+            problems.append(f"image size {meta.get('image_size')} ≠ {config.image_size}")
+        for key, want in (
+            ("normalization_center", normalization.center),
+            ("normalization_scale", normalization.scale),
+        ):
+            have = float(meta.get(key, "nan"))
+            if not abs(have - want) <= 1e-9 * max(1.0, abs(want)):
+                problems.append(f"{key} {have} ≠ {want}")
+    if problems:
+        raise ValueError(f"ONNX model {path} does not match the checkpoint ({'; '.join(problems)}); re-export it")
+
+
+def create_engine(
+    name: str,
+    run: str | os.PathLike,
+    checkpoint: Checkpoint,
+    *,
+    device: str = "auto",
+    model_path: str | os.PathLike | None = None,
+    threads: int | None = None,
+    providers: str | Sequence[str] | None = "cpu",
+) -> Engine:
+    """The engine `name` for a checkpoint; ONNX/OpenVINO read ``model_path`` (default: the file `glass export`
+    writes beside the checkpoint). ``threads``: intra-op threads of an ONNX Runtime / OpenVINO session (the
+    torch engine's threads are process-wide: the caller's choice)."""
+    if name == "torch":
+        return TorchEngine(checkpoint, resolve_device(device))
+    if name == "onnx":
+        from glass_ad.inference.export import ONNX_NAME
+
+        path = Path(model_path) if model_path is not None else checkpoint_path(run).parent / ONNX_NAME
+        return OnnxEngine(path, checkpoint, threads, providers)
+    if name == "openvino":
+        from glass_ad.inference.openvino_export import XML_NAME
+
+        path = Path(model_path) if model_path is not None else checkpoint_path(run).parent / XML_NAME
+        return OnnxEngine(path, checkpoint, threads, providers, openvino=True)
+    raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")

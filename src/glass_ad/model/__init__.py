@@ -1,0 +1,1 @@
+"""The model: frozen backbone and patch features, adaptor and discriminator, the inference graph, its checkpoint and calibration."""

@@ -1,0 +1,300 @@
+"""Decision thresholds and a normalised score, fixed at training time from held-out normal images.
+
+No defect image is needed: the image threshold is the (1 − target false-alarm rate) quantile of the
+held-out normal images' scores, the pixel threshold the same quantile of their map values. The
+normalised score is a logistic curve fixed by two numbers of the same distribution:
+
+    normalized(s) = 1 / (1 + exp(−(s − t) / τ)),  τ = (t − m) / ln 9
+
+with t the threshold and m the median normal score, so that the median normal image maps to 0.1 and
+the threshold to 0.5. It is monotone, lies in (0, 1), and is the same formula in PyTorch and ONNX.
+
+Optionally (`glass calibrate RUN_DIR --val DIR`), a labelled validation set that is not the test set
+adds a second operating point, the F1-optimal image (and pixel) threshold, stored next to the
+false-alarm one under ``f1_*`` keys; the false-alarm threshold and the normalisation never change.
+
+This module computes; the result is a `checkpoint.Calibration`, stored in and read from the model's
+`checkpoint.Checkpoint` (which also defines the behaviour of a checkpoint without calibration).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from glass_ad.config import GlassConfig
+from glass_ad.data.datasets import ImageDataset, MaskIndex, Preprocessor, Sample, mask_folders
+from glass_ad.data.io import ImageReadError, list_images
+from glass_ad.evaluation.metrics import f1_optimal_threshold, threshold_stats
+from glass_ad.model.checkpoint import LN9, Calibration, Checkpoint, F1Thresholds, Normalization, checkpoint_path
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def holdout_scores(model, images: torch.Tensor, device, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores (N,) and a random sample of pixel-map values of uint8 N×3×S×S images."""
+    model.eval()
+    image_scores, pixel_values = [], []
+    rng = np.random.default_rng(0)
+    for start in range(0, len(images), batch_size):
+        out = model(images[start : start + batch_size].to(device).float() / 255.0)
+        image_scores.append(out.image_scores.cpu().numpy())
+        maps = out.anomaly_maps.cpu().numpy().reshape(len(out.anomaly_maps), -1)
+        take = min(maps.shape[1], 20_000)  # a sample per image keeps memory flat for large sets
+        pixel_values.append(np.take_along_axis(maps, rng.integers(0, maps.shape[1], (len(maps), take)), 1).ravel())
+    return np.concatenate(image_scores), np.concatenate(pixel_values)
+
+
+def logistic_params(normal_scores: np.ndarray, threshold: float) -> dict[str, float]:
+    return logistic_normalization(normal_scores, threshold).to_dict()
+
+
+def logistic_normalization(normal_scores: np.ndarray, threshold: float) -> Normalization:
+    """The curve that maps the median normal score to 0.1 and the threshold to 0.5."""
+    median = float(np.median(normal_scores))
+    spread = (threshold - median) / LN9
+    if not spread > 1e-6:  # degenerate holdout (all scores equal): a narrow but valid curve
+        spread = max(abs(threshold) * 1e-3, 1e-6)
+    return Normalization(float(threshold), float(spread))
+
+
+def normalize_scores(scores, params: Normalization | dict[str, float]):
+    """Monotone map raw → (0, 1) with threshold ↦ 0.5 (numpy arrays or torch tensors)."""
+    normalization = params if isinstance(params, Normalization) else Normalization.from_dict(params)
+    return normalization(scores)
+
+
+def holdout_warning(count: int, rate: float) -> str | None:
+    """A warning when ``count`` held-out images cannot resolve a ``rate`` false-alarm quantile.
+
+    The (1 − rate) quantile of n scores is a real quantile only when n·rate ≥ 1; below that the threshold
+    is simply the largest held-out score, and the false-alarm rate it gives is unknown.
+    """
+    needed = math.ceil(1.0 / rate - 1e-9) if rate > 0 else 0
+    if count >= needed:
+        return None
+    return (
+        f"the {100 * rate:g} % false-alarm threshold comes from only {count} held-out normal images (a {100 * rate:g} % "
+        f"rate needs at least {needed}); it is just their highest score — hold out more images (--holdout), raise "
+        f"--far, or add an F1 threshold with `glass calibrate --val`"
+    )
+
+
+def calibrate_holdout(model, holdout: torch.Tensor, config: GlassConfig, device) -> Calibration:
+    """Thresholds for the target false-alarm rate from held-out normal uint8 images N×3×S×S.
+
+    Too few images for the rate (see `holdout_warning`) is logged as a warning and stored as ``warning``.
+    """
+    image_scores, pixel_values = holdout_scores(model, holdout, device)
+    rate = config.target_false_alarm_rate
+    image_threshold = float(np.quantile(image_scores, 1.0 - rate, method="higher"))
+    pixel_threshold = float(np.quantile(pixel_values, 1.0 - rate, method="higher"))
+    warning = holdout_warning(len(image_scores), rate)
+    if warning:
+        log.warning(warning)
+    return Calibration(
+        method="holdout-normal-quantile",
+        target_false_alarm_rate=rate,
+        holdout_images=int(len(image_scores)),
+        image_threshold=image_threshold,
+        pixel_threshold=pixel_threshold,
+        image_normalization=logistic_normalization(image_scores, image_threshold),
+        pixel_normalization=logistic_normalization(pixel_values, pixel_threshold),
+        holdout_image_scores=tuple(float(s) for s in image_scores),
+        warning=warning,
+    )
+
+
+def calibrate(model, holdout: torch.Tensor, config: GlassConfig, device) -> dict[str, Any]:
+    """`calibrate_holdout` as the plain dict that is stored in the checkpoint (the older API)."""
+    return calibrate_holdout(model, holdout, config, device).to_dict()
+
+
+def resolve_calibration(calibration: Calibration | dict[str, Any] | None) -> dict[str, Any]:
+    """The stored calibration completed with the fallback (`checkpoint.Calibration.from_dict`), as a dict.
+
+    Older API: new code uses `Checkpoint.calibration`, which is always complete.
+    """
+    typed = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
+    return typed.resolved_dict()
+
+
+# ---------------------------------------------------------------------------------------------------
+# F1-optimal thresholds on a labelled validation set (optional, `glass calibrate`).
+#
+# The stored false-alarm threshold needs no defect image. When the user does have labelled images that
+# are *not* the test set, the F1-optimal threshold is a second, separately stored operating point; it
+# never replaces the false-alarm one.
+
+_PIXEL_BINS = 20_000  # maps lie in [0, 1]: a 5e-5 threshold resolution with memory flat in the set size
+_RESERVED_FOLDERS = ("ground_truth", "masks")
+
+
+def load_validation_set(folder: str | os.PathLike) -> tuple[list[Sample], Path]:
+    """Labelled samples of a validation folder, and the folder the images come from.
+
+    ``FOLDER/good/*`` are normal, every other subfolder ``FOLDER/<type>/*`` anomalous. Masks (optional)
+    are ``<stem>_mask.<ext>`` or ``<stem>.<ext>`` in ``FOLDER/<type>/masks``, ``FOLDER/ground_truth/<type>``
+    or ``FOLDER/../ground_truth/<type>``. An MVTec-style root (``FOLDER/test`` without ``FOLDER/good``)
+    means ``FOLDER/test``. A defect image without a mask gets ``mask_path=None``.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"validation folder not found: '{root}'")
+    if not (root / "good").is_dir() and (root / "test").is_dir():
+        root = root / "test"
+    samples: list[Sample] = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if sub.name.lower() in _RESERVED_FOLDERS:
+            continue
+        if sub.name == "good":
+            samples.extend(Sample(path, 0, "good", None) for path in list_images(sub))
+            continue
+        masks = MaskIndex(mask_folders(root, sub.name))
+        for path in list_images(sub):
+            samples.append(Sample(path, 1, sub.name, masks.find(path.stem)))
+    if not any(s.label == 0 for s in samples) or not any(s.label == 1 for s in samples):
+        raise ValueError(
+            f"validation folder '{root}' needs normal images in good/ and defect images in other subfolders "
+            f"(found {sum(s.label == 0 for s in samples)} normal, {sum(s.label == 1 for s in samples)} defect)"
+        )
+    return samples, root
+
+
+def _midpoint_threshold(scores: np.ndarray, threshold: float) -> float:
+    """Move a threshold that sits exactly on a score halfway down to the next lower score.
+
+    Same F1 on the validation set, but a margin on both sides instead of none below.
+    """
+    below = scores[scores < threshold]
+    return float((threshold + below.max()) / 2.0) if below.size else float(threshold)
+
+
+def _pixel_f1_threshold(positive: np.ndarray, negative: np.ndarray) -> tuple[float, float]:
+    """F1-optimal pixel threshold from histograms of map values (bin lower edges over [0, 1])."""
+    # Pixels with bin index >= k are "anomalous" at threshold k / bins (suffix sums).
+    tp = np.cumsum(positive[::-1])[::-1].astype(np.float64)
+    fp = np.cumsum(negative[::-1])[::-1].astype(np.float64)
+    total_pos = float(positive.sum())
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    recall = tp / total_pos if total_pos else np.zeros_like(tp)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    k = int(np.argmax(f1))
+    return k / (len(positive) - 1), float(f1[k])
+
+
+@torch.no_grad()
+def f1_calibration(
+    model,
+    samples: list[Sample],
+    config: GlassConfig,
+    device,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+    bit_depth: int | None = None,
+) -> dict[str, Any]:
+    """F1-optimal image threshold (and pixel threshold, when every defect image has a mask) on labelled
+    validation samples. Images go through the same uint8 preprocessing as training and `Detector`
+    (``bit_depth``: the model's input bit depth for images deeper than 8 bits).
+
+    Unreadable files are skipped (logged, and listed in ``f1_val_skipped_files``); returns the ``f1_*``
+    fields `glass calibrate` stores.
+    """
+    from tqdm.auto import tqdm
+
+    dataset = ImageDataset(samples, Preprocessor.from_config(config), bit_depth=bit_depth)
+    with_pixels = all(s.mask_path is not None for s in samples if s.label == 1)
+    positive = np.zeros(_PIXEL_BINS + 1, dtype=np.int64)
+    negative = np.zeros(_PIXEL_BINS + 1, dtype=np.int64)
+    scores: list[float] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    model.eval()
+
+    def run(batch: list[dict[str, Any]]) -> None:
+        # uint8 round trip: the exact input the deployed model (and the false-alarm calibration) sees.
+        images = torch.stack([(item["image"] * 255.0).round().to(torch.uint8) for item in batch])
+        out = model(images.to(device).float() / 255.0)
+        scores.extend(out.image_scores.cpu().double().tolist())
+        labels.extend(int(item["label"]) for item in batch)
+        if with_pixels:
+            bins = (out.anomaly_maps.cpu().clamp(0.0, 1.0) * _PIXEL_BINS).long().numpy()
+            masks = torch.stack([item["mask"][0] for item in batch]).numpy() > 0.5
+            positive[:] += np.bincount(bins[masks], minlength=_PIXEL_BINS + 1)
+            negative[:] += np.bincount(bins[~masks], minlength=_PIXEL_BINS + 1)
+
+    pending: list[dict[str, Any]] = []
+    for index in tqdm(range(len(dataset)), desc="calibrating", unit="img", disable=not progress):
+        try:
+            pending.append(dataset[index])
+        except ImageReadError as error:
+            log.warning("skipped: %s", error)
+            skipped.append(str(error))
+            continue
+        if len(pending) == batch_size:
+            run(pending)
+            pending = []
+    if pending:
+        run(pending)
+
+    score_array, label_array = np.asarray(scores), np.asarray(labels)
+    if not ((label_array == 0).any() and (label_array == 1).any()):
+        raise ValueError("F1 calibration needs readable normal and defect images")
+    threshold, _ = f1_optimal_threshold(score_array, label_array)
+    threshold = _midpoint_threshold(score_array, threshold)
+    stats = threshold_stats(score_array, label_array, threshold)
+    result: dict[str, Any] = {
+        "f1_method": "validation-f1-optimal",
+        "f1_image_threshold": threshold,
+        "f1_image_f1": stats["f1"],
+        "f1_image_precision": stats["precision"],
+        "f1_image_recall": stats["recall"],
+        "f1_image_false_alarm_rate": stats["false_alarm_rate"],
+        "f1_val_images": int(len(score_array)),
+        "f1_val_anomalous": int(label_array.sum()),
+        "f1_val_skipped": len(skipped),
+        "f1_val_skipped_files": skipped,
+        "f1_pixel_threshold": None,
+        "f1_pixel_f1": None,
+    }
+    if with_pixels and positive.sum() and negative.sum():
+        result["f1_pixel_threshold"], result["f1_pixel_f1"] = _pixel_f1_threshold(positive, negative)
+    return result
+
+
+def calibrate_run(
+    run: str | os.PathLike,
+    val_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Add the F1-optimal thresholds of `val_dir` to the checkpoint of `run` (atomic rewrite).
+
+    Only the F1 operating point changes; the false-alarm threshold and the normalisation stay as they are.
+    Returns the new ``f1_*`` fields (plus ``f1_val_dir``).
+    """
+    from glass_ad.model.glass_model import resolve_device
+
+    samples, root = load_validation_set(val_dir)
+    checkpoint = Checkpoint.load(run)
+    torch_device = resolve_device(device)
+    model = checkpoint.build_model(torch_device)
+    result = f1_calibration(
+        model, samples, checkpoint.config, torch_device, batch_size=batch_size, progress=progress,
+        bit_depth=checkpoint.bit_depth,
+    )  # fmt: skip
+    result["f1_val_dir"] = str(root)
+    checkpoint.calibration = checkpoint.calibration.with_f1(F1Thresholds.from_fields(result))
+    checkpoint.save(checkpoint_path(run))
+    return result

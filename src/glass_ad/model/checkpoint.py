@@ -1,0 +1,783 @@
+"""The trained model's file and contract: `Checkpoint` and its `Calibration`.
+
+This is the only module that reads or writes ``model.pt``. Every command and library entry point (test,
+predict, export, calibrate, info, serve, previews) loads a `Checkpoint` and uses its typed fields:
+
+    checkpoint = Checkpoint.load("runs/mtd")            # every one-line CheckpointError check
+    model = checkpoint.build_model("cpu", fuse=True)    # the trained GlassModel
+    checkpoint.config.image_size                        # GlassConfig, not a dict
+    checkpoint.calibration.operating_point("far")       # thresholds: the same for every command
+    checkpoint.save(path)                               # atomic
+
+On disk a checkpoint is one file of plain tensors, numbers, strings, lists and dicts, loadable with
+``torch.load(weights_only=True)``: `Checkpoint.to_dict` / `Checkpoint.from_dict` convert, no Python object
+is ever pickled. Besides the weights it records its format (``glass-ad/1``), the package version that wrote
+it, the input bit depth rule (`io.declared_bit_depth`; None: by container) and a digest of its settings, so
+that a damaged, foreign, newer or hand-edited file is refused with one line instead of a traceback or a
+silently different model.
+
+A checkpoint without calibration (trained without held-out images) has one documented behaviour,
+`Calibration.fallback()`: the discriminator's own decision boundary, image and pixel threshold 0.5 (its
+output is a probability of "anomalous"), and a normalised score that maps 0 to 0.1 and 0.5 to 0.5 — the
+same numbers for `glass test`, `Detector`, the exported models and their metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
+
+import numpy as np
+import torch
+
+from glass_ad.config import GlassConfig
+from glass_ad.data.io import current_bit_depth
+from glass_ad.model.discriminator import Adaptor
+from glass_ad.model.glass_model import FEATURE_STRIDE, GlassModel, build_model
+from glass_ad.safety import atomic_path
+from glass_ad.synthesis.geometry import FeatureGeometry
+
+if TYPE_CHECKING:
+    from glass_ad.data.datasets import Preprocessor
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "FORMAT_VERSION",
+    "FALLBACK_METHOD",
+    "FALLBACK_THRESHOLD",
+    "BackboneRecord",
+    "Calibration",
+    "Checkpoint",
+    "CheckpointError",
+    "F1Thresholds",
+    "Normalization",
+    "OperatingPoint",
+    "TrainingRecord",
+    "checkpoint_path",
+    "config_digest",
+    # compatibility with the dict API (model.py forwards these names)
+    "checkpoint_bit_depth",
+    "load_model",
+    "make_checkpoint",
+    "model_from_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "glass-ad/1"
+FORMAT_VERSION = 1  # the number in CHECKPOINT_FORMAT; a newer file says which package wrote it
+CHECKPOINT_NAME = "model.pt"
+
+LN9 = math.log(9.0)
+# Without held-out images the only neutral choice is the discriminator's own decision boundary: its output
+# is a probability of "anomalous", so 0.5. The scale puts a score of 0 at 0.1, like a median normal image
+# of a calibrated model.
+FALLBACK_THRESHOLD = 0.5
+FALLBACK_METHOD = "fallback-discriminator-probability"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, foreign, unsafe, newer, edited or inconsistent (one line)."""
+
+
+def _package_version() -> str:
+    from glass_ad import __version__
+
+    return __version__
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """SHA-256 of the settings as stored, to notice a checkpoint whose settings were edited by hand."""
+    text = json.dumps(dict(config), sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def checkpoint_path(run: str | os.PathLike) -> Path:
+    """``RUN_DIR/model.pt`` for a run folder; a file path as it is."""
+    path = Path(run)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Calibration: thresholds and the normalised score (computed by calibration.py, stored here)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The logistic map of raw scores onto (0, 1): ``1 / (1 + exp(−(s − center) / scale))``."""
+
+    center: float
+    scale: float
+
+    def __call__(self, scores):
+        """Monotone raw → (0, 1) with ``center`` ↦ 0.5 (numpy arrays, floats or torch tensors)."""
+        z = (scores - self.center) / self.scale
+        if isinstance(scores, torch.Tensor):
+            return torch.sigmoid(z)
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+    @classmethod
+    def around(cls, threshold: float) -> "Normalization":
+        """The fallback curve for a threshold without held-out scores: 0 ↦ 0.1, threshold ↦ 0.5."""
+        return cls(float(threshold), float(threshold) / LN9)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Normalization":
+        return cls(float(data["center"]), float(data["scale"]))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"center": self.center, "scale": self.scale}
+
+
+@dataclass(frozen=True)
+class F1Thresholds:
+    """The second operating point from `glass calibrate --val` (stored flat under ``f1_*`` keys)."""
+
+    image_threshold: float
+    pixel_threshold: float | None = None
+    method: str | None = None  # "validation-f1-optimal"
+    image_f1: float | None = None
+    image_precision: float | None = None
+    image_recall: float | None = None
+    image_false_alarm_rate: float | None = None
+    val_images: int | None = None
+    val_anomalous: int | None = None
+    val_skipped: int | None = None
+    val_skipped_files: tuple[str, ...] = ()
+    pixel_f1: float | None = None
+    val_dir: str | None = None
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> "F1Thresholds | None":
+        """From the ``f1_*`` keys of a stored calibration; None when it has no F1 image threshold."""
+        if data.get("f1_image_threshold") is None:
+            return None
+        values = {f.name: data[f"f1_{f.name}"] for f in dataclasses.fields(cls) if f"f1_{f.name}" in data}
+        values["val_skipped_files"] = tuple(values.get("val_skipped_files") or ())
+        return cls(**values)
+
+    def to_fields(self) -> dict[str, Any]:
+        out = {f"f1_{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["f1_val_skipped_files"] = list(self.val_skipped_files)
+        if self.val_dir is None:
+            del out["f1_val_dir"]
+        return out
+
+
+class OperatingPoint(NamedTuple):
+    """A decision rule: ``kind`` (``far``, ``f1`` or ``custom``), image threshold, pixel threshold."""
+
+    kind: str
+    image_threshold: float
+    pixel_threshold: float
+
+
+_CALIBRATION_KEYS = (
+    "method", "target_false_alarm_rate", "holdout_images", "image_threshold", "pixel_threshold",
+    "image_normalization", "pixel_normalization", "holdout_image_scores", "warning",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The model's thresholds and normalised score (see calibration.py for how they are computed).
+
+    Always complete: a checkpoint without calibration gets `Calibration.fallback()` (``is_fallback``), a
+    partial one is completed field by field the same way. ``f1``: the optional F1 operating point.
+    """
+
+    image_threshold: float
+    pixel_threshold: float
+    image_normalization: Normalization
+    pixel_normalization: Normalization
+    method: str | None = None
+    target_false_alarm_rate: float | None = None
+    holdout_images: int | None = None
+    holdout_image_scores: tuple[float, ...] = ()
+    warning: str | None = None
+    f1: F1Thresholds | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as stored
+
+    @classmethod
+    def fallback(cls) -> "Calibration":
+        """The documented behaviour of a checkpoint without calibration (module docstring)."""
+        return cls.from_dict(None)
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.method == FALLBACK_METHOD
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any] | None) -> "Calibration":
+        """A stored calibration (``{}`` or None: none), completed with the fallback where a field is missing."""
+        data = dict(stored or {})
+        method = data.get("method")
+        if data.get("image_threshold") is None:
+            method = FALLBACK_METHOD
+            image_threshold = FALLBACK_THRESHOLD
+        else:
+            image_threshold = float(data["image_threshold"])
+        pixel = data.get("pixel_threshold")
+        pixel_threshold = float(pixel) if pixel is not None else FALLBACK_THRESHOLD
+        image_norm, pixel_norm = data.get("image_normalization"), data.get("pixel_normalization")
+        rate, count = data.get("target_false_alarm_rate"), data.get("holdout_images")
+        return cls(
+            image_threshold=image_threshold,
+            pixel_threshold=pixel_threshold,
+            image_normalization=Normalization.from_dict(image_norm) if image_norm else Normalization.around(image_threshold),
+            pixel_normalization=Normalization.from_dict(pixel_norm) if pixel_norm else Normalization.around(pixel_threshold),
+            method=method,
+            target_false_alarm_rate=float(rate) if rate is not None else None,
+            holdout_images=int(count) if count is not None else None,
+            holdout_image_scores=tuple(float(s) for s in data.get("holdout_image_scores") or ()),
+            warning=data.get("warning"),
+            f1=F1Thresholds.from_fields(data),
+            extra={k: v for k, v in data.items() if k not in _CALIBRATION_KEYS and not k.startswith("f1_")},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form: plain numbers, strings and lists; a fallback stores no false-alarm fields."""
+        out: dict[str, Any] = {}
+        if not self.is_fallback:
+            out = {
+                "method": self.method,
+                "target_false_alarm_rate": self.target_false_alarm_rate,
+                "holdout_images": self.holdout_images,
+                "image_threshold": self.image_threshold,
+                "pixel_threshold": self.pixel_threshold,
+                "image_normalization": self.image_normalization.to_dict(),
+                "pixel_normalization": self.pixel_normalization.to_dict(),
+                "holdout_image_scores": list(self.holdout_image_scores) if self.holdout_image_scores else None,
+            }
+            out = {k: v for k, v in out.items() if v is not None}
+            if self.warning:
+                out["warning"] = self.warning
+        if self.f1 is not None:
+            out.update(self.f1.to_fields())
+        out.update(self.extra)
+        return out
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """Every field, the fallback's included: the dict `calibration.resolve_calibration` returned."""
+        method = {"method": self.method} if self.method is not None else {}
+        return {
+            **self.to_dict(),
+            **method,
+            "image_threshold": self.image_threshold,
+            "pixel_threshold": self.pixel_threshold,
+            "image_normalization": self.image_normalization.to_dict(),
+            "pixel_normalization": self.pixel_normalization.to_dict(),
+        }
+
+    def with_f1(self, f1: F1Thresholds | None) -> "Calibration":
+        """The same calibration with another F1 operating point (the false-alarm one never changes)."""
+        return dataclasses.replace(self, f1=f1)
+
+    def operating_point(self, threshold: str | float = "far") -> OperatingPoint:
+        """``"far"``: the false-alarm thresholds (the fallback's 0.5 without calibration); ``"f1"``: the F1
+        thresholds of `glass calibrate` (pixel: the false-alarm one when no mask was given); a number: that
+        raw image score with the false-alarm pixel threshold. ValueError for anything else."""
+        if isinstance(threshold, str) and threshold.lower() == "far":
+            return OperatingPoint("far", self.image_threshold, self.pixel_threshold)
+        if isinstance(threshold, str) and threshold.lower() == "f1":
+            if self.f1 is None:
+                raise ValueError("this checkpoint has no F1 threshold; add one with `glass calibrate RUN_DIR --val DIR`")
+            pixel = self.f1.pixel_threshold
+            return OperatingPoint("f1", float(self.f1.image_threshold), float(pixel if pixel is not None else self.pixel_threshold))
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold must be 'far', 'f1' or a number, got {threshold!r}") from None
+        return OperatingPoint("custom", value, self.pixel_threshold)
+
+    def heat_range(self, pixel_threshold: float | None = None) -> tuple[float, float]:
+        """The model's one colour scale (`visualize.heat_range`), around ``pixel_threshold`` (default: the
+        false-alarm one) — `glass predict`, `glass test` and `glass preview` pictures all use it."""
+        from glass_ad.evaluation.visualize import heat_range
+
+        chosen = self.pixel_threshold if pixel_threshold is None else pixel_threshold
+        return heat_range({**self.resolved_dict(), "pixel_threshold": chosen})
+
+
+# ---------------------------------------------------------------------------------------------------
+# The other typed parts of a checkpoint
+
+
+@dataclass(frozen=True)
+class BackboneRecord:
+    """The frozen backbone the weights were trained on: name, stages, and the channels they gave."""
+
+    name: str
+    layers: tuple[str, ...]
+    channels: tuple[int, ...]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BackboneRecord":
+        return cls(str(data["name"]), tuple(str(v) for v in data["layers"]), tuple(int(c) for c in data["channels"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "layers": list(self.layers), "channels": list(self.channels)}
+
+
+_TRAINING_KEYS = (
+    "data_root", "category", "train_images", "holdout_images", "holdout_paths", "epochs_run", "best_epoch",
+    "wall_time_s", "precision", "processes", "history",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """How the model was trained (absent fields: None; an empty record for library-built checkpoints)."""
+
+    data_root: str | None = None
+    category: str | None = None
+    train_images: int | None = None
+    holdout_images: int | None = None
+    holdout_paths: tuple[str, ...] = ()
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+    wall_time_s: float | None = None
+    precision: str | None = None
+    processes: int = 1  # data-parallel ranks (torchrun); 1: one process
+    history: tuple[dict[str, Any], ...] = ()  # one record per epoch (losses, separations, validation)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    recorded: bool = True  # False: the file had no training entry
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "TrainingRecord":
+        if not data:
+            return cls(recorded=data is not None)
+        values = {k: data[k] for k in _TRAINING_KEYS if k in data}
+        values["holdout_paths"] = tuple(str(p) for p in values.get("holdout_paths") or ())
+        values["history"] = tuple(dict(r) for r in values.get("history") or ())
+        return cls(**values, extra={k: v for k, v in data.items() if k not in _TRAINING_KEYS})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in _TRAINING_KEYS}
+        out["holdout_paths"] = list(self.holdout_paths)
+        out["history"] = [dict(r) for r in self.history]
+        return {**out, **self.extra}
+
+    def summary(self) -> dict[str, Any]:
+        """The record without the per-epoch history and the held-out file list (`glass info`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("history", "holdout_paths")}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoint
+
+
+_REQUIRED = ("config", "backbone", "embed_dim", "feature_scale", "adaptor", "discriminator")
+# Top-level keys with a typed field; anything else is kept in `Checkpoint.extra` and written back.
+_KNOWN = (
+    *_REQUIRED, "format", "package_version", "config_digest", "input", "memory_bank", "hybrid_norm", "calibration",
+    "training", "hypothesis", "spectrum", "foreground", "centre", "geometry", "provenance",
+)  # fmt: skip
+
+
+def _tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+@dataclass
+class Checkpoint:
+    """Everything a trained model is: settings, weights, calibration, training record, provenance.
+
+    Build one with `from_model` (training) or `load` (a file); `build_model` gives the `GlassModel`.
+    """
+
+    config: GlassConfig
+    backbone: BackboneRecord
+    embed_dim: int
+    feature_scale: float
+    discriminator: dict[str, torch.Tensor]
+    adaptor: dict[str, torch.Tensor] | None = None
+    memory_bank: torch.Tensor | None = None  # the hybrid score's bank of normal patch vectors
+    hybrid_norm: tuple[float, ...] = (0.0, 1.0, 0.0, 1.0)
+    calibration: Calibration = field(default_factory=Calibration.fallback)
+    training: TrainingRecord = field(default_factory=TrainingRecord)
+    hypothesis: str | None = None  # "manifold" or "hypersphere"
+    spectrum: dict[str, Any] | None = None  # the GLASS-j spectrogram statistics
+    foreground: bool | None = None  # whether LAS used foreground masks
+    centre: torch.Tensor | None = None  # P×D mean adapted normal feature (hypersphere GAS)
+    geometry: FeatureGeometry | None = None
+    provenance: dict[str, Any] | None = None  # provenance.provenance(): versions, data fingerprint
+    bit_depth: int | None = None  # input bit depth declared at training (None: each file's own depth)
+    format: str = CHECKPOINT_FORMAT
+    package_version: str | None = None
+    config_digest: str | None = None
+    stored_config: dict[str, Any] | None = None  # the settings exactly as stored (their digest is of these)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_model(
+        cls,
+        model: GlassModel,
+        config: GlassConfig,
+        *,
+        calibration: Calibration | Mapping[str, Any] | None = None,
+        training: TrainingRecord | Mapping[str, Any] | None = None,
+        hypothesis: str | None = None,
+        spectrum: Mapping[str, Any] | None = None,
+        foreground: bool | None = None,
+        centre: torch.Tensor | None = None,
+        geometry: FeatureGeometry | Mapping[str, Any] | None = None,
+        provenance: Mapping[str, Any] | None = None,
+        bit_depth: int | None = None,
+        **extra: Any,
+    ) -> "Checkpoint":
+        """The checkpoint of a trained model; ``bit_depth`` defaults to the depth declared around training
+        (`io.current_bit_depth`), ``calibration`` to `Calibration.fallback()`."""
+        if not isinstance(calibration, Calibration):
+            calibration = Calibration.from_dict(calibration)
+        if not isinstance(training, TrainingRecord):
+            training = TrainingRecord.from_dict(training)
+        if geometry is not None and not isinstance(geometry, FeatureGeometry):
+            geometry = FeatureGeometry.from_dict(geometry)
+        adaptor = model.adaptor.state_dict() if isinstance(model.adaptor, Adaptor) else None
+        return cls(
+            config=config,
+            backbone=BackboneRecord(model.backbone.name, tuple(model.backbone.layers), tuple(model.aggregator.channels)),
+            embed_dim=int(model.embed_dim),
+            feature_scale=float(model.feature_scale),
+            discriminator=_tensors(model.discriminator.state_dict()),
+            adaptor=_tensors(adaptor) if adaptor else None,
+            memory_bank=model.memory_bank.bank.detach().cpu() if model.memory_bank is not None else None,
+            hybrid_norm=tuple(float(v) for v in model.hybrid_norm),
+            calibration=calibration,
+            training=training,
+            hypothesis=hypothesis,
+            spectrum=dict(spectrum) if spectrum is not None else None,
+            foreground=foreground,
+            centre=centre.detach().cpu() if centre is not None else None,
+            geometry=geometry,
+            provenance=dict(provenance) if provenance is not None else None,
+            bit_depth=current_bit_depth() if bit_depth is None else int(bit_depth),
+            package_version=_package_version(),
+            extra=dict(extra),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Checkpoint":
+        """The typed checkpoint of a stored (already checked) plain dict."""
+        geometry, extra = data.get("geometry"), {k: v for k, v in data.items() if k not in _KNOWN}
+        typed_geometry = None
+        if isinstance(geometry, FeatureGeometry):
+            typed_geometry = geometry
+        elif geometry is not None:
+            try:
+                typed_geometry = FeatureGeometry.from_dict(geometry)
+            except (KeyError, TypeError, ValueError):  # an older record: kept as stored
+                extra["geometry"] = geometry
+        depth = (data.get("input") or {}).get("bit_depth")
+        stored_config = dict(data["config"])
+        return cls(
+            config=GlassConfig.from_dict(stored_config),
+            backbone=BackboneRecord.from_dict(data["backbone"]),
+            embed_dim=int(data["embed_dim"]),
+            feature_scale=float(data["feature_scale"]),
+            discriminator=dict(data["discriminator"]),
+            adaptor=dict(data["adaptor"]) if data.get("adaptor") is not None else None,
+            memory_bank=data.get("memory_bank"),
+            hybrid_norm=tuple(float(v) for v in data.get("hybrid_norm") or (0.0, 1.0, 0.0, 1.0)),
+            calibration=Calibration.from_dict(data.get("calibration")),
+            training=TrainingRecord.from_dict(data.get("training")),
+            hypothesis=data.get("hypothesis"),
+            spectrum=data.get("spectrum"),
+            foreground=data.get("foreground"),
+            centre=data.get("centre"),
+            geometry=typed_geometry,
+            provenance=data.get("provenance"),
+            bit_depth=int(depth) if depth is not None else None,
+            format=str(data.get("format", CHECKPOINT_FORMAT)),
+            package_version=data.get("package_version"),
+            config_digest=data.get("config_digest"),
+            stored_config=stored_config,
+            extra=extra,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict written to disk (tensors, numbers, strings, lists, dicts only)."""
+        if self.stored_config is not None and GlassConfig.from_dict(self.stored_config) == self.config:
+            config, digest = dict(self.stored_config), self.config_digest  # as stored: the digest still holds
+        else:
+            config = self.config.to_dict()
+            digest = config_digest(config)
+        out: dict[str, Any] = {"format": self.format}
+        if self.package_version is not None:
+            out["package_version"] = self.package_version
+        out["config"] = config
+        if digest is not None:
+            out["config_digest"] = digest
+        out.update(
+            {
+                "input": {"bit_depth": self.bit_depth},
+                "backbone": self.backbone.to_dict(),
+                "embed_dim": self.embed_dim,
+                "feature_scale": self.feature_scale,
+                "adaptor": self.adaptor,
+                "discriminator": self.discriminator,
+                "memory_bank": self.memory_bank,
+                "hybrid_norm": [float(v) for v in self.hybrid_norm],
+                "hypothesis": self.hypothesis,
+                "spectrum": self.spectrum,
+                "foreground": self.foreground,
+                "centre": self.centre,
+                "geometry": self.geometry.to_dict() if self.geometry is not None else None,
+                "provenance": self.provenance,
+                "calibration": self.calibration.to_dict(),
+            }
+        )
+        if self.training.recorded:
+            out["training"] = self.training.to_dict()
+        out.update(self.extra)
+        return out
+
+    # ---------------------------------------------------------------------------------------- file
+
+    @classmethod
+    def load(cls, run: str | os.PathLike) -> "Checkpoint":
+        """The checkpoint of a run folder (or file), checked: CheckpointError (one line) when it cannot be
+        used; FileNotFoundError when there is none."""
+        path = checkpoint_path(run)
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path} (train one with `glass train DATA --out RUN_DIR`)")
+        data = _check_structure(_load_plain(path), path)
+        _check_consistency(data, path)
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            detail = " ".join(str(error).split())[:200] or type(error).__name__
+            raise CheckpointError(f"checkpoint {path} is damaged: an entry has the wrong type ({detail}); retrain, or restore it from a copy") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (a unique temporary file, then a rename): a crash mid-write never leaves a
+        truncated checkpoint behind. ``path``: a run folder or a file."""
+        path = Path(path)
+        path = path / CHECKPOINT_NAME if path.is_dir() else path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(self.to_dict(), tmp)
+        return path
+
+    # -------------------------------------------------------------------------------------- model
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def fit(self) -> str:
+        """The fit chosen at training time (datasets.resolve_fit: "auto" only remains in hand-made configs)."""
+        from glass_ad.data.datasets import resolve_fit
+
+        return resolve_fit(self.config.fit)
+
+    def preprocessor(self) -> "Preprocessor":
+        """The resize + crop of training, for images of any size."""
+        from glass_ad.data.datasets import Preprocessor
+
+        return Preprocessor.from_config(self.config)
+
+    def build_model(self, device: str | torch.device = "cpu", *, fuse: bool = False) -> GlassModel:
+        """The trained model in eval mode; ``fuse=True`` folds the affine layers for faster inference.
+
+        Raises CheckpointError (one line) when the backbone cannot be built or does not give the channels the
+        weights were trained on, or when the weights do not fit the described model.
+        """
+        config = self.config.replace(layers=tuple(self.backbone.layers), embed_dim=self.embed_dim)
+        stored, name = list(self.backbone.channels), self.backbone.name
+        try:
+            model = build_model(config, channels=stored)
+        except Exception as error:  # unknown backbone, missing weights package, bad layer names …
+            detail = " ".join(str(error).split()) or type(error).__name__
+            raise CheckpointError(f"cannot build the checkpoint's backbone '{name}': {detail}") from None
+        actual = model.backbone.channels()
+        if actual != stored:
+            raise CheckpointError(
+                f"the checkpoint's weights were trained on {stored} channels of backbone '{name}' (layers "
+                f"{', '.join(config.layers)}), but its settings' backbone '{config.backbone}' gives {actual}; use the "
+                f"backbone and weights it was trained with, or retrain"
+            )
+        model.feature_scale.fill_(self.feature_scale)
+        try:
+            if self.adaptor is not None:
+                model.adaptor.load_state_dict(self.adaptor)
+            model.discriminator.load_state_dict(self.discriminator)
+            if self.memory_bank is not None:  # hybrid score
+                model.set_memory_bank(self.memory_bank, self.hybrid_norm)
+        except (RuntimeError, KeyError, AttributeError, TypeError) as error:
+            first = " ".join(str(error).split())[:200]
+            raise CheckpointError(
+                f"the checkpoint's weights do not fit the model its settings describe (backbone '{name}', patch width "
+                f"{self.embed_dim}): {first}"
+            ) from None
+        model = model.to(device).eval()
+        return model.fuse_() if fuse else model
+
+
+def as_checkpoint(value: Checkpoint | Mapping[str, Any]) -> Checkpoint:
+    """A `Checkpoint` from a typed one (as it is) or a plain checkpoint dict (the older API)."""
+    return value if isinstance(value, Checkpoint) else Checkpoint.from_dict(value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The checks of a stored file (each failure: one CheckpointError line)
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (or, in old versions, a pickle starting with its protocol byte)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return True  # let torch.load report the read error
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
+def _load_plain(path: Path) -> Any:
+    """torch.load with weights_only=True, every failure turned into one CheckpointError line."""
+    restore = "retrain, or restore the file from a copy"
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from error
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write was cut off; {restore}")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(
+            f"{path} is not a glass-ad checkpoint (not a PyTorch tensor file; an ONNX model, text, image or other file?)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" in str(error):
+            raise CheckpointError(
+                f"refused to load {path}: it contains Python objects, not only tensors and numbers, and loading "
+                f"them could run code; glass-ad checkpoints never do — use one written by `glass train`"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a glass-ad checkpoint (not a PyTorch tensor file; an ONNX model, JSON or other file?)"
+        ) from None
+    except PermissionError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: permission denied") from error
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as error:
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(error).__name__}); {restore}") from None
+
+
+def _check_structure(checkpoint: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a glass-ad checkpoint (it holds a {type(checkpoint).__name__}, not a checkpoint)")
+    fmt = checkpoint.get("format")
+    if not isinstance(fmt, str) or not fmt.startswith("glass-ad/"):
+        hint = " (a bare state dict?)" if fmt is None else ""
+        raise CheckpointError(f"{path} is not a glass-ad checkpoint: no '{CHECKPOINT_FORMAT}' format entry{hint}")
+    written_by = checkpoint.get("package_version", "unknown")
+    try:
+        version = int(fmt.split("/", 1)[1])
+    except ValueError:
+        raise CheckpointError(f"{path} has an unknown checkpoint format '{fmt}'") from None
+    if version != FORMAT_VERSION:
+        newer = version > FORMAT_VERSION
+        raise CheckpointError(
+            f"{path} is in checkpoint format {fmt} (written by glass-ad {written_by}); glass-ad {_package_version()} "
+            f"reads {CHECKPOINT_FORMAT}: "
+            + ("upgrade glass-ad (pip install -U glass-ad)" if newer else f"retrain with glass-ad {_package_version()}")
+        )
+    missing = [key for key in _REQUIRED if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}; retrain, or restore it from a copy")
+    backbone = checkpoint["backbone"]
+    if not isinstance(backbone, dict) or not {"name", "layers", "channels"} <= set(backbone):
+        raise CheckpointError(f"checkpoint {path} is incomplete: the backbone entry lacks name, layers or channels")
+    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["discriminator"], dict):
+        raise CheckpointError(f"checkpoint {path} is damaged: config and discriminator must be tables")
+    return checkpoint
+
+
+def _check_consistency(checkpoint: dict[str, Any], path: Path) -> None:
+    """Settings that disagree with the stored weights (an edited file) are refused, not used silently."""
+    stored = checkpoint.get("config_digest")
+    if stored is not None and stored != config_digest(checkpoint["config"]):
+        raise CheckpointError(
+            f"the settings in {path} were changed after training (they no longer match the digest written with "
+            f"the weights); restore the original file, or retrain with the settings you want"
+        )
+    try:
+        config = GlassConfig.from_dict(checkpoint["config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} has unreadable settings ({error})") from None
+    centre = checkpoint.get("centre")
+    if isinstance(centre, torch.Tensor) and centre.ndim == 2:
+        grid = int(math.isqrt(centre.shape[0]))
+        if grid * FEATURE_STRIDE != config.image_size:
+            raise CheckpointError(
+                f"{path} says image_size {config.image_size}, but its weights were trained at {grid * FEATURE_STRIDE} px; "
+                f"the file was edited — restore it or retrain"
+            )
+    dim = int(checkpoint["embed_dim"])
+    first = checkpoint["discriminator"].get("body.0.weight", checkpoint["discriminator"].get("tail.0.weight"))
+    if isinstance(first, torch.Tensor) and first.ndim == 2 and first.shape[1] != dim:
+        raise CheckpointError(
+            f"{path} says patch width (embed_dim) {dim}, but its discriminator takes {first.shape[1]}; "
+            f"the file was edited or damaged — restore it or retrain"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The older dict API, kept so that existing callers run unchanged (model.py forwards these names).
+# New code uses `Checkpoint` directly.
+
+
+def make_checkpoint(model: GlassModel, config: GlassConfig, **parts: Any) -> Checkpoint:
+    """`Checkpoint.from_model` under its older name (keyword parts as there; unknown ones are kept)."""
+    return Checkpoint.from_model(model, config, **parts)
+
+
+def save_checkpoint(checkpoint: Checkpoint | Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """`Checkpoint.save` for a typed checkpoint or a plain checkpoint dict (written as it is)."""
+    if isinstance(checkpoint, Checkpoint):
+        return checkpoint.save(path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(dict(checkpoint), tmp)
+    return path
+
+
+def read_checkpoint(run: str | os.PathLike) -> dict[str, Any]:
+    """`Checkpoint.load`, as the plain dict that is stored."""
+    return Checkpoint.load(run).to_dict()
+
+
+def checkpoint_bit_depth(checkpoint: Checkpoint | Mapping[str, Any]) -> int | None:
+    """The input bit depth recorded at training (None: each file's container depth)."""
+    return as_checkpoint(checkpoint).bit_depth
+
+
+def model_from_checkpoint(
+    checkpoint: Checkpoint | Mapping[str, Any], device: str | torch.device = "cpu", *, fuse: bool = False
+) -> GlassModel:
+    """`Checkpoint.build_model` for a typed checkpoint or a plain checkpoint dict."""
+    return as_checkpoint(checkpoint).build_model(device, fuse=fuse)
+
+
+def load_model(
+    run: str | os.PathLike, device: str | torch.device = "cpu", *, fuse: bool = False
+) -> tuple[GlassModel, dict[str, Any]]:
+    """The trained model of a run folder or checkpoint file, and the checkpoint as a plain dict."""
+    checkpoint = Checkpoint.load(run)
+    return checkpoint.build_model(device, fuse=fuse), checkpoint.to_dict()

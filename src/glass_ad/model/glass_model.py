@@ -1,0 +1,220 @@
+"""`GlassModel`: the network from image to anomaly map and image score (its file: checkpoint.py).
+
+image (B×3×S×S, floats in [0, 1]) → frozen backbone → patch aggregation → feature scale → adaptor A →
+discriminator D → patch scores (B×h×w) → bilinear upsample to S×S → Gaussian smoothing (σ = 4) = anomaly
+map; image score = max of the unsmoothed patch scores.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glass_ad.config import GlassConfig
+from glass_ad.model.backbones import FrozenBackbone, create_backbone
+from glass_ad.model.discriminator import Adaptor, Discriminator
+from glass_ad.model.features import PatchAggregator, default_embed_dim
+from glass_ad.model.memory_bank import MemoryBank
+
+FEATURE_STRIDE = 8
+
+
+class GaussianBlur(nn.Module):
+    """Separable Gaussian smoothing with a fixed kernel (truncated at 4σ like scipy.ndimage)."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.sigma = float(sigma)
+        radius = max(1, int(4.0 * sigma + 0.5))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+        self.radius = radius
+        self.register_buffer("kernel", (kernel / kernel.sum()), persistent=False)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:  # B×1×H×W
+        return self.along_height(self.along_width(maps))
+
+    def along_width(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.sigma <= 0:
+            return maps
+        r = self.radius
+        return F.conv2d(F.pad(maps, (r, r, 0, 0), mode="reflect"), self.kernel.to(maps.dtype).view(1, 1, 1, -1))
+
+    def along_height(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.sigma <= 0:
+            return maps
+        r = self.radius
+        return F.conv2d(F.pad(maps, (0, 0, r, r), mode="reflect"), self.kernel.to(maps.dtype).view(1, 1, -1, 1))
+
+
+class ScoreMap(nn.Module):
+    """h×h patch scores → S×S anomaly map: bilinear upsampling, then Gaussian smoothing.
+
+    Both steps are separable linear maps, so along each axis together they are one fixed S×h matrix K,
+    and the map is K·P·Kᵀ: the same numbers as interpolate + two 1-D convolutions (tests/test_model.py),
+    two small matrix products instead of a 33-tap single-channel convolution over every pixel.
+    """
+
+    def __init__(self, grid: int, size: int, sigma: float):
+        super().__init__()
+        basis = torch.eye(grid).view(grid, 1, grid, 1)  # one patch row per sample, width 1
+        columns = F.interpolate(basis, size=(size, 1), mode="bilinear", align_corners=False)
+        columns = GaussianBlur(sigma).along_height(columns)  # grid×1×S×1
+        self.register_buffer("matrix", columns.view(grid, size).T.contiguous(), persistent=False)
+
+    def forward(self, patch_scores: torch.Tensor) -> torch.Tensor:  # B×h×h → B×S×S
+        return self.matrix @ patch_scores @ self.matrix.T
+
+
+class GlassOutput(NamedTuple):
+    image_scores: torch.Tensor  # B
+    anomaly_maps: torch.Tensor  # B×S×S (smoothed)
+    patch_scores: torch.Tensor  # B×h×w
+
+
+class GlassModel(nn.Module):
+    """Backbone + aggregation + adaptor + discriminator + map post-processing."""
+
+    def __init__(
+        self,
+        backbone: FrozenBackbone,
+        aggregator: PatchAggregator,
+        discriminator: Discriminator,
+        adaptor: Adaptor | None,
+        *,
+        image_size: int,
+        feature_scale: float = 1.0,
+        smoothing_sigma: float = 4.0,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.aggregator = aggregator
+        self.adaptor = adaptor if adaptor is not None else nn.Identity()
+        self.discriminator = discriminator
+        self.image_size = int(image_size)
+        self.register_buffer("feature_scale", torch.tensor(float(feature_scale)))
+        self.score_map = ScoreMap(self.grid, self.image_size, smoothing_sigma)
+        # Optional hybrid score (`score="hybrid"`): a bank of normal patch vectors, and the mean and std
+        # of the discriminator logit and of the nearest-neighbour distance on held-out normal patches.
+        self.memory_bank: MemoryBank | None = None
+        self.register_buffer("hybrid_norm", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+
+    def set_memory_bank(self, bank: torch.Tensor | None, norm: Sequence[float] | None = None) -> None:
+        """Turn the hybrid score on (`bank` = M×D scaled normal patch vectors) or off (None)."""
+        self.memory_bank = MemoryBank(bank).to(self.feature_scale.device) if bank is not None else None
+        if norm is not None:
+            self.hybrid_norm.copy_(torch.tensor([float(v) for v in norm]))
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // FEATURE_STRIDE
+
+    @property
+    def embed_dim(self) -> int:
+        return self.aggregator.embed_dim
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled patch features before the adaptor: B×P×D (the part that never changes in training)."""
+        return self.aggregator(self.backbone(images)) * self.feature_scale
+
+    def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """B×P×D features → B×h×w discriminator scores (hybrid scores when a memory bank is set)."""
+        b, p, d = features.shape
+        rows = features.reshape(b * p, d)
+        if self.memory_bank is None:
+            scores = self.discriminator(self.adaptor(rows))
+        else:
+            scores = self.hybrid_parts(rows).sum(dim=1) * 0.5
+        side = int(math.isqrt(p))
+        return scores.view(b, side, side)
+
+    def hybrid_parts(self, rows: torch.Tensor) -> torch.Tensor:
+        """N×2: standardised discriminator logit and nearest-neighbour distance of N patch vectors."""
+        logits = self.discriminator.logits(self.adaptor(rows)).flatten()
+        distances = self.memory_bank(rows) if self.memory_bank is not None else torch.zeros_like(logits)
+        mean_logit, std_logit, mean_distance, std_distance = self.hybrid_norm.unbind(0)
+        return torch.stack([(logits - mean_logit) / std_logit, (distances - mean_distance) / std_distance], dim=1)
+
+    def postprocess(self, patch_scores: torch.Tensor) -> GlassOutput:
+        maps = self.score_map(patch_scores)
+        image_scores = patch_scores.flatten(1).amax(dim=1)
+        return GlassOutput(image_scores, maps, patch_scores)
+
+    def forward(self, images: torch.Tensor) -> GlassOutput:
+        return self.postprocess(self.patch_scores(self.features(images)))
+
+    @torch.no_grad()
+    def fuse_(self) -> "GlassModel":
+        """Inference only: fold feature scale, adaptor and D's first batch norm into D's first Linear.
+
+        All four are affine maps in eval mode, so one Linear computes the same scores (up to float
+        rounding) without the adaptor's D×D product per patch. Training must use an unfused model.
+        """
+        body = self.discriminator.body
+        if len(body) < 2 or not isinstance(body[1], nn.BatchNorm1d):
+            return self
+        first, norm = body[0], body[1]
+        weight, bias = first.weight.clone(), first.bias.clone()
+        if isinstance(self.adaptor, Adaptor):
+            bias = weight @ self.adaptor.linear.bias + bias
+            weight = weight @ self.adaptor.linear.weight
+        weight = weight * self.feature_scale
+        if self.memory_bank is not None:  # distances of unscaled features: bank and its statistics / scale
+            scale = float(self.feature_scale)
+            self.memory_bank.rescale_(1.0 / scale)
+            self.hybrid_norm[2:] /= scale
+        gain = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        fused = nn.Linear(weight.shape[1], weight.shape[0]).to(weight.device)
+        fused.weight.copy_(weight * gain[:, None])
+        fused.bias.copy_((bias - norm.running_mean) * gain + norm.bias)
+        self.discriminator.body = nn.Sequential(fused, *list(body)[2:])
+        self.adaptor = nn.Identity()
+        self.feature_scale.fill_(1.0)
+        return self.eval()
+
+
+def build_model(config: GlassConfig, *, channels: list[int] | None = None) -> GlassModel:
+    """A fresh (untrained) model for `config`; loads the backbone's pretrained weights."""
+    backbone = create_backbone(config.backbone, config.layers, config.weights)
+    channels = channels or backbone.channels()
+    embed_dim = config.embed_dim or default_embed_dim(channels, config.patch_size)
+    aggregator = PatchAggregator(channels, embed_dim, config.patch_size)
+    adaptor = Adaptor(embed_dim) if config.adaptor else None
+    discriminator = Discriminator(embed_dim, config.dsc_hidden, config.dsc_layers)
+    return GlassModel(
+        backbone,
+        aggregator,
+        discriminator,
+        adaptor,
+        image_size=config.image_size,
+        smoothing_sigma=config.smoothing_sigma,
+    )
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# The checkpoint (file, typed contract, older dict functions) lives in checkpoint.py, which builds on this
+# module; these names are forwarded so that `from glass_ad.model.glass_model import read_checkpoint` keeps working.
+_MOVED_TO_CHECKPOINT = frozenset(
+    {
+        "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "FORMAT_VERSION", "CheckpointError", "checkpoint_bit_depth",
+        "checkpoint_path", "config_digest", "load_model", "make_checkpoint", "model_from_checkpoint",
+        "read_checkpoint", "save_checkpoint",
+    }
+)  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_CHECKPOINT:
+        from glass_ad.model import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,310 @@
+"""Resumable training: the state of the last completed epoch, and interrupts that end cleanly.
+
+After every epoch `train` writes ``RUN/train_state.pt`` (atomically: a unique temporary file renamed over
+the old one) holding everything the next epoch depends on: the adaptor and discriminator weights (with
+batch-norm statistics), the optimiser and learning-rate scheduler states, every random state the loop
+draws from (the numpy generator, the torch generator, the global torch RNG, CUDA's when training there),
+the early-stopping state, the best weights and their epoch, the history and the training arithmetic.
+``train(..., resume=True)`` (``glass train --resume``) redoes the deterministic set-up (decoding, feature
+cache, geometry, validation set), then restores that state right before the next epoch, so the resumed
+run ends with the same model as an uninterrupted one with the same seed. The file is removed once the
+checkpoint is written.
+
+The file holds only tensors, numbers, strings, lists and dicts: it loads with ``torch.load(...,
+weights_only=True)``. A resume whose settings differ from the interrupted run's is refused (only
+``epochs`` — with a constant learning rate, not below the epochs done — and ``num_threads`` may change).
+
+:func:`interruptible` turns SIGINT/SIGTERM into :class:`TrainingInterrupted`; a signal that arrives while
+the state is being written is held until the write is complete, so an interrupt never costs more than
+the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from glass_ad.safety import atomic_path
+
+__all__ = [
+    "STATE_NAME",
+    "ResumeError",
+    "TrainState",
+    "TrainingInterrupted",
+    "describe_state",
+    "interruptible",
+    "read_state",
+]
+
+STATE_NAME = "train_state.pt"
+STATE_FORMAT = "glass-ad-train-state/1"
+# Settings that may differ on resume without changing the result (epochs: see `_epochs_change`).
+FREE_SETTINGS = ("num_threads",)
+
+
+class ResumeError(ValueError):
+    """A resume that cannot continue the interrupted run (one line)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM; the state of the last completed epoch is on disk."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(signal.Signals(self.signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + signal number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+# ---------------------------------------------------------------------------------------------------
+# Signals
+
+
+class _Signals:
+    installed = False
+    writing = False  # a state file is being written: hold the signal until it is complete
+    pending: int | None = None
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _Signals.writing:
+        _Signals.pending = signum
+        return
+    raise TrainingInterrupted(signum)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`TrainingInterrupted` inside the block (main thread only; elsewhere
+    the block runs unchanged)."""
+    if threading.current_thread() is not threading.main_thread() or _Signals.installed:
+        yield
+        return
+    kinds = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+    previous = {kind: signal.signal(kind, _on_signal) for kind in kinds}
+    _Signals.installed, _Signals.pending = True, None
+    try:
+        yield
+    finally:
+        for kind, handler in previous.items():
+            signal.signal(kind, handler)
+        _Signals.installed = False
+
+
+@contextmanager
+def _hold_signals() -> Iterator[None]:
+    """Signals that arrive inside the block take effect when it ends."""
+    _Signals.writing = True
+    try:
+        yield
+    finally:
+        _Signals.writing = False
+    pending, _Signals.pending = _Signals.pending, None
+    if pending is not None:
+        raise TrainingInterrupted(pending)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The state file
+
+
+def state_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / STATE_NAME
+
+
+def read_state(run_dir: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """The saved state of an interrupted run in ``run_dir`` (ResumeError when absent or unusable)."""
+    path = state_path(run_dir)
+    if not path.is_file():
+        raise ResumeError(f"nothing to resume in '{run_dir}': no interrupted training there ({STATE_NAME} not found)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise ResumeError(f"{path} is not a training state written by glass train; start over with --force") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError) as error:
+        raise ResumeError(f"{path} is damaged or truncated ({type(error).__name__}); start over with --force") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ResumeError(f"{path} is not a training state of this glass-ad version; start over with --force")
+    return state
+
+
+def describe_state(run_dir: str | os.PathLike) -> str | None:
+    """'epoch K of N' of the saved state in ``run_dir``, or None when there is none (cheap: memory-mapped)."""
+    try:
+        state = read_state(run_dir, mmap=True)
+    except ResumeError:
+        return None
+    return f"epoch {state['epoch']} of {state['config']['epochs']}"
+
+
+def _setting_changes(saved: dict[str, Any], given: dict[str, Any], epochs_done: int) -> list[str]:
+    changes = []
+    for key in sorted(set(saved) | set(given)):
+        old, new = saved.get(key), given.get(key)
+        if old == new or key in FREE_SETTINGS:
+            continue
+        if key == "epochs" and given.get("lr_schedule") == "constant" and isinstance(new, int) and new >= epochs_done:
+            continue  # a constant rate does not depend on the number of epochs
+        changes.append(f"{key} {old!r} -> {new!r}")
+    return changes
+
+
+def _data_identity(data_root: str | os.PathLike, category: str | None, layout: str) -> dict[str, Any]:
+    return {"data_root": str(Path(data_root).resolve()), "category": category, "layout": layout}
+
+
+class TrainState:
+    """The resume state of one run folder: checked and loaded at the start of ``train(resume=True)``,
+    written after every epoch, removed once the checkpoint is written."""
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        config: Any,
+        data_root: str | os.PathLike,
+        category: str | None,
+        layout: str,
+        device: torch.device,
+        *,
+        resume: bool = False,
+    ) -> None:
+        self.path = state_path(run_dir)
+        self.config = config.to_dict()  # as given, before `train` resolves "auto" settings
+        self.data = _data_identity(data_root, category, layout)
+        self.device = torch.device(device)
+        self.loaded: dict[str, Any] | None = None
+        if not resume:
+            self.path.unlink(missing_ok=True)  # a fresh run: an older state must not be resumed by mistake
+            return
+        state = read_state(run_dir)
+        if state["data"] != self.data:
+            raise ResumeError(
+                f"cannot resume: the interrupted run trained on {state['data']['data_root']}"
+                + (f" (category {state['data']['category']})" if state["data"]["category"] else "")
+                + "; give the same data set"
+            )
+        changes = _setting_changes(state["config"], self.config, int(state["epoch"]))
+        if changes:
+            raise ResumeError(
+                f"cannot resume: settings differ from the interrupted run ({', '.join(changes)}); give the same "
+                f"options, or start over with --force"
+            )
+        self.loaded = state
+
+    @property
+    def epochs_done(self) -> int:
+        return 0 if self.loaded is None else int(self.loaded["epoch"])
+
+    @property
+    def elapsed_s(self) -> float:
+        return 0.0 if self.loaded is None else float(self.loaded["elapsed_s"])
+
+    def save(
+        self,
+        epoch: int,
+        model: torch.nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        schedulers: list[Any],
+        stopper: Any,
+        rng: np.random.Generator,
+        generator: torch.Generator,
+        best_state: dict[str, torch.Tensor] | None,
+        best_epoch: int,
+        history: list[dict[str, float]],
+        bf16: bool,
+        elapsed_s: float,
+    ) -> Path:
+        """Write the state after ``epoch`` completed epochs (atomically; signals wait for the write)."""
+        state = {
+            "format": STATE_FORMAT,
+            "config": self.config,
+            "data": self.data,
+            "epoch": int(epoch),
+            "model": _trainable(model),
+            "optimizers": [optimizer.state_dict() for optimizer in optimizers],
+            "schedulers": [scheduler.state_dict() for scheduler in schedulers],
+            "rng": {
+                "numpy": rng.bit_generator.state,
+                "generator": generator.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            },
+            "stopper": {
+                "scores": [float(s) for s in stopper.scores],
+                "best_score": float(stopper.best_score),
+                "best_trend": float(stopper.best_trend),
+                "stale": int(stopper.stale),
+            },
+            "best_state": best_state,
+            "best_epoch": int(best_epoch),
+            "history": [dict(record) for record in history],
+            "bf16": bool(bf16),
+            "elapsed_s": float(elapsed_s),
+        }
+        with _hold_signals():
+            _save_atomic(state, self.path)
+        return self.path
+
+    def restore(
+        self,
+        model: torch.nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        schedulers: list[Any],
+        stopper: Any,
+        rng: np.random.Generator,
+        generator: torch.Generator,
+    ) -> tuple[int, dict[str, torch.Tensor] | None, int, list[dict[str, float]], bool]:
+        """Put the loaded state into the loop's objects; returns (epochs done, best state, best epoch,
+        history, bf16). Called right before the next epoch: every random state is the one it ended with."""
+        state = self.loaded
+        if state is None:
+            raise ResumeError("no training state was loaded")
+        model.load_state_dict({k: v.to(self.device) for k, v in state["model"].items()}, strict=False)
+        for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
+        for key, value in state["stopper"].items():
+            setattr(stopper, key, list(value) if key == "scores" else value)
+        rng.bit_generator.state = state["rng"]["numpy"]
+        generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        best_state = state["best_state"]
+        if best_state is not None:
+            best_state = {k: v.to(self.device) for k, v in best_state.items()}
+        return int(state["epoch"]), best_state, int(state["best_epoch"]), list(state["history"]), bool(state["bf16"])
+
+    def remove(self) -> None:
+        """The run is complete: nothing is left to resume."""
+        self.path.unlink(missing_ok=True)
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: v.detach().cpu().clone()
+        for k, v in model.state_dict().items()
+        if k.startswith(("discriminator.", "adaptor."))
+    }
+
+
+def _save_atomic(state: dict[str, Any], path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
