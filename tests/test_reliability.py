@@ -132,10 +132,10 @@ def _one_error(result) -> str:
 
 # The function that does each command's work: a refusal "before the work" means none of them is called.
 _COMMAND_WORK = {
-    "train": (("glass_ad.training", "glass_ad.training"), "train"),
-    "test": (("glass_ad.evaluation.tester", "glass_ad.evaluation.tester"), "test"),
-    "predict": (("glass_ad.inference.predict", "glass_ad.inference.predict"), "predict_files"),
-    "export": (("glass_ad.inference.export", "glass_ad.inference.export", "glass_ad.deploy.export"), "export_onnx"),
+    "train": (("glass_ad.training",), "train"),
+    "test": (("glass_ad.evaluation.tester",), "test"),
+    "predict": (("glass_ad.inference.predict",), "predict_files"),
+    "export": (("glass_ad.inference.export",), "export_onnx"),
 }
 
 

@@ -1,4 +1,5 @@
-"""Option definitions shared by the commands that train (`glass train`, `glass suite`, `glass ablate`).
+"""Option definitions shared by the commands (above all those that train: `glass train`, `glass suite`,
+`glass ablate`), and the choices of the others.
 
 Every option that sets a `GlassConfig` field is named like the field (`--gas-patch-fraction` sets
 `gas_patch_fraction`); a few older, shorter spellings stay as aliases (`--far`, `--holdout`, `--cache`,
@@ -106,3 +107,49 @@ def config_values(options: dict[str, Any]) -> dict[str, Any]:
     if r2 is not None:
         values["r2"] = r2
     return values
+
+
+# --- choices and help texts of the other commands ---------------------------------------------------
+class PredictFormat(str, Enum):
+    json = "json"
+    csv = "csv"
+
+
+class EngineChoice(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+
+class SuiteDatasetChoice(str, Enum):
+    auto = "auto"
+    mvtec = "mvtec"
+    visa = "visa"
+    mpdd = "mpdd"
+    wfdd = "wfdd"
+
+
+class StudyChoice(str, Enum):
+    las = "las"
+    gas = "gas"
+    r1 = "r1"
+    adaptor = "adaptor"
+    backbone = "backbone"
+    layers = "layers"
+
+
+class ProjectionChoice(str, Enum):
+    pca = "pca"
+    tsne = "tsne"
+
+
+class JobEngineChoice(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+ENGINE_HELP = "local: one job after the other in this process. ray: every job a Ray task (needs the distributed extra; docs/scale.md)."
+ADDRESS_HELP = "With --engine ray: 'auto' (the cluster of `ray start`) or ray://HOST:PORT; default: start a local Ray for the run."
+WORKERS_HELP = "With --engine ray and no --address: CPUs of the local Ray (default: all)."
+CPUS_PER_JOB_HELP = "With --engine ray: CPUs each job declares (GPUs: 1 per job with --device cuda)."

@@ -1,0 +1,210 @@
+"""Commands that evaluate a trained model: `glass test`, `glass info`, `glass calibrate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from glass_ad.cli.common import (
+    BIT_DEPTH_HELP,
+    FORCE_HELP,
+    app,
+    fail,
+    guarded,
+    hold_for_command,
+    print_report,
+    setup_logging,
+    torch_threads,
+)
+
+
+@app.command()
+@guarded
+def test(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `glass train`."),
+    data_dir: Path = typer.Argument(..., help="Data set with test/good and test/<defect> (+ ground_truth masks)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON here."),
+    report: Optional[Path] = typer.Option(None, help="Folder for pictures (default: RUN_DIR/test_report)."),
+    category: Optional[str] = typer.Option(None),
+    dataset: str = typer.Option("auto", "--dataset"),
+    batch_size: int = typer.Option(8),
+    workers: int = typer.Option(0, help="Data-loading worker processes."),
+    device: str = typer.Option("auto"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
+    pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Score histogram and worst-case grid."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    allow_dropped: bool = typer.Option(False, "--allow-dropped", help="Exit 0 even when test images could not be used (they are still listed in the report)."),
+    bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help=BIT_DEPTH_HELP),
+) -> None:
+    """Evaluate a trained model on DATA_DIR/test (metrics never feed back into the model).
+
+    Every test image that could not be used is listed (JSON: `dropped`); the command then fails unless
+    --allow-dropped. Existing results are replaced only with --force.
+    """
+    from glass_ad.evaluation.tester import test as run_test
+    from glass_ad.model.checkpoint import checkpoint_path
+
+    setup_logging(verbose)
+    torch_threads(threads)
+    report = report or checkpoint_path(run_dir).parent / "test_report"
+    try:
+        _test_preflight(run_dir, data_dir, json_out, report if pictures else None, force, dataset, category)
+        result = run_test(
+            run_dir,
+            data_dir,
+            category=category,
+            layout=dataset,
+            json_path=json_out,
+            report_dir=report,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            progress=not quiet,
+            pictures=pictures,
+            bit_depth=bit_depth,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        fail(str(error))
+        return
+    except OSError as error:
+        fail(" ".join(str(error).split()))
+        return
+    print_report(result)
+    _check_dropped(result, json_out, allow_dropped)
+
+
+def _test_preflight(run_dir, data_dir, json_out, report_dir, force, layout="auto", category=None) -> None:
+    """Outputs of `glass test`: not an input, not silently replaced, writable, locked for the command; the
+    model and the data set are read first, so a refusal leaves nothing behind."""
+    from glass_ad.data.datasets import load_dataset
+    from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
+    from glass_ad.safety import ensure_writable, output_locks, refuse_existing, refuse_input_overlap
+
+    inputs = [checkpoint_path(run_dir), data_dir]
+    targets = []
+    if json_out is not None:
+        refuse_input_overlap(json_out, inputs, what="JSON report")
+        targets.append(json_out)
+    if report_dir is not None:
+        refuse_input_overlap(report_dir, inputs, what="picture folder")
+        targets += [Path(report_dir) / "score_histogram.png", Path(report_dir) / "worst_cases.png"]
+    Checkpoint.load(run_dir)  # a damaged or foreign checkpoint fails here, before any folder is made
+    load_dataset(data_dir, layout, category=category)  # so does a missing or empty data set
+    refuse_existing(targets, force=force, option="--json / --report")
+    folders = [Path(json_out).parent if json_out is not None else None, report_dir]
+    for folder in folders:
+        if folder is not None:
+            ensure_writable(folder)
+    hold_for_command(output_locks(folders))
+
+
+def _check_dropped(result: dict, json_out, allow_dropped: bool) -> None:
+    """One line per test image that could not be used; a non-zero exit unless --allow-dropped."""
+    dropped, empty = result.get("dropped") or [], result.get("empty_test_folders") or []
+    for entry in dropped:
+        typer.secho(f"dropped: {entry['file']}: {entry['reason']}", fg=typer.colors.YELLOW, err=True)
+    for folder in empty:
+        typer.secho(f"empty: test folder {folder} has no images", fg=typer.colors.YELLOW, err=True)
+    if (dropped or empty) and not allow_dropped:
+        where = f"listed under 'dropped' in {json_out}" if json_out else "listed above"
+        parts = []
+        if dropped:
+            parts.append(f"{len(dropped)} of {result.get('n_listed', '?')} test images could not be used and are not in these metrics")
+        if empty:
+            parts.append(f"{len(empty)} test folder(s) have no images")
+        fail(f"{'; '.join(parts)} ({where}); fix them, or pass --allow-dropped to accept the smaller test set")
+
+
+
+@app.command()
+def info(run_dir: Path = typer.Argument(...)) -> None:
+    """Show what a checkpoint holds: config, hypothesis, thresholds, feature geometry, and per epoch the
+    losses and separations of each branch (a warning when GAS stayed near chance)."""
+    from glass_ad.model.checkpoint import Checkpoint
+    from glass_ad.training.validation import branch_summary
+
+    try:
+        checkpoint = Checkpoint.load(run_dir)
+    except (ValueError, FileNotFoundError) as error:
+        fail(str(error))
+        return
+    calibration = checkpoint.calibration
+    geometry = checkpoint.geometry.to_dict() if checkpoint.geometry is not None else checkpoint.extra.get("geometry")
+    summary = {
+        "format": checkpoint.format,
+        "package_version": checkpoint.package_version or "unknown (written before 0.1.0 recorded it)",
+        "provenance": checkpoint.provenance or "not recorded (trained through the library, or before it was recorded)",
+        "input_bit_depth": checkpoint.bit_depth or "the file's own depth",
+        "backbone": checkpoint.backbone.to_dict(),
+        "hypothesis": checkpoint.hypothesis,
+        "spectrum": checkpoint.spectrum,
+        "calibration": {k: v for k, v in calibration.to_dict().items() if k != "holdout_image_scores"},
+        "thresholds_in_use": {
+            "image": calibration.image_threshold,
+            "pixel": calibration.pixel_threshold,
+            "source": calibration.method,
+        },
+        "training": checkpoint.training.summary() if checkpoint.training.recorded else {},
+        "geometry": geometry,
+        "branches": branch_summary(list(checkpoint.training.history)),
+        "config": checkpoint.stored_config if checkpoint.stored_config is not None else checkpoint.config.to_dict(),
+    }
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+
+@app.command()
+@guarded
+def calibrate(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `glass train` (or its model.pt)."),
+    val: Path = typer.Option(..., "--val", help="Labelled validation folder: good/ and <defect>/ subfolders (+ optional masks), not the test set."),
+    batch_size: int = typer.Option(8, min=1),
+    device: str = typer.Option("auto"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    force: bool = typer.Option(False, "--force", help="Replace F1 thresholds stored by an earlier `glass calibrate` (default: refuse)."),
+) -> None:
+    """Add F1-optimal image/pixel thresholds from a labelled validation set (the false-alarm threshold stays)."""
+    from glass_ad.model.calibration import calibrate_run
+    from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
+    from glass_ad.safety import OutputError, ensure_writable, output_lock
+
+    setup_logging(verbose)
+    try:
+        f1 = Checkpoint.load(run_dir).calibration.f1
+        if f1 is not None and not force:
+            raise OutputError(
+                f"{checkpoint_path(run_dir)} already holds F1 thresholds (from {f1.val_dir}); pass --force to replace them"
+            )
+        hold_for_command(output_lock(ensure_writable(checkpoint_path(run_dir).parent, what="run folder")))
+        result = calibrate_run(run_dir, val, device=device, batch_size=batch_size, progress=not quiet)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        fail(str(error))
+        return
+    except OSError as error:
+        fail(" ".join(str(error).split()))
+        return
+    if Path(result["f1_val_dir"]).name == "test":
+        typer.secho(
+            "warning: the validation images are a test split; `glass test` on them would be optimistic for the F1 threshold",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    typer.echo(
+        f"F1 image threshold {result['f1_image_threshold']:.4f}: F1 {100 * result['f1_image_f1']:.1f}, precision "
+        f"{100 * result['f1_image_precision']:.1f}, recall {100 * result['f1_image_recall']:.1f} on "
+        f"{result['f1_val_images']} validation images ({result['f1_val_anomalous']} defective)"
+    )
+    if result["f1_pixel_threshold"] is not None:
+        typer.echo(f"F1 pixel threshold {result['f1_pixel_threshold']:.4f} (pixel F1 {100 * result['f1_pixel_f1']:.1f})")
+    typer.echo("saved into the checkpoint; the false-alarm threshold is unchanged (use it with --threshold f1)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Research workflows: suites, ablations, weak-defect test sets, previews (see suite.py, weak_defects.py,
+# previews.py).
