@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from glass_ad.config import GlassConfig
-from glass_ad.inference.export import export_onnx, onnx_throughput, torch_throughput
+from glass_ad.inference.export import export_onnx
 from glass_ad.model.glass_model import read_checkpoint
+from glass_ad.research.benchmark import onnx_throughput, torch_throughput
 
 
 def main(argv: list[str] | None = None) -> int:

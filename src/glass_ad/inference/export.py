@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,37 +261,3 @@ def export_onnx(
 
 # ---------------------------------------------------------------------------------------------------
 # Throughput (random inputs: these numbers measure compute, not accuracy)
-
-
-def onnx_throughput(
-    onnx_path: str | os.PathLike, image_size: int, batch_size: int = 8, repeats: int = 5, threads: int | None = None
-) -> float:
-    """Images per second of the ONNX model under ONNX Runtime (CPU), after one warm-up batch."""
-    session = onnx_session(onnx_path, threads)
-    images = np.random.default_rng(0).integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
-    feed = {INPUT_NAME: images}
-    session.run(None, feed)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        session.run(None, feed)
-    return repeats * batch_size / (time.perf_counter() - start)
-
-
-def torch_throughput(
-    run: str | os.PathLike, batch_size: int = 8, repeats: int = 5, device: str | torch.device = "cpu"
-) -> float:
-    """Images per second of the same graph in PyTorch (uint8 input, as the ONNX model), after a warm-up."""
-    checkpoint = Checkpoint.load(run)
-    size = checkpoint.image_size
-    graph = inference_graph(checkpoint, device)
-    images = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, device=device)
-    with torch.inference_mode():
-        graph(images)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            graph(images)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-    return repeats * batch_size / (time.perf_counter() - start)

@@ -7,6 +7,7 @@ compute, not accuracy.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from typing import Any
@@ -188,3 +189,46 @@ def format_benchmark(result: dict[str, Any]) -> str:
     )
     lines.append(f"peak RSS: inference {result['inference_peak_rss_mb']:.0f} MB, with training {result['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A trained model as deployed: the exported ONNX graph vs the same graph in PyTorch (benchmarks/onnx_vs_torch.py)
+
+
+def onnx_throughput(
+    onnx_path: str | os.PathLike, image_size: int, batch_size: int = 8, repeats: int = 5, threads: int | None = None
+) -> float:
+    """Images per second of the ONNX model under ONNX Runtime (CPU), after one warm-up batch."""
+    from glass_ad.inference.export import INPUT_NAME, onnx_session
+
+    session = onnx_session(onnx_path, threads)
+    images = np.random.default_rng(0).integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
+    feed = {INPUT_NAME: images}
+    session.run(None, feed)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        session.run(None, feed)
+    return repeats * batch_size / (time.perf_counter() - start)
+
+
+def torch_throughput(
+    run: str | os.PathLike, batch_size: int = 8, repeats: int = 5, device: str | torch.device = "cpu"
+) -> float:
+    """Images per second of the same graph in PyTorch (uint8 input, as the ONNX model), after a warm-up."""
+    from glass_ad.inference.engines import inference_graph
+    from glass_ad.model.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint.load(run)
+    size = checkpoint.image_size
+    graph = inference_graph(checkpoint, device)
+    images = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, device=device)
+    with torch.inference_mode():
+        graph(images)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            graph(images)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+    return repeats * batch_size / (time.perf_counter() - start)
