@@ -18,7 +18,7 @@ import torch
 
 from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
-from glass_ad.model.calibration import calibrate, resolve_calibration
+from glass_ad.evaluation.calibration import calibrate, resolve_calibration
 from glass_ad.model.checkpoint import (
     FALLBACK_METHOD,
     Calibration,

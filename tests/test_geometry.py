@@ -9,14 +9,14 @@ import torch
 
 from glass_ad.config import GlassConfig, make_config
 from glass_ad.model.discriminator import Adaptor, Discriminator
-from glass_ad.synthesis import gas as gas_module
-from glass_ad.synthesis.gas import GASSettings, synthesize
-from glass_ad.synthesis.geometry import (
+from glass_ad.model.geometry import (
     FeatureGeometry,
     SpacingProbe,
     measure_geometry,
     nearest_distances,
 )
+from glass_ad.synthesis import gas as gas_module
+from glass_ad.synthesis.gas import GASSettings, synthesize
 from glass_ad.training.validation import dead_branch_warning, gas_separation
 
 

@@ -156,7 +156,11 @@ def test_outlines_only_when_asked_and_small_regions_dropped():
 
 
 def test_one_colour_scale_from_the_calibration():
-    calibration = {"pixel_threshold": 0.6, "pixel_normalization": {"center": 0.6, "scale": 0.1}}
-    low, high = vz.heat_range(calibration)
+    from glass_ad.model.checkpoint import Calibration
+
+    calibration = Calibration.from_dict(
+        {"image_threshold": 0.5, "pixel_threshold": 0.6, "pixel_normalization": {"center": 0.6, "scale": 0.1}}
+    )
+    low, high = calibration.heat_range()
     assert low < 0.6 < high and abs((low + high) / 2 - 0.6) < 1e-12
     assert abs(high - low - 2 * 0.1 * np.log(9)) < 1e-12

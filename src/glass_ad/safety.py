@@ -312,3 +312,14 @@ def preflight_train(
         raise OutputError(f"cannot read the data set: permission denied on '{error.filename}'") from None
     ensure_writable(out, need_bytes=train_disk_need(len(dataset.train), config), what="run folder")
     return len(dataset.train)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Errors as one line (tables, result rows, logs)
+
+
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, shortened for a table cell."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

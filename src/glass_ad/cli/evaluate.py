@@ -170,7 +170,7 @@ def calibrate(
     force: bool = typer.Option(False, "--force", help="Replace F1 thresholds stored by an earlier `glass calibrate` (default: refuse)."),
 ) -> None:
     """Add F1-optimal image/pixel thresholds from a labelled validation set (the false-alarm threshold stays)."""
-    from glass_ad.model.calibration import calibrate_run
+    from glass_ad.evaluation.calibration import calibrate_run
     from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
     from glass_ad.safety import OutputError, ensure_writable, output_lock
 

@@ -130,7 +130,7 @@ def train(
             f"(from {calibration.holdout_images} held-out normal images)"
         )
     if val is not None:
-        from glass_ad.model.calibration import calibrate_run
+        from glass_ad.evaluation.calibration import calibrate_run
 
         try:
             f1 = calibrate_run(result.checkpoint, val, device=device, progress=not quiet)

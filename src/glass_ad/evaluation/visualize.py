@@ -16,7 +16,6 @@ from PIL import Image
 
 __all__ = [
     "colorize",
-    "heat_range",
     "overlay_panel",
     "colorbar",
     "region_boxes",
@@ -30,17 +29,6 @@ GREEN = (0, 255, 0)
 GREY = (128, 128, 128)
 _TITLE_H = 28
 LN9 = math.log(9.0)
-
-
-def heat_range(calibration: dict) -> tuple[float, float]:
-    """The one colour scale of a model's maps (predict, test and preview pictures all use it): a typical
-    normal pixel (the median of held-out normal pixels) at the bottom, the pixel threshold in the middle,
-    as far above it as the median is below. ``calibration``: a checkpoint's (resolved) calibration."""
-    threshold = float(calibration["pixel_threshold"])
-    normalization = calibration.get("pixel_normalization") or {}
-    spread = float(normalization.get("scale", 0.0)) * LN9  # threshold − median normal pixel
-    spread = spread if spread > 1e-6 else max(abs(threshold), 1e-3)
-    return threshold - spread, threshold + spread
 
 
 def region_boxes(region: np.ndarray, anomaly_map: np.ndarray | None = None, min_area: int = 0) -> list[dict]:
@@ -128,7 +116,7 @@ def overlay_panel(
     """Three tiles side by side: original | heatmap over original | contours.
 
     The map is resized to the image size; the heatmap is ``(map - vmin) / (vmax - vmin)`` (use
-    `heat_range` so that every picture of a model shares one scale). The third tile outlines ``map >=
+    `Calibration.heat_range` so that every picture of a model shares one scale). The third tile outlines ``map >=
     threshold`` in red (with ``outline``; regions under ``min_area`` pixels left out) and, if given,
     ``gt_mask`` in green. ``inspected`` (a bool mask, or a box ``(y0, x0, y1, x1)`` in image pixels) marks
     what the model saw: elsewhere (the ends a centre crop drops) the heatmap is hatched grey, "not

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from glass_ad.data.io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from glass_ad.safety import one_line
 
 COLUMNS = ("path", "score", "normalized", "decision", "threshold", "error", "map")
 OUTPUT_SUFFIXES = (".parquet", ".csv")
@@ -283,8 +284,6 @@ class BatchScorer:
 
 
 def _one_line(error: BaseException) -> str:
-    from glass_ad.research.suite import one_line
-
     return one_line(error, limit=300)
 
 

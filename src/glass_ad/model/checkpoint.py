@@ -41,9 +41,9 @@ import torch
 from glass_ad.config import GlassConfig
 from glass_ad.data.io import current_bit_depth
 from glass_ad.model.discriminator import Adaptor
+from glass_ad.model.geometry import FeatureGeometry
 from glass_ad.model.glass_model import FEATURE_STRIDE, GlassModel, build_model
 from glass_ad.safety import atomic_path
-from glass_ad.synthesis.geometry import FeatureGeometry
 
 if TYPE_CHECKING:
     from glass_ad.data.datasets import Preprocessor
@@ -300,12 +300,13 @@ class Calibration:
         return OperatingPoint("custom", value, self.pixel_threshold)
 
     def heat_range(self, pixel_threshold: float | None = None) -> tuple[float, float]:
-        """The model's one colour scale (`visualize.heat_range`), around ``pixel_threshold`` (default: the
-        false-alarm one) — `glass predict`, `glass test` and `glass preview` pictures all use it."""
-        from glass_ad.evaluation.visualize import heat_range
-
-        chosen = self.pixel_threshold if pixel_threshold is None else pixel_threshold
-        return heat_range({**self.resolved_dict(), "pixel_threshold": chosen})
+        """The model's one colour scale of maps (`glass predict`, `glass test` and `glass preview` pictures all
+        use it): a typical normal pixel (the median of held-out normal pixels) at the bottom, the pixel
+        threshold (default: the false-alarm one) in the middle, as far above it as the median is below."""
+        threshold = float(self.pixel_threshold if pixel_threshold is None else pixel_threshold)
+        spread = float(self.pixel_normalization.scale) * LN9  # threshold − median normal pixel
+        spread = spread if spread > 1e-6 else max(abs(threshold), 1e-3)
+        return threshold - spread, threshold + spread
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def _execute(context: "JobContext", job: "Job") -> "JobResult":
 
 def _task_error(ray: Any, error: BaseException) -> str:
     """One line for a task that did not return: the job's own error, or what happened to its worker."""
-    from glass_ad.research.suite import one_line
+    from glass_ad.safety import one_line
 
     if isinstance(error, ray.exceptions.RayTaskError):
         cause = error.cause if getattr(error, "cause", None) is not None else error

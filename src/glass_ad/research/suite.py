@@ -39,6 +39,7 @@ import numpy as np
 from glass_ad.config import GlassConfig
 from glass_ad.data.datasets import BENCHMARK_CATEGORIES, DatasetError, default_resize, list_categories
 from glass_ad.model.glass_model import CHECKPOINT_NAME
+from glass_ad.safety import one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from glass_ad.research.cluster import RayOptions
@@ -99,13 +100,6 @@ def atomic_write_text(path: Path, text: str) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def one_line(error: BaseException, limit: int = 200) -> str:
-    """``Type: first line of the message``, shortened for a table cell."""
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _safe_name(name: str) -> str:

@@ -9,7 +9,7 @@ L_gas = BCE(D(g), 1), with a truncated projection every `project_every` steps:
 
 All lengths (σ·√D, η, r1, r2) are multiplied by `unit`: the measured spacing of the normal features
 (median distance from a normal patch to its nearest neighbour in other normal images, in adaptor space,
-see :mod:`glass_ad.synthesis.geometry`). So r1 = 0.5 means "half the typical gap between neighbouring normal
+see :mod:`glass_ad.model.geometry`). So r1 = 0.5 means "half the typical gap between neighbouring normal
 patches" for every backbone, and the adaptor cannot make GAS trivial or invisible by rescaling its output.
 The hypersphere radii are quantiles of the data already and need no unit.
 

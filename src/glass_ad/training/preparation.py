@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from glass_ad.config import GlassConfig
 from glass_ad.data.datasets import DatasetSplit, Preprocessor, Sample, load_dataset, resolve_fit
 from glass_ad.data.io import ImageReadError, read_image
+from glass_ad.model.geometry import FeatureGeometry, SpacingProbe, measure_geometry
 from glass_ad.model.glass_model import GlassModel
 from glass_ad.synthesis.foreground import foreground_mask, is_object_category
-from glass_ad.synthesis.geometry import FeatureGeometry, SpacingProbe, measure_geometry
 from glass_ad.synthesis.las import LocalAnomalySynthesizer
 from glass_ad.synthesis.spectrum import choose_hypothesis, mean_image
 from glass_ad.synthesis.textures import textures_from_config, wants_grey_textures

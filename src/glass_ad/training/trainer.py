@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from glass_ad.config import GlassConfig
-from glass_ad.model.calibration import calibrate_holdout
+from glass_ad.evaluation.calibration import calibrate_holdout
 from glass_ad.model.checkpoint import CHECKPOINT_NAME, Calibration, Checkpoint, TrainingRecord
 from glass_ad.model.glass_model import GlassModel, build_model, resolve_device
 from glass_ad.provenance import provenance
