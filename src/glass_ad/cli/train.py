@@ -203,7 +203,8 @@ def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, 
     """Everything `glass train` can check before the first image: outputs, inputs, disk; then the run
     folder's lock, the declared bit depth and clean interrupts (resume.py) for the whole command."""
     from glass_ad.data.io import check_bit_depth, declared_bit_depth
-    from glass_ad.safety import output_lock, preflight_train
+    from glass_ad.safety import output_lock
+    from glass_ad.training.preflight import preflight_train
     from glass_ad.training.resume import interruptible
 
     check_bit_depth(bit_depth)

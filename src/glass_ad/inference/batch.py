@@ -405,7 +405,7 @@ def _ray_batches(
     paths: Sequence[str], scorer_kwargs: dict[str, Any], batch_size: int, *, address: str | None, num_cpus: int | None,
     cpus_per_worker: float, gpu: bool,
 ) -> Iterator[dict[str, list[Any]]]:
-    from glass_ad.research.cluster import ray_session
+    from glass_ad.ray_session import ray_session
 
     with ray_session(address, num_cpus) as ray:
         context = ray.data.DataContext.get_current()

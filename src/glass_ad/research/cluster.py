@@ -18,16 +18,15 @@ level.
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from glass_ad.ray_session import INSTALL_HINT, import_ray, ray_session  # noqa: F401 (cluster.* names)
 
 if TYPE_CHECKING:  # pragma: no cover
     from glass_ad.research.suite import Job, JobContext, JobResult
 
-INSTALL_HINT = 'the ray engine needs Ray: pip install "glass-ad[distributed]"'
 
 
 @dataclass(frozen=True)
@@ -45,40 +44,6 @@ class RayOptions:
     cpus_per_job: float = 1.0
     gpus_per_job: float | None = None
     memory_per_job_gb: float | None = None
-
-
-def import_ray() -> Any:
-    """``ray``, or a one-line `RuntimeError` naming the extra to install."""
-    try:
-        import ray
-    except ImportError:
-        raise RuntimeError(INSTALL_HINT) from None
-    return ray
-
-
-@contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
-    """Connect to ``address`` or start a local Ray (no dashboard); disconnect or shut it down on exit.
-
-    A Ray already initialised in this process (a caller that manages its own session) is used as it is and
-    left running."""
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    # Workers must import glass_ad the way this process does (a source checkout on PYTHONPATH too).
-    env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if os.environ.get("PYTHONPATH") else None
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "runtime_env": env}
-    if address:
-        kwargs.pop("include_dashboard")  # a setting of the cluster, not of a client
-        ray.init(address=address, **kwargs)
-    else:
-        # "local": a new Ray of our own even when this machine has a `ray start` cluster (that one is --address auto).
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def _execute(context: "JobContext", job: "Job") -> "JobResult":
