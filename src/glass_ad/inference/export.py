@@ -1,4 +1,4 @@
-"""ONNX export of the whole inference graph, and throughput measurements.
+"""ONNX export of the whole inference graph.
 
 One ONNX model holds everything between raw pixels and the outputs:
 

@@ -1,1 +1,2 @@
-"""The model: frozen backbone and patch features, adaptor and discriminator, the inference graph, its checkpoint and calibration."""
+"""The model: frozen backbone and patch features, adaptor and discriminator, the network from image to map,
+the measured feature geometry, the optional memory bank, and its file (checkpoint with calibration)."""

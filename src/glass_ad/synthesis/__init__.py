@@ -1,1 +1,2 @@
-"""Anomaly synthesis: GAS (feature space) and LAS (image space) with their parts, GLASS-j's spectrogram rule, the feature geometry that sets GAS's lengths."""
+"""Anomaly synthesis: GAS (feature space) and LAS (image space) with their parts (Perlin masks, textures,
+foreground), GLASS-j's spectrogram rule, and the unseen family that only validation draws."""
