@@ -4,6 +4,8 @@ for the duration of a command (locks, the declared bit depth), logging, thread c
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path  # noqa: F401
 from typing import Optional
 
@@ -38,6 +40,21 @@ def fail(message: str) -> None:
 
 
 _COMMAND_STACKS: list = []  # one ExitStack per running command (see guarded)
+
+
+@contextmanager
+def one_line_errors(*more: type[BaseException]) -> Iterator[None]:
+    """Expected failures of a command (bad input, a missing file, a refused output, a full disk, and the
+    exception types in ``more``) end it with one `error:` line and exit code 2; anything else is a bug and
+    keeps its traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (ValueError, FileNotFoundError, RuntimeError, *more) as error:
+        fail(str(error))
+    except OSError as error:
+        fail(" ".join(str(error).split()))
 
 
 def guarded(function):

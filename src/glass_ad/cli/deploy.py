@@ -15,6 +15,7 @@ from glass_ad.cli.common import (
     fail,
     guarded,
     hold_for_command,
+    one_line_errors,
     torch_threads,
 )
 from glass_ad.cli.options import ADDRESS_HELP, WORKERS_HELP, EngineChoice, JobEngineChoice, PredictFormat
@@ -48,7 +49,7 @@ def predict(
 
     if engine.value == "torch":
         torch_threads(threads)
-    try:
+    with one_line_errors():
         _predict_preflight(run_dir, paths, out, fmt.value, overlays, onnx, force, bool(save_maps), save_masks)
         summary = predict_files(
             run_dir,
@@ -70,12 +71,6 @@ def predict(
             outlines=outlines,
             min_area=min_area,
         )
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
-    except OSError as error:
-        fail(" ".join(str(error).split()))
-        return
     if summary["n_images"] == 0:
         fail(f"no image could be processed ({summary['n_failed']} input(s) skipped, see above)")
     typer.echo(summary_line(summary))
@@ -118,18 +113,12 @@ def export(
         _export_openvino(run_dir, out, precision, calibration, force)
         return
     target = out if out is not None else checkpoint_path(run_dir).parent / ONNX_NAME
-    try:
+    with one_line_errors():
         refuse_input_overlap(target, [checkpoint_path(run_dir)], what="export target")
         Checkpoint.load(run_dir)
         refuse_existing([target], force=force)
         hold_for_command(output_lock(ensure_writable(target.parent, what="export folder")))
         result = export_onnx(run_dir, target, opset=opset, verify=verify, preprocessing=preprocessing)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
-    except OSError as error:
-        fail(" ".join(str(error).split()))
-        return
     typer.echo(f"saved {result.path} (opset {result.opset}, {result.exporter} exporter)")
     if result.max_abs_diff:
         diffs = ", ".join(f"{name} {value:.1e}" for name, value in result.max_abs_diff.items())
@@ -143,18 +132,12 @@ def _export_openvino(run_dir: Path, out: Optional[Path], precision: str, calibra
 
     default = XML_NAME if precision == "fp32" else f"model_{precision}.xml"
     target = out if out is not None else checkpoint_path(run_dir).parent / default
-    try:
+    with one_line_errors():
         refuse_input_overlap(target, [checkpoint_path(run_dir)], what="export target")
         Checkpoint.load(run_dir)
         refuse_existing([target, target.with_suffix(".bin")], force=force)
         hold_for_command(output_lock(ensure_writable(target.parent, what="export folder")))
         result = export_openvino(run_dir, target, precision=precision, calibration=calibration)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
-    except OSError as error:
-        fail(" ".join(str(error).split()))
-        return
     extra = f", calibrated on {result.calibration_images} normal images" if result.calibration_images else ""
     typer.echo(f"saved {result.path} (OpenVINO IR, {result.precision}{extra}; run it with INFERENCE_PRECISION_HINT=f32)")
     if result.max_abs_diff:
@@ -196,16 +179,13 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
     if engine.value == "torch":
         torch_threads(threads)
-    try:
+    with one_line_errors(DatabaseError):
         settings = ServeSettings(
             runs=list(runs), data_dir=data_dir, db=db, engine=engine.value, device=device, threshold=threshold,
             threads=threads, max_batch=max_batch, max_wait_ms=batch_wait_ms, token=token,
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         )  # fmt: skip
         application = create_app(settings)
-    except (ValueError, FileNotFoundError, DatabaseError) as error:
-        fail(str(error))
-        return
     if host not in ("127.0.0.1", "localhost", "::1") and not (token or settings.token):
         typer.secho(f"warning: serving on {host} without --token: anyone who can reach it can use it", fg=typer.colors.YELLOW, err=True)
     uvicorn.run(application, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
@@ -224,11 +204,8 @@ def report(
     except ImportError as error:
         _serve_extra_missing(error)
         return
-    try:
+    with one_line_errors(DatabaseError):
         path = write_report(db, out, bucket=bucket)
-    except (ValueError, FileNotFoundError, DatabaseError) as error:
-        fail(str(error))
-        return
     typer.echo(f"saved {path}")
 
 
@@ -252,7 +229,7 @@ def predict_batch_command(
     """Score an archive of images into one Parquet/CSV table; unreadable files become rows with their error."""
     from glass_ad.inference.batch import predict_batch
 
-    try:
+    with one_line_errors():
         if engine is JobEngineChoice.local and (address or workers):
             raise ValueError("--address and --workers need --engine ray")
         summary = predict_batch(
@@ -260,9 +237,6 @@ def predict_batch_command(
             batch_size=batch_size, device=device, maps_dir=maps, address=address, num_cpus=workers,
             cpus_per_worker=cpus_per_worker, force=force,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError) as error:
-        fail(str(error))
-        return
     typer.echo(
         f"{summary['images']} images ({summary['errors']} unreadable, {summary['anomalous']} anomalous) in "
         f"{summary['seconds']:.1f} s ({summary['images_per_s']} images/s, {summary['engine']}) -> {summary['results']}"

@@ -15,6 +15,7 @@ from glass_ad.cli.common import (
     fail,
     guarded,
     hold_for_command,
+    one_line_errors,
     print_report,
     setup_logging,
     torch_threads,
@@ -52,7 +53,7 @@ def test(
     setup_logging(verbose)
     torch_threads(threads)
     report = report or checkpoint_path(run_dir).parent / "test_report"
-    try:
+    with one_line_errors():
         _test_preflight(run_dir, data_dir, json_out, report if pictures else None, force, dataset, category)
         result = run_test(
             run_dir,
@@ -68,12 +69,6 @@ def test(
             pictures=pictures,
             bit_depth=bit_depth,
         )
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
-    except OSError as error:
-        fail(" ".join(str(error).split()))
-        return
     print_report(result)
     _check_dropped(result, json_out, allow_dropped)
 
@@ -128,11 +123,8 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
     from glass_ad.model.checkpoint import Checkpoint
     from glass_ad.training.validation import branch_summary
 
-    try:
+    with one_line_errors():
         checkpoint = Checkpoint.load(run_dir)
-    except (ValueError, FileNotFoundError) as error:
-        fail(str(error))
-        return
     calibration = checkpoint.calibration
     geometry = checkpoint.geometry.to_dict() if checkpoint.geometry is not None else checkpoint.extra.get("geometry")
     summary = {
@@ -175,7 +167,7 @@ def calibrate(
     from glass_ad.safety import OutputError, ensure_writable, output_lock
 
     setup_logging(verbose)
-    try:
+    with one_line_errors():
         f1 = Checkpoint.load(run_dir).calibration.f1
         if f1 is not None and not force:
             raise OutputError(
@@ -183,12 +175,6 @@ def calibrate(
             )
         hold_for_command(output_lock(ensure_writable(checkpoint_path(run_dir).parent, what="run folder")))
         result = calibrate_run(run_dir, val, device=device, batch_size=batch_size, progress=not quiet)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
-    except OSError as error:
-        fail(" ".join(str(error).split()))
-        return
     if Path(result["f1_val_dir"]).name == "test":
         typer.secho(
             "warning: the validation images are a test split; `glass test` on them would be optimistic for the F1 threshold",

@@ -10,7 +10,7 @@ import typer
 
 from glass_ad.cli.common import (
     app,
-    fail,
+    one_line_errors,
 )
 from glass_ad.cli.options import ForegroundChoice, ProjectionChoice, RecipeChoice
 from glass_ad.config import make_config
@@ -64,13 +64,10 @@ def make_weak_defects_command(
     """Build weak-defect test sets: LAS overlays at fixed β on half of SRC's good test images."""
     from glass_ad.research.weak_defects import make_weak_defects
 
-    try:
+    with one_line_errors():
         folders = make_weak_defects(
             src, out, beta, textures=textures, seed=seed, count=count, foreground=foreground, link=not copy, echo=typer.echo
         )
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-        fail(str(error))
-        return
     typer.echo(f"next: glass train {src} --out RUN && glass suite {out} --model RUN --out RESULTS  ({len(folders)} sets)")
 
 
@@ -93,15 +90,12 @@ def preview_las(
     """Grid of normal | LAS image | mask, titled with β and the Perlin rule."""
     from glass_ad.research.previews import las_grid
 
-    try:
+    with one_line_errors():
         _preview_preflight(out, data_dir, textures)
         path = las_grid(
             data_dir, out, textures=textures, count=count, image_size=image_size, foreground=foreground.value,
             seed=seed, category=category, layout=dataset,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
     typer.echo(f"saved {path}")
 
 
@@ -134,15 +128,12 @@ def preview_features(
     """2-D projection of normal, GAS and LAS patch features of a trained model (the paper's Fig. 1)."""
     from glass_ad.research.previews import feature_projection
 
-    try:
+    with one_line_errors():
         _preview_preflight(out, _model_file(run_dir), data_dir, textures)
         path = feature_projection(
             run_dir, data_dir, out, images=images, method=method.value, points=points, textures=textures,
             seed=seed, category=category, layout=dataset,
         )  # fmt: skip
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
     typer.echo(f"saved {path}")
 
 
@@ -155,12 +146,9 @@ def preview_scores(
     """Image-score histograms, one panel per category, with the stored thresholds."""
     from glass_ad.research.previews import score_histograms
 
-    try:
+    with one_line_errors():
         _preview_preflight(out, suite_dir)
         path = score_histograms(suite_dir, out, bins=bins)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
     typer.echo(f"saved {path}")
 
 
@@ -177,12 +165,9 @@ def preview_heatmaps(
     """Test images with anomaly maps, the stored pixel threshold (red) and the ground truth (green)."""
     from glass_ad.research.previews import heatmap_grid
 
-    try:
+    with one_line_errors():
         _preview_preflight(out, _model_file(run_dir), data_dir)
         path = heatmap_grid(run_dir, data_dir, out, count=count, category=category, layout=dataset, columns=columns)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
     typer.echo(f"saved {path}")
 
 

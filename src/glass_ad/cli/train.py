@@ -16,6 +16,7 @@ from glass_ad.cli.common import (
     guarded,
     hold_for_command,
     on_command_end,
+    one_line_errors,
     print_report,
     setup_logging,
 )
@@ -324,7 +325,7 @@ def suite(
 
     overrides = opt.config_values(locals())
     setup_logging(verbose)
-    try:
+    with one_line_errors():
         config = make_config(recipe.value, **overrides)
         only = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
         results = run_suite(
@@ -332,9 +333,6 @@ def suite(
             pictures=pictures, progress=not quiet, echo=typer.echo,
             ray_options=_ray_options(engine, address, workers, cpus_per_job, device),
         )  # fmt: skip
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
     _print_results_table(out, results)
 
 
@@ -371,14 +369,11 @@ def ablate(
 
     overrides = opt.config_values(locals())
     setup_logging(verbose)
-    try:
+    with one_line_errors():
         config = make_config(recipe.value, **overrides)
         results = run_ablation(
             root, out, config, study.value, values=values.split(",") if values else None, category=category,
             dataset=dataset.value, redo=redo, pictures=pictures, progress=not quiet, echo=typer.echo,
             ray_options=_ray_options(engine, address, workers, cpus_per_job, device),
         )  # fmt: skip
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
     _print_results_table(out, results)
