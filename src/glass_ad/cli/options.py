@@ -153,3 +153,10 @@ ENGINE_HELP = "local: one job after the other in this process. ray: every job a 
 ADDRESS_HELP = "With --engine ray: 'auto' (the cluster of `ray start`) or ray://HOST:PORT; default: start a local Ray for the run."
 WORKERS_HELP = "With --engine ray and no --address: CPUs of the local Ray (default: all)."
 CPUS_PER_JOB_HELP = "With --engine ray: CPUs each job declares (GPUs: 1 per job with --device cuda)."
+
+# --- where the jobs of a suite or an ablation run ----------------------------------------------------
+JobEngine = Annotated[JobEngineChoice, typer.Option("--engine", help=ENGINE_HELP)]
+Address = Annotated[Optional[str], typer.Option("--address", help=ADDRESS_HELP)]
+Workers = Annotated[Optional[int], typer.Option("--workers", help=WORKERS_HELP)]
+CpusPerJob = Annotated[float, typer.Option("--cpus-per-job", help=CPUS_PER_JOB_HELP)]
+Redo = Annotated[bool, typer.Option("--redo", help="Recompute runs that already have metrics.json.")]

@@ -21,10 +21,6 @@ from glass_ad.cli.common import (
     setup_logging,
 )
 from glass_ad.cli.options import (
-    ADDRESS_HELP,
-    CPUS_PER_JOB_HELP,
-    ENGINE_HELP,
-    WORKERS_HELP,
     JobEngineChoice,
     StudyChoice,
     SuiteDatasetChoice,
@@ -309,16 +305,16 @@ def suite(
     r1: opt.R1 = None,
     seed: opt.Seed = opt.SEED,
     model: Optional[Path] = typer.Option(None, "--model", help="Test every category with this trained run instead of training one per category (e.g. on weak-defect sets)."),
-    redo: bool = typer.Option(False, "--redo", help="Recompute runs that already have metrics.json."),
+    redo: opt.Redo = False,
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Score histogram and worst cases per category."),
     device: opt.Device = opt.DEVICE,
     num_threads: opt.NumThreads = None,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
-    engine: JobEngineChoice = typer.Option(JobEngineChoice.local, "--engine", help=ENGINE_HELP),
-    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
-    cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help=CPUS_PER_JOB_HELP),
+    engine: opt.JobEngine = JobEngineChoice.local,
+    address: opt.Address = None,
+    workers: opt.Workers = None,
+    cpus_per_job: opt.CpusPerJob = 1.0,
 ) -> None:
     """Train and test every category; resumable (finished categories are skipped), one results table."""
     from glass_ad.research.suite import run_suite
@@ -353,16 +349,16 @@ def ablate(
     image_size: opt.ImageSize = opt.IMAGE_SIZE,
     hypothesis: Annotated[opt.HypothesisChoice, typer.Option(help="The r1 study forces manifold when this is auto.")] = opt.HypothesisChoice.auto,
     seed: opt.Seed = opt.SEED,
-    redo: bool = typer.Option(False, "--redo"),
+    redo: opt.Redo = False,
     pictures: bool = typer.Option(False, "--pictures/--no-pictures"),
     device: opt.Device = opt.DEVICE,
     num_threads: opt.NumThreads = None,
     quiet: opt.Quiet = False,
     verbose: opt.Verbose = False,
-    engine: JobEngineChoice = typer.Option(JobEngineChoice.local, "--engine", help=ENGINE_HELP),
-    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
-    cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help=CPUS_PER_JOB_HELP),
+    engine: opt.JobEngine = JobEngineChoice.local,
+    address: opt.Address = None,
+    workers: opt.Workers = None,
+    cpus_per_job: opt.CpusPerJob = 1.0,
 ) -> None:
     """Run the variants of one ablation (paper Table 4 / Fig. 8) on one category; resumable, one table."""
     from glass_ad.research.suite import run_ablation
