@@ -19,7 +19,7 @@ import torch
 
 from glass_ad.config import GlassConfig
 from glass_ad.inference.export import export_onnx
-from glass_ad.model.glass_model import read_checkpoint
+from glass_ad.model.checkpoint import read_checkpoint
 from glass_ad.research.benchmark import onnx_throughput, torch_throughput
 
 

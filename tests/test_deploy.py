@@ -26,8 +26,7 @@ from glass_ad.data.io import read_image, read_mask
 from glass_ad.evaluation.calibration import f1_calibration, load_validation_set, normalize_scores
 from glass_ad.inference.export import export_onnx, read_metadata
 from glass_ad.inference.predict import CSV_COLUMNS, Detector, Prediction
-from glass_ad.model.checkpoint import Checkpoint
-from glass_ad.model.glass_model import load_model, read_checkpoint
+from glass_ad.model.checkpoint import Checkpoint, load_model, read_checkpoint
 from glass_ad.research.benchmark import onnx_throughput
 from glass_ad.training.trainer import train
 

@@ -15,7 +15,7 @@ from glass_ad.data.io import read_mask
 from glass_ad.evaluation import metrics
 from glass_ad.evaluation.tester import test as run_test
 from glass_ad.inference.predict import Detector
-from glass_ad.model.glass_model import read_checkpoint
+from glass_ad.model.checkpoint import read_checkpoint
 from glass_ad.training.trainer import train
 
 

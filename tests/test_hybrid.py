@@ -6,7 +6,8 @@ import torch
 
 from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
-from glass_ad.model.glass_model import build_model, load_model
+from glass_ad.model.checkpoint import load_model
+from glass_ad.model.glass_model import build_model
 from glass_ad.model.memory_bank import MemoryBank, greedy_coreset
 from glass_ad.training.trainer import train
 

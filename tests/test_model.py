@@ -7,7 +7,8 @@ import torch
 from scipy import ndimage
 
 from glass_ad.config import make_config
-from glass_ad.model.glass_model import GaussianBlur, ScoreMap, build_model, load_model, make_checkpoint, save_checkpoint
+from glass_ad.model.checkpoint import load_model, make_checkpoint, save_checkpoint
+from glass_ad.model.glass_model import GaussianBlur, ScoreMap, build_model
 
 SIGMA = make_config("fast").smoothing_sigma  # the model's map smoothing (the paper's σ = 4)
 

@@ -12,7 +12,7 @@ from glass_ad import __version__
 from glass_ad.cli import app
 from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
-from glass_ad.model.glass_model import read_checkpoint
+from glass_ad.model.checkpoint import read_checkpoint
 from glass_ad.provenance import data_fingerprint, load_config_file
 
 runner = CliRunner()

@@ -44,7 +44,7 @@ from glass_ad.cli import app
 from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.data.io import ImageReadError, read_image
 from glass_ad.inference.predict import Detector
-from glass_ad.model.glass_model import CheckpointError, read_checkpoint
+from glass_ad.model.checkpoint import CheckpointError, read_checkpoint
 from glass_ad.safety import LOCK_NAME, write_atomic
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

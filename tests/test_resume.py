@@ -13,7 +13,7 @@ import torch
 
 from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
-from glass_ad.model.glass_model import read_checkpoint
+from glass_ad.model.checkpoint import read_checkpoint
 from glass_ad.training import resume as resume_module
 from glass_ad.training.resume import STATE_NAME, ResumeError, TrainingInterrupted, describe_state
 from glass_ad.training.trainer import train

@@ -8,7 +8,7 @@ map; image score = max of the unsmoothed patch scores.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -199,22 +199,3 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-# The checkpoint (file, typed contract, older dict functions) lives in checkpoint.py, which builds on this
-# module; these names are forwarded so that `from glass_ad.model.glass_model import read_checkpoint` keeps working.
-_MOVED_TO_CHECKPOINT = frozenset(
-    {
-        "CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "FORMAT_VERSION", "CheckpointError", "checkpoint_bit_depth",
-        "checkpoint_path", "config_digest", "load_model", "make_checkpoint", "model_from_checkpoint",
-        "read_checkpoint", "save_checkpoint",
-    }
-)  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_CHECKPOINT:
-        from glass_ad.model import checkpoint
-
-        return getattr(checkpoint, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

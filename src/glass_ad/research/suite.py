@@ -38,7 +38,7 @@ import numpy as np
 
 from glass_ad.config import GlassConfig
 from glass_ad.data.datasets import BENCHMARK_CATEGORIES, DatasetError, default_resize, list_categories
-from glass_ad.model.glass_model import CHECKPOINT_NAME
+from glass_ad.model.checkpoint import CHECKPOINT_NAME
 from glass_ad.safety import one_line
 
 if TYPE_CHECKING:  # pragma: no cover
