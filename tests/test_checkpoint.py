@@ -18,7 +18,7 @@ import torch
 
 from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
-from glass_ad.evaluation.calibration import calibrate, resolve_calibration
+from glass_ad.evaluation.calibration import calibrate_holdout
 from glass_ad.model.checkpoint import (
     FALLBACK_METHOD,
     Calibration,
@@ -27,9 +27,7 @@ from glass_ad.model.checkpoint import (
     F1Thresholds,
     Normalization,
     TrainingRecord,
-    make_checkpoint,
     read_checkpoint,
-    save_checkpoint,
 )
 from glass_ad.model.glass_model import build_model
 
@@ -103,12 +101,11 @@ def test_save_load_round_trip_is_exact_and_plain(checkpoint, model, tmp_path):
         assert torch.equal(model(x).anomaly_maps, loaded.build_model("cpu")(x).anomaly_maps)
 
 
-def test_dict_api_still_works(model, config, tmp_path):
-    made = make_checkpoint(model, config, hypothesis="manifold", calibration={}, training={"epochs_run": 1})
-    save_checkpoint(made, tmp_path / "model.pt")
+def test_the_stored_form_is_a_plain_dict(model, config, tmp_path):
+    Checkpoint.from_model(model, config, hypothesis="manifold", training={"epochs_run": 1}).save(tmp_path / "model.pt")
     plain = read_checkpoint(tmp_path)
     assert isinstance(plain, dict) and plain["calibration"] == {} and plain["hypothesis"] == "manifold"
-    save_checkpoint(plain, tmp_path / "copy.pt")  # a plain dict is written as it is
+    torch.save(plain, tmp_path / "copy.pt")  # any writer of the same dict gives the same checkpoint
     assert _same(read_checkpoint(tmp_path / "copy.pt"), plain)
 
 
@@ -116,7 +113,8 @@ def test_unknown_entries_survive_a_rewrite(checkpoint, tmp_path):
     plain = checkpoint.to_dict()
     plain["site_note"] = "line 3"
     plain["calibration"] = {**plain["calibration"], "reviewer": "qa"}
-    path = save_checkpoint(plain, tmp_path / "model.pt")
+    path = tmp_path / "model.pt"
+    torch.save(plain, path)
     loaded = Checkpoint.load(path)
     loaded.save(path)
     again = torch.load(path, weights_only=True)
@@ -180,16 +178,13 @@ def test_checkpoint_without_calibration_has_one_documented_behaviour():
     assert fallback.to_dict() == {}  # nothing invented is stored
     with pytest.raises(ValueError, match="no F1 threshold"):
         fallback.operating_point("f1")
-    # The older dict function gives the same numbers.
-    assert resolve_calibration({}) == fallback.resolved_dict()
-    assert resolve_calibration(STORED_CALIBRATION) == {**STORED_CALIBRATION}
     partial = Calibration.from_dict({"image_threshold": 0.3})
     assert partial.pixel_threshold == 0.5 and partial.image_normalization == Normalization.around(0.3)
 
 
-def test_calibrate_keeps_its_dict_form(model, config):
+def test_a_holdout_calibration_survives_its_stored_form(model, config):
     holdout = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    stored = calibrate(model, holdout, config, "cpu")
+    stored = calibrate_holdout(model, holdout, config, "cpu").to_dict()
     assert isinstance(stored, dict) and stored["holdout_images"] == 4 and "warning" in stored
     typed = Calibration.from_dict(stored)
     assert typed.to_dict() == stored and not typed.is_fallback

@@ -23,10 +23,10 @@ from glass_ad.cli import app
 from glass_ad.config import GlassConfig, make_config
 from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.data.io import read_image, read_mask
-from glass_ad.evaluation.calibration import f1_calibration, load_validation_set, normalize_scores
+from glass_ad.evaluation.calibration import f1_calibration, load_validation_set
 from glass_ad.inference.export import export_onnx, read_metadata
 from glass_ad.inference.predict import CSV_COLUMNS, Detector, Prediction
-from glass_ad.model.checkpoint import Checkpoint, load_model, read_checkpoint
+from glass_ad.model.checkpoint import Checkpoint, Normalization, read_checkpoint
 from glass_ad.research.benchmark import onnx_throughput
 from glass_ad.training.trainer import train
 
@@ -192,7 +192,7 @@ def test_exported_graph_is_the_inference_graph(run, onnx_file):
     assert int(meta["image_size"]) == 64
     assert float(meta["image_threshold"]) == checkpoint["calibration"]["image_threshold"]
     # The PyTorch model alone (float input) gives the ONNX raw outputs for the same uint8 pixels.
-    model, _ = load_model(run)
+    model = Checkpoint.load(run).build_model()
     images = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     detector = Detector.load(run, engine="onnx")
     scores, normalized, maps = detector.score_prepared(images)
@@ -206,23 +206,23 @@ def test_exported_graph_is_the_inference_graph(run, onnx_file):
 def test_normalized_score_threshold_is_half_monotone_and_same_in_onnx(run, onnx_file):
     calibration = read_checkpoint(run)["calibration"]
     params, threshold = calibration["image_normalization"], calibration["image_threshold"]
-    assert float(normalize_scores(torch.tensor([threshold]), params)[0]) == pytest.approx(0.5, abs=1e-6)
-    assert float(normalize_scores(np.array([threshold]), params)[0]) == pytest.approx(0.5, abs=1e-12)
+    assert float(Normalization.from_dict(params)(torch.tensor([threshold]))[0]) == pytest.approx(0.5, abs=1e-6)
+    assert float(Normalization.from_dict(params)(np.array([threshold]))[0]) == pytest.approx(0.5, abs=1e-12)
     grid = np.linspace(threshold - 1.0, threshold + 1.0, 2001)
-    values = normalize_scores(grid, params)
+    values = Normalization.from_dict(params)(grid)
     assert np.all(np.diff(values) >= 0)
     assert np.allclose(values, 1.0 / (1.0 + np.exp(-(grid - params["center"]) / params["scale"])), rtol=0, atol=1e-12)
     # The curve's scale: the median held-out normal score maps to 0.1 (a narrow curve when it equals the threshold).
     median = float(np.median(calibration["holdout_image_scores"]))
     if threshold - median > 1e-6 * math.log(9.0):
         assert params["center"] == threshold and params["scale"] == pytest.approx((threshold - median) / math.log(9.0), rel=1e-9)
-        assert float(normalize_scores(np.array([median]), params)[0]) == pytest.approx(0.1, abs=1e-9)
+        assert float(Normalization.from_dict(params)(np.array([median]))[0]) == pytest.approx(0.1, abs=1e-9)
     else:
         assert params["scale"] == pytest.approx(max(abs(threshold) * 1e-3, 1e-6), rel=1e-9)
     # ONNX's normalised output is the same formula applied to its raw output.
     images = np.random.default_rng(2).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     raw, normalized, _ = Detector.load(run, engine="onnx").score_prepared(images)
-    expected = normalize_scores(torch.from_numpy(raw), params).numpy()
+    expected = Normalization.from_dict(params)(torch.from_numpy(raw)).numpy()
     assert np.abs(normalized - expected).max() < 1e-6
 
 
@@ -376,7 +376,7 @@ def test_calibrate_adds_f1_thresholds_and_keeps_the_false_alarm_one(run, data, t
     assert pixel_f1 <= exact_f1.max() + 1e-3 and pixel_f1 >= exact_f1.max() - 5e-3
 
     # The library function gives what the command stored.
-    model, checkpoint = load_model(copy)
+    model, checkpoint = Checkpoint.load(copy).build_model(), read_checkpoint(copy)
     direct = f1_calibration(model, samples, GlassConfig.from_dict(checkpoint["config"]), "cpu")
     assert direct["f1_image_threshold"] == pytest.approx(after["f1_image_threshold"])
     assert direct["f1_pixel_threshold"] == pytest.approx(after["f1_pixel_threshold"])

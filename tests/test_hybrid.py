@@ -6,7 +6,7 @@ import torch
 
 from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
-from glass_ad.model.checkpoint import load_model
+from glass_ad.model.checkpoint import Checkpoint, read_checkpoint
 from glass_ad.model.glass_model import build_model
 from glass_ad.model.memory_bank import MemoryBank, greedy_coreset
 from glass_ad.training.trainer import train
@@ -62,7 +62,7 @@ def test_hybrid_training_checkpoint_and_onnx(tmp_path):
         "fast", epochs=1, image_size=64, backbone="efficientnet_lite0", early_stopping=False, score="hybrid", num_threads=1
     )
     train(data, tmp_path / "run", config, progress=False, echo=lambda _: None)
-    model, checkpoint = load_model(tmp_path / "run")
+    model, checkpoint = Checkpoint.load(tmp_path / "run").build_model(), read_checkpoint(tmp_path / "run")
     assert checkpoint["memory_bank"] is not None and model.memory_bank is not None
     mean_logit, std_logit, mean_distance, std_distance = checkpoint["hybrid_norm"]
     assert std_logit > 0 and std_distance > 0 and mean_distance > 0

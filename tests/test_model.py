@@ -7,7 +7,7 @@ import torch
 from scipy import ndimage
 
 from glass_ad.config import make_config
-from glass_ad.model.checkpoint import load_model, make_checkpoint, save_checkpoint
+from glass_ad.model.checkpoint import Checkpoint, read_checkpoint
 from glass_ad.model.glass_model import GaussianBlur, ScoreMap, build_model
 
 SIGMA = make_config("fast").smoothing_sigma  # the model's map smoothing (the paper's σ = 4)
@@ -74,11 +74,11 @@ def test_a_hot_patch_makes_a_hot_region_where_it_lies(model, row, col):
 def test_checkpoint_round_trip_is_exact_and_weights_only(model, tmp_path):
     config = make_config("fast", backbone="efficientnet_lite0", image_size=64)
     model.feature_scale.fill_(0.37)
-    ckpt = make_checkpoint(model, config, hypothesis="manifold", calibration={"image_threshold": 0.5})
-    path = save_checkpoint(ckpt, tmp_path / "run" / "model.pt")
+    ckpt = Checkpoint.from_model(model, config, hypothesis="manifold", calibration={"image_threshold": 0.5})
+    path = ckpt.save(tmp_path / "run" / "model.pt")
     assert os.listdir(tmp_path / "run") == ["model.pt"]  # atomic write leaves no temporary file
     torch.load(path, weights_only=True)  # plain tensors and primitives only
-    loaded, data = load_model(tmp_path / "run")
+    loaded, data = Checkpoint.load(tmp_path / "run").build_model(), read_checkpoint(tmp_path / "run")
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         a, b = model(x), loaded(x)
@@ -89,7 +89,7 @@ def test_checkpoint_round_trip_is_exact_and_weights_only(model, tmp_path):
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="glass train"):
-        load_model(tmp_path)
+        Checkpoint.load(tmp_path)
 
 
 def test_fused_inference_matches_unfused(model):

@@ -65,12 +65,6 @@ def logistic_normalization(normal_scores: np.ndarray, threshold: float) -> Norma
     return Normalization(float(threshold), float(spread))
 
 
-def normalize_scores(scores, params: Normalization | dict[str, float]):
-    """Monotone map raw → (0, 1) with threshold ↦ 0.5 (numpy arrays or torch tensors)."""
-    normalization = params if isinstance(params, Normalization) else Normalization.from_dict(params)
-    return normalization(scores)
-
-
 def holdout_warning(count: int, rate: float) -> str | None:
     """A warning when ``count`` held-out images cannot resolve a ``rate`` false-alarm quantile.
 
@@ -110,20 +104,6 @@ def calibrate_holdout(model, holdout: torch.Tensor, config: GlassConfig, device)
         holdout_image_scores=tuple(float(s) for s in image_scores),
         warning=warning,
     )
-
-
-def calibrate(model, holdout: torch.Tensor, config: GlassConfig, device) -> dict[str, Any]:
-    """`calibrate_holdout` as the plain dict that is stored in the checkpoint (the older API)."""
-    return calibrate_holdout(model, holdout, config, device).to_dict()
-
-
-def resolve_calibration(calibration: Calibration | dict[str, Any] | None) -> dict[str, Any]:
-    """The stored calibration completed with the fallback (`checkpoint.Calibration.from_dict`), as a dict.
-
-    Older API: new code uses `Checkpoint.calibration`, which is always complete.
-    """
-    typed = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
-    return typed.resolved_dict()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -269,4 +269,3 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-_jsonable = jsonable  # the older private name (suite.py used it)

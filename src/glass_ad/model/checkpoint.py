@@ -64,13 +64,7 @@ __all__ = [
     "TrainingRecord",
     "checkpoint_path",
     "config_digest",
-    # compatibility with the dict API (model.py forwards these names)
-    "checkpoint_bit_depth",
-    "load_model",
-    "make_checkpoint",
-    "model_from_checkpoint",
     "read_checkpoint",
-    "save_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "glass-ad/1"
@@ -267,7 +261,7 @@ class Calibration:
         return out
 
     def resolved_dict(self) -> dict[str, Any]:
-        """Every field, the fallback's included: the dict `calibration.resolve_calibration` returned."""
+        """Every field, the fallback's included, as a plain dict."""
         method = {"method": self.method} if self.method is not None else {}
         return {
             **self.to_dict(),
@@ -743,42 +737,8 @@ def _check_consistency(checkpoint: dict[str, Any], path: Path) -> None:
 # New code uses `Checkpoint` directly.
 
 
-def make_checkpoint(model: GlassModel, config: GlassConfig, **parts: Any) -> Checkpoint:
-    """`Checkpoint.from_model` under its older name (keyword parts as there; unknown ones are kept)."""
-    return Checkpoint.from_model(model, config, **parts)
-
-
-def save_checkpoint(checkpoint: Checkpoint | Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """`Checkpoint.save` for a typed checkpoint or a plain checkpoint dict (written as it is)."""
-    if isinstance(checkpoint, Checkpoint):
-        return checkpoint.save(path)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(dict(checkpoint), tmp)
-    return path
-
-
 def read_checkpoint(run: str | os.PathLike) -> dict[str, Any]:
     """`Checkpoint.load`, as the plain dict that is stored."""
     return Checkpoint.load(run).to_dict()
 
 
-def checkpoint_bit_depth(checkpoint: Checkpoint | Mapping[str, Any]) -> int | None:
-    """The input bit depth recorded at training (None: each file's container depth)."""
-    return as_checkpoint(checkpoint).bit_depth
-
-
-def model_from_checkpoint(
-    checkpoint: Checkpoint | Mapping[str, Any], device: str | torch.device = "cpu", *, fuse: bool = False
-) -> GlassModel:
-    """`Checkpoint.build_model` for a typed checkpoint or a plain checkpoint dict."""
-    return as_checkpoint(checkpoint).build_model(device, fuse=fuse)
-
-
-def load_model(
-    run: str | os.PathLike, device: str | torch.device = "cpu", *, fuse: bool = False
-) -> tuple[GlassModel, dict[str, Any]]:
-    """The trained model of a run folder or checkpoint file, and the checkpoint as a plain dict."""
-    checkpoint = Checkpoint.load(run)
-    return checkpoint.build_model(device, fuse=fuse), checkpoint.to_dict()

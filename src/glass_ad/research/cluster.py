@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 from glass_ad.ray_session import INSTALL_HINT, import_ray, ray_session  # noqa: F401 (cluster.* names)
 
@@ -130,17 +130,4 @@ class RayEngine:
         return index, result
 
 
-def run_jobs_ray(
-    data_root: str | Path,
-    out_dir: str | Path,
-    jobs: Sequence["Job"],
-    options: RayOptions,
-    **kwargs: Any,
-) -> list["JobResult"]:
-    """`suite.run_jobs` on Ray (kept for callers of the first version; same keyword arguments)."""
-    from glass_ad.research.suite import run_jobs
-
-    return run_jobs(data_root, out_dir, jobs, ray_options=options, **kwargs)
-
-
-__all__ = ["INSTALL_HINT", "RayEngine", "RayOptions", "import_ray", "ray_session", "run_jobs_ray"]
+__all__ = ["INSTALL_HINT", "RayEngine", "RayOptions", "import_ray", "ray_session"]

@@ -197,7 +197,7 @@ def run_job(
             progress=progress,
             echo=say,
         )
-        metrics = {"name": job.name, "category": job.category, **tester._jsonable(report), "request": request}
+        metrics = {"name": job.name, "category": job.category, **tester.jsonable(report), "request": request}
         atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
         (run_dir / ERROR_NAME).unlink(missing_ok=True)
         say(_summary(metrics))
