@@ -1,23 +1,27 @@
 """Preprocessing inside the exported graph: frames of any size in, the map back on the frame out.
 
-`wrap_frames(model, image_size, resize, fit)` takes the S×S ONNX model (input ``images`` uint8 B×S×S×3)
-and returns one whose input ``images`` is a uint8 ``B×H×W×3`` frame of any size (all frames of a batch
-the same size) and whose ``anomaly_map`` is ``B×H×W``. The added nodes are plain ONNX operators and
-compute exactly what `glass_ad.inference.runtime.preprocess` and `runtime.map_to_original` specify:
+`wrap_frames(model, image_size, resize, fit, shape)` takes the ONNX model of an H×W network input (input
+``images`` uint8 B×H×W×3; ``shape`` = (H, W), default the ``image_size`` square) and returns one whose input
+``images`` is a uint8 ``B×h×w×3`` frame of any size (all frames of a batch the same size) and whose
+``anomaly_map`` is ``B×h×w``. The added nodes are plain ONNX operators and compute exactly what
+`glass_ad.inference.runtime.preprocess` and `runtime.map_to_original` specify:
 
-* the resized size and the crop offsets in integer arithmetic (round half to even, like Python);
+* the resized size and the crop offsets of `runtime.crop_box` in exact integer arithmetic (each rational
+  rounded half to even, like Python's ``round``);
 * per axis, the weights ``w[i, j] = max(0, 1 − |(j − s·(i + ½) + ½) / max(s, 1)|)`` with ``s = in/out``,
   each row divided by its sum (PyTorch's bilinear resize, antialiased when shrinking), only for the output
   rows inside the crop and only for the few input pixels ``j`` near each one (a Gather and a weighted sum:
-  the same numbers as the dense matrix product, at a cost proportional to the frame, not frame × S);
+  the same numbers as the dense matrix product, at a cost proportional to the frame, not frame × H);
 * pixels / 255, resized along the width then the height, clip to [0, 1], × 255, round half to even,
   uint8 — the model's input;
-* the S×S map placed in the resized frame (zeros around it) and resized back to H×W by the same rule.
+* the H×W map placed in the resized frame (zeros around it) and resized back to h×w by the same rule.
 
 Only ``onnx`` is needed (no torch); node and tensor names start with ``glass_frame/``.
 """
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import onnx
 from onnx import TensorProto, helper
@@ -116,10 +120,16 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
             info.name = new
 
 
-def wrap_frames(model: onnx.ModelProto, image_size: int, resize: int | None, fit: str) -> onnx.ModelProto:
-    """The S×S model with the preprocessing and the map's way back added (module docstring)."""
+def wrap_frames(
+    model: onnx.ModelProto, image_size: int, resize: int | None, fit: str, shape: tuple[int, int] | None = None
+) -> onnx.ModelProto:
+    """The H×W model (``shape``, default the ``image_size`` square) with the preprocessing and the map's way
+    back added (module docstring)."""
     if fit not in ("crop", "stretch"):
         raise ValueError(f"fit must be 'crop' or 'stretch', got {fit!r}")
+    target_h, target_w = (int(image_size), int(image_size)) if shape is None else (int(shape[0]), int(shape[1]))
+    short = min(target_h, target_w)
+    side = int(resize) if resize else short
     graph = model.graph
     input_name = graph.input[0].name
     map_name = graph.output[-1].name
@@ -128,45 +138,50 @@ def wrap_frames(model: onnx.ModelProto, image_size: int, resize: int | None, fit
     _rename(graph, map_name, inner_map)
 
     b = _Builder()
-    size, side = b.i64(image_size), b.i64(resize or image_size)
-    shape = b.op("Shape", [input_name], "shape")
-    height = b.op("Gather", [shape, b.i64(1)], "height", axis=0)
-    width = b.op("Gather", [shape, b.i64(2)], "width", axis=0)
+    # runtime.crop_box with R = side, S = short: the margin m = R / S, so H·m = H·R / S (known at export).
+    size_h, size_w = b.i64(target_h), b.i64(target_w)
+    base_h = b.i64(round(Fraction(target_h * side, short)))  # round(H·m)
+    base_w = b.i64(round(Fraction(target_w * side, short)))  # round(W·m)
+    shape_node = b.op("Shape", [input_name], "shape")
+    height = b.op("Gather", [shape_node, b.i64(1)], "height", axis=0)
+    width = b.op("Gather", [shape_node, b.i64(2)], "width", axis=0)
     if fit == "stretch":
-        new_h = new_w = side
+        new_h, new_w = base_h, base_w
     else:
-        wide = b.op("LessOrEqual", [height, width], "wide")
-        long_w = b.op("Max", [side, b.round_div(b.op("Mul", [width, side]), height)])
-        long_h = b.op("Max", [side, b.round_div(b.op("Mul", [height, side]), width)])
-        new_h = b.op("Where", [wide, side, long_h], "resized_h")
-        new_w = b.op("Where", [wide, long_w, side], "resized_w")
+        # f = max(H·R / (S·h), W·R / (S·w)): the height's ratio wins when H·w ≥ W·h. Then round(h·f) is
+        # round(H·m) = base_h and the width is round(w·H·R / (S·h)); the other way round symmetrically.
+        wide = b.op("GreaterOrEqual", [b.op("Mul", [width, size_h]), b.op("Mul", [height, size_w])], "wide")
+        long_w = b.op("Max", [base_w, b.round_div(b.op("Mul", [width, b.i64(target_h * side)]), b.op("Mul", [height, b.i64(short)]))])
+        long_h = b.op("Max", [base_h, b.round_div(b.op("Mul", [height, b.i64(target_w * side)]), b.op("Mul", [width, b.i64(short)]))])
+        new_h = b.op("Where", [wide, base_h, long_h], "resized_h")
+        new_w = b.op("Where", [wide, long_w, base_w], "resized_w")
     two = b.i64(2)
-    top = b.round_div(b.op("Sub", [new_h, size]), two)
-    left = b.round_div(b.op("Sub", [new_w, size]), two)
-    crop_rows = b.op("Range", [top, b.op("Add", [top, size]), b.i64(1)], "crop_rows")
-    crop_cols = b.op("Range", [left, b.op("Add", [left, size]), b.i64(1)], "crop_cols")
+    top = b.round_div(b.op("Sub", [new_h, size_h]), two)
+    left = b.round_div(b.op("Sub", [new_w, size_w]), two)
+    crop_rows = b.op("Range", [top, b.op("Add", [top, size_h]), b.i64(1)], "crop_rows")
+    crop_cols = b.op("Range", [left, b.op("Add", [left, size_w]), b.i64(1)], "crop_cols")
 
     # Frame → network input: along the width, then the height (as runtime.preprocess).
-    pixels = b.op("Div", [b.op("Cast", [input_name], to=TensorProto.FLOAT), b.f32(255.0)], "pixels")  # B×H×W×3
-    narrowed = b.resize_axis(pixels, 2, 1, width, new_w, crop_cols)  # B×H×S×3
-    square = b.resize_axis(narrowed, 1, 2, height, new_h, crop_rows)  # B×S×S×3
-    clipped = b.op("Clip", [square, b.f32(0.0), b.f32(1.0)])
+    pixels = b.op("Div", [b.op("Cast", [input_name], to=TensorProto.FLOAT), b.f32(255.0)], "pixels")  # B×h×w×3
+    narrowed = b.resize_axis(pixels, 2, 1, width, new_w, crop_cols)  # B×h×W×3
+    cropped = b.resize_axis(narrowed, 1, 2, height, new_h, crop_rows)  # B×H×W×3
+    clipped = b.op("Clip", [cropped, b.f32(0.0), b.f32(1.0)])
     rounded = b.op("Round", [b.op("Mul", [clipped, b.f32(255.0)])])
     b.nodes.append(helper.make_node("Cast", [rounded], [inner_input], name=PREFIX + "network_input", to=TensorProto.UINT8))
 
-    # Network map (B×S×S) → frame (B×H×W): zeros around the crop in the resized frame, resized back.
+    # Network map (B×H×W) → frame (B×h×w): zeros around the crop in the resized frame, resized back.
     zero = b.i64(0)
     pads = b.op(
         "Concat",
-        [b.op("Unsqueeze", [v, b.axes(0)]) for v in (zero, top, left, zero, b.op("Sub", [new_h, b.op("Add", [top, size])]), b.op("Sub", [new_w, b.op("Add", [left, size])]))],
+        [b.op("Unsqueeze", [v, b.axes(0)]) for v in (zero, top, left, zero, b.op("Sub", [new_h, b.op("Add", [top, size_h])]), b.op("Sub", [new_w, b.op("Add", [left, size_w])]))],
         "pads",
         axis=0,
     )
     padded = b.op("Pad", [inner_map, pads], mode="constant")  # B×resized_h×resized_w
     all_rows = b.op("Range", [b.i64(0), height, b.i64(1)], "frame_rows")
     all_cols = b.op("Range", [b.i64(0), width, b.i64(1)], "frame_cols")
-    tall = b.resize_axis(padded, 1, 1, new_h, height, all_rows)  # B×H×resized_w
-    b.resize_axis(tall, 2, 0, new_w, width, all_cols, out=map_name)  # B×H×W
+    tall = b.resize_axis(padded, 1, 1, new_h, height, all_rows)  # B×h×resized_w
+    b.resize_axis(tall, 2, 0, new_w, width, all_cols, out=map_name)  # B×h×w
 
     new_input = helper.make_tensor_value_info(input_name, TensorProto.UINT8, ["batch", "height", "width", 3])
     new_map = helper.make_tensor_value_info(map_name, TensorProto.FLOAT, ["batch", "height", "width"])

@@ -8,8 +8,9 @@
 
 Nothing here imports torch, scipy or scikit-learn, so a plant PC needs ``numpy``, ``onnxruntime`` and
 ``Pillow`` (``pip install "glass-ad[runtime]"`` pulls no more than that for this module). Everything the
-decision needs — image size, resize and fit, thresholds, normalisations, bit depth — is read from the
-model's ``glass_ad.*`` metadata, never from the training checkpoint.
+decision needs — the network input's shape (``image_height`` × ``image_width``; files exported before
+rectangular inputs carry only the square's ``image_size``), resize and fit, thresholds, normalisations, bit
+depth — is read from the model's ``glass_ad.*`` metadata, never from the training checkpoint.
 
 The preprocessing is specified here as plain numpy (`crop_box`, `resize_weights`, `preprocess`,
 `map_to_original`), the reference an integrator can port to any language: it reproduces
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, Union
 
@@ -35,6 +37,7 @@ __all__ = [
     "Prediction",
     "Runtime",
     "crop_box",
+    "input_shape",
     "resize_weights",
     "preprocess",
     "map_to_original",
@@ -52,28 +55,46 @@ ImageInput = Union[np.ndarray, "PIL.Image.Image", str, os.PathLike]  # noqa: F82
 # The preprocessing, specified in numpy
 
 
-def crop_box(height: int, width: int, image_size: int, resize: int | None = None, fit: str = "crop") -> tuple[int, int, int, int]:
-    """``(resized_h, resized_w, top, left)``: the frame is resized to ``resized_h × resized_w``, then the
-    ``image_size`` square at ``(top, left)`` is the network input.
+def input_shape(image_size: int, shape: Sequence[int] | None = None) -> tuple[int, int]:
+    """``(H, W)`` of the network input: ``shape`` when given, else the ``image_size`` square."""
+    if shape is None:
+        return int(image_size), int(image_size)
+    height, width = (int(n) for n in shape)
+    if height < 1 or width < 1:
+        raise ValueError(f"invalid network input shape {height}x{width}")
+    return height, width
 
-    ``fit="crop"``: the shorter side becomes ``resize`` (default ``image_size``), the longer one keeps the
-    aspect ratio (rounded half to even, never below ``resize``); ``fit="stretch"``: both sides become
-    ``resize``. The crop is centred (offsets rounded half to even). Same integers as `Preprocessor.crop_box`.
+
+def crop_box(
+    height: int, width: int, image_size: int, resize: int | None = None, fit: str = "crop", shape: Sequence[int] | None = None
+) -> tuple[int, int, int, int]:
+    """``(resized_h, resized_w, top, left)``: the frame is resized to ``resized_h × resized_w``, then the
+    ``H × W`` network input (``shape``, default the ``image_size`` square) at ``(top, left)`` is cut out.
+
+    With ``R = resize or min(H, W)`` and the margin ``m = R / min(H, W)``:
+    ``fit="stretch"``: ``(round(H·m), round(W·m))``; ``fit="crop"`` (keep the aspect ratio): with
+    ``f = max(H·m / height, W·m / width)``, ``(max(round(H·m), round(height·f)), max(round(W·m),
+    round(width·f)))``. The crop is centred: ``top = round((resized_h − H) / 2)``, ``left = round((resized_w
+    − W) / 2)``. Every ``round`` is Python's (half to even) of the exact rational value, so the integers
+    are the same in `Preprocessor.crop_box` and in the exported graph (`frame_graph`), which computes them in
+    integer arithmetic. For a square this is: the shorter side becomes ``R``, the longer one keeps the aspect
+    ratio (never below ``R``); stretch makes both ``R``.
     """
-    height, width, size = int(height), int(width), int(image_size)
-    side = int(resize) if resize else size
+    height, width = int(height), int(width)
+    target_h, target_w = input_shape(image_size, shape)
+    short = min(target_h, target_w)
+    side = int(resize) if resize else short
     if height < 1 or width < 1:
         raise ValueError(f"invalid image size {width}x{height}")
+    base_h, base_w = round(Fraction(target_h * side, short)), round(Fraction(target_w * side, short))
     if fit == "stretch":
-        new_h = new_w = side
+        new_h, new_w = base_h, base_w
     elif fit == "crop":
-        if height <= width:
-            new_h, new_w = side, max(side, int(round(width * side / height)))
-        else:
-            new_h, new_w = max(side, int(round(height * side / width))), side
+        scale = max(Fraction(target_h * side, short * height), Fraction(target_w * side, short * width))
+        new_h, new_w = max(base_h, round(height * scale)), max(base_w, round(width * scale))
     else:
         raise ValueError(f"fit must be 'crop' or 'stretch', got {fit!r}")
-    return new_h, new_w, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return new_h, new_w, round(Fraction(new_h - target_h, 2)), round(Fraction(new_w - target_w, 2))
 
 
 def resize_weights(in_size: int, out_size: int, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
@@ -97,10 +118,13 @@ def resize_weights(in_size: int, out_size: int, rows: Sequence[int] | np.ndarray
     return (weights / np.where(total > 0, total, 1)).astype(np.float32)
 
 
-def preprocess(image: np.ndarray, image_size: int, resize: int | None = None, fit: str = "crop") -> np.ndarray:
-    """uint8 ``H×W×3`` (or ``H×W``) frame → the network input, uint8 ``S×S×3``.
+def preprocess(
+    image: np.ndarray, image_size: int, resize: int | None = None, fit: str = "crop", shape: Sequence[int] | None = None
+) -> np.ndarray:
+    """uint8 ``h×w×3`` (or ``h×w``) frame → the network input, uint8 ``H×W×3`` (``shape``, default the
+    ``image_size`` square).
 
-    Resize (`resize_weights` along each axis, pixels scaled to [0, 1]), take the centred square of
+    Resize (`resize_weights` along each axis, pixels scaled to [0, 1]), take the centred ``H×W`` of
     `crop_box`, clip to [0, 1], multiply by 255 and round half to even — the pixels `Preprocessor` and
     `predict.Detector` give the model.
     """
@@ -110,13 +134,13 @@ def preprocess(image: np.ndarray, image_size: int, resize: int | None = None, fi
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 H×W×3 image, got {array.dtype} {tuple(array.shape)}")
     height, width = array.shape[:2]
-    new_h, new_w, top, left = crop_box(height, width, image_size, resize, fit)
-    size = int(image_size)
+    new_h, new_w, top, left = crop_box(height, width, image_size, resize, fit, shape)
+    target_h, target_w = input_shape(image_size, shape)
     if (new_h, new_w) == (height, width):
-        out = array[top : top + size, left : left + size].astype(np.float32) / np.float32(255.0)
+        out = array[top : top + target_h, left : left + target_w].astype(np.float32) / np.float32(255.0)
     else:
-        rows = resize_weights(height, new_h, np.arange(top, top + size))  # S × H
-        cols = resize_weights(width, new_w, np.arange(left, left + size))  # S × W
+        rows = resize_weights(height, new_h, np.arange(top, top + target_h))  # H × h
+        cols = resize_weights(width, new_w, np.arange(left, left + target_w))  # W × w
         pixels = array.astype(np.float32) / np.float32(255.0)
         out = np.einsum("tw,hwc->htc", cols, pixels, optimize=True)  # along the width first, then the height
         out = np.einsum("sh,htc->stc", rows, out, optimize=True)
@@ -124,27 +148,33 @@ def preprocess(image: np.ndarray, image_size: int, resize: int | None = None, fi
 
 
 def map_to_original(
-    anomaly_map: np.ndarray, original_hw: tuple[int, int], image_size: int, resize: int | None = None, fit: str = "crop"
+    anomaly_map: np.ndarray,
+    original_hw: tuple[int, int],
+    image_size: int,
+    resize: int | None = None,
+    fit: str = "crop",
+    shape: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """An ``S×S`` map → float32 ``H×W`` on the original frame (0 where the crop cut the frame).
+    """An ``H×W`` map (``shape``, default the ``image_size`` square) → float32 ``h×w`` on the original frame
+    (0 where the crop cut the frame).
 
     The map is placed at the crop's position in the resized frame (zeros around it) and resized back to
-    ``H×W`` with `resize_weights` — `Preprocessor.map_to_original`.
+    ``h×w`` with `resize_weights` — `Preprocessor.map_to_original`.
     """
     values = np.asarray(anomaly_map, dtype=np.float32)
     if values.ndim != 2:
         values = values.reshape(values.shape[-2:])
     height, width = int(original_hw[0]), int(original_hw[1])
-    new_h, new_w, top, left = crop_box(height, width, image_size, resize, fit)
-    size = int(image_size)
-    if values.shape != (size, size):
-        raise ValueError(f"expected an {size}×{size} map, got {values.shape}")
+    new_h, new_w, top, left = crop_box(height, width, image_size, resize, fit, shape)
+    target_h, target_w = input_shape(image_size, shape)
+    if values.shape != (target_h, target_w):
+        raise ValueError(f"expected an {target_h}×{target_w} map, got {values.shape}")
     if (new_h, new_w) == (height, width):
         out = np.zeros((height, width), np.float32)
-        out[top : top + size, left : left + size] = values
+        out[top : top + target_h, left : left + target_w] = values
         return out
-    rows = resize_weights(new_h, height)[:, top : top + size]  # H × S (columns of the resized frame)
-    cols = resize_weights(new_w, width)[:, left : left + size]  # W × S
+    rows = resize_weights(new_h, height)[:, top : top + target_h]  # h × H (columns of the resized frame)
+    cols = resize_weights(new_w, width)[:, left : left + target_w]  # w × W
     return (rows @ values @ cols.T).astype(np.float32)
 
 
@@ -382,6 +412,12 @@ class Runtime:
             raise ValueError(f"{path} has no glass_ad metadata (not written by `glass export`)")
         self.metadata = meta
         self.image_size = int(meta["image_size"])
+        # (H, W) of the network input; files exported before rectangular inputs carry only image_size.
+        self.input_shape = (
+            (int(meta["image_height"]), int(meta["image_width"]))
+            if meta.get("image_height") and meta.get("image_width")
+            else (self.image_size, self.image_size)
+        )
         self.resize = int(meta["resize"]) if meta.get("resize") else None
         self.fit = meta.get("fit", "crop") if meta.get("fit") in ("crop", "stretch") else "crop"
         self.in_graph = meta.get("preprocessing") == "in-graph"
@@ -421,9 +457,10 @@ class Runtime:
             out = self.session.run(self.output_names, {self.input_name: frames})
             return tuple(np.asarray(o, dtype=np.float32) for o in out)  # type: ignore[return-value]
         height, width = frames.shape[1:3]
-        prepared = np.stack([preprocess(f, self.image_size, self.resize, self.fit) for f in frames])
+        shape = self.input_shape
+        prepared = np.stack([preprocess(f, self.image_size, self.resize, self.fit, shape) for f in frames])
         scores, normalized, maps = (np.asarray(o, dtype=np.float32) for o in self.session.run(self.output_names, {self.input_name: prepared}))
-        full = np.stack([map_to_original(m, (height, width), self.image_size, self.resize, self.fit) for m in maps])
+        full = np.stack([map_to_original(m, (height, width), self.image_size, self.resize, self.fit, shape) for m in maps])
         return scores, normalized, full
 
     def __call__(self, images: ImageInput | Sequence[ImageInput], batch_size: int | None = None):
