@@ -44,7 +44,11 @@ class GlassConfig:
     backbone: str = "efficientnet_lite2"
     layers: tuple[str, ...] | None = None  # None: the backbone's registered default (stride 8 + 16)
     weights: str | None = None  # path to a state dict; None: the backbone's default source
-    image_size: int = 288  # center-crop size fed to the network
+    image_size: int = 288  # center-crop size fed to the network (the short side of a rectangular input)
+    # (height, width) of a rectangular network input (multiples of 8), e.g. (288, 704) for 500×1260 images:
+    # elongated parts keep their aspect ratio instead of being squashed. None: image_size × image_size.
+    # fit "auto" sets it for elongated training images of one aspect ratio (training/preparation.py).
+    image_shape: tuple[int, int] | None = None
     resize: int | None = None  # shorter side before the crop; None: same as image_size
     # crop: resize the shorter side, centre-crop (the reference). stretch: resize both sides (keeps the
     # whole image). auto: stretch when >= 10 % of the training images are elongated (long/short > 1.5), where
@@ -140,25 +144,41 @@ class GlassConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if data["layers"] is not None:
-            data["layers"] = list(data["layers"])
+        for key in ("layers", "image_shape"):
+            if data[key] is not None:
+                data[key] = list(data[key])
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GlassConfig":
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        if values.get("layers") is not None:
-            values["layers"] = tuple(values["layers"])
+        for key in ("layers", "image_shape"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
         return cls(**values)
 
     def replace(self, **changes: Any) -> "GlassConfig":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(height, width) of the network input."""
+        if self.image_shape is None:
+            return (self.image_size, self.image_size)
+        return (int(self.image_shape[0]), int(self.image_shape[1]))
+
     def validate(self) -> "GlassConfig":
         problems = []
         if self.image_size < 32 or self.image_size % 8:
             problems.append(f"image_size must be a multiple of 8 and >= 32 (got {self.image_size})")
+        if self.image_shape is not None:
+            if len(self.image_shape) != 2 or any(int(n) < 32 or int(n) % 8 for n in self.image_shape):
+                problems.append(f"image_shape must be (height, width), multiples of 8 and >= 32 (got {self.image_shape})")
+            elif min(self.image_shape) != self.image_size:
+                problems.append(
+                    f"image_size must equal the short side of image_shape (got {self.image_size} and {self.image_shape})"
+                )
         if self.gas not in GAS_MODES:
             problems.append(f"gas must be one of {', '.join(GAS_MODES)} (got {self.gas!r})")
         if self.fit not in FITS:
@@ -242,6 +262,9 @@ def make_config(recipe: Recipe = "fast", **overrides: Any) -> GlassConfig:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
     values = dict(RECIPES[recipe])
     values.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("layers", "image_shape"):  # lists from YAML/TOML files
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
     return GlassConfig(**values).validate()
 
 

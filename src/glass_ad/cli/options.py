@@ -55,7 +55,14 @@ Textures = Annotated[
     Optional[Path],
     typer.Option(help="Folder of texture images for LAS (e.g. DTD); default: procedural textures."),
 ]
-ImageSize = Annotated[int, typer.Option(help="Network input size (square).")]
+ImageSize = Annotated[int, typer.Option(help="Network input size (square), or the short side of --image-shape.")]
+ImageShape = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Rectangular network input HEIGHTxWIDTH (multiples of 8), e.g. 288x704 for 500×1260 images; "
+        "default: chosen by --fit auto for elongated images of one aspect ratio, else square."
+    ),
+]
 Resize = Annotated[Optional[int], typer.Option(help="Shorter side before the crop (default: image size).")]
 Seed = Annotated[int, typer.Option(help="Seed of every random choice (holdout split, synthesis, initialisation).")]
 
@@ -101,6 +108,13 @@ def config_values(options: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, Path):
             value = str(value)
         values[name] = value
+    if isinstance(values.get("image_shape"), str):  # "288x704": the short side is the image size
+        try:
+            height, width = (int(part) for part in values["image_shape"].lower().split("x"))
+        except ValueError:
+            raise typer.BadParameter(f"must be HEIGHTxWIDTH, e.g. 288x704 (got {values['image_shape']!r})", param_hint="--image-shape") from None
+        values["image_shape"] = (height, width)
+        values["image_size"] = min(height, width)
     if "layers" in values:
         values["layers"] = tuple(layer.strip() for layer in values["layers"].split(",") if layer.strip())
     r2 = paired_r2(values.get("r1"), values.get("r2"))

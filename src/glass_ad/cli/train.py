@@ -43,6 +43,7 @@ def train(
     textures: opt.Textures = None,
     hypothesis: opt.Hypothesis = opt.HypothesisChoice.auto,
     image_size: opt.ImageSize = opt.IMAGE_SIZE,
+    image_shape: opt.ImageShape = None,
     resize: opt.Resize = None,
     fit: Annotated[Optional[str], typer.Option(help="crop (reference), stretch (keep the whole image), auto (stretch elongated images; default).")] = None,
     seed: opt.Seed = opt.SEED,

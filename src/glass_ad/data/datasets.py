@@ -486,21 +486,53 @@ ELONGATED = 1.5  # long/short side: a centre crop would drop over a third of suc
 ELONGATED_SHARE = 0.1  # fit "auto" stretches when at least this share of the training images is elongated
 
 
-def choose_fit(samples: Sequence[Sample], probe: int = 64) -> str:
-    """'stretch' when at least 10 % of the (probed) images are elongated (a centre crop would drop whole
-    regions, and with them defects), else 'crop' (the reference). Reads image headers only."""
+def _probe_sizes(samples: Sequence[Sample], probe: int = 64) -> list[tuple[int, int]]:
+    """(height, width) of up to ``probe`` images spread over ``samples``, from their headers."""
     from PIL import Image
 
-    ratios = []
+    sizes = []
     for sample in samples[:: max(1, len(samples) // probe)][:probe]:
         try:
             with Image.open(sample.path) as image:
                 width, height = image.size
         except Exception:  # unreadable files are reported when decoded
             continue
-        ratios.append(max(width, height) / max(1, min(width, height)))
+        sizes.append((max(1, height), max(1, width)))
+    return sizes
+
+
+def choose_fit(samples: Sequence[Sample], probe: int = 64) -> str:
+    """'stretch' when at least 10 % of the (probed) images are elongated (a centre crop would drop whole
+    regions, and with them defects), else 'crop' (the reference). Reads image headers only."""
+    ratios = [max(h, w) / min(h, w) for h, w in _probe_sizes(samples, probe)]
     share = float(np.mean(np.asarray(ratios) > ELONGATED)) if ratios else 0.0
     return "stretch" if share >= ELONGATED_SHARE else "crop"
+
+
+MAX_ASPECT = 2.5  # the long side of an automatic rectangular input is at most this many short sides
+SAME_ASPECT = 0.1  # images whose aspect ratio lies within 10 % of the median share one input shape
+
+
+def choose_input_shape(samples: Sequence[Sample], image_size: int, probe: int = 64) -> tuple[int, int] | None:
+    """A rectangular network input ``(H, W)`` that keeps the aspect ratio of elongated training images
+    (e.g. (288, 720) for 500×1260 images at image_size 288), or None (a square input).
+
+    Only when nearly all images (90 %) share one orientation and, within 10 %, one aspect ratio of at
+    least 1.5: the short side stays ``image_size``, the long side is the ratio times it, rounded to a
+    multiple of 8 and at most 2.5 × ``image_size`` (the cost per image grows with the area)."""
+    sizes = _probe_sizes(samples, probe)
+    if not sizes:
+        return None
+    wide = np.asarray([w >= h for h, w in sizes])
+    landscape = bool(wide.mean() >= 0.5)
+    if max(wide.mean(), 1 - wide.mean()) < 0.9:
+        return None
+    ratios = np.asarray([max(h, w) / min(h, w) for h, w in sizes])
+    median = float(np.median(ratios))
+    if median < ELONGATED or np.mean(np.abs(ratios / median - 1.0) <= SAME_ASPECT) < 0.9:
+        return None
+    long_side = int(round(min(median, MAX_ASPECT) * image_size / 8.0)) * 8
+    return (image_size, long_side) if landscape else (long_side, image_size)
 
 
 def resolve_fit(fit: str, samples: Sequence[Sample] | None = None) -> str:
@@ -517,20 +549,27 @@ def resolve_fit(fit: str, samples: Sequence[Sample] | None = None) -> str:
 
 @dataclass(frozen=True)
 class CropBox:
-    """Where the ``size × size`` network input comes from: the original ``(H, W)`` image is resized to
-    ``resized_hw``, then ``[top : top + size, left : left + size]`` is cut out."""
+    """Where the ``H × W`` network input (``crop_hw``) comes from: the original image is resized to
+    ``resized_hw``, then ``[top : top + H, left : left + W]`` is cut out."""
 
     original_hw: tuple[int, int]
     resized_hw: tuple[int, int]
     top: int
     left: int
-    size: int
+    crop_hw: tuple[int, int]
+
+    @property
+    def size(self) -> int:
+        """The side of a square crop."""
+        if self.crop_hw[0] != self.crop_hw[1]:
+            raise ValueError(f"the crop is {self.crop_hw[0]}×{self.crop_hw[1]}, not a square")
+        return self.crop_hw[0]
 
     def in_original(self) -> tuple[float, float, float, float]:
         """The crop in original pixel coordinates: ``(y0, x0, y1, x1)``, floats, end exclusive."""
         sy = self.original_hw[0] / self.resized_hw[0]
         sx = self.original_hw[1] / self.resized_hw[1]
-        return self.top * sy, self.left * sx, (self.top + self.size) * sy, (self.left + self.size) * sx
+        return self.top * sy, self.left * sx, (self.top + self.crop_hw[0]) * sy, (self.left + self.crop_hw[1]) * sx
 
 
 def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -542,7 +581,9 @@ def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class Preprocessor:
-    """Resize the shorter side to ``resize or image_size``, then centre-crop ``image_size``.
+    """Resize the shorter side to ``resize or image_size``, then centre-crop ``image_size`` — or, for a
+    rectangular network input ``shape = (H, W)``, resize so that the frame covers ``(H·m, W·m)`` with the
+    margin ``m = resize / min(H, W)`` and centre-crop ``H × W`` (docs/method.md: rectangular inputs).
 
     ``fit="crop"`` (default) is the MVTec/GLASS convention; it loses the ends of elongated images (on
     MTD, ~30% of the defects lie wholly outside the crop). ``fit="stretch"`` resizes both sides to
@@ -555,39 +596,57 @@ class Preprocessor:
     threshold becomes half the mask's peak coverage, so a defect never vanishes from its mask.
     """
 
-    def __init__(self, image_size: int, resize: int | None = None, fit: str = "crop"):
+    def __init__(
+        self, image_size: int, resize: int | None = None, fit: str = "crop", shape: tuple[int, int] | None = None
+    ):
         if fit not in ("crop", "stretch"):
             raise ValueError(f"fit must be 'crop' or 'stretch', got {fit!r}")
         self.fit = fit
-        if image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {image_size}")
-        self.image_size = int(image_size)
+        self.shape = (int(shape[0]), int(shape[1])) if shape is not None else (int(image_size), int(image_size))
+        if min(self.shape) < 8:
+            raise ValueError(f"the network input must be at least 8 pixels a side, got {self.shape}")
+        self.image_size = min(self.shape)
         self.resize = int(resize) if resize is not None else self.image_size
         if self.resize < self.image_size:
             raise ValueError(f"resize ({self.resize}) must not be smaller than image_size ({self.image_size})")
 
     @classmethod
     def from_config(cls, config: "GlassConfig", samples: Sequence[Sample] | None = None) -> "Preprocessor":
-        """The preprocessing of `config` (image size, resize, fit resolved by :func:`resolve_fit`)."""
-        return cls(config.image_size, config.resize, resolve_fit(config.fit, samples))
+        """The preprocessing of `config` (input shape, resize, fit resolved by :func:`resolve_fit`)."""
+        return cls(config.image_size, config.resize, resolve_fit(config.fit, samples), config.input_shape)
+
+    @property
+    def square(self) -> bool:
+        return self.shape[0] == self.shape[1]
 
     def __repr__(self) -> str:
-        return f"Preprocessor(image_size={self.image_size}, resize={self.resize}, fit={self.fit!r})"
+        shape = "" if self.square else f", shape={self.shape}"
+        return f"Preprocessor(image_size={self.image_size}, resize={self.resize}, fit={self.fit!r}{shape})"
 
     def crop_box(self, height: int, width: int) -> CropBox:
-        """The geometry applied to a ``height × width`` image."""
+        """The geometry applied to a ``height × width`` image (the same integers as `runtime.crop_box`)."""
         height, width = int(height), int(width)
         if height < 1 or width < 1:
             raise ValueError(f"invalid image size {width}x{height}")
-        if self.fit == "stretch":
-            new_h = new_w = self.resize
-        elif height <= width:
-            new_h, new_w = self.resize, max(self.resize, int(round(width * self.resize / height)))
+        out_h, out_w = self.shape
+        if self.square:  # the reference's rule, written for squares
+            if self.fit == "stretch":
+                new_h = new_w = self.resize
+            elif height <= width:
+                new_h, new_w = self.resize, max(self.resize, int(round(width * self.resize / height)))
+            else:
+                new_h, new_w = max(self.resize, int(round(height * self.resize / width))), self.resize
         else:
-            new_h, new_w = max(self.resize, int(round(height * self.resize / width))), self.resize
-        top = int(round((new_h - self.image_size) / 2.0))
-        left = int(round((new_w - self.image_size) / 2.0))
-        return CropBox((height, width), (new_h, new_w), top, left, self.image_size)
+            margin = self.resize / self.image_size
+            cover_h, cover_w = int(round(out_h * margin)), int(round(out_w * margin))
+            if self.fit == "stretch":
+                new_h, new_w = cover_h, cover_w
+            else:  # keep the aspect ratio: the smallest resize that covers the (margin-grown) input
+                factor = max(out_h * margin / height, out_w * margin / width)
+                new_h, new_w = max(cover_h, int(round(height * factor))), max(cover_w, int(round(width * factor)))
+        top = int(round((new_h - out_h) / 2.0))
+        left = int(round((new_w - out_w) / 2.0))
+        return CropBox((height, width), (new_h, new_w), top, left, (out_h, out_w))
 
     def geometry(self, original_hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """``(resized_h, resized_w, top, left)`` of the crop for an image of ``original_hw``."""
@@ -597,7 +656,8 @@ class Preprocessor:
     def _apply(self, tensor: torch.Tensor) -> torch.Tensor:
         box = self.crop_box(*tensor.shape[-2:])
         resized = _resize(tensor, box.resized_hw)
-        return resized[..., box.top : box.top + box.size, box.left : box.left + box.size]
+        (out_h, out_w), top, left = box.crop_hw, box.top, box.left
+        return resized[..., top : top + out_h, left : left + out_w]
 
     def image(self, image: np.ndarray) -> torch.Tensor:
         """``uint8`` ``H×W×3`` (or ``H×W`` grey) → ``float32`` ``(3, S, S)`` in ``[0, 1]``."""
@@ -644,12 +704,12 @@ class Preprocessor:
         values = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
         if values.ndim != 2:
             values = values.reshape(values.shape[-2:])
-        size = self.image_size
-        if tuple(values.shape) != (size, size):
-            values = F.interpolate(values[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        out_h, out_w = self.shape
+        if tuple(values.shape) != (out_h, out_w):
+            values = F.interpolate(values[None, None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0, 0]
         box = self.crop_box(*original_hw)
         (new_h, new_w), top, left = box.resized_hw, box.top, box.left
-        padding = (left, new_w - left - size, top, new_h - top - size)
+        padding = (left, new_w - left - out_w, top, new_h - top - out_h)
         frame = values[None, None]
         if any(padding):
             if pad == "edge":
@@ -681,9 +741,8 @@ class ImageDataset(Dataset):
         return len(self.samples)
 
     def _mask(self, sample: Sample, image_hw: tuple[int, int]) -> torch.Tensor:
-        size = self.preprocessor.image_size
         if sample.mask_path is None:
-            return torch.zeros((1, size, size), dtype=torch.float32)
+            return torch.zeros((1, *self.preprocessor.shape), dtype=torch.float32)
         raw = read_mask(sample.mask_path)
         if raw.shape != tuple(image_hw):
             (mh, mw), (h, w) = raw.shape, image_hw

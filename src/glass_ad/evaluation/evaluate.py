@@ -18,16 +18,16 @@ class StreamingEvaluator:
     when full; only the path and defect type strings are kept per image besides them.
     """
 
-    def __init__(self, image_size: int, expected: int | None = None) -> None:
-        if image_size <= 0:
+    def __init__(self, image_size: int | tuple[int, int], expected: int | None = None) -> None:
+        shape = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if min(shape) <= 0:
             raise ValueError("image_size must be positive")
-        self.image_size = int(image_size)
+        self.shape = (int(shape[0]), int(shape[1]))  # (H, W) of the maps
         cap = max(1, int(expected) if expected else 16)
-        s = self.image_size
         self._scores = np.zeros(cap, dtype=np.float64)
         self._labels = np.zeros(cap, dtype=np.int64)
-        self._maps = np.zeros((cap, s, s), dtype=np.float32)
-        self._masks = np.zeros((cap, s, s), dtype=bool)
+        self._maps = np.zeros((cap, *self.shape), dtype=np.float32)
+        self._masks = np.zeros((cap, *self.shape), dtype=bool)
         self._paths: list[str] = []
         self._types: list[str] = []
         self._n = 0
@@ -71,17 +71,16 @@ class StreamingEvaluator:
         """Append one batch. ``masks=None`` stores all-normal masks for the batch."""
         scores = np.asarray(image_scores, dtype=np.float64).reshape(-1)
         b = scores.shape[0]
-        s = self.image_size
         maps = np.asarray(maps, dtype=np.float32)
-        if maps.shape != (b, s, s):
-            raise ValueError(f"maps must have shape {(b, s, s)}, got {maps.shape}")
+        if maps.shape != (b, *self.shape):
+            raise ValueError(f"maps must have shape {(b, *self.shape)}, got {maps.shape}")
         labels = np.asarray(labels).reshape(-1)
         if labels.shape[0] != b or len(defect_types) != b or len(paths) != b:
             raise ValueError("labels, defect_types and paths must match the batch size")
         if masks is not None:
             masks = np.asarray(masks)
-            if masks.shape != (b, s, s):
-                raise ValueError(f"masks must have shape {(b, s, s)}, got {masks.shape}")
+            if masks.shape != (b, *self.shape):
+                raise ValueError(f"masks must have shape {(b, *self.shape)}, got {masks.shape}")
         self._grow(self._n + b)
         sl = slice(self._n, self._n + b)
         self._scores[sl] = scores

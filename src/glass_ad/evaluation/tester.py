@@ -120,7 +120,7 @@ def test(
         num_workers=workers,
         collate_fn=_collate,
     )
-    evaluator = StreamingEvaluator(config.image_size, expected=len(dataset.test))
+    evaluator = StreamingEvaluator(config.input_shape, expected=len(dataset.test))
     dropped: list[dict[str, Any]] = []
     with torch.inference_mode():
         for batch in tqdm(loader, desc="testing", unit="batch", disable=not progress):
@@ -155,6 +155,8 @@ def test(
     report["backbone"] = checkpoint.backbone.name
     report["recipe"] = config.recipe
     report["image_size"] = config.image_size
+    if config.image_shape is not None:
+        report["input_shape"] = list(config.input_shape)
     report["test_wall_time_s"] = time.perf_counter() - start
     report["train_wall_time_s"] = checkpoint.training.wall_time_s
     report["epochs_run"] = checkpoint.training.epochs_run

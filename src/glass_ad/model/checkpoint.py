@@ -717,11 +717,13 @@ def _check_consistency(checkpoint: dict[str, Any], path: Path) -> None:
         raise CheckpointError(f"checkpoint {path} has unreadable settings ({error})") from None
     centre = checkpoint.get("centre")
     if isinstance(centre, torch.Tensor) and centre.ndim == 2:
-        grid = int(math.isqrt(centre.shape[0]))
-        if grid * FEATURE_STRIDE != config.image_size:
+        height, width = config.input_shape
+        if centre.shape[0] != (height // FEATURE_STRIDE) * (width // FEATURE_STRIDE):
+            side = int(math.isqrt(centre.shape[0])) * FEATURE_STRIDE
             raise CheckpointError(
-                f"{path} says image_size {config.image_size}, but its weights were trained at {grid * FEATURE_STRIDE} px; "
-                f"the file was edited — restore it or retrain"
+                f"{path} says image_size {config.image_size}"
+                + (f" (input {height}×{width})" if height != width else "")
+                + f", but its weights were trained at {side} px; the file was edited — restore it or retrain"
             )
     dim = int(checkpoint["embed_dim"])
     first = checkpoint["discriminator"].get("body.0.weight", checkpoint["discriminator"].get("tail.0.weight"))

@@ -7,7 +7,6 @@ map; image score = max of the unsmoothed patch scores.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Sequence
 
 import torch
@@ -51,28 +50,39 @@ class GaussianBlur(nn.Module):
         return F.conv2d(F.pad(maps, (0, 0, r, r), mode="reflect"), self.kernel.to(maps.dtype).view(1, 1, -1, 1))
 
 
-class ScoreMap(nn.Module):
-    """h×h patch scores → S×S anomaly map: bilinear upsampling, then Gaussian smoothing.
+def _axis_matrix(grid: int, size: int, sigma: float) -> torch.Tensor:
+    """The size×grid matrix of bilinear upsampling followed by Gaussian smoothing along one axis."""
+    basis = torch.eye(grid).view(grid, 1, grid, 1)  # one patch row per sample, width 1
+    columns = F.interpolate(basis, size=(size, 1), mode="bilinear", align_corners=False)
+    columns = GaussianBlur(sigma).along_height(columns)  # grid×1×size×1
+    return columns.view(grid, size).T.contiguous()
 
-    Both steps are separable linear maps, so along each axis together they are one fixed S×h matrix K,
-    and the map is K·P·Kᵀ: the same numbers as interpolate + two 1-D convolutions (tests/test_model.py),
-    two small matrix products instead of a 33-tap single-channel convolution over every pixel.
+
+class ScoreMap(nn.Module):
+    """h×w patch scores → H×W anomaly map: bilinear upsampling, then Gaussian smoothing.
+
+    Both steps are separable linear maps, so along each axis together they are one fixed matrix (H×h
+    for rows, W×w for columns), and the map is K_h·P·K_wᵀ: the same numbers as interpolate + two 1-D
+    convolutions (tests/test_model.py), two small matrix products instead of a 33-tap single-channel
+    convolution over every pixel.
     """
 
-    def __init__(self, grid: int, size: int, sigma: float):
+    def __init__(self, grid: int | tuple[int, int], size: int | tuple[int, int], sigma: float):
         super().__init__()
-        basis = torch.eye(grid).view(grid, 1, grid, 1)  # one patch row per sample, width 1
-        columns = F.interpolate(basis, size=(size, 1), mode="bilinear", align_corners=False)
-        columns = GaussianBlur(sigma).along_height(columns)  # grid×1×S×1
-        self.register_buffer("matrix", columns.view(grid, size).T.contiguous(), persistent=False)
+        grid_h, grid_w = (grid, grid) if isinstance(grid, int) else grid
+        size_h, size_w = (size, size) if isinstance(size, int) else size
+        rows = _axis_matrix(grid_h, size_h, sigma)
+        self.register_buffer("matrix", rows, persistent=False)
+        columns = rows if (grid_w, size_w) == (grid_h, size_h) else _axis_matrix(grid_w, size_w, sigma)
+        self.register_buffer("column_matrix", columns, persistent=False)
 
-    def forward(self, patch_scores: torch.Tensor) -> torch.Tensor:  # B×h×h → B×S×S
-        return self.matrix @ patch_scores @ self.matrix.T
+    def forward(self, patch_scores: torch.Tensor) -> torch.Tensor:  # B×h×w → B×H×W
+        return self.matrix @ patch_scores @ self.column_matrix.T
 
 
 class GlassOutput(NamedTuple):
     image_scores: torch.Tensor  # B
-    anomaly_maps: torch.Tensor  # B×S×S (smoothed)
+    anomaly_maps: torch.Tensor  # B×H×W (smoothed)
     patch_scores: torch.Tensor  # B×h×w
 
 
@@ -87,6 +97,7 @@ class GlassModel(nn.Module):
         adaptor: Adaptor | None,
         *,
         image_size: int,
+        input_shape: tuple[int, int] | None = None,
         feature_scale: float = 1.0,
         smoothing_sigma: float = 4.0,
     ):
@@ -95,9 +106,10 @@ class GlassModel(nn.Module):
         self.aggregator = aggregator
         self.adaptor = adaptor if adaptor is not None else nn.Identity()
         self.discriminator = discriminator
-        self.image_size = int(image_size)
+        self.input_shape = (int(input_shape[0]), int(input_shape[1])) if input_shape else (int(image_size),) * 2
+        self.image_size = min(self.input_shape)
         self.register_buffer("feature_scale", torch.tensor(float(feature_scale)))
-        self.score_map = ScoreMap(self.grid, self.image_size, smoothing_sigma)
+        self.score_map = ScoreMap(self.grid_shape, self.input_shape, smoothing_sigma)
         # Optional hybrid score (`score="hybrid"`): a bank of normal patch vectors, and the mean and std
         # of the discriminator logit and of the nearest-neighbour distance on held-out normal patches.
         self.memory_bank: MemoryBank | None = None
@@ -110,8 +122,21 @@ class GlassModel(nn.Module):
             self.hybrid_norm.copy_(torch.tensor([float(v) for v in norm]))
 
     @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(rows, columns) of the stride-8 patch grid."""
+        return (self.input_shape[0] // FEATURE_STRIDE, self.input_shape[1] // FEATURE_STRIDE)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_shape[0] * self.grid_shape[1]
+
+    @property
     def grid(self) -> int:
-        return self.image_size // FEATURE_STRIDE
+        """The side of a square model's patch grid."""
+        rows, columns = self.grid_shape
+        if rows != columns:
+            raise ValueError(f"the patch grid is {rows}×{columns}, not square: use grid_shape")
+        return rows
 
     @property
     def embed_dim(self) -> int:
@@ -129,8 +154,7 @@ class GlassModel(nn.Module):
             scores = self.discriminator(self.adaptor(rows))
         else:
             scores = self.hybrid_parts(rows).sum(dim=1) * 0.5
-        side = int(math.isqrt(p))
-        return scores.view(b, side, side)
+        return scores.view(b, *self.grid_shape)
 
     def hybrid_parts(self, rows: torch.Tensor) -> torch.Tensor:
         """N×2: standardised discriminator logit and nearest-neighbour distance of N patch vectors."""
@@ -191,6 +215,7 @@ def build_model(config: GlassConfig, *, channels: list[int] | None = None) -> Gl
         discriminator,
         adaptor,
         image_size=config.image_size,
+        input_shape=config.input_shape,
         smoothing_sigma=config.smoothing_sigma,
     )
 

@@ -123,7 +123,7 @@ def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> 
     optimisation = make_optimisation(model, config)
     settings = GASSettings.from_config(config, "manifold")
     bf16 = use_bf16(config.precision, device, model.embed_dim, config.dsc_hidden)
-    centre = torch.zeros(model.grid**2, model.embed_dim, device=device)
+    centre = torch.zeros(model.num_patches, model.embed_dim, device=device)
     images = torch.rand(config.batch_size, 3, size, size)
     timings = {"backbone": 0.0, "las": 0.0, "gas": 0.0, "step_total": 0.0}
     for i in range(iterations + 1):

@@ -28,7 +28,7 @@ def build_hybrid_score(
     if holdout is None or len(holdout) == 0:
         raise ValueError("the hybrid score needs held-out normal images to standardise its parts (--holdout > 0)")
     model.eval()
-    rows_per_image = model.grid**2
+    rows_per_image = model.num_patches
     count = max(1, int(round(len(features) * rows_per_image * config.memory_bank_fraction)))
     # A random pool of at most 64 patch vectors per image keeps the greedy selection's cost bounded.
     per_image = min(rows_per_image, 64)

@@ -17,7 +17,8 @@ def train_disk_need(n_images: int, config) -> int:
     """Bytes `glass train` may write into its run folder: the checkpoint (written beside the old one
     before the rename), the resume state and, when it exceeds the RAM budget, the memory-mapped feature
     cache."""
-    grid = (config.image_size // 8) ** 2
+    height, width = getattr(config, "input_shape", (config.image_size, config.image_size))
+    grid = (height // 8) * (width // 8)
     dim = getattr(config, "embed_dim", None) or 1536  # the widest default patch vector
     hidden = getattr(config, "dsc_hidden", 1024)
     checkpoint = 4 * (dim * dim + dim * hidden + 4 * hidden + grid * dim) + (1 << 20)

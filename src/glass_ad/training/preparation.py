@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from glass_ad.config import GlassConfig
-from glass_ad.data.datasets import DatasetSplit, Preprocessor, Sample, load_dataset, resolve_fit
+from glass_ad.data.datasets import DatasetSplit, Preprocessor, Sample, choose_input_shape, load_dataset, resolve_fit
 from glass_ad.data.io import ImageReadError, read_image
 from glass_ad.model.geometry import FeatureGeometry, SpacingProbe, measure_geometry
 from glass_ad.model.glass_model import GlassModel
@@ -90,7 +90,11 @@ def prepare_images(
     train_samples, holdout_samples = split_holdout(dataset.train, config)
     if config.fit == "auto":  # decided once from the training images; the checkpoint stores the decision
         config = config.replace(fit=resolve_fit(config.fit, dataset.train))
-        echo(f"image fit: {config.fit}")
+        shape = choose_input_shape(dataset.train, config.image_size) if config.image_shape is None else None
+        if config.fit == "stretch" and shape is not None:  # elongated parts keep their aspect ratio
+            config = config.replace(image_shape=shape).validate()
+        height, width = config.input_shape
+        echo(f"image fit: {config.fit}" + (f", network input {height}×{width} (the images' aspect ratio)" if shape else ""))
     preprocessor = Preprocessor.from_config(config)
     images, train_samples = decode_images(train_samples, preprocessor, progress=progress)
     holdout = None
@@ -179,7 +183,7 @@ def extract_features(
 ) -> FeatureStore:
     """Patch features (scaled) of uint8 images, computed once and kept in a FeatureStore."""
     if store is None:
-        store = FeatureStore(len(images), model.grid**2, model.embed_dim)
+        store = FeatureStore(len(images), model.num_patches, model.embed_dim)
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
         batch = images[start : start + batch_size].to(device).float() / 255.0
         store.write(start, model.features(batch))
@@ -206,7 +210,7 @@ class NormalFeatures:
     def mean(self) -> torch.Tensor:
         """The per-position mean P×D. The hypersphere centre is A(mean): A is linear, so no pass over the data
         is needed per epoch."""
-        total = torch.zeros(self.model.grid**2, self.model.embed_dim, dtype=torch.float64, device=self.device)
+        total = torch.zeros(self.model.num_patches, self.model.embed_dim, dtype=torch.float64, device=self.device)
         for start in range(0, len(self), 16):
             total += self.batch(np.arange(start, min(start + 16, len(self)))).double().sum(0)
         return (total / len(self)).float()
@@ -243,7 +247,7 @@ def prepare_features(
     if config.cache_features:
         store = FeatureStore(
             len(images),
-            model.grid**2,
+            model.num_patches,
             model.embed_dim,
             dtype=config.cache_dtype,
             ram_limit_gb=config.cache_ram_limit_gb,
