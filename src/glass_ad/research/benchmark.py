@@ -76,22 +76,22 @@ def _run_benchmark(config: GlassConfig, repeats: int, train_iterations: int) -> 
 
     fused = copy.deepcopy(model).fuse_()
     for batch_size in (8, 1):
-        batch = torch.rand(batch_size, 3, size, size, device=device)
+        batch = torch.rand(batch_size, 3, *config.input_shape, device=device)
         backbone = _throughput(model.backbone, batch, repeats)
         full = _throughput(fused, batch, repeats)
         result[f"backbone_img_s_b{batch_size}"] = backbone
         result[f"inference_img_s_b{batch_size}"] = full
         result[f"inference_vs_backbone_b{batch_size}"] = full / backbone
-    result.update(_head_breakdown(fused, size, device, repeats))
+    result.update(_head_breakdown(fused, config.input_shape, device, repeats))
     result["inference_peak_rss_mb"] = _rss_mb()
     result.update(_training_breakdown(config, model, device, train_iterations))
     result["peak_rss_mb"] = _rss_mb()
     return result
 
 
-def _head_breakdown(model, size: int, device, repeats: int, batch_size: int = 8) -> dict[str, float]:
+def _head_breakdown(model, shape: tuple[int, int], device, repeats: int, batch_size: int = 8) -> dict[str, float]:
     """Milliseconds per batch of the parts after the backbone: aggregation, A + D, map post-processing."""
-    images = torch.rand(batch_size, 3, size, size, device=device)
+    images = torch.rand(batch_size, 3, *shape, device=device)
     with torch.inference_mode():
         maps = model.backbone(images)
         features = model.aggregator(maps)
@@ -124,7 +124,7 @@ def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> 
     settings = GASSettings.from_config(config, "manifold")
     bf16 = use_bf16(config.precision, device, model.embed_dim, config.dsc_hidden)
     centre = torch.zeros(model.num_patches, model.embed_dim, device=device)
-    images = torch.rand(config.batch_size, 3, size, size)
+    images = torch.rand(config.batch_size, 3, *config.input_shape)
     timings = {"backbone": 0.0, "las": 0.0, "gas": 0.0, "step_total": 0.0}
     for i in range(iterations + 1):
         if i == 1:  # first iteration is warm-up
@@ -219,9 +219,8 @@ def torch_throughput(
     from glass_ad.model.checkpoint import Checkpoint
 
     checkpoint = Checkpoint.load(run)
-    size = checkpoint.image_size
     graph = inference_graph(checkpoint, device)
-    images = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, device=device)
+    images = torch.randint(0, 256, (batch_size, *checkpoint.config.input_shape, 3), dtype=torch.uint8, device=device)
     with torch.inference_mode():
         graph(images)
         if torch.device(device).type == "cuda":
