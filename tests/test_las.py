@@ -1,3 +1,4 @@
+import dataclasses
 import logging
 from collections import Counter
 
@@ -19,6 +20,7 @@ from glass_ad.synthesis.textures import (
     TextureError,
     TexturePool,
     augment,
+    fit_shape,
     fit_square,
     load_textures,
     textures_from_config,
@@ -342,3 +344,183 @@ def test_texture_colour_rule_and_las_from_config():
         paper.beta_min,
         paper.beta_max,
     )
+
+
+# -------------------------------------------------------------------------- rectangular network input
+
+RECTANGLES = [(32, 80), (72, 40)]  # landscape and portrait, multiples of 8
+
+
+def _rect_images(shape, batch=4):
+    return torch.rand(batch, 3, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def _has_image_shape() -> bool:
+    return "image_shape" in {f.name for f in dataclasses.fields(GlassConfig)}
+
+
+def test_rectangular_las_shapes_and_max_pooled_patch_labels():
+    for height, width in RECTANGLES:
+        las = LocalAnomalySynthesizer(min(height, width), ProceduralTextures((height, width)), shape=(height, width))
+        assert las.shape == (height, width) and las.grid_shape == (height // 8, width // 8)
+        assert las.image_size == min(height, width)
+        images = _rect_images((height, width))
+        rng = np.random.default_rng(11)
+        for _ in range(5):
+            out = las(images, None, rng)
+            assert out.images.shape == (4, 3, height, width) and out.masks.shape == (4, 1, height, width)
+            assert out.patch_labels.shape == (4, (height // 8) * (width // 8)) and out.betas.shape == (4,)
+            assert (out.masks.flatten(1).sum(1) > 0).all()
+            assert torch.equal(out.patch_labels, F.max_pool2d(out.masks, 8).flatten(1))
+            # Row-major over the (H/8)×(W/8) grid: label (r, c) is rows 8r..8r+7, cols 8c..8c+7.
+            grid = out.patch_labels.view(4, height // 8, width // 8)
+            r, c = height // 8 - 1, width // 8 - 2
+            expected = out.masks[:, 0, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8].flatten(1).amax(1)
+            assert torch.equal(grid[:, r, c], expected)
+            inside = out.masks.bool().expand_as(images)
+            assert torch.equal(out.images[~inside], images[~inside])  # outside the mask: bit for bit
+
+
+def test_rectangular_masks_stay_inside_the_foreground():
+    height, width = 32, 80
+    las = LocalAnomalySynthesizer(32, ProceduralTextures((height, width)), shape=(height, width))
+    fg = torch.zeros(4, 1, height, width, dtype=torch.bool)
+    fg[:, :, 4:28, 10:70] = True
+    rng = np.random.default_rng(12)
+    for _ in range(8):
+        out = las(_rect_images((height, width)), fg, rng)
+        assert not (out.masks.bool() & ~fg).any()
+        assert (out.masks.flatten(1).sum(1) > 0).all()
+
+
+def test_rectangular_overlay_uses_an_h_by_w_texture():
+    height, width = 32, 80
+
+    class Recorded:
+        def __init__(self):
+            self.sizes = []
+            self.texture = np.random.default_rng(98).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+        def sample(self, rng, size=None):
+            self.sizes.append(size)
+            return self.texture
+
+    source = Recorded()
+    las = LocalAnomalySynthesizer(32, source, shape=(height, width))
+    images = _rect_images((height, width))
+    out = las(images, None, np.random.default_rng(13))
+    assert source.sizes == [(height, width)] * 4
+    inside = out.masks.bool().expand_as(images)
+    texture = torch.from_numpy(source.texture).permute(2, 0, 1).float().div(255).expand_as(images)
+    beta = out.betas.view(-1, 1, 1, 1).expand_as(images)
+    torch.testing.assert_close(out.images[inside], ((1 - beta) * texture + beta * images)[inside], atol=1e-6, rtol=0)
+
+
+def test_square_las_draws_the_same_numbers_however_it_is_built():
+    images = _images()
+    fg = torch.zeros(4, 1, SIZE, SIZE, dtype=torch.bool)
+    fg[:, :, 8:56, 4:60] = True
+    built = [
+        LocalAnomalySynthesizer(SIZE, ProceduralTextures(SIZE)),
+        LocalAnomalySynthesizer(SIZE, ProceduralTextures((SIZE, SIZE)), shape=(SIZE, SIZE)),
+        LocalAnomalySynthesizer.from_config(GlassConfig(image_size=SIZE), ProceduralTextures(SIZE)),
+    ]
+    outs = [las(images, fg, np.random.default_rng(3)) for las in built]
+    for out in outs[1:]:
+        assert torch.equal(out.images, outs[0].images) and torch.equal(out.masks, outs[0].masks)
+        assert torch.equal(out.patch_labels, outs[0].patch_labels) and out.modes == outs[0].modes
+    # Pinned before rectangles existed (same seed, same masks and rules).
+    out = built[0](images, None, np.random.default_rng(3))
+    assert out.masks.flatten(1).sum(1).int().tolist() == [180, 275, 178, 6]
+    assert out.modes == ["single", "or", "single", "and"]
+
+
+def test_rectangular_shapes_are_checked():
+    las = LocalAnomalySynthesizer(32, ProceduralTextures((32, 80)), shape=(32, 80))
+    with pytest.raises(ValueError, match="expected B×3×32×80"):
+        las(torch.rand(2, 3, 80, 32), None, np.random.default_rng(0))  # transposed
+    with pytest.raises(ValueError, match="foreground"):
+        las(torch.rand(2, 3, 32, 80), torch.ones(2, 1, 32, 32, dtype=torch.bool), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="multiple of the feature stride"):
+        LocalAnomalySynthesizer(32, ProceduralTextures(32), shape=(32, 84))
+
+
+def test_rectangular_fallback_patch_is_central(monkeypatch):
+    import glass_ad.synthesis.perlin as perlin_module
+
+    monkeypatch.setattr(perlin_module, "combined_perlin_mask", lambda size, rng: (np.zeros((size, size), bool), "and"))
+    las = LocalAnomalySynthesizer(32, FixedTextures(32), shape=(32, 80))
+    mask, _ = las.draw_mask(np.random.default_rng(0), None)
+    assert mask.shape == (32, 80) and mask.sum() == 64 and mask[12:20, 36:44].all()
+
+
+def test_las_from_config_takes_the_input_shape():
+    if not _has_image_shape():
+        pytest.skip("GlassConfig.image_shape not landed yet")
+    config = GlassConfig(image_size=32, image_shape=(32, 80))
+    las = LocalAnomalySynthesizer.from_config(config, textures_from_config(config))
+    assert las.shape == (32, 80) and las.grid_shape == (4, 10)
+    out = las(_rect_images((32, 80), batch=2), None, np.random.default_rng(0))
+    assert out.masks.shape == (2, 1, 32, 80) and out.patch_labels.shape == (2, 40)
+    assert textures_from_config(config).sample(np.random.default_rng(0)).shape == (32, 80, 3)
+
+
+# --------------------------------------------------------------------------- rectangular textures
+
+
+def test_every_texture_source_serves_rectangles_and_squares_as_before(tmp_path):
+    _write_textures(tmp_path / "t")
+    sources = {
+        "pool": lambda size: TexturePool.from_folder(tmp_path / "t", size),
+        "procedural": ProceduralTextures,
+        "grey": lambda size: GreyTextures(ProceduralTextures(size)),
+        "files": lambda size: FolderTextures(tmp_path / "t", size),
+    }
+    for name, make in sources.items():
+        square, rect = make(SIZE), make((32, 80))
+        assert rect.sample(np.random.default_rng(0)).shape == (32, 80, 3), name
+        for shape in [(32, 80), (72, 40)]:
+            texture = square.sample(np.random.default_rng(0), shape)
+            assert texture.shape == (*shape, 3) and texture.dtype == np.uint8, name
+        # A square as an int or as (S, S): the same numbers.
+        for size in [SIZE, 40]:
+            a = square.sample(np.random.default_rng(5), size)
+            b = square.sample(np.random.default_rng(5), (size, size))
+            assert np.array_equal(a, b), (name, size)
+        assert np.array_equal(square.sample(np.random.default_rng(6)), make((SIZE, SIZE)).sample(np.random.default_rng(6)))
+
+
+def test_procedural_rectangles_are_patterned_over_their_whole_width():
+    source = ProceduralTextures((32, 128))
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        texture = source.sample(rng).astype(np.float32)
+        assert texture.shape == (32, 128, 3)
+        # Both halves vary (no stretched or blank half).
+        assert texture[:, :64].std() > 1 and texture[:, 64:].std() > 1
+
+
+def test_fit_shape_covers_and_crops_the_centre():
+    image = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    for size in [32, 60, 100]:
+        assert np.array_equal(fit_shape(image, (size, size)), fit_square(image, size))
+    out = fit_shape(image, (20, 80))  # needs a wider image: factor 80 / 90, height 53 → rows 16..35
+    assert out.shape == (20, 80, 3)
+    wide = fit_shape(image, (60, 90))
+    assert np.array_equal(wide, image)
+    tall = fit_shape(image, (120, 40))  # factor 2: 120×180, centre 40 columns
+    assert tall.shape == (120, 40, 3)
+
+
+def test_texture_pool_stores_the_rectangle():
+    image = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    pool = TexturePool([image, image[:, ::-1]], (32, 80))
+    assert pool.textures.shape == (2, 32, 80, 3) and pool.shape == (32, 80) and pool.image_size == 32
+    assert np.array_equal(pool.textures[0], fit_shape(image, (32, 80)))
+
+
+def test_foreground_of_a_rectangular_image():
+    image = np.full((64, 160, 3), 30, np.uint8)
+    image[16:48, 50:110] = 220  # a bright object in the middle of a landscape frame
+    mask = foreground_mask(image)
+    assert mask.shape == (64, 160) and mask[32, 80] and not mask[2, 2] and not mask[32, 150]

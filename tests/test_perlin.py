@@ -128,3 +128,46 @@ def test_draw_perlin_mask_returns_the_largest_when_every_draw_falls_short(monkey
     far[-1, -1] = True
     mask, _ = perlin_module.draw_perlin_mask(16, np.random.default_rng(0), foreground=far, foreground_tries=2, max_draws=3)
     assert mask.sum() == 4
+
+
+# ----------------------------------------------------------------------------- rectangular inputs
+
+
+def test_square_size_as_int_or_tuple_draws_the_same_masks():
+    from glass_ad.synthesis.perlin import as_hw, draw_perlin_mask
+
+    assert as_hw(64) == (64, 64) and as_hw((40, 72)) == (40, 72)
+    for seed in range(5):
+        a, rule_a = draw_perlin_mask(64, np.random.default_rng(seed))
+        b, rule_b = draw_perlin_mask((64, 64), np.random.default_rng(seed))
+        assert rule_a == rule_b and np.array_equal(a, b)
+        # A square is the square itself (no crop): the masks of the combined draw.
+        square, _ = combined_perlin_mask(64, np.random.default_rng(seed))
+        assert np.array_equal(a, square)
+
+
+def test_square_masks_keep_their_numbers():
+    # Pinned before rectangles existed: a square input must draw exactly these masks for these seeds.
+    from glass_ad.synthesis.perlin import draw_perlin_mask
+
+    drawn = [draw_perlin_mask(64, np.random.default_rng(seed)) for seed in range(4)]
+    assert [(int(m.sum()), rule) for m, rule in drawn] == [(9, "and"), (7, "and"), (200, "or"), (180, "single")]
+
+
+def test_portrait_mask_is_the_centred_column_window_of_the_square():
+    from glass_ad.synthesis.perlin import draw_perlin_mask
+
+    mask, rule = draw_perlin_mask((72, 40), np.random.default_rng(4))
+    square, same_rule = combined_perlin_mask(72, np.random.default_rng(4))
+    assert mask.shape == (72, 40) and rule == same_rule
+    assert np.array_equal(mask, square[:, 16:56])
+
+
+def test_rectangular_masks_stay_inside_the_foreground():
+    from glass_ad.synthesis.perlin import draw_perlin_mask
+
+    foreground = np.zeros((40, 96), bool)
+    foreground[8:32, 20:90] = True
+    for seed in range(8):
+        mask, _ = draw_perlin_mask((40, 96), np.random.default_rng(seed), foreground=foreground, min_pixels=20)
+        assert mask.shape == (40, 96) and mask.sum() >= 20 and not (mask & ~foreground).any()

@@ -85,3 +85,46 @@ def test_magnetic_tiles_are_manifold(mtd_root):
     mean = mean_image(cv2.resize(read_image(p), (288, 288), interpolation=cv2.INTER_AREA) for p in files)
     hypothesis, stats = choose_hypothesis(mean)
     assert hypothesis == "manifold", stats
+
+
+# ------------------------------------------------------------------------- rectangular mean images
+
+
+def test_square_result_keeps_its_numbers():
+    # Pinned before rectangles existed: a square mean image gives exactly these statistics.
+    img = np.zeros((288, 288, 3), np.uint8)
+    img[100:190, 90:200] = 200
+    assert spectrogram_stats(img) == {
+        "n": 283,
+        "side_x": 25,
+        "side_y": 27,
+        "radius": 27.0,
+        "density1": 283 / (4 * 25 * 27),
+        "density2": pytest.approx(0.1236347750109218, abs=1e-15),
+    }
+
+
+def test_rectangular_mean_image_is_stretched_to_the_reference_square():
+    import cv2
+
+    # An object on a plain background, in a landscape input (288×704, the 500×1260 steel case).
+    yy, xx = np.mgrid[0:288, 0:704]
+    img = np.zeros((288, 704, 3), np.uint8)
+    img[((yy - 144) / 90.0) ** 2 + ((xx - 352) / 220.0) ** 2 < 1] = 220
+    stats = spectrogram_stats(img)
+    # The same steps as for the image squeezed to 289×289 first (what the rule always sees).
+    squeezed = cv2.resize(img, (289, 289), interpolation=cv2.INTER_LINEAR)
+    assert stats == spectrogram_stats(squeezed)
+    assert choose_hypothesis(img)[0] == "hypersphere"
+    portrait = np.ascontiguousarray(img.transpose(1, 0, 2))
+    assert choose_hypothesis(portrait)[0] == "hypersphere"
+    assert choose_hypothesis(np.full((288, 704, 3), 128, np.uint8))[0] == "manifold"
+
+
+def test_mean_image_of_rectangles():
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (24, 64, 3), dtype=np.uint8) for _ in range(3)]
+    mean = mean_image(images)
+    assert mean.shape == (24, 64, 3)
+    np.testing.assert_allclose(mean, np.mean(np.stack(images).astype(np.float64), axis=0))
+    assert choose_hypothesis(mean)[0] in ("hypersphere", "manifold")

@@ -79,3 +79,70 @@ def test_precision_choice():
     torch.manual_seed(3)
     choose_precision("auto", cpu, 24, hidden=32, rows=128, repeats=1)
     assert torch.equal(torch.rand(3), expected)
+
+
+# --------------------------------------------------------------------------- rectangular network input
+
+
+def _grey_rect(count, shape, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    grey = 0.3 + 0.4 * torch.rand(count, 1, *shape, generator=generator)
+    return grey.expand(count, 3, *shape).clone()
+
+
+def test_unseen_family_on_rectangles():
+    for height, width in [(64, 160), (160, 64)]:
+        images = _grey_rect(12, (height, width))
+        synth = UnseenAnomalySynthesizer(min(height, width), shape=(height, width))
+        assert synth.shape == (height, width) and synth.image_size == min(height, width)
+        out = synth(images, None, np.random.default_rng(3))
+        assert out.images.shape == images.shape and out.masks.shape == (12, 1, height, width)
+        assert out.patch_labels.shape == (12, (height // 8) * (width // 8))
+        assert torch.equal(out.patch_labels, F.max_pool2d(out.masks, 8).flatten(1))
+        assert (out.masks.flatten(1).sum(1) > 0).all() and {"stroke", "blob"} <= set(out.modes)
+        # Start points spread along the long axis too (not just over the top-left square).
+        long_axis = 3 if width > height else 2
+        centres = [torch.nonzero(m[0] > 0).float().mean(0)[long_axis - 2] for m in out.masks]
+        assert max(float(c) for c in centres) > 64
+
+
+def test_unseen_family_on_rectangles_starts_inside_the_foreground():
+    images = _grey_rect(8, (64, 160))
+    foreground = torch.zeros(8, 1, 64, 160, dtype=torch.bool)
+    foreground[..., 20:44, 110:140] = True
+    out = UnseenAnomalySynthesizer(64, stroke_share=0.0, shape=(64, 160))(images, foreground, np.random.default_rng(1))
+    centres = [torch.nonzero(m[0] > 0).float().mean(0) for m in out.masks]
+    assert all(16 <= float(c[0]) <= 48 and 106 <= float(c[1]) <= 144 for c in centres)
+
+
+def test_unseen_family_square_keeps_its_numbers():
+    from glass_ad.config import GlassConfig
+
+    images = _grey_batch(count=8)
+    built = [
+        UnseenAnomalySynthesizer(64),
+        UnseenAnomalySynthesizer(64, shape=(64, 64)),
+        UnseenAnomalySynthesizer.from_config(GlassConfig(image_size=64)),
+    ]
+    outs = [synth(images, None, np.random.default_rng(5)) for synth in built]
+    for out in outs[1:]:
+        assert torch.equal(out.images, outs[0].images) and torch.equal(out.masks, outs[0].masks)
+        assert out.modes == outs[0].modes
+    # Pinned before rectangles existed.
+    assert outs[0].modes == ["blob", "stroke", "blob", "stroke", "blob", "stroke", "blob", "blob"]
+    assert outs[0].masks.flatten(1).sum(1).int().tolist() == [5, 11, 7, 12, 21, 14, 19, 5]
+
+
+def test_unseen_family_from_config_takes_the_input_shape():
+    import dataclasses
+
+    from glass_ad.config import GlassConfig
+
+    if "image_shape" not in {f.name for f in dataclasses.fields(GlassConfig)}:
+        import pytest
+
+        pytest.skip("GlassConfig.image_shape not landed yet")
+    synth = UnseenAnomalySynthesizer.from_config(GlassConfig(image_size=32, image_shape=(32, 80)))
+    assert synth.shape == (32, 80)
+    out = synth(_grey_rect(2, (32, 80)), None, np.random.default_rng(0))
+    assert out.masks.shape == (2, 1, 32, 80) and out.patch_labels.shape == (2, 40)

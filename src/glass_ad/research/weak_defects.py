@@ -69,9 +69,9 @@ class FolderTextures:
     the test images' full resolution, where decoding a whole DTD would cost gigabytes.
     """
 
-    def __init__(self, folder: str | Path, image_size: int | None = None):
+    def __init__(self, folder: str | Path, image_size: int | tuple[int, int] | None = None):
         self.folder = Path(folder)
-        self.image_size = image_size  # the side of a sample when `sample` is given no size
+        self.image_size = image_size  # the side (or (H, W)) of a sample when `sample` is given no size
         if not self.folder.is_dir():
             raise ValueError(f"texture folder not found: {self.folder}")
         self.files = sorted(
@@ -80,8 +80,9 @@ class FolderTextures:
         if not self.files:
             raise ValueError(f"no texture images in {self.folder}")
 
-    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
-        """A ``size × size × 3`` uint8 texture (None: ``image_size``); unreadable files are passed over."""
+    def sample(self, rng: np.random.Generator, size: int | tuple[int, int] | None = None) -> np.ndarray:
+        """A ``size × size × 3`` (int) or ``H × W × 3`` ((H, W)) uint8 texture (None: ``image_size``);
+        unreadable files are passed over."""
         size = size or self.image_size
         if size is None:
             raise ValueError("FolderTextures.sample needs a size (none given, no image_size set)")
@@ -91,7 +92,14 @@ class FolderTextures:
                 pixels = read_image(path)
             except ImageReadError:
                 continue
-            tensor = TF.resize(torch.from_numpy(pixels).permute(2, 0, 1), size, antialias=True)
+            tensor = torch.from_numpy(pixels).permute(2, 0, 1)
+            if np.isscalar(size):  # a square: the shorter side to `size` (as always)
+                tensor = TF.resize(tensor, size, antialias=True)
+            else:  # a rectangle: the smallest aspect-keeping size that covers H × W
+                height, width = int(size[0]), int(size[1])
+                factor = max(height / pixels.shape[0], width / pixels.shape[1])
+                cover = [max(height, round(pixels.shape[0] * factor)), max(width, round(pixels.shape[1] * factor))]
+                tensor = TF.resize(tensor, cover, antialias=True)
             return TexturePool([tensor.permute(1, 2, 0).contiguous().numpy()], size).sample(rng)
         raise ValueError(f"no readable texture images in {self.folder}")
 

@@ -27,6 +27,7 @@ __all__ = [
     "perlin_mask",
     "combined_perlin_mask",
     "draw_perlin_mask",
+    "as_hw",
 ]
 
 THRESHOLD = 0.5
@@ -80,7 +81,8 @@ def perlin_noise(shape: tuple[int, int], scale: tuple[int, int], generator: np.r
     return np.ascontiguousarray(noise)
 
 
-def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+def as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``size`` (an int side of a square, or ``(height, width)``) as ``(height, width)``."""
     return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
 
 
@@ -93,7 +95,7 @@ def perlin_mask(
 ) -> np.ndarray:
     """One binary mask (bool, ``size × size`` or ``H × W``): noise at scale ``(2^a, 2^b)`` with
     ``a, b ∈ [min_scale_exp, max_scale_exp)``, rotated by U(−90°, 90°), thresholded at ``threshold``."""
-    height, width = _as_hw(size)
+    height, width = as_hw(size)
     scale = (2 ** int(rng.integers(min_scale_exp, max_scale_exp)), 2 ** int(rng.integers(min_scale_exp, max_scale_exp)))
     noise = perlin_noise((height, width), scale, rng)
     angle = float(rng.uniform(-90.0, 90.0))
@@ -139,13 +141,14 @@ def draw_perlin_mask(
     """A combined Perlin mask (bool ``H × W``) ∧ ``foreground``, and its rule, redrawn until it covers at
     least ``min_pixels`` pixels.
 
-    Non-square sizes are drawn on the enclosing ``max(H, W)`` square and centre-cropped, so a lattice scale
-    means the same at every aspect ratio. After ``foreground_tries`` draws that miss (None: never) the
+    Non-square sizes (rectangular network inputs, full-resolution weak-defect images) are drawn on the
+    enclosing ``max(H, W)`` square and centre-cropped, so a lattice scale and the rotation mean the same at
+    every aspect ratio; a square size draws exactly what it always did (same seed, same mask). After ``foreground_tries`` draws that miss (None: never) the
     foreground is given up and the Perlin mask alone is used. When all ``max_draws`` draws fall short, the
     largest mask drawn is returned (the first one on ties; empty when every draw was): the caller decides
     what an empty mask means.
     """
-    height, width = _as_hw(size)
+    height, width = as_hw(size)
     side = max(height, width)
     top, left = (side - height) // 2, (side - width) // 2
     best: tuple[np.ndarray, str] | None = None

@@ -15,6 +15,11 @@ Hypersphere iff (density1 > 0.21 or density2 > 0.21) and R > 12 and n > 60; mani
 wide blob of strong low frequencies (an aligned object on a plain background) means the normal features
 form one compact cloud; a few isolated peaks (textures, surfaces — their mean image is nearly flat) mean a
 manifold. An all-black mean image has no points (n = 0): manifold, no division by zero.
+
+A rectangular network input (H×W, ``GlassConfig.input_shape``) gives an H×W mean image; it is stretched to
+289×289 like any other, so the rule and its constants stay those of the reference (the decision equals the
+one on that mean image squeezed to a square, which is what square training with ``fit="stretch"`` sees). A
+square mean image goes through exactly the same steps as before.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ def _grid_points_within(squared_radius: int) -> int:
 
 
 def spectrogram_stats(mean_image: np.ndarray) -> dict[str, Any]:
-    """Statistics of the thresholded log spectrum of an H×W×3 RGB (or H×W grey) image with values in [0, 255]."""
+    """Statistics of the thresholded log spectrum of an H×W×3 RGB (or H×W grey) image with values in [0, 255]
+    (any H and W: it is resized to 289×289 first)."""
     image = np.asarray(mean_image)
     if image.ndim not in (2, 3):
         raise ValueError(f"expected an H×W or H×W×3 image, got shape {image.shape}")

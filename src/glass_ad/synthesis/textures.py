@@ -1,8 +1,9 @@
 """Texture sources for Local Anomaly Synthesis (LAS).
 
-:class:`TexturePool` serves images from a folder (the paper uses DTD). Every file is decoded once, its shorter
-side resized to the image size and centre-cropped to a square, and kept in memory as one uint8 array, so a
-training iteration never touches the disk. :meth:`TexturePool.sample` returns a random texture with 3
+:class:`TexturePool` serves images from a folder (the paper uses DTD). Every file is decoded once, resized to
+cover the network input (the shorter side to the image size for a square; both sides at least H and W for a
+rectangular H×W input) and centre-cropped to it, and kept in memory as one uint8 array, so a training
+iteration never touches the disk. :meth:`TexturePool.sample` returns a random texture with 3
 distinct augmentations drawn from the reference's 9:
 
 contrast ×U(0.8, 1.2) · brightness ×U(0.8, 1.2) · saturation ×U(0.8, 1.2) with hue ±U(0.2) · horizontal
@@ -12,6 +13,10 @@ The operations run on uint8 arrays with OpenCV/NumPy (torchvision's tensor hue s
 image on this CPU, the OpenCV HSV round trip ~0.1 ms). Difference from the reference: it augments the
 resized image and crops afterwards, so a rotation of a non-square texture shows slightly smaller black
 corners than here, where the crop is stored.
+
+Sizes: every source's ``sample(rng, size)`` takes ``size`` as an int (a square, as before), an ``(H, W)``
+tuple (a rectangle), or None (the source's own shape). A square asks for exactly the random numbers it
+always did, so a fixed seed gives the same textures as before rectangles existed.
 
 :class:`ProceduralTextures` is the documented fallback when no texture folder is given: random colour
 patterns generated on the fly (fractal Perlin noise, stripes, speckle), so LAS still pastes textured
@@ -30,7 +35,7 @@ import numpy as np
 
 from glass_ad.config import GlassConfig
 from glass_ad.data.io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
-from glass_ad.synthesis.perlin import perlin_noise
+from glass_ad.synthesis.perlin import as_hw, perlin_noise
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ __all__ = [
     "TexturePool",
     "ProceduralTextures",
     "fit_square",
+    "fit_shape",
     "load_textures",
     "GreyTextures",
     "wants_grey_textures",
@@ -58,8 +64,9 @@ class TextureSource(Protocol):
     :class:`ProceduralTextures`, :class:`GreyTextures` around either, and
     :class:`glass_ad.research.weak_defects.FolderTextures` (a folder, decoded on demand)."""
 
-    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
-        """A random ``size × size × 3`` uint8 texture (None: the source's own image size)."""
+    def sample(self, rng: np.random.Generator, size: int | tuple[int, int] | None = None) -> np.ndarray:
+        """A random uint8 texture: ``size × size × 3`` for an int, ``H × W × 3`` for ``(H, W)``, the source's own
+        shape for None."""
         ...
 
 
@@ -176,42 +183,63 @@ def augment(
 # ----------------------------------------------------------------------------------------------- geometry
 
 
-def fit_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` and centre-crop to ``size × size`` (uint8 H×W×3)."""
+def fit_shape(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize (keeping the aspect ratio) so the image covers ``shape`` = (H, W), then centre-crop to H × W
+    (uint8 h×w×3). For a square shape this is :func:`fit_square`, integer for integer."""
+    out_h, out_w = int(shape[0]), int(shape[1])
     height, width = image.shape[:2]
-    if (height, width) != (size, size):
-        factor = size / min(height, width)
-        new_w, new_h = max(size, round(width * factor)), max(size, round(height * factor))
+    if (height, width) != (out_h, out_w):
+        # The larger of the two ratios: both sides end up at least as long as asked. For a square this is
+        # size / min(height, width), the same float as before rectangles.
+        factor = max(out_h / height, out_w / width)
+        new_w, new_h = max(out_w, round(width * factor)), max(out_h, round(height * factor))
         # INTER_AREA averages when shrinking (no aliasing); linear when enlarging.
         interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
         image = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        image = image[top : top + size, left : left + size]
+        top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+        image = image[top : top + out_h, left : left + out_w]
     return np.ascontiguousarray(image)
 
 
-def _resize_square(image: np.ndarray, size: int | None) -> np.ndarray:
-    if size is None or image.shape[0] == size:
+def fit_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` and centre-crop to ``size × size`` (uint8 H×W×3)."""
+    return fit_shape(image, (int(size), int(size)))
+
+
+def _resize_to(image: np.ndarray, size: int | tuple[int, int] | None) -> np.ndarray:
+    """``image`` fitted to ``size`` (int: square, (H, W): rectangle); None or its own shape: unchanged."""
+    if size is None:
         return image
-    return fit_square(image, int(size))
+    shape = as_hw(size)
+    return image if image.shape[:2] == shape else fit_shape(image, shape)
 
 
 # ---------------------------------------------------------------------------------------------- sources
 
 
 class TexturePool:
-    """Textures decoded once and kept as one ``N × S × S × 3`` uint8 array; served with 3 of the 9 augmentations."""
+    """Textures decoded once and kept as one ``N × H × W × 3`` uint8 array; served with 3 of the 9 augmentations.
 
-    def __init__(self, textures: Sequence[np.ndarray] | np.ndarray, image_size: int, source: str = "") -> None:
+    ``image_size`` is the stored shape: an int ``S`` (``S × S``, as before) or ``(H, W)`` for a rectangular
+    network input (memory: N·H·W·3 bytes). ``image_size`` the attribute is the short side, ``shape`` (H, W).
+    """
+
+    def __init__(
+        self, textures: Sequence[np.ndarray] | np.ndarray, image_size: int | tuple[int, int], source: str = ""
+    ) -> None:
         if len(textures) == 0:
             raise TextureError(f"no usable texture images in {source or 'the pool'}")
-        self.image_size = int(image_size)
+        self.shape = as_hw(image_size)
+        self.image_size = min(self.shape)
         self.source = source
-        self.textures = np.stack([fit_square(np.asarray(t, dtype=np.uint8), self.image_size) for t in textures])
+        self.textures = np.stack([fit_shape(np.asarray(t, dtype=np.uint8), self.shape) for t in textures])
 
     @classmethod
-    def from_folder(cls, folder: str | Path, image_size: int, *, max_images: int | None = None) -> "TexturePool":
-        """Decode every image under ``folder`` (recursively). Unreadable files are skipped with a warning.
+    def from_folder(
+        cls, folder: str | Path, image_size: int | tuple[int, int], *, max_images: int | None = None
+    ) -> "TexturePool":
+        """Decode every image under ``folder`` (recursively), fitted to ``image_size`` (int or (H, W)).
+        Unreadable files are skipped with a warning.
 
         ``max_images`` keeps an evenly spaced subset of the sorted file list (so every sub-folder, e.g.
         every DTD class, stays represented).
@@ -229,7 +257,7 @@ class TexturePool:
         textures = []
         for path in files:
             try:
-                textures.append(fit_square(read_image(path), image_size))
+                textures.append(fit_shape(read_image(path), as_hw(image_size)))
             except (ImageReadError, OSError, cv2.error) as error:
                 log.warning("skipping unreadable texture: %s", " ".join(str(error).split()))
         if not textures:
@@ -241,11 +269,12 @@ class TexturePool:
     def __len__(self) -> int:
         return len(self.textures)
 
-    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
-        """A random texture (``S × S × 3`` uint8, or ``size × size``) with 3 distinct augmentations."""
+    def sample(self, rng: np.random.Generator, size: int | tuple[int, int] | None = None) -> np.ndarray:
+        """A random texture (the pool's ``H × W × 3`` uint8; ``size × size`` for an int, ``H × W`` for a tuple)
+        with 3 distinct augmentations (applied at the stored shape, then fitted)."""
         base = self.textures[int(rng.integers(len(self.textures)))]
         texture, _ = augment(base, rng)
-        return _resize_square(texture, size)
+        return _resize_to(texture, size)
 
 
 class ProceduralTextures:
@@ -263,29 +292,36 @@ class ProceduralTextures:
 
     KINDS = ("perlin", "stripes", "speckle")
 
-    def __init__(self, image_size: int) -> None:
-        self.image_size = int(image_size)
+    def __init__(self, image_size: int | tuple[int, int]) -> None:
+        self.shape = as_hw(image_size)  # (H, W) of a sample given no size
+        self.image_size = min(self.shape)
 
-    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
-        """A random ``S × S × 3`` uint8 pattern (``size × size`` if given)."""
-        side = int(size or self.image_size)
+    def sample(self, rng: np.random.Generator, size: int | tuple[int, int] | None = None) -> np.ndarray:
+        """A random ``H × W × 3`` uint8 pattern (the source's shape; ``size × size`` for an int, ``H × W`` for
+        a tuple). Patterns are generated at that shape, not cropped from a square."""
+        shape = as_hw(size) if size else self.shape
         kind = self.KINDS[int(rng.integers(len(self.KINDS)))]  # the first draw: tests rely on this order
         if kind == "perlin":
-            field = self._fractal(side, rng)
+            field = self._fractal(shape, rng)
         elif kind == "stripes":
-            field = self._stripes(side, rng)
+            field = self._stripes(shape, rng)
         else:
-            field = self._speckle(side, rng)
+            field = self._speckle(shape, rng)
         return self._colourise(field, rng)
 
     @staticmethod
-    def _fractal(side: int, rng: np.random.Generator) -> np.ndarray:
+    def _fractal(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        height, width = shape
+        short = min(height, width)
         base = 2 ** int(rng.integers(1, 4))
-        field = np.zeros((side, side), np.float32)
+        field = np.zeros((height, width), np.float32)
         amplitude = 1.0
         for octave in range(int(rng.integers(2, 4))):
-            cells = min(base * 2**octave, max(1, side // 2))
-            field += amplitude * perlin_noise((side, side), (cells, cells), rng)
+            # Lattice cells stay square: the long side gets proportionally more (a square: cells × cells).
+            cells = base * 2**octave
+            cells_y = min(round(cells * height / short), max(1, height // 2))
+            cells_x = min(round(cells * width / short), max(1, width // 2))
+            field += amplitude * perlin_noise((height, width), (cells_y, cells_x), rng)
             amplitude *= 0.5
         # Spread by the standard deviation: min–max scaling alone leaves a smooth field near the middle
         # colour everywhere (looks flat). Half the time sharpen into blobs with soft edges.
@@ -293,18 +329,18 @@ class ProceduralTextures:
         return np.tanh(field * (2.0 if rng.random() < 0.5 else 0.5))
 
     @staticmethod
-    def _stripes(side: int, rng: np.random.Generator) -> np.ndarray:
+    def _stripes(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
         angle = rng.uniform(0.0, math.pi)
         period = rng.uniform(4.0, 40.0)
-        coords = np.arange(side, dtype=np.float32)
-        phase = (coords[None, :] * math.cos(angle) + coords[:, None] * math.sin(angle)) * (2.0 * math.pi / period)
+        rows, cols = np.arange(shape[0], dtype=np.float32), np.arange(shape[1], dtype=np.float32)
+        phase = (cols[None, :] * math.cos(angle) + rows[:, None] * math.sin(angle)) * (2.0 * math.pi / period)
         wave = np.sin(phase + rng.uniform(0.0, 2.0 * math.pi))
         return np.sign(wave) if rng.random() < 0.5 else wave
 
     @staticmethod
-    def _speckle(side: int, rng: np.random.Generator) -> np.ndarray:
+    def _speckle(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
         density = rng.uniform(0.01, 0.08)
-        dots = (rng.random((side, side), dtype=np.float32) < density).astype(np.float32)
+        dots = (rng.random(tuple(shape), dtype=np.float32) < density).astype(np.float32)
         radius = int(rng.integers(0, 3))
         if radius:
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -332,9 +368,10 @@ class ProceduralTextures:
 
 
 def load_textures(
-    path_or_none: str | Path | None, image_size: int, *, max_images: int | None = None
+    path_or_none: str | Path | None, image_size: int | tuple[int, int], *, max_images: int | None = None
 ) -> TexturePool | ProceduralTextures:
-    """The folder's :class:`TexturePool`, or :class:`ProceduralTextures` when no folder is given."""
+    """The folder's :class:`TexturePool`, or :class:`ProceduralTextures` when no folder is given, serving
+    ``image_size`` textures (an int: square; ``(H, W)``: the rectangular network input)."""
     if path_or_none is None or str(path_or_none) == "":
         log.info("LAS textures: procedural (no texture folder given)")
         return ProceduralTextures(image_size)
@@ -349,8 +386,8 @@ class GreyTextures:
     def __init__(self, source: TextureSource) -> None:
         self.source = source
 
-    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
-        """The wrapped source's texture, converted to grey (still ``× 3`` channels)."""
+    def sample(self, rng: np.random.Generator, size: int | tuple[int, int] | None = None) -> np.ndarray:
+        """The wrapped source's texture (any ``size`` it takes), converted to grey (still ``× 3`` channels)."""
         texture = self.source.sample(rng, size)
         return np.repeat(_grey(texture)[..., None], 3, axis=2)
 
@@ -362,6 +399,8 @@ def wants_grey_textures(texture_colour: str, grey_images: bool) -> bool:
 
 def textures_from_config(config: GlassConfig, *, grey_images: bool = False) -> TextureSource:
     """The LAS texture source of `config`: its texture folder (none: procedural textures), made grey by the
-    `texture_colour` rule (``grey_images``: the training images are grey)."""
-    textures = load_textures(config.textures, config.image_size)
+    `texture_colour` rule (``grey_images``: the training images are grey). Textures are fitted to the network
+    input, ``config.input_shape`` (a rectangle stays a rectangle)."""
+    shape = getattr(config, "input_shape", (config.image_size, config.image_size))
+    textures = load_textures(config.textures, shape)
     return GreyTextures(textures) if wants_grey_textures(config.texture_colour, grey_images) else textures

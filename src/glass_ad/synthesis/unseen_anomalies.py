@@ -12,6 +12,10 @@ nothing with LAS but the idea of a local change:
 Changes are intensity-only (the same factor on every channel), so they look plausible on grey and colour
 products alike. Patch labels are the masks max-pooled by the feature stride, as for LAS. Everything is
 drawn from the given generator, so a fixed seed gives a fixed validation set.
+
+A rectangular network input H×W (``shape``) gets H×W maps: lengths and widths scale with the short side
+(``min(H, W) / 288``), start points without a foreground lie in the central 80 % of each axis. A square draws
+exactly what it always did.
 """
 
 from __future__ import annotations
@@ -22,31 +26,57 @@ import cv2
 import numpy as np
 import torch
 
+from glass_ad.config import GlassConfig
 from glass_ad.synthesis.las import FEATURE_STRIDE, LASBatch, foreground_arrays, patch_labels
+from glass_ad.synthesis.perlin import as_hw
 
 __all__ = ["UnseenAnomalySynthesizer"]
 
 
 class UnseenAnomalySynthesizer:
-    """Builds stroke / blob anomalies for a B×3×S×S float batch in [0, 1] (``__call__`` like LAS)."""
+    """Builds stroke / blob anomalies for a B×3×H×W float batch in [0, 1] (``__call__`` like LAS).
 
-    def __init__(self, image_size: int, feature_stride: int = FEATURE_STRIDE, stroke_share: float = 0.5) -> None:
-        self.image_size = int(image_size)
+    ``shape`` = (H, W) of a rectangular input; None: ``image_size × image_size``.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        feature_stride: int = FEATURE_STRIDE,
+        stroke_share: float = 0.5,
+        *,
+        shape: tuple[int, int] | None = None,
+    ) -> None:
+        self.shape = as_hw(image_size if shape is None else shape)
+        self.image_size = min(self.shape) if shape is not None else int(image_size)
         self.stride = int(feature_stride)
         self.stroke_share = float(stroke_share)
 
+    @classmethod
+    def from_config(cls, config: GlassConfig, *, feature_stride: int = FEATURE_STRIDE) -> UnseenAnomalySynthesizer:
+        """The unseen family for `config`'s network input (``config.input_shape``)."""
+        shape = tuple(getattr(config, "input_shape", (config.image_size, config.image_size)))
+        return cls(config.image_size, feature_stride, shape=shape)
+
+    @property
+    def _scale(self) -> float:
+        """Lengths are given at 288 px; they scale with the short side (the square's side as before)."""
+        return min(self.shape) / 288.0
+
     def _start(self, rng: np.random.Generator, foreground: np.ndarray | None) -> tuple[float, float]:
-        size = self.image_size
+        height, width = self.shape
         if foreground is not None and foreground.any():
             ys, xs = np.nonzero(foreground)
             i = rng.integers(len(ys))
             return float(xs[i]), float(ys[i])
-        margin = size * 0.1
-        return float(rng.uniform(margin, size - margin)), float(rng.uniform(margin, size - margin))
+        # x first, then y: the square's draw order.
+        x = float(rng.uniform(width * 0.1, width - width * 0.1))
+        y = float(rng.uniform(height * 0.1, height - height * 0.1))
+        return x, y
 
     def stroke(self, rng: np.random.Generator, foreground: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(weight map in [0, 1], binary mask) of one thin curved line."""
-        scale = self.image_size / 288.0
+        scale = self._scale
         x, y = self._start(rng, foreground)
         angle = rng.uniform(0, 2 * math.pi)
         length = rng.uniform(40, 160) * scale
@@ -57,7 +87,7 @@ class UnseenAnomalySynthesizer:
             x, y = x + step * math.cos(angle), y + step * math.sin(angle)
             points.append((x, y))
         width = max(1, int(round(rng.uniform(1, 3) * scale)))
-        mask = np.zeros((self.image_size, self.image_size), dtype=np.uint8)
+        mask = np.zeros(self.shape, dtype=np.uint8)
         cv2.polylines(mask, [np.round(np.asarray(points)).astype(np.int32)], False, 1, thickness=width)
         weight = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.6 * scale)
         weight = np.clip(weight / max(weight.max(), 1e-6), 0, 1)
@@ -65,11 +95,11 @@ class UnseenAnomalySynthesizer:
 
     def blob(self, rng: np.random.Generator, foreground: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(weight map in [0, 1], binary mask = weight > 0.5) of one smooth elliptical shading."""
-        scale = self.image_size / 288.0
+        scale = self._scale
         cx, cy = self._start(rng, foreground)
         a, b = rng.uniform(6, 30, size=2) * scale
         theta = rng.uniform(0, math.pi)
-        yy, xx = np.mgrid[0 : self.image_size, 0 : self.image_size].astype(np.float32)
+        yy, xx = np.mgrid[0 : self.shape[0], 0 : self.shape[1]].astype(np.float32)
         dx, dy = xx - cx, yy - cy
         u = (dx * math.cos(theta) + dy * math.sin(theta)) / a
         v = (-dx * math.sin(theta) + dy * math.cos(theta)) / b
@@ -77,12 +107,12 @@ class UnseenAnomalySynthesizer:
         return weight, weight > 0.5
 
     def __call__(self, images: torch.Tensor, foreground: torch.Tensor | None, rng: np.random.Generator) -> LASBatch:
-        batch, size = images.shape[0], self.image_size
-        if images.shape[-2:] != (size, size):
-            raise ValueError(f"expected B×3×{size}×{size} images, got {tuple(images.shape)}")
-        fg = foreground_arrays(foreground, batch, size)
-        weights = np.zeros((batch, size, size), dtype=np.float32)
-        masks = np.zeros((batch, size, size), dtype=bool)
+        batch, (height, width) = images.shape[0], self.shape
+        if tuple(images.shape[-2:]) != (height, width):
+            raise ValueError(f"expected B×3×{height}×{width} images, got {tuple(images.shape)}")
+        fg = foreground_arrays(foreground, batch, self.shape)
+        weights = np.zeros((batch, height, width), dtype=np.float32)
+        masks = np.zeros((batch, height, width), dtype=bool)
         gains = np.zeros(batch, dtype=np.float32)
         kinds: list[str] = []
         for i in range(batch):
