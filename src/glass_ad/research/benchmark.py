@@ -114,10 +114,9 @@ def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> 
     from glass_ad.training.loop import make_optimisation
     from glass_ad.training.step import training_step, use_bf16
 
-    size = config.image_size
     rng = np.random.default_rng(0)
     generator = torch.Generator().manual_seed(0)
-    synthesizer = LocalAnomalySynthesizer.from_config(config, load_textures(config.textures, size))
+    synthesizer = LocalAnomalySynthesizer.from_config(config, load_textures(config.textures, config.input_shape))
     model.discriminator.train()
     model.adaptor.train()
     optimisation = make_optimisation(model, config)

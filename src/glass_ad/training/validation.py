@@ -168,7 +168,7 @@ def build_validation_set(
     # The same foreground decision as for the training images (not a new "auto" vote on the holdout).
     fg = compute_foreground(holdout, "on") if use_foreground else None
     unseen_rng = np.random.default_rng(config.seed + 20_011)
-    unseen_synthesizer = UnseenAnomalySynthesizer(config.image_size)
+    unseen_synthesizer = UnseenAnomalySynthesizer.from_config(config)
     normal, anomalous, labels, unseen, unseen_labels = [], [], [], [], []
     for start in range(0, len(batch), 16):
         part = batch[start : start + 16]
