@@ -836,6 +836,36 @@ def test_onnx_engine_serves_the_same_scores(run, images, tmp_path):
         (run / "model.onnx").unlink()
 
 
+def test_a_rectangular_model_is_served_by_both_engines(tmp_path):
+    """A 64×128 network input: warm-up, prepared inputs and maps are H×W; ONNX gives the torch numbers."""
+    pytest.importorskip("onnxruntime")
+    from glass_ad.inference.export import export_onnx
+    from glass_ad.model.checkpoint import Checkpoint
+    from glass_ad.model.glass_model import build_model
+    from glass_ad.serve.models import load_served_model, parse_model_spec
+
+    config = make_config("fast", image_size=64, image_shape=(64, 128), fit="stretch", backbone="efficientnet_lite0", num_threads=1)
+    torch.manual_seed(0)
+    run = tmp_path / "wide"
+    Checkpoint.from_model(build_model(config), config).save(run)  # untrained: serving needs the shape only
+    export_onnx(run, verify=False)
+    served = {engine: load_served_model(parse_model_spec(f"wide={run}"), engine=engine, threads=1) for engine in ("torch", "onnx")}
+    try:
+        assert served["torch"].info["input_shape"] == [64, 128] and served["torch"].info["image_size"] == 64
+        frame = np.random.default_rng(0).integers(0, 256, (90, 260, 3), dtype=np.uint8)
+        prepared = served["torch"].detector.prepare(frame)
+        assert prepared.shape == (64, 128, 3)
+        torch_score = served["torch"].batcher.submit(prepared).result(30)
+        onnx_score = served["onnx"].batcher.submit(prepared).result(30)
+        assert torch_score[2].shape == onnx_score[2].shape == (64, 128)
+        assert onnx_score[0] == pytest.approx(torch_score[0], abs=1e-4)
+        assert np.abs(onnx_score[2] - torch_score[2]).max() < 1e-3
+        assert served["torch"].detector.preprocessor.map_to_original(torch_score[2], frame.shape[:2]).shape == (90, 260)
+    finally:
+        for model in served.values():
+            model.close()
+
+
 def test_a_model_that_fails_to_load_keeps_the_service_unready(run, tmp_path):
     from fastapi import HTTPException
 

@@ -1,6 +1,7 @@
 """Inference engines: one interface, several runtimes.
 
-An `Engine` takes prepared uint8 images B×S×S×3 (or whole frames when ``in_graph``: the exported graph
+An `Engine` takes prepared uint8 images B×H×W×3 (the network input, ``config.input_shape``: a square
+S×S or a rectangle; or whole frames when ``in_graph``: the exported graph
 resizes and crops itself) and returns numpy (raw image scores B, normalised scores B, anomaly maps). The
 torch engine runs the `InferenceGraph` defined here; the ONNX and OpenVINO engines run its export
 (`export.py`, `openvino_export.py`), so all agree. `create_engine` picks one by name.
@@ -24,7 +25,7 @@ ENGINES = ("torch", "onnx", "openvino")
 
 class Engine(Protocol):
     name: str
-    in_graph: bool  # True: takes whole frames (preprocessing inside the graph); False: S×S crops
+    in_graph: bool  # True: takes whole frames (preprocessing inside the graph); False: H×W network inputs
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -34,7 +35,8 @@ class Engine(Protocol):
 
 
 class InferenceGraph(nn.Module):
-    """uint8 images B×S×S×3 → (raw image score B, normalised score B, anomaly map B×S×S).
+    """uint8 images B×H×W×3 → (raw image score B, normalised score B, anomaly map B×H×W), (H, W) the
+    model's input shape (square or rectangular: the network is convolutional).
 
     The torch engine of `Detector` runs this module and `export.export_onnx` exports it, so the two agree.
     """
@@ -61,14 +63,14 @@ def inference_graph(checkpoint: Checkpoint | dict[str, Any], device: str | torch
 
 
 # ---------------------------------------------------------------------------------------------------
-# Engines: uint8 B×S×S×3 numpy → (scores B, normalised B, maps B×S×S) numpy
+# Engines: uint8 B×H×W×3 numpy → (scores B, normalised B, maps B×H×W) numpy
 
 
 class TorchEngine:
     """The `InferenceGraph` in PyTorch."""
 
     name = "torch"
-    in_graph = False  # takes S×S crops; Detector resizes and crops
+    in_graph = False  # takes H×W network inputs; Detector resizes and crops
 
     def __init__(self, checkpoint: Checkpoint, device: torch.device):
         self.device = device
@@ -124,15 +126,24 @@ class OnnxEngine:
 
 
 def check_metadata(meta: dict[str, str], checkpoint: Checkpoint, path: Path) -> None:
-    """The ONNX file must come from this checkpoint's model size and normalisation (else: re-export)."""
+    """The ONNX file must come from this checkpoint's input shape and normalisation (else: re-export).
+
+    Files exported before rectangular inputs carry only ``image_size``: they describe a square."""
     config = checkpoint.config
     normalization = checkpoint.calibration.image_normalization
     problems = []
     if not meta:
         problems.append("it has no glass_ad metadata (not written by `glass export`)")
     else:
-        if int(meta.get("image_size", -1)) != config.image_size:
-            problems.append(f"image size {meta.get('image_size')} ≠ {config.image_size}")
+        size = int(meta.get("image_size", -1))
+        shape = (int(meta["image_height"]), int(meta["image_width"])) if meta.get("image_height") and meta.get("image_width") else (size, size)
+        want_shape = tuple(config.input_shape)
+        if shape != want_shape:
+            problems.append(
+                f"image size {meta.get('image_size')} ≠ {config.image_size}"
+                if want_shape[0] == want_shape[1] and shape[0] == shape[1]
+                else f"input shape {shape[0]}x{shape[1]} ≠ {want_shape[0]}x{want_shape[1]}"
+            )
         for key, want in (
             ("normalization_center", normalization.center),
             ("normalization_scale", normalization.scale),

@@ -2,17 +2,21 @@
 
 One ONNX model holds everything between raw pixels and the outputs:
 
-    images (uint8, B×S×S×3, RGB) → float / 255 → backbone (ImageNet-style normalisation inside)
+    images (uint8, B×H×W×3, RGB) → float / 255 → backbone (ImageNet-style normalisation inside)
     → 3×3 aggregation → feature scale → adaptor → discriminator → bilinear upsample → Gaussian smoothing
-    → image_score (B), normalized_score (B), anomaly_map (B×S×S)
+    → image_score (B), normalized_score (B), anomaly_map (B×H×W)
 
-S is the checkpoint's ``image_size``; the batch axis is dynamic. Resizing and cropping images of any
-size to S×S stays in Python (`glass_ad.data.datasets.Preprocessor`, used by `glass_ad.inference.predict.Detector`),
-because antialiased resizing differs between libraries and would break the parity with training. The
+(H, W) is the checkpoint's network input (``config.input_shape``: the ``image_size`` square, or a
+rectangle); the batch axis is dynamic. By default the resize and crop are added to the graph
+(`frame_graph.wrap_frames`, plain ONNX operators computing PyTorch's antialiased resize — library resizers
+differ and would break the parity with training), which then takes frames of any size. Without it
+(``preprocessing=False``), resizing and cropping images of any size to H×W stays in Python
+(`glass_ad.data.datasets.Preprocessor`, used by `glass_ad.inference.predict.Detector`). The
 graph is `engines.InferenceGraph`, the module `Detector`'s torch engine runs, so both engines compute the
 same formula, including the normalised score (`checkpoint.Normalization`).
 
-The model's metadata (``glass_ad.*`` properties) records the image size, the thresholds and the
+The model's metadata (``glass_ad.*`` properties) records the input shape (``image_height``,
+``image_width``; ``image_size`` is their shorter side, the square's side), the thresholds and the
 normalisation it was exported with; `Detector` refuses an ONNX file that does not match its checkpoint.
 
 Images deeper than 8 bits are converted to the graph's uint8 input by one fixed rule per model, recorded
@@ -54,7 +58,8 @@ def _or_empty(value: Any) -> Any:
 def export_metadata(checkpoint: Checkpoint | dict[str, Any], in_graph: bool = True) -> dict[str, str]:
     """The ``glass_ad.*`` metadata an exported model carries (strings, as ONNX requires).
 
-    Everything a program needs to use the model without the checkpoint: image size, resize and fit, both
+    Everything a program needs to use the model without the checkpoint: the network input's shape
+    (``image_height`` × ``image_width``; ``image_size`` stays, the shorter side), resize and fit, both
     thresholds (false-alarm and, after `glass calibrate`, F1), the image and pixel normalisations, the
     input bit depth and the package versions.
     """
@@ -67,6 +72,8 @@ def export_metadata(checkpoint: Checkpoint | dict[str, Any], in_graph: bool = Tr
     values = {
         "format": "glass-ad-onnx/1",
         "image_size": config.image_size,
+        "image_height": config.input_shape[0],
+        "image_width": config.input_shape[1],
         "resize": config.resize if config.resize is not None else "",
         "fit": checkpoint.fit,
         "preprocessing": "in-graph" if in_graph else "external",
@@ -83,9 +90,9 @@ def export_metadata(checkpoint: Checkpoint | dict[str, Any], in_graph: bool = Tr
         "input": (
             "uint8 BxHxWx3 RGB frames of any size (one size per batch); resize and crop are in the graph"
             if in_graph
-            else "uint8 BxSxSx3 RGB, already resized/cropped to image_size"
+            else "uint8 BxHxWx3 RGB, already resized/cropped to image_height x image_width"
         ),
-        "outputs": "image_score (B), normalized_score (B), anomaly_map (" + ("BxHxW, the input frame" if in_graph else "BxSxS") + ")",
+        "outputs": "image_score (B), normalized_score (B), anomaly_map (" + ("BxHxW, the input frame" if in_graph else "B x image_height x image_width") + ")",
         "bit_depth": checkpoint.bit_depth or "container",
         "input_scaling": "deeper than 8 bits: uint8 = round(v * 255 / (2^bit_depth - 1)), saturating at 255",
         "package_version": checkpoint.package_version or "",
@@ -159,7 +166,7 @@ def onnx_session(onnx_path: str | os.PathLike, threads: int | None = None, provi
 
 
 def compare(graph: InferenceGraph, onnx_path: str | os.PathLike, images: np.ndarray) -> dict[str, float]:
-    """Max |ONNX Runtime − PyTorch| per output on uint8 images B×S×S×3."""
+    """Max |ONNX Runtime − PyTorch| per output on uint8 network inputs B×H×W×3."""
     session = onnx_session(onnx_path)
     onnx_out = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images, dtype=np.uint8)})
     with torch.inference_mode():
@@ -202,9 +209,10 @@ def export_onnx(
 
     ``exporter``: ``torchscript`` (``dynamo=False``, robust for this graph), ``dynamo``, or ``auto`` (the
     first, then the second if it fails). With ``preprocessing`` (default) the graph takes frames of any
-    size and returns the map on the frame (`frame_graph.wrap_frames`); without, it takes S×S crops. The
-    file is checked with ``onnx.checker``; with ``verify`` a random batch of 2 is run through ONNX Runtime
-    and PyTorch (frames of another size than S when the preprocessing is in the graph) and the
+    size and returns the map on the frame (`frame_graph.wrap_frames`); without, it takes H×W network inputs
+    (``config.input_shape``). The file is checked with ``onnx.checker``; with ``verify`` a random batch of 2
+    is run through ONNX Runtime and PyTorch (frames of another size than H×W when the preprocessing is in
+    the graph) and the
     differences are returned.
     """
     import onnx
@@ -216,11 +224,11 @@ def export_onnx(
         raise ValueError(f"export target '{path}' is a folder; give a file name such as {path / ONNX_NAME}")
     refuse_input_overlap(path, [checkpoint_path(run)], what="export target")
     checkpoint = Checkpoint.load(run)
-    size = checkpoint.image_size
+    height, width = checkpoint.config.input_shape
     graph = inference_graph(checkpoint, "cpu")
     weights = sum(t.numel() * t.element_size() for t in graph.state_dict().values())
     ensure_writable(path.parent, need_bytes=2 * weights, what="export folder")
-    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    example = torch.randint(0, 256, (2, height, width, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
     # Written to a unique file next to the target and renamed at the end (safety.atomic_path): a failed
     # export never leaves a half-written file, and two exports at once never share a temporary name.
@@ -241,7 +249,7 @@ def export_onnx(
         if preprocessing:
             from glass_ad.inference.frame_graph import wrap_frames
 
-            model = wrap_frames(model, checkpoint.image_size, checkpoint.config.resize, checkpoint.fit)
+            model = wrap_frames(model, checkpoint.image_size, checkpoint.config.resize, checkpoint.fit, (height, width))
         for key, value in export_metadata(checkpoint, in_graph=preprocessing).items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
@@ -252,10 +260,10 @@ def export_onnx(
     if verify:
         rng = np.random.default_rng(0)
         if preprocessing:
-            frames = rng.integers(0, 256, (2, size + 13, 2 * size + 5, 3), dtype=np.uint8)
+            frames = rng.integers(0, 256, (2, height + 13, 2 * width + 5, 3), dtype=np.uint8)
             result.max_abs_diff = compare_frames(checkpoint, graph, path, frames)
         else:
-            result.max_abs_diff = compare(graph, path, rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8))
+            result.max_abs_diff = compare(graph, path, rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8))
     return result
 
 

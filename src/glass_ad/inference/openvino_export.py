@@ -137,12 +137,12 @@ def export_openvino(
             shutil.rmtree(staging, ignore_errors=True)
         result = OpenVinoExport(path, precision, len(frames))
         if verify:
-            size = int(export_metadata(checkpoint)["glass_ad.image_size"])
+            height, width = checkpoint.config.input_shape
             sample = frames[:4] if frames else None
             batch = (
                 np.stack([f for f in sample if f.shape == sample[0].shape])
                 if sample
-                else np.random.default_rng(0).integers(0, 256, (2, size + 13, 2 * size + 5, 3), dtype=np.uint8)
+                else np.random.default_rng(0).integers(0, 256, (2, height + 13, 2 * width + 5, 3), dtype=np.uint8)
             )
             reference = session(onnx_path).run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
             compiled = compile(path)

@@ -10,7 +10,8 @@
 
 Every input goes through the same steps as training: ``uint8`` RGB (`io.read_image` rules for files and
 for non-uint8 arrays, with the bit depth recorded in the checkpoint — or ``bit_depth=`` — for images deeper
-than 8 bits, so one rule holds for every image of a model), the checkpoint's `Preprocessor` (resize + crop / stretch to S×S), rounding to
+than 8 bits, so one rule holds for every image of a model), the checkpoint's `Preprocessor` (resize + crop / stretch to the
+network input H×W, ``config.input_shape``: a square or a rectangle), rounding to
 ``uint8``; then an engine (`engines.py`: the `InferenceGraph` in PyTorch, or its ONNX / OpenVINO export; same
 formula for all). Maps are brought back to the original frame with `Preprocessor.map_to_original` (0 where the
 crop cut the image).
@@ -115,20 +116,27 @@ class Detector:
 
     @property
     def image_size(self) -> int:
+        """The square's side; with a rectangular input, its shorter side (see `input_shape`)."""
         return self.config.image_size
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(H, W) of the network input: what `prepare` returns and `score_prepared` takes."""
+        return tuple(self.config.input_shape)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------------ prediction
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        """uint8 H×W×3 → the network input uint8 S×S×3 (resize + crop, rounded like the training images)."""
+        """uint8 h×w×3 → the network input uint8 H×W×3 (resize + crop, rounded like the training images)."""
         tensor = self.preprocessor.image(image)
         return (tensor * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
     def score_prepared(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Run the engine on prepared uint8 B×S×S×3 images: (raw scores, normalised scores, S×S maps)."""
+        """Run the engine on prepared uint8 B×H×W×3 images: (raw scores, normalised scores, H×W maps)."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        if self.engine.in_graph and self.preprocessor.resize != self.preprocessor.image_size:
-            # An S×S crop fed to a graph that resizes would be resized again.
+        if self.engine.in_graph and self.config.resize not in (None, min(self.input_shape)):
+            # An H×W crop fed to a graph that resizes would be resized again (with no margin, resize is
+            # None, the graph's geometry maps an H×W frame onto itself: the identity).
             raise ValueError("this ONNX model resizes frames itself; pass whole frames to predict() instead")
         return self.engine(images)
 

@@ -86,6 +86,7 @@ def describe(name: str, version: str, detector: Detector, max_batch: int) -> dic
         "backbone": checkpoint.backbone.name,
         "layers": list(checkpoint.backbone.layers),
         "image_size": detector.image_size,
+        "input_shape": list(detector.input_shape),  # (height, width) of the network input
         "hypothesis": checkpoint.hypothesis,
         "thresholds": {
             "kind": detector.threshold_kind,
@@ -121,8 +122,8 @@ def load_served_model(
 ) -> ServedModel:
     """Load the detector once, warm it up with one batch, start its batcher."""
     detector = Detector.load(spec.run, device=device, engine=engine, threshold=threshold, threads=threads, batch_size=max_batch)
-    size = detector.image_size
-    detector.score_prepared(np.zeros((1, size, size, 3), dtype=np.uint8))  # first call allocates; not on a request
+    height, width = detector.input_shape
+    detector.score_prepared(np.zeros((1, height, width, 3), dtype=np.uint8))  # first call allocates; not on a request
 
     def process(images: list[np.ndarray]) -> list[tuple[float, float, np.ndarray]]:
         scores, normalized, maps = detector.score_prepared(np.stack(images))
