@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -16,19 +18,19 @@ from glass_ad.model.glass_model import GaussianBlur, ScoreMap, build_model
 def _general_box(h: int, w: int, shape: tuple[int, int], resize: int | None, fit: str) -> tuple[int, int, int, int]:
     """The documented geometry (docs/method.md), written out independently of the library."""
     out_h, out_w = shape
-    margin = (resize or min(shape)) / min(shape)
-    cover_h, cover_w = int(round(out_h * margin)), int(round(out_w * margin))
+    margin = Fraction(resize or min(shape), min(shape))
+    cover_h, cover_w = round(out_h * margin), round(out_w * margin)
     if fit == "stretch":
         new_h, new_w = cover_h, cover_w
     else:
         factor = max(out_h * margin / h, out_w * margin / w)
-        new_h, new_w = max(cover_h, int(round(h * factor))), max(cover_w, int(round(w * factor)))
-    return new_h, new_w, int(round((new_h - out_h) / 2)), int(round((new_w - out_w) / 2))
+        new_h, new_w = max(cover_h, round(h * factor)), max(cover_w, round(w * factor))
+    return new_h, new_w, round(Fraction(new_h - out_h, 2)), round(Fraction(new_w - out_w, 2))
 
 
 @pytest.mark.parametrize("fit", ["crop", "stretch"])
 @pytest.mark.parametrize("resize", [None, 72])
-@pytest.mark.parametrize("frame", [(100, 260), (260, 100), (64, 128), (33, 47), (500, 1260)])
+@pytest.mark.parametrize("frame", [(100, 260), (260, 100), (64, 128), (33, 47), (500, 1260), (847, 1056)])
 def test_crop_geometry_follows_the_documented_formula(frame, resize, fit):
     for shape in [(64, 128), (128, 64), (64, 64)]:
         box = Preprocessor(min(shape), resize, fit, shape=shape).crop_box(*frame)

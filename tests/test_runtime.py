@@ -272,7 +272,6 @@ def test_rectangular_numpy_reference_matches_preprocessor(height, width, shape, 
         runtime.map_to_original(small.T, (height, width), size, resize, fit, shape)
 
 
-@pytest.mark.xfail(reason="Preprocessor.crop_box rounds float products for rectangles: exact ties can round the other way", strict=False)
 @pytest.mark.parametrize("height,width,shape,resize,fit,expected", RECT_TIES)
 def test_rectangular_ties_are_the_same_integers_in_preprocessor(height, width, shape, resize, fit, expected):
     assert _rect_preprocessor(shape, resize, fit).geometry((height, width)) == expected

@@ -47,6 +47,7 @@ import csv
 import logging
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
@@ -636,14 +637,14 @@ class Preprocessor:
                 new_h, new_w = self.resize, max(self.resize, int(round(width * self.resize / height)))
             else:
                 new_h, new_w = max(self.resize, int(round(height * self.resize / width))), self.resize
-        else:
-            margin = self.resize / self.image_size
-            cover_h, cover_w = int(round(out_h * margin)), int(round(out_w * margin))
+        else:  # exact fractions: the ONNX graph and the numpy runtime compute the same integers (ties to even)
+            margin = Fraction(self.resize, self.image_size)
+            cover_h, cover_w = round(out_h * margin), round(out_w * margin)
             if self.fit == "stretch":
                 new_h, new_w = cover_h, cover_w
             else:  # keep the aspect ratio: the smallest resize that covers the (margin-grown) input
                 factor = max(out_h * margin / height, out_w * margin / width)
-                new_h, new_w = max(cover_h, int(round(height * factor))), max(cover_w, int(round(width * factor)))
+                new_h, new_w = max(cover_h, round(height * factor)), max(cover_w, round(width * factor))
         top = int(round((new_h - out_h) / 2.0))
         left = int(round((new_w - out_w) / 2.0))
         return CropBox((height, width), (new_h, new_w), top, left, (out_h, out_w))
