@@ -39,7 +39,9 @@ async function loadModels() {
     select.replaceChildren();
     filter.replaceChildren(new Option("any", ""));
     for (const m of models) {
-      select.add(new Option(`${m.name} (${m.backbone}, ${m.image_size} px)`, m.name));
+      const rect = m.input_shape && m.input_shape[0] !== m.input_shape[1];
+      const size = rect ? `${m.input_shape[0]}×${m.input_shape[1]}` : `${m.image_size}`;
+      select.add(new Option(`${m.name} (${m.backbone}, ${size} px)`, m.name));
       filter.add(new Option(m.name, m.name));
     }
     if (current) select.value = current;
