@@ -12,28 +12,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from glass_ad.config import make_config
-from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.data.demo_data import make_demo_dataset, make_strip_dataset
 from glass_ad.evaluation.tester import test
 from glass_ad.training import train
-
-
-def strips(source: Path, target: Path, shape: tuple[int, int] = (200, 500)) -> Path:
-    for path in source.rglob("*.png"):
-        out = target / path.relative_to(source)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(path) as image:
-            resample = Image.NEAREST if "ground_truth" in path.parts else Image.BILINEAR
-            image.resize((shape[1], shape[0]), resample).save(out)
-    return target
 
 
 def main() -> None:
     work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="glass-rect-"))
     square = make_demo_dataset(work / "square", n_train=60, n_test_good=20, n_test_defect=20, size=256)
-    data = strips(square, work / "strips" / "strip")
+    data = make_strip_dataset(square, work / "strips" / "strip")
     print("input | train s | image AUROC | pixel AUROC | AUPRO")
     for name, fit in (("128×128 (squashed, --fit stretch)", "stretch"), ("auto: 128×320 (aspect kept)", "auto")):
         config = make_config("fast", backbone="efficientnet_lite0", image_size=128, epochs=8, early_stopping=False,

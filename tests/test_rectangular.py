@@ -98,24 +98,13 @@ def test_a_rectangular_model_scores_its_own_grid():
 # End to end on an elongated product
 
 
-def _elongated_copy(source, target, shape=(100, 250)):
-    """The demo set with every image and mask resized to a 100×250 strip (a 2.5 aspect ratio)."""
-    for path in source.rglob("*.png"):
-        out = target / path.relative_to(source)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(path) as image:
-            resample = Image.NEAREST if "ground_truth" in path.parts else Image.BILINEAR
-            image.resize((shape[1], shape[0]), resample).save(out)
-    return target
-
-
 @pytest.fixture(scope="module")
 def strip_data(tmp_path_factory):
-    from glass_ad.data.demo_data import make_demo_dataset
+    from glass_ad.data.demo_data import make_demo_dataset, make_strip_dataset
 
     base = tmp_path_factory.mktemp("square")
     square = make_demo_dataset(base, n_train=40, n_test_good=10, n_test_defect=10, size=128)
-    return _elongated_copy(square, tmp_path_factory.mktemp("strip") / "strip")
+    return make_strip_dataset(square, tmp_path_factory.mktemp("strip") / "strip", (100, 250))
 
 
 @pytest.mark.slow

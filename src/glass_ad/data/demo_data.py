@@ -129,3 +129,18 @@ def make_demo_dataset(
             _save(_to_rgb(surface, tint), root / "test" / defect / f"{i:03d}.png")
             _save(mask.astype(np.uint8) * 255, root / "ground_truth" / defect / f"{i:03d}_mask.png")
     return root
+
+
+def make_strip_dataset(source: str | Path, target: str | Path, shape: tuple[int, int] = (200, 500)) -> Path:
+    """A copy of a generated data set with every image and mask resized to ``shape`` (height, width): an
+    elongated product (line-scan strips) for the rectangular-input tests and benchmark."""
+    from PIL import Image
+
+    source, target = Path(source), Path(target)
+    for path in sorted(source.rglob("*.png")):
+        out = target / path.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as image:
+            resample = Image.NEAREST if "ground_truth" in path.parts else Image.BILINEAR
+            image.resize((shape[1], shape[0]), resample).save(out)
+    return target
