@@ -1,0 +1,97 @@
+"""The training loop's parts, each on its own (training/trainer.py calls them in this order)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from glass_ad.config import make_config
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.model.glass_model import build_model
+from glass_ad.synthesis.gas import GASSettings
+from glass_ad.training.loop import iterations_per_epoch, make_optimisation, train_one_epoch
+from glass_ad.training.preparation import prepare_features, prepare_images, prepare_synthesis, split_holdout
+
+
+def _config(**overrides):
+    values = dict(backbone="efficientnet_lite0", image_size=64, epochs=4, seed=0, precision="fp32", batch_size=8)
+    values.update(overrides)
+    return make_config("fast", **values)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("data"), n_train=24, n_test_good=2, n_test_defect=2, size=64)
+
+
+@pytest.fixture(scope="module")
+def prepared(data):
+    config = _config()
+    images = prepare_images(data, config, progress=False, echo=lambda _: None)
+    synthesis = prepare_synthesis(images.images, images.config, echo=lambda _: None)
+    model = build_model(images.config)
+    setup = prepare_features(model, images.images, images.config, torch.device("cpu"), np.random.default_rng(0),
+                             progress=False, echo=lambda _: None)  # fmt: skip
+    return images, synthesis, model, setup
+
+
+def test_the_holdout_split_is_seeded_disjoint_and_complete(data):
+    from glass_ad.data.datasets import load_dataset
+
+    samples = load_dataset(data).train
+    train, holdout = split_holdout(samples, _config())
+    again = split_holdout(samples, _config())
+    assert [s.path for s in holdout] == [s.path for s in again[1]]
+    assert not {s.path for s in train} & {s.path for s in holdout}
+    assert len(train) + len(holdout) == len(samples) and len(train) >= 8
+    other = split_holdout(samples, _config(seed=1))[1]
+    assert [s.path for s in other] != [s.path for s in holdout]
+
+
+def test_preparation_decodes_once_and_measures_the_spacing(prepared):
+    images, synthesis, model, setup = prepared
+    assert images.images.dtype == torch.uint8 and images.images.shape[1:] == (3, 64, 64)
+    assert images.holdout is not None and images.config.fit in ("crop", "stretch")
+    assert synthesis.hypothesis in ("manifold", "hypersphere")
+    assert setup.features.batch(np.arange(3)).shape == (3, model.num_patches, model.embed_dim)
+    assert setup.mean_feature.shape == (model.num_patches, model.embed_dim)
+    # The scale rule: after scaling, the measured normal spacing is the configured one (1).
+    assert setup.geometry.scale > 0
+    assert float(setup.spacing_probe.spacing(torch.nn.Identity())) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_the_optimisers_are_the_references():
+    config = _config(lr=2e-4)
+    model = build_model(config)
+    optimisation = make_optimisation(model, config)
+    disc, adaptor = optimisation.optimizers
+    assert isinstance(disc, torch.optim.AdamW) and disc.param_groups[0]["lr"] == pytest.approx(4e-4)
+    assert isinstance(adaptor, torch.optim.Adam) and adaptor.param_groups[0]["lr"] == pytest.approx(2e-4)
+    assert adaptor.param_groups[0]["weight_decay"] == config.adaptor_weight_decay
+    assert optimisation.lr == pytest.approx(2e-4)
+    cosine = make_optimisation(model, _config(lr=2e-4, lr_schedule="cosine", epochs=2))
+    cosine.end_epoch()
+    assert cosine.lr == pytest.approx(2e-4 * 0.5)  # half-way down the cosine after 1 of 2 epochs
+
+
+def test_an_epoch_trains_every_branch(prepared):
+    images, synthesis, model, setup = prepared
+    config = images.config
+    model.train()
+    optimisation = make_optimisation(model, config)
+    before = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
+    with torch.no_grad():
+        centre = model.adaptor(setup.mean_feature)
+    stats = train_one_epoch(
+        model, optimisation, setup.features, synthesis, config,
+        GASSettings.from_config(config, synthesis.hypothesis, 1.0), centre,
+        order_rng=np.random.default_rng(0), las_rng=np.random.default_rng(1), generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert {"loss", "loss_normal", "loss_gas", "loss_las", "p_true", "p_gas"} <= set(stats)
+    assert stats["loss"] == pytest.approx(stats["loss_normal"] + stats["loss_gas"] + stats["loss_las"], rel=1e-5)
+    changed = [k for k, v in model.discriminator.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.endswith("weight") for k in changed)
+    assert iterations_per_epoch(config, len(setup.features)) == min(
+        -(-(config.images_per_epoch + 1) // config.batch_size), -(-len(setup.features) // config.batch_size)
+    )
