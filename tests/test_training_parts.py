@@ -95,3 +95,33 @@ def test_an_epoch_trains_every_branch(prepared):
     assert iterations_per_epoch(config, len(setup.features)) == min(
         -(-(config.images_per_epoch + 1) // config.batch_size), -(-len(setup.features) // config.batch_size)
     )
+
+
+def test_nn_agreement_is_one_for_a_discriminator_that_ranks_by_distance():
+    from glass_ad.training.validation import nn_agreement, nn_agreement_probe
+
+    torch.manual_seed(0)
+    bank = torch.randn(2000, 4)
+    normal = torch.randn(3, 50, 4) * torch.tensor([1.0, 1.0, 1.0, 3.0])  # spread along the last axis
+    rows, distances = nn_agreement_probe(normal, bank)
+    assert rows.shape == (150, 4) and distances.shape == (150,)
+    brute = torch.cdist(rows, bank).amin(1)
+    torch.testing.assert_close(distances, brute)
+
+    class Ranker(torch.nn.Module):  # D's logit = the true nearest-neighbour distance: perfect agreement
+        adaptor = torch.nn.Identity()
+
+        class discriminator:  # noqa: N801 - stands in for the module attribute
+            @staticmethod
+            def logits(x):
+                return torch.cdist(x, bank).amin(1, keepdim=True)
+
+    assert nn_agreement(Ranker(), rows, distances) == pytest.approx(1.0)
+
+    class Opposite(Ranker):
+        class discriminator:  # noqa: N801
+            @staticmethod
+            def logits(x):
+                return -torch.cdist(x, bank).amin(1, keepdim=True)
+
+    assert nn_agreement(Opposite(), rows, distances) == pytest.approx(-1.0)

@@ -128,8 +128,10 @@ class GlassConfig:
     min_holdout: int = 4
     early_stopping: bool = False
     # Model selection score: "worst" = the worse of the two synthetic validation families (LAS, which
-    # training draws, and the unseen strokes/blobs family, which it never draws); "las" = LAS only.
-    selection: Literal["worst", "las"] = "worst"
+    # training draws, and the unseen strokes/blobs family, which it never draws); "las" = LAS only;
+    # "agreement" = how well D ranks held-out normal patches like their distance to the nearest training
+    # patch (val_nn_agreement, docs/method.md), an experimental signal logged in every run.
+    selection: Literal["worst", "las", "agreement"] = "worst"
     patience: int = 5  # epochs without a rise of the smoothed validation score before stopping
     stop_window: int = 3  # epochs averaged for the stopping rule (the best single epoch is still kept)
     target_false_alarm_rate: float = 0.01
@@ -191,6 +193,8 @@ class GlassConfig:
             problems.append("gas_patch_fraction must lie in (0, 1]")
         if not 0 < self.patch_fraction <= 1:
             problems.append("patch_fraction must lie in (0, 1]")
+        if self.selection not in ("worst", "las", "agreement"):
+            problems.append(f"selection must be 'worst', 'las' or 'agreement' (got {self.selection!r})")
         if self.score not in ("glass", "hybrid"):
             problems.append(f"score must be 'glass' or 'hybrid' (got {self.score!r})")
         if not 0 < self.memory_bank_fraction <= 1:

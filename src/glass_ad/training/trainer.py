@@ -42,6 +42,7 @@ from glass_ad.training.validation import (
     EarlyStopping,
     build_validation_set,
     dead_branch_warning,
+    nn_agreement_probe,
     validate,
 )
 
@@ -123,6 +124,12 @@ def _train(
     val = None
     if data.holdout is not None and group.is_main:
         val = build_validation_set(model, data.holdout, synthesis.las, config, device, synthesis.foreground is not None)
+        # The nearest-neighbour view of the held-out normal patches, once (the features are frozen); its own
+        # random stream, so the training's draws do not change.
+        picked = np.random.default_rng(config.seed + 30_011).choice(len(data.images), min(64, len(data.images)), replace=False)
+        bank = setup.features.batch(np.sort(picked))
+        val.probe_rows, val.probe_distances = nn_agreement_probe(val.normal, bank.reshape(-1, bank.shape[-1]), config.seed)
+        del bank
     validating = group.broadcast(val is not None)
 
     # 2. Optimisers, schedule, arithmetic.
@@ -304,5 +311,7 @@ def epoch_line(record: dict[str, float]) -> str:
         parts.append(f"unseen {record['val_unseen_image_auroc']:.3f} AP {record['val_unseen_patch_ap']:.3f}")
         if "val_gas_separation" in record:
             parts.append(f"GAS sep {record['val_gas_separation']:.3f}")
+        if "val_nn_agreement" in record:
+            parts.append(f"NN agreement {record['val_nn_agreement']:.3f}")
     parts.append(f"{record['elapsed_s']:.0f} s")
     return " | ".join(parts)

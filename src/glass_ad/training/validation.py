@@ -26,6 +26,39 @@ class ValidationSet:
     labels: torch.Tensor  # Nv×P patch labels of the anomalies
     unseen: torch.Tensor  # Nv×P×D features of the same images with the unseen family (strokes, blobs)
     unseen_labels: torch.Tensor  # Nv×P
+    # A fixed sample of held-out normal patch vectors and their distance to the nearest training patch: the
+    # nearest-neighbour view of "how unusual" each patch is, against which D's ranking is compared.
+    probe_rows: torch.Tensor | None = None  # M×D
+    probe_distances: torch.Tensor | None = None  # M
+
+
+AGREEMENT_QUERIES = 8192  # held-out normal patch vectors in the agreement probe
+AGREEMENT_BANK = 16384  # training patch vectors they are compared with
+
+
+@torch.no_grad()
+def nn_agreement_probe(
+    normal: torch.Tensor, bank: torch.Tensor, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random sample of the held-out normal patches (``normal``: Nv×P×D) and each one's distance to the
+    nearest of ``bank`` (training patch vectors, M×D). Features are frozen, so this is computed once."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = normal.reshape(-1, normal.shape[-1])
+    rows = rows[torch.randperm(len(rows), generator=generator)[:AGREEMENT_QUERIES].to(rows.device)]
+    bank = bank[torch.randperm(len(bank), generator=generator)[:AGREEMENT_BANK].to(bank.device)].to(rows.device)
+    distances = torch.cat([torch.cdist(rows[i : i + 1024].float(), bank.float()).amin(1) for i in range(0, len(rows), 1024)])
+    return rows, distances
+
+
+@torch.no_grad()
+def nn_agreement(model: GlassModel, rows: torch.Tensor, distances: torch.Tensor) -> float:
+    """Spearman correlation between D's logit and the nearest-neighbour distance over the probe patches:
+    1 when D ranks held-out normal patches exactly as "distance from the normal training data" does."""
+    from scipy.stats import spearmanr
+
+    logits = model.discriminator.logits(model.adaptor(rows)).flatten().float().cpu().numpy()
+    value = spearmanr(logits, distances.cpu().numpy()).correlation
+    return float(value) if np.isfinite(value) else 0.0
 
 
 @torch.no_grad()
@@ -109,7 +142,14 @@ def validate(
     }
     if settings is not None and centre is not None and settings.mode != "off":
         record["val_gas_separation"] = gas_separation(model, val.normal, settings, centre, radius_quantile)
-    record["val_score"] = min(las["score"], unseen["score"]) if selection == "worst" else las["score"]
+    if val.probe_rows is not None and val.probe_distances is not None:
+        record["val_nn_agreement"] = nn_agreement(model, val.probe_rows, val.probe_distances)
+    if selection == "agreement" and "val_nn_agreement" in record:
+        record["val_score"] = record["val_nn_agreement"]
+    elif selection == "las":
+        record["val_score"] = las["score"]
+    else:
+        record["val_score"] = min(las["score"], unseen["score"])
     model.discriminator.train()
     model.adaptor.train()
     return record
@@ -210,6 +250,7 @@ BRANCH_KEYS = (
     "val_gas_separation",
     "val_las_separation",
     "val_unseen_separation",
+    "val_nn_agreement",
     "val_score",
 )
 
