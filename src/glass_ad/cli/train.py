@@ -94,24 +94,19 @@ def train(
     setup_logging(verbose)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 checks, locks and reports
     try:
-        config = _train_config(ctx, config_file, recipe.value, overrides)
-        if feature_spacing is not None:
-            config = config.replace(feature_spacing=feature_spacing if feature_spacing > 0 else None).validate()
-        if main_rank:
-            _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val, resume)
-        else:
-            from glass_ad.data.io import declared_bit_depth
+        with one_line_errors():
+            config = _train_config(ctx, config_file, recipe.value, overrides)
+            if feature_spacing is not None:  # 0: raw features, absolute GAS lengths
+                config = config.replace(feature_spacing=feature_spacing if feature_spacing > 0 else None).validate()
+            if main_rank:
+                _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val, resume)
+            else:
+                from glass_ad.data.io import declared_bit_depth
 
-            hold_for_command(declared_bit_depth(bit_depth))
-        result = run_training(data_dir, out, config, category=category, layout=dataset, progress=not quiet, resume=resume)
+                hold_for_command(declared_bit_depth(bit_depth))
+            result = run_training(data_dir, out, config, category=category, layout=dataset, progress=not quiet, resume=resume)
     except KeyboardInterrupt as interrupt:
         _interrupted(interrupt, data_dir, out)
-        return
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        fail(str(error))
-        return
-    except OSError as error:
-        fail(" ".join(str(error).split()))
         return
     if not main_rank:
         return
@@ -120,7 +115,7 @@ def train(
         f"saved {result.checkpoint} (hypothesis {result.hypothesis}, {result.epochs_run} epochs, "
         f"model of epoch {result.best_epoch}, {result.wall_time_s:.0f} s)"
     )
-    calibration = _as_calibration(result.calibration)
+    calibration = result.calibration
     if not calibration.is_fallback:
         typer.echo(
             f"image threshold {calibration.image_threshold:.4f} for a "
@@ -134,16 +129,7 @@ def train(
             f1 = calibrate_run(result.checkpoint, val, device=device, progress=not quiet)
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             fail(f"F1 calibration on {val}: {error}")
-            return
         typer.echo(f"F1-optimal image threshold {f1['f1_image_threshold']:.4f} (F1 {100 * f1['f1_image_f1']:.1f} on {val})")
-
-
-def _as_calibration(calibration):
-    """The typed calibration of a training result (older trainers return the stored dict)."""
-    from glass_ad.model.checkpoint import Calibration
-
-    return calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
-
 
 
 def _interrupted(interrupt: KeyboardInterrupt, data_dir: Path, out: Path) -> None:
