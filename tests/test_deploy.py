@@ -33,14 +33,7 @@ from glass_ad.training.trainer import train
 PARITY_TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny 64 px model gains nothing from threads, and on a shared, busy CPU OpenMP's two threads
-    # wait on each other for milliseconds per operation (measured: 1.8 s vs 0.02 s per batch).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -278,12 +278,7 @@ REFUSED = {
 READABLE = ("rgba.png", "palette.png", "cmyk.jpg", "exif_rotated.jpg", "camera16.png", "camera16_hot_pixel.png")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

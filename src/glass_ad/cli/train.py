@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -89,10 +88,11 @@ def train(
     """Train on DATA_DIR/train/good (normal images only). Under `torchrun --nproc-per-node N -m glass_ad train …`
     one model is trained data-parallel over N processes (docs/scale.md)."""
     from glass_ad.training import train as run_training
+    from glass_ad.training.distributed import is_main_process
 
     overrides = opt.config_values(locals())  # every parameter named like a GlassConfig field
     setup_logging(verbose)
-    main_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 checks, locks and reports
+    main_rank = is_main_process()  # torchrun: rank 0 checks, locks and reports
     try:
         with one_line_errors():
             config = _train_config(ctx, config_file, recipe.value, overrides)

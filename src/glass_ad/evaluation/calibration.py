@@ -52,10 +52,6 @@ def holdout_scores(model, images: torch.Tensor, device, batch_size: int = 16) ->
     return np.concatenate(image_scores), np.concatenate(pixel_values)
 
 
-def logistic_params(normal_scores: np.ndarray, threshold: float) -> dict[str, float]:
-    return logistic_normalization(normal_scores, threshold).to_dict()
-
-
 def logistic_normalization(normal_scores: np.ndarray, threshold: float) -> Normalization:
     """The curve that maps the median normal score to 0.1 and the threshold to 0.5."""
     median = float(np.median(normal_scores))

@@ -260,18 +260,6 @@ class Calibration:
         out.update(self.extra)
         return out
 
-    def resolved_dict(self) -> dict[str, Any]:
-        """Every field, the fallback's included, as a plain dict."""
-        method = {"method": self.method} if self.method is not None else {}
-        return {
-            **self.to_dict(),
-            **method,
-            "image_threshold": self.image_threshold,
-            "pixel_threshold": self.pixel_threshold,
-            "image_normalization": self.image_normalization.to_dict(),
-            "pixel_normalization": self.pixel_normalization.to_dict(),
-        }
-
     def with_f1(self, f1: F1Thresholds | None) -> "Calibration":
         """The same calibration with another F1 operating point (the false-alarm one never changes)."""
         return dataclasses.replace(self, f1=f1)

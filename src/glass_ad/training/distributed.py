@@ -26,6 +26,12 @@ from torch import nn
 T = TypeVar("T")
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun group, or a plain single process (read from torchrun's environment before the
+    group is joined: the CLI checks, locks and reports only there)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass(frozen=True)
 class Distributed:
     """This process's place in the group; `world_size == 1` is plain single-process training."""
