@@ -125,3 +125,85 @@ def test_nn_agreement_is_one_for_a_discriminator_that_ranks_by_distance():
                 return -torch.cdist(x, bank).amin(1, keepdim=True)
 
     assert nn_agreement(Opposite(), rows, distances) == pytest.approx(-1.0)
+
+
+def test_the_weight_average_is_an_exponential_moving_average_of_a_and_d():
+    from glass_ad.training.averaging import WeightAverage, trainable_state
+
+    model = build_model(_config())
+    average = WeightAverage(model, decay=0.9)
+    states = []
+    torch.manual_seed(0)
+    for _ in range(3):  # three "steps": new weights and new batch-norm statistics each time
+        with torch.no_grad():
+            for name, value in model.state_dict().items():
+                if name.startswith(("adaptor.", "discriminator.")) and value.is_floating_point():
+                    value.copy_(torch.randn_like(value))
+        states.append(trainable_state(model))
+        average.update()
+    live = trainable_state(model)
+    for name in live:
+        if not live[name].is_floating_point():
+            continue
+        expected = (0.9 * states[0][name] + 0.1 * states[1][name]) * 0.9 + 0.1 * states[2][name]  # first update copies
+        torch.testing.assert_close(average.state()[name], expected)
+    assert any(n.endswith("running_mean") for n in live) and any(n.startswith("adaptor.") for n in live)
+
+    # Evaluated inside `applied()`, the live weights come back afterwards, even after an error.
+    with pytest.raises(RuntimeError), average.applied():
+        torch.testing.assert_close(trainable_state(model)["adaptor.linear.weight"], average.state()["adaptor.linear.weight"])
+        raise RuntimeError("validation failed")
+    for name, value in trainable_state(model).items():
+        assert torch.equal(value, live[name])
+
+    copy = WeightAverage(model, decay=0.9)
+    copy.load_state_dict(average.state_dict())
+    for name, value in copy.state().items():
+        assert torch.equal(value, average.state()[name])
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)
+    # A decay of 0 is no average: it copies the live weights.
+    copying = WeightAverage(model, decay=0.0)
+    copying.update()
+    for name, value in copying.state().items():
+        assert torch.equal(value, live[name])
+
+
+def test_training_with_the_average_keeps_the_steps_and_saves_the_average(data, tmp_path):
+    from glass_ad.model.checkpoint import read_checkpoint
+    from glass_ad.training.trainer import train
+
+    quiet = dict(progress=False, echo=lambda _: None)
+    runs = {}
+    for span in (0.0, 1.0):
+        config = _config(epochs=2, ema_epochs=span, early_stopping=True, patience=50, num_threads=1)
+        runs[span] = (train(data, tmp_path / str(span), config, **quiet), read_checkpoint(tmp_path / str(span)))
+    (plain, plain_ck), (averaged, averaged_ck) = runs[0.0], runs[1.0]
+    # The optimiser's steps are the same (the average only follows them) ...
+    for a, b in zip(plain.history, averaged.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+    # ... but what is validated and saved is the average, not the live weights.
+    assert plain.history[-1]["val_score"] != averaged.history[-1]["val_score"]
+    assert not torch.equal(plain_ck["discriminator"]["body.0.weight"], averaged_ck["discriminator"]["body.0.weight"])
+
+
+def test_the_las_weight_scales_only_the_las_term(prepared):
+    from glass_ad.training.step import step_loss
+
+    images, synthesis, model, setup = prepared
+    normal = setup.features.batch(np.arange(4))
+    las = synthesis.las(images.images[:4].float() / 255.0, None, np.random.default_rng(0))
+    with torch.no_grad():
+        las_features = model.features(las.images)
+        centre = model.adaptor(setup.mean_feature)
+    results = {}
+    for weight in (1.0, 0.25):
+        config = images.config.replace(las_weight=weight)
+        settings = GASSettings.from_config(config, synthesis.hypothesis, 1.0)
+        loss, stats = step_loss(model, normal, las_features, las.patch_labels, centre, config, settings,
+                                torch.Generator().manual_seed(0))  # fmt: skip
+        results[weight] = (float(loss), stats)
+    (loss_1, stats_1), (loss_q, stats_q) = results[1.0], results[0.25]
+    assert stats_q["loss_las"] == pytest.approx(stats_1["loss_las"]) and stats_q["loss_las"] > 0
+    assert loss_1 == pytest.approx(stats_1["loss_normal"] + stats_1["loss_gas"] + stats_1["loss_las"], rel=1e-5)
+    assert loss_q == pytest.approx(stats_q["loss_normal"] + stats_q["loss_gas"] + 0.25 * stats_q["loss_las"], rel=1e-5)

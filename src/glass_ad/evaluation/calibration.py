@@ -54,7 +54,7 @@ def holdout_scores(model, images: torch.Tensor, device, batch_size: int = 16) ->
 
 def logistic_normalization(normal_scores: np.ndarray, threshold: float) -> Normalization:
     """The curve that maps the median normal score to 0.1 and the threshold to 0.5."""
-    median = float(np.median(normal_scores))
+    median = float(np.median(np.asarray(normal_scores, dtype=np.float64)))  # float32 would round the mid-point
     spread = (threshold - median) / LN9
     if not spread > 1e-6:  # degenerate holdout (all scores equal): a narrow but valid curve
         spread = max(abs(threshold) * 1e-3, 1e-6)

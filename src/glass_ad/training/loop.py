@@ -12,6 +12,7 @@ import torch
 from glass_ad.config import GlassConfig
 from glass_ad.model.glass_model import GlassModel
 from glass_ad.synthesis import gas as gas_module
+from glass_ad.training.averaging import WeightAverage
 from glass_ad.training.distributed import Distributed
 from glass_ad.training.preparation import NormalFeatures, SynthesisSetup
 from glass_ad.training.step import training_step
@@ -68,12 +69,14 @@ def train_one_epoch(
     generator: torch.Generator,
     bf16: bool = False,
     group: Distributed | None = None,
+    average: WeightAverage | None = None,
     on_step: Any = None,
 ) -> dict[str, float]:
     """One pass of `iterations_per_epoch` batches; returns the mean of each step statistic.
 
     `order_rng` shuffles the images (the same stream on every rank), `las_rng` draws the LAS anomalies and
     `generator` the patch subsets and GAS noise (per rank in data-parallel training; one stream otherwise).
+    `average`, when given, follows the weights after every step.
     """
     group = group or Distributed()
     device = centre.device
@@ -109,6 +112,8 @@ def train_one_epoch(
             bf16,
             synchronize,
         )
+        if average is not None:
+            average.update()
         steps.append(stats)
         if on_step is not None:
             on_step(it + 1, iterations, stats)

@@ -4,7 +4,7 @@ After every epoch `train` writes ``RUN/train_state.pt`` (atomically: a unique te
 the old one) holding everything the next epoch depends on: the adaptor and discriminator weights (with
 batch-norm statistics), the optimiser and learning-rate scheduler states, every random state the loop
 draws from (the numpy generator, the torch generator, the global torch RNG, CUDA's when training there),
-the early-stopping state, the best weights and their epoch, the history and the training arithmetic.
+the early-stopping state, the weights' moving average (when on), the best weights and their epoch, the history and the training arithmetic.
 ``train(..., resume=True)`` (``glass train --resume``) redoes the deterministic set-up (decoding, feature
 cache, geometry, validation set), then restores that state right before the next epoch, so the resumed
 run ends with the same model as an uninterrupted one with the same seed. The file is removed once the
@@ -227,6 +227,7 @@ class TrainState:
         history: list[dict[str, float]],
         bf16: bool,
         elapsed_s: float,
+        average: Any = None,
     ) -> Path:
         """Write the state after ``epoch`` completed epochs (atomically; signals wait for the write)."""
         state = {
@@ -254,6 +255,7 @@ class TrainState:
             "history": [dict(record) for record in history],
             "bf16": bool(bf16),
             "elapsed_s": float(elapsed_s),
+            "average": average.state_dict() if average is not None else None,
         }
         with _hold_signals():
             _save_atomic(state, self.path)
@@ -267,8 +269,9 @@ class TrainState:
         stopper: Any,
         rng: np.random.Generator,
         generator: torch.Generator,
+        average: Any = None,
     ) -> tuple[int, dict[str, torch.Tensor] | None, int, list[dict[str, float]], bool]:
-        """Put the loaded state into the loop's objects; returns (epochs done, best state, best epoch,
+        """Put the loaded state into the loop's objects (`average`: the weights' moving average); returns (epochs done, best state, best epoch,
         history, bf16). Called right before the next epoch: every random state is the one it ended with."""
         state = self.loaded
         if state is None:
@@ -278,6 +281,8 @@ class TrainState:
             optimizer.load_state_dict(saved)
         for scheduler, saved in zip(schedulers, state["schedulers"], strict=True):
             scheduler.load_state_dict(saved)
+        if average is not None:
+            average.load_state_dict({k: v.to(self.device) for k, v in state["average"].items()})
         for key, value in state["stopper"].items():
             setattr(stopper, key, list(value) if key == "scores" else value)
         rng.bit_generator.state = state["rng"]["numpy"]

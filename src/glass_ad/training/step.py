@@ -126,7 +126,8 @@ def step_loss(
         fake_scores = model.discriminator(fake).float().squeeze(1)
         loss_terms["las"] = las_loss(fake_scores, labels, config.focal_gamma, config.ohem_quantile)
 
-    loss = sum(loss_terms.values())
+    weights = {"las": config.las_weight}  # the reference sums the three terms with weight 1
+    loss = sum(value * weights.get(name, 1.0) for name, value in loss_terms.items())
     stats.update({f"loss_{k}": float(v.detach()) for k, v in loss_terms.items()})
     stats["loss"] = float(loss.detach())
     stats["p_true"] = float((true_scores.detach() < 0.5).float().mean())  # normal vectors called normal

@@ -5,8 +5,9 @@
    their measured geometry (scale-aware GAS);
 2. the optimisers and the schedule;
 3. epochs of: normal + GAS + LAS branches → one loss (loop.py, step.py);
-4. after each epoch, validation on the holdout normals and fixed synthetic anomalies: keep the best state,
-   stop early when the trend no longer rises (validation.py);
+4. after each epoch, validation on the holdout normals and fixed synthetic anomalies — of the weights'
+   moving average when `ema_epochs` is set (averaging.py): keep the best state, stop early when the trend no
+   longer rises (validation.py);
 5. finishing: calibrate thresholds on the holdout normals, write one self-contained checkpoint.
 
 No test image is read here. Under `torchrun` the same function trains one model data-parallel
@@ -29,13 +30,14 @@ from tqdm.auto import tqdm
 from glass_ad.config import GlassConfig
 from glass_ad.evaluation.calibration import calibrate_holdout
 from glass_ad.model.checkpoint import CHECKPOINT_NAME, Calibration, Checkpoint, TrainingRecord
-from glass_ad.model.glass_model import GlassModel, build_model, resolve_device
+from glass_ad.model.glass_model import build_model, resolve_device
 from glass_ad.provenance import provenance
 from glass_ad.synthesis import gas as gas_module
 from glass_ad.training import resume as resume_module
+from glass_ad.training.averaging import WeightAverage, trainable_state
 from glass_ad.training.distributed import Distributed
 from glass_ad.training.hybrid import build_hybrid_score
-from glass_ad.training.loop import make_optimisation, train_one_epoch
+from glass_ad.training.loop import iterations_per_epoch, make_optimisation, train_one_epoch
 from glass_ad.training.precision import choose_precision
 from glass_ad.training.preparation import prepare_features, prepare_images, prepare_synthesis
 from glass_ad.training.validation import (
@@ -134,6 +136,10 @@ def _train(
 
     # 2. Optimisers, schedule, arithmetic.
     optimisation = make_optimisation(model, config)
+    average = None
+    if config.ema_epochs:  # the average spans about `ema_epochs` epochs of steps
+        steps = config.ema_epochs * iterations_per_epoch(config, len(setup.features))
+        average = WeightAverage(model, decay=max(0.0, 1.0 - 1.0 / steps))
     arithmetic = group.broadcast(choose_precision(config.precision, device, model.embed_dim, config.dsc_hidden))
     bf16 = arithmetic.bf16
     echo(f"training arithmetic: {arithmetic.reason}")
@@ -146,7 +152,7 @@ def _train(
     start_epoch, end_epoch = 0, config.epochs
     if run_state is not None and run_state.loaded is not None:  # every state as at the end of the last epoch
         start_epoch, best_state, best_epoch, history, bf16 = run_state.restore(
-            model, optimisation.optimizers, optimisation.schedulers, stopper, rng, generator
+            model, optimisation.optimizers, optimisation.schedulers, stopper, rng, generator, average
         )
         start_time -= run_state.elapsed_s
         if config.early_stopping and validating and stopper.should_stop:
@@ -185,6 +191,7 @@ def _train(
             generator=generator,
             bf16=bf16,
             group=group,
+            average=average,
             on_step=lambda it, total, stats: bar.set_postfix(it=f"{it}/{total}", loss=f"{stats['loss']:.3f}"),
         )
         record["lr"] = optimisation.lr
@@ -192,10 +199,11 @@ def _train(
         optimisation.end_epoch()
 
         if validating:
-            scores = validate(model, val, settings, centre, config.radius_quantile, config.selection) if val else {}
-            record.update(group.broadcast(scores))
-            if stopper.update(record["val_score"]):
-                best_epoch, best_state = epoch + 1, trainable_state(model)
+            with average.applied() if average is not None else contextlib.nullcontext():
+                scores = validate(model, val, settings, centre, config.radius_quantile, config.selection) if val else {}
+                record.update(group.broadcast(scores))
+                if stopper.update(record["val_score"]):
+                    best_epoch, best_state = epoch + 1, trainable_state(model)
         record["elapsed_s"] = time.perf_counter() - start_time
         history.append(record)
         (bar.write if progress else echo)(epoch_line(record))
@@ -213,6 +221,7 @@ def _train(
                 history,
                 bf16,
                 record["elapsed_s"],
+                average,
             )
         if config.early_stopping and validating and stopper.should_stop:
             echo(
@@ -230,6 +239,8 @@ def _train(
         model.load_state_dict(best_state, strict=False)
     else:
         best_epoch = epochs_run
+        if average is not None:
+            model.load_state_dict(average.state(), strict=False)
 
     # 5. Finishing (rank 0): the hybrid score's bank, thresholds from held-out normals, one checkpoint.
     path = out_dir / CHECKPOINT_NAME
@@ -291,15 +302,6 @@ def cpu_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def trainable_state(model: GlassModel) -> dict[str, torch.Tensor]:
-    """A copy of what training changes (A and D): the best epoch's state."""
-    return {
-        k: v.detach().clone()
-        for k, v in model.state_dict().items()
-        if k.startswith(("discriminator.", "adaptor."))
-    }
 
 
 def epoch_line(record: dict[str, float]) -> str:
