@@ -47,6 +47,12 @@ case "${1:-all}" in
     step gasfull4_train glass train $DATA --out runs/exp_gasfull4 --textures $DTD --epochs 4 --gas-fraction 1 --ascent-steps 20 --ascent-step-size 0.001 --project-every 5 -q
     step gashalf4_train glass train $DATA --out runs/exp_gashalf4 --textures $DTD --epochs 4 --gas-fraction 0.5 -q
     step cosine20_train glass train $DATA --out runs/exp_cosine20 --textures $DTD --lr-schedule cosine --patience 20 -q ;;&
+  average|all)  # the weight average (--ema-epochs, default 1): its span, the live weights, the LAS weight
+    step ema0_train glass train $DATA --out runs/ema0 --textures $DTD --ema-epochs 0 -q
+    step ema0_test glass test runs/ema0 $DATA --json runs/ema0.json -q
+    step ema4_train glass train $DATA --out runs/ema4 --textures $DTD --ema-epochs 4 -q
+    step las05_train glass train $DATA --out runs/las05 --textures $DTD --las-weight 0.5 -q
+    step las05_test glass test runs/las05 $DATA --json runs/las05.json -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0

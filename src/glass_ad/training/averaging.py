@@ -4,8 +4,9 @@ validated, selected and saved when `ema_epochs` > 0.
 Why: at the fast recipe's learning rates the discriminator swings from step to step, and so does its
 validation score (on MTD the unseen family's patch AP moved between 0.07 and 0.57 from one epoch to the
 next), so the epoch kept was partly luck. The average of about the last `ema_epochs` epochs of steps
-(decay 1 − 1/steps: 0.98 for MTD's 50 steps per epoch) keeps what the steps agree on. Training itself is unchanged: the optimisers step the live weights, the average only
-follows them (torch.optim.swa_utils does the arithmetic, batch-norm statistics included).
+(decay 1 − 1/steps: 0.98 for MTD's 50 steps per epoch) keeps what the steps agree on. Training itself is
+unchanged: the optimisers step the live weights, the average only follows them (torch.optim.swa_utils
+does the arithmetic, batch-norm statistics included).
 """
 
 from __future__ import annotations

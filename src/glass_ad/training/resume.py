@@ -4,7 +4,8 @@ After every epoch `train` writes ``RUN/train_state.pt`` (atomically: a unique te
 the old one) holding everything the next epoch depends on: the adaptor and discriminator weights (with
 batch-norm statistics), the optimiser and learning-rate scheduler states, every random state the loop
 draws from (the numpy generator, the torch generator, the global torch RNG, CUDA's when training there),
-the early-stopping state, the weights' moving average (when on), the best weights and their epoch, the history and the training arithmetic.
+the early-stopping state, the weights' moving average (when on), the best weights and their epoch, the
+history and the training arithmetic.
 ``train(..., resume=True)`` (``glass train --resume``) redoes the deterministic set-up (decoding, feature
 cache, geometry, validation set), then restores that state right before the next epoch, so the resumed
 run ends with the same model as an uninterrupted one with the same seed. The file is removed once the
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from glass_ad.safety import atomic_path
+from glass_ad.training.averaging import trainable_state
 
 __all__ = [
     "STATE_NAME",
@@ -235,7 +237,7 @@ class TrainState:
             "config": self.config,
             "data": self.data,
             "epoch": int(epoch),
-            "model": _trainable(model),
+            "model": {k: v.cpu() for k, v in trainable_state(model).items()},
             "optimizers": [optimizer.state_dict() for optimizer in optimizers],
             "schedulers": [scheduler.state_dict() for scheduler in schedulers],
             "rng": {
@@ -271,8 +273,9 @@ class TrainState:
         generator: torch.Generator,
         average: Any = None,
     ) -> tuple[int, dict[str, torch.Tensor] | None, int, list[dict[str, float]], bool]:
-        """Put the loaded state into the loop's objects (`average`: the weights' moving average); returns (epochs done, best state, best epoch,
-        history, bf16). Called right before the next epoch: every random state is the one it ended with."""
+        """Put the loaded state into the loop's objects (`average`: the weights' moving average); returns
+        (epochs done, best state, best epoch, history, bf16). Called right before the next epoch: every random
+        state is the one it ended with."""
         state = self.loaded
         if state is None:
             raise ResumeError("no training state was loaded")
@@ -298,14 +301,6 @@ class TrainState:
     def remove(self) -> None:
         """The run is complete: nothing is left to resume."""
         self.path.unlink(missing_ok=True)
-
-
-def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        k: v.detach().cpu().clone()
-        for k, v in model.state_dict().items()
-        if k.startswith(("discriminator.", "adaptor."))
-    }
 
 
 def _save_atomic(state: dict[str, Any], path: Path) -> None:
