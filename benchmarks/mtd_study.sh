@@ -32,6 +32,9 @@ case "${1:-all}" in
   hybrid|all)  # the optional hybrid score, same training as fast seed 0
     step hybrid_train glass train $DATA --out runs/mtd_hybrid --textures $DTD --score hybrid -q
     step hybrid_test glass test runs/mtd_hybrid $DATA --json runs/mtd_hybrid.json -q ;;&
+  hybridseed|all)
+    step hybridseed1_train glass train $DATA --out runs/mtd_hybrid_seed1 --textures $DTD --score hybrid --seed 1 -q
+    step hybridseed1_test glass test runs/mtd_hybrid_seed1 $DATA --json runs/mtd_hybrid_seed1.json -q ;;&
   geometry|all)
     step geometry python benchmarks/feature_scale.py $DATA --images 32 ;;&
   paper1|all)

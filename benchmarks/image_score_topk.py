@@ -1,0 +1,53 @@
+"""Is the maximum the best image score? Validation only: the image AUROC of a trained run's model on its own
+validation split (held-out normal training images, the same images with LAS anomalies and with the unseen
+family), with the image score taken as the mean of the k highest patch logits (k = 1 is the reference's
+maximum). No test image is read.
+
+    python benchmarks/image_score_topk.py RUN DATA_DIR [--k 1 3 5 10 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from glass_ad.evaluation.metrics import image_auroc
+from glass_ad.model.checkpoint import Checkpoint
+from glass_ad.training.preparation import prepare_images, prepare_synthesis
+from glass_ad.training.validation import build_validation_set, score_features
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run")
+    parser.add_argument("data_dir")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 3, 5, 10, 20])
+    args = parser.parse_args()
+
+    device = torch.device("cpu")
+    checkpoint = Checkpoint.load(args.run)
+    model = checkpoint.build_model(device).eval()
+    # The run's own holdout (same seed and settings), its LAS and unseen families: what selection saw.
+    data = prepare_images(args.data_dir, checkpoint.config, progress=False, echo=lambda _: None)
+    synthesis = prepare_synthesis(data.images, data.config, echo=lambda _: None)
+    val = build_validation_set(model, data.holdout, synthesis.las, data.config, device, synthesis.foreground is not None)
+
+    def logits(features: torch.Tensor) -> torch.Tensor:  # ranks without ties at 0 or 1
+        return torch.logit(score_features(model, features).double().clamp(1e-12, 1 - 1e-12))
+
+    normal, las, unseen = logits(val.normal), logits(val.anomalous), logits(val.unseen)
+    labels = np.r_[np.zeros(len(normal)), np.ones(len(las))]
+    print(f"{args.run}: validation image AUROC with the mean of the top-k patch logits")
+    print(f"{'k':>4} {'LAS family':>11} {'unseen family':>14}")
+    for k in args.k:
+        def top(scores: torch.Tensor) -> np.ndarray:
+            return scores.topk(min(k, scores.shape[1]), dim=1).values.mean(1).numpy()
+
+        print(f"{k:>4} {image_auroc(np.r_[top(normal), top(las)], labels):>11.3f} "
+              f"{image_auroc(np.r_[top(normal), top(unseen)], labels):>14.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
