@@ -173,12 +173,16 @@ def test_training_with_the_average_keeps_the_steps_and_saves_the_average(data, t
     from glass_ad.model.checkpoint import read_checkpoint
     from glass_ad.training.trainer import train
 
-    quiet = dict(progress=False, echo=lambda _: None)
-    runs = {}
+    runs, said = {}, []
     for span in (0.0, 1.0):
         config = _config(epochs=2, ema_epochs=span, early_stopping=True, patience=50, num_threads=1)
-        runs[span] = (train(data, tmp_path / str(span), config, **quiet), read_checkpoint(tmp_path / str(span)))
+        result = train(data, tmp_path / str(span), config, progress=False, echo=said.append)
+        runs[span] = (result, read_checkpoint(tmp_path / str(span)))
     (plain, plain_ck), (averaged, averaged_ck) = runs[0.0], runs[1.0]
+    # The span is one epoch of steps: the decay follows the data set's size (a few steps here).
+    steps = iterations_per_epoch(_config(), averaged_ck["training"]["train_images"])
+    assert sum("moving average" in line for line in said) == 1
+    assert f"decay {1 - 1 / steps:.4f} per step" in next(line for line in said if "moving average" in line)
     # The optimiser's steps are the same (the average only follows them) ...
     for a, b in zip(plain.history, averaged.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)

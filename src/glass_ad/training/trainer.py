@@ -143,6 +143,9 @@ def _train(
     arithmetic = group.broadcast(choose_precision(config.precision, device, model.embed_dim, config.dsc_hidden))
     bf16 = arithmetic.bf16
     echo(f"training arithmetic: {arithmetic.reason}")
+    if average is not None:
+        span = f"about {config.ema_epochs:g} epoch(s); decay {average.decay:.4f} per step"
+        echo(f"validating and keeping the weights' moving average ({span})")
     if group.active:
         echo(f"data-parallel over {group.world_size} processes: {config.batch_size} images per step in all")
 
