@@ -57,7 +57,9 @@ case "${1:-all}" in
     step las05_train glass train $DATA --out runs/las05 --textures $DTD --las-weight 0.5 -q
     step las05_test glass test runs/las05 $DATA --json runs/las05.json -q
     step r05_train glass train $DATA --out runs/r05 --textures $DTD --r1 0.5 -q
-    step r05_test glass test runs/r05 $DATA --json runs/r05.json -q ;;&
+    step r05_test glass test runs/r05 $DATA --json runs/r05.json -q
+    step r05seed1_train glass train $DATA --out runs/r05_seed1 --textures $DTD --r1 0.5 --seed 1 -q
+    step r05seed1_test glass test runs/r05_seed1 $DATA --json runs/r05_seed1.json -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
