@@ -95,15 +95,22 @@ def _mean_model(size: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _write_frame_model(folder: Path, size: int, resize: int | None, fit: str, **meta: str) -> Path:
-    model = wrap_frames(_mean_model(size), size, resize, fit)
+def _write_frame_model(
+    folder: Path, size: int, resize: int | None, fit: str, shape: tuple[int, int] | None = None, **meta: str
+) -> Path:
+    """The mean model wrapped with in-graph frame preprocessing and glass_ad metadata; `shape` (H×W) makes
+    a rectangular input whose short side is `size` (and records image_height/image_width)."""
+    model = wrap_frames(_mean_model_hw(shape) if shape else _mean_model(size), size, resize, fit, shape)
     values = {"image_size": str(size), "resize": str(resize or ""), "fit": fit, "preprocessing": "in-graph",
               "image_threshold": "100.0", "pixel_threshold": "120.0", "bit_depth": "container", **meta}  # fmt: skip
+    if shape:
+        values |= {"image_height": str(shape[0]), "image_width": str(shape[1])}
     for key, value in values.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = "glass_ad." + key, value
     onnx.checker.check_model(model, full_check=True)
-    path = folder / f"frames_{size}_{resize}_{fit}.onnx"
+    name = f"{shape[0]}x{shape[1]}" if shape else str(size)
+    path = folder / f"frames_{name}_{resize}_{fit}.onnx"
     onnx.save(model, str(path))
     return path
 
@@ -278,17 +285,7 @@ def test_rectangular_ties_are_the_same_integers_in_preprocessor(height, width, s
 
 
 def _write_rect_frame_model(folder: Path, shape: tuple[int, int], resize: int | None, fit: str, **meta: str) -> Path:
-    model = wrap_frames(_mean_model_hw(shape), min(shape), resize, fit, shape)
-    values = {"image_size": str(min(shape)), "image_height": str(shape[0]), "image_width": str(shape[1]),
-              "resize": str(resize or ""), "fit": fit, "preprocessing": "in-graph",
-              "image_threshold": "100.0", "pixel_threshold": "120.0", "bit_depth": "container", **meta}  # fmt: skip
-    for key, value in values.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = "glass_ad." + key, value
-    onnx.checker.check_model(model, full_check=True)
-    path = folder / f"frames_{shape[0]}x{shape[1]}_{resize}_{fit}.onnx"
-    onnx.save(model, str(path))
-    return path
+    return _write_frame_model(folder, min(shape), resize, fit, shape, **meta)
 
 
 def _mean_model_hw(shape: tuple[int, int]) -> onnx.ModelProto:
