@@ -60,6 +60,12 @@ case "${1:-all}" in
     step r05_test glass test runs/r05 $DATA --json runs/r05.json -q
     step r05seed1_train glass train $DATA --out runs/r05_seed1 --textures $DTD --r1 0.5 --seed 1 -q
     step r05seed1_test glass test runs/r05_seed1 $DATA --json runs/r05_seed1.json -q ;;&
+  branchmix|all)  # why LAS blunts GAS on MTD: the LAS rim, the adaptor
+    step ring_geometry python benchmarks/las_ring_displacement.py runs/mtd_fast $DATA
+    step ring1_train glass train $DATA --out runs/ring1 --textures $DTD --las-ignore-margin 1 --precision bf16 -q
+    step ring1_test glass test runs/ring1 $DATA --json runs/ring1.json -q
+    step noadaptor_train glass train $DATA --out runs/noadaptor --textures $DTD --no-adaptor --precision bf16 -q
+    step noadaptor_test glass test runs/noadaptor $DATA --json runs/noadaptor.json -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0

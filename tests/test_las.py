@@ -11,7 +11,7 @@ from PIL import Image
 from glass_ad.config import GlassConfig
 from glass_ad.research.weak_defects import FolderTextures
 from glass_ad.synthesis.foreground import analyse_foreground, foreground_mask, is_object_category
-from glass_ad.synthesis.las import LocalAnomalySynthesizer
+from glass_ad.synthesis.las import IGNORED, LocalAnomalySynthesizer, ignore_near_mask
 from glass_ad.synthesis.perlin import perlin_noise
 from glass_ad.synthesis.textures import (
     AUGMENTATIONS,
@@ -524,3 +524,27 @@ def test_foreground_of_a_rectangular_image():
     image[16:48, 50:110] = 220  # a bright object in the middle of a landscape frame
     mask = foreground_mask(image)
     assert mask.shape == (64, 160) and mask[32, 80] and not mask[2, 2] and not mask[32, 150]
+
+
+def test_ignore_near_mask_marks_the_ring_of_normal_patches_within_the_margin():
+    rng = np.random.default_rng(3)
+    for grid_shape in ((7, 7), (5, 11)):
+        labels = torch.from_numpy((rng.random((3, grid_shape[0] * grid_shape[1])) > 0.93).astype(np.float32))
+        labels[0] = 0.0
+        labels[0, grid_shape[1] + 1] = 1.0  # one anomalous patch at (1, 1)
+        assert torch.equal(ignore_near_mask(labels, grid_shape, 0), labels)
+        for margin in (1, 2):
+            marked = ignore_near_mask(labels, grid_shape, margin)
+            # Brute force: a normal patch is ignored iff some anomalous patch is within Chebyshev distance margin.
+            grid, out = labels.view(3, *grid_shape), marked.view(3, *grid_shape)
+            for b in range(3):
+                anomalous = torch.nonzero(grid[b] > 0.5).tolist()
+                for r in range(grid_shape[0]):
+                    for c in range(grid_shape[1]):
+                        if grid[b, r, c] > 0.5:
+                            assert out[b, r, c] == 1.0
+                            continue
+                        near = any(max(abs(r - ar), abs(c - ac)) <= margin for ar, ac in anomalous)
+                        assert out[b, r, c] == (IGNORED if near else 0.0)
+        ring = ignore_near_mask(labels, grid_shape, 1)[0].view(grid_shape)
+        assert int((ring == IGNORED).sum()) == 8  # the 3×3 block around (1, 1) minus the patch itself

@@ -211,3 +211,27 @@ def test_the_las_weight_scales_only_the_las_term(prepared):
     assert stats_q["loss_las"] == pytest.approx(stats_1["loss_las"]) and stats_q["loss_las"] > 0
     assert loss_1 == pytest.approx(stats_1["loss_normal"] + stats_1["loss_gas"] + stats_1["loss_las"], rel=1e-5)
     assert loss_q == pytest.approx(stats_q["loss_normal"] + stats_q["loss_gas"] + 0.25 * stats_q["loss_las"], rel=1e-5)
+
+
+def test_patches_next_to_a_las_mask_can_be_left_out_of_the_las_loss(prepared):
+    from glass_ad.synthesis.las import IGNORED, ignore_near_mask
+    from glass_ad.training.losses import las_loss
+    from glass_ad.training.step import step_loss
+
+    images, synthesis, model, setup = prepared
+    normal = setup.features.batch(np.arange(4))
+    las = synthesis.las(images.images[:4].float() / 255.0, None, np.random.default_rng(1))
+    marked = ignore_near_mask(las.patch_labels, synthesis.las.grid_shape, 1)
+    assert (marked == IGNORED).any() and torch.equal(marked[marked != IGNORED], las.patch_labels[marked != IGNORED])
+    config = images.config.replace(patch_fraction=1.0, gas="off")
+    settings = GASSettings.from_config(config, "manifold", 1.0)
+    with torch.no_grad():
+        las_features = model.features(las.images)
+        centre = model.adaptor(setup.mean_feature)
+        _, stats = step_loss(model, normal, las_features, marked, centre, config, settings, torch.Generator().manual_seed(0))
+        # The LAS term is the reference loss over the counted patches only.
+        counted = (marked != IGNORED).flatten()
+        rows = las_features.reshape(-1, las_features.shape[-1])[counted]
+        scores = model.discriminator(model.adaptor(rows)).float().squeeze(1)
+        expected = las_loss(scores, marked.flatten()[counted], config.focal_gamma, config.ohem_quantile)
+    assert stats["loss_las"] == pytest.approx(float(expected), rel=1e-5)

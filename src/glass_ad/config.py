@@ -105,6 +105,9 @@ class GlassConfig:
     # --- LAS (local anomaly synthesis, image level) -------------------------------------------------
     las: bool = True
     las_weight: float = 1.0  # weight of the LAS term in the loss (the reference: 1, like the other two)
+    # Patches within this many patches of a LAS mask but outside it are left out of the LAS loss (their
+    # features see the texture through the receptive field; the reference labels them normal: 0).
+    las_ignore_margin: int = 0
     textures: str | None = None  # folder of texture images (DTD); None: procedural textures
     foreground: Foreground = "auto"  # auto: on for object-like images, off for textures
     beta_mean: float = 0.5
@@ -194,6 +197,8 @@ class GlassConfig:
             problems.append(f"need 0 < r1 <= r2 (got r1={self.r1}, r2={self.r2})")
         if not 0 < self.radius_quantile < 1:
             problems.append("radius_quantile must lie in (0, 1)")
+        if self.las_ignore_margin < 0:
+            problems.append(f"las_ignore_margin must be >= 0 (got {self.las_ignore_margin})")
         if self.las_weight < 0:
             problems.append(f"las_weight must be >= 0 (got {self.las_weight})")
         if self.ema_epochs < 0:

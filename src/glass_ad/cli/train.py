@@ -58,6 +58,7 @@ def train(
     feature_spacing: Annotated[Optional[float], typer.Option(help="Scale rule: normal spacing (median nearest-neighbour distance) the features are scaled to; GAS lengths are in this unit (default 1); 0 = raw features, absolute lengths.")] = None,
     patch_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the batch's patch vectors each branch trains on per iteration (fast 0.25, paper 1).")] = None,
     las_weight: Annotated[Optional[float], typer.Option(help="Weight of the LAS term in the loss (default 1, as the reference).")] = None,
+    las_ignore_margin: Annotated[Optional[int], typer.Option(help="Leave out of the LAS loss the patches within this many patches of a mask but outside it (default 0: labelled normal, as the reference).")] = None,
     las_fraction: Annotated[Optional[float], typer.Option(help="Fraction of each batch's images that get a LAS copy (fast 0.5, paper 1).")] = None,
     gas_patch_fraction: Annotated[Optional[float], typer.Option("--gas-patch-fraction", "--gas-fraction", help="Fraction of those normal patch vectors that go through gradient ascent.")] = None,
     texture_colour: Annotated[Optional[str], typer.Option(help="LAS texture colour: auto (grey for grey products), colour (reference), grey.")] = None,

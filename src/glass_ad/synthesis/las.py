@@ -43,7 +43,9 @@ __all__ = [
     "MAX_REDRAWS",
     "MIN_FOREGROUND_PIXELS",
     "FEATURE_STRIDE",
+    "IGNORED",
     "foreground_arrays",
+    "ignore_near_mask",
     "patch_labels",
 ]
 
@@ -72,6 +74,20 @@ def patch_labels(masks: torch.Tensor, stride: int = FEATURE_STRIDE) -> torch.Ten
     """B×1×H×W {0, 1} masks → B×((H/stride)·(W/stride)) patch labels (max-pooled, flattened row-major over
     the (H/stride)×(W/stride) grid: the patch order)."""
     return F.max_pool2d(masks, stride).flatten(1)
+
+
+IGNORED = -1.0  # patch label of a patch the LAS loss leaves out (see ignore_near_mask)
+
+
+def ignore_near_mask(labels: torch.Tensor, grid_shape: tuple[int, int], margin: int) -> torch.Tensor:
+    """B×P {0, 1} patch labels with the normal patches within `margin` patches (Chebyshev distance on the
+    grid) of an anomalous one set to :data:`IGNORED`. Their features see the texture through the backbone's
+    receptive field, so "normal" is the wrong label for them and "anomalous" is not right either."""
+    if margin <= 0:
+        return labels
+    grid = labels.view(labels.shape[0], 1, *grid_shape)
+    near = F.max_pool2d(grid, 2 * margin + 1, stride=1, padding=margin).flatten(1)
+    return torch.where((near > 0.5) & (labels < 0.5), torch.full_like(labels, IGNORED), labels)
 
 
 @dataclass

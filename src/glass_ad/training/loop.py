@@ -12,6 +12,7 @@ import torch
 from glass_ad.config import GlassConfig
 from glass_ad.model.glass_model import GlassModel
 from glass_ad.synthesis import gas as gas_module
+from glass_ad.synthesis.las import ignore_near_mask
 from glass_ad.training.averaging import WeightAverage
 from glass_ad.training.distributed import Distributed
 from glass_ad.training.preparation import NormalFeatures, SynthesisSetup
@@ -98,7 +99,8 @@ def train_one_epoch(
             synthetic = synthesis.las(batch, foreground, las_rng)
             with torch.no_grad():
                 las_features = model.features(synthetic.images.to(device))
-            las_labels = synthetic.patch_labels.to(device)
+            las_labels = ignore_near_mask(synthetic.patch_labels, synthesis.las.grid_shape, config.las_ignore_margin)
+            las_labels = las_labels.to(device)
         stats = training_step(
             model,
             optimisation.optimizers,

@@ -11,6 +11,7 @@ import torch
 from glass_ad.config import GlassConfig
 from glass_ad.model.glass_model import GlassModel
 from glass_ad.synthesis import gas as gas_module
+from glass_ad.synthesis.las import IGNORED
 from glass_ad.training.losses import bce, las_loss
 from glass_ad.training.precision import choose_precision
 
@@ -87,6 +88,9 @@ def step_loss(
         pick = sample_rows(len(las_rows), keep, generator, las_rows.device)
         if pick is not None:
             las_rows, labels, centres_fake = las_rows[pick], labels[pick], centres_fake[pick]
+        counted = labels != IGNORED  # patches next to a mask may be left out (config.las_ignore_margin)
+        if not counted.all():
+            las_rows, labels, centres_fake = las_rows[counted], labels[counted], centres_fake[counted]
         fake = model.adaptor(las_rows).float()
 
     # r'1: 75 % quantile of normal distances to the centre (normal LAS patches count as normal).
