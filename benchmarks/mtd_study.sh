@@ -66,6 +66,17 @@ case "${1:-all}" in
     step ring1_test glass test runs/ring1 $DATA --json runs/ring1.json -q
     step noadaptor_train glass train $DATA --out runs/noadaptor --textures $DTD --no-adaptor --precision bf16 -q
     step noadaptor_test glass test runs/noadaptor $DATA --json runs/noadaptor.json -q ;;&
+  ascent|all)  # does the ascent turn GAS? the step size and r1 (validation first; test afterwards)
+    step ascent_turn python benchmarks/gas_ascent_turn.py runs/mtd_fast $DATA
+    step nn_validation python benchmarks/nn_on_validation.py runs/mtd_fast $DATA
+    for seed in 0 1; do
+      step eta05_s${seed}_train glass train $DATA --out runs/eta05_s$seed --textures $DTD --ascent-step-size 0.05 --precision bf16 --seed $seed -q
+      step eta05_s${seed}_test glass test runs/eta05_s$seed $DATA --json runs/eta05_s$seed.json -q
+    done
+    step r15_train glass train $DATA --out runs/r15 --textures $DTD --r1 1.5 --precision bf16 -q
+    step r15_test glass test runs/r15 $DATA --json runs/r15.json -q
+    step r15eta05_train glass train $DATA --out runs/r15eta05 --textures $DTD --r1 1.5 --ascent-step-size 0.05 --precision bf16 -q
+    step r15eta05_test glass test runs/r15eta05 $DATA --json runs/r15eta05.json -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
