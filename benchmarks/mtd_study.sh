@@ -65,7 +65,9 @@ case "${1:-all}" in
     step ring1_train glass train $DATA --out runs/ring1 --textures $DTD --las-ignore-margin 1 --precision bf16 -q
     step ring1_test glass test runs/ring1 $DATA --json runs/ring1.json -q
     step noadaptor_train glass train $DATA --out runs/noadaptor --textures $DTD --no-adaptor --precision bf16 -q
-    step noadaptor_test glass test runs/noadaptor $DATA --json runs/noadaptor.json -q ;;&
+    step noadaptor_test glass test runs/noadaptor $DATA --json runs/noadaptor.json -q
+    step noadaptor1_train glass train $DATA --out runs/noadaptor_seed1 --textures $DTD --no-adaptor --precision bf16 --seed 1 -q
+    step noadaptor1_test glass test runs/noadaptor_seed1 $DATA --json runs/noadaptor_seed1.json -q ;;&
   ascent|all)  # does the ascent turn GAS? the step size and r1 (validation first; test afterwards)
     step ascent_turn python benchmarks/gas_ascent_turn.py runs/mtd_fast $DATA
     step nn_validation python benchmarks/nn_on_validation.py runs/mtd_fast $DATA
