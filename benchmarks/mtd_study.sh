@@ -71,6 +71,7 @@ case "${1:-all}" in
   ascent|all)  # does the ascent turn GAS? the step size and r1 (validation first; test afterwards)
     step ascent_turn python benchmarks/gas_ascent_turn.py runs/mtd_fast $DATA
     step nn_validation python benchmarks/nn_on_validation.py runs/mtd_fast $DATA
+    step ascent_small python benchmarks/gas_ascent_small_data.py
     for seed in 0 1; do
       step eta05_s${seed}_train glass train $DATA --out runs/eta05_s$seed --textures $DTD --ascent-step-size 0.05 --precision bf16 --seed $seed -q
       step eta05_s${seed}_test glass test runs/eta05_s$seed $DATA --json runs/eta05_s$seed.json -q
