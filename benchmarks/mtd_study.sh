@@ -76,6 +76,8 @@ case "${1:-all}" in
       step eta05_s${seed}_train glass train $DATA --out runs/eta05_s$seed --textures $DTD --ascent-step-size 0.05 --precision bf16 --seed $seed -q
       step eta05_s${seed}_test glass test runs/eta05_s$seed $DATA --json runs/eta05_s$seed.json -q
     done
+    step eta02_train glass train $DATA --out runs/eta02_s0 --textures $DTD --ascent-step-size 0.02 --precision bf16 -q
+    step eta02_test glass test runs/eta02_s0 $DATA --json runs/eta02_s0.json -q
     step r15_train glass train $DATA --out runs/r15 --textures $DTD --r1 1.5 --precision bf16 -q
     step r15_test glass test runs/r15 $DATA --json runs/r15.json -q
     step r15eta05_train glass train $DATA --out runs/r15eta05 --textures $DTD --r1 1.5 --ascent-step-size 0.05 --precision bf16 -q
