@@ -19,10 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from glass_ad.model.checkpoint import Checkpoint
 from glass_ad.synthesis.gas import GASSettings, synthesize
-from glass_ad.training.preparation import prepare_images, prepare_synthesis
-from glass_ad.training.validation import build_validation_set
+from glass_ad.training.validation import rebuild_run_validation
 
 
 def main() -> None:
@@ -33,17 +31,14 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=4096)
     args = parser.parse_args()
 
-    device = torch.device("cpu")
-    checkpoint = Checkpoint.load(args.run)
+    rebuilt = rebuild_run_validation(args.run, args.data_dir)
+    checkpoint, model, val = rebuilt.checkpoint, rebuilt.model, rebuilt.val
     config = checkpoint.config
-    model = checkpoint.build_model(device).eval()
-    history = list(csv.DictReader(open(Path(args.run) / "history.csv")))
+    with open(Path(args.run) / "history.csv", newline="") as handle:
+        history = list(csv.DictReader(handle))
     best = checkpoint.training.best_epoch or len(history)
     kept = next(row for row in history if int(row["epoch"]) == best)
     spacing = float(kept["spacing"])  # the adaptor-space spacing GAS used at the kept epoch
-    data = prepare_images(args.data_dir, config, progress=False, echo=lambda _: None)
-    synthesis = prepare_synthesis(data.images, data.config, echo=lambda _: None)
-    val = build_validation_set(model, data.holdout, synthesis.las, data.config, device, synthesis.foreground is not None)
     rows = val.normal.float().reshape(-1, val.normal.shape[-1])
     pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[: args.vectors]
     with torch.no_grad():

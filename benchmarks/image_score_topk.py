@@ -17,9 +17,7 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from glass_ad.evaluation.metrics import image_auroc
-from glass_ad.model.checkpoint import Checkpoint
-from glass_ad.training.preparation import prepare_images, prepare_synthesis
-from glass_ad.training.validation import build_validation_set, score_features
+from glass_ad.training.validation import rebuild_run_validation, score_features
 
 
 def main() -> None:
@@ -30,13 +28,9 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
 
-    device = torch.device("cpu")
-    checkpoint = Checkpoint.load(args.run)
-    model = checkpoint.build_model(device).eval()
     # The run's own holdout (same seed and settings), its LAS and unseen families: what selection saw.
-    data = prepare_images(args.data_dir, checkpoint.config, progress=False, echo=lambda _: None)
-    synthesis = prepare_synthesis(data.images, data.config, echo=lambda _: None)
-    val = build_validation_set(model, data.holdout, synthesis.las, data.config, device, synthesis.foreground is not None)
+    rebuilt = rebuild_run_validation(args.run, args.data_dir)
+    model, synthesis, val = rebuilt.model, rebuilt.synthesis, rebuilt.val
 
     def logits(features: torch.Tensor) -> torch.Tensor:  # ranks without ties at 0 or 1
         return torch.logit(score_features(model, features).double().clamp(1e-12, 1 - 1e-12))
@@ -56,16 +50,18 @@ def main() -> None:
     grid = synthesis.las.grid_shape
     print("validation image AUROC with the maximum of the smoothed patch-probability grid")
     print(f"{'sigma':>5} {'LAS family':>11} {'unseen family':>14}")
-    for sigma in args.sigma:
-        def smoothed_max(scores: torch.Tensor) -> np.ndarray:
-            maps = scores.view(len(scores), 1, *grid)
-            if sigma > 0:
-                maps = gaussian_blur(maps, [2 * math.ceil(3 * sigma) + 1] * 2, [sigma, sigma])
-            return maps.flatten(1).amax(1).numpy()
 
-        normal_max = smoothed_max(probabilities["normal"])
-        print(f"{sigma:>5g} {image_auroc(np.r_[normal_max, smoothed_max(probabilities['las'])], labels):>11.3f} "
-              f"{image_auroc(np.r_[normal_max, smoothed_max(probabilities['unseen'])], labels):>14.3f}")  # fmt: skip
+    def smoothed_max(scores: torch.Tensor, sigma: float) -> np.ndarray:
+        maps = scores.view(len(scores), 1, *grid)
+        if sigma > 0:
+            maps = gaussian_blur(maps, [2 * math.ceil(3 * sigma) + 1] * 2, [sigma, sigma])
+        return maps.flatten(1).amax(1).numpy()
+
+    for sigma in args.sigma:
+        normal_max = smoothed_max(probabilities["normal"], sigma)
+        las_max, unseen_max = smoothed_max(probabilities["las"], sigma), smoothed_max(probabilities["unseen"], sigma)
+        print(f"{sigma:>5g} {image_auroc(np.r_[normal_max, las_max], labels):>11.3f} "
+              f"{image_auroc(np.r_[normal_max, unseen_max], labels):>14.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glass_ad.model.checkpoint import Checkpoint
-from glass_ad.training.preparation import prepare_images, prepare_synthesis
-from glass_ad.training.validation import build_validation_set
+from glass_ad.training.validation import rebuild_run_validation
 
 
 def distance_to_mask(labels: torch.Tensor, grid_shape: tuple[int, int], max_distance: int) -> torch.Tensor:
@@ -42,13 +40,8 @@ def main() -> None:
     parser.add_argument("--max-distance", type=int, default=6)
     args = parser.parse_args()
 
-    device = torch.device("cpu")
-    checkpoint = Checkpoint.load(args.run)
-    model = checkpoint.build_model(device).eval()
-    data = prepare_images(args.data_dir, checkpoint.config, progress=False, echo=lambda _: None)
-    synthesis = prepare_synthesis(data.images, data.config, echo=lambda _: None)
-    val = build_validation_set(model, data.holdout, synthesis.las, data.config, device, synthesis.foreground is not None)
-    grid_shape = synthesis.las.grid_shape
+    rebuilt = rebuild_run_validation(args.run, args.data_dir)
+    val, grid_shape = rebuilt.val, rebuilt.synthesis.las.grid_shape
     print(f"{args.run}: patch displacement in normal spacings (median / 90 %) by distance to the mask, "
           f"{len(val.normal)} held-out images")  # fmt: skip
     print(f"{'distance':>9} {'LAS':>18} {'unseen family':>18}")

@@ -16,9 +16,7 @@ import numpy as np
 import torch
 
 from glass_ad.evaluation.metrics import image_auroc, pixel_ap, pixel_auroc
-from glass_ad.model.checkpoint import Checkpoint
-from glass_ad.training.preparation import prepare_images, prepare_synthesis
-from glass_ad.training.validation import build_validation_set
+from glass_ad.training.validation import rebuild_run_validation
 
 
 def main() -> None:
@@ -29,17 +27,13 @@ def main() -> None:
     parser.add_argument("--bank-vectors", type=int, default=30000)
     args = parser.parse_args()
 
-    device = torch.device("cpu")
-    checkpoint = Checkpoint.load(args.run)
-    model = checkpoint.build_model(device).eval()
-    data = prepare_images(args.data_dir, checkpoint.config, progress=False, echo=lambda _: None)
-    synthesis = prepare_synthesis(data.images, data.config, echo=lambda _: None)
-    val = build_validation_set(model, data.holdout, synthesis.las, data.config, device, synthesis.foreground is not None)
+    rebuilt = rebuild_run_validation(args.run, args.data_dir)
+    model, images, val = rebuilt.model, rebuilt.images.images, rebuilt.val
 
     rng = np.random.default_rng(0)
-    chosen = np.sort(rng.choice(len(data.images), min(args.bank_images, len(data.images)), replace=False))
+    chosen = np.sort(rng.choice(len(images), min(args.bank_images, len(images)), replace=False))
     with torch.no_grad():  # the same scaled patch vectors the validation set holds
-        parts = [model.features(data.images[chosen[i : i + 8]].float() / 255.0) for i in range(0, len(chosen), 8)]
+        parts = [model.features(images[chosen[i : i + 8]].float() / 255.0) for i in range(0, len(chosen), 8)]
     bank = torch.cat(parts).float().reshape(-1, val.normal.shape[-1])
     bank = bank[torch.from_numpy(rng.choice(len(bank), min(args.bank_vectors, len(bank)), replace=False))]
 

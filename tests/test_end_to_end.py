@@ -144,3 +144,17 @@ def test_every_branch_is_measured_and_gas_is_alive(trained):
     assert len(info["branches"]["epochs"]) == len(result.history)
     assert info["branches"]["warning"] is None
     assert info["geometry"]["raw_spacing"] > 0
+
+
+@pytest.mark.slow
+def test_a_runs_validation_split_is_rebuilt_after_training(trained, data):
+    """Measurements after training (benchmarks/) see exactly what model selection saw."""
+    from glass_ad.training.validation import rebuild_run_validation, validate
+
+    run, result = trained
+    rebuilt = rebuild_run_validation(run, data)
+    assert len(rebuilt.val.normal) == len(rebuilt.images.holdout) == read_checkpoint(run)["training"]["holdout_images"]
+    kept = result.history[result.best_epoch - 1]
+    again = validate(rebuilt.model, rebuilt.val)
+    for key in ("val_image_auroc", "val_patch_ap", "val_unseen_image_auroc", "val_unseen_patch_ap"):
+        assert again[key] == pytest.approx(kept[key], abs=1e-6), key

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,13 @@ from glass_ad.model.glass_model import GlassModel
 from glass_ad.synthesis import gas as gas_module
 from glass_ad.synthesis.las import LocalAnomalySynthesizer
 from glass_ad.synthesis.unseen_anomalies import UnseenAnomalySynthesizer
-from glass_ad.training.preparation import compute_foreground
+from glass_ad.training.preparation import (
+    SynthesisSetup,
+    TrainingImages,
+    compute_foreground,
+    prepare_images,
+    prepare_synthesis,
+)
 
 
 @dataclass
@@ -227,6 +234,34 @@ def build_validation_set(
         torch.cat(unseen).to(device),
         torch.cat(unseen_labels),
     )
+
+
+@dataclass
+class RunValidation:
+    """A trained run's own validation split, rebuilt after training (for measurements on it)."""
+
+    checkpoint: Any  # glass_ad.model.checkpoint.Checkpoint
+    model: GlassModel  # the run's model, in eval mode
+    images: TrainingImages  # the run's training images and holdout (same seed and settings)
+    synthesis: SynthesisSetup  # its LAS synthesizer, hypothesis and foreground decision
+    val: ValidationSet  # the held-out normals, their LAS copies and their unseen-family copies
+
+
+def rebuild_run_validation(run: str | Path, data_root: str | Path, device: torch.device | None = None) -> RunValidation:
+    """What model selection of `run` saw: its holdout of `data_root`'s normal training images and the fixed
+    synthetic anomalies on them, from the run's stored settings and seed. No test image is read."""
+    from glass_ad.model.checkpoint import Checkpoint  # the checkpoint module is not needed for training
+
+    device = device or torch.device("cpu")
+    checkpoint = Checkpoint.load(run)
+    model = checkpoint.build_model(device).eval()
+    images = prepare_images(data_root, checkpoint.config, progress=False, echo=lambda _: None)
+    synthesis = prepare_synthesis(images.images, images.config, echo=lambda _: None)
+    if images.holdout is None:
+        raise ValueError(f"{run} was trained without a holdout: there is no validation split to rebuild")
+    use_foreground = synthesis.foreground is not None
+    val = build_validation_set(model, images.holdout, synthesis.las, images.config, device, use_foreground)
+    return RunValidation(checkpoint, model, images, synthesis, val)
 
 
 def dead_branch_warning(history: list[dict[str, float]], last: int = 3) -> str | None:
