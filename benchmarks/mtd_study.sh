@@ -5,6 +5,9 @@
 set -uo pipefail
 DATA=../shared/data/mtd
 DTD=../shared/data/dtd
+# The fast recipe before GAS moved out to r1 = 1.5 spacings under a 9.5-minute limit (commit 7132d9b and
+# earlier): the steps recorded with those defaults pass it, so that they still train what they trained.
+PREV="--r1 1 --time-limit 0"
 mkdir -p runs
 step() {  # step NAME COMMAND...
   local name=$1; shift
@@ -12,12 +15,18 @@ step() {  # step NAME COMMAND...
   /usr/bin/time -v "$@" >>"runs/$name.log" 2>&1
 }
 case "${1:-all}" in
-  fast|all)
-    step fast_train glass train $DATA --out runs/mtd_fast --textures $DTD -q
-    step fast_test glass test runs/mtd_fast $DATA --json runs/mtd_fast.json -q ;;&
+  fast|all)  # the default (r1 = 1.5, 9.5-minute limit), two seeds
+    step fast_train glass train $DATA --out runs/fast_s0 --textures $DTD -q
+    step fast_test glass test runs/fast_s0 $DATA --json runs/fast_s0.json -q ;;&
   fastseed|all)  # the same default with another seed: the run-to-run spread
-    step fastseed1_train glass train $DATA --out runs/mtd_fast_seed1 --textures $DTD --seed 1 -q
-    step fastseed1_test glass test runs/mtd_fast_seed1 $DATA --json runs/mtd_fast_seed1.json -q ;;&
+    step fastseed1_train glass train $DATA --out runs/fast_s1 --textures $DTD --seed 1 -q
+    step fastseed1_test glass test runs/fast_s1 $DATA --json runs/fast_s1.json -q ;;&
+  prevfast|all)  # the previous default (r1 = 1, no limit): the model the analyses below were measured on
+    step prevfast_train glass train $DATA --out runs/mtd_fast --textures $DTD $PREV -q
+    step prevfast_test glass test runs/mtd_fast $DATA --json runs/mtd_fast.json -q ;;&
+  prevfastseed|all)
+    step prevfastseed1_train glass train $DATA --out runs/mtd_fast_seed1 --textures $DTD --seed 1 $PREV -q
+    step prevfastseed1_test glass test runs/mtd_fast_seed1 $DATA --json runs/mtd_fast_seed1.json -q ;;&
   patchcore|patchcore0|all)  # bank from exactly the images GLASS trains on (seeds hold out different images)
     step patchcore python benchmarks/patchcore_baseline.py $DATA --coreset 0.01 --seed 0 --json runs/patchcore.json ;;&
   patchcore|patchcore1|all)
@@ -25,16 +34,24 @@ case "${1:-all}" in
   table4|all)  # paper Table 4 on MTD: LAS only; GAS only (noise; + ascent; + projection); both = fast
     step las_only_train glass train $DATA --out runs/t4_las_only --textures $DTD --gas off -q
     step las_only_test glass test runs/t4_las_only $DATA --json runs/t4_las_only.json -q
-    for mode in full noise ascent; do
+    for mode in noise ascent; do  # no projection: r1 plays no part
       step gas_${mode}_train glass train $DATA --out runs/t4_gas_$mode --textures $DTD --no-las --gas $mode -q
       step gas_${mode}_test glass test runs/t4_gas_$mode $DATA --json runs/t4_gas_$mode.json -q
-    done ;;&
+    done
+    step gas_full_train glass train $DATA --out runs/t4_gas_full15 --textures $DTD --no-las -q
+    step gas_full_test glass test runs/t4_gas_full15 $DATA --json runs/t4_gas_full15.json -q ;;&
   hybrid|all)  # the optional hybrid score, same training as fast seed 0
-    step hybrid_train glass train $DATA --out runs/mtd_hybrid --textures $DTD --score hybrid -q
-    step hybrid_test glass test runs/mtd_hybrid $DATA --json runs/mtd_hybrid.json -q ;;&
+    step hybrid_train glass train $DATA --out runs/hybrid_s0 --textures $DTD --score hybrid -q
+    step hybrid_test glass test runs/hybrid_s0 $DATA --json runs/hybrid_s0.json -q ;;&
   hybridseed|all)
-    step hybridseed1_train glass train $DATA --out runs/mtd_hybrid_seed1 --textures $DTD --score hybrid --seed 1 -q
-    step hybridseed1_test glass test runs/mtd_hybrid_seed1 $DATA --json runs/mtd_hybrid_seed1.json -q ;;&
+    step hybridseed1_train glass train $DATA --out runs/hybrid_s1 --textures $DTD --score hybrid --seed 1 -q
+    step hybridseed1_test glass test runs/hybrid_s1 $DATA --json runs/hybrid_s1.json -q ;;&
+  prevhybrid|all)  # the same with the previous defaults
+    step prevhybrid_train glass train $DATA --out runs/mtd_hybrid --textures $DTD --score hybrid $PREV -q
+    step prevhybrid_test glass test runs/mtd_hybrid $DATA --json runs/mtd_hybrid.json -q ;;&
+  prevhybridseed|all)
+    step prevhybridseed1_train glass train $DATA --out runs/mtd_hybrid_seed1 --textures $DTD --score hybrid --seed 1 $PREV -q
+    step prevhybridseed1_test glass test runs/mtd_hybrid_seed1 $DATA --json runs/mtd_hybrid_seed1.json -q ;;&
   geometry|all)
     step geometry python benchmarks/feature_scale.py $DATA --images 32 ;;&
   paper1|all)
@@ -51,37 +68,42 @@ case "${1:-all}" in
     step gashalf4_train glass train $DATA --out runs/exp_gashalf4 --textures $DTD --epochs 4 --gas-fraction 0.5 -q
     step cosine20_train glass train $DATA --out runs/exp_cosine20 --textures $DTD --lr-schedule cosine --patience 20 -q ;;&
   average|all)  # the weight average (--ema-epochs, default 1): its span, the live weights, the LAS weight
-    step ema0_train glass train $DATA --out runs/ema0 --textures $DTD --ema-epochs 0 -q
+    step ema0_train glass train $DATA --out runs/ema0 --textures $DTD --ema-epochs 0 $PREV -q
     step ema0_test glass test runs/ema0 $DATA --json runs/ema0.json -q
-    step ema4_train glass train $DATA --out runs/ema4 --textures $DTD --ema-epochs 4 -q
-    step las05_train glass train $DATA --out runs/las05 --textures $DTD --las-weight 0.5 -q
+    step ema4_train glass train $DATA --out runs/ema4 --textures $DTD --ema-epochs 4 $PREV -q
+    step las05_train glass train $DATA --out runs/las05 --textures $DTD --las-weight 0.5 $PREV -q
     step las05_test glass test runs/las05 $DATA --json runs/las05.json -q
-    step r05_train glass train $DATA --out runs/r05 --textures $DTD --r1 0.5 -q
+    step r05_train glass train $DATA --out runs/r05 --textures $DTD --r1 0.5 $PREV -q
     step r05_test glass test runs/r05 $DATA --json runs/r05.json -q
-    step r05seed1_train glass train $DATA --out runs/r05_seed1 --textures $DTD --r1 0.5 --seed 1 -q
+    step r05seed1_train glass train $DATA --out runs/r05_seed1 --textures $DTD --r1 0.5 --seed 1 $PREV -q
     step r05seed1_test glass test runs/r05_seed1 $DATA --json runs/r05_seed1.json -q ;;&
   branchmix|all)  # why LAS blunts GAS on MTD: the LAS rim, the adaptor
     step ring_geometry python benchmarks/las_ring_displacement.py runs/mtd_fast $DATA
-    step ring1_train glass train $DATA --out runs/ring1 --textures $DTD --las-ignore-margin 1 --precision bf16 -q
+    step ring1_train glass train $DATA --out runs/ring1 --textures $DTD --las-ignore-margin 1 --precision bf16 $PREV -q
     step ring1_test glass test runs/ring1 $DATA --json runs/ring1.json -q
-    step noadaptor_train glass train $DATA --out runs/noadaptor --textures $DTD --no-adaptor --precision bf16 -q
+    step noadaptor_train glass train $DATA --out runs/noadaptor --textures $DTD --no-adaptor --precision bf16 $PREV -q
     step noadaptor_test glass test runs/noadaptor $DATA --json runs/noadaptor.json -q
-    step noadaptor1_train glass train $DATA --out runs/noadaptor_seed1 --textures $DTD --no-adaptor --precision bf16 --seed 1 -q
+    step noadaptor1_train glass train $DATA --out runs/noadaptor_seed1 --textures $DTD --no-adaptor --precision bf16 --seed 1 $PREV -q
     step noadaptor1_test glass test runs/noadaptor_seed1 $DATA --json runs/noadaptor_seed1.json -q ;;&
   ascent|all)  # does the ascent turn GAS? the step size and r1 (validation first; test afterwards)
     step ascent_turn python benchmarks/gas_ascent_turn.py runs/mtd_fast $DATA
     step nn_validation python benchmarks/nn_on_validation.py runs/mtd_fast $DATA
     step ascent_small python benchmarks/gas_ascent_small_data.py
     for seed in 0 1; do
-      step eta05_s${seed}_train glass train $DATA --out runs/eta05_s$seed --textures $DTD --ascent-step-size 0.05 --precision bf16 --seed $seed -q
+      step eta05_s${seed}_train glass train $DATA --out runs/eta05_s$seed --textures $DTD --ascent-step-size 0.05 --precision bf16 --seed $seed $PREV -q
       step eta05_s${seed}_test glass test runs/eta05_s$seed $DATA --json runs/eta05_s$seed.json -q
     done
-    step eta02_train glass train $DATA --out runs/eta02_s0 --textures $DTD --ascent-step-size 0.02 --precision bf16 -q
+    step eta02_train glass train $DATA --out runs/eta02_s0 --textures $DTD --ascent-step-size 0.02 --precision bf16 $PREV -q
     step eta02_test glass test runs/eta02_s0 $DATA --json runs/eta02_s0.json -q
-    step r15_train glass train $DATA --out runs/r15 --textures $DTD --r1 1.5 --precision bf16 -q
+    step r15_train glass train $DATA --out runs/r15 --textures $DTD --r1 1.5 --precision bf16 --time-limit 0 -q
     step r15_test glass test runs/r15 $DATA --json runs/r15.json -q
-    step r15eta05_train glass train $DATA --out runs/r15eta05 --textures $DTD --r1 1.5 --ascent-step-size 0.05 --precision bf16 -q
+    step r15eta05_train glass train $DATA --out runs/r15eta05 --textures $DTD --r1 1.5 --ascent-step-size 0.05 --precision bf16 --time-limit 0 -q
     step r15eta05_test glass test runs/r15eta05 $DATA --json runs/r15eta05.json -q ;;&
+  gasstart|all)  # where GAS starts (r1, spacings): 1.5 (seed 0: runs/r15 above) and 2, all 20 epochs, bf16
+    step r15_s1_train glass train $DATA --out runs/r15_s1 --textures $DTD --r1 1.5 --precision bf16 --time-limit 0 --seed 1 -q
+    step r15_s1_test glass test runs/r15_s1 $DATA --json runs/r15_s1.json -q
+    step r2_train glass train $DATA --out runs/r2_s0 --textures $DTD --r1 2 --precision bf16 --time-limit 0 -q
+    step r2_test glass test runs/r2_s0 $DATA --json runs/r2_s0.json -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0

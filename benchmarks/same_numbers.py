@@ -35,7 +35,7 @@ cfg = make_config("fast", backbone="efficientnet_lite0", image_size=128, epochs=
                   precision="fp32", num_threads=2, textures=textures)
 result = train(data, out, cfg, progress=False, echo=lambda _: None)
 metrics = test(out, data, json_path=None, report_dir=None, progress=False, pictures=False)
-print(json.dumps({"history": [{k: v for k, v in h.items() if k != "elapsed_s"} for h in result.history],
+print(json.dumps({"history": [{k: v for k, v in h.items() if k not in ("elapsed_s", "epoch_s")} for h in result.history],
                   "metrics": {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")}}))
 '''
 

@@ -116,13 +116,14 @@ def detector_scores(run, data) -> dict[str, object]:
 def test_train_reports_what_info_shows(trained):
     run, output = trained
     assert {p.name for p in run.iterdir()} >= {"model.pt", "config.yaml", "history.csv"}
-    saved = re.search(r"saved (\S+) \(hypothesis (\w+), (\d+) epochs, model of epoch (\d+),", output)
+    saved = re.search(r"saved (\S+) \(hypothesis (\w+), (\d+) epochs, stopped by ([a-z ]+), model of epoch (\d+),", output)
     threshold = re.search(r"image threshold (\d+\.\d{4}) for a 1\.0 % false-alarm rate \(from (\d+) held-out", output)
     assert saved and threshold, output
     info = json.loads(_ok(_glass("info", run)))
     assert saved.group(1) == str(run / "model.pt")
-    assert (info["hypothesis"], info["training"]["epochs_run"], info["training"]["best_epoch"]) == (
-        saved.group(2), int(saved.group(3)), int(saved.group(4)),
+    training = info["training"]
+    assert (info["hypothesis"], training["epochs_run"], training["stopped_by"], training["best_epoch"]) == (
+        saved.group(2), int(saved.group(3)), saved.group(4), int(saved.group(5)),
     )  # fmt: skip
     assert f"{info['calibration']['image_threshold']:.4f}" == threshold.group(1)
     assert info["calibration"]["holdout_images"] == int(threshold.group(2))

@@ -2,6 +2,7 @@
 
 import pytest
 
+from glass_ad.training.loop import TimeLimit
 from glass_ad.training.validation import EarlyStopping
 
 # Validation scores of the MTD run with a cosine schedule (runs/exp_cosine20, docs/benchmarks.md): noisy,
@@ -47,3 +48,15 @@ LUCKY_FIRST = [0.6637, 0.6555, 0.6539, 0.6481, 0.6703, 0.5717, 0.6891]
 
 def test_trend_waits_for_a_full_window():
     assert _first_stop(LUCKY_FIRST, patience=6, window=3) is None
+
+
+def test_time_limit_expects_the_slowest_epoch_so_far():
+    limit = TimeLimit.from_history(1.0, [{"epoch": 1, "epoch_s": 20.0}, {"epoch": 2, "epoch_s": 35.0}])
+    assert limit.longest_epoch_s == 35.0
+    assert limit.allows_another(25.0) and not limit.allows_another(25.5)  # 25 + 35 = 60 s fits exactly
+    limit.record(10.0)
+    assert limit.longest_epoch_s == 35.0
+    limit.record(50.0)
+    assert not limit.allows_another(11.0) and limit.allows_another(10.0)
+    assert TimeLimit.from_history(0.0, [{"epoch_s": 1e6}]).allows_another(1e9)  # 0: no limit
+    assert TimeLimit.from_history(5.0, [{"epoch": 1}]).longest_epoch_s == 0.0  # histories written before epoch_s

@@ -77,6 +77,15 @@ def test_noise_only_mode_is_gaussian(disc):
     assert math.isclose(float(v.std()), 0.015, rel_tol=0.05)
 
 
+def test_given_noise_replaces_the_gaussian_draw(disc):
+    u, noise = torch.randn(50, DIM), torch.randn(50, DIM)
+    settings = settings_of(mode="noise", noise_std=0.5, unit=2.0)
+    torch.testing.assert_close(synthesize(disc, u, settings, noise=noise) - u, noise * 0.5 * 2.0)
+    projected = synthesize(disc, u, settings_of(mode="full", noise_std=0.5, r1=5.0, r2=10.0), noise=noise)
+    moved = (projected - u).norm(dim=1)  # then the ascent (20 steps of 0.001) and the projection to [5, 10]
+    assert bool((moved >= 5.0 - 1e-4).all()) and bool((moved <= 5.02 + 1e-4).all())
+
+
 def test_ascent_moves_towards_higher_loss(disc):
     # Each normalised step has length η: without projection the total move is at most steps·η.
     u = torch.randn(300, DIM)

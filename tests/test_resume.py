@@ -57,7 +57,7 @@ def _interrupt_after(monkeypatch, epoch: int) -> None:
 
 
 def _without_time(history):
-    return [{k: v for k, v in record.items() if k != "elapsed_s"} for record in history]
+    return [{k: v for k, v in record.items() if k not in ("elapsed_s", "epoch_s")} for record in history]
 
 
 def test_resumed_run_equals_uninterrupted_run(data, uninterrupted, tmp_path, monkeypatch):
@@ -100,6 +100,7 @@ def test_interrupted_after_its_last_epoch(data, tmp_path, monkeypatch):
             train(data, run, config, **QUIET)
     resumed = train(data, run, config, resume=True, **QUIET)
     assert (resumed.epochs_run, resumed.best_epoch) == (whole.epochs_run, whole.best_epoch)
+    assert resumed.stopped_by == whole.stopped_by
     assert _without_time(resumed.history) == _without_time(whole.history)
     a, b = read_checkpoint(whole.checkpoint), read_checkpoint(resumed.checkpoint)
     assert all(torch.equal(a["discriminator"][k], b["discriminator"][k]) for k in a["discriminator"])
@@ -127,11 +128,36 @@ def test_resume_refuses_other_settings_and_data(data, tmp_path, monkeypatch):
 def test_which_settings_may_change():
     saved = _config(lr_schedule="constant").to_dict()
     changed = lambda **values: resume_module._setting_changes(saved, {**saved, **values}, epochs_done=2)  # noqa: E731
-    assert changed(num_threads=4) == []
+    assert changed(num_threads=4) == [] and changed(time_limit_min=30) == []  # a new limit only moves the stop
     assert changed(epochs=40) == [] and changed(epochs=2) == []  # constant rate: any count not below the epochs done
     assert changed(epochs=1) == ["epochs 3 -> 1"]
     assert changed(epochs=40, lr_schedule="cosine") == ["epochs 3 -> 40", "lr_schedule 'constant' -> 'cosine'"]
     assert changed(seed=1, device="cuda") == ["device 'auto' -> 'cuda'", "seed 3 -> 1"]
+
+
+def test_time_limit_stops_between_epochs_and_keeps_a_finished_run(data, tmp_path):
+    """A limit shorter than one epoch: the run stops after its first epoch (never inside it) and still
+    calibrates and writes its checkpoint; the epoch's own duration is in the history."""
+    lines: list[str] = []
+    result = train(data, tmp_path / "run", _config(epochs=3, time_limit_min=1e-4), progress=False, echo=lines.append)
+    assert result.epochs_run == 1 and len(result.history) == 1 and result.checkpoint.exists()
+    assert 0 < result.history[0]["epoch_s"] <= result.history[0]["elapsed_s"]
+    assert any(line.startswith("time limit: stopped after epoch 1 ") for line in lines)
+    assert result.stopped_by == "time limit" and result.epochs_run == 1
+    assert read_checkpoint(result.checkpoint)["training"]["stopped_by"] == "time limit"
+
+
+def test_resume_counts_the_time_spent_and_may_lift_the_limit(data, tmp_path, monkeypatch):
+    limited = _config(epochs=3, time_limit_min=1e-4)
+    for lifted, (epochs, stopped_by) in ((False, (1, "time limit")), (True, (3, "epochs"))):
+        run = tmp_path / f"run_{lifted}"
+        with monkeypatch.context() as patch:
+            _interrupt_after(patch, 1)  # right after epoch 1's state, before the limit is looked at
+            with pytest.raises(KeyboardInterrupt):
+                train(data, run, limited, **QUIET)
+        config = _config(epochs=3, time_limit_min=0.0) if lifted else limited
+        resumed = train(data, run, config, resume=True, **QUIET)
+        assert (resumed.epochs_run, resumed.stopped_by) == (epochs, stopped_by)
 
 
 # The two signal tests run in a fresh interpreter: a signal sent to the whole test process can land in

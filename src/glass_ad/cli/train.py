@@ -75,6 +75,7 @@ def train(
     early_stopping: Annotated[Optional[bool], typer.Option("--early-stopping/--no-early-stopping", help="Stop when validation no longer improves (fast default).")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop when the smoothed validation score has not risen for this many epochs.")] = None,
     stop_window: Annotated[Optional[int], typer.Option(help="Epochs averaged by the stopping rule (default 3).")] = None,
+    time_limit_min: Annotated[Optional[float], typer.Option("--time-limit", help="Training wall-clock limit in minutes: no epoch starts that would end past it (0: none).")] = None,
     holdout_fraction: Annotated[Optional[float], typer.Option("--holdout-fraction", "--holdout", help="Fraction of normal images held out for validation and thresholds.")] = None,
     target_false_alarm_rate: Annotated[Optional[float], typer.Option("--target-false-alarm-rate", "--far", help="Target false-alarm rate of the stored threshold (default 0.01).")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled validation folder (good/ + <defect>/): also store F1-optimal thresholds (as `glass calibrate`).")] = None,
@@ -116,7 +117,7 @@ def train(
     _record_run(data_dir, dataset, category, result.checkpoint)
     typer.echo(
         f"saved {result.checkpoint} (hypothesis {result.hypothesis}, {result.epochs_run} epochs, "
-        f"model of epoch {result.best_epoch}, {result.wall_time_s:.0f} s)"
+        f"stopped by {result.stopped_by}, model of epoch {result.best_epoch}, {result.wall_time_s:.0f} s)"
     )
     calibration = result.calibration
     if not calibration.is_fallback:

@@ -160,6 +160,7 @@ def test(
     report["test_wall_time_s"] = time.perf_counter() - start
     report["train_wall_time_s"] = checkpoint.training.wall_time_s
     report["epochs_run"] = checkpoint.training.epochs_run
+    report["stopped_by"] = checkpoint.training.stopped_by
     report.update(threshold_report(checkpoint.calibration, evaluator.image_scores, evaluator.labels))
 
     if pictures and report_dir is not None:

@@ -313,7 +313,7 @@ class BackboneRecord:
 
 _TRAINING_KEYS = (
     "data_root", "category", "train_images", "holdout_images", "holdout_paths", "epochs_run", "best_epoch",
-    "wall_time_s", "precision", "processes", "history",
+    "stopped_by", "wall_time_s", "precision", "processes", "history",
 )  # fmt: skip
 
 
@@ -328,6 +328,7 @@ class TrainingRecord:
     holdout_paths: tuple[str, ...] = ()
     epochs_run: int | None = None
     best_epoch: int | None = None
+    stopped_by: str | None = None  # what ended training: "epochs", "early stopping" or "time limit"
     wall_time_s: float | None = None
     precision: str | None = None
     processes: int = 1  # data-parallel ranks (torchrun); 1: one process

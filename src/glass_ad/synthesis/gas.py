@@ -108,18 +108,21 @@ def synthesize(
     centres: torch.Tensor | None = None,
     radius: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return GAS features v for the N×D normal features `normal` (which may carry gradient).
 
     During the ascent D sees normal and synthetic vectors together, as in the reference, so its batch
-    normalisation statistics are those of the mixed batch.
+    normalisation statistics are those of the mixed batch. `noise` replaces the N(0, 1) draw that σ scales
+    (probes of other noise shapes; training never passes it).
     """
     u = normal.detach().float()
     unit = float(settings.unit)
-    # Drawn on the generator's device (a CPU generator cannot fill a CUDA tensor), then moved.
-    noise_device = generator.device if generator is not None else u.device
-    noise = torch.randn(u.shape, generator=generator, device=noise_device, dtype=torch.float32).to(u.device)
-    g = u + noise * (settings.noise_std * unit)
+    if noise is None:
+        # Drawn on the generator's device (a CPU generator cannot fill a CUDA tensor), then moved.
+        noise_device = generator.device if generator is not None else u.device
+        noise = torch.randn(u.shape, generator=generator, device=noise_device, dtype=torch.float32)
+    g = u + noise.to(u.device, torch.float32) * (settings.noise_std * unit)
     if settings.ascends:
         hypersphere = settings.hypothesis == "hypersphere"
         if hypersphere and (centres is None or radius is None):

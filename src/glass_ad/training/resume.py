@@ -49,8 +49,9 @@ __all__ = [
 
 STATE_NAME = "train_state.pt"
 STATE_FORMAT = "glass-ad-train-state/1"
-# Settings that may differ on resume without changing the result (epochs: see `_epochs_change`).
-FREE_SETTINGS = ("num_threads",)
+# Settings that may differ on resume without changing any epoch's result (epochs: see `_epochs_change`;
+# a new time limit only moves the stop).
+FREE_SETTINGS = ("num_threads", "time_limit_min")
 
 
 class ResumeError(ValueError):

@@ -37,7 +37,7 @@ from glass_ad.training import resume as resume_module
 from glass_ad.training.averaging import WeightAverage, trainable_state
 from glass_ad.training.distributed import Distributed
 from glass_ad.training.hybrid import build_hybrid_score
-from glass_ad.training.loop import iterations_per_epoch, make_optimisation, train_one_epoch
+from glass_ad.training.loop import TimeLimit, iterations_per_epoch, make_optimisation, train_one_epoch
 from glass_ad.training.precision import choose_precision
 from glass_ad.training.preparation import prepare_features, prepare_images, prepare_synthesis
 from glass_ad.training.validation import (
@@ -58,6 +58,7 @@ class TrainResult:
     epochs_run: int
     best_epoch: int
     wall_time_s: float
+    stopped_by: str = "epochs"  # or "early stopping", "time limit"
     history: list[dict[str, float]] = field(default_factory=list)
     calibration: Calibration = field(default_factory=Calibration.fallback)
 
@@ -146,6 +147,8 @@ def _train(
     if average is not None:
         span = f"about {config.ema_epochs:g} epoch(s); decay {average.decay:.4f} per step"
         echo(f"validating and keeping the weights' moving average ({span})")
+    if config.time_limit_min:
+        echo(f"time limit: {config.time_limit_min:g} min; no epoch starts that would end past it (--time-limit 0: none)")
     if group.active:
         echo(f"data-parallel over {group.world_size} processes: {config.batch_size} images per step in all")
 
@@ -153,14 +156,18 @@ def _train(
     stopper = EarlyStopping(config.patience, config.stop_window)
     best_state, best_epoch = None, 0
     start_epoch, end_epoch = 0, config.epochs
+    stopped_by = "epochs"
     if run_state is not None and run_state.loaded is not None:  # every state as at the end of the last epoch
         start_epoch, best_state, best_epoch, history, bf16 = run_state.restore(
             model, optimisation.optimizers, optimisation.schedulers, stopper, rng, generator, average
         )
         start_time -= run_state.elapsed_s
         if config.early_stopping and validating and stopper.should_stop:
-            end_epoch = start_epoch
+            end_epoch, stopped_by = start_epoch, "early stopping"
         echo(f"resuming after epoch {start_epoch} of {config.epochs}")
+    limit = TimeLimit.from_history(config.time_limit_min, history)  # a resumed run's epochs count
+    if history and start_epoch < end_epoch and not limit.allows_another(history[-1]["elapsed_s"]):
+        end_epoch, stopped_by = start_epoch, "time limit"
 
     # 3-4. Epochs, each followed by validation, model selection and the stopping rule.
     model.discriminator.train()
@@ -175,6 +182,7 @@ def _train(
     )
     epoch = max(0, start_epoch - 1)
     for epoch in bar:
+        epoch_start = time.perf_counter()
         with torch.no_grad():
             centre = model.adaptor(setup.mean_feature)
         # GAS lengths in units of the current normal spacing in adaptor space (A is trained, so it moves).
@@ -208,6 +216,8 @@ def _train(
                 if stopper.update(record["val_score"]):
                     best_epoch, best_state = epoch + 1, trainable_state(model)
         record["elapsed_s"] = time.perf_counter() - start_time
+        record["epoch_s"] = time.perf_counter() - epoch_start
+        limit.record(record["epoch_s"])
         history.append(record)
         (bar.write if progress else echo)(epoch_line(record))
         if run_state is not None:
@@ -231,6 +241,14 @@ def _train(
                 f"early stop after epoch {epoch + 1}: the {config.stop_window}-epoch mean validation score has not "
                 f"risen for {config.patience} epochs (best: epoch {best_epoch})"
             )
+            stopped_by = "early stopping"
+            break
+        if epoch + 1 < end_epoch and not group.broadcast(limit.allows_another(record["elapsed_s"])):
+            echo(
+                f"time limit: stopped after epoch {epoch + 1} ({record['elapsed_s']:.0f} s so far; another epoch "
+                f"of up to {limit.longest_epoch_s:.0f} s would pass {config.time_limit_min:g} min)"
+            )
+            stopped_by = "time limit"
             break
     bar.close()
     epochs_run = epoch + 1
@@ -267,6 +285,7 @@ def _train(
             holdout_paths=tuple(str(s.path) for s in data.holdout_samples),
             epochs_run=epochs_run,
             best_epoch=best_epoch,
+            stopped_by=stopped_by,
             wall_time_s=time.perf_counter() - start_time,
             precision=arithmetic.reason,
             processes=group.world_size,
@@ -289,7 +308,7 @@ def _train(
         setup.features.close()
     group.barrier()  # the checkpoint exists when any rank returns
     wall = time.perf_counter() - start_time
-    return TrainResult(path, synthesis.hypothesis, epochs_run, best_epoch, wall, history, calibration)
+    return TrainResult(path, synthesis.hypothesis, epochs_run, best_epoch, wall, stopped_by, history, calibration)
 
 
 @contextlib.contextmanager
