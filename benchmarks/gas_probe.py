@@ -22,6 +22,7 @@ image is read.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -108,8 +109,7 @@ def main() -> None:
     for r1 in [float(v) for v in args.r1.split(",")]:
         torch.manual_seed(0)
         model = build_model(config)
-        settings = GASSettings("manifold", steps=config.ascent_steps, step_size=config.ascent_step_size,
-                               project_every=config.project_every, r1=r1, r2=2 * r1, unit=1.0)
+        settings = dataclasses.replace(GASSettings.from_config(config, "manifold"), r1=r1, r2=2 * r1, unit=1.0)
         optimizers = [
             torch.optim.AdamW(model.discriminator.parameters(), lr=config.lr * 2),
             torch.optim.Adam(model.adaptor.parameters(), lr=config.lr, weight_decay=config.adaptor_weight_decay),
