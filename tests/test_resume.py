@@ -143,7 +143,7 @@ def test_time_limit_stops_between_epochs_and_keeps_a_finished_run(data, tmp_path
     assert result.epochs_run == 1 and len(result.history) == 1 and result.checkpoint.exists()
     assert 0 < result.history[0]["epoch_s"] <= result.history[0]["elapsed_s"]
     assert any(line.startswith("time limit: stopped after epoch 1 ") for line in lines)
-    assert result.stopped_by == "time limit" and result.epochs_run == 1
+    assert result.stopped_by == "time limit"
     assert read_checkpoint(result.checkpoint)["training"]["stopped_by"] == "time limit"
 
 
