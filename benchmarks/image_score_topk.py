@@ -32,10 +32,10 @@ def main() -> None:
     rebuilt = rebuild_run_validation(args.run, args.data_dir)
     model, synthesis, val = rebuilt.model, rebuilt.synthesis, rebuilt.val
 
-    def logits(features: torch.Tensor) -> torch.Tensor:  # ranks without ties at 0 or 1
-        return torch.logit(score_features(model, features).double().clamp(1e-12, 1 - 1e-12))
-
-    normal, las, unseen = logits(val.normal), logits(val.anomalous), logits(val.unseen)
+    families = {"normal": val.normal, "las": val.anomalous, "unseen": val.unseen}
+    probabilities = {name: score_features(model, features).float() for name, features in families.items()}
+    # Logits rank the top-k means without ties at 0 or 1.
+    normal, las, unseen = (torch.logit(p.double().clamp(1e-12, 1 - 1e-12)) for p in probabilities.values())
     labels = np.r_[np.zeros(len(normal)), np.ones(len(las))]
     print(f"{args.run}: validation image AUROC with the mean of the top-k patch logits")
     print(f"{'k':>4} {'LAS family':>11} {'unseen family':>14}")
@@ -46,7 +46,6 @@ def main() -> None:
         print(f"{k:>4} {image_auroc(np.r_[top(normal), top(las)], labels):>11.3f} "
               f"{image_auroc(np.r_[top(normal), top(unseen)], labels):>14.3f}")  # fmt: skip
 
-    probabilities = {name: torch.sigmoid(scores).float() for name, scores in (("normal", normal), ("las", las), ("unseen", unseen))}
     grid = synthesis.las.grid_shape
     print("validation image AUROC with the maximum of the smoothed patch-probability grid")
     print(f"{'sigma':>5} {'LAS family':>11} {'unseen family':>14}")

@@ -215,8 +215,8 @@ def _train(
                 record.update(group.broadcast(scores))
                 if stopper.update(record["val_score"]):
                     best_epoch, best_state = epoch + 1, trainable_state(model)
-        record["elapsed_s"] = time.perf_counter() - start_time
-        record["epoch_s"] = time.perf_counter() - epoch_start
+        now = time.perf_counter()
+        record["elapsed_s"], record["epoch_s"] = now - start_time, now - epoch_start
         limit.record(record["epoch_s"])
         history.append(record)
         (bar.write if progress else echo)(epoch_line(record))

@@ -256,9 +256,9 @@ def rebuild_run_validation(run: str | Path, data_root: str | Path, device: torch
     checkpoint = Checkpoint.load(run)
     model = checkpoint.build_model(device).eval()
     images = prepare_images(data_root, checkpoint.config, progress=False, echo=lambda _: None)
-    synthesis = prepare_synthesis(images.images, images.config, echo=lambda _: None)
     if images.holdout is None:
         raise ValueError(f"{run} was trained without a holdout: there is no validation split to rebuild")
+    synthesis = prepare_synthesis(images.images, images.config, echo=lambda _: None)
     use_foreground = synthesis.foreground is not None
     val = build_validation_set(model, images.holdout, synthesis.las, images.config, device, use_foreground)
     return RunValidation(checkpoint, model, images, synthesis, val)
