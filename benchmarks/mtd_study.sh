@@ -103,7 +103,8 @@ case "${1:-all}" in
     step r15_s1_train glass train $DATA --out runs/r15_s1 --textures $DTD --r1 1.5 --precision bf16 --time-limit 0 --seed 1 -q
     step r15_s1_test glass test runs/r15_s1 $DATA --json runs/r15_s1.json -q
     step r2_train glass train $DATA --out runs/r2_s0 --textures $DTD --r1 2 --precision bf16 --time-limit 0 -q
-    step r2_test glass test runs/r2_s0 $DATA --json runs/r2_s0.json -q ;;&
+    step r2_test glass test runs/r2_s0 $DATA --json runs/r2_s0.json -q
+    step curves python benchmarks/validation_curves.py runs/r05 runs/r05_seed1 runs/mtd_fast runs/mtd_hybrid_seed1 runs/r15 runs/r15_s1 runs/r2_s0 runs/fast_s0 runs/fast_s1 runs/t4_las_only --window 3-14 --time-limit 9.5 ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
