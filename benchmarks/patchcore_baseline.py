@@ -52,17 +52,20 @@ def main() -> None:
     parser.add_argument("data")
     parser.add_argument("--backbone", default="efficientnet_lite2")
     parser.add_argument("--image-size", type=int, default=288)
+    parser.add_argument("--image-shape", help="rectangular input HEIGHTxWIDTH (as glass train --image-shape)")
     parser.add_argument("--coreset", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0, help="GLASS's seed: decides the held-out images left out")
     parser.add_argument("--json")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    config = make_config("fast", backbone=args.backbone, image_size=args.image_size, seed=args.seed)
+    shape = tuple(int(side) for side in args.image_shape.lower().split("x")) if args.image_shape else None
+    size = min(shape) if shape else args.image_size
+    config = make_config("fast", backbone=args.backbone, image_size=size, image_shape=shape, seed=args.seed)
     dataset = load_dataset(args.data)
     train_samples, _ = split_holdout(dataset.train, config)
     fit = choose_fit(dataset.train)
-    preprocessor = Preprocessor(config.image_size, None, fit)
+    preprocessor = Preprocessor(config.image_size, None, fit, shape=config.image_shape)
     model = build_model(config).eval()
     images, _ = decode_images(train_samples, preprocessor)
     with torch.inference_mode():
@@ -74,13 +77,13 @@ def main() -> None:
     bank = train_features[greedy_coreset(train_features, args.coreset)]
     fit_time = time.perf_counter() - start
 
-    evaluator = StreamingEvaluator(config.image_size, expected=len(dataset.test))
+    evaluator = StreamingEvaluator(config.input_shape, expected=len(dataset.test))
     loader = torch.utils.data.DataLoader(ImageDataset(dataset.test, preprocessor), batch_size=8)
     with torch.inference_mode():
         for batch in loader:
             features = model.features(batch["image"])
             b, p, _ = features.shape
-            scores = nearest_distance(features.flatten(0, 1), bank).view(b, int(p**0.5), int(p**0.5))
+            scores = nearest_distance(features.flatten(0, 1), bank).view(b, *model.grid_shape)
             out = model.postprocess(scores)
             evaluator.add(
                 out.image_scores.numpy(),

@@ -86,7 +86,8 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> tuple[Path, str]:
     run = tmp_path_factory.mktemp("runs") / "run"
-    result = _glass("train", data, "--out", run, "--no-early-stopping", *TINY)
+    # --max-patches-per-image 0 lifts the fast recipe's cap (no effect at 8×8 patches; stored as "none").
+    result = _glass("train", data, "--out", run, "--no-early-stopping", "--max-patches-per-image", "0", *TINY)
     return run, _ok(result)
 
 
@@ -130,6 +131,7 @@ def test_train_reports_what_info_shows(trained):
     # The options given are the settings stored, and config.yaml repeats them.
     assert info["backbone"]["name"] == "efficientnet_lite0"
     assert (info["config"]["image_size"], info["config"]["epochs"], info["config"]["early_stopping"]) == (64, 1, False)
+    assert info["config"]["max_patches_per_image"] is None and info["config"]["patch_fraction"] == 0.25
     assert info["training"]["train_images"] + info["training"]["holdout_images"] == 16
     assert len(info["branches"]["epochs"]) == 1
     yaml_lines = (run / "config.yaml").read_text().splitlines()

@@ -235,3 +235,33 @@ def test_patches_next_to_a_las_mask_can_be_left_out_of_the_las_loss(prepared):
         scores = model.discriminator(model.adaptor(rows)).float().squeeze(1)
         expected = las_loss(scores, marked.flatten()[counted], config.focal_gamma, config.ohem_quantile)
     assert stats["loss_las"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_each_branch_trains_on_at_most_the_capped_patch_vectors_per_image(prepared):
+    from glass_ad.training.step import patch_vectors_per_step, step_loss
+
+    images, synthesis, model, setup = prepared
+    fast = images.config
+    # A quarter of the batch's patch vectors; at most 324 per image (a quarter of a 288² input's grid), so
+    # an elongated 288×720 input (3,240 patches) trains on as many vectors per step as a square one.
+    assert patch_vectors_per_step(8, 1296, fast) == 2592 == patch_vectors_per_step(8, 3240, fast)
+    assert patch_vectors_per_step(8, 64, fast) == 128
+    assert patch_vectors_per_step(8, 3240, fast.replace(max_patches_per_image=None)) == 6480
+    with pytest.raises(ValueError, match="max_patches_per_image"):
+        fast.replace(max_patches_per_image=0).validate()
+
+    config = fast.replace(max_patches_per_image=5)  # 4 images × 5 = 20 of the 4 × 64 × 0.25 = 64
+    normal = setup.features.batch(np.arange(4))
+    las = synthesis.las(images.images[:4].float() / 255.0, None, np.random.default_rng(0))
+    rows_seen = []
+    hook = model.discriminator.register_forward_hook(lambda module, args, out: rows_seen.append(len(args[0])))
+    try:
+        with torch.no_grad():
+            las_features = model.features(las.images)
+            centre = model.adaptor(setup.mean_feature)
+        settings = GASSettings.from_config(config, synthesis.hypothesis, 1.0)
+        step_loss(model, normal, las_features, las.patch_labels, centre, config, settings, torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    # GAS ascent and the normal + GAS call see 20 normal and 20 GAS rows; the LAS call 20 LAS rows.
+    assert rows_seen and max(rows_seen) == 40 and rows_seen[-1] == 20

@@ -97,6 +97,10 @@ class GlassConfig:
     # Patch vectors per iteration: the discriminator is patch-wise, so each branch may train on a random
     # subset of the batch's B·P patch vectors (1.0: all of them, as the reference).
     patch_fraction: float = 1.0
+    # ... and at most this many per image of the batch (None: no cap). The fast recipe's 324 is a quarter
+    # of a 288² input's 36×36 grid, so a larger or elongated input (e.g. 288×720: 3,240 patches) costs
+    # about as much discriminator and GAS work per step as a square one instead of 2.5–3.5× more.
+    max_patches_per_image: int | None = None
     # Images of each batch that get a LAS copy. The backbone pass over the LAS images is the largest cost
     # of a fast-recipe iteration; with fewer LAS images the LAS branch still sees as many patch vectors
     # per step as the normal branch (up to all of the LAS images' patches).
@@ -210,6 +214,8 @@ class GlassConfig:
             problems.append("gas_patch_fraction must lie in (0, 1]")
         if not 0 < self.patch_fraction <= 1:
             problems.append("patch_fraction must lie in (0, 1]")
+        if self.max_patches_per_image is not None and self.max_patches_per_image < 1:
+            problems.append(f"max_patches_per_image must be >= 1 or None (got {self.max_patches_per_image})")
         if self.selection not in ("worst", "las", "agreement"):
             problems.append(f"selection must be 'worst', 'las' or 'agreement' (got {self.selection!r})")
         if self.score not in ("glass", "hybrid"):
@@ -253,6 +259,7 @@ FAST_RECIPE: dict[str, Any] = dict(
     project_every=2,
     # Each branch trains on a random quarter of the batch's patch vectors (all of them go through GAS).
     patch_fraction=0.25,
+    max_patches_per_image=324,  # a quarter of 36×36: larger inputs train on as many vectors per step
     las_fraction=0.5,
     gas_patch_fraction=1.0,
     early_stopping=True,

@@ -12,6 +12,7 @@ from glass_ad.cli.common import (
     app,
     one_line_errors,
 )
+from glass_ad.cli import options as opt
 from glass_ad.cli.options import ForegroundChoice, ProjectionChoice, RecipeChoice
 from glass_ad.config import make_config
 
@@ -20,10 +21,12 @@ from glass_ad.config import make_config
 def benchmark(
     backbone: str = typer.Option("efficientnet_lite2"),
     image_size: int = typer.Option(288),
+    image_shape: opt.ImageShape = None,
     recipe: RecipeChoice = typer.Option(RecipeChoice.fast),
     repeats: int = typer.Option(5, help="Timed batches per throughput figure."),
     iterations: int = typer.Option(4, help="Timed training iterations."),
     precision: Optional[str] = typer.Option(None, help="Training arithmetic (default by recipe): auto, fp32, bf16."),
+    max_patches_per_image: Optional[int] = typer.Option(None, help="Patch-vector cap per image and branch (default by recipe; 0 = none)."),
     threads: Optional[int] = typer.Option(None),
     device: str = typer.Option("auto"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
@@ -31,9 +34,10 @@ def benchmark(
     """Throughput (backbone only vs full inference, batch 8 and 1), training s/iteration by branch, peak RAM."""
     from glass_ad.research.benchmark import format_benchmark, run_benchmark
 
-    config = make_config(
-        recipe.value, backbone=backbone, image_size=image_size, precision=precision, num_threads=threads, device=device
-    )
+    shape = opt.config_values({"image_shape": image_shape, "image_size": image_size})  # "288x720" → (288, 720)
+    config = make_config(recipe.value, backbone=backbone, precision=precision, num_threads=threads, device=device, **shape)
+    if max_patches_per_image is not None:
+        config = config.replace(max_patches_per_image=max_patches_per_image or None).validate()
     result = run_benchmark(config, repeats=repeats, train_iterations=iterations)
     typer.echo(format_benchmark(result))
     if json_out:

@@ -57,6 +57,7 @@ def train(
     embed_dim: Annotated[Optional[int], typer.Option(help="Patch-vector width (default per backbone).")] = None,
     feature_spacing: Annotated[Optional[float], typer.Option(help="Scale rule: normal spacing (median nearest-neighbour distance) the features are scaled to; GAS lengths are in this unit (default 1); 0 = raw features, absolute lengths.")] = None,
     patch_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the batch's patch vectors each branch trains on per iteration (fast 0.25, paper 1).")] = None,
+    max_patches_per_image: Annotated[Optional[int], typer.Option(help="At most this many patch vectors per image for each branch per iteration, so larger inputs cost about as much per step (fast 324, a quarter of a 288² input's grid; 0 = no cap).")] = None,
     las_weight: Annotated[Optional[float], typer.Option(help="Weight of the LAS term in the loss (default 1, as the reference).")] = None,
     las_ignore_margin: Annotated[Optional[int], typer.Option(help="Leave out of the LAS loss the patches within this many patches of a mask but outside it (default 0: labelled normal, as the reference).")] = None,
     las_fraction: Annotated[Optional[float], typer.Option(help="Fraction of each batch's images that get a LAS copy (fast 0.5, paper 1).")] = None,
@@ -95,6 +96,8 @@ def train(
     from glass_ad.training.distributed import is_main_process
 
     overrides = opt.config_values(locals())  # every parameter named like a GlassConfig field
+    if overrides.get("max_patches_per_image") == 0:  # 0: no cap (None in the config)
+        del overrides["max_patches_per_image"]
     setup_logging(verbose)
     main_rank = is_main_process()  # torchrun: rank 0 checks, locks and reports
     try:
@@ -102,6 +105,8 @@ def train(
             config = _train_config(ctx, config_file, recipe.value, overrides)
             if feature_spacing is not None:  # 0: raw features, absolute GAS lengths
                 config = config.replace(feature_spacing=feature_spacing if feature_spacing > 0 else None).validate()
+            if max_patches_per_image == 0:
+                config = config.replace(max_patches_per_image=None).validate()
             if main_rank:
                 _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val, resume)
             else:

@@ -66,6 +66,7 @@ def _run_benchmark(config: GlassConfig, repeats: int, train_iterations: int) -> 
     result: dict[str, Any] = {
         "backbone": config.backbone,
         "image_size": size,
+        "input_shape": list(config.input_shape),
         "embed_dim": model.embed_dim,
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -165,9 +166,14 @@ def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> 
     }
 
 
+def _shape_text(result: dict[str, Any]) -> str:
+    height, width = result.get("input_shape") or (result["image_size"], result["image_size"])
+    return str(height) if height == width else f"{height}×{width}"
+
+
 def format_benchmark(result: dict[str, Any]) -> str:
     lines = [
-        f"backbone {result['backbone']} @ {result['image_size']} px, D={result['embed_dim']}, "
+        f"backbone {result['backbone']} @ {_shape_text(result)} px, D={result['embed_dim']}, "
         f"{result['device']}, {result['threads']} threads",
     ]
     for b in (8, 1):

@@ -57,6 +57,14 @@ def sample_rows(count: int, keep: int, generator: torch.Generator, device: torch
     return torch.randperm(count, generator=generator)[: max(2, keep)].to(device)
 
 
+def patch_vectors_per_step(batch: int, patches: int, config: GlassConfig) -> int:
+    """How many patch vectors each branch trains on in a step of `batch` images of `patches` patches."""
+    keep = int(batch * patches * config.patch_fraction)
+    if config.max_patches_per_image is not None:
+        keep = min(keep, batch * config.max_patches_per_image)
+    return max(2, keep)
+
+
 def step_loss(
     model: GlassModel,
     normal: torch.Tensor,
@@ -72,8 +80,9 @@ def step_loss(
     batch, _, dim = normal.shape
     centres = centre.repeat(batch, 1)
     rows = normal.reshape(-1, dim)
-    # Each branch trains on the same number of patch vectors: `patch_fraction` of the batch's B·P.
-    keep = max(2, int(len(rows) * config.patch_fraction))
+    # Each branch trains on the same number of patch vectors: `patch_fraction` of the batch's B·P, at most
+    # `max_patches_per_image` per image (larger inputs then cost about the same per step).
+    keep = patch_vectors_per_step(batch, len(rows) // batch, config)
     pick = sample_rows(len(rows), keep, generator, rows.device)
     if pick is not None:
         rows, centres_u = rows[pick], centres[pick]
