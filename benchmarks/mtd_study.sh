@@ -52,6 +52,24 @@ case "${1:-all}" in
   prevhybridseed|all)
     step prevhybridseed1_train glass train $DATA --out runs/mtd_hybrid_seed1 --textures $DTD --score hybrid --seed 1 $PREV -q
     step prevhybridseed1_test glass test runs/mtd_hybrid_seed1 $DATA --json runs/mtd_hybrid_seed1.json -q ;;&
+  wide|all)  # MTD forced into a 288×720 input: what the time limit leaves with and without the patch cap
+    step wide_cap_train glass train $DATA --out runs/wide_cap --textures $DTD --image-shape 288x720 -q
+    step wide_cap_test glass test runs/wide_cap $DATA --json runs/wide_cap.json -q
+    step wide_nocap_train glass train $DATA --out runs/wide_nocap --textures $DTD --image-shape 288x720 --max-patches-per-image 0 -q
+    step wide_nocap_test glass test runs/wide_nocap $DATA --json runs/wide_nocap.json -q
+    step wide_cap_s1_train glass train $DATA --out runs/wide_cap_s1 --textures $DTD --image-shape 288x720 --seed 1 -q
+    step wide_nocap_s1_train glass train $DATA --out runs/wide_nocap_s1 --textures $DTD --image-shape 288x720 --max-patches-per-image 0 --seed 1 -q
+    step wide_cap_s1_test glass test runs/wide_cap_s1 $DATA --json runs/wide_cap_s1.json -q
+    step wide_nocap_s1_test glass test runs/wide_nocap_s1 $DATA --json runs/wide_nocap_s1.json -q
+    step wide_same_numbers glass train $DATA --out runs/check_cap_2ep --textures $DTD --epochs 2 --precision bf16 --time-limit 0 -q
+    step wide_patchcore python benchmarks/patchcore_baseline.py $DATA --image-shape 288x720 --coreset 0.01 --seed 0 --json runs/wide_patchcore.json
+    step wide_patchcore_s1 python benchmarks/patchcore_baseline.py $DATA --image-shape 288x720 --coreset 0.01 --seed 1 --json runs/wide_patchcore_s1.json
+    step wide_bench glass benchmark --image-shape 288x720 --precision bf16 --iterations 6 --repeats 3
+    step wide_bench_nocap glass benchmark --image-shape 288x720 --precision bf16 --iterations 6 --repeats 3 --max-patches-per-image 0
+    step square_bench glass benchmark --precision bf16 --iterations 6 --repeats 3 ;;&
+  hypersphere|all)  # GLASS-h forced on MTD (the GLASS-j rule picks GLASS-m): is its GAS alive, how does it score?
+    step hypersphere_train glass train $DATA --out runs/hypersphere_s0 --textures $DTD --hypothesis hypersphere -q
+    step hypersphere_test glass test runs/hypersphere_s0 $DATA --json runs/hypersphere_s0.json -q ;;&
   geometry|all)
     step geometry python benchmarks/feature_scale.py $DATA --images 32 ;;&
   paper1|all)

@@ -101,9 +101,9 @@ class GlassConfig:
     # of a 288² input's 36×36 grid, so a larger or elongated input (e.g. 288×720: 3,240 patches) costs
     # about as much discriminator and GAS work per step as a square one instead of 2.5–3.5× more.
     max_patches_per_image: int | None = None
-    # Images of each batch that get a LAS copy. The backbone pass over the LAS images is the largest cost
-    # of a fast-recipe iteration; with fewer LAS images the LAS branch still sees as many patch vectors
-    # per step as the normal branch (up to all of the LAS images' patches).
+    # Images of each batch that get a LAS copy. The backbone pass over the LAS images is, after GAS, the
+    # largest cost of a fast-recipe iteration; with fewer LAS images the LAS branch still sees as many
+    # patch vectors per step as the normal branch (up to all of the LAS images' patches).
     las_fraction: float = 1.0
 
     # --- LAS (local anomaly synthesis, image level) -------------------------------------------------
