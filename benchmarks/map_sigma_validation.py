@@ -1,7 +1,7 @@
 """Which smoothing of the anomaly map does the validation split prefer? (no test image is read)
 
 For a trained run, rebuilds its validation split (held-out normal images, their LAS copies and their
-unseen-family copies, with pixel masks; `rebuild_run_validation`) and scores the full-resolution maps —
+unseen-family copies, with their pixel masks; `rebuild_run_validation`) and scores the full-resolution maps —
 bilinear upsampling, then a Gaussian of each given sigma in input pixels (`model.ScoreMap`; the reference
 uses 4) — by pixel AUROC over the held-out normals plus one family, and by the image AUROC of the map's
 maximum.
@@ -18,30 +18,9 @@ import torch
 
 from glass_ad.evaluation.metrics import image_auroc, pixel_auroc
 from glass_ad.model.glass_model import ScoreMap
-from glass_ad.synthesis.las import patch_labels
-from glass_ad.synthesis.unseen_anomalies import UnseenAnomalySynthesizer
-from glass_ad.training.preparation import compute_foreground
 from glass_ad.training.validation import rebuild_run_validation, score_features
 
 PIXEL_SAMPLE = 0.1  # share of the pixels scored (the same pixels for every sigma)
-
-
-def family_masks(validation) -> dict[str, torch.Tensor]:
-    """The pixel masks of the validation split's two families: redrawn with the seeds and order of
-    `build_validation_set`, so they are the masks of the anomalies `validation.val` holds."""
-    config = validation.images.config
-    holdout = validation.images.holdout
-    las_rng = np.random.default_rng(config.seed + 10_007)
-    unseen_rng = np.random.default_rng(config.seed + 20_011)
-    unseen = UnseenAnomalySynthesizer.from_config(config)
-    foreground = compute_foreground(holdout, "on") if validation.synthesis.foreground is not None else None
-    masks: dict[str, list[torch.Tensor]] = {"las": [], "unseen": []}
-    for start in range(0, len(holdout), 16):
-        part = holdout[start : start + 16].float() / 255.0
-        part_fg = foreground[start : start + 16] if foreground is not None else None
-        masks["las"].append(validation.synthesis.las(part, part_fg, las_rng).masks[:, 0] > 0.5)
-        masks["unseen"].append(unseen(part, part_fg, unseen_rng).masks[:, 0] > 0.5)
-    return {name: torch.cat(parts) for name, parts in masks.items()}
 
 
 def main() -> None:
@@ -51,18 +30,14 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, nargs="+", default=[2.0, 4.0, 8.0, 12.0])
     args = parser.parse_args()
 
-    validation = rebuild_run_validation(args.run, args.data)
+    validation = rebuild_run_validation(args.run, args.data, keep_masks=True)
     model, val = validation.model, validation.val
     grid = model.grid_shape
-    masks = family_masks(validation)
+    masks = {"las": val.masks, "unseen": val.unseen_masks}
     grids = {
         name: score_features(model, features).reshape(len(features), *grid)
         for name, features in (("normal", val.normal), ("las", val.anomalous), ("unseen", val.unseen))
     }
-    for name in ("las", "unseen"):  # the redrawn masks are the stored anomalies' (same patch labels)
-        stored = (val.labels if name == "las" else val.unseen_labels) > 0.5
-        redrawn = patch_labels(masks[name][:, None].float()) > 0.5
-        assert torch.equal(stored, redrawn), f"{name}: the redrawn masks differ from the validation split's"
     pixels = None
     print(f"{args.run}: {len(val.normal)} held-out normal images, input {validation.images.config.input_shape}")
     for sigma in args.sigma:

@@ -265,3 +265,19 @@ def test_each_branch_trains_on_at_most_the_capped_patch_vectors_per_image(prepar
         hook.remove()
     # GAS ascent and the normal + GAS call see 20 normal and 20 GAS rows; the LAS call 20 LAS rows.
     assert rows_seen and max(rows_seen) == 40 and rows_seen[-1] == 20
+
+
+def test_the_validation_split_can_keep_the_pixel_masks_of_its_anomalies(prepared):
+    from glass_ad.synthesis.las import patch_labels
+    from glass_ad.training.validation import build_validation_set
+
+    images, synthesis, model, _ = prepared
+    build = lambda keep: build_validation_set(model, images.holdout, synthesis.las, images.config,  # noqa: E731
+                                              torch.device("cpu"), False, keep_masks=keep)  # fmt: skip
+    plain, kept = build(False), build(True)
+    assert plain.masks is None and plain.unseen_masks is None
+    # The same anomalies either way (fixed seeds), and the masks are those the patch labels were pooled from.
+    assert torch.equal(plain.labels, kept.labels) and torch.equal(plain.unseen, kept.unseen)
+    for masks, labels in ((kept.masks, kept.labels), (kept.unseen_masks, kept.unseen_labels)):
+        assert masks.dtype == torch.bool and masks.shape == (len(images.holdout), *images.config.input_shape)
+        assert masks.any() and torch.equal(patch_labels(masks[:, None].float()) > 0.5, labels > 0.5)

@@ -113,7 +113,7 @@ def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> 
     from glass_ad.synthesis.las import LocalAnomalySynthesizer
     from glass_ad.synthesis.textures import load_textures
     from glass_ad.training.loop import make_optimisation
-    from glass_ad.training.step import training_step, use_bf16
+    from glass_ad.training.step import las_images_per_step, training_step, use_bf16
 
     rng = np.random.default_rng(0)
     generator = torch.Generator().manual_seed(0)
@@ -130,8 +130,8 @@ def _training_breakdown(config: GlassConfig, model, device, iterations: int) -> 
         if i == 1:  # first iteration is warm-up
             timings = {k: 0.0 for k in timings}
         start = time.perf_counter()
-        # LAS copies of the first las_fraction of the batch, as the trainer makes them.
-        synthetic = synthesizer(images[: max(2, round(len(images) * config.las_fraction))], None, rng)
+        # LAS copies of the batch's first images, as many as the trainer makes.
+        synthetic = synthesizer(images[: las_images_per_step(len(images), config)], None, rng)
         timings["las"] += time.perf_counter() - start
         start = time.perf_counter()
         with torch.no_grad():

@@ -16,7 +16,7 @@ from glass_ad.synthesis.las import ignore_near_mask
 from glass_ad.training.averaging import WeightAverage
 from glass_ad.training.distributed import Distributed
 from glass_ad.training.preparation import NormalFeatures, SynthesisSetup
-from glass_ad.training.step import training_step
+from glass_ad.training.step import las_images_per_step, training_step
 
 
 @dataclass
@@ -115,7 +115,7 @@ def train_one_epoch(
         normal = features.batch(index)
         las_features = las_labels = None
         if config.las:
-            las_index = index[: max(2, round(len(index) * config.las_fraction))]
+            las_index = index[: las_images_per_step(len(index), config)]
             batch = features.images[las_index].float() / 255.0
             foreground = synthesis.foreground[las_index] if synthesis.foreground is not None else None
             synthetic = synthesis.las(batch, foreground, las_rng)

@@ -65,6 +65,11 @@ def patch_vectors_per_step(batch: int, patches: int, config: GlassConfig) -> int
     return max(2, keep)
 
 
+def las_images_per_step(batch: int, config: GlassConfig) -> int:
+    """How many of a step's `batch` images get a LAS copy (the first ones): `las_fraction`, at least 2."""
+    return max(2, round(batch * config.las_fraction))
+
+
 def step_loss(
     model: GlassModel,
     normal: torch.Tensor,

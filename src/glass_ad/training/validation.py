@@ -37,6 +37,9 @@ class ValidationSet:
     # nearest-neighbour view of "how unusual" each patch is, against which D's ranking is compared.
     probe_rows: torch.Tensor | None = None  # M×D
     probe_distances: torch.Tensor | None = None  # M
+    # Pixel masks of the two families (Nv×H×W bool), kept only on request (measurements of the maps).
+    masks: torch.Tensor | None = None
+    unseen_masks: torch.Tensor | None = None
 
 
 AGREEMENT_QUERIES = 8192  # held-out normal patch vectors in the agreement probe
@@ -206,9 +209,11 @@ def build_validation_set(
     config: GlassConfig,
     device: torch.device,
     use_foreground: bool,
+    keep_masks: bool = False,
 ) -> ValidationSet:
     """Features of the held-out normal images and of fixed synthetic anomalies on them: the LAS family that
-    training draws from and the unseen family (strokes, blobs) that it never draws."""
+    training draws from and the unseen family (strokes, blobs) that it never draws (and, with `keep_masks`,
+    their pixel masks)."""
     # A fixed seed: the same synthetic anomalies every epoch and every run with this seed.
     val_rng = np.random.default_rng(config.seed + 10_007)
     batch = holdout.float() / 255.0
@@ -216,7 +221,7 @@ def build_validation_set(
     fg = compute_foreground(holdout, "on") if use_foreground else None
     unseen_rng = np.random.default_rng(config.seed + 20_011)
     unseen_synthesizer = UnseenAnomalySynthesizer.from_config(config)
-    normal, anomalous, labels, unseen, unseen_labels = [], [], [], [], []
+    normal, anomalous, labels, unseen, unseen_labels, masks, unseen_masks = [], [], [], [], [], [], []
     for start in range(0, len(batch), 16):
         part = batch[start : start + 16]
         part_fg = fg[start : start + 16] if fg is not None else None
@@ -227,12 +232,17 @@ def build_validation_set(
         labels.append(synthetic.patch_labels.cpu())
         unseen.append(model.features(other.images.to(device)).cpu())
         unseen_labels.append(other.patch_labels.cpu())
+        if keep_masks:
+            masks.append(synthetic.masks[:, 0].cpu() > 0.5)
+            unseen_masks.append(other.masks[:, 0].cpu() > 0.5)
     return ValidationSet(
         torch.cat(normal).to(device),
         torch.cat(anomalous).to(device),
         torch.cat(labels),
         torch.cat(unseen).to(device),
         torch.cat(unseen_labels),
+        masks=torch.cat(masks) if keep_masks else None,
+        unseen_masks=torch.cat(unseen_masks) if keep_masks else None,
     )
 
 
@@ -247,9 +257,12 @@ class RunValidation:
     val: ValidationSet  # the held-out normals, their LAS copies and their unseen-family copies
 
 
-def rebuild_run_validation(run: str | Path, data_root: str | Path, device: torch.device | None = None) -> RunValidation:
+def rebuild_run_validation(
+    run: str | Path, data_root: str | Path, device: torch.device | None = None, keep_masks: bool = False
+) -> RunValidation:
     """What model selection of `run` saw: its holdout of `data_root`'s normal training images and the fixed
-    synthetic anomalies on them, from the run's stored settings and seed. No test image is read."""
+    synthetic anomalies on them (with their pixel masks if `keep_masks`), from the run's stored settings
+    and seed. No test image is read."""
     from glass_ad.model.checkpoint import Checkpoint  # the checkpoint module is not needed for training
 
     device = device or torch.device("cpu")
@@ -260,7 +273,7 @@ def rebuild_run_validation(run: str | Path, data_root: str | Path, device: torch
         raise ValueError(f"{run} was trained without a holdout: there is no validation split to rebuild")
     synthesis = prepare_synthesis(images.images, images.config, echo=lambda _: None)
     use_foreground = synthesis.foreground is not None
-    val = build_validation_set(model, images.holdout, synthesis.las, images.config, device, use_foreground)
+    val = build_validation_set(model, images.holdout, synthesis.las, images.config, device, use_foreground, keep_masks)
     return RunValidation(checkpoint, model, images, synthesis, val)
 
 
