@@ -94,3 +94,12 @@ def test_growing_past_the_default_capacity_keeps_every_image():
     np.testing.assert_allclose(ev.image_scores, np.arange(20) / 10)
     np.testing.assert_array_equal(ev.labels, np.arange(20) % 2)
     assert ev.maps.dtype == np.float32 and ev.masks.dtype == bool
+
+
+def test_compute_without_pixel_metrics_reports_nan():
+    scores, maps, labels, masks, types, paths = _data()
+    ev = StreamingEvaluator(8, expected=13)
+    ev.add(scores, maps, labels, masks, types, paths)
+    r = ev.compute(pixel_metrics=False)
+    assert all(np.isnan(r[key]) for key in ("pixel_auroc", "pixel_ap", "aupro"))
+    assert r["image_auroc"] == pytest.approx(metrics.image_auroc(scores, labels))

@@ -209,3 +209,35 @@ def test_aupro_limit_hits_a_curve_point_exactly():
 def test_aupro_rejects_nan():
     with pytest.raises(ValueError):
         metrics.aupro(np.full((1, 2, 2), np.nan), np.eye(2, dtype=bool)[None])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pixel_ranking_matches_scikit_learn_on_a_larger_tied_case(dtype):
+    # 20 maps of 48×64 quantised to 300 levels: ties within and across the classes, many regions.
+    rng = np.random.default_rng(11)
+    maps, masks = _random_case(rng, n=20, h=48, w=64, quantize=300)
+    maps = maps.astype(dtype)
+    ranking = metrics.PixelRanking(maps, masks)
+    assert (ranking.n_normal, ranking.n_anomalous) == ((~masks).sum(), masks.sum())
+    assert ranking.auroc() == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    assert ranking.ap() == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    # One ranking serves every metric and limit; the module functions build their own.
+    assert ranking.auroc() == metrics.pixel_auroc(maps, masks)
+    assert ranking.aupro(0.3) == metrics.aupro(maps, masks, 0.3)
+    assert ranking.aupro(1.0) == metrics.aupro(maps, masks, 1.0)
+
+
+def test_aupro_of_a_larger_case_matches_brute_force():
+    rng = np.random.default_rng(3)
+    maps, masks = _random_case(rng, n=6, h=20, w=20, quantize=40)
+    for limit in (0.3, 0.02, 1.0):
+        assert metrics.aupro(maps, masks, limit) == pytest.approx(_brute_aupro(maps, masks, limit), abs=1e-12)
+
+
+def test_pixel_ranking_rejects_bad_input():
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.PixelRanking(np.zeros((1, 2, 2)), np.zeros((1, 2, 3), bool))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.pixel_auroc(np.full((1, 2, 2), np.inf), np.eye(2, dtype=bool)[None])
+    with pytest.raises(ValueError, match="fpr_limit"):
+        metrics.PixelRanking(np.zeros((1, 2, 2)), np.eye(2, dtype=bool)[None]).aupro(0.0)

@@ -123,10 +123,13 @@ class StreamingEvaluator:
         return list(self._types)
 
     # ----------------------------------------------------------------- metrics
-    def compute(self) -> dict:
-        """Compute image/pixel AUROC and AP, AUPRO, counts and per-defect-type AUROC."""
+    def compute(self, pixel_metrics: bool = True) -> dict:
+        """Compute image/pixel AUROC and AP, AUPRO, counts and per-defect-type AUROC.
+
+        ``pixel_metrics=False`` (a data set without ground-truth masks) reports them as nan
+        without ranking the pixels.
+        """
         scores, labels = self.image_scores, self.labels
-        maps, masks = self.maps, self.masks
         y = labels > 0
         per_type: dict[str, dict] = {}
         types = np.asarray(self._types, dtype=object)
@@ -141,12 +144,14 @@ class StreamingEvaluator:
                 "image_auroc": metrics.image_auroc(scores[keep], sel[keep]),
                 "n": int(sel.sum()),
             }
+        pixel = {key: float("nan") for key in ("pixel_auroc", "pixel_ap", "aupro")}
+        if pixel_metrics and self._n:
+            ranking = metrics.PixelRanking(self.maps, self.masks)  # one sort serves all three
+            pixel = {"pixel_auroc": ranking.auroc(), "pixel_ap": ranking.ap(), "aupro": ranking.aupro()}
         return {
             "image_auroc": metrics.image_auroc(scores, y),
             "image_ap": metrics.image_ap(scores, y),
-            "pixel_auroc": metrics.pixel_auroc(maps, masks),
-            "pixel_ap": metrics.pixel_ap(maps, masks),
-            "aupro": metrics.aupro(maps, masks) if self._n else float("nan"),
+            **pixel,
             "n_images": int(self._n),
             "n_anomalous": int(y.sum()),
             "n_normal": int(good.sum()),

@@ -141,15 +141,13 @@ def test(
         raise ValueError(
             f"none of the {len(dataset.test)} test images could be used (first: {dropped[0]['file']}: {dropped[0]['reason']})"
         )
-    report: dict[str, Any] = evaluator.compute()
+    report: dict[str, Any] = evaluator.compute(pixel_metrics=dataset.has_masks)
     report["n_listed"] = len(dataset.test)
     report["n_dropped"] = len(dropped)
     report["dropped"] = dropped
     report["empty_test_folders"] = [str(folder) for folder in dataset.empty_test_folders]
     report["bit_depth"] = bit_depth
     if not dataset.has_masks:  # all-zero stand-in masks would make pixel metrics meaningless
-        for key in ("pixel_auroc", "pixel_ap", "aupro"):
-            report[key] = float("nan")
         report["note"] = "no ground-truth masks: pixel metrics not computed"
     report["hypothesis"] = checkpoint.hypothesis
     report["backbone"] = checkpoint.backbone.name
