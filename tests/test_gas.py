@@ -128,3 +128,36 @@ def test_modes_are_one_list():
         settings_of(hypothesis="auto")
     with pytest.raises(ValueError, match="gas must be one of"):
         GlassConfig(gas="projection").validate()
+
+
+class _Whole(torch.nn.Module):
+    """D without the first-layer split: GAS must then call it whole, as the reference does."""
+
+    def __init__(self, inner: Discriminator):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_ascent_with_d_first_layer_computed_once_equals_whole_calls(layers):
+    # The ascent computes D's first layer on the (fixed) normal vectors once; the GAS vectors it finds and
+    # the batch-norm statistics it leaves behind must be those of calling D on [u; g] at every step.
+    torch.manual_seed(0)
+    split = Discriminator(DIM, hidden=16, layers=layers)
+    whole = Discriminator(DIM, hidden=16, layers=layers)
+    whole.load_state_dict(split.state_dict())
+    u = torch.randn(300, DIM)
+    settings = settings_of("manifold", steps=6, step_size=0.05, project_every=2, r1=0.5, r2=1.0)
+    a = synthesize(split, u, settings, generator=torch.Generator().manual_seed(3))
+    b = synthesize(_Whole(whole), u, settings, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(a, b, atol=1e-5)
+    noise_only = synthesize(split, u, dataclasses.replace(settings, mode="noise"), generator=torch.Generator().manual_seed(3))
+    assert (a - noise_only).norm(dim=1).min() > 0.1  # the ascent and projections moved every vector
+    assert split.body[1].num_batches_tracked > 0  # the ascent's calls updated the batch-norm statistics
+    for name, buffer in split.state_dict().items():
+        assert torch.allclose(buffer.float(), whole.state_dict()[name].float(), atol=1e-6), name
+    x = torch.randn(7, DIM)
+    assert torch.allclose(split.after_first_layer(split.first_layer(x)), split(x))

@@ -42,6 +42,15 @@ class Discriminator(nn.Module):
     def forward(self, x):
         return self.tail(self.body(x))
 
+    def first_layer(self, x):
+        """The first Linear layer's output: ``D(x) == D.after_first_layer(D.first_layer(x))``. GAS's ascent
+        computes it once for the normal vectors, which do not move between its steps."""
+        return (self.body[0] if len(self.body) else self.tail[0])(x)
+
+    def after_first_layer(self, h):
+        """The rest of D (batch norm, activation, … , sigmoid) applied to the first layer's output `h`."""
+        return self.tail(self.body[1:](h)) if len(self.body) else self.tail[1:](h)
+
     def logits(self, x):
         """The score before the sigmoid (unbounded; no ties at 0 or 1 in float32)."""
         return self.tail[0](self.body(x))

@@ -128,11 +128,20 @@ def synthesize(
         if hypersphere and (centres is None or radius is None):
             raise ValueError("the hypersphere projection needs centres and radius")
         step_size, r1, r2 = settings.step_size * unit, settings.r1 * unit, settings.r2 * unit
+        # u and D's weights stay fixed during the ascent, so D's first layer on u (half of every ascent
+        # call's matrix work, forward) is computed once; batch norm still sees the mixed batch each step.
+        split = hasattr(discriminator, "first_layer") and hasattr(discriminator, "after_first_layer")
         with torch.autocast(u.device.type, enabled=False):
+            with torch.no_grad():
+                first_u = discriminator.first_layer(u) if split else None
             for step in range(settings.steps):
                 g = g.detach().requires_grad_(True)
                 with torch.enable_grad():
-                    scores = discriminator(torch.cat([u, g]))[len(u) :].float()
+                    if split:
+                        hidden = torch.cat([first_u, discriminator.first_layer(g)])
+                        scores = discriminator.after_first_layer(hidden)[len(u) :].float()
+                    else:
+                        scores = discriminator(torch.cat([u, g]))[len(u) :].float()
                     loss = F.binary_cross_entropy(scores, torch.ones_like(scores))
                     (grad,) = torch.autograd.grad(loss, [g])
                 with torch.no_grad():
