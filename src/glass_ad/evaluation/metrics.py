@@ -174,20 +174,16 @@ class PixelRanking:
         # before v) — the end of the flat stretch above v — then (FPR(>= v), PRO(>= v)); after the
         # lowest anomalous score it runs flat to (1, 1). Points in between lie on those segments.
         n = float(self.n_normal)
-        fpr = np.empty(2 * pro.size + 2)
-        prev = np.empty_like(fpr)
-        fpr[0], prev[0] = 0.0, 0.0
-        fpr[1:-1:2] = self._normal_above(self._values) / n
-        prev[1:-1:2] = np.r_[0.0, pro[:-1]]
-        fpr[2:-1:2] = self._normal_at_least(self._values) / n
-        prev[2:-1:2] = pro
-        fpr[-1], prev[-1] = 1.0, 1.0
-        curve_pro = prev
+        fpr, curve = np.empty(2 * pro.size + 2), np.empty(2 * pro.size + 2)
+        fpr[0], curve[0] = 0.0, 0.0
+        fpr[1:-1:2], curve[1:-1:2] = self._normal_above(self._values) / n, np.r_[0.0, pro[:-1]]
+        fpr[2:-1:2], curve[2:-1:2] = self._normal_at_least(self._values) / n, pro
+        fpr[-1], curve[-1] = 1.0, 1.0
 
         k = int(np.searchsorted(fpr, fpr_limit, side="right"))  # fpr[:k] <= limit
-        f, p = fpr[:k], curve_pro[:k]
+        f, p = fpr[:k], curve[:k]
         if f[-1] < fpr_limit:  # interpolate on the segment that crosses the limit
-            f0, f1, p0, p1 = fpr[k - 1], fpr[k], curve_pro[k - 1], curve_pro[k]
+            f0, f1, p0, p1 = fpr[k - 1], fpr[k], curve[k - 1], curve[k]
             f = np.r_[f, fpr_limit]
             p = np.r_[p, p0 + (p1 - p0) * (fpr_limit - f0) / (f1 - f0)]
         area = float(np.sum((f[1:] - f[:-1]) * (p[1:] + p[:-1]) * 0.5))
