@@ -123,6 +123,11 @@ case "${1:-all}" in
     step r2_train glass train $DATA --out runs/r2_s0 --textures $DTD --r1 2 --precision bf16 --time-limit 0 -q
     step r2_test glass test runs/r2_s0 $DATA --json runs/r2_s0.json -q
     step curves python benchmarks/validation_curves.py runs/r05 runs/r05_seed1 runs/mtd_fast runs/mtd_hybrid_seed1 runs/r15 runs/r15_s1 runs/r2_s0 runs/fast_s0 runs/fast_s1 runs/t4_las_only --window 3-14 --time-limit 9.5 ;;&
+  split|all)  # the defaults again after GAS computes D's first layer on the normal vectors once (commit bf73f8b)
+    step split_s0_train glass train $DATA --out runs/split_s0 --textures $DTD -q
+    step split_s0_test glass test runs/split_s0 $DATA --json runs/split_s0.json --no-pictures -q
+    step split_s1_train glass train $DATA --out runs/split_s1 --textures $DTD --seed 1 -q
+    step split_s1_test glass test runs/split_s1 $DATA --json runs/split_s1.json --no-pictures -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
