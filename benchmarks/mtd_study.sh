@@ -128,6 +128,12 @@ case "${1:-all}" in
     step split_s0_test glass test runs/split_s0 $DATA --json runs/split_s0.json --no-pictures -q
     step split_s1_train glass train $DATA --out runs/split_s1 --textures $DTD --seed 1 -q
     step split_s1_test glass test runs/split_s1 $DATA --json runs/split_s1.json --no-pictures -q ;;&
+  lasall|all)  # a LAS copy of every image (the reference's share) against the fast recipe's half, two seeds
+    step lasall_s0_train glass train $DATA --out runs/lasall_s0 --textures $DTD --las-fraction 1 -q
+    step lasall_s1_train glass train $DATA --out runs/lasall_s1 --textures $DTD --las-fraction 1 --seed 1 -q
+    step lasall_curves python benchmarks/validation_curves.py runs/split_s0 runs/lasall_s0 runs/split_s1 runs/lasall_s1 --window 3-14
+    step lasall_s0_test glass test runs/lasall_s0 $DATA --json runs/lasall_s0.json --no-pictures -q
+    step lasall_s1_test glass test runs/lasall_s1 $DATA --json runs/lasall_s1.json --no-pictures -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
