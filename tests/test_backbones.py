@@ -86,3 +86,60 @@ def test_any_timm_name_with_a_weights_file(tmp_path):
     model = create_backbone("resnet10t", weights=str(path))
     maps = model(torch.rand(1, 3, 64, 64))
     assert [m.shape[-1] for m in maps] == [8, 4]
+
+
+def _features_move(a, b):
+    return max(float((x - y).abs().max() / x.abs().max()) for x, y in zip(a, b))
+
+
+def test_batch_norm_folding_keeps_the_features_of_timm_and_torchvision_backbones(tmp_path):
+    import copy
+
+    import torchvision
+
+    # timm's EfficientNet-Lite (BatchNormAct2d: the activation stays) with its real weights.
+    lite = create_backbone("efficientnet_lite0")
+    folded = copy.deepcopy(lite)
+    assert folded.fold_batch_norm_() == 33
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        assert _features_move(lite(x), folded(x)) < 1e-5
+    # torchvision's ResNet (plain BatchNorm2d, downsample branches), with batch-norm statistics far from
+    # the identity so that a wrong fold would show.
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    for key, value in state.items():
+        if key.endswith("running_var"):
+            value.uniform_(0.5, 2.0)
+        elif key.endswith("running_mean") or key.endswith(".bias"):
+            value.normal_(0.0, 0.5)
+    path = tmp_path / "r18.pth"
+    torch.save(state, path)
+    resnet = create_backbone("resnet18", weights=str(path))
+    folded = copy.deepcopy(resnet)
+    assert folded.fold_batch_norm_() == 1 + 2 * 2 + 2 * 2 + 1 + 2 * 2 + 1  # stem, layer1-3 (downsample in 2, 3)
+    with torch.no_grad():
+        assert _features_move(resnet(x), folded(x)) < 1e-5
+
+
+def test_batch_norm_folding_is_undone_where_a_norm_does_not_follow_its_neighbour_convolution():
+    from glass_ad.model.backbones import FrozenBackbone, StageExtractor
+
+    class NormFirst(torch.nn.Module):  # registers conv then norm, but runs the norm first
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.norm = torch.nn.BatchNorm2d(3)
+            self.norm.running_mean.normal_()
+            self.norm.running_var.uniform_(0.5, 2.0)
+
+        def forward(self, x):
+            return self.conv(self.norm(x))
+
+    backbone = FrozenBackbone("toy", StageExtractor([("block", NormFirst())], ["block"]), (0.5,) * 3, (0.25,) * 3)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        before = backbone(x)[0].clone()
+        assert backbone.fold_batch_norm_() == 0
+        assert isinstance(backbone.extractor.stages["block"].norm, torch.nn.BatchNorm2d)
+        assert torch.equal(backbone(x)[0], before)

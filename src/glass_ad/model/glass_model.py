@@ -173,11 +173,15 @@ class GlassModel(nn.Module):
 
     @torch.no_grad()
     def fuse_(self) -> "GlassModel":
-        """Inference only: fold feature scale, adaptor and D's first batch norm into D's first Linear.
+        """Inference only: fold feature scale, adaptor and D's first batch norm into D's first Linear, and
+        the backbone's batch norms into its convolutions.
 
-        All four are affine maps in eval mode, so one Linear computes the same scores (up to float
-        rounding) without the adaptor's D×D product per patch. Training must use an unfused model.
+        All are affine maps in eval mode, so the folded model computes the same scores (up to float
+        rounding) without the adaptor's D×D product per patch or a pass over every backbone activation per
+        batch norm. Training must use an unfused model.
         """
+        if isinstance(self.backbone, FrozenBackbone):
+            self.backbone.fold_batch_norm_()
         body = self.discriminator.body
         if len(body) < 2 or not isinstance(body[1], nn.BatchNorm1d):
             return self
