@@ -78,7 +78,7 @@ def _run_benchmark(config: GlassConfig, repeats: int, train_iterations: int) -> 
     fused = copy.deepcopy(model).fuse_()
     for batch_size in (8, 1):
         batch = torch.rand(batch_size, 3, *config.input_shape, device=device)
-        backbone = _throughput(model.backbone, batch, repeats)
+        backbone = _throughput(fused.backbone, batch, repeats)  # as deployed: batch norms folded
         full = _throughput(fused, batch, repeats)
         result[f"backbone_img_s_b{batch_size}"] = backbone
         result[f"inference_img_s_b{batch_size}"] = full

@@ -1,0 +1,56 @@
+"""Full inference with and without the backbone's batch norms folded into its convolutions.
+
+Loads a trained run as deployed (`build_model(fuse=True)`, which folds them) and a copy whose backbone is
+the unfolded one, then times both, alternating, on random 288² batches of 8 and of 1 (PyTorch, 2 threads),
+and prints the median images per second of each and how far the scores move.
+
+    python benchmarks/backbone_bn_folding.py RUN [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+from glass_ad.model.checkpoint import Checkpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    checkpoint = Checkpoint.load(f"{args.run}/model.pt")
+    folded = checkpoint.build_model("cpu", fuse=True)
+    unfolded = copy.deepcopy(folded)
+    unfolded.backbone = checkpoint.build_model("cpu", fuse=False).backbone
+    shape = checkpoint.config.input_shape
+    batches = {"batch 8": (torch.rand(8, 3, *shape), 3), "batch 1": (torch.rand(1, 3, *shape), 16)}
+    rates: dict[tuple[str, str], list[float]] = {}
+    with torch.inference_mode():
+        x = batches["batch 8"][0]
+        moved = float((folded(x).patch_scores - unfolded(x).patch_scores).abs().max())
+        for _ in range(args.rounds):
+            for name, model in (("unfolded", unfolded), ("folded", folded)):
+                for batch_name, (images, calls) in batches.items():
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        model(images)
+                    rates.setdefault((batch_name, name), []).append(calls * len(images) / (time.perf_counter() - start))
+    print(f"{args.run}: {shape[0]}×{shape[1]} input, median of {args.rounds} alternating rounds; largest patch-score "
+          f"difference {moved:.1e}")  # fmt: skip
+    for batch_name in batches:
+        before = statistics.median(rates[(batch_name, "unfolded")])
+        after = statistics.median(rates[(batch_name, "folded")])
+        print(f"  {batch_name}: {before:.1f} -> {after:.1f} img/s ({after / before:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
