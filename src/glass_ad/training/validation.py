@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from glass_ad.config import GlassConfig
-from glass_ad.evaluation.metrics import image_auroc, pixel_ap, pixel_auroc
+from glass_ad.evaluation.metrics import PixelRanking, image_auroc, pixel_auroc
 from glass_ad.model.glass_model import GlassModel
 from glass_ad.synthesis import gas as gas_module
 from glass_ad.synthesis.las import LocalAnomalySynthesizer
@@ -90,8 +90,8 @@ def _family_scores(normal: torch.Tensor, anomalous: torch.Tensor, labels: torch.
     image_labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
     patch_scores = torch.cat([normal.flatten(), anomalous.flatten()]).numpy()
     patch_labels = torch.cat([torch.zeros(normal.numel()), labels.flatten()]).numpy().astype(bool)
-    auroc, ap = image_auroc(image_scores, image_labels), pixel_ap(patch_scores, patch_labels)
-    separation = pixel_auroc(patch_scores, patch_labels)
+    patches = PixelRanking(patch_scores, patch_labels)  # one sort for patch AP and AUROC
+    auroc, ap, separation = image_auroc(image_scores, image_labels), patches.ap(), patches.auroc()
     return {"image_auroc": auroc, "patch_ap": ap, "patch_auroc": separation, "score": 0.5 * (auroc + ap)}
 
 
