@@ -1,8 +1,9 @@
-"""Full inference with and without the backbone's batch norms folded into its convolutions.
+"""Inference with and without the backbone's batch norms folded into its convolutions.
 
 Loads a trained run as deployed (`build_model(fuse=True)`, which folds them) and a copy whose backbone is
-the unfolded one, then times both, alternating, on random 288² batches of 8 and of 1 (PyTorch, 2 threads),
-and prints the median images per second of each and how far the scores move.
+the unfolded one, then times both, alternating, on random batches of 8 and of 1 at the run's input size
+(PyTorch, 2 threads): the backbone alone and the full model. Prints the median images per second of each
+and how far the features and the patch scores move.
 
     python benchmarks/backbone_bn_folding.py RUN [--rounds 5]
 """
@@ -33,23 +34,30 @@ def main() -> None:
     unfolded.backbone = checkpoint.build_model("cpu", fuse=False).backbone
     shape = checkpoint.config.input_shape
     batches = {"batch 8": (torch.rand(8, 3, *shape), 3), "batch 1": (torch.rand(1, 3, *shape), 16)}
-    rates: dict[tuple[str, str], list[float]] = {}
+    parts = {"backbone": lambda model: model.backbone, "full inference": lambda model: model}
+    rates: dict[tuple[str, str, str], list[float]] = {}
     with torch.inference_mode():
         x = batches["batch 8"][0]
-        moved = float((folded(x).patch_scores - unfolded(x).patch_scores).abs().max())
+        features = max(
+            float((a - b).abs().max() / a.abs().max()) for a, b in zip(unfolded.backbone(x), folded.backbone(x))
+        )
+        scores = float((folded(x).patch_scores - unfolded(x).patch_scores).abs().max())
         for _ in range(args.rounds):
             for name, model in (("unfolded", unfolded), ("folded", folded)):
-                for batch_name, (images, calls) in batches.items():
-                    start = time.perf_counter()
-                    for _ in range(calls):
-                        model(images)
-                    rates.setdefault((batch_name, name), []).append(calls * len(images) / (time.perf_counter() - start))
-    print(f"{args.run}: {shape[0]}×{shape[1]} input, median of {args.rounds} alternating rounds; largest patch-score "
-          f"difference {moved:.1e}")  # fmt: skip
-    for batch_name in batches:
-        before = statistics.median(rates[(batch_name, "unfolded")])
-        after = statistics.median(rates[(batch_name, "folded")])
-        print(f"  {batch_name}: {before:.1f} -> {after:.1f} img/s ({after / before:.2f}x)")
+                for part, pick in parts.items():
+                    for batch_name, (images, calls) in batches.items():
+                        start = time.perf_counter()
+                        for _ in range(calls):
+                            pick(model)(images)
+                        rate = calls * len(images) / (time.perf_counter() - start)
+                        rates.setdefault((part, batch_name, name), []).append(rate)
+    print(f"{args.run}: {shape[0]}×{shape[1]} input, median of {args.rounds} alternating rounds; features move by "
+          f"{features:.1e} (relative), patch scores by {scores:.1e}")  # fmt: skip
+    for part in parts:
+        for batch_name in batches:
+            before = statistics.median(rates[(part, batch_name, "unfolded")])
+            after = statistics.median(rates[(part, batch_name, "folded")])
+            print(f"  {part}, {batch_name}: {before:.1f} -> {after:.1f} img/s ({after / before:.2f}x)")
 
 
 if __name__ == "__main__":
