@@ -66,7 +66,11 @@ def test_defects_are_found(trained, data, tmp_path, read_histogram):
     assert report["aupro"] == pytest.approx(metrics.aupro(maps, masks), abs=1e-3)
     spot = np.array([s.defect_type == "spot" for s in samples])
     keep = spot | (labels == 0)
-    assert report["per_defect_type"]["spot"] == {"image_auroc": pytest.approx(metrics.image_auroc(scores[keep], spot[keep])), "n": int(spot.sum())}
+    spot_report = report["per_defect_type"]["spot"]
+    assert spot_report["n"] == int(spot.sum())
+    assert spot_report["image_auroc"] == pytest.approx(metrics.image_auroc(scores[keep], spot[keep]))
+    assert spot_report["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(maps[keep], masks[keep]), abs=1e-4)
+    assert spot_report["aupro"] == pytest.approx(metrics.aupro(maps[keep], masks[keep]), abs=1e-3)
     threshold = report["stored_threshold"]["image_threshold"]
     assert report["stored_threshold"]["tp"] == int(((scores >= threshold) & (labels == 1)).sum())
     assert report["stored_threshold"]["fp"] == int(((scores >= threshold) & (labels == 0)).sum())

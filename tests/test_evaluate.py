@@ -60,11 +60,33 @@ def test_per_defect_type_hand_case():
         ["good", "good", "crack", "crack", "stain"],
         list("abcde"),
     )
-    per = ev.compute()["per_defect_type"]
+    per = ev.compute(pixel_metrics=False)["per_defect_type"]
     assert set(per) == {"crack", "stain"}
     # crack scores {0.9, 0.3} vs good {0.1, 0.5}: pairs won 3 of 4
     assert per["crack"] == {"image_auroc": pytest.approx(0.75), "n": 2}
     assert per["stain"] == {"image_auroc": pytest.approx(0.0), "n": 1}
+
+
+def test_per_defect_type_pixel_metrics_use_the_type_and_the_normal_images():
+    rng = np.random.default_rng(3)
+    types = ["good", "good", "crack", "crack", "stain", "good"]
+    labels = np.array([t != "good" for t in types], dtype=np.int64)
+    maps = rng.random((6, 8, 8)).astype(np.float32)
+    masks = np.zeros((6, 8, 8), bool)
+    masks[2, 1:3, 1:4] = masks[3, 5:, 5:] = masks[4, 0, :] = True
+    maps[masks] += 0.3  # anomalous pixels tend to score higher, not always
+    ev = StreamingEvaluator(8)
+    ev.add(maps.max(axis=(1, 2)), maps, labels, masks, types, list("abcdef"))
+    report = ev.compute()
+    assert report["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(maps, masks), abs=1e-12)
+    for name in ("crack", "stain"):
+        keep = np.array([t in (name, "good") for t in types])
+        entry = report["per_defect_type"][name]
+        assert entry["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(maps[keep], masks[keep]), abs=1e-12)
+        assert entry["pixel_ap"] == pytest.approx(metrics.pixel_ap(maps[keep], masks[keep]), abs=1e-12)
+        assert entry["aupro"] == pytest.approx(metrics.aupro(maps[keep], masks[keep]), abs=1e-9)
+    # The two types are scored apart: their pixel figures differ from each other and from the whole set.
+    assert report["per_defect_type"]["crack"]["pixel_auroc"] != report["per_defect_type"]["stain"]["pixel_auroc"]
 
 
 def test_worst_cases_ordering():

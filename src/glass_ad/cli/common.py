@@ -114,7 +114,10 @@ def print_report(result: dict) -> None:
         f"AUPRO {pct(result['aupro'])} | image AP {pct(result['image_ap'])} | pixel AP {pct(result['pixel_ap'])}"
     )
     for name, entry in sorted(result.get("per_defect_type", {}).items()):
-        typer.echo(f"  {name:<16} image AUROC {pct(entry['image_auroc'])} (n={entry['n']})")
+        pixel = (
+            f" | pixel AUROC {pct(entry['pixel_auroc'])} | AUPRO {pct(entry['aupro'])}" if "pixel_auroc" in entry else ""
+        )
+        typer.echo(f"  {name:<16} image AUROC {pct(entry['image_auroc'])}{pixel} (n={entry['n']})")
     stored = result.get("stored_threshold")
     if stored:
         typer.echo(

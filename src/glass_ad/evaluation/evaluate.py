@@ -10,6 +10,13 @@ from glass_ad.evaluation import metrics
 
 __all__ = ["StreamingEvaluator"]
 
+PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "aupro")
+
+
+def _pixel_metrics(maps: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    ranking = metrics.PixelRanking(maps, masks)  # one sort serves all three
+    return dict(zip(PIXEL_KEYS, (ranking.auroc(), ranking.ap(), ranking.aupro())))
+
 
 class StreamingEvaluator:
     """Accumulates scores, maps and masks batch by batch, then computes all metrics.
@@ -124,30 +131,27 @@ class StreamingEvaluator:
 
     # ----------------------------------------------------------------- metrics
     def compute(self, pixel_metrics: bool = True) -> dict:
-        """Compute image/pixel AUROC and AP, AUPRO, counts and per-defect-type AUROC.
+        """Compute image/pixel AUROC and AP, AUPRO, counts, and the same per defect type.
 
-        ``pixel_metrics=False`` (a data set without ground-truth masks) reports them as nan
-        without ranking the pixels.
+        A defect type is scored on its own images and every normal image. ``pixel_metrics=False``
+        (a data set without ground-truth masks) reports the pixel metrics as nan without ranking
+        the pixels.
         """
         scores, labels = self.image_scores, self.labels
         y = labels > 0
+        pixel_metrics = bool(pixel_metrics and self._n)
         per_type: dict[str, dict] = {}
         types = np.asarray(self._types, dtype=object)
         good = ~y
         for t in sorted(set(self._types)):
             if t == "good":
                 continue
-            # The type's anomalous images against every normal image.
             sel = (types == t) & y
             keep = sel | good
-            per_type[t] = {
-                "image_auroc": metrics.image_auroc(scores[keep], sel[keep]),
-                "n": int(sel.sum()),
-            }
-        pixel = {key: float("nan") for key in ("pixel_auroc", "pixel_ap", "aupro")}
-        if pixel_metrics and self._n:
-            ranking = metrics.PixelRanking(self.maps, self.masks)  # one sort serves all three
-            pixel = {"pixel_auroc": ranking.auroc(), "pixel_ap": ranking.ap(), "aupro": ranking.aupro()}
+            per_type[t] = {"image_auroc": metrics.image_auroc(scores[keep], sel[keep]), "n": int(sel.sum())}
+            if pixel_metrics:
+                per_type[t].update(_pixel_metrics(self.maps[keep], self.masks[keep]))
+        pixel = _pixel_metrics(self.maps, self.masks) if pixel_metrics else dict.fromkeys(PIXEL_KEYS, float("nan"))
         return {
             "image_auroc": metrics.image_auroc(scores, y),
             "image_ap": metrics.image_ap(scores, y),
