@@ -1,7 +1,7 @@
 """Inference with and without the backbone's batch norms folded into its convolutions.
 
-Loads a trained run as deployed (`build_model(fuse=True)`, which folds them) and a copy whose backbone is
-the unfolded one, then times both, alternating, on random batches of 8 and of 1 at the run's input size
+Loads a trained run as deployed (`build_model(fuse=True)`; every model the project builds has them folded)
+and a copy whose backbone is built without folding, then times both, alternating, on random batches of 8 and of 1 at the run's input size
 (PyTorch, 2 threads): the backbone alone and the full model. Prints the median images per second of each
 and how far the features and the patch scores move.
 
@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from glass_ad.model.backbones import create_backbone
 from glass_ad.model.checkpoint import Checkpoint
 
 
@@ -31,7 +32,8 @@ def main() -> None:
     checkpoint = Checkpoint.load(f"{args.run}/model.pt")
     folded = checkpoint.build_model("cpu", fuse=True)
     unfolded = copy.deepcopy(folded)
-    unfolded.backbone = checkpoint.build_model("cpu", fuse=False).backbone
+    config = checkpoint.config
+    unfolded.backbone = create_backbone(config.backbone, checkpoint.backbone.layers, config.weights).eval()
     shape = checkpoint.config.input_shape
     batches = {"batch 8": (torch.rand(8, 3, *shape), 3), "batch 1": (torch.rand(1, 3, *shape), 16)}
     parts = {"backbone": lambda model: model.backbone, "full inference": lambda model: model}

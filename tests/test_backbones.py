@@ -122,6 +122,22 @@ def test_batch_norm_folding_keeps_the_features_of_timm_and_torchvision_backbones
         assert _features_move(resnet(x), folded(x)) < 1e-5
 
 
+def test_models_are_built_with_the_backbone_folded_and_the_same_features():
+    from glass_ad.config import make_config
+    from glass_ad.model.glass_model import build_model
+
+    config = make_config("fast", backbone="efficientnet_lite0", image_size=64)
+    model, unfolded = build_model(config).eval(), build_model(config, fold_batch_norm=False).eval()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in unfolded.backbone.modules()) == 33
+    unfolded.aggregator.load_state_dict(model.aggregator.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert _features_move(unfolded.backbone(x), model.backbone(x)) < 1e-5
+        assert _features_move([unfolded.features(x)], [model.features(x)]) < 1e-5
+        assert model.fuse_().backbone.fold_batch_norm_() == 0  # nothing left to fold at deployment
+
+
 def test_batch_norm_folding_is_undone_where_a_norm_does_not_follow_its_neighbour_convolution():
     from glass_ad.model.backbones import FrozenBackbone, StageExtractor
 

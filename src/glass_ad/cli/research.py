@@ -27,6 +27,7 @@ def benchmark(
     iterations: int = typer.Option(4, help="Timed training iterations."),
     precision: Optional[str] = typer.Option(None, help="Training arithmetic (default by recipe): auto, fp32, bf16."),
     max_patches_per_image: Optional[int] = typer.Option(None, help="Patch-vector cap per image and branch (default by recipe; 0 = none)."),
+    las_fraction: Optional[float] = typer.Option(None, help="Share of each batch's images that get a LAS copy (default by recipe)."),
     threads: Optional[int] = typer.Option(None),
     device: str = typer.Option("auto"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
@@ -38,6 +39,8 @@ def benchmark(
     config = make_config(recipe.value, backbone=backbone, precision=precision, num_threads=threads, device=device, **shape)
     if max_patches_per_image is not None:
         config = config.replace(max_patches_per_image=max_patches_per_image or None).validate()
+    if las_fraction is not None:
+        config = config.replace(las_fraction=las_fraction).validate()
     result = run_benchmark(config, repeats=repeats, train_iterations=iterations)
     typer.echo(format_benchmark(result))
     if json_out:

@@ -30,6 +30,7 @@ from glass_ad.data.io import ImageReadError, check_bit_depth
 from glass_ad.evaluation.evaluate import StreamingEvaluator
 from glass_ad.evaluation.metrics import threshold_stats
 from glass_ad.model.checkpoint import Calibration, Checkpoint, checkpoint_path
+from glass_ad.model.chunking import choose_batch_chunk
 from glass_ad.model.glass_model import resolve_device
 from glass_ad.safety import refuse_input_overlap, write_atomic
 
@@ -108,6 +109,7 @@ def test(
     torch_device = resolve_device(device)
     checkpoint = Checkpoint.load(run_dir)
     model = checkpoint.build_model(torch_device, fuse=True)
+    choose_batch_chunk(model, torch_device, batch_size)
     config = checkpoint.config
     bit_depth = bit_depth if bit_depth is not None else checkpoint.bit_depth
     dataset = load_dataset(data_root, layout, category=category)

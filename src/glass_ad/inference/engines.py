@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from glass_ad.model.checkpoint import Checkpoint, Normalization, as_checkpoint, checkpoint_path
+from glass_ad.model.chunking import ChunkChoice, choose_batch_chunk
 from glass_ad.model.glass_model import GlassModel, resolve_device
 
 ENGINES = ("torch", "onnx", "openvino")
@@ -75,8 +76,11 @@ class TorchEngine:
     def __init__(self, checkpoint: Checkpoint, device: torch.device):
         self.device = device
         self.graph = inference_graph(checkpoint, device)
+        self.chunk: ChunkChoice | None = None  # measured on the first batch of several images
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.chunk is None and len(images) > 1:
+            self.chunk = choose_batch_chunk(self.graph.model, self.device, len(images))
         with torch.inference_mode():
             out = self.graph(torch.from_numpy(images).to(self.device))
         return tuple(t.float().cpu().numpy() for t in out)  # type: ignore[return-value]

@@ -114,6 +114,10 @@ class GlassModel(nn.Module):
         # of the discriminator logit and of the nearest-neighbour distance on held-out normal patches.
         self.memory_bank: MemoryBank | None = None
         self.register_buffer("hybrid_norm", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        # Images per backbone pass (None: the whole batch). A CPU can be faster on small chunks, whose
+        # activations stay in its caches; `chunking.choose_batch_chunk` measures and sets it. Exported
+        # graphs are built from fresh models and never loop.
+        self.batch_chunk: int | None = None
 
     def set_memory_bank(self, bank: torch.Tensor | None, norm: Sequence[float] | None = None) -> None:
         """Turn the hybrid score on (`bank` = M×D scaled normal patch vectors) or off (None)."""
@@ -144,6 +148,12 @@ class GlassModel(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled patch features before the adaptor: B×P×D (the part that never changes in training)."""
+        if self.batch_chunk and len(images) > self.batch_chunk:
+            return torch.cat([self.features_of(part) for part in images.split(self.batch_chunk)])
+        return self.features_of(images)
+
+    def features_of(self, images: torch.Tensor) -> torch.Tensor:
+        """`features` in one backbone pass, whatever the batch size."""
         return self.aggregator(self.backbone(images)) * self.feature_scale
 
     def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
@@ -181,7 +191,7 @@ class GlassModel(nn.Module):
         batch norm. Training must use an unfused model.
         """
         if isinstance(self.backbone, FrozenBackbone):
-            self.backbone.fold_batch_norm_()
+            self.backbone.fold_batch_norm_()  # build_model has usually done it already: then nothing is left
         body = self.discriminator.body
         if len(body) < 2 or not isinstance(body[1], nn.BatchNorm1d):
             return self
@@ -205,9 +215,16 @@ class GlassModel(nn.Module):
         return self.eval()
 
 
-def build_model(config: GlassConfig, *, channels: list[int] | None = None) -> GlassModel:
-    """A fresh (untrained) model for `config`; loads the backbone's pretrained weights."""
+def build_model(config: GlassConfig, *, channels: list[int] | None = None, fold_batch_norm: bool = True) -> GlassModel:
+    """A fresh (untrained) model for `config`; loads the backbone's pretrained weights.
+
+    The backbone is frozen and always in eval mode, so its batch norms are folded into its convolutions
+    (`FrozenBackbone.fold_batch_norm_`): the same features up to float rounding for a fraction of the work,
+    in training (feature caching, the LAS images of every step, validation) as in inference.
+    """
     backbone = create_backbone(config.backbone, config.layers, config.weights)
+    if fold_batch_norm:
+        backbone.fold_batch_norm_()
     channels = channels or backbone.channels()
     embed_dim = config.embed_dim or default_embed_dim(channels, config.patch_size)
     aggregator = PatchAggregator(channels, embed_dim, config.patch_size)

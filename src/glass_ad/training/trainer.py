@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from glass_ad.config import GlassConfig
 from glass_ad.evaluation.calibration import calibrate_holdout
 from glass_ad.model.checkpoint import CHECKPOINT_NAME, Calibration, Checkpoint, TrainingRecord
+from glass_ad.model.chunking import choose_batch_chunk
 from glass_ad.model.glass_model import build_model, resolve_device
 from glass_ad.provenance import provenance
 from glass_ad.synthesis import gas as gas_module
@@ -122,6 +123,7 @@ def _train(
     config = data.config
     synthesis = prepare_synthesis(data.images, config, echo)
     model = build_model(config).to(device)
+    echo(choose_batch_chunk(model, device, config.batch_size).reason)
     setup = prepare_features(model, data.images, config, device, rng, spill_dir=out_dir, progress=progress, echo=echo)
     group.broadcast_module(model)
     val = None

@@ -1,0 +1,57 @@
+"""Backbone passes over a batch of 8 in chunks of 1, 2, 4 or 8 images, and what the start-up measurement picks.
+
+For each input shape: the median milliseconds of `GlassModel.features` over 8 random images (backbone with
+its batch norms folded, patch aggregation) in each chunk size, timed alternately over `--rounds` rounds,
+then the choice of `glass_ad.model.chunking.choose_batch_chunk` (its own, shorter measurement).
+
+    python benchmarks/backbone_chunks.py [--backbone efficientnet_lite2] [--shapes 288x288 288x720] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from glass_ad.config import make_config
+from glass_ad.model.chunking import choose_batch_chunk
+from glass_ad.model.glass_model import build_model
+
+SIZES = (8, 4, 2, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="efficientnet_lite2")
+    parser.add_argument("--shapes", nargs="+", default=["288x288", "288x720"])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{args.backbone}, {args.threads} threads, 8 images per batch, median ms over {args.rounds} rounds")
+    for text in args.shapes:
+        shape = tuple(int(side) for side in text.lower().split("x"))
+        square = shape[0] == shape[1]
+        config = make_config("fast", backbone=args.backbone, image_size=min(shape), image_shape=None if square else shape)
+        model = build_model(config).eval()
+        images = torch.rand(8, 3, *shape)
+        times: dict[int, list[float]] = {size: [] for size in SIZES}
+        with torch.no_grad():
+            for round_ in range(args.rounds + 1):  # round 0 warms up
+                for size in SIZES:
+                    model.batch_chunk = size
+                    start = time.perf_counter()
+                    model.features(images)
+                    if round_:
+                        times[size].append(1000 * (time.perf_counter() - start))
+        medians = {size: statistics.median(values) for size, values in times.items()}
+        row = " | ".join(f"chunk {size}: {medians[size]:.0f} ms ({medians[8] / medians[size]:.2f}×)" for size in SIZES)
+        print(f"{text}: {row}")
+        model.batch_chunk = None
+        print(f"  start-up choice: {choose_batch_chunk(model, 'cpu', 8).reason}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""How many images the frozen backbone should see per pass on this machine, chosen by measurement.
+
+On a CPU one pass over a batch of 8 can cost more than four passes over 2 images: the activations of a
+large batch no longer fit the caches (measured on this project's 2-core CPU, Lite2: 8 images at 288² in
+202 ms at once, 149 ms in chunks of 2; at 288×720 770 ms against 431 ms one image at a time;
+`python benchmarks/backbone_chunks.py`). Where that happens depends on the CPU's caches, the backbone and
+the input size, so it is timed at start-up, as the training arithmetic is (`training.precision`), and the
+fastest chunk is kept only where it clearly beats the whole batch. The features are the same either way
+(the backbone is in eval mode, so images do not interact). On CUDA the whole batch is always one pass.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ChunkChoice", "choose_batch_chunk", "CANDIDATES"]
+
+CANDIDATES = (1, 2, 4, 8)  # images per backbone pass that are tried, up to the batch size
+SPEEDUP_REQUIRED = 1.10  # a chunk must beat the whole batch by this factor (timing noise is a few %)
+_MEASURED: dict[tuple, "ChunkChoice"] = {}  # one measurement per backbone, shape, device, threads, batch
+
+
+@dataclass(frozen=True)
+class ChunkChoice:
+    size: int | None  # images per backbone pass; None: the whole batch
+    reason: str
+    ms: tuple[tuple[int, float], ...] = ()  # (chunk, median ms per batch) as measured
+
+
+def choose_batch_chunk(model, device: torch.device | str, batch_size: int = 8, rounds: int = 3) -> ChunkChoice:
+    """Time `model.features` on a random batch in chunks of each candidate size (alternating, `rounds`
+    medians) and set `model.batch_chunk` to the fastest; returns the choice and its reason. The
+    measurement is cached per backbone, input shape, device and thread count."""
+    device = torch.device(device)
+    if device.type != "cpu" or batch_size <= 1:
+        choice = ChunkChoice(None, "backbone: the whole batch per pass" + (" (not a CPU)" if device.type != "cpu" else ""))
+    else:
+        key = (model.backbone.name, model.input_shape, str(device), torch.get_num_threads(), int(batch_size), int(rounds))
+        choice = _measure(key, model, device, batch_size, rounds)
+    model.batch_chunk = choice.size
+    return choice
+
+
+def _measure_uncached(model, device: torch.device, batch_size: int, rounds: int) -> ChunkChoice:
+    sizes = [size for size in CANDIDATES if size < batch_size] + [batch_size]
+    with torch.random.fork_rng(devices=[]):  # the training's random stream must not move
+        torch.manual_seed(0)
+        images = torch.rand(batch_size, 3, *model.input_shape, device=device)
+    previous = model.batch_chunk
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    try:
+        with torch.no_grad():
+            for round_ in range(rounds + 1):  # the first round warms up (kernel choice, allocations)
+                for size in sizes:
+                    model.batch_chunk = size
+                    start = time.perf_counter()
+                    model.features(images)
+                    if round_:
+                        times[size].append(1000.0 * (time.perf_counter() - start))
+    finally:
+        model.batch_chunk = previous
+    medians = {size: statistics.median(values) for size, values in times.items()}
+    fastest = min(medians, key=medians.get)
+    whole = medians[batch_size]
+    measured = ", ".join(f"{size}: {medians[size]:.0f}" for size in sizes)
+    if fastest < batch_size and whole / medians[fastest] >= SPEEDUP_REQUIRED:
+        reason = f"backbone in chunks of {fastest} image(s) (measured ms per {batch_size} images — {measured})"
+        size = fastest
+    else:
+        reason = f"backbone: the whole batch per pass (measured ms per {batch_size} images — {measured})"
+        size = None
+    return ChunkChoice(size, reason, tuple(medians.items()))
+
+
+def _measure(key: tuple, model, device: torch.device, batch_size: int, rounds: int) -> ChunkChoice:
+    if key not in _MEASURED:
+        _MEASURED[key] = _measure_uncached(model, device, batch_size, rounds)
+    return _MEASURED[key]

@@ -1,0 +1,60 @@
+import time
+from types import SimpleNamespace
+
+import torch
+
+from glass_ad.config import make_config
+from glass_ad.model.chunking import choose_batch_chunk
+from glass_ad.model.glass_model import build_model
+
+
+class _TimedModel:
+    """Stands in for a GlassModel: `features` takes `cost[chunk]` seconds per image."""
+
+    def __init__(self, name: str, cost: dict[int, float]):
+        self.backbone = SimpleNamespace(name=name)
+        self.input_shape = (8, 8)
+        self.batch_chunk = None
+        self.cost = cost
+        self.calls: list[int] = []
+
+    def features(self, images):
+        chunk = self.batch_chunk or len(images)
+        self.calls.append(chunk)
+        time.sleep(self.cost[min(chunk, len(images))] * len(images))
+        return images
+
+
+def test_chunked_features_equal_one_pass():
+    model = build_model(make_config("fast", backbone="efficientnet_lite0", image_size=64)).eval()
+    x = torch.rand(5, 3, 64, 64)
+    with torch.no_grad():
+        whole = model.features(x)
+        for chunk in (1, 2, 4):
+            model.batch_chunk = chunk
+            assert torch.allclose(model.features(x), whole, atol=1e-5, rtol=1e-4)
+
+
+def test_the_fastest_chunk_is_chosen_and_set():
+    model = _TimedModel("chunk-test-fast-2", {1: 0.004, 2: 0.002, 4: 0.005, 8: 0.006})
+    choice = choose_batch_chunk(model, "cpu", batch_size=8, rounds=2)
+    assert choice.size == 2 and model.batch_chunk == 2
+    assert "chunks of 2" in choice.reason and dict(choice.ms).keys() == {1, 2, 4, 8}
+    assert set(model.calls) == {1, 2, 4, 8}  # every candidate was timed
+    # Measured once per backbone, shape, device and batch: a second model of the same kind is not re-timed.
+    again = _TimedModel("chunk-test-fast-2", {1: 0.004, 2: 0.002, 4: 0.005, 8: 0.006})
+    assert choose_batch_chunk(again, "cpu", batch_size=8, rounds=2).size == 2 and again.calls == []
+
+
+def test_the_whole_batch_stays_unless_a_chunk_is_clearly_faster():
+    model = _TimedModel("chunk-test-whole", {1: 0.006, 2: 0.004, 4: 0.0039, 8: 0.004})
+    choice = choose_batch_chunk(model, "cpu", batch_size=8, rounds=2)
+    assert choice.size is None and model.batch_chunk is None and "whole batch" in choice.reason
+
+
+def test_no_measurement_off_the_cpu_or_for_single_images():
+    model = _TimedModel("chunk-test-cuda", {1: 0.0, 8: 0.0})
+    model.batch_chunk = 4
+    assert choose_batch_chunk(model, "cuda", batch_size=8).size is None and model.batch_chunk is None
+    assert choose_batch_chunk(model, "cpu", batch_size=1).size is None
+    assert model.calls == []
