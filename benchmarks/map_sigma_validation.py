@@ -6,7 +6,7 @@ bilinear upsampling, then a Gaussian of each given sigma in input pixels (`model
 uses 4) — by pixel AUROC over the held-out normals plus one family, and by the image AUROC of the map's
 maximum.
 
-    python benchmarks/map_sigma_validation.py runs/fast_s0 ../shared/data/mtd --sigma 2 4 8 12
+    python benchmarks/map_sigma_validation.py runs/fast_s0 ../shared/data/mtd --sigma 2 4 8 12 [--space logit]
 """
 
 from __future__ import annotations
@@ -23,23 +23,43 @@ from glass_ad.training.validation import rebuild_run_validation, score_features
 PIXEL_SAMPLE = 0.1  # share of the pixels scored (the same pixels for every sigma)
 
 
+@torch.no_grad()
+def score_logits(model, features: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """D's logits N×P for stored features (the scores before the sigmoid)."""
+    rows = [
+        model.discriminator.logits(model.adaptor(chunk.flatten(0, 1))).view(len(chunk), -1)
+        for chunk in features.split(batch_size)
+    ]
+    return torch.cat(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
     parser.add_argument("data")
     parser.add_argument("--sigma", type=float, nargs="+", default=[2.0, 4.0, 8.0, 12.0])
+    parser.add_argument(
+        "--space",
+        choices=["probability", "logit"],
+        default="probability",
+        help="smooth D's probabilities (the reference) or its logits (before the sigmoid)",
+    )
     args = parser.parse_args()
 
     validation = rebuild_run_validation(args.run, args.data, keep_masks=True)
     model, val = validation.model, validation.val
     grid = model.grid_shape
     masks = {"las": val.masks, "unseen": val.unseen_masks}
+    score = score_features if args.space == "probability" else score_logits
     grids = {
-        name: score_features(model, features).reshape(len(features), *grid)
+        name: score(model, features).reshape(len(features), *grid)
         for name, features in (("normal", val.normal), ("las", val.anomalous), ("unseen", val.unseen))
     }
     pixels = None
-    print(f"{args.run}: {len(val.normal)} held-out normal images, input {validation.images.config.input_shape}")
+    print(
+        f"{args.run}: {len(val.normal)} held-out normal images, input {validation.images.config.input_shape}, "
+        f"smoothing D's {args.space} scores"
+    )
     for sigma in args.sigma:
         to_map = ScoreMap(grid, validation.images.config.input_shape, sigma)
         normal_maps = to_map(grids["normal"])
