@@ -76,6 +76,7 @@ def test_the_report_prints_the_measured_figures(benchmarked):
     for branch, label in (("backbone", "backbone"), ("gas", "GAS"), ("las", "LAS"), ("rest", "rest")):
         assert f"{label} {result[f'train_s_per_it_{branch}']:.3f}" in text, branch
     assert f"aggregation {result['head_ms_aggregation']:.1f}, adaptor + discriminator {result['head_ms_discriminator']:.1f}" in text
+    assert result["backbone_chunk"].startswith("backbone") and result["backbone_chunk"] in text  # the timed choice
     # A rectangular input (`--image-shape`) is named as such.
     assert result["input_shape"] == [64, 64]
     assert f"@ 64×160 px, D={result['embed_dim']}" in format_benchmark({**result, "input_shape": [64, 160]})

@@ -1,6 +1,7 @@
 import time
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from glass_ad.config import make_config
@@ -58,3 +59,13 @@ def test_no_measurement_off_the_cpu_or_for_single_images():
     assert choose_batch_chunk(model, "cuda", batch_size=8).size is None and model.batch_chunk is None
     assert choose_batch_chunk(model, "cpu", batch_size=1).size is None
     assert model.calls == []
+
+
+def test_a_fixed_chunk_is_not_measured():
+    model = _TimedModel("chunk-test-fixed", {1: 0.0, 8: 0.0})
+    assert choose_batch_chunk(model, "cpu", batch_size=8, fixed=3).size == 3 and model.batch_chunk == 3
+    assert "3 image(s) per pass (asked for)" in choose_batch_chunk(model, "cpu", fixed=3).reason
+    assert choose_batch_chunk(model, "cpu", batch_size=8, fixed=0).size is None and model.batch_chunk is None
+    assert model.calls == []
+    with pytest.raises(ValueError, match="backbone_chunk"):
+        make_config("fast", backbone_chunk=-1)

@@ -71,6 +71,7 @@ def test_defects_are_found(trained, data, tmp_path, read_histogram):
     assert spot_report["image_auroc"] == pytest.approx(metrics.image_auroc(scores[keep], spot[keep]))
     assert spot_report["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(maps[keep], masks[keep]), abs=1e-4)
     assert spot_report["aupro"] == pytest.approx(metrics.aupro(maps[keep], masks[keep]), abs=1e-3)
+    assert spot_report["anomalous_pixels"] == int(masks[spot].sum())
     threshold = report["stored_threshold"]["image_threshold"]
     assert report["stored_threshold"]["tp"] == int(((scores >= threshold) & (labels == 1)).sum())
     assert report["stored_threshold"]["fp"] == int(((scores >= threshold) & (labels == 0)).sum())

@@ -85,6 +85,7 @@ def test_per_defect_type_pixel_metrics_use_the_type_and_the_normal_images():
         assert entry["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(maps[keep], masks[keep]), abs=1e-12)
         assert entry["pixel_ap"] == pytest.approx(metrics.pixel_ap(maps[keep], masks[keep]), abs=1e-12)
         assert entry["aupro"] == pytest.approx(metrics.aupro(maps[keep], masks[keep]), abs=1e-9)
+        assert entry["anomalous_pixels"] == int(masks[[t == name for t in types]].sum())
     # The two types are scored apart: their pixel figures differ from each other and from the whole set.
     assert report["per_defect_type"]["crack"]["pixel_auroc"] != report["per_defect_type"]["stain"]["pixel_auroc"]
 

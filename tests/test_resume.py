@@ -75,8 +75,12 @@ def test_resumed_run_equals_uninterrupted_run(data, uninterrupted, tmp_path, mon
     assert describe_state(run) == "epoch 1 of 3"
     assert not list(run.glob(f".{STATE_NAME}.*"))  # no temporary file left behind
 
-    resumed = train(data, run, _config(), resume=True, **QUIET)
+    lines: list[str] = []
+    resumed = train(data, run, _config(), resume=True, progress=False, echo=lines.append)
     assert not (run / STATE_NAME).exists()
+    # The backbone's images per pass are the interrupted run's, not timed again (rounding may differ by chunk).
+    chunk = state["backbone_chunk"]
+    assert f"backbone: {f'{chunk} image(s)' if chunk else 'the whole batch'} per pass (asked for)" in lines
     assert (resumed.epochs_run, resumed.best_epoch) == (whole.epochs_run, whole.best_epoch)
     assert _without_time(resumed.history) == _without_time(whole.history)
     assert resumed.history[-1]["elapsed_s"] >= state["elapsed_s"]  # wall time counts both sessions

@@ -151,6 +151,8 @@ class StreamingEvaluator:
             per_type[t] = {"image_auroc": metrics.image_auroc(scores[keep], sel[keep]), "n": int(sel.sum())}
             if pixel_metrics:
                 per_type[t].update(_pixel_metrics(self.maps[keep], self.masks[keep]))
+                # How much of the set-wide pixel AUROC this type weighs: its share of the anomalous pixels.
+                per_type[t]["anomalous_pixels"] = int(np.count_nonzero(self.masks[sel]))
         pixel = _pixel_metrics(self.maps, self.masks) if pixel_metrics else dict.fromkeys(PIXEL_KEYS, float("nan"))
         return {
             "image_auroc": metrics.image_auroc(scores, y),

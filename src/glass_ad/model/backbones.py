@@ -107,11 +107,12 @@ class FrozenBackbone(nn.Module):
 
     @torch.no_grad()
     def fold_batch_norm_(self, tolerance: float = 1e-3) -> int:
-        """Inference only: fold each batch norm that follows a convolution into that convolution.
+        """Fold each batch norm that follows a convolution into that convolution (`build_model` does it).
 
-        In eval mode a batch norm is an affine map per channel, so ``conv → bn`` is one convolution with
-        scaled weights and a bias (`torch.nn.utils.fusion.fuse_conv_bn_eval`); an activation that timm
-        fuses into its norm layer (``BatchNormAct2d``) is kept. On this project's CPU folding made Lite2
+        The backbone is frozen and always in eval mode, where a batch norm is an affine map per channel,
+        so ``conv → bn`` is one convolution with scaled weights and a bias
+        (`torch.nn.utils.fusion.fuse_conv_bn_eval`); an activation that timm fuses into its norm layer
+        (``BatchNormAct2d``) is kept. On this project's CPU folding made Lite2
         1.2–1.9× faster (benchmarks/backbone_bn_folding.py). Pairs are found as consecutive children (a
         convolution registered just before a batch norm of its width), which is how timm and torchvision
         build them; the result is checked on a probe input and every fold is undone if the features move

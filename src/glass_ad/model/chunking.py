@@ -1,12 +1,14 @@
 """How many images the frozen backbone should see per pass on this machine, chosen by measurement.
 
 On a CPU one pass over a batch of 8 can cost more than four passes over 2 images: the activations of a
-large batch no longer fit the caches (measured on this project's 2-core CPU, Lite2: 8 images at 288² in
-202 ms at once, 149 ms in chunks of 2; at 288×720 770 ms against 431 ms one image at a time;
-`python benchmarks/backbone_chunks.py`). Where that happens depends on the CPU's caches, the backbone and
-the input size, so it is timed at start-up, as the training arithmetic is (`training.precision`), and the
-fastest chunk is kept only where it clearly beats the whole batch. The features are the same either way
-(the backbone is in eval mode, so images do not interact). On CUDA the whole batch is always one pass.
+large batch no longer fit the caches (this project's 2-core CPU, Lite2, `python
+benchmarks/backbone_chunks.py`: 8 images at 288² in 197 ms at once, 142 ms in chunks of 2; at 288×720
+669 ms against 374 ms one image at a time). Where that happens depends on the CPU's caches, the backbone
+and the input size, so it is timed at start-up, as the training arithmetic is (`training.precision`), and
+the fastest chunk is kept only where it clearly beats the whole batch. The backbone is in eval mode, so
+images do not interact: the features are the same up to float rounding (a convolution may round
+differently for another batch size), and a resumed training keeps its run's choice. On CUDA the whole
+batch is always one pass.
 """
 
 from __future__ import annotations
@@ -31,12 +33,18 @@ class ChunkChoice:
     ms: tuple[tuple[int, float], ...] = ()  # (chunk, median ms per batch) as measured
 
 
-def choose_batch_chunk(model, device: torch.device | str, batch_size: int = 8, rounds: int = 3) -> ChunkChoice:
+def choose_batch_chunk(
+    model, device: torch.device | str, batch_size: int = 8, rounds: int = 3, fixed: int | None = None
+) -> ChunkChoice:
     """Time `model.features` on a random batch in chunks of each candidate size (alternating, `rounds`
     medians) and set `model.batch_chunk` to the fastest; returns the choice and its reason. The
-    measurement is cached per backbone, input shape, device and thread count."""
+    measurement is cached per backbone, input shape, device and thread count. `fixed` (0: the whole
+    batch, N: N images) skips the measurement."""
     device = torch.device(device)
-    if device.type != "cpu" or batch_size <= 1:
+    if fixed is not None:
+        size = int(fixed) or None
+        choice = ChunkChoice(size, f"backbone: {f'{size} image(s)' if size else 'the whole batch'} per pass (asked for)")
+    elif device.type != "cpu" or batch_size <= 1:
         choice = ChunkChoice(None, "backbone: the whole batch per pass" + (" (not a CPU)" if device.type != "cpu" else ""))
     else:
         key = (model.backbone.name, model.input_shape, str(device), torch.get_num_threads(), int(batch_size), int(rounds))

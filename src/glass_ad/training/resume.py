@@ -231,6 +231,7 @@ class TrainState:
         bf16: bool,
         elapsed_s: float,
         average: Any = None,
+        backbone_chunk: int = 0,
     ) -> Path:
         """Write the state after ``epoch`` completed epochs (atomically; signals wait for the write)."""
         state = {
@@ -259,6 +260,7 @@ class TrainState:
             "bf16": bool(bf16),
             "elapsed_s": float(elapsed_s),
             "average": average.state_dict() if average is not None else None,
+            "backbone_chunk": int(backbone_chunk),  # images per backbone pass (0: whole batch), kept on resume
         }
         with _hold_signals():
             _save_atomic(state, self.path)

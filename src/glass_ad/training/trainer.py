@@ -123,7 +123,13 @@ def _train(
     config = data.config
     synthesis = prepare_synthesis(data.images, config, echo)
     model = build_model(config).to(device)
-    echo(choose_batch_chunk(model, device, config.batch_size).reason)
+    # Images per backbone pass: as asked, as the interrupted run had them, or timed (the same on every rank).
+    fixed = config.backbone_chunk
+    if run_state is not None and run_state.loaded is not None and "backbone_chunk" in run_state.loaded:
+        fixed = int(run_state.loaded["backbone_chunk"])
+    chunk = group.broadcast(choose_batch_chunk(model, device, config.batch_size, fixed=fixed))
+    model.batch_chunk = chunk.size
+    echo(chunk.reason)
     setup = prepare_features(model, data.images, config, device, rng, spill_dir=out_dir, progress=progress, echo=echo)
     group.broadcast_module(model)
     val = None
@@ -237,6 +243,7 @@ def _train(
                 bf16,
                 record["elapsed_s"],
                 average,
+                backbone_chunk=model.batch_chunk or 0,
             )
         if config.early_stopping and validating and stopper.should_stop:
             echo(
