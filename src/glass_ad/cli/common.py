@@ -32,6 +32,9 @@ def _main_options(
     version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     """GLASS anomaly detection: train on defect-free images, test, predict, export."""
+    from glass_ad.allocator import keep_freed_memory
+
+    keep_freed_memory()  # reuse large CPU buffers between batches instead of page-faulting them anew
 
 
 def fail(message: str) -> None:
