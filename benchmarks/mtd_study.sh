@@ -7,7 +7,11 @@ DATA=../shared/data/mtd
 DTD=../shared/data/dtd
 # The fast recipe before GAS moved out to r1 = 1.5 spacings under a 9.5-minute limit (commit 7132d9b and
 # earlier): the steps recorded with those defaults pass it, so that they still train what they trained.
-PREV="--r1 1 --time-limit 0"
+PREV="--r1 1 --time-limit 0 --las-fraction 0.5"
+# Until commit 54e2bb1 the fast recipe gave a LAS copy to half of each batch's images: the steps recorded
+# before it pass this. (They also ran the backbone unfolded and in whole batches, which no option restores:
+# re-running them now repeats their training up to float rounding, not bit for bit.)
+HALF="--las-fraction 0.5"
 mkdir -p runs
 step() {  # step NAME COMMAND...
   local name=$1; shift
@@ -15,11 +19,11 @@ step() {  # step NAME COMMAND...
   /usr/bin/time -v "$@" >>"runs/$name.log" 2>&1
 }
 case "${1:-all}" in
-  fast|all)  # the default (r1 = 1.5, 9.5-minute limit), two seeds
-    step fast_train glass train $DATA --out runs/fast_s0 --textures $DTD -q
+  fast|all)  # the default of commits 7132d9b–643054c (r1 = 1.5, 9.5-minute limit, LAS copies of half the images)
+    step fast_train glass train $DATA --out runs/fast_s0 --textures $DTD $HALF -q
     step fast_test glass test runs/fast_s0 $DATA --json runs/fast_s0.json -q ;;&
   fastseed|all)  # the same default with another seed: the run-to-run spread
-    step fastseed1_train glass train $DATA --out runs/fast_s1 --textures $DTD --seed 1 -q
+    step fastseed1_train glass train $DATA --out runs/fast_s1 --textures $DTD --seed 1 $HALF -q
     step fastseed1_test glass test runs/fast_s1 $DATA --json runs/fast_s1.json -q ;;&
   prevfast|all)  # the previous default (r1 = 1, no limit): the model the analyses below were measured on
     step prevfast_train glass train $DATA --out runs/mtd_fast --textures $DTD $PREV -q
@@ -32,7 +36,7 @@ case "${1:-all}" in
   patchcore|patchcore1|all)
     step patchcore_seed1 python benchmarks/patchcore_baseline.py $DATA --coreset 0.01 --seed 1 --json runs/patchcore_seed1.json ;;&
   table4|all)  # paper Table 4 on MTD: LAS only; GAS only (noise; + ascent; + projection); both = fast
-    step las_only_train glass train $DATA --out runs/t4_las_only --textures $DTD --gas off -q
+    step las_only_train glass train $DATA --out runs/t4_las_only --textures $DTD --gas off $HALF -q
     step las_only_test glass test runs/t4_las_only $DATA --json runs/t4_las_only.json -q
     for mode in noise ascent; do  # no projection: r1 plays no part
       step gas_${mode}_train glass train $DATA --out runs/t4_gas_$mode --textures $DTD --no-las --gas $mode -q
@@ -41,10 +45,10 @@ case "${1:-all}" in
     step gas_full_train glass train $DATA --out runs/t4_gas_full15 --textures $DTD --no-las -q
     step gas_full_test glass test runs/t4_gas_full15 $DATA --json runs/t4_gas_full15.json -q ;;&
   hybrid|all)  # the optional hybrid score, same training as fast seed 0
-    step hybrid_train glass train $DATA --out runs/hybrid_s0 --textures $DTD --score hybrid -q
+    step hybrid_train glass train $DATA --out runs/hybrid_s0 --textures $DTD --score hybrid $HALF -q
     step hybrid_test glass test runs/hybrid_s0 $DATA --json runs/hybrid_s0.json -q ;;&
   hybridseed|all)
-    step hybridseed1_train glass train $DATA --out runs/hybrid_s1 --textures $DTD --score hybrid --seed 1 -q
+    step hybridseed1_train glass train $DATA --out runs/hybrid_s1 --textures $DTD --score hybrid --seed 1 $HALF -q
     step hybridseed1_test glass test runs/hybrid_s1 $DATA --json runs/hybrid_s1.json -q ;;&
   prevhybrid|all)  # the same with the previous defaults
     step prevhybrid_train glass train $DATA --out runs/mtd_hybrid --textures $DTD --score hybrid $PREV -q
@@ -53,22 +57,22 @@ case "${1:-all}" in
     step prevhybridseed1_train glass train $DATA --out runs/mtd_hybrid_seed1 --textures $DTD --score hybrid --seed 1 $PREV -q
     step prevhybridseed1_test glass test runs/mtd_hybrid_seed1 $DATA --json runs/mtd_hybrid_seed1.json -q ;;&
   wide|all)  # MTD forced into a 288×720 input: what the time limit leaves with and without the patch cap
-    step wide_cap_train glass train $DATA --out runs/wide_cap --textures $DTD --image-shape 288x720 -q
+    step wide_cap_train glass train $DATA --out runs/wide_cap --textures $DTD --image-shape 288x720 $HALF -q
     step wide_cap_test glass test runs/wide_cap $DATA --json runs/wide_cap.json -q
-    step wide_nocap_train glass train $DATA --out runs/wide_nocap --textures $DTD --image-shape 288x720 --max-patches-per-image 0 -q
+    step wide_nocap_train glass train $DATA --out runs/wide_nocap --textures $DTD --image-shape 288x720 --max-patches-per-image 0 $HALF -q
     step wide_nocap_test glass test runs/wide_nocap $DATA --json runs/wide_nocap.json -q
-    step wide_cap_s1_train glass train $DATA --out runs/wide_cap_s1 --textures $DTD --image-shape 288x720 --seed 1 -q
-    step wide_nocap_s1_train glass train $DATA --out runs/wide_nocap_s1 --textures $DTD --image-shape 288x720 --max-patches-per-image 0 --seed 1 -q
+    step wide_cap_s1_train glass train $DATA --out runs/wide_cap_s1 --textures $DTD --image-shape 288x720 --seed 1 $HALF -q
+    step wide_nocap_s1_train glass train $DATA --out runs/wide_nocap_s1 --textures $DTD --image-shape 288x720 --max-patches-per-image 0 --seed 1 $HALF -q
     step wide_cap_s1_test glass test runs/wide_cap_s1 $DATA --json runs/wide_cap_s1.json -q
     step wide_nocap_s1_test glass test runs/wide_nocap_s1 $DATA --json runs/wide_nocap_s1.json -q
-    step wide_same_numbers glass train $DATA --out runs/check_cap_2ep --textures $DTD --epochs 2 --precision bf16 --time-limit 0 -q
+    step wide_same_numbers glass train $DATA --out runs/check_cap_2ep --textures $DTD --epochs 2 --precision bf16 --time-limit 0 $HALF -q
     step wide_patchcore python benchmarks/patchcore_baseline.py $DATA --image-shape 288x720 --coreset 0.01 --seed 0 --json runs/wide_patchcore.json
     step wide_patchcore_s1 python benchmarks/patchcore_baseline.py $DATA --image-shape 288x720 --coreset 0.01 --seed 1 --json runs/wide_patchcore_s1.json
     step wide_bench glass benchmark --image-shape 288x720 --precision bf16 --iterations 6 --repeats 3
     step wide_bench_nocap glass benchmark --image-shape 288x720 --precision bf16 --iterations 6 --repeats 3 --max-patches-per-image 0
     step square_bench glass benchmark --precision bf16 --iterations 6 --repeats 3 ;;&
   hypersphere|all)  # GLASS-h forced on MTD (the GLASS-j rule picks GLASS-m): is its GAS alive, how does it score?
-    step hypersphere_train glass train $DATA --out runs/hypersphere_s0 --textures $DTD --hypothesis hypersphere -q
+    step hypersphere_train glass train $DATA --out runs/hypersphere_s0 --textures $DTD --hypothesis hypersphere $HALF -q
     step hypersphere_test glass test runs/hypersphere_s0 $DATA --json runs/hypersphere_s0.json -q ;;&
   geometry|all)
     step geometry python benchmarks/feature_scale.py $DATA --images 32 ;;&
@@ -82,9 +86,9 @@ case "${1:-all}" in
     step paperlong_train glass train $DATA --out runs/mtd_paperlong --textures $DTD --recipe paper --epochs 16 --precision bf16 --cache -q
     step paperlong_test glass test runs/mtd_paperlong $DATA --json runs/mtd_paperlong.json -q ;;&
   explore|all)  # validation-only comparisons behind the fast defaults (docs/benchmarks.md, exploration)
-    step gasfull4_train glass train $DATA --out runs/exp_gasfull4 --textures $DTD --epochs 4 --gas-fraction 1 --ascent-steps 20 --ascent-step-size 0.001 --project-every 5 -q
-    step gashalf4_train glass train $DATA --out runs/exp_gashalf4 --textures $DTD --epochs 4 --gas-fraction 0.5 -q
-    step cosine20_train glass train $DATA --out runs/exp_cosine20 --textures $DTD --lr-schedule cosine --patience 20 -q ;;&
+    step gasfull4_train glass train $DATA --out runs/exp_gasfull4 --textures $DTD --epochs 4 --gas-fraction 1 --ascent-steps 20 --ascent-step-size 0.001 --project-every 5 $HALF -q
+    step gashalf4_train glass train $DATA --out runs/exp_gashalf4 --textures $DTD --epochs 4 --gas-fraction 0.5 $HALF -q
+    step cosine20_train glass train $DATA --out runs/exp_cosine20 --textures $DTD --lr-schedule cosine --patience 20 $HALF -q ;;&
   average|all)  # the weight average (--ema-epochs, default 1): its span, the live weights, the LAS weight
     step ema0_train glass train $DATA --out runs/ema0 --textures $DTD --ema-epochs 0 $PREV -q
     step ema0_test glass test runs/ema0 $DATA --json runs/ema0.json -q
@@ -113,20 +117,20 @@ case "${1:-all}" in
     done
     step eta02_train glass train $DATA --out runs/eta02_s0 --textures $DTD --ascent-step-size 0.02 --precision bf16 $PREV -q
     step eta02_test glass test runs/eta02_s0 $DATA --json runs/eta02_s0.json -q
-    step r15_train glass train $DATA --out runs/r15 --textures $DTD --r1 1.5 --precision bf16 --time-limit 0 -q
+    step r15_train glass train $DATA --out runs/r15 --textures $DTD --r1 1.5 --precision bf16 --time-limit 0 $HALF -q
     step r15_test glass test runs/r15 $DATA --json runs/r15.json -q
-    step r15eta05_train glass train $DATA --out runs/r15eta05 --textures $DTD --r1 1.5 --ascent-step-size 0.05 --precision bf16 --time-limit 0 -q
+    step r15eta05_train glass train $DATA --out runs/r15eta05 --textures $DTD --r1 1.5 --ascent-step-size 0.05 --precision bf16 --time-limit 0 $HALF -q
     step r15eta05_test glass test runs/r15eta05 $DATA --json runs/r15eta05.json -q ;;&
   gasstart|all)  # where GAS starts (r1, spacings): 1.5 (seed 0: runs/r15 above) and 2, all 20 epochs, bf16
-    step r15_s1_train glass train $DATA --out runs/r15_s1 --textures $DTD --r1 1.5 --precision bf16 --time-limit 0 --seed 1 -q
+    step r15_s1_train glass train $DATA --out runs/r15_s1 --textures $DTD --r1 1.5 --precision bf16 --time-limit 0 --seed 1 $HALF -q
     step r15_s1_test glass test runs/r15_s1 $DATA --json runs/r15_s1.json -q
-    step r2_train glass train $DATA --out runs/r2_s0 --textures $DTD --r1 2 --precision bf16 --time-limit 0 -q
+    step r2_train glass train $DATA --out runs/r2_s0 --textures $DTD --r1 2 --precision bf16 --time-limit 0 $HALF -q
     step r2_test glass test runs/r2_s0 $DATA --json runs/r2_s0.json -q
     step curves python benchmarks/validation_curves.py runs/r05 runs/r05_seed1 runs/mtd_fast runs/mtd_hybrid_seed1 runs/r15 runs/r15_s1 runs/r2_s0 runs/fast_s0 runs/fast_s1 runs/t4_las_only --window 3-14 --time-limit 9.5 ;;&
   split|all)  # the defaults again after GAS computes D's first layer on the normal vectors once (commit bf73f8b)
-    step split_s0_train glass train $DATA --out runs/split_s0 --textures $DTD -q
+    step split_s0_train glass train $DATA --out runs/split_s0 --textures $DTD $HALF -q
     step split_s0_test glass test runs/split_s0 $DATA --json runs/split_s0.json --no-pictures -q
-    step split_s1_train glass train $DATA --out runs/split_s1 --textures $DTD --seed 1 -q
+    step split_s1_train glass train $DATA --out runs/split_s1 --textures $DTD --seed 1 $HALF -q
     step split_s1_test glass test runs/split_s1 $DATA --json runs/split_s1.json --no-pictures -q ;;&
   lasall|all)  # a LAS copy of every image (the reference's share) against the fast recipe's half, two seeds
     step lasall_s0_train glass train $DATA --out runs/lasall_s0 --textures $DTD --las-fraction 1 -q
@@ -134,6 +138,19 @@ case "${1:-all}" in
     step lasall_curves python benchmarks/validation_curves.py runs/split_s0 runs/lasall_s0 runs/split_s1 runs/lasall_s1 --window 3-14
     step lasall_s0_test glass test runs/lasall_s0 $DATA --json runs/lasall_s0.json --no-pictures -q
     step lasall_s1_test glass test runs/lasall_s1 $DATA --json runs/lasall_s1.json --no-pictures -q ;;&
+  reference|all)  # the default after it gave every image a LAS copy and the backbone was folded and chunked
+    step ref_s0_train glass train $DATA --out runs/ref_s0 --textures $DTD -q
+    step ref_s0_test glass test runs/ref_s0 $DATA --json runs/ref_s0.json --no-pictures -q
+    step ref_s1_train glass train $DATA --out runs/ref_s1 --textures $DTD --seed 1 -q
+    step ref_s1_test glass test runs/ref_s1 $DATA --json runs/ref_s1.json --no-pictures -q ;;&
+  referencewide|all)  # the same default on MTD forced into a 288×720 input (elongated products: epochs within the limit)
+    step ref_wide_train glass train $DATA --out runs/ref_wide --textures $DTD --image-shape 288x720 -q
+    step ref_wide_test glass test runs/ref_wide $DATA --json runs/ref_wide.json --no-pictures -q
+    step ref_wide_s1_train glass train $DATA --out runs/ref_wide_s1 --textures $DTD --image-shape 288x720 --seed 1 -q
+    step ref_wide_s1_test glass test runs/ref_wide_s1 $DATA --json runs/ref_wide_s1.json --no-pictures -q ;;&
+  table4ref|all)  # Table 4's LAS-only row with the current defaults (the GAS-only rows draw no LAS copies)
+    step ref_t4_las_only_train glass train $DATA --out runs/ref_t4_las_only --textures $DTD --gas off -q
+    step ref_t4_las_only_test glass test runs/ref_t4_las_only $DATA --json runs/ref_t4_las_only.json --no-pictures -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0

@@ -17,6 +17,7 @@ ALLOWED = {
     "config": set(),
     "safety": set(),
     "ray_session": set(),
+    "allocator": set(),
     "data": {"config"},
     "synthesis": {"config", "data"},
     "model": {"config", "data", "safety"},
@@ -31,7 +32,7 @@ ALLOWED = {
     },  # fmt: skip
     "cli": {
         "config", "data", "synthesis", "model", "evaluation", "training", "inference", "serve", "research",
-        "provenance", "safety", "ray_session",
+        "provenance", "safety", "ray_session", "allocator",
     },  # fmt: skip
     "__main__": {"cli"},
     "__init__": set(),

@@ -1,14 +1,15 @@
 """How many images the frozen backbone should see per pass on this machine, chosen by measurement.
 
-On a CPU one pass over a batch of 8 can cost more than four passes over 2 images: the activations of a
-large batch no longer fit the caches (this project's 2-core CPU, Lite2, `python
-benchmarks/backbone_chunks.py`: 8 images at 288² in 197 ms at once, 142 ms in chunks of 2; at 288×720
-669 ms against 374 ms one image at a time). Where that happens depends on the CPU's caches, the backbone
-and the input size, so it is timed at start-up, as the training arithmetic is (`training.precision`), and
-the fastest chunk is kept only where it clearly beats the whole batch. The backbone is in eval mode, so
-images do not interact: the features are the same up to float rounding (a convolution may round
-differently for another batch size), and a resumed training keeps its run's choice. On CUDA the whole
-batch is always one pass.
+A pass over a whole batch can cost more than passes over smaller chunks: its large activations are
+allocated and freed afresh on every pass, and where the C library returns such buffers to the OS, each pass
+page-faults them in again (`python benchmarks/backbone_chunks.py`, Lite2, 8 images: 197 ms at once against
+142 ms in chunks of 2 at 288², 669 against 374 ms one at a time at 288×720; the cause measured in
+`benchmarks/allocator.py`). The `glass` command keeps freed memory (`glass_ad.allocator`), which removes
+most of that; elsewhere, or on another CPU, the balance differs. So the chunk is timed at start-up, as the
+training arithmetic is (`training.precision`), and kept only where it clearly beats the whole batch. The
+backbone is in eval mode, so images do not interact: the features are the same up to float rounding (a
+convolution may round differently for another batch size), and a resumed training keeps its run's choice.
+On CUDA the whole batch is always one pass.
 """
 
 from __future__ import annotations
