@@ -10,13 +10,11 @@ then the choice of `glass_ad.model.chunking.choose_batch_chunk` (its own, shorte
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from glass_ad.config import make_config
-from glass_ad.model.chunking import choose_batch_chunk
+from glass_ad.model.chunking import choose_batch_chunk, time_chunks
 from glass_ad.model.glass_model import build_model
 
 SIZES = (8, 4, 2, 1)
@@ -37,16 +35,7 @@ def main() -> None:
         config = make_config("fast", backbone=args.backbone, image_size=min(shape), image_shape=None if square else shape)
         model = build_model(config).eval()
         images = torch.rand(8, 3, *shape)
-        times: dict[int, list[float]] = {size: [] for size in SIZES}
-        with torch.no_grad():
-            for round_ in range(args.rounds + 1):  # round 0 warms up
-                for size in SIZES:
-                    model.batch_chunk = size
-                    start = time.perf_counter()
-                    model.features(images)
-                    if round_:
-                        times[size].append(1000 * (time.perf_counter() - start))
-        medians = {size: statistics.median(values) for size, values in times.items()}
+        medians = time_chunks(model, images, SIZES, args.rounds)  # alternating rounds after a warm-up
         row = " | ".join(f"chunk {size}: {medians[size]:.0f} ms ({medians[8] / medians[size]:.2f}×)" for size in SIZES)
         print(f"{text}: {row}")
         model.batch_chunk = None

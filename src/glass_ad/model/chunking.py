@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ChunkChoice", "choose_batch_chunk", "CANDIDATES"]
+__all__ = ["ChunkChoice", "choose_batch_chunk", "time_chunks", "CANDIDATES"]
 
 CANDIDATES = (1, 2, 4, 8)  # images per backbone pass that are tried, up to the batch size
 SPEEDUP_REQUIRED = 1.10  # a chunk must beat the whole batch by this factor (timing noise is a few %)
@@ -54,16 +54,14 @@ def choose_batch_chunk(
     return choice
 
 
-def _measure_uncached(model, device: torch.device, batch_size: int, rounds: int) -> ChunkChoice:
-    sizes = [size for size in CANDIDATES if size < batch_size] + [batch_size]
-    with torch.random.fork_rng(devices=[]):  # the training's random stream must not move
-        torch.manual_seed(0)
-        images = torch.rand(batch_size, 3, *model.input_shape, device=device)
+def time_chunks(model, images: torch.Tensor, sizes, rounds: int = 3) -> dict[int, float]:
+    """Median milliseconds of `model.features(images)` in chunks of each size, timed alternately over
+    `rounds` rounds after one warm-up round (kernel choice, allocations); `model.batch_chunk` is restored."""
     previous = model.batch_chunk
     times: dict[int, list[float]] = {size: [] for size in sizes}
     try:
         with torch.no_grad():
-            for round_ in range(rounds + 1):  # the first round warms up (kernel choice, allocations)
+            for round_ in range(rounds + 1):
                 for size in sizes:
                     model.batch_chunk = size
                     start = time.perf_counter()
@@ -72,7 +70,15 @@ def _measure_uncached(model, device: torch.device, batch_size: int, rounds: int)
                         times[size].append(1000.0 * (time.perf_counter() - start))
     finally:
         model.batch_chunk = previous
-    medians = {size: statistics.median(values) for size, values in times.items()}
+    return {size: statistics.median(values) for size, values in times.items()}
+
+
+def _measure_uncached(model, device: torch.device, batch_size: int, rounds: int) -> ChunkChoice:
+    sizes = [size for size in CANDIDATES if size < batch_size] + [batch_size]
+    with torch.random.fork_rng(devices=[]):  # the training's random stream must not move
+        torch.manual_seed(0)
+        images = torch.rand(batch_size, 3, *model.input_shape, device=device)
+    medians = time_chunks(model, images, sizes, rounds)
     fastest = min(medians, key=medians.get)
     whole = medians[batch_size]
     measured = ", ".join(f"{size}: {medians[size]:.0f}" for size in sizes)
