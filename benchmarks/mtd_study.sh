@@ -9,8 +9,8 @@ DTD=../shared/data/dtd
 # earlier): the steps recorded with those defaults pass it, so that they still train what they trained.
 PREV="--r1 1 --time-limit 0 --las-fraction 0.5"
 # Until commit 54e2bb1 the fast recipe gave a LAS copy to half of each batch's images: the steps recorded
-# before it pass this. (They also ran the backbone unfolded and in whole batches, which no option restores:
-# re-running them now repeats their training up to float rounding, not bit for bit.)
+# before it pass this. (They also ran the backbone unfolded, which no option restores: re-running them now
+# repeats their training up to float rounding, not bit for bit.)
 HALF="--las-fraction 0.5"
 mkdir -p runs
 step() {  # step NAME COMMAND...
@@ -68,9 +68,9 @@ case "${1:-all}" in
     step wide_same_numbers glass train $DATA --out runs/check_cap_2ep --textures $DTD --epochs 2 --precision bf16 --time-limit 0 $HALF -q
     step wide_patchcore python benchmarks/patchcore_baseline.py $DATA --image-shape 288x720 --coreset 0.01 --seed 0 --json runs/wide_patchcore.json
     step wide_patchcore_s1 python benchmarks/patchcore_baseline.py $DATA --image-shape 288x720 --coreset 0.01 --seed 1 --json runs/wide_patchcore_s1.json
-    step wide_bench glass benchmark --image-shape 288x720 --precision bf16 --iterations 6 --repeats 3
-    step wide_bench_nocap glass benchmark --image-shape 288x720 --precision bf16 --iterations 6 --repeats 3 --max-patches-per-image 0
-    step square_bench glass benchmark --precision bf16 --iterations 6 --repeats 3 ;;&
+    step wide_bench glass benchmark --image-shape 288x720 --precision bf16 --iterations 6 --repeats 3 $HALF
+    step wide_bench_nocap glass benchmark --image-shape 288x720 --precision bf16 --iterations 6 --repeats 3 $HALF --max-patches-per-image 0
+    step square_bench glass benchmark --precision bf16 --iterations 6 --repeats 3 $HALF ;;&
   hypersphere|all)  # GLASS-h forced on MTD (the GLASS-j rule picks GLASS-m): is its GAS alive, how does it score?
     step hypersphere_train glass train $DATA --out runs/hypersphere_s0 --textures $DTD --hypothesis hypersphere $HALF -q
     step hypersphere_test glass test runs/hypersphere_s0 $DATA --json runs/hypersphere_s0.json -q ;;&
@@ -148,6 +148,9 @@ case "${1:-all}" in
     step ref_wide_test glass test runs/ref_wide $DATA --json runs/ref_wide.json --no-pictures -q
     step ref_wide_s1_train glass train $DATA --out runs/ref_wide_s1 --textures $DTD --image-shape 288x720 --seed 1 -q
     step ref_wide_s1_test glass test runs/ref_wide_s1 $DATA --json runs/ref_wide_s1.json --no-pictures -q ;;&
+  referencewidekept|all)  # the 288×720 default again after freed memory is kept (commit cef9d55), seed 0
+    step ref_wide_kept_train glass train $DATA --out runs/ref_wide_kept --textures $DTD --image-shape 288x720 -q
+    step ref_wide_kept_test glass test runs/ref_wide_kept $DATA --json runs/ref_wide_kept.json --no-pictures -q ;;&
   table4ref|all)  # Table 4's LAS-only row with the current defaults (the GAS-only rows draw no LAS copies)
     step ref_t4_las_only_train glass train $DATA --out runs/ref_t4_las_only --textures $DTD --gas off -q
     step ref_t4_las_only_test glass test runs/ref_t4_las_only $DATA --json runs/ref_t4_las_only.json --no-pictures -q ;;&

@@ -80,7 +80,7 @@ def test_resumed_run_equals_uninterrupted_run(data, uninterrupted, tmp_path, mon
     assert not (run / STATE_NAME).exists()
     # The backbone's images per pass are the interrupted run's, not timed again (rounding may differ by chunk).
     chunk = state["backbone_chunk"]
-    assert f"backbone: {f'{chunk} image(s)' if chunk else 'the whole batch'} per pass (asked for)" in lines
+    assert f"backbone: {f'{chunk} image(s)' if chunk else 'the whole batch'} per pass (as in the interrupted run)" in lines
     assert (resumed.epochs_run, resumed.best_epoch) == (whole.epochs_run, whole.best_epoch)
     assert _without_time(resumed.history) == _without_time(whole.history)
     assert resumed.history[-1]["elapsed_s"] >= state["elapsed_s"]  # wall time counts both sessions

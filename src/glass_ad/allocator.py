@@ -6,8 +6,9 @@ the kernel zeroes them first. Measured on this project's CPU (`python benchmarks
 features of 8 images at 288×720 take about 640 ms with 220,000 page faults per pass, about 390 ms with none
 once the heap serves them. `keep_freed_memory` does that for the whole process: no mappings for single
 allocations (``M_MMAP_MAX = 0``) and freed memory kept unless more than 1 GiB lies free at the heap's top
-(``M_TRIM_THRESHOLD``). The peak memory is the same (the buffers exist either way); the process keeps it
-instead of returning it between batches.
+(``M_TRIM_THRESHOLD``). The process keeps its high-water mark instead of returning memory between
+batches, and large one-off arrays stay in the heap too: on MTD the training's peak RAM rose by 0.6 GB at
+288² and by 2.9 GB at 288×720 (docs/benchmarks.md).
 
 The `glass` command calls it at start; a program that uses the library may call it too. It does nothing
 where the C library is not glibc, where ``GLASS_KEEP_FREED_MEMORY=0`` is set, or where the user set glibc's

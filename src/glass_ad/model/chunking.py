@@ -35,16 +35,21 @@ class ChunkChoice:
 
 
 def choose_batch_chunk(
-    model, device: torch.device | str, batch_size: int = 8, rounds: int = 3, fixed: int | None = None
+    model,
+    device: torch.device | str,
+    batch_size: int = 8,
+    rounds: int = 3,
+    fixed: int | None = None,
+    why: str = "asked for",
 ) -> ChunkChoice:
     """Time `model.features` on a random batch in chunks of each candidate size (alternating, `rounds`
     medians) and set `model.batch_chunk` to the fastest; returns the choice and its reason. The
     measurement is cached per backbone, input shape, device and thread count. `fixed` (0: the whole
-    batch, N: N images) skips the measurement."""
+    batch, N: N images) skips the measurement; `why` says where it came from."""
     device = torch.device(device)
     if fixed is not None:
         size = int(fixed) or None
-        choice = ChunkChoice(size, f"backbone: {f'{size} image(s)' if size else 'the whole batch'} per pass (asked for)")
+        choice = ChunkChoice(size, f"backbone: {f'{size} image(s)' if size else 'the whole batch'} per pass ({why})")
     elif device.type != "cpu" or batch_size <= 1:
         choice = ChunkChoice(None, "backbone: the whole batch per pass" + (" (not a CPU)" if device.type != "cpu" else ""))
     else:

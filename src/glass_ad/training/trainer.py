@@ -124,10 +124,10 @@ def _train(
     synthesis = prepare_synthesis(data.images, config, echo)
     model = build_model(config).to(device)
     # Images per backbone pass: as asked, as the interrupted run had them, or timed (the same on every rank).
-    fixed = config.backbone_chunk
+    fixed, why = config.backbone_chunk, "asked for"
     if run_state is not None and run_state.loaded is not None and "backbone_chunk" in run_state.loaded:
-        fixed = int(run_state.loaded["backbone_chunk"])
-    chunk = group.broadcast(choose_batch_chunk(model, device, config.batch_size, fixed=fixed))
+        fixed, why = int(run_state.loaded["backbone_chunk"]), "as in the interrupted run"
+    chunk = group.broadcast(choose_batch_chunk(model, device, config.batch_size, fixed=fixed, why=why))
     model.batch_chunk = chunk.size
     echo(chunk.reason)
     setup = prepare_features(model, data.images, config, device, rng, spill_dir=out_dir, progress=progress, echo=echo)
