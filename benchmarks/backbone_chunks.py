@@ -2,7 +2,8 @@
 
 For each input shape: the median milliseconds of `GlassModel.features` over 8 random images (backbone with
 its batch norms folded, patch aggregation) in each chunk size, timed alternately over `--rounds` rounds,
-then the choice of `glass_ad.model.chunking.choose_batch_chunk` (its own, shorter measurement).
+how far each chunk size's features are from the whole batch's, then the choice of
+`glass_ad.model.chunking.choose_batch_chunk` (its own, shorter measurement) and how long it took.
 
     python benchmarks/backbone_chunks.py [--backbone efficientnet_lite2] [--shapes 288x288 288x720] [--rounds 7]
 """
@@ -10,6 +11,7 @@ then the choice of `glass_ad.model.chunking.choose_batch_chunk` (its own, shorte
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
@@ -38,8 +40,17 @@ def main() -> None:
         medians = time_chunks(model, images, SIZES, args.rounds)  # alternating rounds after a warm-up
         row = " | ".join(f"chunk {size}: {medians[size]:.0f} ms ({medians[8] / medians[size]:.2f}×)" for size in SIZES)
         print(f"{text}: {row}")
+        with torch.no_grad():  # how far each chunk size's features are from the whole batch's
+            whole = model.features(images)
+            moved = []
+            for size in SIZES[1:]:
+                model.batch_chunk = size
+                moved.append(f"{size}: {float((model.features(images) - whole).abs().max() / whole.abs().max()):.1e}")
+        print(f"  features against the whole batch's (max relative difference), chunks of {', '.join(moved)}")
         model.batch_chunk = None
-        print(f"  start-up choice: {choose_batch_chunk(model, 'cpu', 8).reason}")
+        start = time.perf_counter()
+        reason = choose_batch_chunk(model, "cpu", 8).reason
+        print(f"  start-up choice ({time.perf_counter() - start:.1f} s to time): {reason}")
 
 
 if __name__ == "__main__":

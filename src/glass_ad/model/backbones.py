@@ -119,31 +119,34 @@ class FrozenBackbone(nn.Module):
         by more than `tolerance` (relative), so a module built otherwise keeps its layers. Returns the
         number of folds kept.
         """
-        folds: list[tuple[nn.Module, str, nn.Module, str, nn.Module]] = []
+        pairs: list[tuple[nn.Module, str, str]] = []  # (parent, conv name, norm name)
 
         def visit(module: nn.Module) -> None:
             names = list(module._modules)
             for first, second in zip(names, names[1:]):
                 conv, norm = module._modules[first], module._modules[second]
-                replacement = _after_norm(norm)
                 if (
                     isinstance(conv, nn.Conv2d)
-                    and replacement is not None
+                    and _after_norm(norm) is not None
                     and norm.num_features == conv.out_channels
                     and norm.running_mean is not None
                 ):
-                    module._modules[first] = fuse_conv_bn_eval(conv, norm)
-                    module._modules[second] = replacement
-                    folds.append((module, first, conv, second, norm))
+                    pairs.append((module, first, second))
             for child in module._modules.values():
                 if child is not None:
                     visit(child)
 
+        visit(self.extractor)
+        if not pairs:  # nothing (left) to fold, e.g. `fuse_` after `build_model`: no probe pass either
+            return 0
         probe = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)).to(self.mean.device)
         before = self(probe)
-        visit(self.extractor)
-        if not folds:
-            return 0
+        folds: list[tuple[nn.Module, str, nn.Module, str, nn.Module]] = []
+        for module, first, second in pairs:
+            conv, norm = module._modules[first], module._modules[second]
+            module._modules[first] = fuse_conv_bn_eval(conv, norm)
+            module._modules[second] = _after_norm(norm)
+            folds.append((module, first, conv, second, norm))
         self.extractor.to(memory_format=torch.channels_last)
         after = self(probe)
         if any(float((b - a).abs().max()) > tolerance * float(a.abs().max()) for a, b in zip(before, after)):

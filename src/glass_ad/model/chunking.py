@@ -78,7 +78,9 @@ def time_chunks(model, images: torch.Tensor, sizes, rounds: int = 3) -> dict[int
     return {size: statistics.median(values) for size, values in times.items()}
 
 
-def _measure_uncached(model, device: torch.device, batch_size: int, rounds: int) -> ChunkChoice:
+def _measure(key: tuple, model, device: torch.device, batch_size: int, rounds: int) -> ChunkChoice:
+    if key in _MEASURED:
+        return _MEASURED[key]
     sizes = [size for size in CANDIDATES if size < batch_size] + [batch_size]
     with torch.random.fork_rng(devices=[]):  # the training's random stream must not move
         torch.manual_seed(0)
@@ -93,10 +95,5 @@ def _measure_uncached(model, device: torch.device, batch_size: int, rounds: int)
     else:
         reason = f"backbone: the whole batch per pass (measured ms per {batch_size} images — {measured})"
         size = None
-    return ChunkChoice(size, reason, tuple(medians.items()))
-
-
-def _measure(key: tuple, model, device: torch.device, batch_size: int, rounds: int) -> ChunkChoice:
-    if key not in _MEASURED:
-        _MEASURED[key] = _measure_uncached(model, device, batch_size, rounds)
+    _MEASURED[key] = ChunkChoice(size, reason, tuple(medians.items()))
     return _MEASURED[key]

@@ -114,9 +114,9 @@ class GlassModel(nn.Module):
         # of the discriminator logit and of the nearest-neighbour distance on held-out normal patches.
         self.memory_bank: MemoryBank | None = None
         self.register_buffer("hybrid_norm", torch.tensor([0.0, 1.0, 0.0, 1.0]))
-        # Images per backbone pass (None: the whole batch). A CPU can be faster on small chunks, whose
-        # activations stay in its caches; `chunking.choose_batch_chunk` measures and sets it. Exported
-        # graphs are built from fresh models and never loop.
+        # Images per backbone pass (None: the whole batch). Small chunks can be faster on a CPU (their
+        # buffers are smaller); `chunking.choose_batch_chunk` measures and sets it. Exported graphs are
+        # built from fresh models and never loop.
         self.batch_chunk: int | None = None
 
     def set_memory_bank(self, bank: torch.Tensor | None, norm: Sequence[float] | None = None) -> None:
