@@ -3,8 +3,8 @@
 glibc serves an allocation above its mmap threshold (which adapts, up to 32 MB) with a fresh memory mapping
 and unmaps it when it is freed, so every forward pass touches the pages of its large activations anew and
 the kernel zeroes them first. Measured on this project's CPU (`python benchmarks/allocator.py`): Lite2's
-features of 8 images at 288×720 take about 640 ms with 220,000 page faults per pass, about 390 ms with none
-once the heap serves them. `keep_freed_memory` does that for the whole process: no mappings for single
+features of 8 images at 288×720 took 653 ms with 245,873 page faults per pass, 390 ms with none once the
+heap serves them (189 against 137 ms at 288²). `keep_freed_memory` does that for the whole process: no mappings for single
 allocations (``M_MMAP_MAX = 0``) and freed memory kept unless more than 1 GiB lies free at the heap's top
 (``M_TRIM_THRESHOLD``). The process keeps its high-water mark instead of returning memory between
 batches, and large one-off arrays stay in the heap too: on MTD the training's peak RAM rose by 0.6 GB at
