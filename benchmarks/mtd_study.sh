@@ -154,6 +154,11 @@ case "${1:-all}" in
   table4ref|all)  # Table 4's LAS-only row with the current defaults (the GAS-only rows draw no LAS copies)
     step ref_t4_las_only_train glass train $DATA --out runs/ref_t4_las_only --textures $DTD --gas off -q
     step ref_t4_las_only_test glass test runs/ref_t4_las_only $DATA --json runs/ref_t4_las_only.json --no-pictures -q ;;&
+  allocatorthreshold|all)  # seed 0 of both defaults again with the mmap threshold (256 MB) instead of no mappings
+    step ref_wide_thr_train glass train $DATA --out runs/ref_wide_thr --textures $DTD --image-shape 288x720 -q
+    step ref_wide_thr_test glass test runs/ref_wide_thr $DATA --json runs/ref_wide_thr.json --no-pictures -q
+    step ref_s0_thr_train glass train $DATA --out runs/ref_s0_thr --textures $DTD -q
+    step ref_s0_thr_test glass test runs/ref_s0_thr $DATA --json runs/ref_s0_thr.json --no-pictures -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
