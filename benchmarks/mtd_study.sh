@@ -159,6 +159,11 @@ case "${1:-all}" in
     step ref_wide_thr_test glass test runs/ref_wide_thr $DATA --json runs/ref_wide_thr.json --no-pictures -q
     step ref_s0_thr_train glass train $DATA --out runs/ref_s0_thr --textures $DTD -q
     step ref_s0_thr_test glass test runs/ref_s0_thr $DATA --json runs/ref_s0_thr.json --no-pictures -q ;;&
+  hybridref|all)  # the optional hybrid score with the current defaults (every image a LAS copy), both seeds
+    step hybrid_ref_s0_train glass train $DATA --out runs/hybrid_ref_s0 --textures $DTD --score hybrid -q
+    step hybrid_ref_s0_test glass test runs/hybrid_ref_s0 $DATA --json runs/hybrid_ref_s0.json --no-pictures -q
+    step hybrid_ref_s1_train glass train $DATA --out runs/hybrid_ref_s1 --textures $DTD --score hybrid --seed 1 -q
+    step hybrid_ref_s1_test glass test runs/hybrid_ref_s1 $DATA --json runs/hybrid_ref_s1.json --no-pictures -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0

@@ -36,8 +36,8 @@ _applied: bool | None = None
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc to serve allocations below `MMAP_THRESHOLD` from the heap and keep freed memory (once per process);
-    returns whether the setting is in force."""
+    """Ask glibc to serve allocations below `MMAP_THRESHOLD` from the heap and to keep freed memory (once per
+    process); returns whether the setting is in force."""
     global _applied
     if _applied is not None:
         return _applied
@@ -48,7 +48,8 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _applied = bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        trimmed = bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        _applied = trimmed and bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     except (OSError, AttributeError):  # no usable C library: nothing to tune
         _applied = False
     return _applied

@@ -1,0 +1,120 @@
+"""Where does the discriminator rank pixels worse than nearest-neighbour distance? (no test image is read)
+
+For a trained run, rebuilds its validation split (`rebuild_run_validation`) and scores four synthetic
+families on the held-out normal images, each by the pixel AUROC of the full-resolution maps (bilinear
+upsampling + Gaussian σ = 4, the test's post-processing; held-out normals plus that family) and the image
+AUROC of the patch maximum:
+
+* ``las`` — the run's fixed LAS validation anomalies (the family training draws from);
+* ``stroke`` / ``blob`` — the unseen family's two shapes on their own (`UnseenAnomalySynthesizer`);
+* ``large`` — the same smooth intensity blobs with half-axes of 30–110 px instead of 6–30 px.
+
+Two scorers: the run's discriminator (D) and, with ``--nn``, the distance to the nearest patch of a 1 %
+greedy coreset of the run's own training images' features (the baseline's scorer,
+`benchmarks/patchcore_baseline.py`). Last column: the AUROC of the held-out normals' patch scores on the
+grid's outer ring against the interior's (0.5: the border scores like the rest; above: higher).
+
+    python benchmarks/validation_vs_nn.py runs/ref_s0 ../shared/data/mtd [--nn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from glass_ad.evaluation.metrics import image_auroc, pixel_auroc
+from glass_ad.model.glass_model import ScoreMap
+from glass_ad.synthesis.unseen_anomalies import UnseenAnomalySynthesizer
+from glass_ad.training.validation import rebuild_run_validation, score_features
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from patchcore_baseline import greedy_coreset, nearest_distance
+
+PIXEL_SAMPLE = 0.1  # share of the pixels scored (the same pixels for every family and scorer)
+
+
+class LargeBlobs(UnseenAnomalySynthesizer):
+    """The unseen family's smooth intensity blobs, with half-axes of 30–110 px at 288 px (not 6–30)."""
+
+    def blob(self, rng: np.random.Generator, foreground: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        scale = self._scale
+        cx, cy = self._start(rng, foreground)
+        a, b = rng.uniform(30, 110, size=2) * scale
+        theta = rng.uniform(0, math.pi)
+        yy, xx = np.mgrid[0 : self.shape[0], 0 : self.shape[1]].astype(np.float32)
+        dx, dy = xx - cx, yy - cy
+        u = (dx * math.cos(theta) + dy * math.sin(theta)) / a
+        v = (-dx * math.sin(theta) + dy * math.cos(theta)) / b
+        weight = np.exp(-0.5 * (u * u + v * v) * 4.0).astype(np.float32)
+        return weight, weight > 0.5
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    parser.add_argument("data")
+    parser.add_argument("--nn", action="store_true", help="also score by nearest-neighbour distance")
+    args = parser.parse_args()
+
+    validation = rebuild_run_validation(args.run, args.data, keep_masks=True)
+    model, val, config = validation.model, validation.val, validation.images.config
+    grid = model.grid_shape
+    holdout = validation.images.holdout.float() / 255.0
+    rng = np.random.default_rng(123)
+    families = {"las": (val.anomalous, val.masks)}
+    for name, synthesizer, strokes in (
+        ("stroke", UnseenAnomalySynthesizer.from_config(config), 1.0),
+        ("blob", UnseenAnomalySynthesizer.from_config(config), 0.0),
+        ("large", LargeBlobs.from_config(config), 0.0),
+    ):
+        synthesizer.stroke_share = strokes
+        features, masks = [], []
+        for start in range(0, len(holdout), 16):
+            batch = synthesizer(holdout[start : start + 16], None, rng)
+            features.append(model.features(batch.images))
+            masks.append(batch.masks[:, 0] > 0.5)
+        families[name] = (torch.cat(features), torch.cat(masks))
+
+    scorers = {"D": lambda f: score_features(model, f).reshape(len(f), *grid)}
+    if args.nn:
+        train = validation.images.images
+        patches = torch.cat(
+            [model.features(train[s : s + 16].float() / 255.0).flatten(0, 1) for s in range(0, len(train), 16)]
+        )
+        bank = patches[greedy_coreset(patches, 0.01)]
+        del patches
+        scorers["NN"] = lambda f: nearest_distance(f.flatten(0, 1), bank).reshape(len(f), *grid)
+
+    to_map = ScoreMap(grid, config.input_shape, 4.0)
+    print(f"{args.run}: {len(val.normal)} held-out normal images; pixel AUROC (image AUROC) per family")
+    pixels = None
+    ring = torch.zeros(grid, dtype=torch.bool)
+    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    for scorer_name, scorer in scorers.items():
+        normal_grids = scorer(val.normal)
+        normal_maps = to_map(normal_grids)
+        normal_max = normal_maps.flatten(1).amax(1).numpy()
+        cells = []
+        for name, (features, masks) in families.items():
+            maps = to_map(scorer(features))
+            scores = torch.cat([normal_maps, maps]).numpy().ravel()
+            labels = torch.cat([torch.zeros_like(masks), masks]).numpy().ravel()
+            if pixels is None or pixels.size != scores.size:
+                pixels = np.random.default_rng(0).random(scores.size) < PIXEL_SAMPLE
+            image = image_auroc(
+                np.r_[normal_max, maps.flatten(1).amax(1).numpy()],
+                np.r_[np.zeros(len(normal_maps)), np.ones(len(maps))].astype(bool),
+            )
+            cells.append(f"{name} {pixel_auroc(scores[pixels], labels[pixels]):.3f} ({image:.3f})")
+        border = pixel_auroc(normal_grids.flatten().double().numpy(), ring.expand_as(normal_grids).flatten().numpy())
+        print(f"{scorer_name:>2}: " + " | ".join(cells) + f" | outer ring vs interior {border:.2f}")
+
+
+if __name__ == "__main__":
+    main()
