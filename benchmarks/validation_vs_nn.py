@@ -13,6 +13,7 @@ Two scorers: the run's discriminator (D) and, with ``--nn``, the distance to the
 greedy coreset of the run's own training images' features (the baseline's scorer,
 `benchmarks/patchcore_baseline.py`). Last column: the AUROC of the held-out normals' patch scores on the
 grid's outer ring against the interior's (0.5: the border scores like the rest; above: higher).
+`benchmarks/nn_on_validation.py` gives the patch-level figures of the stored families instead.
 
     python benchmarks/validation_vs_nn.py runs/ref_s0 ../shared/data/mtd [--nn]
 """
