@@ -21,7 +21,6 @@ grid's outer ring against the interior's (0.5: the border scores like the rest; 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -42,17 +41,7 @@ PIXEL_SAMPLE = 0.1  # share of the pixels scored (the same pixels for every fami
 class LargeBlobs(UnseenAnomalySynthesizer):
     """The unseen family's smooth intensity blobs, with half-axes of 30–110 px at 288 px (not 6–30)."""
 
-    def blob(self, rng: np.random.Generator, foreground: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        scale = self._scale
-        cx, cy = self._start(rng, foreground)
-        a, b = rng.uniform(30, 110, size=2) * scale
-        theta = rng.uniform(0, math.pi)
-        yy, xx = np.mgrid[0 : self.shape[0], 0 : self.shape[1]].astype(np.float32)
-        dx, dy = xx - cx, yy - cy
-        u = (dx * math.cos(theta) + dy * math.sin(theta)) / a
-        v = (-dx * math.sin(theta) + dy * math.cos(theta)) / b
-        weight = np.exp(-0.5 * (u * u + v * v) * 4.0).astype(np.float32)
-        return weight, weight > 0.5
+    blob_half_axes = (30.0, 110.0)
 
 
 @torch.no_grad()

@@ -39,6 +39,8 @@ class UnseenAnomalySynthesizer:
     ``shape`` = (H, W) of a rectangular input; None: ``image_size × image_size``.
     """
 
+    blob_half_axes = (6.0, 30.0)  # range of a blob's half-axes in px at 288 (scaled with the short side)
+
     def __init__(
         self,
         image_size: int,
@@ -97,7 +99,7 @@ class UnseenAnomalySynthesizer:
         """(weight map in [0, 1], binary mask = weight > 0.5) of one smooth elliptical shading."""
         scale = self._scale
         cx, cy = self._start(rng, foreground)
-        a, b = rng.uniform(6, 30, size=2) * scale
+        a, b = rng.uniform(*self.blob_half_axes, size=2) * scale
         theta = rng.uniform(0, math.pi)
         yy, xx = np.mgrid[0 : self.shape[0], 0 : self.shape[1]].astype(np.float32)
         dx, dy = xx - cx, yy - cy
