@@ -164,6 +164,12 @@ case "${1:-all}" in
     step hybrid_ref_s0_test glass test runs/hybrid_ref_s0 $DATA --json runs/hybrid_ref_s0.json --no-pictures -q
     step hybrid_ref_s1_train glass train $DATA --out runs/hybrid_ref_s1 --textures $DTD --score hybrid --seed 1 -q
     step hybrid_ref_s1_test glass test runs/hybrid_ref_s1 $DATA --json runs/hybrid_ref_s1.json --no-pictures -q ;;&
+  patchshare|all)  # half of the batch's patch vectors per branch instead of a quarter (the share was chosen while GAS was dead), two seeds
+    step share50_s0_train glass train $DATA --out runs/share50_s0 --textures $DTD --patch-fraction 0.5 --max-patches-per-image 648 -q
+    step share50_s1_train glass train $DATA --out runs/share50_s1 --textures $DTD --patch-fraction 0.5 --max-patches-per-image 648 --seed 1 -q
+    step share50_curves python benchmarks/validation_curves.py runs/ref_s0 runs/share50_s0 runs/ref_s1 runs/share50_s1 --window 3-14
+    step share50_s0_test glass test runs/share50_s0 $DATA --json runs/share50_s0.json --no-pictures -q
+    step share50_s1_test glass test runs/share50_s1 $DATA --json runs/share50_s1.json --no-pictures -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0

@@ -262,7 +262,8 @@ FAST_RECIPE: dict[str, Any] = dict(
     ascent_steps=4,
     ascent_step_size=0.005,  # same total ascent distance as 20 x 0.001
     project_every=2,
-    # Each branch trains on a random quarter of the batch's patch vectors (all of them go through GAS).
+    # Each branch trains on a random quarter of the batch's patch vectors (all of them go through GAS);
+    # with GAS alive, half of them validated worse within the same time limit (docs/benchmarks.md).
     patch_fraction=0.25,
     max_patches_per_image=324,  # a quarter of 36×36: larger inputs train on as many vectors per step
     # Every image gets a LAS copy, as in the reference (las_fraction 1): half of them validated no better
