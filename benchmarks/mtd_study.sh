@@ -170,6 +170,11 @@ case "${1:-all}" in
     step share50_curves python benchmarks/validation_curves.py runs/ref_s0 runs/share50_s0 runs/ref_s1 runs/share50_s1 --window 3-14
     step share50_s0_test glass test runs/share50_s0 $DATA --json runs/share50_s0.json --no-pictures -q
     step share50_s1_test glass test runs/share50_s1 $DATA --json runs/share50_s1.json --no-pictures -q ;;&
+  embedwidth|all)  # the reference's patch vector width (1536 for every backbone) against Lite2's 432 (deviation 2), seed 0
+    step embed1536_s0_train glass train $DATA --out runs/embed1536_s0 --textures $DTD --embed-dim 1536 -q
+    step embed1536_curves python benchmarks/validation_curves.py runs/ref_s0 runs/embed1536_s0 --window 3-6
+    step embed1536_s0_test glass test runs/embed1536_s0 $DATA --json runs/embed1536_s0.json --no-pictures -q
+    step patchcore1536_s0 python benchmarks/patchcore_baseline.py $DATA --embed-dim 1536 --coreset 0.01 --seed 0 --json runs/patchcore1536_s0.json ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
