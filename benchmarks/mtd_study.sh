@@ -175,6 +175,12 @@ case "${1:-all}" in
     step embed1536_curves python benchmarks/validation_curves.py runs/ref_s0 runs/embed1536_s0 --window 3-6
     step embed1536_s0_test glass test runs/embed1536_s0 $DATA --json runs/embed1536_s0.json --no-pictures -q
     step patchcore1536_s0 python benchmarks/patchcore_baseline.py $DATA --embed-dim 1536 --coreset 0.01 --seed 0 --json runs/patchcore1536_s0.json ;;&
+  cosine|all)  # the learning rates decayed to 0 over the 20 epochs (a cosine) instead of constant, with GAS alive, two seeds
+    step cosine_s0_train glass train $DATA --out runs/cosine_s0 --textures $DTD --lr-schedule cosine -q
+    step cosine_s1_train glass train $DATA --out runs/cosine_s1 --textures $DTD --lr-schedule cosine --seed 1 -q
+    step cosine_curves python benchmarks/validation_curves.py runs/ref_s0 runs/cosine_s0 runs/ref_s1 runs/cosine_s1 --window 3-14
+    step cosine_s0_test glass test runs/cosine_s0 $DATA --json runs/cosine_s0.json --no-pictures -q
+    step cosine_s1_test glass test runs/cosine_s1 $DATA --json runs/cosine_s1.json --no-pictures -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
