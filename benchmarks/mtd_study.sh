@@ -181,6 +181,12 @@ case "${1:-all}" in
     step cosine_curves python benchmarks/validation_curves.py runs/ref_s0 runs/cosine_s0 runs/ref_s1 runs/cosine_s1 --window 3-14
     step cosine_s0_test glass test runs/cosine_s0 $DATA --json runs/cosine_s0.json --no-pictures -q
     step cosine_s1_test glass test runs/cosine_s1 $DATA --json runs/cosine_s1.json --no-pictures -q ;;&
+  texturecolour|all)  # the reference's coloured DTD textures on MTD's grey tiles against the default grey ones (deviation 13), two seeds
+    step colour_s0_train glass train $DATA --out runs/colour_s0 --textures $DTD --texture-colour colour -q
+    step colour_s1_train glass train $DATA --out runs/colour_s1 --textures $DTD --texture-colour colour --seed 1 -q
+    step colour_curves python benchmarks/validation_curves.py runs/ref_s0 runs/colour_s0 runs/ref_s1 runs/colour_s1 --window 3-14
+    step colour_s0_test glass test runs/colour_s0 $DATA --json runs/colour_s0.json --no-pictures -q
+    step colour_s1_test glass test runs/colour_s1 $DATA --json runs/colour_s1.json --no-pictures -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
