@@ -187,6 +187,10 @@ case "${1:-all}" in
     step colour_curves python benchmarks/validation_curves.py runs/ref_s0 runs/colour_s0 runs/ref_s1 runs/colour_s1 --window 3-14
     step colour_s0_test glass test runs/colour_s0 $DATA --json runs/colour_s0.json --no-pictures -q
     step colour_s1_test glass test runs/colour_s1 $DATA --json runs/colour_s1.json --no-pictures -q ;;&
+  thirdseed|all)  # the default and the baseline with a third seed: how far the headline figures move between seeds
+    step ref_s2_train glass train $DATA --out runs/ref_s2 --textures $DTD --seed 2 -q
+    step ref_s2_test glass test runs/ref_s2 $DATA --json runs/ref_s2.json --no-pictures -q
+    step patchcore_s2 python benchmarks/patchcore_baseline.py $DATA --coreset 0.01 --seed 2 --json runs/patchcore_s2.json ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
