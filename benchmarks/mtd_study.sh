@@ -191,6 +191,11 @@ case "${1:-all}" in
     step ref_s2_train glass train $DATA --out runs/ref_s2 --textures $DTD --seed 2 -q
     step ref_s2_test glass test runs/ref_s2 $DATA --json runs/ref_s2.json --no-pictures -q
     step patchcore_s2 python benchmarks/patchcore_baseline.py $DATA --coreset 0.01 --seed 2 --json runs/patchcore_s2.json ;;&
+  float32|all)  # the default in float32 throughout, as on a CPU whose bf16 is no faster: epochs within the limit, figures, two seeds
+    step fp32_s0_train glass train $DATA --out runs/fp32_s0 --textures $DTD --precision fp32 -q
+    step fp32_s0_test glass test runs/fp32_s0 $DATA --json runs/fp32_s0.json --no-pictures -q
+    step fp32_s1_train glass train $DATA --out runs/fp32_s1 --textures $DTD --precision fp32 --seed 1 -q
+    step fp32_s1_test glass test runs/fp32_s1 $DATA --json runs/fp32_s1.json --no-pictures -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
