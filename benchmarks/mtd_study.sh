@@ -196,6 +196,16 @@ case "${1:-all}" in
     step fp32_s0_test glass test runs/fp32_s0 $DATA --json runs/fp32_s0.json --no-pictures -q
     step fp32_s1_train glass train $DATA --out runs/fp32_s1 --textures $DTD --precision fp32 --seed 1 -q
     step fp32_s1_test glass test runs/fp32_s1 $DATA --json runs/fp32_s1.json --no-pictures -q ;;&
+  faintlas|all)  # LAS overlays fainter on average (β ~ N(0.65, 0.15²) in [0.2, 0.95] instead of N(0.5, 0.1²) in [0.2, 0.8]), two seeds
+    step faint_s0_train glass train $DATA --out runs/faint_s0 --textures $DTD --config benchmarks/configs/faint_las.yaml -q
+    step faint_s0_test glass test runs/faint_s0 $DATA --json runs/faint_s0.json --no-pictures -q
+    step faint_s1_train glass train $DATA --out runs/faint_s1 --textures $DTD --config benchmarks/configs/faint_las.yaml --seed 1 -q
+    step faint_s1_test glass test runs/faint_s1 $DATA --json runs/faint_s1.json --no-pictures -q ;;&
+  lasnoprojection|all)  # both branches with GAS not projected (--gas ascent): the one GAS-only row above the baseline's pixel AUROC, now beside LAS, two seeds
+    step noproj_s0_train glass train $DATA --out runs/noproj_s0 --textures $DTD --gas ascent -q
+    step noproj_s0_test glass test runs/noproj_s0 $DATA --json runs/noproj_s0.json --no-pictures -q
+    step noproj_s1_train glass train $DATA --out runs/noproj_s1 --textures $DTD --gas ascent --seed 1 -q
+    step noproj_s1_test glass test runs/noproj_s1 $DATA --json runs/noproj_s1.json --no-pictures -q ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
