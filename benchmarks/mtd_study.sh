@@ -200,12 +200,16 @@ case "${1:-all}" in
     step faint_s0_train glass train $DATA --out runs/faint_s0 --textures $DTD --config benchmarks/configs/faint_las.yaml -q
     step faint_s0_test glass test runs/faint_s0 $DATA --json runs/faint_s0.json --no-pictures -q
     step faint_s1_train glass train $DATA --out runs/faint_s1 --textures $DTD --config benchmarks/configs/faint_las.yaml --seed 1 -q
-    step faint_s1_test glass test runs/faint_s1 $DATA --json runs/faint_s1.json --no-pictures -q ;;&
-  lasnoprojection|all)  # both branches with GAS not projected (--gas ascent): the one GAS-only row above the baseline's pixel AUROC, now beside LAS, two seeds
+    step faint_s1_test glass test runs/faint_s1 $DATA --json runs/faint_s1.json --no-pictures -q
+    step faint_curves python benchmarks/validation_curves.py runs/ref_s0 runs/faint_s0 runs/ref_s1 runs/faint_s1 --window 3-20 ;;&
+  lasnoprojection|all)  # both branches with GAS not projected (--gas ascent): the one GAS-only row at the baseline's pixel AUROC, now beside LAS, two seeds
     step noproj_s0_train glass train $DATA --out runs/noproj_s0 --textures $DTD --gas ascent -q
     step noproj_s0_test glass test runs/noproj_s0 $DATA --json runs/noproj_s0.json --no-pictures -q
     step noproj_s1_train glass train $DATA --out runs/noproj_s1 --textures $DTD --gas ascent --seed 1 -q
-    step noproj_s1_test glass test runs/noproj_s1 $DATA --json runs/noproj_s1.json --no-pictures -q ;;&
+    step noproj_s1_test glass test runs/noproj_s1 $DATA --json runs/noproj_s1.json --no-pictures -q
+    step noproj_curves python benchmarks/validation_curves.py runs/ref_s0 runs/noproj_s0 runs/ref_s1 runs/noproj_s1 --window 3-15 ;;&
+  interiors|all)  # an analysis on the test set (no choice made on it): D against the distance on the borders and interiors of the defect regions
+    step region_interiors python benchmarks/region_interiors.py runs/ref_s0 runs/ref_s1 runs/t4_gas_ascent runs/t4_gas_full15 runs/ref_t4_las_only runs/faint_s0 runs/noproj_s0 $DATA --types uneven,fray,break ;;&
   weak|all)
     rm -rf runs/weak_mtd
     step weak_build glass make-weak-defects $DATA runs/weak_mtd --beta 0.1,0.3,0.5,0.7 --seed 0
