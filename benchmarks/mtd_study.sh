@@ -208,6 +208,12 @@ case "${1:-all}" in
     step noproj_s1_train glass train $DATA --out runs/noproj_s1 --textures $DTD --gas ascent --seed 1 -q
     step noproj_s1_test glass test runs/noproj_s1 $DATA --json runs/noproj_s1.json --no-pictures -q
     step noproj_curves python benchmarks/validation_curves.py runs/ref_s0 runs/noproj_s0 runs/ref_s1 runs/noproj_s1 --window 3-15 ;;&
+  r1ref|all)  # GAS from r1 = 1 spacing (r2 = 2) again, with the current defaults (r1 = 1.5 was chosen with LAS copies of half the images), two seeds
+    step r1ref_s0_train glass train $DATA --out runs/r1ref_s0 --textures $DTD --r1 1 -q
+    step r1ref_s0_test glass test runs/r1ref_s0 $DATA --json runs/r1ref_s0.json --no-pictures -q
+    step r1ref_s1_train glass train $DATA --out runs/r1ref_s1 --textures $DTD --r1 1 --seed 1 -q
+    step r1ref_s1_test glass test runs/r1ref_s1 $DATA --json runs/r1ref_s1.json --no-pictures -q
+    step r1ref_curves python benchmarks/validation_curves.py runs/ref_s0 runs/r1ref_s0 runs/ref_s1 runs/r1ref_s1 ;;&
   interiors|all)  # an analysis on the test set (no choice made on it): D against the distance on the borders and interiors of the defect regions
     step region_interiors python benchmarks/region_interiors.py runs/ref_s0 runs/ref_s1 runs/t4_gas_ascent runs/t4_gas_full15 runs/ref_t4_las_only runs/faint_s0 runs/noproj_s0 $DATA --types uneven,fray,break ;;&
   weak|all)
