@@ -214,6 +214,15 @@ case "${1:-all}" in
     step r1ref_s1_train glass train $DATA --out runs/r1ref_s1 --textures $DTD --r1 1 --seed 1 -q
     step r1ref_s1_test glass test runs/r1ref_s1 $DATA --json runs/r1ref_s1.json --no-pictures -q
     step r1ref_curves python benchmarks/validation_curves.py runs/ref_s0 runs/r1ref_s0 runs/ref_s1 runs/r1ref_s1 ;;&
+  deeper|all)  # a stride-32 stage beside the stride-8 and stride-16 ones (--layers blocks.2,blocks.4,blocks.5): the baseline first, then GLASS
+    step patchcore_l245 python benchmarks/patchcore_baseline.py $DATA --coreset 0.01 --layers blocks.2,blocks.4,blocks.5 --json runs/patchcore_l245.json
+    step l245_s0_train glass train $DATA --out runs/l245_s0 --textures $DTD --layers blocks.2,blocks.4,blocks.5 -q
+    step l245_s0_test glass test runs/l245_s0 $DATA --json runs/l245_s0.json --no-pictures -q
+    step l245_s1_train glass train $DATA --out runs/l245_s1 --textures $DTD --layers blocks.2,blocks.4,blocks.5 --seed 1 -q
+    step l245_s1_test glass test runs/l245_s1 $DATA --json runs/l245_s1.json --no-pictures -q
+    step patchcore_l245_s1 python benchmarks/patchcore_baseline.py $DATA --coreset 0.01 --layers blocks.2,blocks.4,blocks.5 --seed 1 --json runs/patchcore_l245_s1.json
+    step l245_curves python benchmarks/validation_curves.py runs/ref_s0 runs/l245_s0 runs/ref_s1 runs/l245_s1
+    step region_interiors_l245 python benchmarks/region_interiors.py runs/l245_s0 $DATA --types uneven,fray,break ;;&
   interiors|all)  # an analysis on the test set (no choice made on it): D against the distance on the borders and interiors of the defect regions
     step region_interiors python benchmarks/region_interiors.py runs/ref_s0 runs/ref_s1 runs/t4_gas_ascent runs/t4_gas_full15 runs/ref_t4_las_only runs/faint_s0 runs/noproj_s0 $DATA --types uneven,fray,break ;;&
   weak|all)

@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=288)
     parser.add_argument("--image-shape", help="rectangular input HEIGHTxWIDTH (as glass train --image-shape)")
     parser.add_argument("--embed-dim", type=int, help="patch vector width (as glass train --embed-dim)")
+    parser.add_argument("--layers", help="comma-separated backbone layers (as glass train --layers)")
     parser.add_argument("--coreset", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0, help="GLASS's seed: decides the held-out images left out")
     parser.add_argument("--json")
@@ -63,7 +64,13 @@ def main() -> None:
     shape = tuple(int(side) for side in args.image_shape.lower().split("x")) if args.image_shape else None
     size = min(shape) if shape else args.image_size
     config = make_config(
-        "fast", backbone=args.backbone, image_size=size, image_shape=shape, embed_dim=args.embed_dim, seed=args.seed
+        "fast",
+        backbone=args.backbone,
+        image_size=size,
+        image_shape=shape,
+        embed_dim=args.embed_dim,
+        layers=tuple(args.layers.split(",")) if args.layers else None,
+        seed=args.seed,
     )
     dataset = load_dataset(args.data)
     train_samples, _ = split_holdout(dataset.train, config)
