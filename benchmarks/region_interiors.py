@@ -5,7 +5,8 @@ run and defect type, every test image of that type and every "good" one are scor
 same patch features, each turned into the test's full-resolution maps (bilinear upsampling + Gaussian
 σ = 4):
 
-* ``D`` — the run's discriminator (what `glass test` scores);
+* ``D`` — the run's discriminator logit (`glass test` smooths its probability instead: the same order of
+  patches, slightly different smoothed maps);
 * ``NN`` — the distance to the nearest vector of a 1 % greedy coreset of the patch features of exactly
   the images the run trained on (the baseline's scorer, `benchmarks/patchcore_baseline.py`).
 
