@@ -45,6 +45,11 @@ def ranked_against(positives: np.ndarray, negatives: np.ndarray) -> float:
     return pixel_auroc(scores, np.r_[np.ones(len(positives)), np.zeros(len(negatives))].astype(bool))
 
 
+# Runs that share their training images and feature settings share the nearest-neighbour scorer: its
+# coreset and its test-set distances are computed once per such group (key: see `analyse`).
+_DISTANCES: dict[tuple, list[torch.Tensor]] = {}
+
+
 @torch.inference_mode()
 def analyse(run: str, data: str, types: list[str], border: int) -> None:
     checkpoint = Checkpoint.load(run)
@@ -53,22 +58,37 @@ def analyse(run: str, data: str, types: list[str], border: int) -> None:
     config = checkpoint.config
     dataset = load_dataset(data)
     train_samples, _ = split_holdout(dataset.train, config)
-    images, _ = decode_images(train_samples, preprocessor, progress=sys.stderr.isatty())
-    patches = torch.cat(
-        [model.features(images[s : s + 16].float() / 255.0).flatten(0, 1) for s in range(0, len(images), 16)]
+    features_key = (
+        tuple(str(sample.path) for sample in train_samples),
+        config.backbone,
+        tuple(model.backbone.layers),
+        tuple(config.input_shape),
+        config.fit,
+        config.resize,
+        int(model.embed_dim),
+        float(model.feature_scale),
     )
-    bank = patches[greedy_coreset(patches, 0.01)]
-    del patches, images
+    bank = None
+    if features_key not in _DISTANCES:
+        images, _ = decode_images(train_samples, preprocessor, progress=sys.stderr.isatty())
+        patches = torch.cat(
+            [model.features(images[s : s + 16].float() / 255.0).flatten(0, 1) for s in range(0, len(images), 16)]
+        )
+        bank = patches[greedy_coreset(patches, 0.01)]
+        del patches, images
+    cached = _DISTANCES.setdefault(features_key, [])
 
     samples = [s for s in dataset.test if s.defect_type in [*types, "good"]]
     loader = torch.utils.data.DataLoader(ImageDataset(samples, preprocessor), batch_size=8)
     maps = {"D": [], "NN": []}
     logits, distances, cover, masks, kinds = [], [], [], [], []
-    for batch in loader:
+    for index, batch in enumerate(loader):
         features = model.features(batch["image"])
         rows = features.flatten(0, 1)
         logit = model.discriminator.logits(model.adaptor(rows)).float().view(len(features), *model.grid_shape)
-        distance = nearest_distance(rows, bank).view(len(features), *model.grid_shape)
+        if bank is not None:
+            cached.append(nearest_distance(rows, bank).view(len(features), *model.grid_shape))
+        distance = cached[index]
         maps["D"].append(model.score_map(logit).numpy())
         maps["NN"].append(model.score_map(distance).numpy())
         logits.append(logit.flatten(1).numpy())
