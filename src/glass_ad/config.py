@@ -25,6 +25,10 @@ Foreground = Literal["auto", "on", "off"]
 # validation, gas.py, the CLI and the ablation grid all read it.
 GasMode = Literal["off", "noise", "ascent", "full"]
 GAS_MODES: tuple[str, ...] = get_args(GasMode)
+# Hypersphere GAS shell: "relative" raises the paper's [r'1, 2r'1] per vector to at least r1..r2 beyond the
+# vector's own distance to the centre (docs/method.md, deviation 18); "paper" keeps [r'1, 2r'1] only.
+HypersphereShell = Literal["relative", "paper"]
+HYPERSPHERE_SHELLS: tuple[str, ...] = get_args(HypersphereShell)
 Fit = Literal["auto", "crop", "stretch"]
 FITS: tuple[str, ...] = get_args(Fit)
 
@@ -87,6 +91,11 @@ class GlassConfig:
     r1: float = 1.0
     r2: float = 2.0  # = paired_r2(r1)
     radius_quantile: float = 0.75  # hypersphere r'1: this quantile of normal distances to the centre
+    hypersphere_shell: HypersphereShell = "relative"  # see HYPERSPHERE_SHELLS
+    # GLASS-j's branch check (training/branch_check.py): with hypothesis "auto", the spectrogram's pick is
+    # first trained for this many normal + GAS steps on a copy; if its GAS stays near chance and the other
+    # branch's separates clearly, the other is used. 0: the spectrogram rule alone (the reference).
+    branch_check_steps: int = 0
     gas_patch_fraction: float = 1.0  # fraction of the (sampled) normal patch vectors that go through GAS
     # Scale rule: features are multiplied by one scalar measured on the training features so that the
     # normal spacing — the median distance from a normal patch to its nearest neighbour in other normal
@@ -205,6 +214,8 @@ class GlassConfig:
             problems.append(f"fit must be one of {', '.join(FITS)} (got {self.fit!r})")
         if not 0 < self.r1 <= self.r2:
             problems.append(f"need 0 < r1 <= r2 (got r1={self.r1}, r2={self.r2})")
+        if self.hypersphere_shell not in HYPERSPHERE_SHELLS:
+            problems.append(f"hypersphere_shell must be one of {', '.join(HYPERSPHERE_SHELLS)} (got {self.hypersphere_shell!r})")
         if not 0 < self.radius_quantile < 1:
             problems.append("radius_quantile must lie in (0, 1)")
         if self.las_ignore_margin < 0:

@@ -135,6 +135,7 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
         "backbone": checkpoint.backbone.to_dict(),
         "hypothesis": checkpoint.hypothesis,
         "spectrum": checkpoint.spectrum,
+        "hypothesis_check": checkpoint.training.extra.get("branch_check") or "not run (hypothesis forced, or trained before the check)",
         "calibration": {k: v for k, v in calibration.to_dict().items() if k != "holdout_image_scores"},
         "thresholds_in_use": {
             "image": calibration.image_threshold,

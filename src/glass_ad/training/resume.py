@@ -232,6 +232,7 @@ class TrainState:
         elapsed_s: float,
         average: Any = None,
         backbone_chunk: int = 0,
+        branch_check: dict[str, Any] | None = None,
     ) -> Path:
         """Write the state after ``epoch`` completed epochs (atomically; signals wait for the write)."""
         state = {
@@ -261,6 +262,7 @@ class TrainState:
             "elapsed_s": float(elapsed_s),
             "average": average.state_dict() if average is not None else None,
             "backbone_chunk": int(backbone_chunk),  # images per backbone pass (0: whole batch), kept on resume
+            "branch_check": branch_check,  # GLASS-j's branch check: its decision is kept on resume
         }
         with _hold_signals():
             _save_atomic(state, self.path)
