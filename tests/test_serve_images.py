@@ -128,7 +128,11 @@ def _png_header(width: int, height: int) -> bytes:
 def _tiff_header(width: int, height: int, order: str = "<") -> bytes:
     magic = b"II*\x00" if order == "<" else b"MM\x00*"
     entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 32), (277, 3, 1, 3), (339, 3, 1, 3)]
-    ifd = struct.pack(order + "H", len(entries)) + b"".join(struct.pack(order + "HHII", *e) for e in entries)
+    def entry(tag: int, kind: int, count: int, value: int) -> bytes:  # a SHORT sits in the first 2 value bytes
+        packed = struct.pack(order + "HH", value, 0) if kind == 3 else struct.pack(order + "I", value)
+        return struct.pack(order + "HHI", tag, kind, count) + packed
+
+    ifd = struct.pack(order + "H", len(entries)) + b"".join(entry(*e) for e in entries)
     return magic + struct.pack(order + "I", 8) + ifd + struct.pack(order + "I", 0) + b"\0" * 64
 
 
