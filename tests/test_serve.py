@@ -375,7 +375,7 @@ def test_huge_images_get_413_from_their_header_whatever_the_format(api, server, 
         assert time.monotonic() - start < 5, name
     assert _vm_peak_kb(server.process.pid) - peak < 200_000  # nothing was decoded
     assert not any((server.data_dir / "incoming").iterdir())
-    assert 'glass_rejected_images_total{model="%s",reason="too_large"}' % run.name in api.get("/metrics").text
+    assert f'glass_rejected_images_total{{model="{run.name}",reason="too_large"}}' in api.get("/metrics").text
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -458,8 +458,6 @@ def test_metrics_count_requests_decisions_and_batches(api, server, run, images):
 
 
 def _requests_counted(text: str, route: str, status: str) -> float:
-    import re
-
     total = 0.0
     for line in text.splitlines():
         if line.startswith("glass_http_requests_total{") and f'route="{route}"' in line and f'status="{status}"' in line:
@@ -1068,7 +1066,7 @@ def test_openvino_engine_is_served(run, images, tmp_path):
         model = http.get("/v1/models").json()["models"][0]
         assert model["engine"] == "openvino"
         for path in images.values():
-            result = http.post(f"/v1/models/ir/inspect", content=path.read_bytes(), headers={"Content-Type": "image/png"}).json()
+            result = http.post("/v1/models/ir/inspect", content=path.read_bytes(), headers={"Content-Type": "image/png"}).json()
             expected = detector(str(path))
             assert result["engine"] == "openvino"
             assert result["score"] == pytest.approx(expected.score, abs=1e-3)

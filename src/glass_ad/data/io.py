@@ -237,8 +237,8 @@ def header_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
             words = _tokens(head[2:], 2)
             return (int(words[0]), int(words[1])) if words and all(w.isdigit() for w in words) else None
         if head[:2] == b"P7":
-            width = re.search(rb"^\s*WIDTH\s+(\d+)", head, re.M)
-            height = re.search(rb"^\s*HEIGHT\s+(\d+)", head, re.M)
+            width = re.search(rb"^\s*WIDTH\s+(\d+)", head, re.MULTILINE)
+            height = re.search(rb"^\s*HEIGHT\s+(\d+)", head, re.MULTILINE)
             return (int(width.group(1)), int(height.group(1))) if width and height else None
         if head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
             words = _tokens(head[2:], 2)

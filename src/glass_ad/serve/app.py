@@ -486,10 +486,7 @@ class _MetricsMiddleware:
 def _route_template(scope) -> str:
     app = scope.get("app")
     for route in getattr(getattr(app, "router", None), "routes", ()):
-        try:
-            match, _ = route.matches(scope)
-        except Exception:  # noqa: BLE001 - a route that cannot judge this scope does not match it
-            continue
+        match, _ = route.matches(scope)
         if match is not Match.NONE:
             return getattr(route, "path", None) or "unmatched"
     return "unmatched"
