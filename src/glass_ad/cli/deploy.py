@@ -155,7 +155,7 @@ def serve(
     runs: list[str] = typer.Argument(..., help="Run directories (or model.pt files) to serve; NAME=RUN_DIR names a model (default: the folder name)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; the default accepts local connections only."),
     port: int = typer.Option(8000, min=0, max=65535),
-    engine: EngineChoice = typer.Option(EngineChoice.torch, help="torch, or onnx (RUN_DIR/model.onnx from `glass export`)."),
+    engine: EngineChoice = typer.Option(EngineChoice.torch, help="torch, onnx (RUN_DIR/model.onnx from `glass export`) or openvino (RUN_DIR/model.xml from `glass export --format openvino`)."),
     db: Optional[str] = typer.Option(None, "--db", help="Inspection log: postgresql://user:pw@host/db, any SQLAlchemy URL, or a SQLite file (default DATA_DIR/inspections.db)."),
     data_dir: Path = typer.Option(Path("serve-data"), "--data-dir", help="The service's folder: SQLite log, stored overlays, upload scratch files."),
     token: Optional[str] = typer.Option(None, "--token", envvar="GLASS_SERVE_TOKEN", help="API token required on every route except /healthz and /readyz (env GLASS_SERVE_TOKEN)."),
