@@ -216,6 +216,8 @@ class GlassConfig:
             problems.append(f"need 0 < r1 <= r2 (got r1={self.r1}, r2={self.r2})")
         if self.hypersphere_shell not in HYPERSPHERE_SHELLS:
             problems.append(f"hypersphere_shell must be one of {', '.join(HYPERSPHERE_SHELLS)} (got {self.hypersphere_shell!r})")
+        if self.branch_check_steps < 0:
+            problems.append(f"branch_check_steps must be >= 0 (got {self.branch_check_steps})")
         if not 0 < self.radius_quantile < 1:
             problems.append("radius_quantile must lie in (0, 1)")
         if self.las_ignore_margin < 0:

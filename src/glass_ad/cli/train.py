@@ -55,6 +55,7 @@ def train(
     r1: opt.R1 = None,
     r2: Annotated[Optional[float], typer.Option(help="Hypersphere/manifold outer radius r2 (default 2·r1).")] = None,
     hypersphere_shell: Annotated[Optional[str], typer.Option(help="Hypersphere GAS shell: relative (every copy at least r1 spacings further from the centre than its own patch; default) or paper ([r'1, 2r'1] only).")] = None,
+    branch_check_steps: Annotated[Optional[int], typer.Option(help="GLASS-j's branch check: with --hypothesis auto, train the spectrogram's pick on a copy for this many steps first and switch to the other branch if its GAS stays near chance while the other's separates (0: the spectrogram rule alone).")] = None,
     embed_dim: Annotated[Optional[int], typer.Option(help="Patch-vector width (default per backbone).")] = None,
     feature_spacing: Annotated[Optional[float], typer.Option(help="Scale rule: normal spacing (median nearest-neighbour distance) the features are scaled to; GAS lengths are in this unit (default 1); 0 = raw features, absolute lengths.")] = None,
     patch_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the batch's patch vectors each branch trains on per iteration (fast 0.25, paper 1).")] = None,

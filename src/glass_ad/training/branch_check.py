@@ -13,6 +13,7 @@ switch is said. Both separations are stored with the model (`glass info`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,8 +24,8 @@ import torch
 from glass_ad.config import GlassConfig
 from glass_ad.model.glass_model import GlassModel
 from glass_ad.synthesis import gas as gas_module
-from glass_ad.training.loop import make_optimisation
-from glass_ad.training.preparation import FeatureSetup
+from glass_ad.training.loop import iterations_per_epoch, make_optimisation, train_one_epoch
+from glass_ad.training.preparation import FeatureSetup, SynthesisSetup
 from glass_ad.training.step import step_loss
 from glass_ad.training.validation import GAS_DEAD_AUROC, gas_separation
 
@@ -67,46 +68,62 @@ def probe_branch(
     hypothesis: str,
     steps: int,
     *,
+    synthesis: SynthesisSetup | None = None,
     seed: int = 0,
     bf16: bool = False,
     every: int | None = None,
 ) -> list[tuple[int, float]]:
-    """Train a copy of `model`'s adaptor and discriminator with the normal and GAS branches of `hypothesis`
-    for `steps` steps on the cached normal features, and return the held-out GAS separation (normal patches
-    of `held_out`, Nv×P×D, vs their GAS copies) after the last step, or after every `every` steps. `model` is
-    not changed."""
+    """Train a copy of `model`'s adaptor and discriminator with the GAS branch of `hypothesis` for `steps`
+    steps on the cached normal features — training's own steps (normal + GAS + LAS) when `synthesis` is
+    given, else the normal and GAS branches only — and return the held-out GAS separation (normal patches of
+    `held_out`, Nv×P×D, vs their GAS copies) after the last step, or after every `every` steps. `model` and
+    the training's random streams are not touched."""
     trial = copy.deepcopy(model)
     trial.train()
     optimisation = make_optimisation(trial, config)
-    rng = np.random.default_rng(seed)
+    rng, las_rng = np.random.default_rng(seed), np.random.default_rng(seed + 1)
     generator = torch.Generator().manual_seed(seed)
     count = len(setup.features)
     batch = min(config.batch_size, count)
+    if synthesis is not None:
+        synthesis = dataclasses.replace(synthesis, hypothesis=hypothesis)
     measured: list[tuple[int, float]] = []
 
     def settings_now() -> gas_module.GASSettings:
         unit = setup.spacing_probe.spacing(trial.adaptor) if config.feature_spacing is not None else 1.0
         return gas_module.GASSettings.from_config(config, hypothesis, unit)
 
-    settings = settings_now()
-    for step in range(1, steps + 1):
-        if step % 25 == 1 and step > 1:  # the adaptor moves: re-measure GAS's unit now and then, as epochs do
-            settings = settings_now()
+    def centre_now() -> torch.Tensor:
         with torch.no_grad():
-            centre = trial.adaptor(setup.mean_feature)
-        normal = setup.features.batch(np.sort(rng.choice(count, batch, replace=False))).float()
-        for optimizer in optimisation.optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(normal.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = step_loss(trial, normal, None, None, centre, config, settings, generator)
-        loss.backward()
-        for optimizer in optimisation.optimizers:
-            optimizer.step()
-        if step == steps or (every and step % every == 0):
-            with torch.no_grad():
-                centre = trial.adaptor(setup.mean_feature)
-            value = gas_separation(trial, held_out, settings_now(), centre, config.radius_quantile, seed=seed)
-            measured.append((step, value))
+            return trial.adaptor(setup.mean_feature)
+
+    settings, done = settings_now(), 0
+    stops = sorted({steps, *(range(every, steps, every) if every else ())})
+    for stop in stops:
+        while done < stop:
+            chunk = stop - done
+            if synthesis is not None:  # training's own steps: at most one pass over the images per call
+                chunk = min(chunk, iterations_per_epoch(config, count))
+                part = config.replace(images_per_epoch=chunk * config.batch_size - 1)
+                train_one_epoch(
+                    trial, optimisation, setup.features, synthesis, part, settings, centre_now(),
+                    order_rng=rng, las_rng=las_rng, generator=generator, bf16=bf16,
+                )  # fmt: skip
+            else:
+                chunk = min(chunk, 25)
+                for _ in range(chunk):
+                    normal = setup.features.batch(np.sort(rng.choice(count, batch, replace=False))).float()
+                    for optimizer in optimisation.optimizers:
+                        optimizer.zero_grad(set_to_none=True)
+                    with torch.autocast(normal.device.type, dtype=torch.bfloat16, enabled=bf16):
+                        loss, _ = step_loss(trial, normal, None, None, centre_now(), config, settings, generator)
+                    loss.backward()
+                    for optimizer in optimisation.optimizers:
+                        optimizer.step()
+            done += chunk
+            settings = settings_now()  # the adaptor moves: GAS's unit is re-measured, as between epochs
+        value = gas_separation(trial, held_out, settings, centre_now(), config.radius_quantile, seed=seed)
+        measured.append((done, value))
     return measured
 
 
@@ -117,6 +134,7 @@ def check_branch(
     config: GlassConfig,
     proposed: str,
     *,
+    synthesis: SynthesisSetup | None = None,
     bf16: bool = False,
     echo: Callable[[str], None] = print,
 ) -> BranchCheck:
@@ -125,11 +143,16 @@ def check_branch(
     started = time.perf_counter()
     steps = config.branch_check_steps
     other = "hypersphere" if proposed == "manifold" else "manifold"
-    separations = {proposed: probe_branch(model, setup, held_out, config, proposed, steps, seed=config.seed, bf16=bf16)[-1][1]}
+
+    def probe(hypothesis: str) -> float:
+        curve = probe_branch(model, setup, held_out, config, hypothesis, steps, synthesis=synthesis, seed=config.seed, bf16=bf16)
+        return curve[-1][1]
+
+    separations = {proposed: probe(proposed)}
     chosen = proposed
     if separations[proposed] < GAS_DEAD_AUROC:
-        separations[other] = probe_branch(model, setup, held_out, config, other, steps, seed=config.seed, bf16=bf16)[-1][1]
-        if separations[other] >= separations[proposed] + SWITCH_MARGIN:
+        separations[other] = probe(other)
+        if separations[other] >= max(GAS_DEAD_AUROC, separations[proposed] + SWITCH_MARGIN):
             chosen = other
     result = BranchCheck(proposed, chosen, separations, steps, time.perf_counter() - started)
     echo(result.describe())

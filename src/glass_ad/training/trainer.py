@@ -342,7 +342,8 @@ def check_hypothesis(
         return decision
     if val is None:
         return None
-    return check_branch(model, setup, val.normal.to(setup.mean_feature.device), config, synthesis.hypothesis, echo=echo)
+    held_out = val.normal.to(setup.mean_feature.device)
+    return check_branch(model, setup, held_out, config, synthesis.hypothesis, synthesis=synthesis, echo=echo)
 
 
 @contextlib.contextmanager
