@@ -17,6 +17,7 @@ from glass_ad.cli.common import (
     on_command_end,
     one_line_errors,
     print_report,
+    remove_if_left_empty,
     setup_logging,
 )
 from glass_ad.cli.options import (
@@ -109,7 +110,9 @@ def train(
             if max_patches_per_image == 0:
                 config = config.replace(max_patches_per_image=None).validate()
             if main_rank:
-                _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val, resume)
+                _train_preflight(
+                    data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val, resume, config_file
+                )
             else:
                 from glass_ad.data.io import declared_bit_depth
 
@@ -193,7 +196,9 @@ def _record_run(data_dir: Path, layout: str, category: Optional[str], checkpoint
     write_run_files(checkpoint)
 
 
-def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, textures, weights, val, resume=False) -> None:
+def _train_preflight(
+    data_dir, out, config, force, bit_depth, category, layout, textures, weights, val, resume=False, config_file=None
+) -> None:
     """Everything `glass train` can check before the first image: outputs, inputs, disk; then the run
     folder's lock, the declared bit depth and clean interrupts (resume.py) for the whole command."""
     from glass_ad.data.io import check_bit_depth, declared_bit_depth
@@ -204,9 +209,10 @@ def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, 
     check_bit_depth(bit_depth)
     onnx_file = Path(out) / "model.onnx"
     stale = force and onnx_file.exists()
+    remove_if_left_empty(out)  # a refusal after the folder was made leaves no empty run folder
     preflight_train(
         data_dir, out, config, force=force, category=category, layout=layout, textures=textures, weights=weights, val=val,
-        resume=resume,
+        resume=resume, config_file=config_file,
     )
     hold_for_command(output_lock(out), declared_bit_depth(bit_depth), interruptible())
     if stale:
