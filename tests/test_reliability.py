@@ -958,6 +958,9 @@ def _damage(kind: str, run: Path, target: Path) -> str:
     elif kind == "missing weights":
         del checkpoint["discriminator"]
         expected = "is incomplete: missing discriminator"
+    elif kind == "edited threshold":
+        checkpoint["calibration"]["image_threshold"] = 0.99
+        expected = "were changed after the file was written"
     else:  # pragma: no cover
         raise ValueError(kind)
     torch.save(checkpoint, path)
@@ -967,7 +970,7 @@ def _damage(kind: str, run: Path, target: Path) -> str:
 CHECKPOINT_KINDS = (
     "truncated", "zero bytes", "JSON file named model.pt", "random bytes", "unsafe pickle", "bare state dict",
     "newer format", "edited image_size", "edited image_size, no digest (older file)", "edited backbone",
-    "edited width", "missing weights",
+    "edited width", "missing weights", "edited threshold",
 )  # fmt: skip
 CHECKPOINT_COMMANDS = ("info", "test", "predict", "export", "calibrate", "api")
 MODEL_BUILT = ("edited backbone",)  # found only when the model is built: `glass info` shows such a file

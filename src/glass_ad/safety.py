@@ -137,19 +137,21 @@ def _dataset_root(folder: Path, levels: int = 4) -> Path | None:
 
 
 def refuse_output_in_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], *, what: str = "output folder") -> None:
-    """Refuse an output folder that is, or lies inside, the folder of an input (a folder given, or the folder
-    of a file given), or inside the data set an input comes from: what is written there (overlays,
-    results) would be read as inputs by the next run (`glass predict`, `glass test`)."""
+    """Refuse an output folder that is an input folder (or lies inside one), that is the folder of an input
+    file, or that lies inside the data set an input comes from: what is written there (overlays, results)
+    would be read as inputs by the next run (`glass predict`, `glass test`). A subfolder beside an input
+    file (the default ``predictions/`` of ``glass predict RUN part.png``) is fine."""
     target = _real(output)
     for given in inputs:
         if given is None:
             continue
         source = _real(given)
         folder = source if source.is_dir() else source.parent
-        if target == folder or _inside(target, folder):
+        if target == folder or (source.is_dir() and _inside(target, folder)):
             raise OutputError(
-                f"{what} '{output}' is the folder of the input '{given}' (or inside it): its results would be read as "
-                f"inputs next time; write them outside the inputs"
+                f"{what} '{output}' is "
+                + (f"the folder of the input '{given}'" if target == folder else f"inside the input folder '{given}'")
+                + ": its results would be read as inputs next time; write them outside the inputs"
             )
         root = _dataset_root(folder)
         if root is not None and (target == root or _inside(target, root)):
