@@ -28,13 +28,16 @@ from glass_ad.training.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-QUIET = dict(progress=False, echo=lambda _: None)
+QUIET = {"progress": False, "echo": lambda _: None}
 TINY = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--epochs", "1", "--threads", "1", "-q"]
 TORCH_DISK_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 3904 vs 3802"
 
 
 def _config(**overrides):
-    values = dict(backbone="efficientnet_lite0", image_size=64, epochs=2, batch_size=4, early_stopping=False, seed=3, num_threads=1)
+    values = {
+        "backbone": "efficientnet_lite0", "image_size": 64, "epochs": 2, "batch_size": 4, "early_stopping": False,
+        "seed": 3, "num_threads": 1,
+    }  # fmt: skip
     values.update(overrides)
     return make_config("fast", **values)
 

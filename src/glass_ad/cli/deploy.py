@@ -16,8 +16,8 @@ from glass_ad.cli.common import (
     guarded,
     hold_for_command,
     literal_help,
-    remove_if_left_empty,
     one_line_errors,
+    remove_if_left_empty,
     torch_threads,
 )
 from glass_ad.cli.options import ADDRESS_HELP, WORKERS_HELP, EngineChoice, JobEngineChoice, PredictFormat

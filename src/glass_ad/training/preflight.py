@@ -12,7 +12,6 @@ from glass_ad.model.checkpoint import CHECKPOINT_NAME
 from glass_ad.safety import OutputError, ensure_writable, refuse_existing, refuse_input_overlap
 from glass_ad.training.resume import STATE_NAME
 
-
 RUN_FILES = ("config.yaml", "history.csv")  # written beside model.pt (provenance.write_run_files)
 
 
