@@ -134,8 +134,9 @@ class GlassConfig:
     # Training arithmetic of A and D: "auto" times one step in float32 and bf16 autocast at start-up and keeps
     # bf16 only where it is clearly faster (precision.py). GAS geometry and inference are always float32.
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
-    # Images per pass of the frozen backbone: None times the choices at start-up (model/chunking.py; a CPU
-    # can be faster on small chunks), 0 is the whole batch, N is N images. The choice is kept for --resume.
+    # Images per pass of the frozen backbone: None is a fixed rule of batch size and input area
+    # (model/chunking.py `default_chunk`; never timing, so a seed fixes the model), 0 is the whole batch, N is
+    # N images. The choice is kept for --resume.
     backbone_chunk: int | None = None
 
     # --- inference ----------------------------------------------------------------------------------
@@ -239,7 +240,7 @@ class GlassConfig:
         if not 0 < self.memory_bank_fraction <= 1:
             problems.append("memory_bank_fraction must lie in (0, 1]")
         if self.backbone_chunk is not None and self.backbone_chunk < 0:
-            problems.append("backbone_chunk must be >= 0 (0: the whole batch) or None (timed at start-up)")
+            problems.append("backbone_chunk must be >= 0 (0: the whole batch) or None (by batch size and input area)")
         if not 0 < self.las_fraction <= 1:
             problems.append("las_fraction must lie in (0, 1]")
         if self.feature_spacing is not None and self.feature_spacing <= 0:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -341,6 +342,16 @@ def _stat_problem(path: Path, error: OSError) -> str:
     return f"cannot access the file ({_short_error(error, path)})"
 
 
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device file"
+    return "special file"
+
+
 def _decode(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """The file's pixels as a raw array (orientation applied), or :class:`ImageReadError`.
 
@@ -350,11 +361,14 @@ def _decode(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.n
 
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as error:
         raise ImageReadError(path, _stat_problem(path, error)) from error
+    size = info.st_size
     if path.is_dir():
         raise ImageReadError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):  # opening a FIFO would wait for a writer forever
+        raise ImageReadError(path, f"is a {_special_kind(info.st_mode)}, not a regular image file")
     if size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
     if not os.access(path, os.R_OK):
@@ -500,8 +514,8 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
     """Image files in ``folder``, sorted; extensions are matched case-insensitively and hidden files
     (and, when recursive, hidden folders) are skipped.
 
-    Broken or looping symbolic links with an image extension are listed, so that reading them reports
-    the problem instead of the file vanishing without notice. Raises ``FileNotFoundError`` when
+    Broken or looping symbolic links and special files (a FIFO, a socket) with an image extension are
+    listed, so that reading them reports the problem instead of the file vanishing without notice. Raises ``FileNotFoundError`` when
     ``folder`` is not a directory.
     """
     folder = Path(folder)
@@ -512,6 +526,6 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
     for candidate in candidates:
         if any(part.startswith(".") for part in candidate.relative_to(folder).parts):
             continue
-        if candidate.suffix.lower() in IMAGE_EXTENSIONS and (candidate.is_file() or candidate.is_symlink()):
+        if candidate.suffix.lower() in IMAGE_EXTENSIONS and (candidate.is_symlink() or not candidate.is_dir()):
             found.append(candidate)
     return sorted(found)
