@@ -136,6 +136,8 @@ def main() -> None:
     report = evaluator.compute()
     report.update(
         method="patchcore-baseline",
+        data=str(args.data),
+        seed=args.seed,
         backbone=args.backbone,
         fit=fit,
         coreset_fraction=args.coreset,
