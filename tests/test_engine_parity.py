@@ -199,3 +199,20 @@ def test_read_only_array_gives_no_pytorch_warning(run, data):
         detector.score_prepared(prepared[None])
     b = detector(image)
     assert a.score == b.score
+
+
+def test_an_in_graph_model_with_a_resize_margin_is_refused(data, tmp_path):
+    """A graph that resizes frames with a margin would resize the crops again: refused with what to do."""
+    run = tmp_path / "margin"
+    config = make_config(
+        "fast", epochs=1, image_size=64, resize=72, backbone="efficientnet_lite0", early_stopping=False, num_threads=1
+    )
+    train(data, run, config, progress=False, echo=lambda _: None)
+    export_onnx(run, verify=False)
+    result = CliRunner().invoke(app, ["test", str(run), str(data), "--no-pictures", "--quiet", "--engine", "onnx"])
+    assert result.exit_code == 2 and "--no-preprocessing" in result.output and "Traceback" not in result.output
+    crops = export_onnx(run, tmp_path / "crops.onnx", preprocessing=False, verify=False).path
+    result = CliRunner().invoke(
+        app, ["test", str(run), str(data), "--no-pictures", "--quiet", "--engine", "onnx", "--onnx", str(crops)]
+    )
+    assert result.exit_code == 0, result.output
