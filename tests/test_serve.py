@@ -255,6 +255,7 @@ def test_inspect_gives_the_detectors_numbers_and_logs_them(api, server, run, ima
             assert result["decision"] == expected.decision
             assert result["threshold"] == pytest.approx(detector.image_threshold)
             assert result["model"] == run.name and result["width"] == 64 and result["height"] == 64
+            assert result["engine"] == "torch" and result["precision"] == "fp32"
             assert result["timing"]["total_ms"] > 0
         assert multipart.json()["filename"] == path.name and raw.json().get("filename") is None
         row = api.get(f"/v1/inspections/{multipart.json()['id']}").json()
@@ -1064,11 +1065,11 @@ def test_openvino_engine_is_served(run, images, tmp_path):
     detector = Detector.load(run)
     with serve(ir_run, tmp_path / "ir-service", "--engine", "openvino") as server, server.client() as http:
         model = http.get("/v1/models").json()["models"][0]
-        assert model["engine"] == "openvino"
+        assert model["engine"] == "openvino" and model["precision"] == "fp32"
         for path in images.values():
             result = http.post("/v1/models/ir/inspect", content=path.read_bytes(), headers={"Content-Type": "image/png"}).json()
             expected = detector(str(path))
-            assert result["engine"] == "openvino"
+            assert result["engine"] == "openvino" and result["precision"] == "fp32"  # an int8 IR would say int8
             assert result["score"] == pytest.approx(expected.score, abs=1e-3)
             assert result["decision"] == expected.decision
 

@@ -176,6 +176,7 @@ def print_report(result: dict) -> None:
     typer.echo(
         f"image AUROC {pct(result['image_auroc'])} | pixel AUROC {pct(result['pixel_auroc'])} | "
         f"AUPRO {pct(result['aupro'])} | image AP {pct(result['image_ap'])} | pixel AP {pct(result['pixel_ap'])}"
+        + (f" ({result['engine']} {result.get('precision', 'fp32')})" if result.get("engine") else "")
     )
     for name, entry in sorted(result.get("per_defect_type", {}).items()):
         pixel = (

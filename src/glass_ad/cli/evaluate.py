@@ -21,6 +21,7 @@ from glass_ad.cli.common import (
     setup_logging,
     torch_threads,
 )
+from glass_ad.cli.options import EngineChoice
 
 
 @app.command()
@@ -42,11 +43,15 @@ def test(
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     allow_dropped: bool = typer.Option(False, "--allow-dropped", help="Exit 0 even when test images could not be used (they are still listed in the report)."),
     bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help=BIT_DEPTH_HELP),
+    engine: EngineChoice = typer.Option(EngineChoice.torch, help="torch, onnx (ONNX Runtime) or openvino: score the test set with the engine that is deployed (same uint8 input as `glass predict`)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Exported model for --engine onnx/openvino (default: RUN_DIR/model.onnx, RUN_DIR/model.xml)."),
+    providers: str = typer.Option("cpu", help="ONNX Runtime execution provider for --engine onnx (as `glass predict`)."),
 ) -> None:
     """Evaluate a trained model on DATA_DIR/test (metrics never feed back into the model).
 
     Every test image that could not be used is listed (JSON: `dropped`); the command then fails unless
-    --allow-dropped. Existing results are replaced only with --force.
+    --allow-dropped. Existing results are replaced only with --force. --engine onnx|openvino scores the
+    exported model (`glass export`) instead of PyTorch, on the same rounded uint8 inputs.
     """
     from glass_ad.evaluation.tester import test as run_test
     from glass_ad.model.checkpoint import checkpoint_path
@@ -55,7 +60,8 @@ def test(
     torch_threads(threads)
     report = report or checkpoint_path(run_dir).parent / "test_report"
     with one_line_errors():
-        _test_preflight(run_dir, data_dir, json_out, report if pictures else None, force, dataset, category)
+        _test_preflight(run_dir, data_dir, json_out, report if pictures else None, force, dataset, category, onnx)
+        runner = _test_engine(run_dir, engine.value, onnx, device, threads, providers)
         result = run_test(
             run_dir,
             data_dir,
@@ -69,19 +75,33 @@ def test(
             progress=not quiet,
             pictures=pictures,
             bit_depth=bit_depth,
+            engine=runner,
         )
     print_report(result)
     _check_dropped(result, json_out, allow_dropped)
 
 
-def _test_preflight(run_dir, data_dir, json_out, report_dir, force, layout="auto", category=None) -> None:
+def _test_engine(run_dir, name: str, model_file, device: str, threads, providers: str):
+    """The engine `glass test` scores with: the `inference.engines` engine of `glass predict` (None for the
+    default torch engine: the tester runs the model itself, the same arithmetic)."""
+    if name == "torch":
+        return None
+    from glass_ad.inference.engines import create_engine
+    from glass_ad.model.checkpoint import Checkpoint
+
+    return create_engine(
+        name, run_dir, Checkpoint.load(run_dir), device=device, model_path=model_file, threads=threads, providers=providers
+    )
+
+
+def _test_preflight(run_dir, data_dir, json_out, report_dir, force, layout="auto", category=None, model_file=None) -> None:
     """Outputs of `glass test`: not an input, not silently replaced, writable, locked for the command; the
     model and the data set are read first, so a refusal leaves nothing behind."""
     from glass_ad.data.datasets import load_dataset
     from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
     from glass_ad.safety import ensure_writable, output_locks, refuse_existing, refuse_input_overlap
 
-    inputs = [checkpoint_path(run_dir), data_dir]
+    inputs = [checkpoint_path(run_dir), data_dir, *([model_file] if model_file is not None else [])]
     targets = []
     if json_out is not None:
         refuse_input_overlap(json_out, inputs, what="JSON report")

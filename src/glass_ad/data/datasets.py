@@ -669,7 +669,10 @@ class Preprocessor:
             array = np.repeat(array[:, :, None], 3, axis=2)
         if array.ndim != 3 or array.shape[2] != 3:
             raise ValueError(f"expected an H×W×3 image, got shape {tuple(array.shape)}")
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()
+        array = np.ascontiguousarray(array)
+        if not array.flags.writeable:  # a read-only array (np.frombuffer, a memory map opened "r"): torch warns
+            array = array.copy()
+        tensor = torch.from_numpy(array).permute(2, 0, 1).float()
         if array.dtype == np.uint8:
             tensor = tensor.div_(255.0)
         return self._apply(tensor[None])[0].clamp_(0.0, 1.0).contiguous()
@@ -704,7 +707,8 @@ class Preprocessor:
         else:
             array = np.asarray(anomaly_map)
         is_bool = array.dtype == np.bool_
-        values = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        values = np.ascontiguousarray(array, dtype=np.float32)
+        values = torch.from_numpy(values if values.flags.writeable else values.copy())
         if values.ndim != 2:
             values = values.reshape(values.shape[-2:])
         out_h, out_w = self.shape

@@ -11,6 +11,13 @@ and every test folder without images under ``empty_test_folders``; `glass test` 
 
 The stored-threshold decisions are the checkpoint's `Calibration.operating_point("far")`, the same rule
 `predict.Detector` decides by — for a checkpoint without calibration too (`Calibration.fallback()`).
+
+The scored pixels are the deployed ones: each test image is decoded, resized and cropped by the checkpoint's
+`Preprocessor`, then rounded to ``uint8`` exactly as training and `predict.Detector.prepare` do, and the
+uint8 B×H×W×3 batch goes to an engine: by default the model in PyTorch (the same arithmetic as the
+`InferenceGraph` of the torch engine), or any engine of `inference.engines` passed as ``engine=`` (the
+`glass test --engine onnx|openvino` command builds it), so every engine's metrics come from one pipeline.
+The report names the engine and its precision.
 """
 
 from __future__ import annotations
@@ -78,6 +85,34 @@ class _SkippingDataset(torch.utils.data.Dataset):
             }
 
 
+class TorchScorer:
+    """The default engine of `test`: the checkpoint's model on uint8 B×H×W×3 batches, ``/255`` in float32 —
+    what `inference.engines.InferenceGraph` computes (the torch engine of `glass predict`)."""
+
+    name = "torch"
+    precision = "fp32"
+    in_graph = False
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, batch_size: int):
+        self.device = device
+        self.normalization = checkpoint.calibration.image_normalization
+        self.model = checkpoint.build_model(device, fuse=True)
+        choose_batch_chunk(self.model, device, batch_size)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+            out = self.model(x)
+            scores = out.image_scores.float().cpu().numpy()
+            return scores, np.asarray(self.normalization(scores), np.float32), out.anomaly_maps.float().cpu().numpy()
+
+
+def to_uint8_batch(images: torch.Tensor) -> np.ndarray:
+    """Preprocessed float images B×3×H×W in [0, 1] → the network input uint8 B×H×W×3, rounded as training
+    (`training.preparation`) and `predict.Detector.prepare` round them."""
+    return (images * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
 def test(
     run_dir: str | Path,
     data_root: str | Path,
@@ -94,11 +129,16 @@ def test(
     scores_csv: str | Path | None = None,
     echo: Callable[[str], None] = print,
     bit_depth: int | None = None,
+    engine: Any = None,
 ) -> dict[str, Any]:
     """Evaluate the model in `run_dir` on `data_root/test`; returns (and optionally writes) the report.
 
     ``bit_depth`` overrides the input bit depth recorded in the checkpoint. Output paths that are the
     checkpoint or lie inside the data folder are refused (`safety.OutputError`) before any work.
+    ``engine``: an engine of `inference.engines` (``create_engine``; uint8 B×H×W×3 network inputs →
+    scores, normalised scores, maps) built for this checkpoint; default: the model in PyTorch. An engine
+    whose graph resizes frames itself is given the H×W crops, which it maps onto themselves unless the
+    model resizes with a margin (``resize`` > the input's shorter side): that is refused.
     """
     start = time.perf_counter()
     check_bit_depth(bit_depth)
@@ -106,11 +146,16 @@ def test(
     for output, what in ((json_path, "JSON report"), (report_dir if pictures else None, "picture folder"), (scores_csv, "scores file")):
         if output is not None:
             refuse_input_overlap(output, inputs, what=what)
-    torch_device = resolve_device(device)
     checkpoint = Checkpoint.load(run_dir)
-    model = checkpoint.build_model(torch_device, fuse=True)
-    choose_batch_chunk(model, torch_device, batch_size)
     config = checkpoint.config
+    if engine is None:
+        engine = TorchScorer(checkpoint, resolve_device(device), batch_size)
+    elif getattr(engine, "in_graph", False) and config.resize not in (None, min(config.input_shape)):
+        raise ValueError(
+            f"this {engine.name} model resizes whole frames itself (resize {config.resize} > input "
+            f"{min(config.input_shape)}), so its maps are not on the test masks' grid; export it with "
+            "`glass export RUN --no-preprocessing --out crops.onnx` and test that file"
+        )
     bit_depth = bit_depth if bit_depth is not None else checkpoint.bit_depth
     dataset = load_dataset(data_root, layout, category=category)
     if not dataset.test:
@@ -124,21 +169,20 @@ def test(
     )
     evaluator = StreamingEvaluator(config.input_shape, expected=len(dataset.test))
     dropped: list[dict[str, Any]] = []
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="testing", unit="batch", disable=not progress):
-            dropped.extend(batch["dropped"])
-            if "image" not in batch:
-                continue
-            out = model(batch["image"].to(torch_device))
-            masks = batch["mask"][:, 0].numpy() > 0.5
-            evaluator.add(
-                out.image_scores.cpu().numpy(),
-                out.anomaly_maps.cpu().numpy().astype(np.float32),
-                batch["label"].numpy(),
-                masks,
-                batch["defect_type"],
-                batch["path"],
-            )
+    for batch in tqdm(loader, desc="testing", unit="batch", disable=not progress):
+        dropped.extend(batch["dropped"])
+        if "image" not in batch:
+            continue
+        scores, _, maps = engine(to_uint8_batch(batch["image"]))
+        masks = batch["mask"][:, 0].numpy() > 0.5
+        evaluator.add(
+            np.asarray(scores, dtype=np.float64),
+            np.asarray(maps, dtype=np.float32),
+            batch["label"].numpy(),
+            masks,
+            batch["defect_type"],
+            batch["path"],
+        )
     if not len(evaluator):
         raise ValueError(
             f"none of the {len(dataset.test)} test images could be used (first: {dropped[0]['file']}: {dropped[0]['reason']})"
@@ -151,6 +195,8 @@ def test(
     report["bit_depth"] = bit_depth
     if not dataset.has_masks:  # all-zero stand-in masks would make pixel metrics meaningless
         report["note"] = "no ground-truth masks: pixel metrics not computed"
+    report["engine"] = engine.name
+    report["precision"] = getattr(engine, "precision", "fp32")
     report["hypothesis"] = checkpoint.hypothesis
     report["backbone"] = checkpoint.backbone.name
     report["recipe"] = config.recipe

@@ -26,6 +26,7 @@ ENGINES = ("torch", "onnx", "openvino")
 
 class Engine(Protocol):
     name: str
+    precision: str  # weights/arithmetic of the model run: "fp32" (torch, ONNX), or the IR's "fp32" / "fp16" / "int8"
     in_graph: bool  # True: takes whole frames (preprocessing inside the graph); False: H×W network inputs
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
@@ -71,6 +72,7 @@ class TorchEngine:
     """The `InferenceGraph` in PyTorch."""
 
     name = "torch"
+    precision = "fp32"  # the InferenceGraph computes in float32 on every device
     in_graph = False  # takes H×W network inputs; Detector resizes and crops
 
     def __init__(self, checkpoint: Checkpoint, device: torch.device):
@@ -81,6 +83,8 @@ class TorchEngine:
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.chunk is None and len(images) > 1:
             self.chunk = choose_batch_chunk(self.graph.model, self.device, len(images), measure=True)
+        if not images.flags.writeable:  # torch.from_numpy warns on read-only arrays (it cannot honour the flag)
+            images = images.copy()
         with torch.inference_mode():
             out = self.graph(torch.from_numpy(images).to(self.device))
         return tuple(t.float().cpu().numpy() for t in out)  # type: ignore[return-value]
@@ -90,6 +94,7 @@ class OnnxEngine:
     """The exported graph in ONNX Runtime, or its OpenVINO IR (``openvino=True``)."""
 
     name = "onnx"
+    precision = "fp32"  # `glass export` writes fp32 ONNX; an OpenVINO IR records its own (below)
 
     def __init__(
         self,
@@ -113,6 +118,7 @@ class OnnxEngine:
 
             self.name = "openvino"
             meta = ir_metadata(onnx_path)
+            self.precision = meta.get("precision") or "fp32"  # fp32 / fp16 / int8, written by export_openvino
             device = providers if isinstance(providers, str) and providers.upper() in ("CPU", "GPU", "NPU", "AUTO") else "CPU"
             session = OpenVinoSession(onnx_path, device.upper(), threads)
         else:

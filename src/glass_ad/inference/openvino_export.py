@@ -17,9 +17,12 @@ OpenVINO's CPU post-op fusion). Needs ``pip install "glass-ad[openvino]"`` (``op
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -157,18 +160,55 @@ def export_openvino(
     return result
 
 
-def _quantize(model, frames: Sequence[np.ndarray], fast: bool):
-    try:
-        import nncf
-    except ImportError as error:
-        raise RuntimeError(f'int8 export needs NNCF: pip install "glass-ad[openvino]" ({error})') from None
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+# What NNCF's import and quantisation say that is not the user's concern: torch's CUDA probe (NNCF imports
+# torch.utils.cpp_extension, which logs "No CUDA runtime is found" on CPU machines; torch.cuda may warn
+# "CUDA initialization: ..."). Everything else — NNCF's warnings and errors included — stays visible.
+_CUDA_PROBE = ("No CUDA runtime is found", "CUDA initialization")
 
-    dataset = nncf.Dataset(list(frames), lambda frame: frame[None])
-    return nncf.quantize(
-        model,
-        dataset,
-        subset_size=len(frames),
-        ignored_scope=nncf.IgnoredScope(patterns=["glass_frame/.*"], types=["MatMul"], validate=False),
-        advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=fast),
-    )
+
+class _DropCudaProbe(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in _CUDA_PROBE)
+
+
+@contextmanager
+def quiet_quantization():
+    """NNCF at WARNING (its ~30 INFO lines about ignored nodes and quantizers are dropped) and torch's CUDA
+    probe silenced, for the duration of an int8 export; the previous log level is restored after."""
+    probe = _DropCudaProbe()
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    cpp_logger.addFilter(probe)
+    nncf_logger = logging.getLogger("nncf")
+    level = nncf_logger.level
+    try:
+        with warnings.catch_warnings():
+            for text in _CUDA_PROBE:
+                warnings.filterwarnings("ignore", message=f".*{text}")
+            try:  # NNCF sets its logger to INFO when first imported: import it before lowering it
+                import nncf  # noqa: F401
+            except ImportError:
+                pass
+            if nncf_logger.getEffectiveLevel() < logging.WARNING:
+                nncf_logger.setLevel(logging.WARNING)
+            yield
+    finally:
+        nncf_logger.setLevel(level)
+        cpp_logger.removeFilter(probe)
+
+
+def _quantize(model, frames: Sequence[np.ndarray], fast: bool):
+    with quiet_quantization():
+        try:
+            import nncf
+        except ImportError as error:
+            raise RuntimeError(f'int8 export needs NNCF: pip install "glass-ad[openvino]" ({error})') from None
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+        dataset = nncf.Dataset(list(frames), lambda frame: frame[None])
+        return nncf.quantize(
+            model,
+            dataset,
+            subset_size=len(frames),
+            ignored_scope=nncf.IgnoredScope(patterns=["glass_frame/.*"], types=["MatMul"], validate=False),
+            advanced_parameters=AdvancedQuantizationParameters(disable_bias_correction=fast),
+        )

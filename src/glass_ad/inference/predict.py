@@ -116,6 +116,12 @@ class Detector:
         return self.engine.name
 
     @property
+    def engine_precision(self) -> str:
+        """``"fp32"``, or the OpenVINO IR's recorded ``"fp16"`` / ``"int8"``: with `engine_name`, which model
+        produced a score (an int8 and an fp32 IR are both engine ``"openvino"``)."""
+        return getattr(self.engine, "precision", "fp32")
+
+    @property
     def image_size(self) -> int:
         """The square's side; with a rectangular input, its shorter side (see `input_shape`)."""
         return self.config.image_size
@@ -390,6 +396,7 @@ def predict_files(
         [path for path, _ in files], on_error=failed, keep_image=overlays, batch_size=batch_size
     ):
         row = prediction.to_dict()
+        row["engine"], row["precision"] = detector.engine_name, detector.engine_precision
         name = overlay_names[str(prediction.path)]
         row["boxes"] = region_boxes(prediction.region, prediction.anomaly_map, min_area)
         if save_maps == "npy":
@@ -425,6 +432,7 @@ def predict_files(
     summary: dict[str, Any] = {
         "run": detector.source,
         "engine": detector.engine_name,
+        "precision": detector.engine_precision,
         "threshold": {"kind": detector.threshold_kind, "image": detector.image_threshold, "pixel": detector.pixel_threshold},
         "n_images": len(rows),
         "n_anomalous": anomalous,
@@ -482,7 +490,10 @@ def check_outputs(
         refuse_input_overlap(target, [*paths, *model_files], what="output", contains=target.name == "overlays")
 
 
-CSV_COLUMNS = ("path", "score", "normalized_score", "decision", "threshold", "width", "height", "region_fraction", "overlay")
+CSV_COLUMNS = (
+    "path", "score", "normalized_score", "decision", "threshold", "width", "height", "region_fraction", "overlay",
+    "engine", "precision",
+)  # fmt: skip
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -500,7 +511,8 @@ def summary_line(summary: dict[str, Any]) -> str:
     threshold = summary["threshold"]
     line = (
         f"{summary['n_images']} images: {summary['n_anomalous']} anomalous, {summary['n_normal']} normal "
-        f"(image threshold {threshold['image']:.4f}, {threshold['kind']}; engine {summary['engine']})"
+        f"(image threshold {threshold['image']:.4f}, {threshold['kind']}; engine {summary['engine']}"
+        f"{'' if summary.get('precision', 'fp32') == 'fp32' else ' ' + summary['precision']})"
     )
     if summary["n_failed"]:
         line += f"; {summary['n_failed']} skipped"

@@ -136,6 +136,7 @@ class InspectionRecord(BaseModel):
 
 
 class InspectResult(InspectionRecord):
+    precision: Optional[str] = Field(None, description="of the engine's model: fp32, or an OpenVINO IR's fp16 / int8")
     color_scale: ColorScale
     timing: Timing
     overlay_png_base64: Optional[str] = None
@@ -403,6 +404,7 @@ class Service:
         done = time.perf_counter()
         self.metrics.decisions.labels(model.name, summary["decision"]).inc()
         result = record(row)
+        result["precision"] = model.detector.engine_precision
         result["color_scale"] = model.info["color_scale"]
         result["timing"] = {
             "decode_ms": (decoded - start) * 1000.0,

@@ -83,6 +83,7 @@ def describe(name: str, version: str, detector: Detector, max_batch: int) -> dic
         "name": name,
         "version": version,
         "engine": detector.engine_name,
+        "precision": detector.engine_precision,
         "backbone": checkpoint.backbone.name,
         "layers": list(checkpoint.backbone.layers),
         "image_size": detector.image_size,

@@ -1,0 +1,241 @@
+"""`glass test` scores what is deployed: the same rounded uint8 inputs as `glass predict` and every engine
+(torch, ONNX Runtime, OpenVINO), the engine and its precision named in every result; a read-only array is
+scored without PyTorch's warning; the int8 export is quiet.
+
+One tiny model is trained once for the module (64 px, EfficientNet-Lite0, 1 epoch: seconds on a CPU) on a
+generated data set whose test images are larger than the model's input, so resizing leaves fractional grey
+levels that the rounding must remove.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from glass_ad.cli import app
+from glass_ad.config import make_config
+from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.data.io import read_image
+from glass_ad.evaluation.tester import test as run_test
+from glass_ad.inference.export import export_onnx
+from glass_ad.inference.predict import CSV_COLUMNS, Detector
+from glass_ad.training.trainer import train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    # 96 px images for a 64 px model: the resize produces non-integer grey levels.
+    return make_demo_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_test_good=4, n_test_defect=4, size=96)
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    config = make_config(
+        "fast", epochs=1, image_size=64, backbone="efficientnet_lite0", early_stopping=False, num_threads=1
+    )
+    train(data, folder, config, progress=False, echo=lambda _: None)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def onnx_file(run) -> Path:
+    return export_onnx(run).path  # RUN_DIR/model.onnx: the default of --engine onnx
+
+
+def _scores(run, data, **kwargs) -> dict:
+    return run_test(run, data, progress=False, pictures=False, device="cpu", **kwargs)
+
+
+def _scores_csv(path: Path) -> dict[str, float]:
+    with open(path, newline="") as handle:
+        return {row["path"]: float(row["score"]) for row in csv.DictReader(handle)}
+
+
+def test_torch_test_scores_are_the_detectors(run, data, tmp_path):
+    """`glass test` (torch) and `glass predict` (Detector, torch) give each test image the same score: the
+    tester rounds the resized image to uint8 as the Detector and training do (before: up to ~1e-2 apart)."""
+    table = tmp_path / "scores.csv"
+    run_test(run, data, progress=False, pictures=False, device="cpu", scores_csv=table)
+    tested = _scores_csv(table)
+    detector = Detector.load(run, device="cpu", engine="torch", batch_size=8)
+    predicted = {p.path: p.score for p in detector(sorted(tested))}
+    assert set(tested) == set(predicted) and len(tested) >= 8
+    worst = max(abs(tested[path] - predicted[path]) for path in tested)
+    assert worst < 1e-5, f"glass test and glass predict differ by {worst:.2e} on one image"
+
+
+def test_test_command_with_torch_and_onnx_engines_agrees(run, data, onnx_file, tmp_path):
+    runner = CliRunner()
+    reports = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / f"{engine}.json"
+        args = [
+            "test",
+            str(run),
+            str(data),
+            "--json",
+            str(out),
+            "--no-pictures",
+            "--quiet",
+            "--engine",
+            engine,
+            "--device",
+            "cpu",
+        ]
+        if engine == "onnx":
+            args += ["--onnx", str(onnx_file)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert f"({engine} fp32)" in result.output
+        reports[engine] = json.loads(out.read_text())
+        assert reports[engine]["engine"] == engine and reports[engine]["precision"] == "fp32"
+    torch_r, onnx_r = reports["torch"], reports["onnx"]
+    assert abs(torch_r["image_auroc"] - onnx_r["image_auroc"]) <= 1e-6
+    assert abs(torch_r["pixel_auroc"] - onnx_r["pixel_auroc"]) <= 1e-3
+    # Per image (the library call behind the command: the CLI's --json holds no per-image scores).
+    tables = {engine: tmp_path / f"scores_{engine}.csv" for engine in ("torch", "onnx")}
+    _scores(run, data, scores_csv=tables["torch"])
+    _scores(run, data, scores_csv=tables["onnx"], engine=Detector.load(run, engine="onnx").engine)
+    a, b = _scores_csv(tables["torch"]), _scores_csv(tables["onnx"])
+    assert set(a) == set(b)
+    assert max(abs(a[p] - b[p]) for p in a) < 1e-3
+
+
+def test_onnx_engine_default_file_and_missing_file(run, data, onnx_file, tmp_path):
+    # Without --onnx the engine reads RUN_DIR/model.onnx (written by the fixture).
+    result = CliRunner().invoke(app, ["test", str(run), str(data), "--no-pictures", "--quiet", "--engine", "onnx"])
+    assert result.exit_code == 0, result.output
+    missing = tmp_path / "nothing.onnx"
+    result = CliRunner().invoke(
+        app, ["test", str(run), str(data), "--no-pictures", "--quiet", "--engine", "onnx", "--onnx", str(missing)]
+    )
+    assert result.exit_code == 2 and "no ONNX model" in result.output and "Traceback" not in result.output
+
+
+def test_predictions_record_engine_and_precision(run, data, onnx_file, tmp_path):
+    images = [str(p) for p in sorted((data / "test").rglob("*.png"))[:3]]
+    for engine, fmt in (("torch", "json"), ("onnx", "csv")):
+        out = tmp_path / engine
+        result = CliRunner().invoke(
+            app,
+            [
+                "predict",
+                str(run),
+                *images,
+                "--out",
+                str(out),
+                "--engine",
+                engine,
+                "--format",
+                fmt,
+                "--no-overlays",
+                "--quiet",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        if fmt == "json":
+            payload = json.loads((out / "predictions.json").read_text())
+            assert payload["engine"] == engine and payload["precision"] == "fp32"
+            assert all(row["engine"] == engine and row["precision"] == "fp32" for row in payload["predictions"])
+        else:
+            with open(out / "predictions.csv", newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            assert tuple(rows[0]) == CSV_COLUMNS and {"engine", "precision"} <= set(CSV_COLUMNS)
+            assert all(row["engine"] == engine and row["precision"] == "fp32" for row in rows)
+
+
+def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, onnx_file, tmp_path, capfd, caplog):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from glass_ad.inference.openvino_export import export_openvino
+
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        int8 = export_openvino(
+            run, tmp_path / "int8.xml", precision="int8", calibration=data, calibration_limit=4, fast=True
+        )
+    captured = capfd.readouterr()
+    noise = [r for r in caplog.records if r.name.startswith("nncf") and r.levelno < logging.WARNING]
+    assert not noise, [r.getMessage() for r in noise][:3]
+    said = captured.out + captured.err
+    assert "INFO:nncf" not in said and "CUDA" not in said, said
+    # What is left: NNCF's one progress bar of the calibration pass (a slow step with 64 frames).
+    assert all("Statistics collection" in line for line in said.splitlines() if line.strip()), said
+    assert not [w for w in caught if "cuda" in str(w.message).lower()], [str(w.message) for w in caught]
+    fp32 = export_openvino(run, tmp_path / "fp32.xml")
+
+    precisions = {}
+    for path in (int8.path, fp32.path):
+        detector = Detector.load(run, engine="openvino", onnx_path=path)
+        assert detector.engine_name == "openvino"
+        precisions[path.stem] = detector.engine_precision
+        report = _scores(run, data, engine=detector.engine)
+        assert report["engine"] == "openvino" and report["precision"] == detector.engine_precision
+    assert precisions == {"int8": "int8", "fp32": "fp32"}
+
+
+def test_real_warnings_stay_visible_during_the_quiet_export():
+    """The quiet context silences NNCF's INFO lines and the CUDA-probe warning only."""
+    from glass_ad.inference.openvino_export import quiet_quantization
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_quantization():
+            logging.getLogger("nncf").info("Statistics collection ...")
+            logging.getLogger("nncf").warning("a real problem")
+            warnings.warn("CUDA initialization: no NVIDIA driver found", UserWarning)
+            warnings.warn("something the user should see", UserWarning)
+    messages = [str(w.message) for w in caught]
+    assert messages == ["something the user should see"]
+
+
+def test_nncf_log_level_is_restored():
+    from glass_ad.inference.openvino_export import quiet_quantization
+
+    logger = logging.getLogger("nncf")
+    before = logger.level
+    with quiet_quantization():
+        assert logger.getEffectiveLevel() >= logging.WARNING
+    assert logger.level == before
+
+
+def test_read_only_array_gives_no_pytorch_warning(run, data):
+    detector = Detector.load(run, device="cpu", engine="torch")
+    image = read_image(min((data / "test").rglob("*.png")))
+    frozen = image.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        a = detector(frozen)
+        prepared = detector.prepare(image)
+        prepared.flags.writeable = False
+        detector.score_prepared(prepared[None])
+    b = detector(image)
+    assert a.score == b.score
+
+
+def test_an_in_graph_model_with_a_resize_margin_is_refused(data, tmp_path):
+    """A graph that resizes frames with a margin would resize the crops again: refused with what to do."""
+    run = tmp_path / "margin"
+    config = make_config(
+        "fast", epochs=1, image_size=64, resize=72, backbone="efficientnet_lite0", early_stopping=False, num_threads=1
+    )
+    train(data, run, config, progress=False, echo=lambda _: None)
+    export_onnx(run, verify=False)
+    result = CliRunner().invoke(app, ["test", str(run), str(data), "--no-pictures", "--quiet", "--engine", "onnx"])
+    assert result.exit_code == 2 and "--no-preprocessing" in result.output and "Traceback" not in result.output
+    crops = export_onnx(run, tmp_path / "crops.onnx", preprocessing=False, verify=False).path
+    result = CliRunner().invoke(
+        app, ["test", str(run), str(data), "--no-pictures", "--quiet", "--engine", "onnx", "--onnx", str(crops)]
+    )
+    assert result.exit_code == 0, result.output
