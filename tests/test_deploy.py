@@ -385,6 +385,61 @@ def test_export_command(run, tmp_path):
     assert onnx_throughput(tmp_path / "m.onnx", 64, batch_size=2, repeats=1) > 0
 
 
+def test_calibrate_normals_refits_the_false_alarm_point_and_info_shows_it(run, data, tmp_path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy(run / "model.pt", copy / "model.pt")
+    before = Checkpoint.load(copy).calibration
+    normals = make_demo_dataset(tmp_path / "more", n_train=30, n_test_good=1, n_test_defect=1, size=64, seed=11) / "train" / "good"
+    runner = CliRunner()
+    result = runner.invoke(app, ["calibrate", str(copy), "--normals", str(normals), "-q"])
+    assert result.exit_code == 0, result.output
+    after = Checkpoint.load(copy).calibration
+    held_out = len(before.holdout_image_scores)
+    assert after.image_estimate.images == held_out + 30 == len(after.holdout_image_scores)
+    assert len(after.holdout_map_maxima) == held_out + 30 and after.pixel_rule == "normal-map-maximum"
+    assert after.image_threshold != before.image_threshold and after.pixel_threshold != before.pixel_threshold
+    assert after.image_estimate.high - after.image_estimate.low < before.image_estimate.high - before.image_estimate.low
+    assert f"now:    {after.decision_line()}" in result.stdout
+    assert f"({held_out} held-out + 30 from `glass calibrate --normals`)" in after.decision_line()
+    assert after.image_normalization(after.image_threshold) == pytest.approx(0.5)
+    assert Detector.load(copy).image_threshold == after.image_threshold  # every reader decides by the new point
+
+    info = runner.invoke(app, ["info", str(copy)])
+    assert info.exit_code == 0
+    assert json.loads(info.stdout)["decision"] == after.decision_line() and after.decision_line() in info.stderr
+    assert after.decision_line().startswith(f"threshold {after.image_threshold:.4f}: estimated false-alarm rate ")
+
+    again = runner.invoke(app, ["calibrate", str(copy), "--normals", str(normals), "-q"])
+    assert again.exit_code != 0 and "already part of" in again.stderr  # never counted twice
+    trained_on = runner.invoke(app, ["calibrate", str(copy), "--normals", str(data / "train" / "good"), "-q"])
+    assert trained_on.exit_code != 0 and "never saw" in trained_on.stderr
+    assert Checkpoint.load(copy).calibration == after
+    neither = runner.invoke(app, ["calibrate", str(copy)])
+    assert neither.exit_code != 0 and "--normals" in neither.stderr
+
+
+def test_operating_point_benchmark_measures_a_run(run, data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "operating_point.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    out = tmp_path / "op.json"
+    done = subprocess.run(
+        [sys.executable, str(script), str(run), str(data), "--json", str(out), "--threads", "1"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    stored = result["decision"]["stored"]
+    assert stored["good_images"] == 4 and stored["defective_images"] == 8
+    assert set(result["region"]) == {"stored", "pixel-quantile", "map-maximum"}
+    assert result["region"]["stored"]["threshold"] == Checkpoint.load(run).calibration.pixel_threshold
+    assert "promise kept" in done.stdout and result["stored_decision_line"] in done.stdout
+
+
 def test_calibrate_adds_f1_thresholds_and_keeps_the_false_alarm_one(run, data, tmp_path):
     copy = tmp_path / "run"
     copy.mkdir()

@@ -295,6 +295,15 @@ class Calibration:
             return None
         return estimate_threshold(self.image_threshold, self.holdout_image_scores, self.target_false_alarm_rate)
 
+    def evidence(self) -> str | None:
+        """What the normal images behind the threshold were, in words (None: the held-out ones only)."""
+        extra = [source for source in self.normal_sources if source.get("kind") != "held-out"]
+        if not extra:
+            return None
+        held = sum(int(source.get("images") or 0) for source in self.normal_sources if source.get("kind") == "held-out")
+        added = sum(int(source.get("images") or 0) for source in extra)
+        return f"normal images never trained on ({held} held-out + {added} from `glass calibrate --normals`)"
+
     def decision_line(self) -> str:
         """The one line that says what the stored decision is and how far it keeps its promise
         (`glass train`, `glass info`, `glass calibrate`; the service's model page)."""
@@ -306,7 +315,7 @@ class Calibration:
         estimate = self.false_alarm_estimate()
         if estimate is None:
             return f"threshold {self.image_threshold:.4f}: false-alarm rate unknown (no held-out scores stored)"
-        line = estimate.line()
+        line = estimate.line(evidence=self.evidence())
         if self.pixel_estimate is None and self.pixel_rule is None:
             line += "; region rule: older pixel-value quantile (re-fit with `glass calibrate RUN --normals DIR`)"
         return line

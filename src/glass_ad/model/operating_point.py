@@ -208,18 +208,20 @@ class OperatingEstimate:
             spread=num("tail_spread"),
         )
 
-    def line(self, what: str = "threshold") -> str:
-        """The one honest line every place that shows the decision prints."""
+    def line(self, what: str = "threshold", evidence: str | None = None) -> str:
+        """The one honest line every place that shows the decision prints. ``evidence``: what the n normal
+        images were (default: held-out normal images)."""
         n = self.images
+        evidence = evidence or f"held-out normal image{'s' * (n != 1)}"
         if self.estimate is None:
             return (
-                f"{what} {self.threshold:.4f}: false-alarm rate unknown from {n} held-out normal image{'s' * (n != 1)} "
+                f"{what} {self.threshold:.4f}: false-alarm rate unknown from {n} {evidence} "
                 f"(too few for a model; model-free 95 % upper bound {_pct(self.model_free_upper)}) — target "
                 f"{_pct(self.target)} NOT supported; add good images with `glass calibrate RUN --normals DIR`"
             )
         text = (
             f"{what} {self.threshold:.4f}: estimated false-alarm rate {_pct(self.estimate)} "
-            f"[{_pct(self.low, bare=True)}–{_pct(self.high)}, 95 %] from {n} held-out normal images "
+            f"[{_pct(self.low, bare=True)}–{_pct(self.high)}, 95 %] from {n} {evidence} "
             f"(model: Gumbel tail of the {'logit of the ' if self.scale == 'logit' else ''}image score; model-free "
             f"upper bound {_pct(self.model_free_upper)}); target {_pct(self.target)}"
         )
