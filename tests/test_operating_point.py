@@ -196,3 +196,10 @@ def test_fitted_calibration_round_trips_and_names_its_evidence():
         sources=({"kind": "held-out", "images": 10}, {"kind": "normals", "folder": "/x", "images": 20}),
     )  # fmt: skip
     assert "(10 held-out + 20 from `glass calibrate --normals`)" in pooled.decision_line()
+
+
+def test_any_threshold_in_use_can_be_judged():
+    calibration = Calibration.from_dict(OLD_CALIBRATION)
+    lower, higher = calibration.estimate_at(0.25), calibration.estimate_at(0.5)
+    assert lower.estimate > higher.estimate and lower.exceeding == 3
+    assert Calibration.fallback().estimate_at(0.5) is None

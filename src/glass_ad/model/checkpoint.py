@@ -295,6 +295,13 @@ class Calibration:
             return None
         return estimate_threshold(self.image_threshold, self.holdout_image_scores, self.target_false_alarm_rate)
 
+    def estimate_at(self, threshold: float) -> OperatingEstimate | None:
+        """What any image threshold (the F1 one, a custom one) is expected to realise on normal images,
+        judged by the same normal evidence and model as the stored one; None without held-out scores."""
+        if self.is_fallback or not self.holdout_image_scores or not self.target_false_alarm_rate:
+            return None
+        return estimate_threshold(float(threshold), self.holdout_image_scores, self.target_false_alarm_rate)
+
     def evidence(self) -> str | None:
         """What the normal images behind the threshold were, in words (None: the held-out ones only)."""
         extra = [source for source in self.normal_sources if source.get("kind") != "held-out"]
