@@ -14,10 +14,11 @@ re-computed from the run's own held-out normal images, whose paths the checkpoin
   precision on defective images, the share of defective images whose map peak lies in the mask, and the
   mean region area share on good and on defective images (with the share of good images with any region).
 
-Rules compared for the region: ``stored`` (the checkpoint's pixel threshold), ``pixel-quantile`` (the older
-rule: the (1 − target) quantile of the held-out normal pixels) and ``map-maximum`` (the current rule: the
-Gumbel tail model's predictive threshold on the held-out normal images' map maxima); image thresholds:
-``stored`` and ``order-statistic`` (the older rule: the (1 − target) quantile of held-out image scores).
+Rules compared for the region: ``stored`` (the checkpoint's rule), ``pixel-quantile`` (the older rule: the
+(1 − target) quantile of the held-out normal pixels), ``map-maximum`` (one level per model: the Gumbel tail
+model's predictive threshold on the held-out normal images' map maxima) and ``half-height`` (the current
+rule: that level raised half-way to each image's own peak); image thresholds: ``stored`` and
+``order-statistic`` (the older rule: the (1 − target) quantile of held-out image scores).
 
     python benchmarks/operating_point.py runs/mtd ../shared/data/mtd --json op_mtd.json --threads 2
 """
@@ -37,7 +38,7 @@ from scipy import ndimage
 from glass_ad.data.datasets import ImageDataset, Preprocessor, Sample, load_dataset
 from glass_ad.data.io import ImageReadError
 from glass_ad.model.checkpoint import Checkpoint
-from glass_ad.model.operating_point import clopper_pearson, estimate_threshold, fit_threshold
+from glass_ad.model.operating_point import REGION_HEIGHT, clopper_pearson, estimate_threshold, fit_threshold, region_threshold
 
 
 @torch.no_grad()
@@ -74,9 +75,12 @@ def score(model, samples: list[Sample], preprocessor, bit_depth, batch_size: int
     return np.asarray(scores), stacked, stacked_masks, kept, dropped
 
 
-def region_quality(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
-    """Region measures of ``maps >= threshold`` against the masks (defective images: label 1)."""
-    regions = maps >= threshold
+def region_quality(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray, threshold: float, height: float | None = None) -> dict:
+    """Region measures of ``maps >= region_threshold(peak, threshold, height)`` (per image) against the masks
+    (defective images: label 1)."""
+    peaks = maps.reshape(len(maps), -1).max(axis=1)
+    levels = np.array([region_threshold(float(p), threshold, height) for p in peaks], dtype=np.float64)
+    regions = maps >= levels[:, None, None].astype(maps.dtype)
     area = regions.reshape(len(regions), -1).mean(axis=1)
     good, bad = labels == 0, labels == 1
     overlaps, touched, ious, precisions = [], [], [], []
@@ -95,6 +99,7 @@ def region_quality(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray, thre
             precisions.append(float(mask[region].mean()))
     return {
         "threshold": float(threshold),
+        "region_height": height,
         "per_region_overlap": float(np.mean(overlaps)) if overlaps else None,
         "regions_touched": float(np.mean(touched)) if touched else None,
         "ground_truth_regions": len(overlaps),
@@ -193,13 +198,14 @@ def main() -> None:
         },  # fmt: skip
         "decision": {"stored": stored},
         "promise": promise,
-        "region": {"stored": region_quality(maps, masks, labels, calibration.pixel_threshold)},
+        "region": {"stored": region_quality(maps, masks, labels, calibration.pixel_threshold, calibration.region_height)},
         "dropped": dropped,
     }
     if older:
         result["decision"]["order-statistic"] = decision(scores, labels, types, older["image_order_statistic"])
         result["region"]["pixel-quantile"] = region_quality(maps, masks, labels, older["pixel_quantile"])
         result["region"]["map-maximum"] = region_quality(maps, masks, labels, older["map_maximum_refit"])
+        result["region"]["half-height"] = region_quality(maps, masks, labels, older["map_maximum_refit"], REGION_HEIGHT)
         if estimate is not None:
             again = estimate_threshold(older["image_order_statistic"], [s for s in calibration.holdout_image_scores], target)
             result["decision"]["order-statistic"]["estimate_under_the_model"] = [again.estimate, again.low, again.high]

@@ -99,7 +99,12 @@ def _check_onnx_matches_pytorch(run: Path, torch_detector: Detector, images: lis
     for x, path in zip(a, images):
         original = read_image(path)
         assert x.anomaly_map.shape == original.shape[:2] and x.anomaly_map.dtype == np.float32
-        assert x.region.dtype == np.bool_ and np.array_equal(x.region, x.anomaly_map >= torch_detector.pixel_threshold)
+        # The region: the pixel threshold raised half-way to this map's own peak (docs/deploy.md).
+        peak, level = float(x.anomaly_map.max()), torch_detector.pixel_threshold
+        if peak > level:
+            level += 0.5 * (peak - level)
+        assert x.region.dtype == np.bool_ and np.array_equal(x.region, x.anomaly_map >= level)
+        assert torch_detector.region_level(x.anomaly_map) == pytest.approx(level)
         assert x.is_anomalous == (x.score >= torch_detector.image_threshold)
         assert x.path == str(path)
 
@@ -150,6 +155,10 @@ def test_exported_model_takes_frames_and_carries_what_deciding_needs(run, onnx_f
     assert [x.decision for x in a] == [y.decision for y in b]
     assert max(abs(x.score - y.score) for x, y in zip(a, b)) < 1e-3
     assert all(x.anomaly_map.shape == y.anomaly_map.shape for x, y in zip(a, b))
+    assert meta["region_height"] == "0.5" and runtime.region_height == 0.5  # the same region rule without torch
+    for x, y in zip(a, b):
+        assert runtime.region_level(y.anomaly_map) == pytest.approx(torch_detector.region_level(x.anomaly_map), abs=1e-3)
+    assert meta["decision"] == Checkpoint.load(run).calibration.decision_line() and float(meta["false_alarm_high"]) > 0
     # The S×S graph (preprocessing outside) still exports, and the runtime feeds it by the numpy reference.
     crop = export_onnx(run, tmp_path / "crop.onnx", preprocessing=False)
     assert read_metadata(crop.path)["preprocessing"] == "external"
@@ -435,7 +444,7 @@ def test_operating_point_benchmark_measures_a_run(run, data, tmp_path):
     result = json.loads(out.read_text())
     stored = result["decision"]["stored"]
     assert stored["good_images"] == 4 and stored["defective_images"] == 8
-    assert set(result["region"]) == {"stored", "pixel-quantile", "map-maximum"}
+    assert set(result["region"]) == {"stored", "pixel-quantile", "map-maximum", "half-height"}
     assert result["region"]["stored"]["threshold"] == Checkpoint.load(run).calibration.pixel_threshold
     assert "promise kept" in done.stdout and result["stored_decision_line"] in done.stdout
 

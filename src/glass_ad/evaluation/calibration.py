@@ -34,7 +34,7 @@ from glass_ad.data.datasets import ImageDataset, MaskIndex, Preprocessor, Sample
 from glass_ad.data.io import ImageReadError, list_images
 from glass_ad.evaluation.metrics import f1_optimal_threshold, threshold_stats
 from glass_ad.model.checkpoint import LN9, Calibration, Checkpoint, F1Thresholds, Normalization, checkpoint_path
-from glass_ad.model.operating_point import OperatingEstimate, fit_threshold
+from glass_ad.model.operating_point import REGION_HEIGHT, OperatingEstimate, fit_threshold
 
 PIXEL_RULE = "normal-map-maximum"  # region: map values above what all but the target share of normal maps reach
 
@@ -116,6 +116,7 @@ def fit_calibration(
         holdout_map_maxima=tuple(float(s) for s in map_maxima),
         pixel_rule=PIXEL_RULE,
         normal_sources=sources,
+        region_height=REGION_HEIGHT,
     )
 
 

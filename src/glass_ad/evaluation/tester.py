@@ -251,7 +251,7 @@ def _write_pictures(report_dir, evaluator, preprocessor, calibration: Calibratio
                     maps[i],
                     vmin=vmin,
                     vmax=vmax,
-                    threshold=pixel_threshold,
+                    threshold=calibration.region_level(maps[i], pixel_threshold),
                     colorbar=True,
                     title=f"{kind}: score {scores[i]:.3f} (thr {threshold:.3f}) {Path(path).name}",
                     gt_mask=gt,

@@ -84,6 +84,7 @@ def export_metadata(checkpoint: Checkpoint | dict[str, Any], in_graph: bool = Tr
         "false_alarm_estimate": _or_empty(_estimate(calibration, "estimate")),
         "false_alarm_low": _or_empty(_estimate(calibration, "low")),
         "false_alarm_high": _or_empty(_estimate(calibration, "high")),
+        "region_height": _or_empty(calibration.region_height),
         "f1_image_threshold": _or_empty(f1.image_threshold if f1 is not None else None),
         "f1_pixel_threshold": _or_empty(f1.pixel_threshold if f1 is not None else None),
         "normalization_center": calibration.image_normalization.center,

@@ -197,11 +197,20 @@ class Detector:
                 normalized=float(norm),
                 is_anomalous=bool(score >= self.image_threshold),
                 anomaly_map=full,
-                region=full >= self.pixel_threshold,
+                region=self.region_of(full),
                 path=path,
                 threshold=self.image_threshold,
                 image=rgb if keep_image else None,
             )
+
+    def region_level(self, anomaly_map) -> float:
+        """The map level at and above which this map's pixels form its region (`Calibration.region_level`:
+        the pixel threshold raised half-way to the map's own peak)."""
+        return self.calibration.region_level(anomaly_map, self.pixel_threshold, self.threshold_kind)
+
+    def region_of(self, anomaly_map: np.ndarray) -> np.ndarray:
+        """The predicted region of a map (bool, same shape)."""
+        return np.asarray(anomaly_map) >= self.region_level(anomaly_map)
 
     # -------------------------------------------------------------------------------------- pictures
 
@@ -251,7 +260,7 @@ class Detector:
             title = f"{prediction.decision}: score {prediction.score:.3f} (normalized {prediction.normalized:.2f})"
         outline = outlines == "all" or (outlines == "anomalous" and prediction.is_anomalous)
         return overlay_panel(
-            picture, prediction.anomaly_map, vmin=vmin, vmax=vmax, threshold=self.pixel_threshold, title=title,
+            picture, prediction.anomaly_map, vmin=vmin, vmax=vmax, threshold=self.region_level(prediction.anomaly_map), title=title,
             inspected=inspected, outline=outline, min_area=min_area, colorbar=bool(title) if colorbar is None else colorbar,
         )  # fmt: skip
 

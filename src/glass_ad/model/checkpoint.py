@@ -43,7 +43,7 @@ from glass_ad.data.io import current_bit_depth
 from glass_ad.model.discriminator import Adaptor
 from glass_ad.model.geometry import FeatureGeometry
 from glass_ad.model.glass_model import FEATURE_STRIDE, GlassModel, build_model
-from glass_ad.model.operating_point import OperatingEstimate, estimate_threshold
+from glass_ad.model.operating_point import OperatingEstimate, estimate_threshold, region_threshold
 from glass_ad.safety import atomic_path
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ class OperatingPoint(NamedTuple):
 _CALIBRATION_KEYS = (
     "method", "target_false_alarm_rate", "holdout_images", "image_threshold", "pixel_threshold",
     "image_normalization", "pixel_normalization", "holdout_image_scores", "warning",
-    "holdout_map_maxima", "pixel_rule", "normal_sources",
+    "holdout_map_maxima", "pixel_rule", "normal_sources", "region_height",
 )  # fmt: skip
 _IMAGE_ESTIMATE_KEYS = tuple(OperatingEstimate(0.0, 0.0, 0, None, "raw", None, None, None, 0, 1.0).to_fields())
 _PIXEL_PREFIX = "pixel_"
@@ -211,6 +211,7 @@ class Calibration:
     holdout_map_maxima: tuple[float, ...] = ()  # the largest map value of each normal image the fit used
     pixel_rule: str | None = None  # "normal-map-maximum"; None: the older pixel-value quantile
     normal_sources: tuple[Mapping[str, Any], ...] = ()  # where the normal evidence came from (held-out, --normals)
+    region_height: float | None = None  # region: map ≥ pixel threshold + height·(peak − it); None: ≥ pixel threshold
 
     @classmethod
     def fallback(cls) -> "Calibration":
@@ -254,6 +255,7 @@ class Calibration:
             holdout_map_maxima=tuple(float(s) for s in data.get("holdout_map_maxima") or ()),
             pixel_rule=data.get("pixel_rule"),
             normal_sources=tuple(dict(source) for source in data.get("normal_sources") or ()),
+            region_height=float(data["region_height"]) if data.get("region_height") is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,6 +279,7 @@ class Calibration:
             out["holdout_map_maxima"] = list(self.holdout_map_maxima) if self.holdout_map_maxima else None
             out["pixel_rule"] = self.pixel_rule
             out["normal_sources"] = [dict(source) for source in self.normal_sources] if self.normal_sources else None
+            out["region_height"] = self.region_height
             out = {k: v for k, v in out.items() if v is not None}
             if self.warning:
                 out["warning"] = self.warning
@@ -294,6 +297,21 @@ class Calibration:
         if self.is_fallback or not self.holdout_image_scores or not self.target_false_alarm_rate:
             return None
         return estimate_threshold(self.image_threshold, self.holdout_image_scores, self.target_false_alarm_rate)
+
+    def region_level(self, anomaly_map, pixel_threshold: float | None = None, kind: str = "far") -> float:
+        """The map level at and above which pixels form the predicted region of this map (`region_threshold`:
+        the pixel threshold raised half-way to the map's peak; the plain pixel threshold for the F1 operating
+        point, whose pixel threshold was chosen as a plain one, and for checkpoints without ``region_height``)."""
+        threshold = float(self.pixel_threshold if pixel_threshold is None else pixel_threshold)
+        height = None if kind == "f1" else self.region_height
+        if height is None:
+            return threshold
+        if isinstance(anomaly_map, torch.Tensor):
+            peak = float(anomaly_map.max()) if anomaly_map.numel() else threshold
+        else:
+            values = np.asarray(anomaly_map)
+            peak = float(values.max()) if values.size else threshold
+        return region_threshold(peak, threshold, height)
 
     def estimate_at(self, threshold: float) -> OperatingEstimate | None:
         """What any image threshold (the F1 one, a custom one) is expected to realise on normal images,

@@ -290,6 +290,18 @@ def fit_threshold(scores, target: float) -> OperatingEstimate:
     return OperatingEstimate(**{**estimate.__dict__, "raised_to_max": raised})
 
 
+REGION_HEIGHT = 0.5  # the region: where the map rises at least half-way from the normal ceiling to its peak
+
+
+def region_threshold(peak: float, pixel_threshold: float, height: float | None) -> float:
+    """The map level above which a pixel is in an image's region: the pixel threshold (the normal images'
+    ceiling), raised to ``height`` of the way to the image's own peak (None: the pixel threshold as it is).
+    A map whose peak stays below the pixel threshold has no region."""
+    if height is None or not peak > pixel_threshold:
+        return float(pixel_threshold)
+    return float(pixel_threshold + height * (peak - pixel_threshold))
+
+
 def _just_above(value: float) -> float:
     """The next float above ``value`` (a threshold strictly above every held-out score: none is a false alarm)."""
     return float(np.nextafter(value, np.inf))
