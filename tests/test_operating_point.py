@@ -142,10 +142,15 @@ def test_two_images_are_too_few_for_a_model():
 
 
 def test_raw_scores_are_modelled_on_their_own_scale():
+    """Hybrid scores are not probabilities: Gumbel on the raw scale. With 200 images the threshold is also
+    kept above the empirical 99 % quantile, so the realised rate is at most the target on average."""
     rng = np.random.default_rng(4)
-    estimate = fit_threshold(rng.gumbel(3.0, 1.0, 200), TARGET)  # hybrid scores: not probabilities
-    assert estimate.scale == "raw"
-    assert _gumbel_survival(estimate.threshold - 3.0) == pytest.approx(TARGET, rel=0.5)
+    realised = []
+    for _ in range(200):
+        estimate = fit_threshold(rng.gumbel(3.0, 1.0, 200), TARGET)
+        assert estimate.scale == "raw"
+        realised.append(_gumbel_survival(estimate.threshold - 3.0))
+    assert 0.5 * TARGET <= np.mean(realised) <= TARGET * 1.05 and np.quantile(realised, 0.95) <= 2 * TARGET
 
 
 def test_estimate_of_a_given_threshold_grows_as_it_falls():

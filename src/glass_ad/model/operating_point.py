@@ -16,7 +16,8 @@ seed). Hence:
 
 * the **predictive threshold** is the c for which the *expected* realised rate over draws of n held-out
   images is the target (with few images c is larger than the plug-in quantile: small evidence is paid
-  for with a higher threshold), never below the largest held-out score;
+  for with a higher threshold), never at or below the empirical (1 − target) quantile of the scores (the
+  largest of them while n < 1 / target);
 * for any threshold the **estimate** is that expected rate and the **95 % interval** holds the realised
   rate with 95 % probability under the model (2.5 % and 97.5 % points of R);
 * besides the model, a **model-free upper bound**: with k of the n held-out scores at or above T, the
@@ -163,7 +164,7 @@ class OperatingEstimate:
     model_free_upper: float  # one-sided 95 % Clopper–Pearson bound from the held-out count
     location: float | None = None
     spread: float | None = None
-    raised_to_max: bool = False  # the model's threshold lay below the largest held-out score
+    raised_to_max: bool = False  # the model's threshold lay below the empirical quantile (the largest score for small n)
 
     @property
     def supported(self) -> bool:
@@ -273,19 +274,20 @@ def estimate_threshold(threshold: float, scores, target: float, scale: str | Non
 
 
 def fit_threshold(scores, target: float) -> OperatingEstimate:
-    """The predictive threshold for ``target`` from normal scores (never below their largest)."""
+    """The predictive threshold for ``target`` from normal scores, never at or below their empirical
+    (1 − target) quantile (their largest score while n < 1 / target)."""
     values = np.asarray(scores, dtype=np.float64)
     if values.size == 0:
         raise ValueError("no normal scores to set a threshold from")
     scale = score_scale(values)
-    largest = float(values.max())
+    floor = float(np.quantile(values, 1.0 - target, method="higher"))
     if values.size < MIN_MODEL_IMAGES:
-        return estimate_threshold(_just_above(largest), values, target, scale)
+        return estimate_threshold(_just_above(float(values.max())), values, target, scale)
     location, spread = fit_gumbel(to_tail(values, scale))
     threshold = from_tail(location + predictive_factor(int(values.size), float(target)) * spread, scale)
-    raised = threshold <= largest
+    raised = threshold <= floor
     if raised:
-        threshold = _just_above(largest)
+        threshold = _just_above(floor)
     estimate = estimate_threshold(threshold, values, target, scale)
     return OperatingEstimate(**{**estimate.__dict__, "raised_to_max": raised})
 
