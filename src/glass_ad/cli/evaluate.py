@@ -118,8 +118,9 @@ def _check_dropped(result: dict, json_out, allow_dropped: bool) -> None:
 
 @app.command()
 def info(run_dir: Path = typer.Argument(...)) -> None:
-    """Show what a checkpoint holds: config, hypothesis, thresholds, feature geometry, and per epoch the
-    losses and separations of each branch (a warning when GAS stayed near chance)."""
+    """Show what a checkpoint holds: the decision (threshold, estimated false-alarm rate with its 95 %
+    interval), config, hypothesis, thresholds, feature geometry, and per epoch the losses and separations of
+    each branch (a warning when GAS stayed near chance)."""
     from glass_ad.model.checkpoint import Checkpoint
     from glass_ad.training.validation import branch_summary
 
@@ -128,6 +129,7 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
     calibration = checkpoint.calibration
     geometry = checkpoint.geometry.to_dict() if checkpoint.geometry is not None else checkpoint.extra.get("geometry")
     summary = {
+        "decision": calibration.decision_line(),  # first: what the stored decision promises, and how surely
         "format": checkpoint.format,
         "package_version": checkpoint.package_version or "unknown (written before 0.1.0 recorded it)",
         "provenance": checkpoint.provenance or "not recorded (trained through the library, or before it was recorded)",
@@ -135,7 +137,6 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
         "backbone": checkpoint.backbone.to_dict(),
         "hypothesis": checkpoint.hypothesis,
         "spectrum": checkpoint.spectrum,
-        "decision": calibration.decision_line(),
         "calibration": {
             k: v for k, v in calibration.to_dict().items() if k not in ("holdout_image_scores", "holdout_map_maxima")
         },
@@ -150,7 +151,6 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
         "config": checkpoint.stored_config if checkpoint.stored_config is not None else checkpoint.config.to_dict(),
     }
     typer.echo(json.dumps(summary, indent=2, default=str))
-    typer.echo(summary["decision"], err=True)
 
 
 
