@@ -413,6 +413,9 @@ def test_calibrate_normals_refits_the_false_alarm_point_and_info_shows_it(run, d
     assert f"({held_out} held-out + 30 from `glass calibrate --normals`)" in after.decision_line()
     assert after.image_normalization(after.image_threshold) == pytest.approx(0.5)
     assert Detector.load(copy).image_threshold == after.image_threshold  # every reader decides by the new point
+    assert Detector.load(copy).operating_line() == after.decision_line()
+    custom = Detector.load(copy, threshold=0.99).operating_line()
+    assert custom.startswith("custom threshold 0.9900: estimated false-alarm rate ")
 
     info = runner.invoke(app, ["info", str(copy)])
     assert info.exit_code == 0

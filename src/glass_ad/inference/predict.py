@@ -203,6 +203,17 @@ class Detector:
                 image=rgb if keep_image else None,
             )
 
+    def operating_line(self) -> str:
+        """What the image threshold in use promises (`Calibration.decision_line` for the false-alarm one; the
+        same estimate of the F1 or a custom threshold, judged by the same normal evidence)."""
+        if self.threshold_kind == "far":
+            return self.calibration.decision_line()
+        estimate = self.calibration.estimate_at(self.image_threshold)
+        what = f"{self.threshold_kind} threshold"
+        if estimate is None:
+            return f"{what} {self.image_threshold:.4f}: false-alarm rate unknown (no held-out normal scores)"
+        return estimate.line(what=what, evidence=self.calibration.evidence())
+
     def region_level(self, anomaly_map) -> float:
         """The map level at and above which this map's pixels form its region (`Calibration.region_level`:
         the pixel threshold raised half-way to the map's own peak)."""
@@ -425,6 +436,7 @@ def predict_files(
         "run": detector.source,
         "engine": detector.engine_name,
         "threshold": {"kind": detector.threshold_kind, "image": detector.image_threshold, "pixel": detector.pixel_threshold},
+        "operating_point": detector.operating_line(),
         "n_images": len(rows),
         "n_anomalous": anomalous,
         "n_normal": len(rows) - anomalous,
