@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -164,7 +164,7 @@ class OperatingEstimate:
     model_free_upper: float  # one-sided 95 % Clopper–Pearson bound from the held-out count
     location: float | None = None
     spread: float | None = None
-    raised_to_max: bool = False  # the model's threshold lay below the empirical quantile (the largest score for small n)
+    raised_to_max: bool = field(default=False, compare=False)  # the model's threshold lay below the empirical quantile (not stored)
 
     @property
     def supported(self) -> bool:
