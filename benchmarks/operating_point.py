@@ -35,10 +35,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from glass_ad.data.datasets import ImageDataset, Preprocessor, Sample, load_dataset
+from glass_ad.data.datasets import ImageDataset, Sample, load_dataset
 from glass_ad.data.io import ImageReadError
 from glass_ad.model.checkpoint import Checkpoint
-from glass_ad.model.operating_point import REGION_HEIGHT, clopper_pearson, estimate_threshold, fit_threshold, region_threshold
+from glass_ad.model.operating_point import (
+    REGION_HEIGHT,
+    clopper_pearson,
+    estimate_threshold,
+    fit_threshold,
+    region_threshold,
+)
 
 
 @torch.no_grad()
@@ -191,9 +197,12 @@ def main() -> None:
         "target_false_alarm_rate": target,
         "stored_decision_line": calibration.decision_line(),
         "stored_estimate": None if estimate is None else {
-            "estimate": estimate.estimate, "interval_95": [estimate.low, estimate.high], "images": estimate.images,
-            "model": estimate.model, "model_free_upper_95": estimate.model_free_upper,
-        },  # fmt: skip
+            "estimate": estimate.estimate,
+            "interval_95": [estimate.low, estimate.high],
+            "images": estimate.images,
+            "model": estimate.model,
+            "model_free_upper_95": estimate.model_free_upper,
+        },
         "decision": {"stored": stored},
         "promise": promise,
         "region": {"stored": region_quality(maps, masks, labels, calibration.pixel_threshold, calibration.region_height)},

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -186,7 +187,7 @@ class OperatingEstimate:
         }
 
     @classmethod
-    def from_fields(cls, data: Mapping[str, Any], threshold: float, target: float, prefix: str = "") -> "OperatingEstimate | None":
+    def from_fields(cls, data: Mapping[str, Any], threshold: float, target: float, prefix: str = "") -> OperatingEstimate | None:
         if data.get(f"{prefix}false_alarm_images") is None:
             return None
 
