@@ -432,6 +432,33 @@ def test_calibrate_normals_refits_the_false_alarm_point_and_info_shows_it(run, d
     assert neither.exit_code != 0 and "--normals" in neither.stderr
 
 
+def test_calibrate_normals_upgrades_an_older_checkpoint(run, tmp_path):
+    import dataclasses
+
+    from glass_ad.model.checkpoint import Calibration
+
+    checkpoint = Checkpoint.load(run)
+    current = checkpoint.calibration
+    older = {  # the fields a checkpoint written before the tail model holds
+        "method": "holdout-normal-quantile", "target_false_alarm_rate": 0.01,
+        "holdout_images": len(current.holdout_image_scores), "image_threshold": max(current.holdout_image_scores),
+        "pixel_threshold": 0.3, "image_normalization": {"center": 0.5, "scale": 0.05},
+        "pixel_normalization": {"center": 0.3, "scale": 0.05}, "holdout_image_scores": list(current.holdout_image_scores),
+    }  # fmt: skip
+    (tmp_path / "run").mkdir()
+    dataclasses.replace(checkpoint, calibration=Calibration.from_dict(older)).save(tmp_path / "run" / "model.pt")
+    before = Checkpoint.load(tmp_path / "run").calibration
+    assert before.image_estimate is None and before.region_height is None and "older pixel-value quantile" in before.decision_line()
+    assert Detector.load(tmp_path / "run").region_level(np.array([[0.1, 0.9]])) == 0.3  # the older plain rule
+    normals = make_demo_dataset(tmp_path / "more", n_train=12, n_test_good=1, n_test_defect=1, size=64, seed=12) / "train" / "good"
+    result = CliRunner().invoke(app, ["calibrate", str(tmp_path / "run"), "--normals", str(normals), "-q"])
+    assert result.exit_code == 0, result.output
+    after = Checkpoint.load(tmp_path / "run").calibration
+    assert after.image_estimate.images == len(current.holdout_image_scores) + 12
+    assert len(after.holdout_map_maxima) == 12 and after.region_height == 0.5  # map maxima: the new normals only
+    assert "older pixel-value quantile" not in after.decision_line()
+
+
 def test_operating_point_benchmark_measures_a_run(run, data, tmp_path):
     import os
     import subprocess

@@ -82,7 +82,11 @@ def holdout_warning(estimate: OperatingEstimate) -> str | None:
     95 % interval of `operating_point.py` ends above it, or there are too few images for a model)."""
     if estimate.supported:
         return None
-    return f"the {100 * estimate.target:g} % false-alarm threshold comes from only {estimate.images} held-out normal images: " + estimate.line()
+    reach = f"the realised rate may reach {100 * estimate.high:.1f} %" if estimate.high is not None else "its realised rate is unknown"
+    return (
+        f"the {100 * estimate.target:g} % false-alarm threshold comes from only {estimate.images} held-out normal images: "
+        f"{reach} (95 %); add good images never trained on with `glass calibrate RUN --normals DIR`"
+    )
 
 
 def fit_calibration(
