@@ -119,7 +119,8 @@ def _survival(x: np.ndarray) -> np.ndarray:
 def _pivots(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(u, v) = fitted (μ̂, β̂) of many standard Gumbel samples of size n (fixed seed: reproducible)."""
     rng = np.random.default_rng(20_240_928 + n)
-    samples = np.sort(-np.log(-np.log(rng.random((_SIMULATIONS, n)))), axis=1)
+    simulations = int(min(_SIMULATIONS, max(1_000, 4_000_000 // n)))  # memory flat for large pooled sets
+    samples = np.sort(-np.log(-np.log(rng.random((simulations, n)))), axis=1)
     l1 = samples.mean(axis=1)
     b1 = (samples * (np.arange(n) / (n - 1))).sum(axis=1) / n
     scale = np.maximum((2.0 * b1 - l1) / math.log(2.0), 1e-9)
