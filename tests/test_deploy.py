@@ -414,6 +414,10 @@ def test_calibrate_normals_refits_the_false_alarm_point_and_info_shows_it(run, d
     assert after.image_normalization(after.image_threshold) == pytest.approx(0.5)
     assert Detector.load(copy).image_threshold == after.image_threshold  # every reader decides by the new point
     assert Detector.load(copy).operating_line() == after.decision_line()
+    summary = Detector.load(copy).operating_summary()
+    assert summary["line"] == after.decision_line() and summary["normal_images"] == held_out + 30
+    assert summary["interval_95"] == [after.image_estimate.low, after.image_estimate.high] and summary["region_height"] == 0.5
+    json.dumps(summary)  # JSON-ready for the service's model page
     custom = Detector.load(copy, threshold=0.99).operating_line()
     assert custom.startswith("custom threshold 0.9900: estimated false-alarm rate ")
 

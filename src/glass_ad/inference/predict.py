@@ -214,6 +214,28 @@ class Detector:
             return f"{what} {self.image_threshold:.4f}: false-alarm rate unknown (no held-out normal scores)"
         return estimate.line(what=what, evidence=self.calibration.evidence())
 
+    def operating_summary(self) -> dict[str, Any]:
+        """JSON-ready: the decision line of the threshold in use and its numbers (for a model page)."""
+        calibration = self.calibration
+        if self.threshold_kind == "far":
+            estimate = calibration.false_alarm_estimate()
+        else:
+            estimate = calibration.estimate_at(self.image_threshold)
+        return {
+            "line": self.operating_line(),
+            "kind": self.threshold_kind,
+            "image_threshold": self.image_threshold,
+            "target_false_alarm_rate": calibration.target_false_alarm_rate,
+            "estimated_false_alarm_rate": None if estimate is None else estimate.estimate,
+            "interval_95": None if estimate is None or estimate.low is None else [estimate.low, estimate.high],
+            "model_free_upper_95": None if estimate is None else estimate.model_free_upper,
+            "normal_images": None if estimate is None else estimate.images,
+            "model": None if estimate is None else estimate.model,
+            "supported": bool(estimate is not None and estimate.supported),
+            "pixel_threshold": self.pixel_threshold,
+            "region_height": None if self.threshold_kind == "f1" else calibration.region_height,
+        }
+
     def region_level(self, anomaly_map) -> float:
         """The map level at and above which this map's pixels form its region (`Calibration.region_level`:
         the pixel threshold raised half-way to the map's own peak)."""
