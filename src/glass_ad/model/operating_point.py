@@ -27,10 +27,11 @@ seed). Hence:
 `glass calibrate RUN --normals DIR` pools more normal images (never trained on) with the held-out ones
 and re-fits: the interval narrows roughly as 1/√n.
 
-The pixel threshold (the predicted region) uses the same model on the held-out images' *map maxima*: a
-pixel is in the region when it is more anomalous than the most anomalous pixel of all but the target share
-of normal images. The region of a normal image is then empty as often as its decision is OK, and the
-region of a defective image is the part of its map no normal image reaches, not the whole raised area.
+The pixel threshold T uses the same model on the normal images' *map maxima* (the level the most anomalous
+pixel of all but the target share of normal images stays below), and an image's region is where its map
+rises at least half-way from T to its own peak (`region_threshold`): a normal image has a region about as
+rarely as the target says, and a defective image's region is the part of its map that stands out, not the
+whole plateau the smoothing raises around a defect.
 """
 
 from __future__ import annotations
