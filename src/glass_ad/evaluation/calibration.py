@@ -1,13 +1,20 @@
 """Decision thresholds and a normalised score, fixed at training time from held-out normal images.
 
-No defect image is needed: the image threshold is the (1 − target false-alarm rate) quantile of the
-held-out normal images' scores, the pixel threshold the same quantile of their map values. The
-normalised score is a logistic curve fixed by two numbers of the same distribution:
+No defect image is needed. The image threshold is the predictive threshold of a stated tail model fitted
+to the held-out normal images' scores (model/operating_point.py: the logit of the image score is Gumbel
+distributed; the threshold's expected realised false-alarm rate is the target; it comes with an estimate,
+a 95 % interval and a model-free bound, stored in the `Calibration` and shown by every command that shows
+the decision). The pixel threshold is the same construction on the normal images' map maxima, and an
+image's region is where its map rises at least half-way from it to the map's peak. The normalised score is
+a logistic curve fixed by two numbers of the same distribution:
 
     normalized(s) = 1 / (1 + exp(−(s − t) / τ)),  τ = (t − m) / ln 9
 
 with t the threshold and m the median normal score, so that the median normal image maps to 0.1 and
 the threshold to 0.5. It is monotone, lies in (0, 1), and is the same formula in PyTorch and ONNX.
+
+`glass calibrate RUN_DIR --normals DIR` pools more good images the model never trained on with the held-out
+ones and re-fits all of this (`calibrate_normals`): the way to tighten the operating point.
 
 Optionally (`glass calibrate RUN_DIR --val DIR`), a labelled validation set that is not the test set
 adds a second operating point, the F1-optimal image (and pixel) threshold, stored next to the
