@@ -37,7 +37,7 @@ from glass_ad.model.checkpoint import Checkpoint
 from glass_ad.training.preparation import decode_images, split_holdout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from patchcore_baseline import greedy_coreset, nearest_distance
+from patchcore_baseline import build_bank, nearest_distance
 
 
 def ranked_against(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -74,7 +74,7 @@ def analyse(run: str, data: str, types: list[str], border: int) -> None:
         patches = torch.cat(
             [model.features(images[s : s + 16].float() / 255.0).flatten(0, 1) for s in range(0, len(images), 16)]
         )
-        bank = patches[greedy_coreset(patches, 0.01)]
+        bank = build_bank(patches, 0.01, pool=0.1)  # the variant these measurements used
         del patches, images
     cached = _DISTANCES.setdefault(features_key, [])
 

@@ -33,7 +33,7 @@ from glass_ad.synthesis.unseen_anomalies import UnseenAnomalySynthesizer
 from glass_ad.training.validation import rebuild_run_validation, score_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from patchcore_baseline import greedy_coreset, nearest_distance
+from patchcore_baseline import build_bank, nearest_distance
 
 PIXEL_SAMPLE = 0.1  # share of the pixels scored (the same pixels for every family and scorer)
 
@@ -77,7 +77,7 @@ def main() -> None:
         patches = torch.cat(
             [model.features(train[s : s + 16].float() / 255.0).flatten(0, 1) for s in range(0, len(train), 16)]
         )
-        bank = patches[greedy_coreset(patches, 0.01)]
+        bank = build_bank(patches, 0.01, pool=0.1)  # the variant these measurements used
         del patches
         scorers["NN"] = lambda f: nearest_distance(f.flatten(0, 1), bank).reshape(len(f), *grid)
 

@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 # Fixtures that read ../shared/data: a test using one is marked `realdata` (so `-m "not realdata"` leaves it
 # out) whether or not its file says so, and it skips when the data is absent.
-_REALDATA_FIXTURES = {"mtd_root", "dtd_root"}
+_REALDATA_FIXTURES = {"mtd_root", "mpdd_root", "dtd_root"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -32,6 +32,14 @@ def mtd_root() -> Path:
     path = SHARED_DATA / "mtd"
     if not (path / "train" / "good").is_dir():
         pytest.skip(f"real data not available: {path} (../shared/data/mtd)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mpdd_root() -> Path:
+    path = SHARED_DATA / "mpdd_metal_plate"
+    if not (path / "train" / "good").is_dir():
+        pytest.skip(f"real data not available: {path} (../shared/data/mpdd_metal_plate)")
     return path
 
 

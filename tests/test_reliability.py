@@ -243,6 +243,7 @@ def _make_images(folder: Path) -> dict[str, Path]:
     put("animated.gif", lambda p: frames[0].save(p, save_all=True, append_images=frames[1:]))
     put("loop.png", lambda p: p.symlink_to(p))
     put("unreadable.png", lambda p: Image.fromarray(rgb).save(p))
+    put("fifo.png", lambda p: os.mkfifo(p))  # a named pipe: opening it would wait for a writer forever
     # Readable, unusual layouts
     put("rgba.png", lambda p: Image.fromarray(np.dstack([rgb, np.full_like(grey, 77)]), "RGBA").save(p))
     put("palette.png", lambda p: Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(p))
@@ -274,6 +275,7 @@ REFUSED = {
     "animated.gif": "animated or multi-frame image (3 frames)",
     "loop.png": "symbolic link loop",
     "unreadable.png": "permission denied",
+    "fifo.png": "named pipe (FIFO)",
 }
 READABLE = ("rgba.png", "palette.png", "cmyk.jpg", "exif_rotated.jpg", "camera16.png", "camera16_hot_pixel.png")
 
@@ -467,6 +469,8 @@ def test_bad_images_in_the_test_split(run, data, bad_images, tmp_path):
         target = test_data / "test" / "good" / kind
         if kind == "loop.png":
             target.symlink_to(target)
+        elif kind == "fifo.png":
+            os.mkfifo(target)
         else:
             shutil.copy(bad_images[kind], target)
     mask = sorted((test_data / "ground_truth" / "scratch").iterdir())[0]
@@ -958,6 +962,9 @@ def _damage(kind: str, run: Path, target: Path) -> str:
     elif kind == "missing weights":
         del checkpoint["discriminator"]
         expected = "is incomplete: missing discriminator"
+    elif kind == "edited threshold":
+        checkpoint["calibration"]["image_threshold"] = 0.99
+        expected = "were changed after the file was written"
     else:  # pragma: no cover
         raise ValueError(kind)
     torch.save(checkpoint, path)
@@ -967,7 +974,7 @@ def _damage(kind: str, run: Path, target: Path) -> str:
 CHECKPOINT_KINDS = (
     "truncated", "zero bytes", "JSON file named model.pt", "random bytes", "unsafe pickle", "bare state dict",
     "newer format", "edited image_size", "edited image_size, no digest (older file)", "edited backbone",
-    "edited width", "missing weights",
+    "edited width", "missing weights", "edited threshold",
 )  # fmt: skip
 CHECKPOINT_COMMANDS = ("info", "test", "predict", "export", "calibrate", "api")
 MODEL_BUILT = ("edited backbone",)  # found only when the model is built: `glass info` shows such a file

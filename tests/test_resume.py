@@ -78,7 +78,7 @@ def test_resumed_run_equals_uninterrupted_run(data, uninterrupted, tmp_path, mon
     lines: list[str] = []
     resumed = train(data, run, _config(), resume=True, progress=False, echo=lines.append)
     assert not (run / STATE_NAME).exists()
-    # The backbone's images per pass are the interrupted run's, not timed again (rounding may differ by chunk).
+    # The backbone's images per pass are the interrupted run's, not chosen again (rounding may differ by chunk).
     chunk = state["backbone_chunk"]
     assert f"backbone: {f'{chunk} image(s)' if chunk else 'the whole batch'} per pass (as in the interrupted run)" in lines
     assert (resumed.epochs_run, resumed.best_epoch) == (whole.epochs_run, whole.best_epoch)

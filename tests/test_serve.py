@@ -342,6 +342,42 @@ def test_batch_endpoint_answers_per_image(api, run, images):
     assert too_many_answer.status_code == 400 and "more than 32 images" in too_many_answer.json()["detail"]
 
 
+def test_batch_echoes_the_logged_file_name(api, run, images):
+    files = [
+        ("files", ("../../etc/passwd", images["good"].read_bytes(), "image/png")),
+        ("files", ("..\\..\\boot.ini", b"nope", "image/png")),
+    ]
+    results = api.post(f"/v1/models/{run.name}/inspect-batch", files=files).json()["results"]
+    assert [r["filename"] for r in results] == ["passwd", "boot.ini"]  # as stored, never the client's path
+    assert results[0]["result"]["filename"] == "passwd"
+    assert api.get(f"/v1/inspections/{results[0]['result']['id']}").json()["filename"] == "passwd"
+
+
+def _vm_peak_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_huge_images_get_413_from_their_header_whatever_the_format(api, server, run):
+    """Small files declaring huge images: measured and refused before decoding, in every decoder's format
+    (a 3 MB Radiance HDR of 7000×7000 pixels once grew the process by 4 GB and was answered 200)."""
+    from test_serve_images import HUGE_HEADERS
+
+    peak = _vm_peak_kb(server.process.pid)
+    for name, body in sorted(HUGE_HEADERS.items()):
+        start = time.monotonic()
+        response = api.post(f"/v1/models/{run.name}/inspect", files={"file": (name, body, "application/octet-stream")})
+        assert response.status_code == 413, (name, response.text)
+        side = 30000 if name == "bomb.png" else 7000
+        assert response.json()["detail"] == f"'{name}' is {side}x{side} pixels, more than the limit of 40000000 pixels"
+        assert time.monotonic() - start < 5, name
+    assert _vm_peak_kb(server.process.pid) - peak < 200_000  # nothing was decoded
+    assert not any((server.data_dir / "incoming").iterdir())
+    assert f'glass_rejected_images_total{{model="{run.name}",reason="too_large"}}' in api.get("/metrics").text
+
+
 # ---------------------------------------------------------------------------------------------------
 # The log: paging, filters, reviews, report, metrics
 
@@ -421,6 +457,32 @@ def test_metrics_count_requests_decisions_and_batches(api, server, run, images):
     assert 'glass_http_request_duration_seconds_bucket' in text
 
 
+def _requests_counted(text: str, route: str, status: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("glass_http_requests_total{") and f'route="{route}"' in line and f'status="{status}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_count_refusals_under_their_route(api, server, run):
+    """401 (token check) and 413 (Content-Length) are answered before routing: counted under the route."""
+    route = "/v1/models/{name}/inspect"
+    before = api.get("/metrics").text
+    with server.client(token=None) as anonymous:
+        assert anonymous.post(f"/v1/models/{run.name}/inspect", content=b"x", headers={"Content-Type": "image/png"}).status_code == 401
+    too_big = b"x" * int(MAX_UPLOAD_MB * 1024 * 1024 + 10)
+    assert api.post(f"/v1/models/{run.name}/inspect", content=too_big, headers={"Content-Type": "image/png"}).status_code == 413
+    after = api.get("/metrics").text
+    assert _requests_counted(after, route, "401") == _requests_counted(before, route, "401") + 1
+    assert _requests_counted(after, route, "413") == _requests_counted(before, route, "413") + 1
+    assert _requests_counted(after, "unmatched", "401") == _requests_counted(before, "unmatched", "401")
+    assert _requests_counted(after, "unmatched", "413") == _requests_counted(before, "unmatched", "413")
+    with server.client(token=None) as anonymous:
+        assert anonymous.get("/no/such/path").status_code == 401
+    assert _requests_counted(api.get("/metrics").text, "unmatched", "401") >= 1  # unknown paths stay unmatched
+
+
 # ---------------------------------------------------------------------------------------------------
 # Load and failure
 
@@ -479,6 +541,21 @@ def test_killed_service_logged_every_answer(run, images, tmp_path):
         assert new["id"] > max(logged)
 
 
+def test_stale_upload_files_are_removed_at_start(run, tmp_path):
+    """A SIGKILL leaves DATA/incoming/upload-*.bin behind: the next start removes them, nothing else."""
+    data_dir = tmp_path / "stale"
+    incoming = data_dir / "incoming"
+    incoming.mkdir(parents=True)
+    stale = [incoming / "upload-abc123.bin", incoming / "upload-x.bin"]
+    for path in stale:
+        path.write_bytes(b"\x89PNG half an upload")
+    other = incoming / "notes.txt"
+    other.write_text("not ours")
+    with serve(run, data_dir):
+        assert not any(path.exists() for path in stale)
+        assert other.read_text() == "not ours"
+
+
 # ---------------------------------------------------------------------------------------------------
 # PostgreSQL (a throwaway cluster when the server binaries are installed)
 
@@ -492,42 +569,59 @@ def _pg_binaries() -> tuple[Path, Path] | None:
     return None
 
 
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl), as the postgres user when run as root."""
+
+    def __init__(self) -> None:
+        binaries = _pg_binaries()
+        if binaries is None:
+            pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed (Debian package postgresql)")
+        self.initdb, self.pg_ctl = binaries
+        self.prefix: list[str] = []
+        self.folder = Path(tempfile.mkdtemp(prefix="glass-pg-"))
+        if os.geteuid() == 0:  # initdb refuses to run as root: run the cluster as the postgres system user
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(self.folder)
+                pytest.skip("running as root and there is no 'postgres' user to run a PostgreSQL cluster as")
+            if not shutil.which("runuser"):
+                shutil.rmtree(self.folder)
+                pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
+            os.chown(self.folder, user.pw_uid, user.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        self.cluster = self.folder / "cluster"
+        self.url = f"postgresql://glass@127.0.0.1:{self.port}/postgres"
+        try:
+            subprocess.run([*self.prefix, str(self.initdb), "-D", str(self.cluster), "-U", "glass", "--auth=trust", "-E", "UTF8", "--no-sync"],
+                           check=True, capture_output=True, timeout=120)  # fmt: skip
+            self.start()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+            log = (self.folder / "server.log").read_text(errors="replace") if (self.folder / "server.log").exists() else ""
+            shutil.rmtree(self.folder, ignore_errors=True)
+            pytest.skip(f"could not start a throwaway PostgreSQL cluster: {error} {getattr(error, 'stderr', b'')!r} {log}")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run([*self.prefix, str(self.pg_ctl), "-D", str(self.cluster), "-o", options, "-l", str(self.folder / "server.log"), "-w", "-t", "60", "start"],
+                       check=True, capture_output=True, timeout=120)  # fmt: skip
+
+    def stop(self) -> None:
+        subprocess.run([*self.prefix, str(self.pg_ctl), "-D", str(self.cluster), "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    binaries = _pg_binaries()
-    if binaries is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed (Debian package postgresql)")
-    initdb, pg_ctl = binaries
-    prefix: list[str] = []
-    folder = Path(tempfile.mkdtemp(prefix="glass-pg-"))
-    if os.geteuid() == 0:  # initdb refuses to run as root: run the cluster as the postgres system user
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(folder)
-            pytest.skip("running as root and there is no 'postgres' user to run a PostgreSQL cluster as")
-        if not shutil.which("runuser"):
-            shutil.rmtree(folder)
-            pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    cluster = folder / "cluster"
+    cluster = PostgresCluster()
     try:
-        subprocess.run([*prefix, str(initdb), "-D", str(cluster), "-U", "glass", "--auth=trust", "-E", "UTF8", "--no-sync"],
-                       check=True, capture_output=True, timeout=120)  # fmt: skip
-        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run([*prefix, str(pg_ctl), "-D", str(cluster), "-o", options, "-l", str(folder / "server.log"), "-w", "-t", "60", "start"],
-                       check=True, capture_output=True, timeout=120)  # fmt: skip
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
-        log = (folder / "server.log").read_text(errors="replace") if (folder / "server.log").exists() else ""
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.skip(f"could not start a throwaway PostgreSQL cluster: {error} {getattr(error, 'stderr', b'')!r} {log}")
-    try:
-        yield f"postgresql://glass@127.0.0.1:{port}/postgres"
+        yield cluster.url
     finally:
-        subprocess.run([*prefix, str(pg_ctl), "-D", str(cluster), "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
+        cluster.remove()
 
 
 def test_postgres_log(postgres_url, run, images, tmp_path):
@@ -556,6 +650,50 @@ def test_postgres_log(postgres_url, run, images, tmp_path):
     log.close()
     out = write_report(postgres_url, tmp_path / "pg-report.html")
     assert "43 inspections" in out.read_text()
+
+
+def test_database_down_answers_503_and_readyz_says_so(run, images, tmp_path):
+    """PostgreSQL stops under a running service: every log route answers 503 JSON with the reason (not a
+    500 that drops the connection), /readyz turns 503, and all recovers when the database is back."""
+    cluster = PostgresCluster()
+    try:
+        with serve(run, tmp_path / "pg-down", "--db", cluster.url) as server, server.client() as http:
+            first = http.post(f"/v1/models/{run.name}/inspect", params={"overlay": "true"},
+                              files={"file": ("part.png", images["good"].read_bytes(), "image/png")}).json()  # fmt: skip
+            assert http.get("/readyz").status_code == 200
+            cluster.stop()
+            calls = [
+                ("GET", "/v1/inspections", {}),
+                ("GET", f"/v1/inspections/{first['id']}", {}),
+                ("POST", f"/v1/inspections/{first['id']}/review", {"json": {"label": "good"}}),
+                ("GET", first["overlay_url"], {}),
+                ("GET", first["mask_url"], {}),
+                ("GET", "/report", {}),
+                ("POST", f"/v1/models/{run.name}/inspect", {"content": images["good"].read_bytes(), "headers": {"Content-Type": "image/png"}}),
+                ("GET", "/readyz", {}),
+            ]
+            for method, path, kwargs in calls:
+                response = http.request(method, path, **kwargs)
+                assert response.status_code == 503, (path, response.status_code, response.text)
+                assert response.headers["content-type"] == "application/json", path
+                body = response.json()
+                reason = body.get("detail") or body.get("log")
+                assert "inspection log is unavailable (OperationalError)" in reason, (path, body)
+                assert response.headers.get("retry-after"), path
+                assert "connection" not in response.headers or response.headers["connection"] != "close", path
+            assert http.get("/readyz").json()["status"] == "log unavailable"
+            assert "glass_ready 0.0" in http.get("/metrics").text
+            cluster.start()
+            deadline = time.monotonic() + 30
+            while http.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert http.get("/readyz").json()["log"] == "ok"
+            assert http.get(f"/v1/inspections/{first['id']}").json()["id"] == first["id"]
+            assert http.post(f"/v1/models/{run.name}/inspect", content=images["good"].read_bytes(),
+                             headers={"Content-Type": "image/png"}).status_code == 200  # fmt: skip
+            assert "glass_ready 1.0" in http.get("/metrics").text
+    finally:
+        cluster.remove()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -634,6 +772,79 @@ def test_page_inspects_an_uploaded_image(browser, server, api, run, images, tmp_
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / shot.name)
     print(f"\nscreenshot: {shot}")
+
+
+def test_page_states_before_after_and_between_inspections(browser, server, api, run, images, tmp_path):
+    """Empty panel hidden before any inspection; a broken image after a good one shows its error without
+    the good verdict above it and counts it as failed; nothing is cut at 420 px width."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(f"{server.url}/?token={TOKEN}")
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("ready"))
+    result, error = browser.find_element(By.ID, "result"), browser.find_element(By.ID, "error")
+    assert not result.is_displayed() and not error.is_displayed()  # nothing inspected yet: no empty panel
+    assert browser.execute_script("return getComputedStyle(arguments[0]).display", result) == "none"
+
+    browser.find_element(By.ID, "file").send_keys(str(images["good"]))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "1 image(s) inspected"))
+    assert result.is_displayed() and not error.is_displayed()
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not an image")
+    browser.find_element(By.ID, "file").send_keys(str(broken))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "failed"))
+    assert browser.find_element(By.ID, "progress").text == "0 image(s) inspected, 1 failed"
+    assert error.is_displayed() and "broken.png" in error.text and "not an image or corrupt" in error.text
+    assert not result.is_displayed()  # the first image's verdict does not stand above this error
+
+    # Two at once, one good and one broken: the good one's result and the broken one's error, both counted.
+    browser.find_element(By.ID, "file").send_keys(f"{images['defect']}\n{broken}")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "1 image(s) inspected, 1 failed"))
+    assert result.is_displayed() and browser.find_element(By.ID, "filename").text == images["defect"].name
+    assert error.is_displayed() and "broken.png" in error.text
+    top = "return arguments[0].getBoundingClientRect().top"
+    assert browser.execute_script(top, error) < browser.execute_script(top, result)  # the error comes first
+
+    browser.set_window_size(420, 900)
+    wait.until(lambda d: d.execute_script("return window.innerWidth") <= 420)
+    width = browser.execute_script("return document.documentElement.clientWidth")
+    header = browser.find_element(By.TAG_NAME, "header")
+    for element in [header, *header.find_elements(By.XPATH, "./*")]:
+        left, right = browser.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.left, r.right]", element)
+        assert 0 <= left and right <= width + 0.5, (element.tag_name, element.text, left, right, width)
+    assert browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", header)
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= width  # no sideways scrolling
+    shot = tmp_path / "serve-page-narrow.png"
+    browser.save_screenshot(str(shot))
+    keep = os.environ.get("GLASS_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / shot.name)
+
+
+def test_report_chart_axis_spans_the_data():
+    """One hour of data: the time axis covers that hour (matplotlib alone made it 2023 to 2027)."""
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    from glass_ad.serve.report import chart_figure
+
+    t0 = dt.datetime(2025, 6, 1, 8, 12, tzinfo=dt.timezone.utc)
+    for count, step, width in ((30, dt.timedelta(minutes=1), dt.timedelta(hours=2)),
+                               (5, dt.timedelta(hours=1), dt.timedelta(hours=6)),
+                               (3, dt.timedelta(days=1), dt.timedelta(days=4))):  # fmt: skip
+        outcomes = [(t0 + i * step, "m", "anomalous" if i % 2 else "normal", None) for i in range(count)]
+        bucket, periods, _, _ = aggregate(outcomes)
+        figure = chart_figure(periods, bucket)
+        low, high = (mdates.num2date(x) for x in figure.axes[0].get_xlim())
+        assert low <= min(periods) < max(periods) + step <= high + step, bucket
+        assert high - low <= width, (bucket, low, high)
+        labels = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+        assert labels and all(text.startswith("2025-06-0") for text in labels), labels
+        plt.close(figure)
 
 
 # The badge colours of style.css (.verdict.normal / .verdict.anomalous).
@@ -834,6 +1045,32 @@ def test_onnx_engine_serves_the_same_scores(run, images, tmp_path):
                 model.close()
     finally:
         (run / "model.onnx").unlink()
+
+
+def test_openvino_engine_is_served(run, images, tmp_path):
+    """`glass serve --engine openvino` (offered by --help) serves RUN_DIR/model.xml with the torch numbers."""
+    pytest.importorskip("openvino")
+    from typer.testing import CliRunner
+
+    from glass_ad.cli import app
+    from glass_ad.inference.openvino_export import export_openvino
+
+    assert "openvino" in CliRunner().invoke(app, ["serve", "--help"]).output
+    ir_run = tmp_path / "ir"
+    ir_run.mkdir()
+    shutil.copy(run / "model.pt", ir_run / "model.pt")
+    export_openvino(ir_run)
+    assert (ir_run / "model.xml").is_file()
+    detector = Detector.load(run)
+    with serve(ir_run, tmp_path / "ir-service", "--engine", "openvino") as server, server.client() as http:
+        model = http.get("/v1/models").json()["models"][0]
+        assert model["engine"] == "openvino"
+        for path in images.values():
+            result = http.post("/v1/models/ir/inspect", content=path.read_bytes(), headers={"Content-Type": "image/png"}).json()
+            expected = detector(str(path))
+            assert result["engine"] == "openvino"
+            assert result["score"] == pytest.approx(expected.score, abs=1e-3)
+            assert result["decision"] == expected.decision
 
 
 def test_a_rectangular_model_is_served_by_both_engines(tmp_path):

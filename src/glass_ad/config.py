@@ -25,6 +25,10 @@ Foreground = Literal["auto", "on", "off"]
 # validation, gas.py, the CLI and the ablation grid all read it.
 GasMode = Literal["off", "noise", "ascent", "full"]
 GAS_MODES: tuple[str, ...] = get_args(GasMode)
+# Hypersphere GAS shell: "relative" raises the paper's [r'1, 2r'1] per vector to at least r1..r2 beyond the
+# vector's own distance to the centre (docs/method.md, deviation 18); "paper" keeps [r'1, 2r'1] only.
+HypersphereShell = Literal["relative", "paper"]
+HYPERSPHERE_SHELLS: tuple[str, ...] = get_args(HypersphereShell)
 Fit = Literal["auto", "crop", "stretch"]
 FITS: tuple[str, ...] = get_args(Fit)
 
@@ -87,6 +91,11 @@ class GlassConfig:
     r1: float = 1.0
     r2: float = 2.0  # = paired_r2(r1)
     radius_quantile: float = 0.75  # hypersphere r'1: this quantile of normal distances to the centre
+    hypersphere_shell: HypersphereShell = "relative"  # see HYPERSPHERE_SHELLS
+    # GLASS-j's branch check (training/branch_check.py): with hypothesis "auto", the spectrogram's pick is
+    # first trained for this many normal + GAS steps on a copy; if its GAS stays near chance and the other
+    # branch's separates clearly, the other is used. 0: the spectrogram rule alone (the reference).
+    branch_check_steps: int = 0
     gas_patch_fraction: float = 1.0  # fraction of the (sampled) normal patch vectors that go through GAS
     # Scale rule: features are multiplied by one scalar measured on the training features so that the
     # normal spacing — the median distance from a normal patch to its nearest neighbour in other normal
@@ -125,8 +134,9 @@ class GlassConfig:
     # Training arithmetic of A and D: "auto" times one step in float32 and bf16 autocast at start-up and keeps
     # bf16 only where it is clearly faster (precision.py). GAS geometry and inference are always float32.
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
-    # Images per pass of the frozen backbone: None times the choices at start-up (model/chunking.py; a CPU
-    # can be faster on small chunks), 0 is the whole batch, N is N images. The choice is kept for --resume.
+    # Images per pass of the frozen backbone: None is a fixed rule of batch size and input area
+    # (model/chunking.py `default_chunk`; never timing, so a seed fixes the model), 0 is the whole batch, N is
+    # N images. The choice is kept for --resume.
     backbone_chunk: int | None = None
 
     # --- inference ----------------------------------------------------------------------------------
@@ -205,6 +215,10 @@ class GlassConfig:
             problems.append(f"fit must be one of {', '.join(FITS)} (got {self.fit!r})")
         if not 0 < self.r1 <= self.r2:
             problems.append(f"need 0 < r1 <= r2 (got r1={self.r1}, r2={self.r2})")
+        if self.hypersphere_shell not in HYPERSPHERE_SHELLS:
+            problems.append(f"hypersphere_shell must be one of {', '.join(HYPERSPHERE_SHELLS)} (got {self.hypersphere_shell!r})")
+        if self.branch_check_steps < 0:
+            problems.append(f"branch_check_steps must be >= 0 (got {self.branch_check_steps})")
         if not 0 < self.radius_quantile < 1:
             problems.append("radius_quantile must lie in (0, 1)")
         if self.las_ignore_margin < 0:
@@ -226,7 +240,7 @@ class GlassConfig:
         if not 0 < self.memory_bank_fraction <= 1:
             problems.append("memory_bank_fraction must lie in (0, 1]")
         if self.backbone_chunk is not None and self.backbone_chunk < 0:
-            problems.append("backbone_chunk must be >= 0 (0: the whole batch) or None (timed at start-up)")
+            problems.append("backbone_chunk must be >= 0 (0: the whole batch) or None (by batch size and input area)")
         if not 0 < self.las_fraction <= 1:
             problems.append("las_fraction must lie in (0, 1]")
         if self.feature_spacing is not None and self.feature_spacing <= 0:
@@ -277,6 +291,9 @@ FAST_RECIPE: dict[str, Any] = dict(
     r2=3.0,
     patience=6,  # on the 3-epoch mean validation score (stop_window); val noise ~0.01/epoch on MTD
     time_limit_min=9.5,  # `glass train` within 10 minutes: calibrating and saving take seconds
+    # GLASS-j's pick is checked for 50 of training's own steps on a copy (about one MTD epoch) before training:
+    # a relative-shell branch separates held-out GAS at 0.96-0.99 by then on MTD and MPDD (docs/benchmarks.md).
+    branch_check_steps=50,
     cache_features=True,
     precision="auto",
 )

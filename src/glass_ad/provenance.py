@@ -5,6 +5,9 @@ the files written beside every model so a run can be read and repeated without t
   training files — the same list and sizes give the same fingerprint on any machine; a file added, removed,
   renamed or re-encoded changes it. (Sizes, not contents: hashing gigabytes of images at every training run
   would cost more than it tells.)
+* `data_listing(paths, root)` / `listing_changes(old, new)`: per training file its size and modification
+  time, and what differs between two such listings (files added, removed, replaced) — a resumed training
+  refuses a data set changed in place (`training.resume`).
 * `provenance(...)`: ``{package_version, git_describe, data_fingerprint, train_files, train_bytes}``, stored
   in the checkpoint under ``provenance`` (the trainer passes it to `checkpoint.Checkpoint.from_model`).
 * `write_run_files(run_dir)`: ``config.yaml`` (the effective settings, loadable by ``glass train --config``)
@@ -22,7 +25,15 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["data_fingerprint", "git_describe", "provenance", "write_run_files", "load_config_file"]
+__all__ = [
+    "data_fingerprint",
+    "data_listing",
+    "listing_changes",
+    "git_describe",
+    "provenance",
+    "write_run_files",
+    "load_config_file",
+]
 
 
 def data_fingerprint(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -43,6 +54,39 @@ def data_fingerprint(paths: Iterable[str | os.PathLike], root: str | os.PathLike
         lines.append(f"{name.as_posix()}\t{size}")
     digest = hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
     return {"sha256": digest, "files": len(lines), "bytes": total}
+
+
+def data_listing(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> dict[str, list[int]]:
+    """``{relative path: [size in bytes, modification time in ns]}`` of ``paths`` (names as in
+    `data_fingerprint`; a file that cannot be statted has ``[-1, -1]``). On one machine, a file replaced or
+    rewritten in place changes its entry even where its size stays."""
+    base = Path(root).resolve() if root is not None else None
+    listing: dict[str, list[int]] = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            info = path.stat()
+            entry, name = [int(info.st_size), int(info.st_mtime_ns)], path.resolve()
+        except (OSError, RuntimeError):
+            entry, name = [-1, -1], path.absolute()
+        if base is not None and name.is_relative_to(base):
+            name = name.relative_to(base)
+        listing[name.as_posix()] = entry
+    return listing
+
+
+def listing_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> str | None:
+    """What differs between two `data_listing` results, as one phrase ("1 replaced (train/good/003.png), 1
+    removed (train/good/007.png)"), or None when they are the same."""
+    removed = sorted(set(old) - set(new))
+    added = sorted(set(new) - set(old))
+    replaced = sorted(name for name in set(old) & set(new) if list(old[name]) != list(new[name]))
+    parts = []
+    for label, names in (("replaced or modified", replaced), ("removed", removed), ("added", added)):
+        if names:
+            shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+            parts.append(f"{len(names)} {label} ({shown})")
+    return "; ".join(parts) or None
 
 
 def git_describe(folder: str | os.PathLike | None = None) -> str | None:

@@ -13,12 +13,19 @@ Every command that writes goes through these checks *before* any expensive work:
 * :func:`atomic_path` / :func:`write_atomic` — results are written to a unique temporary file in the
   target folder (``tempfile.mkstemp``) and renamed over the target, so a reader never sees half a file and
   two writers never share a temporary name. Every atomic write of the package goes through these.
+  A write that fails for want of space (``ENOSPC``/``EDQUOT``, or torch's zip writer's ``unexpected pos``)
+  becomes one :class:`DiskFullError` line; the temporary file is removed and the old file stays.
+* :func:`refuse_output_in_inputs` — results written into a folder of inputs, or into the data set they come
+  from, would be read back as inputs by the next run (``glass predict RUN imgs/a.png --out imgs``).
+* :func:`remove_stale_temporaries` — temporary files of a writer killed mid-write (SIGKILL) are removed at
+  the next start.
 
 Every refusal is an :class:`OutputError` (a ``ValueError``) whose message is one line naming the path.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -29,12 +36,15 @@ from typing import Iterable, Iterator, Sequence
 
 __all__ = [
     "LOCK_NAME",
+    "DiskFullError",
     "OutputError",
     "ensure_writable",
     "output_lock",
     "output_locks",
     "refuse_existing",
     "refuse_input_overlap",
+    "refuse_output_in_inputs",
+    "remove_stale_temporaries",
     "write_atomic",
     "atomic_path",
     "unique_temporary",
@@ -46,6 +56,41 @@ MARGIN_BYTES = 16 * 1024 * 1024  # free space kept in reserve beyond each comman
 
 class OutputError(ValueError):
     """An output path that would destroy an input, replace a result silently, or cannot be written."""
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk (or the user's quota) is full; one line naming the file."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+# torch.save's zip writer reports a full disk as "[enforce fail at inline_container.cc:…] . unexpected pos …"
+# or "PytorchStreamWriter failed writing file …: file write failed".
+_TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write that failed for want of space (errno, or torch's zip writer's message)."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _TORCH_WRITE_FAILURES)
+
+
+def disk_full_error(path: str | os.PathLike) -> DiskFullError:
+    folder = Path(path).parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(
+        f"disk full: could not write '{path}' ({free} in '{folder}'); nothing was written (an earlier file stays "
+        f"as it was) — free some space and run again"
+    )
 
 
 def _real(path: str | os.PathLike) -> Path:
@@ -80,6 +125,54 @@ def refuse_input_overlap(
             raise OutputError(
                 f"the input '{given}' is inside {what} '{output}', where results are written; choose another path"
             )
+
+
+def _dataset_root(folder: Path, levels: int = 4) -> Path | None:
+    """The data set folder above (or at) ``folder``: one with ``train/`` and ``test/`` (MVTec AD layout) or
+    ``split_csv/`` (VisA), at most ``levels`` folders up."""
+    for candidate in [folder, *folder.parents][: levels + 1]:
+        if ((candidate / "train").is_dir() and (candidate / "test").is_dir()) or (candidate / "split_csv").is_dir():
+            return candidate
+    return None
+
+
+def refuse_output_in_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], *, what: str = "output folder") -> None:
+    """Refuse an output folder that is an input folder (or lies inside one), that is the folder of an input
+    file, or that lies inside the data set an input comes from: what is written there (overlays, results)
+    would be read as inputs by the next run (`glass predict`, `glass test`). A subfolder beside an input
+    file (the default ``predictions/`` of ``glass predict RUN part.png``) is fine."""
+    target = _real(output)
+    for given in inputs:
+        if given is None:
+            continue
+        source = _real(given)
+        folder = source if source.is_dir() else source.parent
+        if target == folder or (source.is_dir() and _inside(target, folder)):
+            raise OutputError(
+                f"{what} '{output}' is "
+                + (f"the folder of the input '{given}'" if target == folder else f"inside the input folder '{given}'")
+                + ": its results would be read as inputs next time; write them outside the inputs"
+            )
+        root = _dataset_root(folder)
+        if root is not None and (target == root or _inside(target, root)):
+            raise OutputError(
+                f"{what} '{output}' is inside the data set '{root}' of the input '{given}': its results would become "
+                f"part of the data set; write them outside it"
+            )
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Remove ``folder/.NAME.*.tmp`` (the temporary files of :func:`atomic_path` for ``NAME``) left by a writer
+    that was killed mid-write; call only where no other writer of ``NAME`` can be running (the run folder's
+    lock is held, or the run is starting). Returns what was removed."""
+    removed = []
+    for path in Path(folder).glob(f".{name}.*.tmp"):
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 def refuse_existing(paths: Iterable[str | os.PathLike], *, force: bool, option: str = "--out") -> None:
@@ -231,10 +324,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     else removed. A reader sees the old file or the new one, never half of one, and two writers never
     share a temporary name."""
     target = Path(path)
-    tmp = unique_temporary(target)
+    try:
+        tmp = unique_temporary(target)
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full_error(target) from None
+        raise
     try:
         yield tmp
         os.replace(tmp, target)
+    except (OSError, RuntimeError) as error:
+        if is_disk_full(error) and not isinstance(error, DiskFullError):
+            raise disk_full_error(target) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

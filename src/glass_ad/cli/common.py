@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path  # noqa: F401
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -50,14 +50,21 @@ def one_line_errors(*more: type[BaseException]) -> Iterator[None]:
     """Expected failures of a command (bad input, a missing file, a refused output, a full disk, and the
     exception types in ``more``) end it with one `error:` line and exit code 2; anything else is a bug and
     keeps its traceback."""
+    from glass_ad.safety import DiskFullError, is_disk_full
+
     try:
         yield
     except typer.Exit:
         raise
-    except (ValueError, FileNotFoundError, RuntimeError, *more) as error:
-        fail(str(error))
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
+        if is_disk_full(error) and not isinstance(error, DiskFullError):  # a write outside `safety.atomic_path`
+            name = getattr(error, "filename", None)
+            fail(f"disk full{f': could not write {name!r}' if name else ''} — free some space and run again")
+        if isinstance(error, (RuntimeError, FileNotFoundError, *more)):
+            fail(str(error))
         fail(" ".join(str(error).split()))
+    except (ValueError, *more) as error:
+        fail(str(error))
 
 
 def guarded(function):
@@ -82,6 +89,60 @@ def hold_for_command(*managers) -> None:
     stack = _COMMAND_STACKS[-1]
     for manager in managers:
         stack.enter_context(manager)
+
+
+def literal_help(text: str) -> str:
+    """Help text shown as written: with Rich help, square brackets (``glass-ad[openvino]``) would be read as
+    markup and vanish, so they are escaped there."""
+    from typer import core
+
+    if core.DEFAULT_MARKUP_MODE != "rich":
+        return text
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def remove_if_left_empty(*folders) -> None:
+    """Folders the running command is about to create (call before creating them, and before taking their
+    locks): when the command fails, each one it created is removed again if nothing but its lock file was
+    written there, so that a refusal leaves no empty run or output folder behind."""
+    for folder in folders:
+        if folder is None:
+            continue
+        created, probe = [], Path(folder).absolute()
+        while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+            created.append(probe)  # deepest first
+            probe = probe.parent
+        if created:
+            hold_for_command(_removed_on_failure(created))
+
+
+@contextmanager
+def _removed_on_failure(created: list) -> Iterator[None]:
+    from glass_ad.safety import LOCK_NAME
+
+    succeeded = False
+    try:
+        yield
+        succeeded = True
+    except typer.Exit as end:
+        succeeded = end.exit_code == 0
+        raise
+    finally:
+        if not succeeded:
+            for folder in created:
+                try:
+                    if folder.is_symlink() or not folder.is_dir():
+                        break
+                    left = list(folder.iterdir())
+                    if any(entry.name != LOCK_NAME for entry in left):
+                        break
+                    for entry in left:
+                        entry.unlink()
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 FORCE_HELP = "Replace results of an earlier run at the same place (default: refuse and say so)."

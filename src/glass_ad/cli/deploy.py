@@ -15,7 +15,9 @@ from glass_ad.cli.common import (
     fail,
     guarded,
     hold_for_command,
+    literal_help,
     one_line_errors,
+    remove_if_left_empty,
     torch_threads,
 )
 from glass_ad.cli.options import ADDRESS_HELP, WORKERS_HELP, EngineChoice, JobEngineChoice, PredictFormat
@@ -34,7 +36,7 @@ def predict(
     threshold: str = typer.Option("far", help="far (false-alarm threshold from training), f1 (from `glass calibrate`), or a raw score."),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write original | heatmap | region PNGs."),
     device: str = typer.Option("auto", help="Device of the torch engine."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (PyTorch or ONNX Runtime)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (PyTorch or ONNX Runtime)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     force: bool = typer.Option(False, "--force", help="Replace predictions.* and overlays of an earlier run in OUT (default: refuse)."),
     bit_depth: Optional[int] = typer.Option(None, "--bit-depth", help=BIT_DEPTH_HELP),
@@ -50,7 +52,7 @@ def predict(
     if engine.value == "torch":
         torch_threads(threads)
     with one_line_errors():
-        _predict_preflight(run_dir, paths, out, fmt.value, overlays, onnx, force, bool(save_maps), save_masks)
+        _predict_preflight(run_dir, paths, out, fmt.value, overlays, onnx, force, bool(save_maps), save_masks, threshold)
         summary = predict_files(
             run_dir,
             paths,
@@ -76,14 +78,15 @@ def predict(
     typer.echo(summary_line(summary))
 
 
-def _predict_preflight(run_dir, paths, out, fmt, overlays, onnx, force, maps=False, masks=False) -> None:
+def _predict_preflight(run_dir, paths, out, fmt, overlays, onnx, force, maps=False, masks=False, threshold="far") -> None:
     from glass_ad.inference.predict import check_outputs, output_paths
     from glass_ad.model.checkpoint import Checkpoint
     from glass_ad.safety import ensure_writable, output_lock, refuse_existing
 
     check_outputs(run_dir, paths, out, fmt=fmt, overlays=overlays, onnx_path=onnx)
-    Checkpoint.load(run_dir)
+    Checkpoint.load(run_dir).calibration.operating_point(threshold)  # a bad --threshold fails before any folder is made
     refuse_existing(output_paths(out, fmt, overlays, maps, masks), force=force)
+    remove_if_left_empty(out)
     ensure_writable(out)
     hold_for_command(output_lock(out))
 
@@ -92,13 +95,13 @@ def _predict_preflight(run_dir, paths, out, fmt, overlays, onnx, force, maps=Fal
 @guarded
 def export(
     run_dir: Path = typer.Argument(..., help="Run directory written by `glass train` (or its model.pt)."),
-    fmt: str = typer.Option("onnx", "--format", help="Export format: onnx, or openvino (IR; pip install \"glass-ad[openvino]\")."),
+    fmt: str = typer.Option("onnx", "--format", help=literal_help("Export format: onnx, or openvino (IR; pip install \"glass-ad[openvino]\").")),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: RUN_DIR/model.onnx, RUN_DIR/model.xml, RUN_DIR/model_<precision>.xml)."),
     opset: int = typer.Option(17, help="ONNX opset (>= 17)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare ONNX Runtime with PyTorch on a random batch."),
     force: bool = typer.Option(False, "--force", help="Replace an existing ONNX file at the target (default: refuse)."),
     preprocessing: bool = typer.Option(True, "--preprocessing/--no-preprocessing", help="Resize and crop inside the graph (frames of any size in, map on the frame out); --no-preprocessing: S×S crops in."),
-    precision: str = typer.Option("fp32", help="OpenVINO: fp32, fp16 (half-size weights) or int8 (needs --calibration)."),
+    precision: str = typer.Option("fp32", help="OpenVINO only: fp32, fp16 (half-size weights) or int8 (needs --calibration). ONNX is exported in fp32."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="OpenVINO int8: the training data set (its train/good) or a folder of normal images."),
 ) -> None:
     """Export the whole inference graph (uint8 pixels → scores and map) as one ONNX model or OpenVINO IR."""
@@ -112,11 +115,18 @@ def export(
     if kind == "openvino":
         _export_openvino(run_dir, out, precision, calibration, force)
         return
+    if precision.lower() != "fp32" or calibration is not None:
+        asked = f"--precision {precision}" if precision.lower() != "fp32" else "--calibration"
+        fail(
+            f"{asked} is not supported with --format onnx (the ONNX export is float32 only); for int8 use "
+            "--format openvino --precision int8 --calibration DATA"
+        )
     target = out if out is not None else checkpoint_path(run_dir).parent / ONNX_NAME
     with one_line_errors():
         refuse_input_overlap(target, [checkpoint_path(run_dir)], what="export target")
         Checkpoint.load(run_dir)
         refuse_existing([target], force=force)
+        remove_if_left_empty(target.parent)
         hold_for_command(output_lock(ensure_writable(target.parent, what="export folder")))
         result = export_onnx(run_dir, target, opset=opset, verify=verify, preprocessing=preprocessing)
     typer.echo(f"saved {result.path} (opset {result.opset}, {result.exporter} exporter)")
@@ -136,6 +146,7 @@ def _export_openvino(run_dir: Path, out: Optional[Path], precision: str, calibra
         refuse_input_overlap(target, [checkpoint_path(run_dir)], what="export target")
         Checkpoint.load(run_dir)
         refuse_existing([target, target.with_suffix(".bin")], force=force)
+        remove_if_left_empty(target.parent)
         hold_for_command(output_lock(ensure_writable(target.parent, what="export folder")))
         result = export_openvino(run_dir, target, precision=precision, calibration=calibration)
     extra = f", calibrated on {result.calibration_images} normal images" if result.calibration_images else ""
@@ -155,7 +166,7 @@ def serve(
     runs: list[str] = typer.Argument(..., help="Run directories (or model.pt files) to serve; NAME=RUN_DIR names a model (default: the folder name)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; the default accepts local connections only."),
     port: int = typer.Option(8000, min=0, max=65535),
-    engine: EngineChoice = typer.Option(EngineChoice.torch, help="torch, or onnx (RUN_DIR/model.onnx from `glass export`)."),
+    engine: EngineChoice = typer.Option(EngineChoice.torch, help="torch, onnx (RUN_DIR/model.onnx from `glass export`) or openvino (RUN_DIR/model.xml from `glass export --format openvino`)."),
     db: Optional[str] = typer.Option(None, "--db", help="Inspection log: postgresql://user:pw@host/db, any SQLAlchemy URL, or a SQLite file (default DATA_DIR/inspections.db)."),
     data_dir: Path = typer.Option(Path("serve-data"), "--data-dir", help="The service's folder: SQLite log, stored overlays, upload scratch files."),
     token: Optional[str] = typer.Option(None, "--token", envvar="GLASS_SERVE_TOKEN", help="API token required on every route except /healthz and /readyz (env GLASS_SERVE_TOKEN)."),
@@ -164,7 +175,7 @@ def serve(
     batch_wait_ms: float = typer.Option(2.0, min=0.0, help="How long a request may wait for others to share its batch."),
     max_upload_mb: float = typer.Option(20.0, min=0.001, help="Largest request body."),
     device: str = typer.Option("auto", help="Device of the torch engine."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (PyTorch or ONNX Runtime)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads (PyTorch or ONNX Runtime)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Serve models over HTTP: inspection API, web page, inspection log (SQLite or PostgreSQL)."""

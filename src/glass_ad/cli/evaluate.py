@@ -17,6 +17,7 @@ from glass_ad.cli.common import (
     hold_for_command,
     one_line_errors,
     print_report,
+    remove_if_left_empty,
     setup_logging,
     torch_threads,
 )
@@ -34,7 +35,7 @@ def test(
     batch_size: int = typer.Option(8),
     workers: int = typer.Option(0, help="Data-loading worker processes."),
     device: str = typer.Option("auto"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch."),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for PyTorch."),
     pictures: bool = typer.Option(True, "--pictures/--no-pictures", help="Score histogram and worst-case grid."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -92,6 +93,7 @@ def _test_preflight(run_dir, data_dir, json_out, report_dir, force, layout="auto
     load_dataset(data_dir, layout, category=category)  # so does a missing or empty data set
     refuse_existing(targets, force=force, option="--json / --report")
     folders = [Path(json_out).parent if json_out is not None else None, report_dir]
+    remove_if_left_empty(*folders)
     for folder in folders:
         if folder is not None:
             ensure_writable(folder)
@@ -137,6 +139,7 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
         "backbone": checkpoint.backbone.to_dict(),
         "hypothesis": checkpoint.hypothesis,
         "spectrum": checkpoint.spectrum,
+        "hypothesis_check": checkpoint.training.extra.get("branch_check") or "not run (hypothesis forced, or trained before the check)",
         "calibration": {
             k: v for k, v in calibration.to_dict().items() if k not in ("holdout_image_scores", "holdout_map_maxima")
         },

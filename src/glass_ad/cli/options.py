@@ -85,7 +85,7 @@ Epochs = Annotated[
 
 # --- where it runs -----------------------------------------------------------------------------------
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 …")]
-NumThreads = Annotated[Optional[int], typer.Option("--num-threads", "--threads", help="CPU threads for PyTorch.")]
+NumThreads = Annotated[Optional[int], typer.Option("--num-threads", "--threads", min=1, help="CPU threads for PyTorch.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")]
 

@@ -28,7 +28,7 @@ def benchmark(
     precision: Optional[str] = typer.Option(None, help="Training arithmetic (default by recipe): auto, fp32, bf16."),
     max_patches_per_image: Optional[int] = typer.Option(None, help="Patch-vector cap per image and branch (default by recipe; 0 = none)."),
     las_fraction: Optional[float] = typer.Option(None, help="Share of each batch's images that get a LAS copy (default by recipe)."),
-    threads: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, min=1),
     device: str = typer.Option("auto"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
 ) -> None:

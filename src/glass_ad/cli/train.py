@@ -17,6 +17,7 @@ from glass_ad.cli.common import (
     on_command_end,
     one_line_errors,
     print_report,
+    remove_if_left_empty,
     setup_logging,
 )
 from glass_ad.cli.options import (
@@ -54,6 +55,8 @@ def train(
     adaptor: opt.Adaptor = True,
     r1: opt.R1 = None,
     r2: Annotated[Optional[float], typer.Option(help="Hypersphere/manifold outer radius r2 (default 2·r1).")] = None,
+    hypersphere_shell: Annotated[Optional[str], typer.Option(help="Hypersphere GAS shell: relative (every copy at least r1 spacings further from the centre than its own patch; default) or paper ([r'1, 2r'1] only).")] = None,
+    branch_check_steps: Annotated[Optional[int], typer.Option(help="GLASS-j's branch check: with --hypothesis auto, train the spectrogram's pick on a copy for this many steps first and switch to the other branch if its GAS stays near chance while the other's separates (0: the spectrogram rule alone).")] = None,
     embed_dim: Annotated[Optional[int], typer.Option(help="Patch-vector width (default per backbone).")] = None,
     feature_spacing: Annotated[Optional[float], typer.Option(help="Scale rule: normal spacing (median nearest-neighbour distance) the features are scaled to; GAS lengths are in this unit (default 1); 0 = raw features, absolute lengths.")] = None,
     patch_fraction: Annotated[Optional[float], typer.Option(help="Fraction of the batch's patch vectors each branch trains on per iteration (fast 0.25, paper 1).")] = None,
@@ -81,7 +84,7 @@ def train(
     target_false_alarm_rate: Annotated[Optional[float], typer.Option("--target-false-alarm-rate", "--far", help="Target false-alarm rate of the stored threshold (default 0.01).")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled validation folder (good/ + <defect>/): also store F1-optimal thresholds (as `glass calibrate`).")] = None,
     precision: Annotated[Optional[str], typer.Option(help="Training arithmetic: auto (bf16 only where a timed step shows it faster; fast default), fp32 (paper default), bf16.")] = None,
-    backbone_chunk: Annotated[Optional[int], typer.Option(help="Images per backbone pass (0: the whole batch); default: the fastest, timed at start-up.")] = None,
+    backbone_chunk: Annotated[Optional[int], typer.Option(help="Images per backbone pass (0: the whole batch); default: by batch size and input area (the same on every run).")] = None,
     cache_features: Annotated[Optional[bool], typer.Option("--cache-features/--no-cache-features", "--cache/--no-cache", help="Compute the normal images' backbone features once (fast default) instead of every iteration (paper default).")] = None,
     device: opt.Device = opt.DEVICE,
     num_threads: opt.NumThreads = None,
@@ -109,7 +112,9 @@ def train(
             if max_patches_per_image == 0:
                 config = config.replace(max_patches_per_image=None).validate()
             if main_rank:
-                _train_preflight(data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val, resume)
+                _train_preflight(
+                    data_dir, out, config, force, bit_depth, category, dataset, textures, weights, val, resume, config_file
+                )
             else:
                 from glass_ad.data.io import declared_bit_depth
 
@@ -194,7 +199,9 @@ def _record_run(data_dir: Path, layout: str, category: Optional[str], checkpoint
     write_run_files(checkpoint)
 
 
-def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, textures, weights, val, resume=False) -> None:
+def _train_preflight(
+    data_dir, out, config, force, bit_depth, category, layout, textures, weights, val, resume=False, config_file=None
+) -> None:
     """Everything `glass train` can check before the first image: outputs, inputs, disk; then the run
     folder's lock, the declared bit depth and clean interrupts (resume.py) for the whole command."""
     from glass_ad.data.io import check_bit_depth, declared_bit_depth
@@ -205,9 +212,10 @@ def _train_preflight(data_dir, out, config, force, bit_depth, category, layout, 
     check_bit_depth(bit_depth)
     onnx_file = Path(out) / "model.onnx"
     stale = force and onnx_file.exists()
+    remove_if_left_empty(out)  # a refusal after the folder was made leaves no empty run folder
     preflight_train(
         data_dir, out, config, force=force, category=category, layout=layout, textures=textures, weights=weights, val=val,
-        resume=resume,
+        resume=resume, config_file=config_file,
     )
     hold_for_command(output_lock(out), declared_bit_depth(bit_depth), interruptible())
     if stale:

@@ -493,6 +493,8 @@ def _probe_sizes(samples: Sequence[Sample], probe: int = 64) -> list[tuple[int, 
 
     sizes = []
     for sample in samples[:: max(1, len(samples) // probe)][:probe]:
+        if not Path(sample.path).is_file():  # a FIFO would block the open; it is reported when decoded
+            continue
         try:
             with Image.open(sample.path) as image:
                 width, height = image.size

@@ -23,12 +23,19 @@ variants Pillow cannot open (float or 16-bit multi-channel, some compressions) a
 (``IMREAD_UNCHANGED``) instead, so that the rule above sees the real pixel values.
 
 Every failure is an :class:`ImageReadError` whose message is one line naming the file and the reason.
+
+``read_image(path, max_pixels=N)`` (the inspection service) refuses an image with more than ``N`` pixels
+*before* decoding it (:class:`ImageTooLargeError`): the size comes from Pillow's header parse, or, for the
+files OpenCV decodes instead, from the file's own header (:func:`header_size`: PNG, TIFF, Radiance HDR,
+PFM, PNM/PAM, Sun raster). A file whose size cannot be read that way is not handed to OpenCV at all.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
+import stat
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -39,9 +46,11 @@ import numpy as np
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "ImageTooLargeError",
     "check_bit_depth",
     "current_bit_depth",
     "declared_bit_depth",
+    "header_size",
     "list_images",
     "read_image",
     "read_mask",
@@ -69,6 +78,17 @@ class ImageReadError(ValueError):
         self.path = Path(path)
         self.reason = " ".join(str(reason).split())  # always one line
         super().__init__(f"cannot read image '{self.path}': {self.reason}")
+
+
+class ImageTooLargeError(ImageReadError):
+    """The file declares more pixels than the caller's ``max_pixels``; nothing was decoded.
+
+    ``width`` and ``height`` are None when only the pixel count is known."""
+
+    def __init__(self, path, pixels: int, limit: int, width: int | None = None, height: int | None = None) -> None:
+        self.pixels, self.limit, self.width, self.height = int(pixels), int(limit), width, height
+        size = f"{width}x{height} pixels" if width is not None and height is not None else f"{pixels} pixels"
+        super().__init__(path, f"image is {size}, more than the limit of {limit} pixels")
 
 
 def check_bit_depth(bit_depth: int | None) -> int | None:
@@ -144,11 +164,119 @@ def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
     return array
 
 
-def _decode_pillow(path: Path) -> tuple[np.ndarray, int]:
-    """Raw array and EXIF orientation, decoded by Pillow."""
+_HEADER_BYTES = 1 << 16
+
+
+def _tokens(text: bytes, count: int) -> list[bytes] | None:
+    """The first ``count`` whitespace-separated tokens of a PNM-style header ('#' comments skipped)."""
+    words: list[bytes] = []
+    for line in text.split(b"\n"):
+        words += line.split(b"#", 1)[0].split()
+        if len(words) >= count:
+            return words[:count]
+    return None
+
+
+def _tiff_size(path: Path) -> tuple[int, int] | None:
+    import struct
+
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+        if len(head) < 8 or head[:4] not in _TIFF_MAGIC:
+            return None
+        order = "<" if head[:2] == b"II" else ">"
+        big = head[2:4] in (b"+\x00", b"\x00+")
+        if big:
+            if len(head) < 16:
+                return None
+            offset = struct.unpack(order + "Q", head[8:16])[0]
+            count_fmt, entry_size, count_size = "Q", 20, 8
+        else:
+            offset = struct.unpack(order + "I", head[4:8])[0]
+            count_fmt, entry_size, count_size = "H", 12, 2
+        handle.seek(offset)
+        raw = handle.read(count_size)
+        if len(raw) < count_size:
+            return None
+        entries = struct.unpack(order + count_fmt, raw)[0]
+        table = handle.read(min(entries, 4096) * entry_size)
+    found: dict[int, int] = {}
+    value_fmt = {3: "H", 4: "I", 16: "Q"}
+    for start in range(0, len(table) - entry_size + 1, entry_size):
+        tag, kind = struct.unpack(order + "HH", table[start:start + 4])
+        if tag in (256, 257) and kind in value_fmt:
+            value_at = start + (12 if big else 8)
+            size = struct.calcsize(value_fmt[kind])
+            found[tag] = struct.unpack(order + value_fmt[kind], table[value_at:value_at + size])[0]
+    if 256 in found and 257 in found:
+        return int(found[256]), int(found[257])
+    return None
+
+
+def header_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(width, height) read from the file's header without decoding pixels, for the formats OpenCV may
+    decode here (PNG, TIFF, Radiance HDR, PFM, PNM/PAM, Sun raster); None when it cannot be read."""
+    import struct
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_HEADER_BYTES)
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:
+            width, height = struct.unpack(">II", head[16:24])
+            return int(width), int(height)
+        if head[:4] in _TIFF_MAGIC:
+            return _tiff_size(path)
+        if head.startswith(b"#?"):  # Radiance HDR: header lines, a blank line, then e.g. "-Y 480 +X 640"
+            _, blank, rest = head.partition(b"\n\n")
+            match = re.match(rb"\s*([-+])([XY])\s+(\d+)\s+([-+])([XY])\s+(\d+)", rest) if blank else None
+            if match is None or match.group(2) == match.group(5):
+                return None
+            first, second = int(match.group(3)), int(match.group(6))
+            return (second, first) if match.group(2) == b"Y" else (first, second)
+        if head[:2] in (b"PF", b"Pf") and head[2:3].isspace():
+            words = _tokens(head[2:], 2)
+            return (int(words[0]), int(words[1])) if words and all(w.isdigit() for w in words) else None
+        if head[:2] == b"P7":
+            width = re.search(rb"^\s*WIDTH\s+(\d+)", head, re.MULTILINE)
+            height = re.search(rb"^\s*HEIGHT\s+(\d+)", head, re.MULTILINE)
+            return (int(width.group(1)), int(height.group(1))) if width and height else None
+        if head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
+            words = _tokens(head[2:], 2)
+            return (int(words[0]), int(words[1])) if words and all(w.isdigit() for w in words) else None
+        if head[:4] == b"\x59\xa6\x6a\x95" and len(head) >= 12:  # Sun raster
+            width, height = struct.unpack(">II", head[4:12])
+            return int(width), int(height)
+    except (OSError, ValueError, struct.error):
+        return None
+    return None
+
+
+# Pillow plugins whose pictures can be larger than their header declares (an icon entry holds a PNG of any
+# size, and ICO decodes it while opening): not opened at all under a pixel limit.
+UNMEASURED_FORMATS = ("ICO", "CUR", "ICNS")
+_ICON_MAGIC = (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00", b"icns")
+
+
+def _measured_formats() -> list[str]:
     from PIL import Image
 
-    with Image.open(path) as image:
+    Image.init()
+    return [name for name in Image.ID if name not in UNMEASURED_FORMATS]
+
+
+def _check_size(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(path, width * height, max_pixels, width, height)
+
+
+def _decode_pillow(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, int]:
+    """Raw array and EXIF orientation, decoded by Pillow (its size checked first against ``max_pixels``)."""
+    from PIL import Image
+
+    formats = None if max_pixels is None else _measured_formats()
+    with Image.open(path, formats=formats) as image:
+        _check_size(path, image.width, image.height, max_pixels)
         frames = int(getattr(image, "n_frames", 1) or 1)
         if frames > 1:
             raise ImageReadError(
@@ -214,37 +342,74 @@ def _stat_problem(path: Path, error: OSError) -> str:
     return f"cannot access the file ({_short_error(error, path)})"
 
 
-def _decode(path: str | os.PathLike[str]) -> np.ndarray:
-    """The file's pixels as a raw array (orientation applied), or :class:`ImageReadError`."""
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device file"
+    return "special file"
+
+
+def _decode(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
+    """The file's pixels as a raw array (orientation applied), or :class:`ImageReadError`.
+
+    ``max_pixels``: refuse (:class:`ImageTooLargeError`) a larger image before decoding it; a file that
+    Pillow cannot open is then decoded by OpenCV only when its header gives a size within the limit."""
     from PIL import Image
 
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as error:
         raise ImageReadError(path, _stat_problem(path, error)) from error
+    size = info.st_size
     if path.is_dir():
         raise ImageReadError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):  # opening a FIFO would wait for a writer forever
+        raise ImageReadError(path, f"is a {_special_kind(info.st_mode)}, not a regular image file")
     if size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
     if not os.access(path, os.R_OK):
         raise ImageReadError(path, "permission denied (the file is not readable)")
     try:
-        array, orientation = _decode_pillow(path)
+        array, orientation = _decode_pillow(path, max_pixels)
     except ImageReadError:
         raise
-    except _UseOpenCV:
+    except _UseOpenCV:  # Pillow read the header: the size is already checked
         try:
             array, orientation = _decode_opencv(path)
         except Exception as error:
             raise ImageReadError(path, f"corrupt 16-bit colour image ({_short_error(error, path)})") from error
     except Image.DecompressionBombError as error:
+        if max_pixels is not None:
+            size = header_size(path)
+            if size is not None:
+                _check_size(path, *size, max_pixels)
+            found = re.search(r"\((\d+) pixels\)", str(error))
+            if found and int(found.group(1)) > max_pixels:
+                raise ImageTooLargeError(path, int(found.group(1)), max_pixels) from error
         raise ImageReadError(path, f"image is too large ({_short_error(error, path)})") from error
     except Exception as pil_error:
         # OpenCV only for TIFF files (variants Pillow lacks) and formats Pillow does not know at all;
         # a truncated PNG/JPEG must fail rather than come back half grey.
         if not (_is_tiff(path) or isinstance(pil_error, Image.UnidentifiedImageError)):
             raise ImageReadError(path, f"not an image or corrupt (PIL: {_short_error(pil_error, path)})") from pil_error
+        if max_pixels is not None:
+            # OpenCV allocates whatever the header declares: decode only what we have measured.
+            with open(path, "rb") as handle:
+                if handle.read(4) in _ICON_MAGIC:
+                    raise ImageReadError(
+                        path, "icon files (ICO, CUR, ICNS) are not accepted here: their pictures can be larger "
+                        "than their header declares"
+                    ) from pil_error
+            size = header_size(path)
+            if size is None:
+                raise ImageReadError(
+                    path, f"not an image or corrupt (PIL: {_short_error(pil_error, path)})"
+                ) from pil_error
+            _check_size(path, *size, max_pixels)
         try:
             array, orientation = _decode_opencv(path)
         except Exception:
@@ -301,15 +466,18 @@ def to_uint8(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
     return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
 
 
-def read_image(path: str | os.PathLike[str], min_size: int = 8, bit_depth: int | None = None) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike[str], min_size: int = 8, bit_depth: int | None = None, max_pixels: int | None = None
+) -> np.ndarray:
     """Read an image file as a ``uint8`` ``H×W×3`` RGB array.
 
     ``bit_depth``: how images deeper than 8 bits are scaled (module docstring); None uses the enclosing
     :func:`declared_bit_depth`, else the file's own depth. Raises :class:`ImageReadError` (one line
     naming the file) when the file is missing, empty, not decodable, animated, or has a side shorter than
-    ``min_size`` pixels.
+    ``min_size`` pixels. ``max_pixels``: refuse larger images before decoding them
+    (:class:`ImageTooLargeError`, module docstring).
     """
-    array = _decode(path)
+    array = _decode(path, max_pixels)
     height, width = array.shape[:2]
     if min(height, width) < min_size:
         raise ImageReadError(
@@ -346,8 +514,8 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
     """Image files in ``folder``, sorted; extensions are matched case-insensitively and hidden files
     (and, when recursive, hidden folders) are skipped.
 
-    Broken or looping symbolic links with an image extension are listed, so that reading them reports
-    the problem instead of the file vanishing without notice. Raises ``FileNotFoundError`` when
+    Broken or looping symbolic links and special files (a FIFO, a socket) with an image extension are
+    listed, so that reading them reports the problem instead of the file vanishing without notice. Raises ``FileNotFoundError`` when
     ``folder`` is not a directory.
     """
     folder = Path(folder)
@@ -358,6 +526,6 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list
     for candidate in candidates:
         if any(part.startswith(".") for part in candidate.relative_to(folder).parts):
             continue
-        if candidate.suffix.lower() in IMAGE_EXTENSIONS and (candidate.is_file() or candidate.is_symlink()):
+        if candidate.suffix.lower() in IMAGE_EXTENSIONS and (candidate.is_symlink() or not candidate.is_dir()):
             found.append(candidate)
     return sorted(found)

@@ -143,6 +143,8 @@ def overlay_panel(
         if seen is not None:
             region &= seen
         _draw_contours(contour_tile, _drop_small(region, min_area), RED)
+        if seen is not None:  # the outline's width must not spill onto what the model did not see
+            contour_tile[~seen] = img[~seen]
     if gt_mask is not None:
         gt = np.asarray(gt_mask).astype(np.uint8)
         if gt.ndim == 3:

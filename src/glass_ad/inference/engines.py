@@ -80,7 +80,7 @@ class TorchEngine:
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.chunk is None and len(images) > 1:
-            self.chunk = choose_batch_chunk(self.graph.model, self.device, len(images))
+            self.chunk = choose_batch_chunk(self.graph.model, self.device, len(images), measure=True)
         with torch.inference_mode():
             out = self.graph(torch.from_numpy(images).to(self.device))
         return tuple(t.float().cpu().numpy() for t in out)  # type: ignore[return-value]

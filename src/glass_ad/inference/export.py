@@ -28,6 +28,7 @@ the rule of `glass_ad.data.io.to_uint8`, never a per-image maximum.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -207,6 +208,16 @@ def compare_frames(
     }
 
 
+def check_verified(max_abs_diff: dict[str, float], path: str | os.PathLike, done: str = "was not written") -> None:
+    """A verification whose outputs are not finite (NaN or inf: damaged weights) fails (ValueError, one line)."""
+    bad = [name for name, value in max_abs_diff.items() if not math.isfinite(value)]
+    if bad:
+        raise ValueError(
+            f"verification failed: the model's outputs are not finite ({', '.join(bad)}: NaN or inf) — its weights are "
+            f"damaged; {path} {done} (retrain, or restore model.pt)"
+        )
+
+
 def export_onnx(
     run: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -266,15 +277,16 @@ def export_onnx(
             entry.key, entry.value = key, value
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(tmp))
-    written_opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=opset)
-    result = ExportResult(path, used, int(written_opset))
-    if verify:
-        rng = np.random.default_rng(0)
-        if preprocessing:
-            frames = rng.integers(0, 256, (2, height + 13, 2 * width + 5, 3), dtype=np.uint8)
-            result.max_abs_diff = compare_frames(checkpoint, graph, path, frames)
-        else:
-            result.max_abs_diff = compare(graph, path, rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8))
+        written_opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=opset)
+        result = ExportResult(path, used, int(written_opset))
+        if verify:  # before the rename: a model that fails it is not written
+            rng = np.random.default_rng(0)
+            if preprocessing:
+                frames = rng.integers(0, 256, (2, height + 13, 2 * width + 5, 3), dtype=np.uint8)
+                result.max_abs_diff = compare_frames(checkpoint, graph, tmp, frames)
+            else:
+                result.max_abs_diff = compare(graph, tmp, rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8))
+            check_verified(result.max_abs_diff, path)
     return result
 
 

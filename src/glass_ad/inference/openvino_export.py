@@ -96,7 +96,7 @@ def export_openvino(
     """Export the model of ``run`` as OpenVINO IR (default ``RUN_DIR/model.xml``; ``model_int8.xml`` etc.
     for the other precisions). int8 needs ``calibration``: the training data set or a folder of normal
     images (never test images). ``fast`` skips NNCF's bias correction (for tests)."""
-    from glass_ad.inference.export import INPUT_NAME, OUTPUT_NAMES, export_metadata, export_onnx
+    from glass_ad.inference.export import INPUT_NAME, OUTPUT_NAMES, check_verified, export_metadata, export_onnx
     from glass_ad.inference.runtime import session
     from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
     from glass_ad.safety import refuse_input_overlap
@@ -150,6 +150,10 @@ def export_openvino(
             result.max_abs_diff = {
                 name: float(np.abs(np.asarray(got[compiled.output(name)]) - ref).max()) for name, ref in zip(OUTPUT_NAMES, reference)
             }
+            if not all(np.isfinite(list(result.max_abs_diff.values()))):  # NaN weights: never leave such a model
+                path.unlink(missing_ok=True)
+                path.with_suffix(".bin").unlink(missing_ok=True)
+                check_verified(result.max_abs_diff, path, done="was removed")
     return result
 
 

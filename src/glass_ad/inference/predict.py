@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field  # noqa: F401
@@ -43,7 +44,7 @@ from glass_ad.data.io import IMAGE_EXTENSIONS, ImageReadError, check_bit_depth, 
 from glass_ad.inference.engines import Engine, InferenceGraph, create_engine, inference_graph  # noqa: F401 (predict.InferenceGraph)
 from glass_ad.inference.runtime import MIN_SIDE, ImageInput, Prediction, to_rgb  # noqa: F401 (re-exported: predict.Prediction, predict.to_rgb)
 from glass_ad.model.checkpoint import Checkpoint, as_checkpoint, checkpoint_path
-from glass_ad.safety import refuse_input_overlap, write_atomic
+from glass_ad.safety import refuse_input_overlap, refuse_output_in_inputs, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,11 @@ class Detector:
         else:
             scores, normalized, maps = self.score_prepared(np.stack([prepared for _, _, prepared in batch]))
         for (rgb, path, _), score, norm, small in zip(batch, scores, normalized, maps):
+            if not math.isfinite(float(score)):  # NaN is below no threshold: it would read "normal"
+                raise NonFiniteScoreError(
+                    f"the model gave a non-finite score ({float(score)}) for {path or 'an image'}: its weights are "
+                    f"damaged (NaN or inf); retrain, or restore model.pt"
+                )
             full = small if self.engine.in_graph else self.preprocessor.map_to_original(small, rgb.shape[:2])
             yield Prediction(
                 score=float(score),
@@ -300,6 +306,10 @@ class Detector:
 
 # ---------------------------------------------------------------------------------------------------
 # Files and folders (`glass predict`)
+
+
+class NonFiniteScoreError(ValueError):
+    """The model scored an image NaN or inf (damaged weights): never a decision."""
 
 
 def collect_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
@@ -474,7 +484,7 @@ def predict_files(
     if results is None:
         pass  # nothing predicted: an earlier results file stays as it was
     elif fmt == "json":
-        write_atomic(results, json.dumps({**summary, "predictions": rows}, indent=2))
+        write_atomic(results, json.dumps({**summary, "predictions": rows}, indent=2, allow_nan=False))
     else:
         _write_csv(results, rows)
     return summary
@@ -506,9 +516,11 @@ def check_outputs(
     onnx_path: str | os.PathLike | None = None,
 ) -> None:
     """Refuse (`safety.OutputError`) an `out` whose results would overwrite an input, the checkpoint or
-    the ONNX model, that lies inside an input folder, or whose overlay folder holds inputs."""
+    the ONNX model, that is or lies inside an input folder (or the folder of an input file, or the data set an
+    input belongs to), or whose overlay folder holds inputs."""
     model_files = [checkpoint_path(run), onnx_path]
     refuse_input_overlap(out, [*paths, *model_files], what="output folder")
+    refuse_output_in_inputs(out, paths)  # overlays would be scored as parts, or join the data set
     for target in output_paths(out, fmt, overlays):
         refuse_input_overlap(target, [*paths, *model_files], what="output", contains=target.name == "overlays")
 

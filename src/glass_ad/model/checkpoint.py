@@ -12,9 +12,10 @@ predict, export, calibrate, info, serve, previews) loads a `Checkpoint` and uses
 On disk a checkpoint is one file of plain tensors, numbers, strings, lists and dicts, loadable with
 ``torch.load(weights_only=True)``: `Checkpoint.to_dict` / `Checkpoint.from_dict` convert, no Python object
 is ever pickled. Besides the weights it records its format (``glass-ad/1``), the package version that wrote
-it, the input bit depth rule (`io.declared_bit_depth`; None: by container) and a digest of its settings, so
-that a damaged, foreign, newer or hand-edited file is refused with one line instead of a traceback or a
-silently different model.
+it, the input bit depth rule (`io.declared_bit_depth`; None: by container), a digest of its settings and
+one of everything else that decides (`integrity_digest`: thresholds and normalisations, weights, scoring
+entries), so that a damaged, foreign, newer or hand-edited file is refused with one line instead of a
+traceback or a silently different model.
 
 A checkpoint without calibration (trained without held-out images) has one documented behaviour,
 `Calibration.fallback()`: the discriminator's own decision boundary, image and pixel threshold 0.5 (its
@@ -65,6 +66,7 @@ __all__ = [
     "TrainingRecord",
     "checkpoint_path",
     "config_digest",
+    "integrity_digest",
     "read_checkpoint",
 ]
 
@@ -94,6 +96,54 @@ def config_digest(config: Mapping[str, Any]) -> str:
     """SHA-256 of the settings as stored, to notice a checkpoint whose settings were edited by hand."""
     text = json.dumps(dict(config), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# What decides, besides the settings: covered by `integrity_digest` so that an edited threshold or weight is
+# refused instead of used. Calibration keys outside this list (notes, the hold-out scores) may be edited.
+DECIDING_CALIBRATION = (
+    "method", "image_threshold", "pixel_threshold", "image_normalization", "pixel_normalization",
+    "f1_image_threshold", "f1_pixel_threshold",
+)  # fmt: skip
+_INTEGRITY_PARTS = {
+    "calibration": lambda c: {k: (c.get("calibration") or {}).get(k) for k in DECIDING_CALIBRATION},
+    "weights": lambda c: {k: c.get(k) for k in ("adaptor", "discriminator", "memory_bank")},
+    "scoring": lambda c: {k: c.get(k) for k in ("embed_dim", "feature_scale", "hybrid_norm", "input", "backbone")},
+    # The region rule (operating_point.py); a part of its own, so that files digested before it still load.
+    "region": lambda c: {"region_height": (c.get("calibration") or {}).get("region_height")},
+}
+
+
+def _feed(digest: Any, value: Any) -> None:
+    """Feed a plain value (dicts, lists, numbers, strings, tensors) into a hash, canonically."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    elif isinstance(value, Mapping):
+        digest.update(b"{")
+        for key in sorted(value, key=str):
+            digest.update(json.dumps(str(key)).encode())
+            _feed(digest, value[key])
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[")
+        for item in value:
+            _feed(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(json.dumps(value, default=str).encode())
+
+
+def integrity_digest(checkpoint: Mapping[str, Any]) -> dict[str, str]:
+    """SHA-256 per part of a stored checkpoint that decides (``calibration``: thresholds and normalisations;
+    ``weights``: adaptor, discriminator, memory bank; ``scoring``: feature scale, hybrid norms, input rule,
+    backbone), to notice a file edited after it was written."""
+    out = {}
+    for part, select in _INTEGRITY_PARTS.items():
+        digest = hashlib.sha256()
+        _feed(digest, select(checkpoint))
+        out[part] = digest.hexdigest()
+    return out
 
 
 def checkpoint_path(run: str | os.PathLike) -> Path:
@@ -364,6 +414,8 @@ class Calibration:
             value = float(threshold)
         except (TypeError, ValueError):
             raise ValueError(f"threshold must be 'far', 'f1' or a number, got {threshold!r}") from None
+        if not math.isfinite(value):  # NaN is below no score: every part would pass
+            raise ValueError(f"threshold must be 'far', 'f1' or a finite number, got {threshold!r}")
         return OperatingPoint("custom", value, self.pixel_threshold)
 
     def heat_range(self, pixel_threshold: float | None = None) -> tuple[float, float]:
@@ -448,7 +500,7 @@ class TrainingRecord:
 _REQUIRED = ("config", "backbone", "embed_dim", "feature_scale", "adaptor", "discriminator")
 # Top-level keys with a typed field; anything else is kept in `Checkpoint.extra` and written back.
 _KNOWN = (
-    *_REQUIRED, "format", "package_version", "config_digest", "input", "memory_bank", "hybrid_norm", "calibration",
+    *_REQUIRED, "format", "package_version", "config_digest", "integrity_digest", "input", "memory_bank", "hybrid_norm", "calibration",
     "training", "hypothesis", "spectrum", "foreground", "centre", "geometry", "provenance",
 )  # fmt: skip
 
@@ -611,6 +663,7 @@ class Checkpoint:
         if self.training.recorded:
             out["training"] = self.training.to_dict()
         out.update(self.extra)
+        out["integrity_digest"] = integrity_digest(out)  # of what is written now (a new threshold: a new digest)
         return out
 
     # ---------------------------------------------------------------------------------------- file
@@ -625,10 +678,12 @@ class Checkpoint:
         data = _check_structure(_load_plain(path), path)
         _check_consistency(data, path)
         try:
-            return cls.from_dict(data)
+            loaded = cls.from_dict(data)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             detail = " ".join(str(error).split())[:200] or type(error).__name__
             raise CheckpointError(f"checkpoint {path} is damaged: an entry has the wrong type ({detail}); retrain, or restore it from a copy") from None
+        _check_integrity(data, path)
+        return loaded
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (a unique temporary file, then a rename): a crash mid-write never leaves a
@@ -806,6 +861,24 @@ def _check_consistency(checkpoint: dict[str, Any], path: Path) -> None:
             f"{path} says patch width (embed_dim) {dim}, but its discriminator takes {first.shape[1]}; "
             f"the file was edited or damaged — restore it or retrain"
         )
+
+
+def _check_integrity(checkpoint: dict[str, Any], path: Path) -> None:
+    """Thresholds, weights or scoring entries edited after the file was written are refused."""
+    stored_parts = checkpoint.get("integrity_digest")
+    if isinstance(stored_parts, Mapping):  # older files have none
+        now = integrity_digest(checkpoint)
+        changed = [part for part in _INTEGRITY_PARTS if part in stored_parts and stored_parts[part] != now[part]]
+        if changed:
+            what = {
+                "calibration": "thresholds (calibration)", "weights": "weights", "scoring": "scoring entries",
+                "region": "region rule (calibration)",
+            }  # fmt: skip
+            raise CheckpointError(
+                f"the {' and '.join(what[part] for part in changed)} in {path} were changed after the file was written "
+                f"(they no longer match its digest); restore the original file, retrain, or set thresholds with "
+                f"`glass calibrate` / --threshold"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,27 +19,32 @@ __all__ = ["greedy_coreset", "MemoryBank"]
 
 @torch.no_grad()
 def greedy_coreset(
-    features: torch.Tensor, count: int, *, seed: int = 0, projection_dim: int = 128, pool: int = 200_000
+    features: torch.Tensor, count: int, *, seed: int = 0, projection_dim: int = 128, pool: int | None = 200_000
 ) -> torch.Tensor:
     """Indices of `count` rows of `features` (N×D) picked by k-centre greedy selection.
 
     Selection runs on a random Gaussian projection to `projection_dim` dimensions (distances are kept up to
-    a small distortion) over a random pool of at most `pool` rows, which bounds the cost to O(count·pool).
+    a small distortion) over a random pool of at most `pool` rows (None: all rows, PatchCore's setting), which
+    bounds the cost to O(count·pool). Each pick costs one matrix-vector product over the pool (squared
+    distances ‖x‖² − 2x·c + ‖c‖²), which reads the projected pool once.
     """
     total = len(features)
     count = max(1, min(int(count), total))
     generator = torch.Generator().manual_seed(seed)
-    candidates = torch.randperm(total, generator=generator)[: max(count, min(total, pool))]
+    size = total if pool is None else max(count, min(total, pool))
+    candidates = torch.randperm(total, generator=generator)[:size]
     dim = features.shape[1]
     projection = torch.randn(dim, min(projection_dim, dim), generator=generator) / min(projection_dim, dim) ** 0.5
-    reduced = features[candidates].float() @ projection
+    reduced = torch.cat([features[candidates[i : i + 65536]].float() @ projection for i in range(0, size, 65536)])
+    squared_norms = (reduced * reduced).sum(dim=1)
     chosen = torch.empty(count, dtype=torch.long)
-    chosen[0] = int(torch.randint(len(reduced), (1,), generator=generator))
-    distance = (reduced - reduced[chosen[0]]).norm(dim=1)
+    index = int(torch.randint(len(reduced), (1,), generator=generator))
+    chosen[0] = index
+    distance = squared_norms - 2 * (reduced @ reduced[index]) + squared_norms[index]
     for i in range(1, count):
         index = int(distance.argmax())
         chosen[i] = index
-        distance = torch.minimum(distance, (reduced - reduced[index]).norm(dim=1))
+        torch.minimum(distance, squared_norms - 2 * (reduced @ reduced[index]) + squared_norms[index], out=distance)
     return candidates[chosen]
 
 

@@ -77,7 +77,7 @@ def _run_benchmark(config: GlassConfig, repeats: int, train_iterations: int) -> 
     import copy
 
     fused = copy.deepcopy(model).fuse_()
-    chunk = choose_batch_chunk(fused, device, 8)  # as `glass test` and the PyTorch engine choose it
+    chunk = choose_batch_chunk(fused, device, 8)  # by the rule `glass train` and `glass test` use
     model.batch_chunk = chunk.size  # and as training does
     result["backbone_chunk"] = chunk.reason
 

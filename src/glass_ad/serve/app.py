@@ -32,13 +32,15 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match
 
 from glass_ad.serve.batching import BatcherClosed, MicroBatcher
-from glass_ad.serve.images import BadImage, ImageTooLarge, Upload, decode_upload, png_bytes
+from glass_ad.serve.images import BadImage, ImageTooLarge, Upload, clean_scratch, decode_upload, png_bytes
 from glass_ad.serve.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from glass_ad.serve.models import ModelSpec, ServedModel, load_served_model, parse_model_spec
-from glass_ad.serve.store import InspectionLog, database_url, redact_url
+from glass_ad.serve.store import DatabaseError, InspectionLog, database_url, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ TOKEN_COOKIE = "glass_token"
 STATIC_DIR = Path(__file__).with_name("static")
 PUBLIC_PATHS = ("/healthz", "/readyz")
 IMAGE_CONTENT_TYPES = ("application/octet-stream",)  # plus any image/*
+ENGINES = ("torch", "onnx", "openvino")
+LOG_RETRY_AFTER = "5"  # seconds a client should wait after a 503 for an unavailable log
 
 
 @dataclass
@@ -73,8 +77,8 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
-        if self.engine not in ("torch", "onnx"):
-            raise ValueError(f"engine must be 'torch' or 'onnx', got {self.engine!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.max_batch < 1 or self.max_batch_images < 1:
             raise ValueError("max_batch and max_batch_images must be >= 1")
         if self.max_wait_ms < 0:
@@ -230,6 +234,10 @@ class Service:
 
     def start(self) -> None:
         self.open_log()
+        # A killed process leaves its uploads' scratch files behind; no request is running yet.
+        removed = clean_scratch(self.scratch)
+        if removed:
+            log.info("removed %d stale upload scratch file(s) from %s", removed, self.scratch)
 
         def commit(rows: list[dict[str, Any]]) -> list[int]:
             self.metrics.log_rows.observe(len(rows))
@@ -270,6 +278,17 @@ class Service:
         if self.log is not None:
             self.log.close()
             self.log = None
+
+    def log_problem(self) -> str | None:
+        """None when the inspection log answers a trivial query, else the reason (for /readyz)."""
+        if self.log is None:
+            return "the inspection log is not open"
+        try:
+            self.log.ping()
+        except (SQLAlchemyError, DatabaseError) as error:
+            log.error("inspection log unavailable: %s", error)
+            return log_unavailable(error)
+        return None
 
     def status(self) -> dict[str, Any]:
         loading = [spec.name for spec in self.settings.specs if spec.name not in self.models and spec.name not in self.errors]
@@ -357,7 +376,7 @@ class Service:
             "model_name": model.name,
             "model_version": model.version,
             "engine": model.detector.engine_name,
-            "filename": upload.label if upload.filename else None,
+            "filename": name_of(upload),
             "image_sha256": upload.sha256,
             "image_bytes": len(upload.data),
             "width": summary["width"],
@@ -378,7 +397,9 @@ class Service:
             raise HTTPException(503, "the service is shutting down; the inspection was not logged") from None
         except Exception as error:  # noqa: BLE001 - the answer must not claim a logged inspection
             log.error("inspection log write failed: %s", error)
-            raise HTTPException(503, f"the inspection log is unavailable ({type(error).__name__}); not inspected") from None
+            raise HTTPException(
+                503, f"{log_unavailable(error)}; not inspected", headers={"Retry-After": LOG_RETRY_AFTER}
+            ) from None
         done = time.perf_counter()
         self.metrics.decisions.labels(model.name, summary["decision"]).inc()
         result = record(row)
@@ -394,6 +415,16 @@ class Service:
             result["overlay_png_base64"] = base64.b64encode(overlay_png).decode("ascii")
             result["mask_png_base64"] = base64.b64encode(mask_png).decode("ascii")
         return result
+
+
+def name_of(upload: Upload) -> str | None:
+    """The client's file name as logged and echoed: folders and control characters stripped."""
+    return upload.label if upload.filename else None
+
+
+def log_unavailable(error: BaseException) -> str:
+    # The exception's class only: driver messages can name hosts, users and SQL.
+    return f"the inspection log is unavailable ({type(error).__name__})"
 
 
 def record(row: dict[str, Any]) -> dict[str, Any]:
@@ -445,11 +476,20 @@ class _MetricsMiddleware:
         try:
             await self.app(scope, receive, capture)
         finally:
-            route = scope.get("route")
-            # The route template, not the raw path: labels stay few whatever clients send.
-            name = getattr(route, "path", None) or ("/static" if scope["path"].startswith("/static/") else "unmatched")
+            # The route template, not the raw path: labels stay few whatever clients send. Answers sent
+            # before routing (401 from the token check, 413 from Content-Length) are matched here.
+            name = getattr(scope.get("route"), "path", None) or _route_template(scope)
             self.metrics.requests.labels(scope["method"], name, str(status[0])).inc()
             self.metrics.latency.labels(scope["method"], name).observe(time.perf_counter() - start)
+
+
+def _route_template(scope) -> str:
+    app = scope.get("app")
+    for route in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            return getattr(route, "path", None) or "unmatched"
+    return "unmatched"
 
 
 class _TokenMiddleware:
@@ -630,6 +670,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         redoc_url=None,
     )
     app.state.service = service
+
+    async def log_down(_request: Request, error: Exception) -> JSONResponse:
+        # Reads and reviews of the log while its database is down: 503 with the reason, not a 500.
+        log.error("inspection log unavailable: %s", error)
+        return JSONResponse({"detail": log_unavailable(error)}, status_code=503, headers={"Retry-After": LOG_RETRY_AFTER})
+
+    app.add_exception_handler(SQLAlchemyError, log_down)
+    app.add_exception_handler(DatabaseError, log_down)
     app.add_middleware(_BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     token = settings.token or os.environ.get(TOKEN_ENV) or None
     if token:
@@ -646,7 +694,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
     )  # fmt: skip
     def readyz() -> JSONResponse:
         status = service.status()
-        return JSONResponse(status, status_code=200 if service.ready else 503)
+        problem = service.log_problem()
+        status["log"] = "ok" if problem is None else problem
+        if problem is not None and status["status"] == "ready":
+            status["status"] = "log unavailable"
+        ready = service.ready and problem is None
+        service.metrics.ready.set(1 if ready else 0)
+        return JSONResponse(status, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": LOG_RETRY_AFTER})
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
     def metrics() -> Response:
@@ -708,8 +762,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             except HTTPException as error:
                 if error.status_code == 503:
                     raise
-                return {"index": index, "filename": upload.filename, "error": error.detail, "status": error.status_code}
-            return {"index": index, "filename": upload.filename, "result": result, "status": 200}
+                return {"index": index, "filename": name_of(upload), "error": error.detail, "status": error.status_code}
+            return {"index": index, "filename": name_of(upload), "result": result, "status": 200}
 
         # Concurrently, so that the images of one request share network passes with each other.
         results = await asyncio.gather(*(one(i, u) for i, u in enumerate(uploads)))

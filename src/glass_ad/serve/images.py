@@ -3,12 +3,15 @@
 An upload is written to a private file inside the service's data folder (``DATA/incoming/``, a name made
 by `tempfile`, never one from the request), read with `io.read_image` — the same decoder, bit-depth rules
 and one-line error messages as `glass predict` — and deleted again. Nothing uploaded is ever executed.
+The reader gets the service's pixel limit: an image is measured from its header and refused before any
+pixel is decoded, whichever decoder (Pillow or OpenCV) would read it; a file whose size cannot be read
+from its header is never handed to OpenCV. Scratch files left by a killed process are removed at start
+(`clean_scratch`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io as bytes_io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from glass_ad.data.io import ImageReadError, read_image
+from glass_ad.data.io import ImageReadError, ImageTooLargeError, read_image
 from glass_ad.inference.predict import MIN_SIDE
 
-__all__ = ["BadImage", "ImageTooLarge", "Upload", "decode_upload", "png_bytes"]
+__all__ = ["BadImage", "ImageTooLarge", "Upload", "clean_scratch", "decode_upload", "png_bytes"]
+
+SCRATCH_PREFIX, SCRATCH_SUFFIX = "upload-", ".bin"
 
 
 class BadImage(ValueError):
@@ -48,17 +53,21 @@ class Upload:
         return hashlib.sha256(self.data).hexdigest()
 
 
-def _check_pixels(data: bytes, label: str, max_pixels: int) -> None:
-    # Read the header only (no pixels) so a huge image is refused before it is decoded.
-    from PIL import Image
+def clean_scratch(scratch: Path) -> int:
+    """Delete upload scratch files left behind (a killed process cannot delete its own); returns how many.
 
-    try:
-        with Image.open(bytes_io.BytesIO(data)) as image:
-            width, height = image.size
-    except Exception:  # not something Pillow knows: the reader gives the real reason
-        return
-    if width * height > max_pixels:
-        raise ImageTooLarge(f"'{label}' is {width}x{height} pixels, more than the limit of {max_pixels} pixels")
+    Called at start-up, before any request: every ``upload-*.bin`` there is then stale."""
+    removed = 0
+    if not scratch.is_dir():
+        return 0
+    for path in scratch.glob(f"{SCRATCH_PREFIX}*{SCRATCH_SUFFIX}"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def decode_upload(upload: Upload, scratch: Path, *, max_pixels: int, bit_depth: int | None = None) -> np.ndarray:
@@ -68,15 +77,17 @@ def decode_upload(upload: Upload, scratch: Path, *, max_pixels: int, bit_depth: 
     upload gives the pixels `glass predict` would read from the same file."""
     if not upload.data:
         raise BadImage(f"cannot read image '{upload.label}': file is empty (0 bytes)")
-    _check_pixels(upload.data, upload.label, max_pixels)
     scratch.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=scratch, prefix="upload-", suffix=".bin")
+    fd, name = tempfile.mkstemp(dir=scratch, prefix=SCRATCH_PREFIX, suffix=SCRATCH_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(upload.data)
         if bit_depth is None:
-            return read_image(name, min_size=MIN_SIDE)
-        return read_image(name, min_size=MIN_SIDE, bit_depth=bit_depth)
+            return read_image(name, min_size=MIN_SIDE, max_pixels=max_pixels)
+        return read_image(name, min_size=MIN_SIDE, bit_depth=bit_depth, max_pixels=max_pixels)
+    except ImageTooLargeError as error:
+        size = f"{error.width}x{error.height} pixels" if error.width is not None else f"{error.pixels} pixels"
+        raise ImageTooLarge(f"'{upload.label}' is {size}, more than the limit of {error.limit} pixels") from None
     except ImageReadError as error:
         raise BadImage(f"cannot read image '{upload.label}': {error.reason}") from None
     finally:

@@ -23,7 +23,7 @@ from typing import Iterable
 
 from glass_ad.serve.store import InspectionLog
 
-__all__ = ["Counts", "aggregate", "render_report", "write_report"]
+__all__ = ["Counts", "aggregate", "chart_figure", "render_report", "write_report"]
 
 BUCKETS = ("hour", "day", "week")
 
@@ -110,16 +110,25 @@ def _label(start: dt.datetime, bucket: str) -> str:
     return start.strftime("%Y-%m-%d %H:00") if bucket == "hour" else start.strftime("%Y-%m-%d")
 
 
-def _chart(periods: dict[dt.datetime, Counts], bucket: str) -> str:
-    """Rates over time as a base64 PNG (empty string when there is nothing to draw)."""
+BUCKET_WIDTH = {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1), "week": dt.timedelta(weeks=1)}
+
+
+def chart_figure(periods: dict[dt.datetime, Counts], bucket: str):
+    """The rates-over-time matplotlib figure (None when there is nothing to draw).
+
+    The time axis spans the periods drawn, half a bucket either side: matplotlib's own limits for a single
+    date widen it by years."""
     if not periods:
-        return ""
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     times = sorted(periods)
+    # Naive UTC times: the axis and its labels stay in UTC whatever the local zone or rcParams say.
+    naive = [t.astimezone(dt.timezone.utc).replace(tzinfo=None) for t in times]
     fig, ax = plt.subplots(figsize=(9, 3.2), dpi=100)
     for name, attribute, style in (
         ("flag rate", "flag_rate", "-o"),
@@ -128,14 +137,37 @@ def _chart(periods: dict[dt.datetime, Counts], bucket: str) -> str:
     ):
         values = [getattr(periods[t], attribute) for t in times]
         if any(v is not None for v in values):
-            ax.plot(times, [float("nan") if v is None else 100 * v for v in values], style, label=name, markersize=4)
+            ax.plot(naive, [float("nan") if v is None else 100 * v for v in values], style, label=name, markersize=4)
+    half = BUCKET_WIDTH[bucket] / 2
+    ax.set_xlim(naive[0] - half, naive[-1] + half)
+    locator = mdates.AutoDateLocator(minticks=1, maxticks=10)
+    if bucket == "hour":
+        formatter = mdates.DateFormatter("%Y-%m-%d %H:%M")
+        if len(times) < 3:  # AutoDateLocator would tick in minutes inside one or two hours
+            locator = mdates.HourLocator()
+    else:
+        formatter = mdates.DateFormatter("%Y-%m-%d")
+        if len(times) < 3:
+            locator = mdates.DayLocator() if bucket == "day" else mdates.WeekdayLocator(byweekday=mdates.MO)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(formatter)
     ax.set_ylabel("%")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0, top=max(5.0, ax.get_ylim()[1]))
     ax.set_title(f"rates per {bucket} (UTC)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
+    return fig
+
+
+def _chart(periods: dict[dt.datetime, Counts], bucket: str) -> str:
+    """Rates over time as a base64 PNG (empty string when there is nothing to draw)."""
+    fig = chart_figure(periods, bucket)
+    if fig is None:
+        return ""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

@@ -185,6 +185,9 @@ class InspectionLog:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
         else:
             kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5)
+            if parsed.get_backend_name() == "postgresql":
+                # An unreachable server fails a request (503) within seconds instead of hanging it.
+                kwargs["connect_args"] = {"connect_timeout": 5}
         try:
             engine = create_engine(parsed, **kwargs)
         except (ArgumentError, ImportError, SQLAlchemyError) as error:
@@ -202,6 +205,11 @@ class InspectionLog:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def ping(self) -> None:
+        """A trivial query; raises SQLAlchemyError when the database does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(select(1)).scalar()
 
     # ----------------------------------------------------------------------------------------- schema
 

@@ -5,13 +5,18 @@ L_gas = BCE(D(g), 1), with a truncated projection every `project_every` steps:
 
 * manifold (GLASS-m): g − u rescaled so that r1 ≤ ‖g − u‖ ≤ r2;
 * hypersphere (GLASS-h): g − c rescaled so that r′1 ≤ ‖g − c‖ ≤ 2r′1, with c the per-position mean
-  normal feature and r′1 the `radius_quantile` of the normal distances to c.
+  normal feature and r′1 the `radius_quantile` of the normal distances to c. With the default "relative"
+  shell the bounds are raised per vector so that a copy always lies at least r1 (at most r2) further from c
+  than its own normal vector u: max(r′1, ‖u − c‖ + r1) ≤ ‖g − c‖ ≤ max(2r′1, ‖u − c‖ + r2). The paper's
+  shell (``hypersphere_shell="paper"``) holds the outer quarter of the normal vectors themselves, so their
+  GAS copies stay where they were and are labelled anomalous: on real objects D never separated GAS from
+  normal. Vectors well inside r′1 get the paper's shell unchanged (docs/method.md, deviation 18).
 
 All lengths (σ·√D, η, r1, r2) are multiplied by `unit`: the measured spacing of the normal features
 (median distance from a normal patch to its nearest neighbour in other normal images, in adaptor space,
 see :mod:`glass_ad.model.geometry`). So r1 = 0.5 means "half the typical gap between neighbouring normal
 patches" for every backbone, and the adaptor cannot make GAS trivial or invisible by rescaling its output.
-The hypersphere radii are quantiles of the data already and need no unit.
+r′1 is a quantile of the data already and needs no unit.
 
 The ascent always runs in float32 (autocast off): a bf16-rounded input would erase most components of
 one ascent step.
@@ -28,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glass_ad.config import GAS_MODES, GlassConfig
+from glass_ad.config import GAS_MODES, HYPERSPHERE_SHELLS, GlassConfig
 
 HYPOTHESES = ("manifold", "hypersphere")  # the resolved ones ("auto" is decided before GAS runs)
 
@@ -47,8 +52,11 @@ class GASSettings:
     r1: float  # in units of `unit`
     r2: float
     unit: float = 1.0  # length unit of noise_std, step_size, r1, r2: the measured normal spacing (1: raw)
+    shell: str = "relative"  # hypersphere bounds: "relative" (at least r1 outside u's own radius) or "paper"
 
     def __post_init__(self) -> None:
+        if self.shell not in HYPERSPHERE_SHELLS:
+            raise ValueError(f"hypersphere shell must be one of {', '.join(HYPERSPHERE_SHELLS)} (got {self.shell!r})")
         if self.mode not in GAS_MODES:
             raise ValueError(f"GAS mode must be one of {', '.join(GAS_MODES)} (got {self.mode!r})")
         if self.hypothesis not in HYPOTHESES:
@@ -68,6 +76,7 @@ class GASSettings:
             r1=config.r1,
             r2=config.r2,
             unit=unit if config.feature_spacing is not None else 1.0,
+            shell=config.hypersphere_shell,
         )
 
     @property
@@ -81,7 +90,15 @@ class GASSettings:
         return self.mode == "full"
 
 
-__all__ = ["GASSettings", "HYPOTHESES", "truncate_norm", "hypersphere_radius", "synthesize", "project_las_features"]
+__all__ = [
+    "GASSettings",
+    "HYPOTHESES",
+    "truncate_norm",
+    "hypersphere_radius",
+    "hypersphere_bounds",
+    "synthesize",
+    "project_las_features",
+]
 
 
 def truncate_norm(delta: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:
@@ -98,6 +115,21 @@ def hypersphere_radius(points: torch.Tensor, centres: torch.Tensor, quantile: fl
         if distances.numel() > 1_000_000:  # torch.quantile's input limit; a random subset is plenty
             distances = distances[torch.randperm(distances.numel(), device=distances.device)[:1_000_000]]
         return torch.quantile(distances.float(), quantile)
+
+
+def hypersphere_bounds(
+    u: torch.Tensor, centres: torch.Tensor, radius: torch.Tensor | float, settings: GASSettings
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """The shell [low, high] of ‖g − c‖ for the GAS copies of the rows of `u` (lengths already in features'
+    units): the paper's [r′1, 2r′1], raised per row to [‖u − c‖ + r1, ‖u − c‖ + r2] where that lies further
+    out ("relative" shell), so that no copy is left inside or at its own normal vector's radius."""
+    if settings.shell == "paper":
+        return radius, 2 * radius
+    own = (u - centres).norm(dim=1, keepdim=True)
+    unit = float(settings.unit)
+    low = torch.maximum(own + settings.r1 * unit, torch.as_tensor(radius, dtype=own.dtype, device=own.device))
+    high = torch.maximum(own + settings.r2 * unit, torch.as_tensor(2 * radius, dtype=own.dtype, device=own.device))
+    return low, high
 
 
 def synthesize(
@@ -131,6 +163,8 @@ def synthesize(
         # u and D's weights stay fixed during the ascent, so D's first layer on u (half of every ascent
         # call's matrix work, forward) is computed once; batch norm still sees the mixed batch each step.
         split = hasattr(discriminator, "first_layer") and hasattr(discriminator, "after_first_layer")
+        if hypersphere:
+            low, high = hypersphere_bounds(u, centres, radius, settings)
         with torch.autocast(u.device.type, enabled=False):
             with torch.no_grad():
                 first_u = discriminator.first_layer(u) if split else None
@@ -148,7 +182,7 @@ def synthesize(
                     g = g + step_size * grad / (grad.norm(dim=1, keepdim=True) + 1e-10)
                     if settings.projects and (step + 1) % settings.project_every == 0:
                         if hypersphere:
-                            g = centres + truncate_norm(g - centres, radius, 2 * radius)
+                            g = centres + truncate_norm(g - centres, low, high)
                         else:
                             g = u + truncate_norm(g - u, r1, r2)
     delta = (g - u).detach()

@@ -12,6 +12,12 @@ from glass_ad.model.checkpoint import CHECKPOINT_NAME
 from glass_ad.safety import OutputError, ensure_writable, refuse_existing, refuse_input_overlap
 from glass_ad.training.resume import STATE_NAME
 
+RUN_FILES = ("config.yaml", "history.csv")  # written beside model.pt (provenance.write_run_files)
+
+
+def _same_file(a: str | os.PathLike, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
 
 def train_disk_need(n_images: int, config) -> int:
     """Bytes `glass train` may write into its run folder: the checkpoint (written beside the old one
@@ -42,10 +48,13 @@ def preflight_train(
     weights: str | os.PathLike | None = None,
     val: str | os.PathLike | None = None,
     resume: bool = False,
+    config_file: str | os.PathLike | None = None,
 ) -> int:
     """Refuse a training run that would end badly after the work: an output among the inputs, an existing
     model or an interrupted training without ``force``, ``resume`` where nothing was interrupted,
-    unreadable inputs, a read-only or full run folder. Returns the number of normal training images found."""
+    unreadable inputs, a read-only or full run folder, a ``config.yaml`` or ``history.csv`` of the user's in
+    the run folder that would be overwritten (never the ``--config`` file itself; others only with
+    ``force``). Returns the number of normal training images found."""
     out = Path(out)
     for folder, what in ((textures, "texture folder"), (val, "validation folder")):
         if folder is not None and not Path(folder).is_dir():
@@ -54,12 +63,18 @@ def preflight_train(
         raise OutputError(f"backbone weights file not found: '{weights}'")
     refuse_input_overlap(out, [data_dir, textures, val], what="run folder")
     refuse_input_overlap(out / CHECKPOINT_NAME, [weights], what="checkpoint")
+    run_files = [out / name for name in RUN_FILES]
+    if config_file is not None and any(_same_file(config_file, path) for path in run_files):
+        raise OutputError(
+            f"the --config file '{config_file}' is where glass train writes the run's settings in '{out}': it would be "
+            f"overwritten; copy it elsewhere, or choose another --out"
+        )
     if resume:  # continuing the interrupted run replaces what it was started to replace
         if not (out / STATE_NAME).is_file():
             finished = " (it holds a finished model)" if (out / CHECKPOINT_NAME).exists() else ""
             raise OutputError(f"nothing to resume in '{out}'{finished}: no interrupted training there ({STATE_NAME} not found)")
     else:
-        refuse_existing([out / CHECKPOINT_NAME], force=force)
+        refuse_existing([out / CHECKPOINT_NAME, *run_files], force=force)
         if not force and (out / STATE_NAME).exists():
             raise OutputError(f"'{out}' holds an interrupted training; continue it with --resume, or pass --force to start over")
     try:

@@ -13,7 +13,10 @@ checkpoint is written.
 
 The file holds only tensors, numbers, strings, lists and dicts: it loads with ``torch.load(...,
 weights_only=True)``. A resume whose settings differ from the interrupted run's is refused (only
-``epochs`` — with a constant learning rate, not below the epochs done — and ``num_threads`` may change).
+``epochs`` — with a constant learning rate, not below the epochs done — and ``num_threads`` may change),
+and so is a data set changed in place (a training image added, removed, replaced or rewritten: the state
+records each one's size and modification time). A new start removes temporary files of a state write
+that a SIGKILL cut short.
 
 :func:`interruptible` turns SIGINT/SIGTERM into :class:`TrainingInterrupted`; a signal that arrives while
 the state is being written is held until the write is complete, so an interrupt never costs more than
@@ -34,7 +37,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from glass_ad.safety import atomic_path
+from glass_ad.provenance import data_listing, listing_changes
+from glass_ad.safety import atomic_path, remove_stale_temporaries
 from glass_ad.training.averaging import trainable_state
 
 __all__ = [
@@ -170,6 +174,18 @@ def _data_identity(data_root: str | os.PathLike, category: str | None, layout: s
     return {"data_root": str(Path(data_root).resolve()), "category": category, "layout": layout}
 
 
+def _training_files(data_root: str | os.PathLike, category: str | None, layout: str) -> dict[str, list[int]] | None:
+    """`provenance.data_listing` of the data set's training images (None when it cannot be listed: the
+    preparation then says why)."""
+    from glass_ad.data.datasets import load_dataset
+
+    try:
+        dataset = load_dataset(data_root, layout, category=category)
+    except (ValueError, OSError):
+        return None
+    return data_listing([sample.path for sample in dataset.train], dataset.root)
+
+
 class TrainState:
     """The resume state of one run folder: checked and loaded at the start of ``train(resume=True)``,
     written after every epoch, removed once the checkpoint is written."""
@@ -190,6 +206,10 @@ class TrainState:
         self.data = _data_identity(data_root, category, layout)
         self.device = torch.device(device)
         self.loaded: dict[str, Any] | None = None
+        # Temporary files of a state (or checkpoint) write cut by SIGKILL: no writer is running now.
+        for name in (STATE_NAME, "model.pt"):
+            remove_stale_temporaries(self.path.parent, name)
+        self.files = _training_files(data_root, category, layout)  # sizes and times, checked on resume
         if not resume:
             self.path.unlink(missing_ok=True)  # a fresh run: an older state must not be resumed by mistake
             return
@@ -199,6 +219,13 @@ class TrainState:
                 f"cannot resume: the interrupted run trained on {state['data']['data_root']}"
                 + (f" (category {state['data']['category']})" if state["data"]["category"] else "")
                 + "; give the same data set"
+            )
+        saved_files = state.get("files")
+        changed = listing_changes(saved_files, self.files) if saved_files is not None and self.files is not None else None
+        if changed:
+            raise ResumeError(
+                f"cannot resume: the data set changed since the interrupted run ({changed}); restore it, or start "
+                f"over with --force"
             )
         changes = _setting_changes(state["config"], self.config, int(state["epoch"]))
         if changes:
@@ -232,12 +259,14 @@ class TrainState:
         elapsed_s: float,
         average: Any = None,
         backbone_chunk: int = 0,
+        branch_check: dict[str, Any] | None = None,
     ) -> Path:
         """Write the state after ``epoch`` completed epochs (atomically; signals wait for the write)."""
         state = {
             "format": STATE_FORMAT,
             "config": self.config,
             "data": self.data,
+            "files": self.files,  # training files: size and modification time (a changed data set is refused)
             "epoch": int(epoch),
             "model": {k: v.cpu() for k, v in trainable_state(model).items()},
             "optimizers": [optimizer.state_dict() for optimizer in optimizers],
@@ -261,6 +290,7 @@ class TrainState:
             "elapsed_s": float(elapsed_s),
             "average": average.state_dict() if average is not None else None,
             "backbone_chunk": int(backbone_chunk),  # images per backbone pass (0: whole batch), kept on resume
+            "branch_check": branch_check,  # GLASS-j's branch check: its decision is kept on resume
         }
         with _hold_signals():
             _save_atomic(state, self.path)

@@ -17,7 +17,6 @@ No test image is read here. Under `torchrun` the same function trains one model 
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from glass_ad.provenance import provenance
 from glass_ad.synthesis import gas as gas_module
 from glass_ad.training import resume as resume_module
 from glass_ad.training.averaging import WeightAverage, trainable_state
+from glass_ad.training.branch_check import BranchCheck, check_branch
 from glass_ad.training.distributed import Distributed
 from glass_ad.training.hybrid import build_hybrid_score
 from glass_ad.training.loop import TimeLimit, iterations_per_epoch, make_optimisation, train_one_epoch
@@ -48,8 +48,6 @@ from glass_ad.training.validation import (
     nn_agreement_probe,
     validate,
 )
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -142,6 +140,10 @@ def _train(
         val.probe_rows, val.probe_distances = nn_agreement_probe(val.normal, bank.reshape(-1, bank.shape[-1]), config.seed)
         del bank
     validating = group.broadcast(val is not None)
+    branch_check = check_hypothesis(model, setup, val, config, synthesis, run_state, echo)
+    branch_check = group.broadcast(branch_check)
+    if branch_check is not None:
+        synthesis.hypothesis = branch_check.chosen
 
     # 2. Optimisers, schedule, arithmetic.
     optimisation = make_optimisation(model, config)
@@ -244,6 +246,7 @@ def _train(
                 record["elapsed_s"],
                 average,
                 backbone_chunk=model.batch_chunk or 0,
+                branch_check=branch_check.as_dict() if branch_check is not None else None,
             )
         if config.early_stopping and validating and stopper.should_stop:
             echo(
@@ -262,8 +265,7 @@ def _train(
     bar.close()
     epochs_run = epoch + 1
     warning = dead_branch_warning(history)
-    if warning and group.is_main:
-        log.warning(warning)
+    if warning and group.is_main:  # said once: through `echo` (the CLI's terminal), not also through logging
         echo(f"WARNING: {warning}")
     if config.early_stopping and best_state is not None:
         model.load_state_dict(best_state, strict=False)
@@ -299,6 +301,7 @@ def _train(
             precision=arithmetic.reason,
             processes=group.world_size,
             history=tuple(history),
+            extra={"branch_check": branch_check.as_dict()} if branch_check is not None else {},
         )
         Checkpoint.from_model(
             model,
@@ -318,6 +321,29 @@ def _train(
     group.barrier()  # the checkpoint exists when any rank returns
     wall = time.perf_counter() - start_time
     return TrainResult(path, synthesis.hypothesis, epochs_run, best_epoch, wall, stopped_by, history, calibration)
+
+
+def check_hypothesis(
+    model,
+    setup,
+    val,
+    config: GlassConfig,
+    synthesis,
+    run_state: resume_module.TrainState | None,
+    echo: Callable[[str], None],
+) -> BranchCheck | None:
+    """GLASS-j's branch check (branch_check.py) when the spectrogram rule picked the branch: as decided by the
+    interrupted run when resuming, else measured now on the held-out normals (rank 0; None: not checked)."""
+    if config.hypothesis != "auto" or not config.branch_check_steps or config.gas == "off":
+        return None
+    if run_state is not None and run_state.loaded is not None and run_state.loaded.get("branch_check"):
+        decision = BranchCheck(**run_state.loaded["branch_check"])
+        echo(f"hypothesis: {decision.chosen} (as decided by the interrupted run's check)")
+        return decision
+    if val is None:
+        return None
+    held_out = val.normal.to(setup.mean_feature.device)
+    return check_branch(model, setup, held_out, config, synthesis.hypothesis, synthesis=synthesis, echo=echo)
 
 
 @contextlib.contextmanager

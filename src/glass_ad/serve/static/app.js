@@ -86,21 +86,27 @@ function showResult(result, file) {
 async function inspectFiles(files) {
   const model = currentModel();
   if (!model) { showError("no model loaded yet"); return; }
+  // A new pick starts clean: the previous verdict must not stand above this pick's errors.
   showError("");
-  let done = 0;
-  for (const file of files) {
-    $("progress").textContent = `inspecting ${file.name} (${done + 1}/${files.length})…`;
+  $("result").hidden = true;
+  let inspected = 0;
+  const failed = [];
+  for (const [index, file] of files.entries()) {
+    $("progress").textContent = `inspecting ${file.name} (${index + 1}/${files.length})…`;
     const form = new FormData();
     form.append("file", file, file.name);
     try {
       const result = await api(`/v1/models/${encodeURIComponent(model.name)}/inspect?overlay=true`, { method: "POST", body: form });
       showResult(result, file);
+      inspected += 1;
     } catch (error) {
-      showError(`${file.name}: ${error.message}`);
+      failed.push(`${file.name}: ${error.message}`);
+      showError(failed.join("\n"));
     }
-    done += 1;
   }
-  $("progress").textContent = `${done} image(s) inspected`;
+  $("progress").textContent = failed.length
+    ? `${inspected} image(s) inspected, ${failed.length} failed`
+    : `${inspected} image(s) inspected`;
   await loadLog(false);
 }
 

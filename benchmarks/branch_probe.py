@@ -1,0 +1,64 @@
+"""Does each GAS branch train on a data set? The held-out GAS separation over normal + GAS steps.
+
+For each hypothesis (manifold, hypersphere) and hypersphere shell (relative: the default; paper: the
+reference's [r'1, 2r'1]), a copy of the untrained adaptor and discriminator is trained on the normal and GAS
+branches only (`--las`: training's own steps, LAS included), on the cached normal training features of the
+fast recipe, and the discriminator's AUROC of
+held-out normal patches against their GAS copies is printed every `--every` steps (0.5: GAS is invisible).
+This is the probe GLASS-j's branch check runs (training/branch_check.py). No test image is read.
+
+    python benchmarks/branch_probe.py ../shared/data/mtd --steps 300 --every 50
+    python benchmarks/branch_probe.py ../shared/data/mpdd_metal_plate --steps 300 --every 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from glass_ad.config import make_config
+from glass_ad.model.glass_model import build_model
+from glass_ad.training.branch_check import probe_branch
+from glass_ad.training.preparation import prepare_features, prepare_images, prepare_synthesis
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--every", type=int, default=50)
+    parser.add_argument("--runs", default="manifold,hypersphere:relative,hypersphere:paper")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--textures", default=None)
+    parser.add_argument("--las", action="store_true", help="training's own steps (normal + GAS + LAS), as the branch check runs them")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    config = make_config("fast", seed=args.seed, textures=args.textures)
+    torch.manual_seed(config.seed)
+    data = prepare_images(args.data, config, progress=False, echo=lambda _: None)
+    config = data.config
+    model = build_model(config)
+    setup = prepare_features(model, data.images, config, torch.device("cpu"), np.random.default_rng(config.seed), progress=False)
+    with torch.no_grad():
+        held_out = torch.cat([model.features(data.holdout[i : i + 16].float() / 255) for i in range(0, len(data.holdout), 16)])
+    print(f"{args.data}: {len(data.images)} training images, {len(held_out)} held out; {setup.geometry.describe()}")
+    synthesis = prepare_synthesis(data.images, config, echo=lambda _: None) if args.las else None
+    print(f"({time.perf_counter() - started:.0f} s preparation; {'normal + GAS + LAS' if args.las else 'normal + GAS'} steps)")
+    for run in args.runs.split(","):
+        hypothesis, _, shell = run.partition(":")
+        probe_config = config.replace(hypersphere_shell=shell or config.hypersphere_shell)
+        t0 = time.perf_counter()
+        curve = probe_branch(
+            model, setup, held_out, probe_config, hypothesis, args.steps, synthesis=synthesis, seed=config.seed, every=args.every
+        )
+        seconds = time.perf_counter() - t0
+        values = " ".join(f"{step}:{value:.3f}" for step, value in curve)
+        print(f"{run:<22} {values}   ({seconds:.0f} s, {seconds / args.steps * 1000:.0f} ms/step incl. probes)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
