@@ -128,6 +128,9 @@ def test_train_reports_what_info_shows(trained):
     )  # fmt: skip
     assert f"{info['calibration']['image_threshold']:.4f}" == threshold.group(1)
     assert info["calibration"]["holdout_images"] == int(threshold.group(2))
+    # The decision line (estimate, 95 % interval, evidence) is printed by train and shown by info.
+    assert info["decision"] in output and info["decision"].startswith(f"threshold {threshold.group(1)}: ")
+    assert "held-out normal images" in info["decision"]
     # The options given are the settings stored, and config.yaml repeats them.
     assert info["backbone"]["name"] == "efficientnet_lite0"
     assert (info["config"]["image_size"], info["config"]["epochs"], info["config"]["early_stopping"]) == (64, 1, False)

@@ -99,7 +99,12 @@ def _check_onnx_matches_pytorch(run: Path, torch_detector: Detector, images: lis
     for x, path in zip(a, images):
         original = read_image(path)
         assert x.anomaly_map.shape == original.shape[:2] and x.anomaly_map.dtype == np.float32
-        assert x.region.dtype == np.bool_ and np.array_equal(x.region, x.anomaly_map >= torch_detector.pixel_threshold)
+        # The region: the pixel threshold raised half-way to this map's own peak (docs/deploy.md).
+        peak, level = float(x.anomaly_map.max()), torch_detector.pixel_threshold
+        if peak > level:
+            level += 0.5 * (peak - level)
+        assert x.region.dtype == np.bool_ and np.array_equal(x.region, x.anomaly_map >= level)
+        assert torch_detector.region_level(x.anomaly_map) == pytest.approx(level)
         assert x.is_anomalous == (x.score >= torch_detector.image_threshold)
         assert x.path == str(path)
 
@@ -150,6 +155,10 @@ def test_exported_model_takes_frames_and_carries_what_deciding_needs(run, onnx_f
     assert [x.decision for x in a] == [y.decision for y in b]
     assert max(abs(x.score - y.score) for x, y in zip(a, b)) < 1e-3
     assert all(x.anomaly_map.shape == y.anomaly_map.shape for x, y in zip(a, b))
+    assert meta["region_height"] == "0.5" and runtime.region_height == 0.5  # the same region rule without torch
+    for x, y in zip(a, b):
+        assert runtime.region_level(y.anomaly_map) == pytest.approx(torch_detector.region_level(x.anomaly_map), abs=1e-3)
+    assert meta["decision"] == Checkpoint.load(run).calibration.decision_line() and float(meta["false_alarm_high"]) > 0
     # The S×S graph (preprocessing outside) still exports, and the runtime feeds it by the numpy reference.
     crop = export_onnx(run, tmp_path / "crop.onnx", preprocessing=False)
     assert read_metadata(crop.path)["preprocessing"] == "external"
@@ -383,6 +392,96 @@ def test_export_command(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.onnx").is_file() and "max |difference|" in result.stdout
     assert onnx_throughput(tmp_path / "m.onnx", 64, batch_size=2, repeats=1) > 0
+
+
+def test_calibrate_normals_refits_the_false_alarm_point_and_info_shows_it(run, data, tmp_path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy(run / "model.pt", copy / "model.pt")
+    before = Checkpoint.load(copy).calibration
+    normals = make_demo_dataset(tmp_path / "more", n_train=30, n_test_good=1, n_test_defect=1, size=64, seed=11) / "train" / "good"
+    runner = CliRunner()
+    result = runner.invoke(app, ["calibrate", str(copy), "--normals", str(normals), "-q"])
+    assert result.exit_code == 0, result.output
+    after = Checkpoint.load(copy).calibration
+    held_out = len(before.holdout_image_scores)
+    assert after.image_estimate.images == held_out + 30 == len(after.holdout_image_scores)
+    assert len(after.holdout_map_maxima) == held_out + 30 and after.pixel_rule == "normal-map-maximum"
+    assert after.image_threshold != before.image_threshold and after.pixel_threshold != before.pixel_threshold
+    assert after.image_estimate.high - after.image_estimate.low < before.image_estimate.high - before.image_estimate.low
+    assert f"now:    {after.decision_line()}" in result.stdout
+    assert f"({held_out} held-out + 30 from `glass calibrate --normals`)" in after.decision_line()
+    assert after.image_normalization(after.image_threshold) == pytest.approx(0.5)
+    assert Detector.load(copy).image_threshold == after.image_threshold  # every reader decides by the new point
+    assert Detector.load(copy).operating_line() == after.decision_line()
+    summary = Detector.load(copy).operating_summary()
+    assert summary["line"] == after.decision_line() and summary["normal_images"] == held_out + 30
+    assert summary["interval_95"] == [after.image_estimate.low, after.image_estimate.high] and summary["region_height"] == 0.5
+    json.dumps(summary)  # JSON-ready for the service's model page
+    custom = Detector.load(copy, threshold=0.99).operating_line()
+    assert custom.startswith("custom threshold 0.9900: estimated false-alarm rate ")
+
+    info = runner.invoke(app, ["info", str(copy)])
+    assert info.exit_code == 0
+    shown = json.loads(info.output)
+    assert list(shown)[0] == "decision" and shown["decision"] == after.decision_line()
+    assert after.decision_line().startswith(f"threshold {after.image_threshold:.4f}: estimated false-alarm rate ")
+
+    again = runner.invoke(app, ["calibrate", str(copy), "--normals", str(normals), "-q"])
+    assert again.exit_code != 0 and "already part of" in again.stderr  # never counted twice
+    trained_on = runner.invoke(app, ["calibrate", str(copy), "--normals", str(data / "train" / "good"), "-q"])
+    assert trained_on.exit_code != 0 and "never saw" in trained_on.stderr
+    assert Checkpoint.load(copy).calibration == after
+    neither = runner.invoke(app, ["calibrate", str(copy)])
+    assert neither.exit_code != 0 and "--normals" in neither.stderr
+
+
+def test_calibrate_normals_upgrades_an_older_checkpoint(run, tmp_path):
+    import dataclasses
+
+    from glass_ad.model.checkpoint import Calibration
+
+    checkpoint = Checkpoint.load(run)
+    current = checkpoint.calibration
+    older = {  # the fields a checkpoint written before the tail model holds
+        "method": "holdout-normal-quantile", "target_false_alarm_rate": 0.01,
+        "holdout_images": len(current.holdout_image_scores), "image_threshold": max(current.holdout_image_scores),
+        "pixel_threshold": 0.3, "image_normalization": {"center": 0.5, "scale": 0.05},
+        "pixel_normalization": {"center": 0.3, "scale": 0.05}, "holdout_image_scores": list(current.holdout_image_scores),
+    }  # fmt: skip
+    (tmp_path / "run").mkdir()
+    dataclasses.replace(checkpoint, calibration=Calibration.from_dict(older)).save(tmp_path / "run" / "model.pt")
+    before = Checkpoint.load(tmp_path / "run").calibration
+    assert before.image_estimate is None and before.region_height is None and "older pixel-value quantile" in before.decision_line()
+    assert Detector.load(tmp_path / "run").region_level(np.array([[0.1, 0.9]])) == 0.3  # the older plain rule
+    normals = make_demo_dataset(tmp_path / "more", n_train=12, n_test_good=1, n_test_defect=1, size=64, seed=12) / "train" / "good"
+    result = CliRunner().invoke(app, ["calibrate", str(tmp_path / "run"), "--normals", str(normals), "-q"])
+    assert result.exit_code == 0, result.output
+    after = Checkpoint.load(tmp_path / "run").calibration
+    assert after.image_estimate.images == len(current.holdout_image_scores) + 12
+    assert len(after.holdout_map_maxima) == 12 and after.region_height == 0.5  # map maxima: the new normals only
+    assert "older pixel-value quantile" not in after.decision_line()
+
+
+def test_operating_point_benchmark_measures_a_run(run, data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "operating_point.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    out = tmp_path / "op.json"
+    done = subprocess.run(
+        [sys.executable, str(script), str(run), str(data), "--json", str(out), "--threads", "1"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    stored = result["decision"]["stored"]
+    assert stored["good_images"] == 4 and stored["defective_images"] == 8
+    assert set(result["region"]) == {"stored", "pixel-quantile", "map-maximum", "half-height"}
+    assert result["region"]["stored"]["threshold"] == Checkpoint.load(run).calibration.pixel_threshold
+    assert "promise kept" in done.stdout and result["stored_decision_line"] in done.stdout
 
 
 def test_calibrate_adds_f1_thresholds_and_keeps_the_false_alarm_one(run, data, tmp_path):

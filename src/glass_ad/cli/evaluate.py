@@ -140,8 +140,9 @@ def _check_dropped(result: dict, json_out, allow_dropped: bool) -> None:
 
 @app.command()
 def info(run_dir: Path = typer.Argument(...)) -> None:
-    """Show what a checkpoint holds: config, hypothesis, thresholds, feature geometry, and per epoch the
-    losses and separations of each branch (a warning when GAS stayed near chance)."""
+    """Show what a checkpoint holds: the decision (threshold, estimated false-alarm rate with its 95 %
+    interval), config, hypothesis, thresholds, feature geometry, and per epoch the losses and separations of
+    each branch (a warning when GAS stayed near chance)."""
     from glass_ad.model.checkpoint import Checkpoint
     from glass_ad.training.validation import branch_summary
 
@@ -150,6 +151,7 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
     calibration = checkpoint.calibration
     geometry = checkpoint.geometry.to_dict() if checkpoint.geometry is not None else checkpoint.extra.get("geometry")
     summary = {
+        "decision": calibration.decision_line(),  # first: what the stored decision promises, and how surely
         "format": checkpoint.format,
         "package_version": checkpoint.package_version or "unknown (written before 0.1.0 recorded it)",
         "provenance": checkpoint.provenance or "not recorded (trained through the library, or before it was recorded)",
@@ -158,7 +160,9 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
         "hypothesis": checkpoint.hypothesis,
         "spectrum": checkpoint.spectrum,
         "hypothesis_check": checkpoint.training.extra.get("branch_check") or "not run (hypothesis forced, or trained before the check)",
-        "calibration": {k: v for k, v in calibration.to_dict().items() if k != "holdout_image_scores"},
+        "calibration": {
+            k: v for k, v in calibration.to_dict().items() if k not in ("holdout_image_scores", "holdout_map_maxima")
+        },
         "thresholds_in_use": {
             "image": calibration.image_threshold,
             "pixel": calibration.pixel_threshold,
@@ -177,27 +181,50 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
 @guarded
 def calibrate(
     run_dir: Path = typer.Argument(..., help="Run directory written by `glass train` (or its model.pt)."),
-    val: Path = typer.Option(..., "--val", help="Labelled validation folder: good/ and <defect>/ subfolders (+ optional masks), not the test set."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Labelled validation folder: good/ and <defect>/ subfolders (+ optional masks), not the test set: adds F1-optimal thresholds."),
+    normals: Optional[Path] = typer.Option(None, "--normals", help="Folder of good images the model never trained on (searched recursively): pooled with the held-out normals to re-fit the false-alarm threshold, its estimate and the region threshold."),
     batch_size: int = typer.Option(8, min=1),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
-    force: bool = typer.Option(False, "--force", help="Replace F1 thresholds stored by an earlier `glass calibrate` (default: refuse)."),
+    force: bool = typer.Option(False, "--force", help="Replace F1 thresholds stored by an earlier `glass calibrate --val` (default: refuse)."),
 ) -> None:
-    """Add F1-optimal image/pixel thresholds from a labelled validation set (the false-alarm threshold stays)."""
-    from glass_ad.evaluation.calibration import calibrate_run
+    """Tighten the false-alarm operating point with more good images (--normals), and/or add F1-optimal
+    image/pixel thresholds from a labelled validation set (--val)."""
+    from glass_ad.evaluation.calibration import calibrate_normals, calibrate_run
     from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
     from glass_ad.safety import OutputError, ensure_writable, output_lock
 
     setup_logging(verbose)
+    if val is None and normals is None:
+        fail("give --normals DIR (good images never trained on) and/or --val DIR (a labelled validation set)")
+    result = None
     with one_line_errors():
         f1 = Checkpoint.load(run_dir).calibration.f1
-        if f1 is not None and not force:
+        if val is not None and f1 is not None and not force:
             raise OutputError(
                 f"{checkpoint_path(run_dir)} already holds F1 thresholds (from {f1.val_dir}); pass --force to replace them"
             )
         hold_for_command(output_lock(ensure_writable(checkpoint_path(run_dir).parent, what="run folder")))
-        result = calibrate_run(run_dir, val, device=device, batch_size=batch_size, progress=not quiet)
+        if normals is not None:
+            pooled = calibrate_normals(run_dir, normals, device=device, batch_size=batch_size, progress=not quiet)
+        if val is not None:
+            result = calibrate_run(run_dir, val, device=device, batch_size=batch_size, progress=not quiet)
+    if normals is not None:
+        for entry in pooled["skipped"]:
+            typer.secho(f"skipped: {entry}", fg=typer.colors.YELLOW, err=True)
+        typer.echo(
+            f"pooled {pooled['normal_images']} good images from {normals} with the earlier normal evidence "
+            f"({pooled['pooled_images']} images in all)"
+        )
+        typer.echo(f"before: {pooled['before']}")
+        typer.echo(f"now:    {pooled['after']}")
+        typer.echo(
+            f"pixel (region) threshold {pooled['previous_pixel_threshold']:.4f} -> {pooled['pixel_threshold']:.4f}; "
+            f"saved into the checkpoint (export again: `glass export RUN --force`)"
+        )
+    if result is None:
+        return
     if Path(result["f1_val_dir"]).name == "test":
         typer.secho(
             "warning: the validation images are a test split; `glass test` on them would be optimistic for the F1 threshold",

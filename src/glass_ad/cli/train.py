@@ -137,6 +137,7 @@ def train(
             f"{100 * (calibration.target_false_alarm_rate or 0.0):.1f} % false-alarm rate "
             f"(from {calibration.holdout_images} held-out normal images)"
         )
+        typer.echo(calibration.decision_line())
     if val is not None:
         from glass_ad.evaluation.calibration import calibrate_run
 

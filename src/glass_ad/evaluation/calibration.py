@@ -1,13 +1,20 @@
 """Decision thresholds and a normalised score, fixed at training time from held-out normal images.
 
-No defect image is needed: the image threshold is the (1 − target false-alarm rate) quantile of the
-held-out normal images' scores, the pixel threshold the same quantile of their map values. The
-normalised score is a logistic curve fixed by two numbers of the same distribution:
+No defect image is needed. The image threshold is the predictive threshold of a stated tail model fitted
+to the held-out normal images' scores (model/operating_point.py: the logit of the image score is Gumbel
+distributed; the threshold's expected realised false-alarm rate is the target; it comes with an estimate,
+a 95 % interval and a model-free bound, stored in the `Calibration` and shown by every command that shows
+the decision). The pixel threshold is the same construction on the normal images' map maxima, and an
+image's region is where its map rises at least half-way from it to the map's peak. The normalised score is
+a logistic curve fixed by two numbers of the same distribution:
 
     normalized(s) = 1 / (1 + exp(−(s − t) / τ)),  τ = (t − m) / ln 9
 
 with t the threshold and m the median normal score, so that the median normal image maps to 0.1 and
 the threshold to 0.5. It is monotone, lies in (0, 1), and is the same formula in PyTorch and ONNX.
+
+`glass calibrate RUN_DIR --normals DIR` pools more good images the model never trained on with the held-out
+ones and re-fits all of this (`calibrate_normals`): the way to tighten the operating point.
 
 Optionally (`glass calibrate RUN_DIR --val DIR`), a labelled validation set that is not the test set
 adds a second operating point, the F1-optimal image (and pixel) threshold, stored next to the
@@ -19,6 +26,7 @@ This module computes; the result is a `checkpoint.Calibration`, stored in and re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -33,73 +41,110 @@ from glass_ad.data.datasets import ImageDataset, MaskIndex, Preprocessor, Sample
 from glass_ad.data.io import ImageReadError, list_images
 from glass_ad.evaluation.metrics import f1_optimal_threshold, threshold_stats
 from glass_ad.model.checkpoint import LN9, Calibration, Checkpoint, F1Thresholds, Normalization, checkpoint_path
+from glass_ad.model.operating_point import REGION_HEIGHT, OperatingEstimate, fit_threshold
+
+PIXEL_RULE = "normal-map-maximum"  # region: map values above what all but the target share of normal maps reach
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def holdout_scores(model, images: torch.Tensor, device, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores (N,) and a random sample of pixel-map values of uint8 N×3×S×S images."""
+def holdout_evidence(model, images: torch.Tensor, device, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image scores (N,), a random sample of pixel-map values, and each map's largest value (N,) of uint8
+    N×3×S×S images."""
     model.eval()
-    image_scores, pixel_values = [], []
+    image_scores, pixel_values, maxima = [], [], []
     rng = np.random.default_rng(0)
     for start in range(0, len(images), batch_size):
         out = model(images[start : start + batch_size].to(device).float() / 255.0)
         image_scores.append(out.image_scores.cpu().numpy())
         maps = out.anomaly_maps.cpu().numpy().reshape(len(out.anomaly_maps), -1)
+        maxima.append(maps.max(axis=1))
         take = min(maps.shape[1], 20_000)  # a sample per image keeps memory flat for large sets
         pixel_values.append(np.take_along_axis(maps, rng.integers(0, maps.shape[1], (len(maps), take)), 1).ravel())
-    return np.concatenate(image_scores), np.concatenate(pixel_values)
+    return np.concatenate(image_scores), np.concatenate(pixel_values), np.concatenate(maxima)
+
+
+def holdout_scores(model, images: torch.Tensor, device, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores (N,) and a random sample of pixel-map values of uint8 N×3×S×S images."""
+    image_scores, pixel_values, _ = holdout_evidence(model, images, device, batch_size)
+    return image_scores, pixel_values
 
 
 def logistic_normalization(normal_scores: np.ndarray, threshold: float) -> Normalization:
     """The curve that maps the median normal score to 0.1 and the threshold to 0.5."""
     median = float(np.median(np.asarray(normal_scores, dtype=np.float64)))  # float32 would round the mid-point
+    return normalization_from_median(median, threshold)
+
+
+def normalization_from_median(median: float, threshold: float) -> Normalization:
     spread = (threshold - median) / LN9
     if not spread > 1e-6:  # degenerate holdout (all scores equal): a narrow but valid curve
         spread = max(abs(threshold) * 1e-3, 1e-6)
     return Normalization(float(threshold), float(spread))
 
 
-def holdout_warning(count: int, rate: float) -> str | None:
-    """A warning when ``count`` held-out images cannot resolve a ``rate`` false-alarm quantile.
-
-    The (1 − rate) quantile of n scores is a real quantile only when n·rate ≥ 1; below that the threshold
-    is simply the largest held-out score, and the false-alarm rate it gives is unknown.
-    """
-    needed = math.ceil(1.0 / rate - 1e-9) if rate > 0 else 0
-    if count >= needed:
+def holdout_warning(estimate: OperatingEstimate) -> str | None:
+    """A warning when the held-out evidence does not hold the realised rate within 2× of the target (the
+    95 % interval of `operating_point.py` ends above it, or there are too few images for a model)."""
+    if estimate.supported:
         return None
+    reach = f"the realised rate may reach {100 * estimate.high:.1f} %" if estimate.high is not None else "its realised rate is unknown"
     return (
-        f"the {100 * rate:g} % false-alarm threshold comes from only {count} held-out normal images (a {100 * rate:g} % "
-        f"rate needs at least {needed}); it is just their highest score — hold out more images (--holdout), raise "
-        f"--far, or add an F1 threshold with `glass calibrate --val`"
+        f"the {100 * estimate.target:g} % false-alarm threshold comes from only {estimate.images} held-out normal images: "
+        f"{reach} (95 %); add good images never trained on with `glass calibrate RUN --normals DIR`"
+    )
+
+
+def fit_calibration(
+    image_scores,
+    map_maxima,
+    pixel_median: float,
+    rate: float,
+    *,
+    sources: tuple[dict[str, Any], ...],
+) -> Calibration:
+    """The false-alarm operating point from normal evidence the model never trained on (operating_point.py):
+    the image threshold from the image scores, the pixel threshold from the maps' largest values, both the
+    predictive threshold of the Gumbel tail model for the target ``rate``, with their estimates."""
+    image_scores = np.asarray(image_scores, dtype=np.float64)
+    map_maxima = np.asarray(map_maxima, dtype=np.float64)
+    image = fit_threshold(image_scores, rate)
+    pixel = fit_threshold(map_maxima, rate)
+    warning = holdout_warning(image)
+    return Calibration(
+        method="holdout-normal-tail-model",
+        target_false_alarm_rate=rate,
+        holdout_images=int(len(image_scores)),
+        image_threshold=image.threshold,
+        pixel_threshold=pixel.threshold,
+        image_normalization=logistic_normalization(image_scores, image.threshold),
+        pixel_normalization=normalization_from_median(pixel_median, pixel.threshold),
+        holdout_image_scores=tuple(float(s) for s in image_scores),
+        warning=warning,
+        image_estimate=image,
+        pixel_estimate=pixel,
+        holdout_map_maxima=tuple(float(s) for s in map_maxima),
+        pixel_rule=PIXEL_RULE,
+        normal_sources=sources,
+        region_height=REGION_HEIGHT,
     )
 
 
 def calibrate_holdout(model, holdout: torch.Tensor, config: GlassConfig, device) -> Calibration:
     """Thresholds for the target false-alarm rate from held-out normal uint8 images N×3×S×S.
 
-    Too few images for the rate (see `holdout_warning`) is logged as a warning and stored as ``warning``.
+    Evidence that does not hold the rate within 2× of the target (see `holdout_warning`) is logged as a
+    warning and stored as ``warning``; the decision line says so wherever it is shown.
     """
-    image_scores, pixel_values = holdout_scores(model, holdout, device)
-    rate = config.target_false_alarm_rate
-    image_threshold = float(np.quantile(image_scores, 1.0 - rate, method="higher"))
-    pixel_threshold = float(np.quantile(pixel_values, 1.0 - rate, method="higher"))
-    warning = holdout_warning(len(image_scores), rate)
-    if warning:
-        log.warning(warning)
-    return Calibration(
-        method="holdout-normal-quantile",
-        target_false_alarm_rate=rate,
-        holdout_images=int(len(image_scores)),
-        image_threshold=image_threshold,
-        pixel_threshold=pixel_threshold,
-        image_normalization=logistic_normalization(image_scores, image_threshold),
-        pixel_normalization=logistic_normalization(pixel_values, pixel_threshold),
-        holdout_image_scores=tuple(float(s) for s in image_scores),
-        warning=warning,
-    )
+    image_scores, pixel_values, maxima = holdout_evidence(model, holdout, device)
+    calibration = fit_calibration(
+        image_scores, maxima, float(np.median(pixel_values.astype(np.float64))), config.target_false_alarm_rate,
+        sources=({"kind": "held-out", "images": int(len(image_scores))},),
+    )  # fmt: skip
+    if calibration.warning:
+        log.warning(calibration.warning)
+    return calibration
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -274,3 +319,119 @@ def calibrate_run(
     checkpoint.calibration = checkpoint.calibration.with_f1(F1Thresholds.from_fields(result))
     checkpoint.save(checkpoint_path(run))
     return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# More normal evidence (`glass calibrate RUN --normals DIR`): good images the model never trained on are
+# pooled with the held-out ones and the false-alarm operating point is re-fitted. No defect image needed.
+
+
+def _training_folder(checkpoint: Checkpoint) -> Path | None:
+    root = checkpoint.training.data_root
+    return Path(root).resolve() / "train" if root else None
+
+
+@torch.no_grad()
+def normal_evidence(
+    model, paths: list[Path], config: GlassConfig, device, *, batch_size: int = 8, progress: bool = False,
+    bit_depth: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Image scores, a pixel sample and map maxima of normal image files (the uint8 input of training and
+    `Detector`), and the files that could not be read."""
+    from tqdm.auto import tqdm
+
+    dataset = ImageDataset([Sample(path, 0, "good", None) for path in paths], Preprocessor.from_config(config), bit_depth=bit_depth)
+    scores, pixels, maxima, skipped = [], [], [], []
+    pending: list[torch.Tensor] = []
+
+    def run(batch: list[torch.Tensor]) -> None:
+        image_scores, pixel_values, map_maxima = holdout_evidence(model, torch.stack(batch), device, batch_size=len(batch))
+        scores.append(image_scores)
+        pixels.append(pixel_values[:: max(1, len(pixel_values) // 50_000)])
+        maxima.append(map_maxima)
+
+    for index in tqdm(range(len(dataset)), desc="scoring normals", unit="img", disable=not progress):
+        try:
+            pending.append((dataset[index]["image"] * 255.0).round().to(torch.uint8))
+        except ImageReadError as error:
+            log.warning("skipped: %s", error)
+            skipped.append(str(error))
+            continue
+        if len(pending) == batch_size:
+            run(pending)
+            pending = []
+    if pending:
+        run(pending)
+    if not scores:
+        raise ValueError("no normal image could be read")
+    return np.concatenate(scores), np.concatenate(pixels), np.concatenate(maxima), skipped
+
+
+def calibrate_normals(
+    run: str | os.PathLike,
+    normals_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Pool the good images of ``normals_dir`` (never trained on) with the checkpoint's held-out normal
+    evidence and re-fit the false-alarm operating point (image and pixel threshold, estimates, the
+    normalised score); the checkpoint is rewritten atomically. F1 thresholds are kept.
+
+    Images inside the training data set's ``train`` folder are refused: the model trained on most of them,
+    so their scores are lower than new normal images' and would make the threshold optimistic.
+    Returns the old and new decision lines and counts.
+    """
+    from glass_ad.model.glass_model import resolve_device
+
+    folder = Path(normals_dir)
+    paths = list_images(folder, recursive=True)
+    if not paths:
+        raise ValueError(f"no images in '{folder}'")
+    checkpoint = Checkpoint.load(run)
+    train_folder = _training_folder(checkpoint)
+    if train_folder is not None:
+        inside = [p for p in paths if p.resolve().is_relative_to(train_folder)]
+        if inside:
+            raise ValueError(
+                f"{len(inside)} of the images in '{folder}' lie in the training data's '{train_folder}' (e.g. {inside[0]}); "
+                f"the model trained on those: give good images it never saw"
+            )
+    old = checkpoint.calibration
+    resolved = str(folder.resolve())
+    if any(source.get("folder") == resolved for source in old.normal_sources):
+        raise ValueError(f"the normal images of '{folder}' are already part of this checkpoint's evidence (pooling them twice would count them twice)")
+    torch_device = resolve_device(device)
+    model = checkpoint.build_model(torch_device)
+    scores, pixels, maxima, skipped = normal_evidence(
+        model, paths, checkpoint.config, torch_device, batch_size=batch_size, progress=progress, bit_depth=checkpoint.bit_depth
+    )
+    rate = old.target_false_alarm_rate or checkpoint.config.target_false_alarm_rate
+    pooled_scores = np.concatenate([np.asarray(old.holdout_image_scores, dtype=np.float64), scores])
+    # Map maxima of an older checkpoint's held-out images were not stored: the pixel threshold then rests
+    # on the new normals alone (still never trained on).
+    pooled_maxima = np.concatenate([np.asarray(old.holdout_map_maxima, dtype=np.float64), maxima])
+    if old.is_fallback:
+        pixel_median = float(np.median(pixels.astype(np.float64)))
+    else:
+        pixel_median = float(old.pixel_normalization.center - old.pixel_normalization.scale * LN9)
+    sources = tuple(old.normal_sources) or (
+        ({"kind": "held-out", "images": len(old.holdout_image_scores)},) if old.holdout_image_scores else ()
+    )
+    sources = sources + ({"kind": "normals", "folder": resolved, "images": int(len(scores)), "skipped": len(skipped)},)
+    new = fit_calibration(pooled_scores, pooled_maxima, pixel_median, float(rate), sources=sources)
+    new = dataclasses.replace(new, f1=old.f1, extra=old.extra)
+    checkpoint.calibration = new
+    checkpoint.save(checkpoint_path(run))
+    return {
+        "before": old.decision_line(),
+        "after": new.decision_line(),
+        "normal_images": int(len(scores)),
+        "pooled_images": int(len(pooled_scores)),
+        "skipped": skipped,
+        "image_threshold": new.image_threshold,
+        "pixel_threshold": new.pixel_threshold,
+        "previous_image_threshold": old.image_threshold,
+        "previous_pixel_threshold": old.pixel_threshold,
+    }

@@ -219,6 +219,22 @@ def test(
     return report
 
 
+def _promise(calibration: Calibration, scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The stored estimate of the false-alarm rate beside the exact 95 % interval of the rate realised on
+    the test set's normal images (model/operating_point.py)."""
+    from glass_ad.model.operating_point import clopper_pearson
+
+    normal = labels == 0
+    alarms, count = int((scores[normal] >= threshold).sum()), int(normal.sum())
+    estimate = calibration.false_alarm_estimate()
+    return {
+        "decision_line": calibration.decision_line(),
+        "estimated_false_alarm_rate": None if estimate is None else estimate.estimate,
+        "estimated_false_alarm_interval_95": None if estimate is None or estimate.low is None else [estimate.low, estimate.high],
+        "realised_false_alarm_interval_95": list(clopper_pearson(alarms, count)) if count else None,
+    }
+
+
 def threshold_report(calibration: Calibration, scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """The report entries of the model's thresholds on test scores: ``stored_threshold`` (the false-alarm
     operating point — the fallback's for a checkpoint without calibration, ``source`` says which),
@@ -232,6 +248,7 @@ def threshold_report(calibration: Calibration, scores: np.ndarray, labels: np.nd
             "target_false_alarm_rate": calibration.target_false_alarm_rate,
             "source": calibration.method,
             **threshold_stats(scores, labels, far.image_threshold),
+            **_promise(calibration, scores, labels, far.image_threshold),
         },
         "normalized_scores": {
             "normal_median": float(np.median(calibration.image_normalization(scores[normal]))) if normal.any() else None,
@@ -280,7 +297,7 @@ def _write_pictures(report_dir, evaluator, preprocessor, calibration: Calibratio
                     maps[i],
                     vmin=vmin,
                     vmax=vmax,
-                    threshold=pixel_threshold,
+                    threshold=calibration.region_level(maps[i], pixel_threshold),
                     colorbar=True,
                     title=f"{kind}: score {scores[i]:.3f} (thr {threshold:.3f}) {Path(path).name}",
                     gt_mask=gt,

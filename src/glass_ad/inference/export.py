@@ -81,6 +81,11 @@ def export_metadata(checkpoint: Checkpoint | dict[str, Any], in_graph: bool = Tr
         "backbone": checkpoint.backbone.name,
         "image_threshold": calibration.image_threshold,
         "pixel_threshold": calibration.pixel_threshold,
+        "decision": calibration.decision_line(),
+        "false_alarm_estimate": _or_empty(_estimate(calibration, "estimate")),
+        "false_alarm_low": _or_empty(_estimate(calibration, "low")),
+        "false_alarm_high": _or_empty(_estimate(calibration, "high")),
+        "region_height": _or_empty(calibration.region_height),
         "f1_image_threshold": _or_empty(f1.image_threshold if f1 is not None else None),
         "f1_pixel_threshold": _or_empty(f1.pixel_threshold if f1 is not None else None),
         "normalization_center": calibration.image_normalization.center,
@@ -105,6 +110,12 @@ def export_metadata(checkpoint: Checkpoint | dict[str, Any], in_graph: bool = Tr
         META_PREFIX + key: repr(float(value)) if isinstance(value, (float, np.floating)) else str(value)
         for key, value in values.items()
     }
+
+
+def _estimate(calibration, name: str) -> float | None:
+    """A field of the false-alarm estimate (operating_point.py); None without one."""
+    estimate = calibration.false_alarm_estimate()
+    return None if estimate is None else getattr(estimate, name)
 
 
 def read_metadata(onnx_path: str | os.PathLike) -> dict[str, str]:

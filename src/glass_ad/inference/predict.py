@@ -209,11 +209,53 @@ class Detector:
                 normalized=float(norm),
                 is_anomalous=bool(score >= self.image_threshold),
                 anomaly_map=full,
-                region=full >= self.pixel_threshold,
+                region=self.region_of(full),
                 path=path,
                 threshold=self.image_threshold,
                 image=rgb if keep_image else None,
             )
+
+    def operating_line(self) -> str:
+        """What the image threshold in use promises (`Calibration.decision_line` for the false-alarm one; the
+        same estimate of the F1 or a custom threshold, judged by the same normal evidence)."""
+        if self.threshold_kind == "far":
+            return self.calibration.decision_line()
+        estimate = self.calibration.estimate_at(self.image_threshold)
+        what = f"{self.threshold_kind} threshold"
+        if estimate is None:
+            return f"{what} {self.image_threshold:.4f}: false-alarm rate unknown (no held-out normal scores)"
+        return estimate.line(what=what, evidence=self.calibration.evidence())
+
+    def operating_summary(self) -> dict[str, Any]:
+        """JSON-ready: the decision line of the threshold in use and its numbers (for a model page)."""
+        calibration = self.calibration
+        if self.threshold_kind == "far":
+            estimate = calibration.false_alarm_estimate()
+        else:
+            estimate = calibration.estimate_at(self.image_threshold)
+        return {
+            "line": self.operating_line(),
+            "kind": self.threshold_kind,
+            "image_threshold": self.image_threshold,
+            "target_false_alarm_rate": calibration.target_false_alarm_rate,
+            "estimated_false_alarm_rate": None if estimate is None else estimate.estimate,
+            "interval_95": None if estimate is None or estimate.low is None else [estimate.low, estimate.high],
+            "model_free_upper_95": None if estimate is None else estimate.model_free_upper,
+            "normal_images": None if estimate is None else estimate.images,
+            "model": None if estimate is None else estimate.model,
+            "supported": bool(estimate is not None and estimate.supported),
+            "pixel_threshold": self.pixel_threshold,
+            "region_height": None if self.threshold_kind == "f1" else calibration.region_height,
+        }
+
+    def region_level(self, anomaly_map) -> float:
+        """The map level at and above which this map's pixels form its region (`Calibration.region_level`:
+        the pixel threshold raised half-way to the map's own peak)."""
+        return self.calibration.region_level(anomaly_map, self.pixel_threshold, self.threshold_kind)
+
+    def region_of(self, anomaly_map: np.ndarray) -> np.ndarray:
+        """The predicted region of a map (bool, same shape)."""
+        return np.asarray(anomaly_map) >= self.region_level(anomaly_map)
 
     # -------------------------------------------------------------------------------------- pictures
 
@@ -263,7 +305,7 @@ class Detector:
             title = f"{prediction.decision}: score {prediction.score:.3f} (normalized {prediction.normalized:.2f})"
         outline = outlines == "all" or (outlines == "anomalous" and prediction.is_anomalous)
         return overlay_panel(
-            picture, prediction.anomaly_map, vmin=vmin, vmax=vmax, threshold=self.pixel_threshold, title=title,
+            picture, prediction.anomaly_map, vmin=vmin, vmax=vmax, threshold=self.region_level(prediction.anomaly_map), title=title,
             inspected=inspected, outline=outline, min_area=min_area, colorbar=bool(title) if colorbar is None else colorbar,
         )  # fmt: skip
 
@@ -434,6 +476,7 @@ def predict_files(
         "engine": detector.engine_name,
         "precision": detector.engine_precision,
         "threshold": {"kind": detector.threshold_kind, "image": detector.image_threshold, "pixel": detector.pixel_threshold},
+        "operating_point": detector.operating_line(),
         "n_images": len(rows),
         "n_anomalous": anomalous,
         "n_normal": len(rows) - anomalous,

@@ -242,7 +242,7 @@ class Prediction:
     normalized: float  # in (0, 1); the false-alarm threshold maps to 0.5
     is_anomalous: bool  # score >= the detector's image threshold
     anomaly_map: np.ndarray  # float32 H×W
-    region: np.ndarray  # bool H×W: anomaly_map >= the detector's pixel threshold
+    region: np.ndarray  # bool H×W: anomaly_map >= the detector's region level (pixel threshold raised half-way to the peak)
     path: str | None = None  # the file, when the input was one
     threshold: float = float("nan")  # the image threshold the decision used
     image: np.ndarray | None = field(default=None, repr=False)  # uint8 H×W×3, only with keep_image=True
@@ -427,6 +427,16 @@ class Runtime:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.threshold_kind, self.image_threshold, self.pixel_threshold = self._thresholds(threshold)
+        # The region rule (metadata `region_height`; models exported before it: the plain pixel threshold).
+        self.region_height = None if self.threshold_kind == "f1" else _optional_float(meta.get("region_height"))
+
+    def region_level(self, anomaly_map: np.ndarray) -> float:
+        """The map level of this map's region: the pixel threshold raised ``region_height`` of the way to the
+        map's peak (the same rule as `glass_ad.model.operating_point.region_threshold`)."""
+        threshold, peak = self.pixel_threshold, float(np.max(anomaly_map)) if np.size(anomaly_map) else self.pixel_threshold
+        if self.region_height is None or not peak > threshold:
+            return threshold
+        return threshold + self.region_height * (peak - threshold)
 
     def _thresholds(self, threshold: str | float) -> tuple[str, float, float]:
         meta = self.metadata
@@ -504,7 +514,7 @@ class Runtime:
                 normalized=float(norm),
                 is_anomalous=bool(score >= self.image_threshold),
                 anomaly_map=full,
-                region=full >= self.pixel_threshold,
+                region=full >= self.region_level(full),
                 path=path,
                 threshold=self.image_threshold,
                 image=rgb if keep_image else None,

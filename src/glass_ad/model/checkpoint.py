@@ -44,6 +44,7 @@ from glass_ad.data.io import current_bit_depth
 from glass_ad.model.discriminator import Adaptor
 from glass_ad.model.geometry import FeatureGeometry
 from glass_ad.model.glass_model import FEATURE_STRIDE, GlassModel, build_model
+from glass_ad.model.operating_point import OperatingEstimate, estimate_threshold, region_threshold
 from glass_ad.safety import atomic_path
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ _INTEGRITY_PARTS = {
     "calibration": lambda c: {k: (c.get("calibration") or {}).get(k) for k in DECIDING_CALIBRATION},
     "weights": lambda c: {k: c.get(k) for k in ("adaptor", "discriminator", "memory_bank")},
     "scoring": lambda c: {k: c.get(k) for k in ("embed_dim", "feature_scale", "hybrid_norm", "input", "backbone")},
+    # The region rule (operating_point.py); a part of its own, so that files digested before it still load.
+    "region": lambda c: {"region_height": (c.get("calibration") or {}).get("region_height")},
 }
 
 
@@ -226,7 +229,11 @@ class OperatingPoint(NamedTuple):
 _CALIBRATION_KEYS = (
     "method", "target_false_alarm_rate", "holdout_images", "image_threshold", "pixel_threshold",
     "image_normalization", "pixel_normalization", "holdout_image_scores", "warning",
+    "holdout_map_maxima", "pixel_rule", "normal_sources", "region_height",
 )  # fmt: skip
+_IMAGE_ESTIMATE_KEYS = tuple(OperatingEstimate(0.0, 0.0, 0, None, "raw", None, None, None, 0, 1.0).to_fields())
+_PIXEL_PREFIX = "pixel_"
+_PIXEL_ESTIMATE_KEYS = tuple(_PIXEL_PREFIX + key for key in _IMAGE_ESTIMATE_KEYS)
 
 
 @dataclass(frozen=True)
@@ -248,6 +255,13 @@ class Calibration:
     warning: str | None = None
     f1: F1Thresholds | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as stored
+    # The operating point's honest statement (operating_point.py); None in checkpoints written before it.
+    image_estimate: OperatingEstimate | None = None
+    pixel_estimate: OperatingEstimate | None = None  # the pixel threshold as a threshold on normal map maxima
+    holdout_map_maxima: tuple[float, ...] = ()  # the largest map value of each normal image the fit used
+    pixel_rule: str | None = None  # "normal-map-maximum"; None: the older pixel-value quantile
+    normal_sources: tuple[Mapping[str, Any], ...] = ()  # where the normal evidence came from (held-out, --normals)
+    region_height: float | None = None  # region: map ≥ pixel threshold + height·(peak − it); None: ≥ pixel threshold
 
     @classmethod
     def fallback(cls) -> "Calibration":
@@ -272,6 +286,8 @@ class Calibration:
         pixel_threshold = float(pixel) if pixel is not None else FALLBACK_THRESHOLD
         image_norm, pixel_norm = data.get("image_normalization"), data.get("pixel_normalization")
         rate, count = data.get("target_false_alarm_rate"), data.get("holdout_images")
+        target = float(rate) if rate is not None else 0.0
+        known = set(_CALIBRATION_KEYS) | set(_IMAGE_ESTIMATE_KEYS) | set(_PIXEL_ESTIMATE_KEYS)
         return cls(
             image_threshold=image_threshold,
             pixel_threshold=pixel_threshold,
@@ -283,7 +299,13 @@ class Calibration:
             holdout_image_scores=tuple(float(s) for s in data.get("holdout_image_scores") or ()),
             warning=data.get("warning"),
             f1=F1Thresholds.from_fields(data),
-            extra={k: v for k, v in data.items() if k not in _CALIBRATION_KEYS and not k.startswith("f1_")},
+            extra={k: v for k, v in data.items() if k not in known and not k.startswith("f1_")},
+            image_estimate=OperatingEstimate.from_fields(data, image_threshold, target),
+            pixel_estimate=OperatingEstimate.from_fields(data, pixel_threshold, target, prefix=_PIXEL_PREFIX),
+            holdout_map_maxima=tuple(float(s) for s in data.get("holdout_map_maxima") or ()),
+            pixel_rule=data.get("pixel_rule"),
+            normal_sources=tuple(dict(source) for source in data.get("normal_sources") or ()),
+            region_height=float(data["region_height"]) if data.get("region_height") is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -300,6 +322,14 @@ class Calibration:
                 "pixel_normalization": self.pixel_normalization.to_dict(),
                 "holdout_image_scores": list(self.holdout_image_scores) if self.holdout_image_scores else None,
             }
+            if self.image_estimate is not None:
+                out.update(self.image_estimate.to_fields())
+            if self.pixel_estimate is not None:
+                out.update(self.pixel_estimate.to_fields(_PIXEL_PREFIX))
+            out["holdout_map_maxima"] = list(self.holdout_map_maxima) if self.holdout_map_maxima else None
+            out["pixel_rule"] = self.pixel_rule
+            out["normal_sources"] = [dict(source) for source in self.normal_sources] if self.normal_sources else None
+            out["region_height"] = self.region_height
             out = {k: v for k, v in out.items() if v is not None}
             if self.warning:
                 out["warning"] = self.warning
@@ -307,6 +337,63 @@ class Calibration:
             out.update(self.f1.to_fields())
         out.update(self.extra)
         return out
+
+    def false_alarm_estimate(self) -> OperatingEstimate | None:
+        """What the false-alarm image threshold is expected to realise (operating_point.py): as stored, or,
+        for a checkpoint written before estimates were stored, computed from its held-out image scores
+        (None without them)."""
+        if self.image_estimate is not None:
+            return self.image_estimate
+        if self.is_fallback or not self.holdout_image_scores or not self.target_false_alarm_rate:
+            return None
+        return estimate_threshold(self.image_threshold, self.holdout_image_scores, self.target_false_alarm_rate)
+
+    def region_level(self, anomaly_map, pixel_threshold: float | None = None, kind: str = "far") -> float:
+        """The map level at and above which pixels form the predicted region of this map (`region_threshold`:
+        the pixel threshold raised half-way to the map's peak; the plain pixel threshold for the F1 operating
+        point, whose pixel threshold was chosen as a plain one, and for checkpoints without ``region_height``)."""
+        threshold = float(self.pixel_threshold if pixel_threshold is None else pixel_threshold)
+        height = None if kind == "f1" else self.region_height
+        if height is None:
+            return threshold
+        if isinstance(anomaly_map, torch.Tensor):
+            peak = float(anomaly_map.max()) if anomaly_map.numel() else threshold
+        else:
+            values = np.asarray(anomaly_map)
+            peak = float(values.max()) if values.size else threshold
+        return region_threshold(peak, threshold, height)
+
+    def estimate_at(self, threshold: float) -> OperatingEstimate | None:
+        """What any image threshold (the F1 one, a custom one) is expected to realise on normal images,
+        judged by the same normal evidence and model as the stored one; None without held-out scores."""
+        if self.is_fallback or not self.holdout_image_scores or not self.target_false_alarm_rate:
+            return None
+        return estimate_threshold(float(threshold), self.holdout_image_scores, self.target_false_alarm_rate)
+
+    def evidence(self) -> str | None:
+        """What the normal images behind the threshold were, in words (None: the held-out ones only)."""
+        extra = [source for source in self.normal_sources if source.get("kind") != "held-out"]
+        if not extra:
+            return None
+        held = sum(int(source.get("images") or 0) for source in self.normal_sources if source.get("kind") == "held-out")
+        added = sum(int(source.get("images") or 0) for source in extra)
+        return f"normal images never trained on ({held} held-out + {added} from `glass calibrate --normals`)"
+
+    def decision_line(self) -> str:
+        """The one line that says what the stored decision is and how far it keeps its promise
+        (`glass train`, `glass info`, `glass calibrate`; the service's model page)."""
+        if self.is_fallback:
+            return (
+                f"threshold {self.image_threshold:.4f}: the discriminator's own boundary (no held-out normal images); "
+                f"false-alarm rate unknown — add good images never trained on with `glass calibrate RUN --normals DIR`"
+            )
+        estimate = self.false_alarm_estimate()
+        if estimate is None:
+            return f"threshold {self.image_threshold:.4f}: false-alarm rate unknown (no held-out scores stored)"
+        line = estimate.line(evidence=self.evidence())
+        if self.pixel_estimate is None and self.pixel_rule is None:
+            line += "; region rule: older pixel-value quantile (re-fit with `glass calibrate RUN --normals DIR`)"
+        return line
 
     def with_f1(self, f1: F1Thresholds | None) -> "Calibration":
         """The same calibration with another F1 operating point (the false-alarm one never changes)."""
@@ -783,7 +870,10 @@ def _check_integrity(checkpoint: dict[str, Any], path: Path) -> None:
         now = integrity_digest(checkpoint)
         changed = [part for part in _INTEGRITY_PARTS if part in stored_parts and stored_parts[part] != now[part]]
         if changed:
-            what = {"calibration": "thresholds (calibration)", "weights": "weights", "scoring": "scoring entries"}
+            what = {
+                "calibration": "thresholds (calibration)", "weights": "weights", "scoring": "scoring entries",
+                "region": "region rule (calibration)",
+            }  # fmt: skip
             raise CheckpointError(
                 f"the {' and '.join(what[part] for part in changed)} in {path} were changed after the file was written "
                 f"(they no longer match its digest); restore the original file, retrain, or set thresholds with "

@@ -298,7 +298,7 @@ def heatmap_grid(
         title = f"{item['defect_type']}: score {score:.3f} {Path(item['path']).name}"
         panels.append(
             visualize.overlay_panel(
-                image, amap, vmin=vmin, vmax=vmax, threshold=calibration.pixel_threshold, title=title, gt_mask=mask,
+                image, amap, vmin=vmin, vmax=vmax, threshold=calibration.region_level(amap), title=title, gt_mask=mask,
                 colorbar=True,
             )
         )
