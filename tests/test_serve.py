@@ -212,6 +212,9 @@ def test_models_describe_what_is_loaded(api, run):
     assert model["training"]["train_images"] > 0 and model["training"]["data"]
     scale = model["color_scale"]
     assert scale["min"] < scale["pixel_threshold"] < scale["max"]
+    point = model["operating_point"]  # what the OK/NG threshold promises, with its evidence
+    assert point["line"] == detector.operating_line() and point["image_threshold"] == pytest.approx(detector.image_threshold)
+    assert point["line"].startswith("threshold") and "false-alarm rate" in point["line"]
     assert api.get(f"/v1/models/{run.name}").json() == model
     assert api.get("/v1/models/nope").status_code == 404
 
@@ -284,6 +287,9 @@ def test_overlay_and_mask_links_and_inline(api, server, run, images):
     mask = np.asarray(Image.open(io.BytesIO(api.get(result["mask_url"]).content)))
     assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
     assert (mask > 0).mean() == pytest.approx(result["region_fraction"])
+    # The service draws the same region as the Detector (glass predict, the runtime).
+    (expected,) = Detector.load(run).predict([str(images["defect"])])
+    assert result["region_fraction"] == pytest.approx(float(expected.region.mean()), abs=1e-3)
     assert base64.b64decode(result["overlay_png_base64"]) == overlay.content
     # Pictures live inside DATA/overlays; nothing is left in the upload scratch folder.
     files = [p for p in server.data_dir.rglob("*.png")]
@@ -740,6 +746,8 @@ def test_page_inspects_an_uploaded_image(browser, server, api, run, images, tmp_
     browser.get(f"{server.url}/?token={TOKEN}")
     wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("ready"))
     assert Select(browser.find_element(By.ID, "model")).first_selected_option.get_attribute("value") == run.name
+    operating = browser.find_element(By.ID, "operating")  # the model's promise, shown before any inspection
+    assert operating.is_displayed() and operating.text == Detector.load(run).operating_line()
     browser.find_element(By.ID, "file").send_keys(str(images["defect"]))
     wait.until(ec.text_to_be_present_in_element((By.ID, "progress"), "1 image(s) inspected"))
     verdict = browser.find_element(By.ID, "verdict")

@@ -100,7 +100,10 @@ class ServeSettings:
 class ColorScale(BaseModel):
     min: float = Field(description="anomaly-map value drawn at the bottom of the colour bar (a typical normal pixel)")
     max: float
-    pixel_threshold: float = Field(description="pixels at or above it form the predicted region (middle of the bar)")
+    pixel_threshold: float = Field(
+        description="the normal maps' level (middle of the bar); the predicted region is where an image's map rises at "
+        "least region_height of the way from it to the image's own peak"
+    )
 
 
 class Timing(BaseModel):
@@ -315,7 +318,7 @@ class Service:
 
         detector = model.detector
         full = detector.preprocessor.map_to_original(small, rgb.shape[:2])
-        region = full >= detector.pixel_threshold
+        region = detector.region_of(full)  # the same region rule as glass predict and the runtime
         prediction = Prediction(
             score=score, normalized=normalized, is_anomalous=bool(score >= detector.image_threshold),
             anomaly_map=full, region=region, threshold=detector.image_threshold,

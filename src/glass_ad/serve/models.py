@@ -97,6 +97,8 @@ def describe(name: str, version: str, detector: Detector, max_batch: int) -> dic
             "f1_image": _finite(cal.f1.image_threshold if cal.f1 is not None else None),
         },
         "color_scale": {"min": vmin, "max": vmax, "pixel_threshold": detector.pixel_threshold},
+        # What the OK/NG threshold in use promises: the estimated false-alarm rate, its interval and evidence.
+        "operating_point": detector.operating_summary(),
         "training": {
             # The folder name only: the service does not publish its file-system layout.
             "data": Path(str(training.data_root)).name if training.data_root else None,

@@ -45,6 +45,7 @@ async function loadModels() {
       filter.add(new Option(m.name, m.name));
     }
     if (current) select.value = current;
+    showOperatingPoint();
     const status = info.status === "ready" ? `ready: ${models.length} model(s), log ${info.log.backend}` : `${info.status}…`;
     $("status").textContent = status;
     if (info.status === "loading") setTimeout(loadModels, 1000);
@@ -59,6 +60,17 @@ async function loadModels() {
 function currentModel() {
   const name = $("model").value;
   return models.find((m) => m.name === name);
+}
+
+// What the chosen model's OK/NG threshold promises, in amber when its evidence cannot hold the target.
+function showOperatingPoint() {
+  const model = currentModel();
+  const line = $("operating");
+  const point = model && model.operating_point;
+  line.hidden = !point;
+  if (!point) return;
+  line.textContent = point.line;
+  line.classList.toggle("warn", point.supported === false);
 }
 
 function showResult(result, file) {
@@ -199,6 +211,7 @@ function setUp() {
     const files = Array.from(event.dataTransfer.files);
     if (files.length) inspectFiles(files);
   });
+  $("model").addEventListener("change", showOperatingPoint);
   $("filters").addEventListener("submit", (event) => { event.preventDefault(); loadLog(false); });
   $("older").addEventListener("click", () => loadLog(true));
   loadModels();
