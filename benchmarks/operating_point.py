@@ -37,7 +37,7 @@ import torch
 from scipy import ndimage
 
 from glass_ad.data.datasets import ImageDataset, Sample, load_dataset
-from glass_ad.data.io import ImageReadError
+from glass_ad.evaluation.calibration import readable_batches
 from glass_ad.model.checkpoint import Checkpoint
 from glass_ad.model.operating_point import (
     REGION_HEIGHT,
@@ -53,29 +53,15 @@ def score(model, samples: list[Sample], preprocessor, bit_depth, batch_size: int
     """Image scores, maps (N×H×W float32) and masks (bool) of samples; unreadable files are listed."""
     dataset = ImageDataset(samples, preprocessor, bit_depth=bit_depth)
     scores, maps, masks, kept, dropped = [], [], [], [], []
-    pending = []
-
-    def run(batch):
+    start = time.perf_counter()
+    for batch in readable_batches(dataset, batch_size, dropped):
         images = torch.stack([(item["image"] * 255.0).round().to(torch.uint8) for item in batch])
         out = model(images.float() / 255.0)
         scores.extend(out.image_scores.double().tolist())
         maps.append(out.anomaly_maps.float().numpy())
         if with_masks:
             masks.append(torch.stack([item["mask"][0] for item in batch]).numpy() > 0.5)
-        kept.extend(batch[i]["index"] for i in range(len(batch)))
-
-    start = time.perf_counter()
-    for index in range(len(dataset)):
-        try:
-            pending.append(dataset[index])
-        except ImageReadError as error:
-            dropped.append(str(error))
-            continue
-        if len(pending) == batch_size:
-            run(pending)
-            pending = []
-    if pending:
-        run(pending)
+        kept.extend(item["index"] for item in batch)
     print(f"  scored {len(scores)} {label} images in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     stacked = np.concatenate(maps) if maps else np.zeros((0, 1, 1), np.float32)
     stacked_masks = np.concatenate(masks) if masks else None

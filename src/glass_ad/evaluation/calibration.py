@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,26 @@ from glass_ad.model.operating_point import REGION_HEIGHT, OperatingEstimate, fit
 PIXEL_RULE = "normal-map-maximum"  # region: map values above what all but the target share of normal maps reach
 
 log = logging.getLogger(__name__)
+
+
+def readable_batches(dataset, batch_size: int, skipped: list[str], *, progress: bool = False, desc: str = "scoring"):
+    """The dataset's items in lists of `batch_size`; a file that cannot be read is logged, appended to
+    `skipped` (its one-line reason) and left out."""
+    from tqdm.auto import tqdm
+
+    pending: list[dict[str, Any]] = []
+    for index in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress):
+        try:
+            pending.append(dataset[index])
+        except ImageReadError as error:
+            log.warning("skipped: %s", error)
+            skipped.append(str(error))
+            continue
+        if len(pending) == batch_size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
 
 
 @torch.no_grad()
@@ -230,7 +249,6 @@ def f1_calibration(
     Unreadable files are skipped (logged, and listed in ``f1_val_skipped_files``); returns the ``f1_*``
     fields `glass calibrate` stores.
     """
-    from tqdm.auto import tqdm
 
     dataset = ImageDataset(samples, Preprocessor.from_config(config), bit_depth=bit_depth)
     with_pixels = all(s.mask_path is not None for s in samples if s.label == 1)
@@ -253,19 +271,8 @@ def f1_calibration(
             positive[:] += np.bincount(bins[masks], minlength=_PIXEL_BINS + 1)
             negative[:] += np.bincount(bins[~masks], minlength=_PIXEL_BINS + 1)
 
-    pending: list[dict[str, Any]] = []
-    for index in tqdm(range(len(dataset)), desc="calibrating", unit="img", disable=not progress):
-        try:
-            pending.append(dataset[index])
-        except ImageReadError as error:
-            log.warning("skipped: %s", error)
-            skipped.append(str(error))
-            continue
-        if len(pending) == batch_size:
-            run(pending)
-            pending = []
-    if pending:
-        run(pending)
+    for batch in readable_batches(dataset, batch_size, skipped, progress=progress, desc="calibrating"):
+        run(batch)
 
     score_array, label_array = np.asarray(scores), np.asarray(labels)
     if not ((label_array == 0).any() and (label_array == 1).any()):
@@ -338,30 +345,15 @@ def normal_evidence(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Image scores, a pixel sample and map maxima of normal image files (the uint8 input of training and
     `Detector`), and the files that could not be read."""
-    from tqdm.auto import tqdm
 
     dataset = ImageDataset([Sample(path, 0, "good", None) for path in paths], Preprocessor.from_config(config), bit_depth=bit_depth)
     scores, pixels, maxima, skipped = [], [], [], []
-    pending: list[torch.Tensor] = []
-
-    def run(batch: list[torch.Tensor]) -> None:
-        image_scores, pixel_values, map_maxima = holdout_evidence(model, torch.stack(batch), device, batch_size=len(batch))
+    for batch in readable_batches(dataset, batch_size, skipped, progress=progress, desc="scoring normals"):
+        images = torch.stack([(item["image"] * 255.0).round().to(torch.uint8) for item in batch])
+        image_scores, pixel_values, map_maxima = holdout_evidence(model, images, device, batch_size=len(batch))
         scores.append(image_scores)
         pixels.append(pixel_values[:: max(1, len(pixel_values) // 50_000)])
         maxima.append(map_maxima)
-
-    for index in tqdm(range(len(dataset)), desc="scoring normals", unit="img", disable=not progress):
-        try:
-            pending.append((dataset[index]["image"] * 255.0).round().to(torch.uint8))
-        except ImageReadError as error:
-            log.warning("skipped: %s", error)
-            skipped.append(str(error))
-            continue
-        if len(pending) == batch_size:
-            run(pending)
-            pending = []
-    if pending:
-        run(pending)
     if not scores:
         raise ValueError("no normal image could be read")
     return np.concatenate(scores), np.concatenate(pixels), np.concatenate(maxima), skipped
