@@ -218,7 +218,8 @@ def main() -> None:
         }
         result["region"]["pixel-quantile"] = region_quality(maps, masks, labels, older["pixel_quantile"])
         result["region"]["map-maximum"] = region_quality(maps, masks, labels, older["map_maximum_refit"])
-        result["region"]["half-height"] = region_quality(maps, masks, labels, older["map_maximum_refit"], REGION_HEIGHT)
+        result["region"]["map-max+half"] = region_quality(maps, masks, labels, older["map_maximum_refit"], REGION_HEIGHT)
+        result["region"]["pixel-q+half"] = region_quality(maps, masks, labels, older["pixel_quantile"], REGION_HEIGHT)
         if estimate is not None:
             again = estimate_threshold(older["image_order_statistic"], [s for s in calibration.holdout_image_scores], target)
             result["decision"]["order-statistic"]["estimate_under_the_model"] = [again.estimate, again.low, again.high]

@@ -406,7 +406,7 @@ def test_calibrate_normals_refits_the_false_alarm_point_and_info_shows_it(run, d
     after = Checkpoint.load(copy).calibration
     held_out = len(before.holdout_image_scores)
     assert after.image_estimate.images == held_out + 30 == len(after.holdout_image_scores)
-    assert len(after.holdout_map_maxima) == held_out + 30 and after.pixel_rule == "normal-map-maximum"
+    assert len(after.holdout_map_maxima) == held_out + 30 and after.pixel_rule == "normal-pixel-quantile"
     assert after.image_threshold != before.image_threshold and after.pixel_threshold != before.pixel_threshold
     assert after.image_estimate.high - after.image_estimate.low < before.image_estimate.high - before.image_estimate.low
     assert f"now:    {after.decision_line()}" in result.stdout
@@ -479,7 +479,7 @@ def test_operating_point_benchmark_measures_a_run(run, data, tmp_path):
     result = json.loads(out.read_text())
     stored = result["decision"]["stored"]
     assert stored["good_images"] == 4 and stored["defective_images"] == 8
-    assert set(result["region"]) == {"stored", "pixel-quantile", "map-maximum", "half-height"}
+    assert set(result["region"]) == {"stored", "pixel-quantile", "map-maximum", "map-max+half", "pixel-q+half"}
     assert result["region"]["stored"]["threshold"] == Checkpoint.load(run).calibration.pixel_threshold
     assert "promise kept" in done.stdout and result["stored_decision_line"] in done.stdout
 

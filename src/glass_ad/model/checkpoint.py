@@ -229,7 +229,7 @@ class OperatingPoint(NamedTuple):
 _CALIBRATION_KEYS = (
     "method", "target_false_alarm_rate", "holdout_images", "image_threshold", "pixel_threshold",
     "image_normalization", "pixel_normalization", "holdout_image_scores", "warning",
-    "holdout_map_maxima", "pixel_rule", "normal_sources", "region_height",
+    "holdout_map_maxima", "pixel_rule", "normal_sources", "region_height", "holdout_pixel_sample",
 )  # fmt: skip
 _IMAGE_ESTIMATE_KEYS = tuple(OperatingEstimate(0.0, 0.0, 0, None, "raw", None, None, None, 0, 1.0).to_fields())
 _PIXEL_PREFIX = "pixel_"
@@ -259,9 +259,12 @@ class Calibration:
     image_estimate: OperatingEstimate | None = None
     pixel_estimate: OperatingEstimate | None = None  # the pixel threshold as a threshold on normal map maxima
     holdout_map_maxima: tuple[float, ...] = ()  # the largest map value of each normal image the fit used
-    pixel_rule: str | None = None  # "normal-map-maximum"; None: the older pixel-value quantile
+    # "normal-pixel-quantile": the (1 − target) quantile of normal map values, the region's base level;
+    # "normal-map-maximum" (a tail model of normal maps' maxima); None: the older pixel-value quantile.
+    pixel_rule: str | None = None
     normal_sources: tuple[Mapping[str, Any], ...] = ()  # where the normal evidence came from (held-out, --normals)
     region_height: float | None = None  # region: map ≥ pixel threshold + height·(peak − it); None: ≥ pixel threshold
+    holdout_pixel_sample: tuple[float, ...] = ()  # a sample of normal map values (pooled by `glass calibrate --normals`)
 
     @classmethod
     def fallback(cls) -> "Calibration":
@@ -304,6 +307,7 @@ class Calibration:
             pixel_estimate=OperatingEstimate.from_fields(data, pixel_threshold, target, prefix=_PIXEL_PREFIX),
             holdout_map_maxima=tuple(float(s) for s in data.get("holdout_map_maxima") or ()),
             pixel_rule=data.get("pixel_rule"),
+            holdout_pixel_sample=tuple(float(s) for s in data.get("holdout_pixel_sample") or ()),
             normal_sources=tuple(dict(source) for source in data.get("normal_sources") or ()),
             region_height=float(data["region_height"]) if data.get("region_height") is not None else None,
         )
@@ -328,6 +332,7 @@ class Calibration:
                 out.update(self.pixel_estimate.to_fields(_PIXEL_PREFIX))
             out["holdout_map_maxima"] = list(self.holdout_map_maxima) if self.holdout_map_maxima else None
             out["pixel_rule"] = self.pixel_rule
+            out["holdout_pixel_sample"] = list(self.holdout_pixel_sample) if self.holdout_pixel_sample else None
             out["normal_sources"] = [dict(source) for source in self.normal_sources] if self.normal_sources else None
             out["region_height"] = self.region_height
             out = {k: v for k, v in out.items() if v is not None}

@@ -276,15 +276,23 @@ def estimate_threshold(threshold: float, scores, target: float, scale: str | Non
     )  # fmt: skip
 
 
+# Below n·target = 0.5 the predictive threshold lies far beyond every normal score (for 5 images and a 1 %
+# target, 7.5 Gumbel spreads above the centre): on MPDD metal_plate it kept 6-18 % of the defective parts. There
+# the threshold stays just above the largest held-out score, and the estimate says what that realises.
+MIN_EXPECTED_EXCEEDANCES = 0.5
+
+
 def fit_threshold(scores, target: float) -> OperatingEstimate:
     """The predictive threshold for ``target`` from normal scores, never at or below their empirical
-    (1 − target) quantile (their largest score while n < 1 / target)."""
+    (1 − target) quantile (their largest score while n < 1 / target). With too little evidence for the target
+    (n·target < MIN_EXPECTED_EXCEEDANCES) the threshold is just above the largest score instead: no
+    extrapolation, an honest estimate of what it realises."""
     values = np.asarray(scores, dtype=np.float64)
     if values.size == 0:
         raise ValueError("no normal scores to set a threshold from")
     scale = score_scale(values)
     floor = float(np.quantile(values, 1.0 - target, method="higher"))
-    if values.size < MIN_MODEL_IMAGES:
+    if values.size < MIN_MODEL_IMAGES or values.size * target < MIN_EXPECTED_EXCEEDANCES:
         return estimate_threshold(_just_above(float(values.max())), values, target, scale)
     location, spread = fit_gumbel(to_tail(values, scale))
     threshold = from_tail(location + predictive_factor(int(values.size), float(target)) * spread, scale)
