@@ -157,6 +157,12 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
         "provenance": checkpoint.provenance or "not recorded (trained through the library, or before it was recorded)",
         "input_bit_depth": checkpoint.bit_depth or "the file's own depth",
         "backbone": checkpoint.backbone.to_dict(),
+        "score": (
+            "hybrid: the discriminator's logit + the distance to the nearest normal training patch "
+            "(the paper's method, the discriminator alone, is --score glass)"
+            if checkpoint.config.score == "hybrid"
+            else "glass: the discriminator alone (the paper's method)"
+        ),
         "hypothesis": checkpoint.hypothesis,
         "spectrum": checkpoint.spectrum,
         "hypothesis_check": checkpoint.training.extra.get("branch_check") or "not run (hypothesis forced, or trained before the check)",

@@ -67,7 +67,7 @@ def train(
     gas_patch_fraction: Annotated[Optional[float], typer.Option("--gas-patch-fraction", "--gas-fraction", help="Fraction of those normal patch vectors that go through gradient ascent.")] = None,
     texture_colour: Annotated[Optional[str], typer.Option(help="LAS texture colour: auto (grey for grey products), colour (reference), grey.")] = None,
     selection: Annotated[Optional[str], typer.Option(help="Model selection: worst (worse of LAS and the unseen strokes/blobs family; default), las, or agreement (D ranks held-out normal patches like their nearest-neighbour distance; experimental).")] = None,
-    score: Annotated[Optional[str], typer.Option(help="glass (the discriminator; default) or hybrid (+ distance to the nearest normal training patch, each standardised on held-out normals).")] = None,
+    score: Annotated[Optional[str], typer.Option(help="hybrid (the discriminator's logit + distance to the nearest normal training patch, each standardised on held-out normals; fast default) or glass (the discriminator alone: the paper's method, paper default).")] = None,
     memory_bank_fraction: Annotated[Optional[float], typer.Option(help="Hybrid score: share of the training patch vectors kept in the memory bank (default 0.01).")] = None,
     ascent_steps: Annotated[Optional[int], typer.Option(help="Gradient-ascent steps of GAS (fast 4, paper 20).")] = None,
     ascent_step_size: Annotated[Optional[float], typer.Option(help="Gradient-ascent step size (fast 0.005, paper 0.001).")] = None,
