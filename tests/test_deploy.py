@@ -23,7 +23,7 @@ from glass_ad.cli import app
 from glass_ad.config import GlassConfig, make_config
 from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.data.io import read_image, read_mask
-from glass_ad.evaluation.calibration import f1_calibration, load_validation_set
+from glass_ad.evaluation.calibration import _PIXEL_SPANS, f1_calibration, load_validation_set
 from glass_ad.inference.export import export_onnx, read_metadata
 from glass_ad.inference.predict import CSV_COLUMNS, Detector, Prediction
 from glass_ad.model.checkpoint import Checkpoint, Normalization, read_checkpoint
@@ -521,9 +521,12 @@ def test_calibrate_adds_f1_thresholds_and_keeps_the_false_alarm_one(run, data, t
     pixel_threshold, pixel_f1 = after["f1_pixel_threshold"], after["f1_pixel_f1"]
     # The stored F1 is the F1 of its threshold (by the definition, pixel by pixel) ...
     assert _f1(maps >= pixel_threshold, truth) == pytest.approx(pixel_f1, abs=1e-3)
-    # ... the best of all thresholds on the calibration's grid (map values in steps of 1/20000) ...
-    assert pixel_threshold * 20_000 == pytest.approx(round(pixel_threshold * 20_000), abs=1e-6)
-    _, grid_f1 = _f1_at_every_threshold(np.floor(np.clip(maps, 0, 1) * 20_000), truth)
+    # ... the best of all thresholds on the calibration's grid (20000 steps over the score's span: [0, 1] for
+    # the discriminator's probabilities, a wider one for the default hybrid's standardised scores) ...
+    low, high = _PIXEL_SPANS[Checkpoint.load(copy).config.score]
+    steps = (pixel_threshold - low) / (high - low) * 20_000
+    assert steps == pytest.approx(round(steps), abs=1e-4)
+    _, grid_f1 = _f1_at_every_threshold(np.floor(np.clip((maps - low) / (high - low), 0, 1) * 20_000), truth)
     assert pixel_f1 == pytest.approx(grid_f1.max(), abs=1e-3)
     # ... and no threshold at all (every distinct map value) does better by more than the grid's step costs.
     _, exact_f1 = _f1_at_every_threshold(maps.astype(np.float64), truth)

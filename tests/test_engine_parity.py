@@ -70,7 +70,8 @@ def test_torch_test_scores_are_the_detectors(run, data, tmp_path):
     predicted = {p.path: p.score for p in detector(sorted(tested))}
     assert set(tested) == set(predicted) and len(tested) >= 8
     worst = max(abs(tested[path] - predicted[path]) for path in tested)
-    assert worst < 1e-5, f"glass test and glass predict differ by {worst:.2e} on one image"
+    scale = max(1.0, max(abs(score) for score in predicted.values()))  # hybrid scores are not in [0, 1]
+    assert worst < 1e-5 * scale, f"glass test and glass predict differ by {worst:.2e} on one image"
 
 
 def test_test_command_with_torch_and_onnx_engines_agrees(run, data, onnx_file, tmp_path):

@@ -131,8 +131,8 @@ class GlassConfig:
     # on a grey product is an anomaly no real defect looks like); "colour" keeps them as drawn (reference).
     texture_colour: Literal["auto", "colour", "grey"] = "auto"
 
-    # Training arithmetic of A and D: "auto" times one step in float32 and bf16 autocast at start-up and keeps
-    # bf16 only where it is clearly faster (precision.py). GAS geometry and inference are always float32.
+    # Training arithmetic of A and D: "auto" is bf16 autocast where the hardware has bf16 matrix units (AMX, a
+    # GPU with bf16), float32 elsewhere (precision.py). GAS geometry and inference are always float32.
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     # Images per pass of the frozen backbone: None is a fixed rule of batch size and input area
     # (model/chunking.py `default_chunk`; never timing, so a seed fixes the model), 0 is the whole batch, N is

@@ -83,7 +83,7 @@ def train(
     holdout_fraction: Annotated[Optional[float], typer.Option("--holdout-fraction", "--holdout", help="Fraction of normal images held out for validation and thresholds.")] = None,
     target_false_alarm_rate: Annotated[Optional[float], typer.Option("--target-false-alarm-rate", "--far", help="Target false-alarm rate of the stored threshold (default 0.01).")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled validation folder (good/ + <defect>/): also store F1-optimal thresholds (as `glass calibrate`).")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="Training arithmetic: auto (bf16 only where a timed step shows it faster; fast default), fp32 (paper default), bf16.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Training arithmetic: auto (bf16 where the CPU has AMX bf16 units or the GPU bf16; fast default), fp32 (paper default), bf16.")] = None,
     backbone_chunk: Annotated[Optional[int], typer.Option(help="Images per backbone pass (0: the whole batch); default: by batch size and input area (the same on every run).")] = None,
     cache_features: Annotated[Optional[bool], typer.Option("--cache-features/--no-cache-features", "--cache/--no-cache", help="Compute the normal images' backbone features once (fast default) instead of every iteration (paper default).")] = None,
     device: opt.Device = opt.DEVICE,

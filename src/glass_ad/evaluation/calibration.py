@@ -182,7 +182,10 @@ def calibrate_holdout(model, holdout: torch.Tensor, config: GlassConfig, device)
 # are *not* the test set, the F1-optimal threshold is a second, separately stored operating point; it
 # never replaces the false-alarm one.
 
-_PIXEL_BINS = 20_000  # maps lie in [0, 1]: a 5e-5 threshold resolution with memory flat in the set size
+_PIXEL_BINS = 20_000  # a 5e-5 threshold resolution over [0, 1] with memory flat in the set size
+# The histogram's span: discriminator maps are probabilities; hybrid maps are standardised scores (normal
+# pixels about 0 ± 1), binned over a fixed wide span instead (a 0.002 resolution).
+_PIXEL_SPANS = {"glass": (0.0, 1.0), "hybrid": (-10.0, 30.0)}
 _RESERVED_FOLDERS = ("ground_truth", "masks")
 
 
@@ -226,8 +229,8 @@ def _midpoint_threshold(scores: np.ndarray, threshold: float) -> float:
     return float((threshold + below.max()) / 2.0) if below.size else float(threshold)
 
 
-def _pixel_f1_threshold(positive: np.ndarray, negative: np.ndarray) -> tuple[float, float]:
-    """F1-optimal pixel threshold from histograms of map values (bin lower edges over [0, 1])."""
+def _pixel_f1_threshold(positive: np.ndarray, negative: np.ndarray, span: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+    """F1-optimal pixel threshold from histograms of map values (bin lower edges over `span`)."""
     # Pixels with bin index >= k are "anomalous" at threshold k / bins (suffix sums).
     tp = np.cumsum(positive[::-1])[::-1].astype(np.float64)
     fp = np.cumsum(negative[::-1])[::-1].astype(np.float64)
@@ -237,7 +240,8 @@ def _pixel_f1_threshold(positive: np.ndarray, negative: np.ndarray) -> tuple[flo
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
     k = int(np.argmax(f1))
-    return k / (len(positive) - 1), float(f1[k])
+    low, high = span
+    return low + (high - low) * k / (len(positive) - 1), float(f1[k])
 
 
 @torch.no_grad()
@@ -260,6 +264,7 @@ def f1_calibration(
     """
 
     dataset = ImageDataset(samples, Preprocessor.from_config(config), bit_depth=bit_depth)
+    span = _PIXEL_SPANS[config.score]
     with_pixels = all(s.mask_path is not None for s in samples if s.label == 1)
     positive = np.zeros(_PIXEL_BINS + 1, dtype=np.int64)
     negative = np.zeros(_PIXEL_BINS + 1, dtype=np.int64)
@@ -275,7 +280,8 @@ def f1_calibration(
         scores.extend(out.image_scores.cpu().double().tolist())
         labels.extend(int(item["label"]) for item in batch)
         if with_pixels:
-            bins = (out.anomaly_maps.cpu().clamp(0.0, 1.0) * _PIXEL_BINS).long().numpy()
+            scaled = (out.anomaly_maps.cpu().float() - span[0]) / (span[1] - span[0])
+            bins = (scaled.clamp(0.0, 1.0) * _PIXEL_BINS).long().numpy()
             masks = torch.stack([item["mask"][0] for item in batch]).numpy() > 0.5
             positive[:] += np.bincount(bins[masks], minlength=_PIXEL_BINS + 1)
             negative[:] += np.bincount(bins[~masks], minlength=_PIXEL_BINS + 1)
@@ -304,7 +310,7 @@ def f1_calibration(
         "f1_pixel_f1": None,
     }
     if with_pixels and positive.sum() and negative.sum():
-        result["f1_pixel_threshold"], result["f1_pixel_f1"] = _pixel_f1_threshold(positive, negative)
+        result["f1_pixel_threshold"], result["f1_pixel_f1"] = _pixel_f1_threshold(positive, negative, span)
     return result
 
 

@@ -278,6 +278,9 @@ def _train(
     path = out_dir / CHECKPOINT_NAME
     calibration = Calibration.fallback()
     if group.is_main:
+        if config.score == "hybrid" and data.holdout is None:  # nothing to standardise its two parts on
+            config = config.replace(score="glass")
+            echo("score: the discriminator alone (the hybrid score needs held-out normal images; --holdout 0 gave none)")
         if config.score == "hybrid":
             hybrid = build_hybrid_score(model, setup.features, data.holdout, config, device, progress=progress)
             echo(f"hybrid score: memory bank of {hybrid['bank_size']} patch vectors")

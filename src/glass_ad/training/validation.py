@@ -268,6 +268,7 @@ def rebuild_run_validation(
     device = device or torch.device("cpu")
     checkpoint = Checkpoint.load(run)
     model = checkpoint.build_model(device).eval()
+    model.set_memory_bank(None)  # selection saw the discriminator alone: the hybrid's bank is built afterwards
     images = prepare_images(data_root, checkpoint.config, progress=False, echo=lambda _: None)
     if images.holdout is None:
         raise ValueError(f"{run} was trained without a holdout: there is no validation split to rebuild")
