@@ -3,7 +3,8 @@
 For each GLASS run (a run folder and the JSON of `glass test` beside it, RUN.json) it reads the checkpoint's
 training record (hypothesis and its check, epochs, what stopped training, wall time, the GAS separation at the
 kept epoch) and the test metrics; for each baseline it reads the JSON of `benchmarks/patchcore_baseline.py`.
-Rows are written to `--csv` with the CPU's flags and the commit, so figures stay comparable across machines.
+Rows are written to `--csv` with the CPU's flags and the commit the table was written at (the runs' own
+code is recorded in their checkpoints: `glass info`), so figures stay comparable across machines.
 
     python benchmarks/quality_table.py --glass /work/runs/mtd_s0 /work/runs/mtd_s1 --baseline /work/runs/pc_mtd_s0.json \\
         --csv results/quality.csv
@@ -50,7 +51,8 @@ def glass_row(run: Path) -> dict:
         "data": Path(training.data_root or "").name,
         "method": "GLASS (hybrid score)" if checkpoint.config.score == "hybrid" else "GLASS",
         "seed": checkpoint.config.seed,
-        "hypothesis": checkpoint.hypothesis,
+        "hypothesis": checkpoint.hypothesis
+        + (f" ({checkpoint.config.hypersphere_shell} shell)" if checkpoint.hypothesis == "hypersphere" else ""),
         "check": " ".join(f"{k} {v:.2f}" for k, v in check.get("separations", {}).items()),
         "epochs": training.epochs_run,
         "kept_epoch": training.best_epoch,
