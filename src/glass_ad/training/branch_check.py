@@ -2,12 +2,13 @@
 
 The spectrogram rule (synthesis/spectrum.py) is the paper's first guess between the manifold (GLASS-m) and
 the hypersphere (GLASS-h). It looks at the mean training image only, so it cannot know whether the picked
-branch's GAS can be told from normal on this product's features. Before training, each branch is tried on a
-copy of the untrained adaptor and discriminator for a few hundred normal + GAS steps on the cached normal
-features (no LAS: it does not depend on the branch), and the discriminator's separation of held-out normal
+branch's GAS can be told from normal on this product's features. Before training, the picked branch is
+trained on a copy of the untrained adaptor and discriminator for `branch_check_steps` of training's own steps
+(normal + GAS + LAS, on the cached normal features), and the discriminator's separation of held-out normal
 patches from their GAS copies is measured as in validation (`val_gas_separation`). The rule's pick stays
-unless its GAS stays near chance while the other branch's separates clearly; then the other is used and the
-switch is said. Both separations are stored with the model (`glass info`).
+unless its GAS stays near chance; then the other branch is probed the same way and used if it separates
+clearly better, and the switch is said. The separations are stored with the model (`glass info`). The probe
+has its own random streams: a run that keeps the pick trains exactly as without the check.
 """
 
 from __future__ import annotations
