@@ -3,6 +3,7 @@ settings that differ are refused; SIGINT/SIGTERM become a clean stop that never 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -127,6 +128,27 @@ def test_resume_refuses_other_settings_and_data(data, tmp_path, monkeypatch):
     assert describe_state(run) == "epoch 1 of 3"  # refusals leave the state as it was
     with pytest.raises(ResumeError, match="nothing to resume"):
         train(data, tmp_path / "empty", _config(), resume=True, **QUIET)
+
+
+def test_resume_refuses_a_data_set_changed_in_place(tmp_path, monkeypatch):
+    data = make_demo_dataset(tmp_path / "data", n_train=12, n_test_good=1, n_test_defect=1, size=64)
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            train(data, run, _config(epochs=2), **QUIET)
+    good = sorted((data / "train" / "good").glob("*.png"))
+    replaced, deleted = good[2], good[5]
+    replaced.write_bytes(good[0].read_bytes())  # one image replaced (another's content)
+    os.utime(replaced, ns=(1, 1))
+    deleted.unlink()  # one deleted
+    with pytest.raises(ResumeError) as refused:
+        train(data, run, _config(epochs=2), resume=True, **QUIET)
+    message = str(refused.value)
+    assert "\n" not in message and "data set changed" in message
+    assert f"train/good/{replaced.name}" in message and f"train/good/{deleted.name}" in message
+    assert "replaced" in message and "removed" in message
+    assert (run / STATE_NAME).is_file()  # the state stays for a resume on the restored data
 
 
 def test_which_settings_may_change():
