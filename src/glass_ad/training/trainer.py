@@ -140,10 +140,6 @@ def _train(
         val.probe_rows, val.probe_distances = nn_agreement_probe(val.normal, bank.reshape(-1, bank.shape[-1]), config.seed)
         del bank
     validating = group.broadcast(val is not None)
-    branch_check = check_hypothesis(model, setup, val, config, synthesis, run_state, echo)
-    branch_check = group.broadcast(branch_check)
-    if branch_check is not None:
-        synthesis.hypothesis = branch_check.chosen
 
     # 2. Optimisers, schedule, arithmetic.
     optimisation = make_optimisation(model, config)
@@ -154,6 +150,9 @@ def _train(
     arithmetic = group.broadcast(choose_precision(config.precision, device, model.embed_dim, config.dsc_hidden))
     bf16 = arithmetic.bf16
     echo(f"training arithmetic: {arithmetic.reason}")
+    branch_check = group.broadcast(check_hypothesis(model, setup, val, config, synthesis, run_state, bf16, echo))
+    if branch_check is not None:
+        synthesis.hypothesis = branch_check.chosen
     if average is not None:
         span = f"about {config.ema_epochs:g} epoch(s); decay {average.decay:.4f} per step"
         echo(f"validating and keeping the weights' moving average ({span})")
@@ -333,6 +332,7 @@ def check_hypothesis(
     config: GlassConfig,
     synthesis,
     run_state: resume_module.TrainState | None,
+    bf16: bool,
     echo: Callable[[str], None],
 ) -> BranchCheck | None:
     """GLASS-j's branch check (branch_check.py) when the spectrogram rule picked the branch: as decided by the
@@ -346,7 +346,7 @@ def check_hypothesis(
     if val is None:
         return None
     held_out = val.normal.to(setup.mean_feature.device)
-    return check_branch(model, setup, held_out, config, synthesis.hypothesis, synthesis=synthesis, echo=echo)
+    return check_branch(model, setup, held_out, config, synthesis.hypothesis, synthesis=synthesis, bf16=bf16, echo=echo)
 
 
 @contextlib.contextmanager
