@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -130,11 +131,13 @@ def test_branch_check_switches_only_from_a_dead_branch_to_a_clearly_better_one(m
             return [(steps, values[hypothesis])]
 
         monkeypatch.setattr(branch_check, "probe_branch", fake_probe)
-        result = check_branch(None, None, None, config, proposed, echo=lambda _: None)
+        setup = types.SimpleNamespace(features=range(400))  # the probe itself is replaced: only its size is read
+        result = check_branch(None, setup, None, config, proposed, echo=lambda _: None)
         assert list(result.separations) == calls
         return result
 
     alive = decide("hypersphere", {"hypersphere": 0.95, "manifold": 0.99})
+    assert alive.steps == 10
     assert alive.chosen == "hypersphere" and list(alive.separations) == ["hypersphere"]  # the other is not probed
     dead = decide("hypersphere", {"hypersphere": 0.48, "manifold": 0.93})
     assert dead.chosen == "manifold" and dead.switched and "instead of" in dead.describe()
@@ -160,6 +163,9 @@ def test_the_branch_check_is_stored_with_the_model_and_shown_by_info(tmp_path):
     shown = CliRunner().invoke(app, ["info", str(tmp_path / "run")])
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.output)["hypothesis_check"]["chosen"] == result.hypothesis
+    short = make_config("fast", backbone="efficientnet_lite0", image_size=64, epochs=1, seed=0, branch_check_steps=500)
+    shorter = train(data, tmp_path / "short", short, progress=False, echo=lambda _: None)
+    assert Checkpoint.load(shorter.checkpoint).training.extra["branch_check"]["steps"] == 5  # one epoch: 36 images / 8
     forced = make_config("fast", backbone="efficientnet_lite0", image_size=64, epochs=1, seed=0, hypothesis="manifold", branch_check_steps=4)
     lines.clear()
     train(data, tmp_path / "forced", forced, progress=False, echo=lines.append)

@@ -142,7 +142,8 @@ def check_branch(
     """Probe the proposed branch; if its GAS stays near chance, probe the other and switch when that one
     separates clearly better (by SWITCH_MARGIN). Returns the decision and its evidence."""
     started = time.perf_counter()
-    steps = config.branch_check_steps
+    # Never longer than the run itself (a short run's pick is checked over its own length).
+    steps = min(config.branch_check_steps, config.epochs * iterations_per_epoch(config, len(setup.features)))
     other = "hypersphere" if proposed == "manifold" else "manifold"
 
     def probe(hypothesis: str) -> float:
