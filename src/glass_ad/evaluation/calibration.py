@@ -43,8 +43,9 @@ from glass_ad.model.checkpoint import LN9, Calibration, Checkpoint, F1Thresholds
 from glass_ad.model.operating_point import REGION_HEIGHT, OperatingEstimate, estimate_threshold, fit_threshold
 
 # The region's base level: the (1 − target) quantile of normal map values. Tried and dropped: a tail model of the
-# normal maps' maxima, which on MPDD metal_plate (saturated maps, 5 held-out images) left a region on 2-5 % of
-# each defect (IoU) against 69-76 % here (docs/benchmarks.md, "The OK/NG decision on two products").
+# normal maps' maxima, whose extrapolated level on MPDD metal_plate (saturated maps, 5 held-out images) gave the
+# region an IoU of 0–5 % with the defects against 69–76 % here (docs/benchmarks.md, "The OK/NG decision on two
+# products").
 PIXEL_RULE = "normal-pixel-quantile"
 PIXEL_SAMPLE = 8192  # normal map values kept in the checkpoint, so that `--normals` can pool them
 
