@@ -342,6 +342,33 @@ def field_default(name: str) -> Any:
     raise KeyError(f"GlassConfig has no field {name!r}")
 
 
+def recipe_value(recipe: str, name: str) -> Any:
+    """One field's value under a recipe: the recipe's entry, else the dataclass default."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[recipe][name] if name in RECIPES[recipe] else field_default(name)
+
+
+def show_value(value: Any) -> str:
+    """A setting as help texts and docs print it: 0.25, 1e-3 → 0.001, None → none, True → on."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def by_recipe(name: str) -> str:
+    """One field's values by recipe for help texts and docs ("fast 4, paper 20"; one value when they agree),
+    so no recipe number is typed twice."""
+    values = {recipe: show_value(recipe_value(recipe, name)) for recipe in RECIPES}
+    if len(set(values.values())) == 1:
+        return f"default {values['fast']}"
+    return ", ".join(f"{recipe} {value}" for recipe, value in values.items())
+
+
 # Per-backbone notes on input normalisation. Kept here so export and training agree.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -355,6 +382,9 @@ __all__ = [
     "R2_PER_R1",
     "paired_r2",
     "field_default",
+    "recipe_value",
+    "show_value",
+    "by_recipe",
     "FAST_RECIPE",
     "PAPER_RECIPE",
     "RECIPES",

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from glass_ad.config import GAS_MODES, GlassConfig, field_default, paired_r2
+from glass_ad.config import GAS_MODES, R2_PER_R1, GlassConfig, by_recipe, field_default, paired_r2, recipe_value
 
 CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(GlassConfig)) - {"recipe"}  # the recipe picks defaults
 
@@ -43,7 +43,7 @@ class ForegroundChoice(str, Enum):
 # --- what to train on and with -----------------------------------------------------------------------
 Recipe = Annotated[
     RecipeChoice,
-    typer.Option(help="fast: cached features, cheaper GAS, early stopping. paper: the reference schedule (640 epochs)."),
+    typer.Option(help=f"fast: cached features, cheaper GAS, early stopping. paper: the reference schedule ({recipe_value('paper', 'epochs')} epochs)."),
 ]
 Backbone = Annotated[str, typer.Option(help="Registered backbone or any timm name (see `glass backbones`).")]
 Weights = Annotated[Optional[Path], typer.Option(help="State-dict file with the backbone's pretrained weights.")]
@@ -77,10 +77,10 @@ Gas = Annotated[
 Adaptor = Annotated[bool, typer.Option("--adaptor/--no-adaptor", help="Linear adaptor (ablation: off).")]
 R1 = Annotated[
     Optional[float],
-    typer.Option(help="Manifold truncation radius r1, in units of the normal spacing (r2 = 2·r1 unless --r2)."),
+    typer.Option(help=f"Manifold truncation radius r1, in units of the normal spacing (r2 = {R2_PER_R1:g}·r1 unless --r2; {by_recipe('r1')})."),
 ]
 Epochs = Annotated[
-    Optional[int], typer.Option(help="Maximum epochs (default by recipe: fast 20 with early stopping, paper 640).")
+    Optional[int], typer.Option(help=f"Maximum epochs ({by_recipe('epochs')}; early stopping: {by_recipe('early_stopping')}).")
 ]
 
 # --- where it runs -----------------------------------------------------------------------------------
