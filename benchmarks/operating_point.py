@@ -22,6 +22,9 @@ model's predictive threshold on the held-out normal images' map maxima) and ``ha
 rule: that level raised half-way to each image's own peak).
 
     python benchmarks/operating_point.py runs/mtd ../shared/data/mtd --json op_mtd.json --threads 2
+
+The stored rule's figures also go, one row per run, to `results/operating_point.csv` (`--results`,
+`benchmarks/record.py`); the whole measurement to `--json`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from record import add_results_option, record_rows
+
+from glass_ad.config import GlassConfig
 from glass_ad.data.datasets import ImageDataset, Sample, load_dataset
 from glass_ad.evaluation.calibration import readable_batches
 from glass_ad.model.checkpoint import Checkpoint
@@ -137,6 +143,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--category", default=None)
+    add_results_option(parser, "operating_point")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -259,6 +266,40 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
+    record_rows(args.results, [summary_row(result, checkpoint.config)])
+
+
+def summary_row(result: dict, config: GlassConfig) -> dict:
+    """One results row: the stored rule's decision on the test split and its region, in %."""
+    stored, region, estimate = result["decision"]["stored"], result["region"]["stored"], result["stored_estimate"] or {}
+    low, high = estimate.get("interval_95", [None, None])
+
+    def percent(value: float | None) -> float | str:
+        return "" if value is None else round(100 * value, 2)
+
+    return {
+        "data": Path(result["data"]).name,
+        "recipe": config.recipe,
+        "score": config.score,
+        "seed": config.seed,
+        "run": Path(result["run"]).name,
+        "target_false_alarm_rate": percent(result["target_false_alarm_rate"]),
+        "estimate": percent(estimate.get("estimate")),
+        "estimate_low": percent(low),
+        "estimate_high": percent(high),
+        "holdout_images": estimate.get("images", ""),
+        "good_images": stored["good_images"],
+        "false_alarms": stored["false_alarms"],
+        "false_alarm_rate": percent(stored["false_alarm_rate"]),
+        "false_alarm_low": percent(stored["false_alarm_interval_95"][0]),
+        "false_alarm_high": percent(stored["false_alarm_interval_95"][1]),
+        "defective_images": stored["defective_images"],
+        "recall": percent(stored["recall"]),
+        "promise_kept": result["promise"]["kept"],
+        "region_iou": percent(region["mean_iou_defective"]),
+        "region_overlap": percent(region["per_region_overlap"]),
+        "region_precision": percent(region["region_precision_defective"]),
+    }
 
 
 if __name__ == "__main__":

@@ -3,42 +3,25 @@
 For each GLASS run (a run folder and the JSON of `glass test` beside it, RUN.json) it reads the checkpoint's
 training record (hypothesis and its check, epochs, what stopped training, wall time, the GAS separation at the
 kept epoch) and the test metrics; for each baseline it reads the JSON of `benchmarks/patchcore_baseline.py`.
-Rows are written to `--csv` with the CPU's flags and the commit the table was written at (the runs' own
-code is recorded in their checkpoints: `glass info`), so figures stay comparable across machines.
+Rows are appended to `results/quality.csv` (`--results`, `benchmarks/record.py`) with the CPU, its flags
+and the commit the table was written at (the runs' own code is recorded in their checkpoints: `glass
+info`), so figures stay comparable across machines. README's "Measured" table is generated from that file
+(`python scripts/readme_tables.py`).
 
-    python benchmarks/quality_table.py --glass /work/runs/mtd_s0 /work/runs/mtd_s1 --baseline /work/runs/pc_mtd_s0.json \\
-        --csv results/quality.csv
+    python benchmarks/quality_table.py --glass /work/runs/mtd_s0 /work/runs/mtd_s1 --baseline /work/runs/pc_mtd_s0.json
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import platform
-import subprocess
 from pathlib import Path
+
+from record import add_results_option, record_rows
 
 from glass_ad.model.checkpoint import Checkpoint
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap")
-
-
-def cpu_flags() -> str:
-    """The SIMD flags that decide kernels and precision here (AVX2, AVX-512, bf16, AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return platform.processor() or "unknown"
-    keep = [f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni")]
-    return " ".join(keep)
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def glass_row(run: Path) -> dict:
@@ -49,6 +32,7 @@ def glass_row(run: Path) -> dict:
     check = training.extra.get("branch_check") or {}
     return {
         "data": Path(training.data_root or "").name,
+        "recipe": checkpoint.config.recipe,
         "method": "GLASS (hybrid score)" if checkpoint.config.score == "hybrid" else "GLASS",
         "seed": checkpoint.config.seed,
         "hypothesis": checkpoint.hypothesis
@@ -80,25 +64,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--glass", nargs="*", default=[], help="run folders, each with RUN.json from glass test")
     parser.add_argument("--baseline", nargs="*", default=[], help="JSON files of patchcore_baseline.py")
-    parser.add_argument("--csv", help="append the rows to this CSV file")
+    add_results_option(parser, "quality")
+    parser.add_argument("--csv", dest="results", type=Path, help="the same as --results (the older spelling)")
     args = parser.parse_args()
     rows = [glass_row(Path(r)) for r in args.glass] + [baseline_row(Path(p)) for p in args.baseline]
-    flags, described = cpu_flags(), commit()
-    for row in rows:
-        row.update(cpu_flags=flags, commit=described)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
         print("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
-    if args.csv:
-        path = Path(args.csv)
-        new = not path.exists()
-        with path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":
