@@ -9,12 +9,15 @@ This is the probe GLASS-j's branch check runs (training/branch_check.py). No tes
 
     python benchmarks/branch_probe.py ../shared/data/mtd --steps 300 --every 50
     python benchmarks/branch_probe.py ../shared/data/mpdd_metal_plate --steps 300 --every 50
+
+Every probe point is also a row of `results/branch_probe.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +26,7 @@ from glass_ad.config import make_config
 from glass_ad.model.glass_model import build_model
 from glass_ad.training.branch_check import probe_branch
 from glass_ad.training.preparation import prepare_features, prepare_images, prepare_synthesis
+from record import add_results_option, record_rows
 
 
 def main() -> None:
@@ -34,6 +38,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--textures", default=None)
     parser.add_argument("--las", action="store_true", help="training's own steps (normal + GAS + LAS), as the branch check runs them")
+    add_results_option(parser, "branch_probe")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -48,6 +53,7 @@ def main() -> None:
     print(f"{args.data}: {len(data.images)} training images, {len(held_out)} held out; {setup.geometry.describe()}")
     synthesis = prepare_synthesis(data.images, config, echo=lambda _: None) if args.las else None
     print(f"({time.perf_counter() - started:.0f} s preparation; {'normal + GAS + LAS' if args.las else 'normal + GAS'} steps)")
+    rows = []
     for run in args.runs.split(","):
         hypothesis, _, shell = run.partition(":")
         probe_config = config.replace(hypersphere_shell=shell or config.hypersphere_shell)
@@ -58,6 +64,21 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         values = " ".join(f"{step}:{value:.3f}" for step, value in curve)
         print(f"{run:<22} {values}   ({seconds:.0f} s, {seconds / args.steps * 1000:.0f} ms/step incl. probes)", flush=True)
+        rows += [
+            {
+                "data": Path(args.data).name,
+                "recipe": config.recipe,
+                "seed": config.seed,
+                "branch": hypothesis,
+                "shell": probe_config.hypersphere_shell if hypothesis == "hypersphere" else "",
+                "steps_with": "normal+GAS+LAS" if args.las else "normal+GAS",
+                "step": step,
+                "gas_separation": round(value, 3),
+                "ms_per_step": round(seconds / args.steps * 1000),
+            }
+            for step, value in curve
+        ]
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ held-out normals and writes OUT/model.pt. So pure GLASS and the hybrid can be co
 discriminator per seed. No test image is read.
 
     python benchmarks/hybrid_from_run.py runs/mtd_s0 ../shared/data/mtd --out runs/mtd_s0_hybrid
+
+The bank's size and the seconds it took go to `results/hybrid_from_run.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from glass_ad.evaluation.calibration import calibrate_holdout
 from glass_ad.model.checkpoint import CHECKPOINT_NAME, Checkpoint
 from glass_ad.training.hybrid import build_hybrid_score
 from glass_ad.training.preparation import NormalFeatures, prepare_images
+from record import add_results_option, record_rows
 
 
 def main() -> None:
@@ -31,6 +34,7 @@ def main() -> None:
     parser.add_argument("data")
     parser.add_argument("--out", required=True)
     parser.add_argument("--category")
+    add_results_option(parser, "hybrid_from_run")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -54,7 +58,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     hybrid.save(out / CHECKPOINT_NAME)
-    print(f"{out / CHECKPOINT_NAME}: bank of {built['bank_size']} patch vectors ({time.perf_counter() - started:.0f} s)")
+    seconds = time.perf_counter() - started
+    print(f"{out / CHECKPOINT_NAME}: bank of {built['bank_size']} patch vectors ({seconds:.0f} s)")
+    row = {"data": Path(args.data).name, "recipe": config.recipe, "seed": config.seed, "run": Path(args.run).name}
+    record_rows(args.results, [{**row, "bank_size": built["bank_size"], "seconds": round(seconds, 1)}])
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ compare with its test image AUROC (RUN.json from `glass test --json`):
 Uses no test image for either signal (the holdout of the first run; a bank of its training images).
 
     python benchmarks/nn_agreement.py runs/v2 runs/t4_las_only runs/t4_gas_full ...
+
+One row per run goes to `results/nn_agreement.csv` (`benchmarks/record.py`), with both rank correlations.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,15 @@ from glass_ad.data.datasets import load_dataset
 from glass_ad.model.checkpoint import Checkpoint
 from glass_ad.training.preparation import decode_images
 from glass_ad.training.validation import nn_agreement, nn_agreement_probe
+from record import add_results_option, record_rows
 
 
 def main() -> None:
-    runs = [Path(p) for p in sys.argv[1:]]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="trained runs, each with RUN.json from glass test --json")
+    add_results_option(parser, "nn_agreement")
+    args = parser.parse_args()
+    runs = args.runs
     first = Checkpoint.load(runs[0])
     data = load_dataset(first.training.data_root)
     held = set(first.training.holdout_paths)
@@ -52,14 +59,25 @@ def main() -> None:
         agreement = nn_agreement(trained, rows * float(checkpoint.feature_scale), distances)
         best = [r for r in checkpoint.training.history if r["epoch"] == checkpoint.training.best_epoch][0]
         test = json.loads(Path(f"{run}.json").read_text())["image_auroc"]
-        table.append((run.name, 100 * test, best.get("val_score", float("nan")), agreement))
+        table.append((run.name, 100 * test, best.get("val_score", float("nan")), agreement, checkpoint.config))
     print("run | test image AUROC | val_score | NN agreement")
-    for name, test, score, agreement in table:
+    for name, test, score, agreement, _ in table:
         print(f"{name} | {test:.1f} | {score:.3f} | {agreement:.3f}")
-    tests = [t for _, t, _, _ in table]
+    tests = [row[1] for row in table]
+    correlations = {}
     for column, label in ((2, "val_score"), (3, "NN agreement")):
-        rho = spearmanr(tests, [row[column] for row in table]).correlation
+        correlations[label] = rho = spearmanr(tests, [row[column] for row in table]).correlation
         print(f"rank correlation of {label} with the test image AUROC: {rho:.3f}")
+    data = Path(first.training.data_root or "").name
+    record_rows(args.results, [
+        {
+            "data": data, "recipe": config.recipe, "seed": config.seed, "run": name, "image_auroc": round(test, 1),
+            "val_score": round(score, 3), "nn_agreement": round(agreement, 3),
+            "rank_corr_val_score": round(correlations["val_score"], 3),
+            "rank_corr_nn_agreement": round(correlations["NN agreement"], 3),
+        }
+        for name, test, score, agreement, config in table
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -39,8 +39,6 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from record import add_results_option, record_rows
-
 from glass_ad.config import GlassConfig
 from glass_ad.data.datasets import ImageDataset, Sample, load_dataset
 from glass_ad.evaluation.calibration import readable_batches
@@ -52,6 +50,7 @@ from glass_ad.model.operating_point import (
     fit_threshold,
     region_threshold,
 )
+from record import add_results_option, record_rows
 
 
 @torch.no_grad()

@@ -11,6 +11,8 @@ upsample + Gaussian σ = 4 (the same post-processing as GLASS).
 
     python benchmarks/patchcore_baseline.py ../shared/data/mpdd_metal_plate --json mpdd_patchcore.json
     python benchmarks/patchcore_baseline.py ../shared/data/mtd --coreset 0.01 --pool 0.1   # the older variant
+
+Each run also appends one row to `results/patchcore_baseline.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
-from glass_ad.config import make_config
+from glass_ad.config import GlassConfig, make_config
 from glass_ad.data.datasets import ImageDataset, Preprocessor, choose_fit, load_dataset
 from glass_ad.evaluation.evaluate import StreamingEvaluator
 from glass_ad.model.glass_model import build_model
 from glass_ad.model.memory_bank import greedy_coreset
 from glass_ad.training.preparation import decode_images, split_holdout
+from record import add_results_option, record_rows
 
 REWEIGHT_NEIGHBOURS = 9  # PatchCore's b
 
@@ -84,6 +88,7 @@ def main() -> None:
     parser.add_argument("--reweight", action="store_true", help="PatchCore's nearest-neighbour re-weighting of the image score")
     parser.add_argument("--seed", type=int, default=0, help="GLASS's seed: decides the held-out images left out")
     parser.add_argument("--json")
+    add_results_option(parser, "patchcore_baseline")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -152,6 +157,30 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=2, default=float)
+    record_rows(args.results, [result_row(report, config)])
+
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap")
+
+
+def result_row(report: dict, config: GlassConfig) -> dict:
+    """One results row: the setting, the bank, the cost and the test metrics (in %)."""
+    return {
+        "data": Path(report["data"]).name,
+        "recipe": "patchcore",
+        "seed": report["seed"],
+        "backbone": report["backbone"],
+        "layers": "+".join(config.layers or ()) or "default",
+        "input": "x".join(str(side) for side in config.input_shape),
+        "coreset_fraction": report["coreset_fraction"],
+        "coreset_pool": report["coreset_pool"],
+        "reweight": report["reweight"],
+        "bank_size": report["bank_size"],
+        "train_images": report["train_images"],
+        "fit_s": round(report["fit_time_s"], 1),
+        "total_s": round(report["total_time_s"], 1),
+        **{metric: round(100 * report[metric], 1) for metric in METRICS if report.get(metric) is not None},
+    }
 
 
 if __name__ == "__main__":

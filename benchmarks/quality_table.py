@@ -17,9 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from record import add_results_option, record_rows
-
 from glass_ad.model.checkpoint import Checkpoint
+from record import add_results_option, record_rows
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap")
 

@@ -18,9 +18,10 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -65,6 +66,12 @@ def commit() -> str:
     return done.stdout.strip()
 
 
+def _script_name() -> str:
+    """The running script as the repository names it (benchmarks/NAME.py), wherever it was started from."""
+    script = Path(sys.argv[0]).resolve()
+    return str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
+
+
 def provenance() -> dict[str, str]:
     """The columns that say where and when a row was measured, and by which command."""
     return {
@@ -72,7 +79,7 @@ def provenance() -> dict[str, str]:
         "cpu_flags": cpu_flags(),
         "commit": commit(),
         "utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": shlex.join(["python", *sys.argv]),
+        "command": shlex.join(["python", _script_name(), *sys.argv[1:]]),
     }
 
 
@@ -133,4 +140,4 @@ def record_rows(target: str | Path | None, rows: Iterable[Mapping[str, Any]]) ->
     return path
 
 
-__all__ = ["RESULTS", "cpu_name", "cpu_flags", "commit", "provenance", "add_results_option", "read_rows", "append_rows", "record_rows"]
+__all__ = ["RESULTS", "add_results_option", "append_rows", "commit", "cpu_flags", "cpu_name", "provenance", "read_rows", "record_rows"]

@@ -7,6 +7,8 @@ Without --run it trains a throwaway model on the generated demo data (same image
 `glass demo`, 1 epoch: the weights do not change the timing). Each mode starts its own `glass serve`
 process on a free localhost port with a fresh SQLite log, sends exactly --requests raw-PNG inspections from
 --concurrency client threads (loopback only), stops, and checks that the log holds one row per answer.
+One row per mode (glass predict, each --max-batch) goes to `results/serve_load.csv` (`--results`;
+`benchmarks/record.py`); the whole report to `--json`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import httpx
 import sqlalchemy
 
 from glass_ad.serve.loadtest import run_load
+from record import add_results_option, record_rows
 
 
 def free_port() -> int:
@@ -119,6 +122,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--backbone", default="efficientnet_lite2")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    add_results_option(parser, "serve_load")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the child service on the way out
 
@@ -143,6 +147,29 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+    record_rows(args.results, load_rows(report, args))
+
+
+def load_rows(report: dict, args: argparse.Namespace) -> list[dict]:
+    """One results row per mode: images or requests per second, latency percentiles, lost log rows."""
+    common = {
+        "data": args.images.name if args.images else "demo",
+        "recipe": "fast",
+        "run": args.run.name if args.run else "throwaway demo model",
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "threads": args.threads,
+    }
+    predict = report["predict"]
+    rows = [{**common, "mode": "glass predict, batch 8", "per_s": round(predict["images_per_s"], 1)}]
+    for serve in report["serve"]:
+        rows.append({
+            **common, "mode": f"glass serve, max batch {serve['max_batch']}", "concurrency": args.concurrency,
+            "requests": serve["requests"], "per_s": round(serve["requests_per_s"], 1), "p50_ms": round(serve["p50_ms"], 1),
+            "p99_ms": round(serve["p99_ms"], 1), "mean_batch": round(serve["mean_batch"], 2), "errors": serve["errors"],
+            "lost_rows": serve["lost_rows"], "load_average_1min_after": round(serve["load_average_1min_after"], 2),
+        })  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

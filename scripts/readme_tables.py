@@ -15,8 +15,8 @@ import argparse
 import csv
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -104,7 +104,7 @@ TABLES: dict[str, Callable[[], str]] = {"options": option_table, "measured": mea
 
 
 def _block(name: str) -> re.Pattern[str]:
-    return re.compile(rf"(<!-- begin generated: {name}\b[^>]*-->\n)(.*?)(<!-- end generated: {name} -->)", re.S)
+    return re.compile(rf"(<!-- begin generated: {name}\b[^>]*-->\n)(.*?)(<!-- end generated: {name} -->)", re.DOTALL)
 
 
 def render(text: str) -> str:
@@ -114,7 +114,7 @@ def render(text: str) -> str:
         if not pattern.search(text):
             raise ValueError(f"README has no block '<!-- begin generated: {name} … -->' … '<!-- end generated: {name} -->'")
         table = make()
-        text = pattern.sub(lambda match: match.group(1) + table + match.group(3), text)
+        text = pattern.sub(lambda match, table=table: match.group(1) + table + match.group(3), text)
     return text
 
 
