@@ -19,8 +19,8 @@ from glass_ad.config import make_config
 
 @app.command()
 def benchmark(
-    backbone: str = typer.Option("efficientnet_lite2"),
-    image_size: int = typer.Option(288),
+    backbone: str = typer.Option(opt.BACKBONE),
+    image_size: int = typer.Option(opt.IMAGE_SIZE),
     image_shape: opt.ImageShape = None,
     recipe: RecipeChoice = typer.Option(RecipeChoice.fast),
     repeats: int = typer.Option(5, help="Timed batches per throughput figure."),
