@@ -3,6 +3,8 @@
     python benchmarks/deploy_precision.py                       # tiny demo model (trained here, ~1 min)
     python benchmarks/deploy_precision.py RUN DATA [--threads N] [--calibration-images 64] [--json out.json]
 
+One row per engine goes to `results/deploy_precision.csv` (`--results`; `benchmarks/record.py`).
+
 For the model of RUN (or a tiny one trained on generated demo data) and the test split of DATA, each
 engine scores every test image: PyTorch (the reference), ONNX Runtime fp32, OpenVINO fp32, fp16 and int8
 (NNCF, calibrated on normal training images only). Reported per engine: decision agreement with PyTorch,
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from record import add_results_option, record_rows
 
 
 def _tiny_run(folder: Path) -> tuple[Path, Path]:
@@ -48,6 +51,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--calibration-images", type=int, default=64)
     parser.add_argument("--json", type=Path, default=None)
+    add_results_option(parser, "deploy_precision")
     args = parser.parse_args()
 
     import torch
@@ -113,6 +117,16 @@ def main() -> int:
         print(f"{row['engine']:<15} {100 * row['agreement']:>16.1f}% {row['max_score_diff']:>13.2e} {auroc:>12} {speed:>8}")
     if args.json:
         args.json.write_text(json.dumps({"run": str(run), "data": str(data), "rows": rows}, indent=2))
+    setting = {"data": data.name, "recipe": reference.checkpoint.config.recipe, "run": run.name, "test_images": len(paths)}
+    record_rows(args.results, [
+        {
+            **setting, "engine": row["engine"], "decisions_equal_torch": round(100 * row["agreement"], 1),
+            "max_score_diff": f"{row['max_score_diff']:.2e}",
+            "image_auroc": round(100 * row["image_auroc"], 1) if row["image_auroc"] is not None else "",
+            "images_per_s": round(row["images_per_s"], 1) if row["images_per_s"] else "",
+        }
+        for row in rows
+    ])  # fmt: skip
     return 0
 
 

@@ -18,6 +18,9 @@ patches: their distance to the nearest coreset vector, in units of the run's mea
 scorer's patch AUROC.
 
     python benchmarks/region_interiors.py runs/ref_s0 ../shared/data/mtd --types uneven,fray
+
+One row per run, defect type and map (D, NN) goes to `results/region_interiors.csv` (`--results`;
+`benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from glass_ad.training.preparation import decode_images, split_holdout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from patchcore_baseline import build_bank, nearest_distance
+from record import add_results_option, record_rows
 
 
 def ranked_against(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -51,7 +55,8 @@ _DISTANCES: dict[tuple, list[torch.Tensor]] = {}
 
 
 @torch.inference_mode()
-def analyse(run: str, data: str, types: list[str], border: int) -> None:
+def analyse(run: str, data: str, types: list[str], border: int) -> list[dict]:
+    """Print the comparison for one run; returns its results rows."""
     checkpoint = Checkpoint.load(run)
     model = checkpoint.build_model().eval()
     preprocessor = checkpoint.preprocessor()
@@ -102,6 +107,8 @@ def analyse(run: str, data: str, types: list[str], border: int) -> None:
     good = kinds_array == "good"
     logits_all, distances_all, cover_all = np.concatenate(logits), np.concatenate(distances), np.concatenate(cover)
     print(f"{run}: {int(good.sum())} good images; pixel AUROC against the good images' pixels")
+    rows = []
+    setting = {"data": Path(data).name, "recipe": config.recipe, "seed": config.seed, "run": Path(run).name}
     for kind in types:
         chosen = kinds_array == kind
         region = masks_all[chosen]
@@ -112,10 +119,13 @@ def analyse(run: str, data: str, types: list[str], border: int) -> None:
             scores = np.concatenate(parts)[every]
             normal = scores[good].ravel()
             mine = scores[chosen]
-            cells.append(
-                f"{name} whole {ranked_against(mine[region], normal):.3f} interior {ranked_against(mine[inner], normal):.3f}"
-                f" border {ranked_against(mine[rim], normal):.3f}"
-            )
+            whole, interior_auroc, border_auroc = (ranked_against(mine[part], normal) for part in (region, inner, rim))
+            cells.append(f"{name} whole {whole:.3f} interior {interior_auroc:.3f} border {border_auroc:.3f}")
+            rows.append({
+                **setting, "defect_type": kind, "map": name, "images": int(chosen.sum()),
+                "pixel_auroc_whole": round(whole, 3), "pixel_auroc_interior": round(interior_auroc, 3),
+                "pixel_auroc_border": round(border_auroc, 3),
+            })  # fmt: skip
         interior = cover_all[chosen] >= 0.99
         normal_distance, interior_distance = distances_all[good].ravel(), distances_all[chosen][interior]
         print(
@@ -131,6 +141,7 @@ def analyse(run: str, data: str, types: list[str], border: int) -> None:
                 f" patch AUROC inside vs good: D {ranked_against(logits_all[chosen][interior], logits_all[good].ravel()):.3f},"
                 f" NN {ranked_against(interior_distance, normal_distance):.3f}"
             )
+    return rows
 
 
 def main() -> None:
@@ -138,11 +149,12 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="run directories, then the data set (MVTec layout)")
     parser.add_argument("--types", default="uneven", help="comma-separated defect types")
     parser.add_argument("--border", type=int, default=16, help="border width in pixels of the network input")
+    add_results_option(parser, "region_interiors")
     args = parser.parse_args()
     *runs, data = args.runs
     torch.set_num_threads(2)
-    for run in runs:
-        analyse(run, data, args.types.split(","), args.border)
+    rows = [row for run in runs for row in analyse(run, data, args.types.split(","), args.border)]
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,19 @@ on the recorded epoch durations (``epoch_s``; histories written before it have o
 differences stand in from epoch 2 on, epoch 1 taken as long as epoch 2).
 
     python benchmarks/validation_curves.py runs/t4_las_only runs/r15 --window 3-14 --time-limit 9.5
+
+One row per run goes to `results/validation_curves.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
 from glass_ad.model.checkpoint import Checkpoint
+from record import add_results_option, record_rows
 from glass_ad.training.loop import TimeLimit
 
 
@@ -43,6 +47,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--window", default="3-14", help="epochs FIRST-LAST averaged for every run")
     parser.add_argument("--time-limit", type=float, default=None, help="replay this limit (minutes)")
+    add_results_option(parser, "validation_curves")
     args = parser.parse_args()
     first, last = (int(v) for v in args.window.split("-"))
 
@@ -52,8 +57,10 @@ def main() -> None:
         columns.append(f"{args.time_limit:g}-min limit: stop after (best then)")
     print("| " + " | ".join(columns) + " |")
     print("|---" * len(columns) + "|")
+    rows = []
     for run in args.runs:
-        training = Checkpoint.load(run).training
+        checkpoint = Checkpoint.load(run)
+        training = checkpoint.training
         history = list(training.history)
         scores = [record["val_score"] for record in history]
         best = int(np.argmax(scores))
@@ -73,6 +80,17 @@ def main() -> None:
             best_then = int(np.argmax(scores[:stop]))
             cells.append(f"{stop} ({best_then + 1}: {scores[best_then]:.3f})")
         print("| " + " | ".join(cells) + " |")
+        rows.append({
+            "data": Path(training.data_root or "").name, "recipe": checkpoint.config.recipe,
+            "seed": checkpoint.config.seed, "run": Path(run).name, "epochs": len(history),
+            "stopped_by": training.stopped_by or "", "best_val": round(scores[best], 3), "best_epoch": best + 1,
+            "mean_val_after_epoch_2": round(float(np.mean(scores[2:])), 3) if len(scores) > 2 else "",
+            "window": args.window,
+            "mean_val_window": round(float(np.mean(window)), 3) if len(window) == last - first + 1 else "",
+            "gas_separation_kept": round(kept.get("val_gas_separation", float("nan")), 3),
+            "las_separation_kept": round(kept.get("val_las_separation", float("nan")), 3),
+        })  # fmt: skip
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":
