@@ -6,6 +6,8 @@ pass, at each input shape. Without the setting every large activation is a fresh
 page on every pass.
 
     python benchmarks/allocator.py [--shapes 288x288 288x720] [--rounds 5]
+
+Rows go to `results/allocator.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import json
 import os
 import subprocess
 import sys
+
+from record import add_results_option, record_rows
 
 CHILD = """
 import json, resource, statistics, sys, time
@@ -46,7 +50,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["288x288", "288x720"])
     parser.add_argument("--rounds", type=int, default=5)
+    add_results_option(parser, "allocator")
     args = parser.parse_args()
+    rows = []
     base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     for shape in args.shapes:
         for label, extra in (("freed memory returned (glibc default)", {"GLASS_KEEP_FREED_MEMORY": "0"}), ("kept", {})):
@@ -59,6 +65,11 @@ def main() -> None:
             )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{shape}, 8 images, {label:<38}: {result['ms']:6.0f} ms, {result['faults']:8.0f} page faults per pass")
+            rows.append({
+                "data": "random images", "recipe": "fast", "shape": shape, "freed_memory": label,
+                "ms_per_pass": round(result["ms"]), "page_faults_per_pass": round(result["faults"]),
+            })  # fmt: skip
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ and a copy whose backbone is built without folding, then times both, alternating
 and how far the features and the patch scores move.
 
     python benchmarks/backbone_bn_folding.py RUN [--rounds 5]
+
+Rows go to `results/backbone_bn_folding.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 
 import torch
+from record import add_results_option, record_rows
 
 from glass_ad.model.backbones import create_backbone
 from glass_ad.model.checkpoint import Checkpoint
@@ -26,6 +30,7 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    add_results_option(parser, "backbone_bn_folding")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -55,11 +60,18 @@ def main() -> None:
                         rates.setdefault((part, batch_name, name), []).append(rate)
     print(f"{args.run}: {shape[0]}×{shape[1]} input, median of {args.rounds} alternating rounds; features move by "
           f"{features:.1e} (relative), patch scores by {scores:.1e}")  # fmt: skip
+    rows = []
     for part in parts:
         for batch_name in batches:
             before = statistics.median(rates[(part, batch_name, "unfolded")])
             after = statistics.median(rates[(part, batch_name, "folded")])
             print(f"  {part}, {batch_name}: {before:.1f} -> {after:.1f} img/s ({after / before:.2f}x)")
+            rows.append({
+                "data": Path(checkpoint.training.data_root or "").name, "recipe": config.recipe, "run": Path(args.run).name,
+                "part": part, "batch": batch_name, "unfolded_images_per_s": round(before, 1),
+                "folded_images_per_s": round(after, 1), "features_moved": f"{features:.1e}", "scores_moved": f"{scores:.1e}",
+            })  # fmt: skip
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":

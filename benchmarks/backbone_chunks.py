@@ -6,6 +6,8 @@ how far each chunk size's features are from the whole batch's, then the choice o
 `glass_ad.model.chunking.choose_batch_chunk` (its own, shorter measurement) and how long it took.
 
     python benchmarks/backbone_chunks.py [--backbone efficientnet_lite2] [--shapes 288x288 288x720] [--rounds 7]
+
+Rows go to `results/backbone_chunks.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import time
 
 import torch
+from record import add_results_option, record_rows
 
 from glass_ad.config import make_config
 from glass_ad.model.chunking import choose_batch_chunk, time_chunks
@@ -28,7 +31,9 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["288x288", "288x720"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    add_results_option(parser, "backbone_chunks")
     args = parser.parse_args()
+    rows = []
     torch.set_num_threads(args.threads)
     print(f"{args.backbone}, {args.threads} threads, 8 images per batch, median ms over {args.rounds} rounds")
     for text in args.shapes:
@@ -40,6 +45,11 @@ def main() -> None:
         medians = time_chunks(model, images, SIZES, args.rounds)  # alternating rounds after a warm-up
         row = " | ".join(f"chunk {size}: {medians[size]:.0f} ms ({medians[8] / medians[size]:.2f}×)" for size in SIZES)
         print(f"{text}: {row}")
+        rows += [
+            {"data": "random images", "recipe": "fast", "backbone": args.backbone, "shape": text, "threads": args.threads,
+             "chunk": size, "ms_per_8_images": round(medians[size], 1)}
+            for size in SIZES
+        ]  # fmt: skip
         with torch.no_grad():  # how far each chunk size's features are from the whole batch's
             whole = model.features(images)
             moved = []
@@ -51,6 +61,7 @@ def main() -> None:
         start = time.perf_counter()
         reason = choose_batch_chunk(model, "cpu", 8).reason
         print(f"  start-up choice ({time.perf_counter() - start:.1f} s to time): {reason}")
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":

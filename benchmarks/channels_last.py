@@ -4,6 +4,8 @@
 to NCHW, alternating the two `--rounds` times, and prints the median images per second at batch 8 and 1.
 
     python benchmarks/channels_last.py --backbone efficientnet_lite2 --image-size 288
+
+Rows go to `results/channels_last.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import statistics
 import time
 
 import torch
+from record import add_results_option, record_rows
 
 from glass_ad.config import make_config
 from glass_ad.model.glass_model import build_model
@@ -35,7 +38,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=6, help="timed batches per measurement")
+    add_results_option(parser, "channels_last")
     args = parser.parse_args()
+    rows = []
 
     torch.set_num_threads(args.threads)
     model = build_model(make_config("fast", backbone=args.backbone, image_size=args.image_size)).eval()
@@ -53,6 +58,12 @@ def main() -> None:
                     figures[name].append(images_per_second(extractor, batch, args.repeats))
             nchw, nhwc = statistics.median(figures["NCHW"]), statistics.median(figures["channels-last"])
             print(f"batch {batch_size}: NCHW {nchw:.1f} img/s, channels-last {nhwc:.1f} img/s ({nhwc / nchw:.2f}x)")
+            rows.append({
+                "data": "random images", "recipe": "fast", "backbone": args.backbone, "image_size": args.image_size,
+                "threads": args.threads, "batch": batch_size, "nchw_images_per_s": round(nchw, 1),
+                "channels_last_images_per_s": round(nhwc, 1),
+            })  # fmt: skip
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":

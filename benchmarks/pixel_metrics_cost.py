@@ -6,6 +6,8 @@ images in three), then times pixel AUROC and AP computed by scikit-learn over ev
 (peak of numpy's allocations, ``tracemalloc``). The values must agree.
 
     python benchmarks/pixel_metrics_cost.py [--images 578] [--shape 288x720]
+
+Rows go to `results/pixel_metrics_cost.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 import tracemalloc
 
 import numpy as np
+from record import add_results_option, record_rows
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from glass_ad.evaluation.metrics import PixelRanking
@@ -46,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=578)
     parser.add_argument("--shape", default="288x720", help="HxW of each map")
+    add_results_option(parser, "pixel_metrics_cost")
     args = parser.parse_args()
     height, width = (int(v) for v in args.shape.lower().split("x"))
     maps, masks = test_set(args.images, height, width)
@@ -61,13 +65,17 @@ def main() -> None:
         return ranking.auroc(), ranking.ap(), ranking.aupro()
 
     (auroc, ap), seconds, peak = measured(with_sklearn)
+    setting = {"data": "synthetic maps", "recipe": "", "images": args.images, "shape": args.shape}
+    rows = [{**setting, "method": "scikit-learn (AUROC + AP)", "seconds": round(seconds, 1), "extra_gb": round(peak / 1e9, 2)}]
     print(f"scikit-learn, pixel AUROC + AP:       {seconds:6.1f} s, {peak / 1e9:5.2f} GB extra "
           f"({peak / pixels:.0f} bytes a pixel)  AUROC {auroc:.12f}  AP {ap:.12f}")  # fmt: skip
     (r_auroc, r_ap, r_aupro), seconds, peak = measured(with_ranking)
+    rows.append({**setting, "method": "PixelRanking (AUROC + AP + AUPRO)", "seconds": round(seconds, 1), "extra_gb": round(peak / 1e9, 2)})
     print(f"PixelRanking, pixel AUROC + AP + AUPRO: {seconds:4.1f} s, {peak / 1e9:5.2f} GB extra "
           f"({peak / pixels:.0f} bytes a pixel)  AUROC {r_auroc:.12f}  AP {r_ap:.12f}  AUPRO {r_aupro:.4f}")  # fmt: skip
     if abs(auroc - r_auroc) > 1e-9 or abs(ap - r_ap) > 1e-9:
         raise SystemExit("the two disagree")
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":
