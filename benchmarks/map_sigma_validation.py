@@ -7,14 +7,18 @@ uses 4) — by pixel AUROC over the held-out normals plus one family, and by the
 maximum.
 
     python benchmarks/map_sigma_validation.py runs/fast_s0 ../shared/data/mtd --sigma 2 4 8 12 [--space logit]
+
+Rows go to `results/map_sigma_validation.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
+from record import add_results_option, record_rows
 
 from glass_ad.evaluation.metrics import image_auroc, pixel_auroc
 from glass_ad.model.glass_model import ScoreMap
@@ -44,7 +48,9 @@ def main() -> None:
         default="probability",
         help="smooth D's probabilities (the reference) or its logits (before the sigmoid)",
     )
+    add_results_option(parser, "map_sigma_validation")
     args = parser.parse_args()
+    rows = []
 
     validation = rebuild_run_validation(args.run, args.data, keep_masks=True)
     model, val = validation.model, validation.val
@@ -72,11 +78,16 @@ def main() -> None:
                 pixels = np.random.default_rng(0).random(scores.size) < PIXEL_SAMPLE
             image_scores = np.r_[normal_maps.flatten(1).amax(1).numpy(), maps.flatten(1).amax(1).numpy()]
             image_labels = np.r_[np.zeros(len(normal_maps)), np.ones(len(maps))].astype(bool)
-            parts.append(
-                f"{name}: pixel AUROC {pixel_auroc(scores[pixels], labels[pixels]):.4f}, "
-                f"map-maximum image AUROC {image_auroc(image_scores, image_labels):.3f}"
-            )
+            pixel, image = pixel_auroc(scores[pixels], labels[pixels]), image_auroc(image_scores, image_labels)
+            parts.append(f"{name}: pixel AUROC {pixel:.4f}, map-maximum image AUROC {image:.3f}")
+            config = validation.images.config
+            rows.append({
+                "data": Path(args.data).name, "recipe": config.recipe, "seed": config.seed, "run": Path(args.run).name,
+                "space": args.space, "sigma": sigma, "family": name, "val_pixel_auroc": round(pixel, 4),
+                "val_image_auroc_map_max": round(image, 3),
+            })  # fmt: skip
         print(f"sigma {sigma:4.1f} px | " + " | ".join(parts))
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ ratio, on the demo set turned into 200×500 strips (every image and mask resized
 along the strip). Same seed, EfficientNet-Lite0 at 128 px, 8 epochs.
 
     python benchmarks/rectangular_input.py [WORK_DIR]
+
+Rows go to `results/rectangular_input.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from record import RESULTS, record_rows
 
 from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset, make_strip_dataset
@@ -23,6 +27,7 @@ def main() -> None:
     square = make_demo_dataset(work / "square", n_train=60, n_test_good=20, n_test_defect=20, size=256)
     data = make_strip_dataset(square, work / "strips" / "strip")
     print("input | train s | image AUROC | pixel AUROC | AUPRO")
+    rows = []
     for name, fit in (("128×128 (squashed, --fit stretch)", "stretch"), ("auto: 128×320 (aspect kept)", "auto")):
         config = make_config("fast", backbone="efficientnet_lite0", image_size=128, epochs=8, early_stopping=False,
                              seed=0, fit=fit, num_threads=2)  # fmt: skip
@@ -32,6 +37,11 @@ def main() -> None:
         seconds = time.perf_counter() - start
         m = test(run, data, json_path=None, report_dir=None, progress=False, pictures=False)
         print(f"{name} | {seconds:.0f} | {100 * m['image_auroc']:.1f} | {100 * m['pixel_auroc']:.1f} | {100 * m['aupro']:.1f}")
+        rows.append({
+            "data": "generated strips", "recipe": config.recipe, "seed": config.seed, "input": name, "train_s": round(seconds),
+            **{metric: round(100 * m[metric], 1) for metric in ("image_auroc", "pixel_auroc", "aupro")},
+        })  # fmt: skip
+    record_rows(RESULTS / "rectangular_input.csv", rows)
 
 
 if __name__ == "__main__":
