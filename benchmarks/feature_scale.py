@@ -7,14 +7,18 @@ per-component and principal (PCA) standard deviations after scaling, and the hyp
 manifold band [r1, r2]) are given in this unit by construction.
 
     python benchmarks/feature_scale.py ../shared/data/mtd --images 32
+
+Rows go to `results/feature_scale.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
+from record import add_results_option, record_rows
 
 from glass_ad.config import make_config
 from glass_ad.data.datasets import Preprocessor, choose_fit, load_dataset
@@ -28,7 +32,9 @@ def main() -> None:
     parser.add_argument("data")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--backbones", default="efficientnet_lite0,efficientnet_lite2")
+    add_results_option(parser, "feature_scale")
     args = parser.parse_args()
+    rows = []
     dataset = load_dataset(args.data)
     samples = dataset.train[:: max(1, len(dataset.train) // args.images)][: args.images]
     print("| backbone | D | raw spacing | scale | NN 10–90 % | std/component | principal std min / median / max | r'1 | σ√D | r1–r2 |")
@@ -49,6 +55,13 @@ def main() -> None:
             f"{geometry.principal_std_median:.3f} / {geometry.principal_std_max:.3f} | {radius:.2f} | "
             f"{config.noise_std * np.sqrt(d):.2f} | {config.r1}–{config.r2} |"
         )
+        rows.append({
+            "data": Path(args.data).name, "recipe": config.recipe, "backbone": name, "images": len(samples), "dim": d,
+            "raw_spacing": round(geometry.raw_spacing, 2), "scale": round(geometry.scale, 4),
+            "spacing_q10": round(geometry.spacing_q10, 2), "spacing_q90": round(geometry.spacing_q90, 2),
+            "component_std": round(geometry.component_std, 3), "hypersphere_r1": round(radius, 2),
+        })  # fmt: skip
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ with this checkout and with an older revision, and compare every epoch's record 
 
     python benchmarks/same_numbers.py 82b2b4e        # from the project root, ../shared/data beside it
 
-Small settings (EfficientNet-Lite0, 128 px, 3 epochs, float32, 2 threads) keep it to a few minutes.
+Small settings (EfficientNet-Lite0, 128 px, 3 epochs, float32, 2 threads) keep it to a few minutes. The
+verdict and this checkout's metrics go to `results/same_numbers.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from record import add_results_option, record_rows
 
 RUN = r'''
 import json, sys
@@ -52,7 +55,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("revision", help="the older git revision to compare with")
     parser.add_argument("--shared", default="../shared/data")
+    add_results_option(parser, "same_numbers")
     args = parser.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         old_src = Path(tmp) / "old"
         old_src.mkdir()
@@ -70,6 +75,11 @@ def main() -> None:
                   f"now {json.dumps({k: round(v, 4) for k, v in new['metrics'].items()})}")
             if not same:
                 print(f"  before: {old['metrics']}\n  after:  {new['metrics']}")
+            rows.append({
+                "data": name, "recipe": "fast", "against": args.revision, "identical": same,
+                **{metric: round(value, 4) for metric, value in new["metrics"].items()},
+            })  # fmt: skip
+    record_rows(args.results, rows)
 
 
 if __name__ == "__main__":
