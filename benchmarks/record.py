@@ -126,13 +126,13 @@ def append_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
 
 
 def record_rows(target: str | Path | None, rows: Iterable[Mapping[str, Any]]) -> Path | None:
-    """Stamp rows with `provenance()` and append them to `target` (a path, or NAME for results/NAME.csv);
-    None records nothing. Prints where the rows went."""
+    """Stamp rows with `provenance()` (a row's own value wins, e.g. the command of a shell script) and append
+    them to `target` (a path, or NAME for results/NAME.csv); None records nothing. Prints where they went."""
     if target is None:
         return None
     path = Path(target) if isinstance(target, Path) or str(target).endswith(".csv") else RESULTS / f"{target}.csv"
     stamp = provenance()
-    stamped = [{**row, **stamp} for row in rows]
+    stamped = [{**stamp, **row} for row in rows]
     if not stamped:
         return None
     append_rows(path, stamped)
