@@ -14,7 +14,7 @@ from glass_ad.cli.common import (
 )
 from glass_ad.cli import options as opt
 from glass_ad.cli.options import ForegroundChoice, ProjectionChoice, RecipeChoice
-from glass_ad.config import make_config
+from glass_ad.config import by_recipe, make_config
 
 
 @app.command()
@@ -25,9 +25,9 @@ def benchmark(
     recipe: RecipeChoice = typer.Option(RecipeChoice.fast),
     repeats: int = typer.Option(5, help="Timed batches per throughput figure."),
     iterations: int = typer.Option(4, help="Timed training iterations."),
-    precision: Optional[str] = typer.Option(None, help="Training arithmetic (default by recipe): auto, fp32, bf16."),
-    max_patches_per_image: Optional[int] = typer.Option(None, help="Patch-vector cap per image and branch (default by recipe; 0 = none)."),
-    las_fraction: Optional[float] = typer.Option(None, help="Share of each batch's images that get a LAS copy (default by recipe)."),
+    precision: Optional[str] = typer.Option(None, help=f"Training arithmetic: auto, fp32, bf16 ({by_recipe('precision')})."),
+    max_patches_per_image: Optional[int] = typer.Option(None, help=f"Patch-vector cap per image and branch ({by_recipe('max_patches_per_image')}; 0 = none)."),
+    las_fraction: Optional[float] = typer.Option(None, help=f"Share of each batch's images that get a LAS copy ({by_recipe('las_fraction')})."),
     threads: Optional[int] = typer.Option(None, min=1),
     device: str = typer.Option("auto"),
     json_out: Optional[Path] = typer.Option(None, "--json"),
