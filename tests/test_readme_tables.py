@@ -44,6 +44,21 @@ def test_by_recipe_names_both_recipes_or_one_default():
     assert config.by_recipe("max_patches_per_image").endswith("paper none")
 
 
+def test_every_option_that_differs_by_recipe_shows_both_values():
+    """Each `glass train` option whose default the recipe decides states both recipes' values, formatted
+    from config.py: none is retyped in a help text."""
+    import typer
+
+    from glass_ad.cli import app
+
+    train = typer.main.get_command(app).commands["train"]
+    helps = {param.name: param.help or "" for param in train.params}
+    differing = [name for name in {**config.FAST_RECIPE, **config.PAPER_RECIPE} if name != "recipe"
+                 and config.recipe_value("fast", name) != config.recipe_value("paper", name)]  # fmt: skip
+    missing = [name for name in differing if name in helps and config.by_recipe(name) not in helps[name]]
+    assert not missing, missing
+
+
 def test_train_help_shows_the_recipe_values():
     from typer.testing import CliRunner
 
