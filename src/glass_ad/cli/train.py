@@ -64,6 +64,7 @@ def train(
     las_weight: Annotated[Optional[float], typer.Option(help="Weight of the LAS term in the loss (default 1, as the reference).")] = None,
     las_ignore_margin: Annotated[Optional[int], typer.Option(help="Leave out of the LAS loss the patches within this many patches of a mask but outside it (default 0: labelled normal, as the reference).")] = None,
     las_fraction: Annotated[Optional[float], typer.Option(help="Fraction of each batch's images that get a LAS copy (1: every image, as the reference; less is cheaper).")] = None,
+    las_variants: Annotated[Optional[int], typer.Option(help="LAS copies per image whose backbone features are computed once and re-used (0: a fresh copy at every visit, as the reference).")] = None,
     gas_patch_fraction: Annotated[Optional[float], typer.Option("--gas-patch-fraction", "--gas-fraction", help="Fraction of those normal patch vectors that go through gradient ascent.")] = None,
     texture_colour: Annotated[Optional[str], typer.Option(help="LAS texture colour: auto (grey for grey products), colour (reference), grey.")] = None,
     selection: Annotated[Optional[str], typer.Option(help="Model selection: worst (worse of LAS and the unseen strokes/blobs family; default), las, or agreement (D ranks held-out normal patches like their nearest-neighbour distance; experimental).")] = None,
