@@ -114,6 +114,9 @@ class GlassConfig:
     # largest cost of a fast-recipe iteration; with fewer LAS images the LAS branch still sees as many
     # patch vectors per step as the normal branch (up to all of the LAS images' patches).
     las_fraction: float = 1.0
+    # LAS copies per training image whose backbone features are computed once and re-used at later visits
+    # (training/las_pool.py); 0: a fresh copy at every visit, as the reference.
+    las_variants: int = 0
 
     # --- LAS (local anomaly synthesis, image level) -------------------------------------------------
     las: bool = True
@@ -241,6 +244,8 @@ class GlassConfig:
             problems.append("memory_bank_fraction must lie in (0, 1]")
         if self.backbone_chunk is not None and self.backbone_chunk < 0:
             problems.append("backbone_chunk must be >= 0 (0: the whole batch) or None (by batch size and input area)")
+        if self.las_variants < 0:
+            problems.append(f"las_variants must be >= 0 (0: a fresh LAS copy at every visit; got {self.las_variants})")
         if not 0 < self.las_fraction <= 1:
             problems.append("las_fraction must lie in (0, 1]")
         if self.feature_spacing is not None and self.feature_spacing <= 0:
@@ -283,6 +288,9 @@ FAST_RECIPE: dict[str, Any] = dict(
     # Every image gets a LAS copy, as in the reference (las_fraction 1): half of them validated no better
     # within the same time limit (docs/benchmarks.md), and the backbone pass they save is now cheap.
     gas_patch_fraction=1.0,
+    # Four LAS copies per image, each encoded by the backbone once (training/las_pool.py): the LAS backbone
+    # pass was about half of a step on an AVX2-only CPU (docs/benchmarks.md).
+    las_variants=4,
     early_stopping=True,
     ema_epochs=1.0,  # the selected model is the weights' moving average over ~1 epoch (benchmarks.md)
     # GAS starts beyond the held-out normal patches (their nearest-neighbour distances reach ~1.2 spacings

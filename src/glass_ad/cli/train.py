@@ -64,6 +64,7 @@ def train(
     las_weight: Annotated[Optional[float], typer.Option(help=f"Weight of the LAS term in the loss ({by_recipe('las_weight')}; the reference: 1).")] = None,
     las_ignore_margin: Annotated[Optional[int], typer.Option(help=f"Leave out of the LAS loss the patches within this many patches of a mask but outside it ({by_recipe('las_ignore_margin')}; 0: labelled normal, as the reference).")] = None,
     las_fraction: Annotated[Optional[float], typer.Option(help=f"Fraction of each batch's images that get a LAS copy ({by_recipe('las_fraction')}; 1: every image, as the reference; less is cheaper).")] = None,
+    las_variants: Annotated[Optional[int], typer.Option(help=f"LAS copies per image whose backbone features are computed once and re-used ({by_recipe('las_variants')}; 0: a fresh copy at every visit, as the reference).")] = None,
     gas_patch_fraction: Annotated[Optional[float], typer.Option("--gas-patch-fraction", "--gas-fraction", help=f"Fraction of those normal patch vectors that go through gradient ascent ({by_recipe('gas_patch_fraction')}).")] = None,
     texture_colour: Annotated[Optional[str], typer.Option(help=f"LAS texture colour: auto (grey for grey products), colour (reference), grey; {by_recipe('texture_colour')}.")] = None,
     selection: Annotated[Optional[str], typer.Option(help=f"Model selection: worst (worse of LAS and the unseen strokes/blobs family), las, or agreement (D ranks held-out normal patches like their nearest-neighbour distance; experimental); {by_recipe('selection')}.")] = None,

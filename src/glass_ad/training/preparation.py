@@ -138,6 +138,9 @@ class SynthesisSetup:
     spectrum: dict[str, Any]  # the spectrogram statistics behind an automatic choice
     foreground: torch.Tensor | None  # N×1×S×S masks that keep LAS on the object, or None
     las: LocalAnomalySynthesizer  # built even with --no-las: validation draws from it
+    # Training's LAS copies when they come from a pool of re-used copies (las_pool.py, set by the trainer
+    # once the model exists); None: a fresh copy at every visit.
+    las_pool: Any = None
 
 
 def prepare_synthesis(images: torch.Tensor, config: GlassConfig, echo: Echo = print) -> SynthesisSetup:

@@ -38,6 +38,7 @@ from glass_ad.training.averaging import WeightAverage, trainable_state
 from glass_ad.training.branch_check import BranchCheck, check_branch
 from glass_ad.training.distributed import Distributed
 from glass_ad.training.hybrid import build_hybrid_score
+from glass_ad.training.las_pool import LASPool
 from glass_ad.training.loop import TimeLimit, iterations_per_epoch, make_optimisation, train_one_epoch
 from glass_ad.training.precision import choose_precision
 from glass_ad.training.preparation import prepare_features, prepare_images, prepare_synthesis
@@ -130,6 +131,11 @@ def _train(
     echo(chunk.reason)
     setup = prepare_features(model, data.images, config, device, rng, spill_dir=out_dir, progress=progress, echo=echo)
     group.broadcast_module(model)
+    if config.las and config.las_variants:
+        synthesis.las_pool = LASPool(
+            model, data.images, synthesis.foreground, synthesis.las, config, device, rank=group.rank, spill_dir=out_dir
+        )
+        echo(f"LAS: {config.las_variants} copies per image, each one's features computed at its first use and re-used")
     val = None
     if data.holdout is not None and group.is_main:
         val = build_validation_set(model, data.holdout, synthesis.las, config, device, synthesis.foreground is not None)
@@ -284,6 +290,8 @@ def _train(
             hybrid = build_hybrid_score(model, setup.features, data.holdout, config, device, progress=progress)
             echo(f"hybrid score: memory bank of {hybrid['bank_size']} patch vectors")
         setup.features.close()
+        if synthesis.las_pool is not None:
+            synthesis.las_pool.close()
         model.eval()
         calibration = Calibration.fallback()
         if data.holdout is not None:
@@ -320,6 +328,8 @@ def _train(
         run_state.remove()
     else:
         setup.features.close()
+        if synthesis.las_pool is not None:
+            synthesis.las_pool.close()
     group.barrier()  # the checkpoint exists when any rank returns
     wall = time.perf_counter() - start_time
     return TrainResult(path, synthesis.hypothesis, epochs_run, best_epoch, wall, stopped_by, history, calibration)
