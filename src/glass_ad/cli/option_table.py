@@ -66,6 +66,11 @@ ROWS: tuple[tuple[str, str], ...] = (
         "`--max-patches-per-image 0`: no cap)",
     ),
     (
+        "`--las-variants N`",
+        "LAS copies per image whose backbone features are computed once and re-used ({by.las_variants}; 0: a fresh "
+        "copy at every visit, as the reference)",
+    ),
+    (
         "`--las-weight`, `--las-ignore-margin`",
         "the LAS term: its weight, and how many patches around a mask are left out of it "
         "({default.las_weight} / {default.las_ignore_margin}, as the reference; docs/method.md)",
