@@ -472,9 +472,9 @@ def test_operating_point_benchmark_measures_a_run(run, data, tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "operating_point.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    out = tmp_path / "op.json"
+    out, rows = tmp_path / "op.json", tmp_path / "op.csv"
     done = subprocess.run(
-        [sys.executable, str(script), str(run), str(data), "--json", str(out), "--threads", "1"],
+        [sys.executable, str(script), str(run), str(data), "--json", str(out), "--threads", "1", "--results", str(rows)],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -484,6 +484,8 @@ def test_operating_point_benchmark_measures_a_run(run, data, tmp_path):
     assert set(result["region"]) == {"stored", "pixel-quantile", "map-maximum", "map-max+half", "pixel-q+half"}
     assert result["region"]["stored"]["threshold"] == Checkpoint.load(run).calibration.pixel_threshold
     assert "promise kept" in done.stdout and result["stored_decision_line"] in done.stdout
+    (row,) = list(csv.DictReader(rows.open()))  # its row of results/operating_point.csv, with the machine
+    assert row["good_images"] == "4" and row["score"] == Checkpoint.load(run).config.score and row["cpu"]
 
 
 def test_calibrate_adds_f1_thresholds_and_keeps_the_false_alarm_one(run, data, tmp_path):
