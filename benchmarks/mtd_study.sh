@@ -10,6 +10,7 @@
 # of each batch's images a LAS copy (files *_half.yaml); those before commit 7132d9b also started GAS at
 # r1 = 1 without a time limit (files *_prev.yaml). They also ran the backbone unfolded, which no setting
 # restores: re-running them now repeats their training up to float rounding, not bit for bit.
+# Every step was recorded before the LAS pool (commit 957671b), so every file sets las_variants: 0.
 set -uo pipefail
 DATA=../shared/data/mtd
 DTD=../shared/data/dtd
