@@ -6,6 +6,8 @@ held-out GAS separation of every epoch (GAS drawn with the same ascent; 0.5 is c
 loss. The generated images are synthetic, so this measures whether GAS trains, not accuracy.
 
     python benchmarks/gas_ascent_small_data.py [--eta 0.005 0.02 0.05]
+
+Rows go to `results/gas_ascent_small_data.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+
+from record import add_results_option, record_rows
 
 from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
@@ -22,7 +26,9 @@ from glass_ad.training import train
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eta", type=float, nargs="+", default=[0.005, 0.02, 0.05])
+    add_results_option(parser, "gas_ascent_small_data")
     args = parser.parse_args()
+    records = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         data = make_demo_dataset(root / "data", n_train=40, n_test_good=10, n_test_defect=10, size=64)
@@ -33,6 +39,12 @@ def main() -> None:
             result = train(data, root / f"run_{eta:g}", config, progress=False, echo=lambda _: None)
             separations = " ".join(f"{record['val_gas_separation']:.2f}" for record in result.history)
             print(f"{eta:>6g}  {separations} / {result.history[-1]['loss_gas']:.3f}")
+            records.append({
+                "data": "generated demo (40 images, 64 px)", "recipe": config.recipe, "seed": config.seed,
+                "ascent_step_size": eta, "gas_separation_per_epoch": separations,
+                "last_gas_loss": round(result.history[-1]["loss_gas"], 3),
+            })  # fmt: skip
+    record_rows(args.results, records)
 
 
 if __name__ == "__main__":

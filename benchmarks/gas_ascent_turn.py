@@ -8,6 +8,8 @@ vectors (how hard they are; D's median on the normal vectors themselves is print
 read.
 
     python benchmarks/gas_ascent_turn.py RUN DATA_DIR [--eta 0.005 0.02 0.05 0.1] [--vectors 4096]
+
+Rows go to `results/gas_ascent_turn.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from record import add_results_option, record_rows
 
 from glass_ad.synthesis.gas import GASSettings, synthesize
 from glass_ad.training.validation import rebuild_run_validation
@@ -29,6 +32,7 @@ def main() -> None:
     parser.add_argument("data_dir")
     parser.add_argument("--eta", type=float, nargs="+", default=[0.005, 0.02, 0.05, 0.1])
     parser.add_argument("--vectors", type=int, default=4096)
+    add_results_option(parser, "gas_ascent_turn")
     args = parser.parse_args()
 
     rebuilt = rebuild_run_validation(args.run, args.data_dir)
@@ -46,6 +50,8 @@ def main() -> None:
     print(f"{args.run}: {len(u)} held-out normal vectors, r1 = {config.r1}, "
           f"{config.ascent_steps} steps, manifold projection, spacing {spacing:.3f} (epoch {kept['epoch']})")  # fmt: skip
     print(f"{'eta':>7} {'cos(delta, noise)':>18} {'|delta| / spacing':>18} {'D(GAS) median':>14}")
+    setting = {"data": Path(args.data_dir).name, "recipe": config.recipe, "seed": config.seed, "run": Path(args.run).name}
+    records = []
     for eta in args.eta:
         deltas = {}
         for mode in ("noise", "full"):
@@ -59,8 +65,11 @@ def main() -> None:
         cosine = F.cosine_similarity(deltas["full"], deltas["noise"], dim=1).median()
         length = (deltas["full"].norm(dim=1) / spacing).median()
         print(f"{eta:>7g} {float(cosine):>18.3f} {float(length):>18.2f} {float(scores.median()):>14.3f}")
+        records.append({**setting, "ascent_step_size": eta, "cos_delta_noise": round(float(cosine), 3),
+                        "delta_per_spacing": round(float(length), 2), "d_gas_median": round(float(scores.median()), 3)})
     with torch.no_grad():
         print(f"D(normal) median {float(model.discriminator(u).flatten().median()):.4f}")
+    record_rows(args.results, records)
 
 
 if __name__ == "__main__":

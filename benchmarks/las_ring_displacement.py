@@ -9,15 +9,19 @@ anomalies (1–2 spacings), the two branches teach the discriminator opposite th
 (`--las-ignore-margin`, docs/method.md). No test image is read.
 
     python benchmarks/las_ring_displacement.py RUN DATA_DIR [--max-distance 6]
+
+Rows go to `results/las_ring_displacement.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from record import add_results_option, record_rows
 
 from glass_ad.training.validation import rebuild_run_validation
 
@@ -38,10 +42,14 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("data_dir")
     parser.add_argument("--max-distance", type=int, default=6)
+    add_results_option(parser, "las_ring_displacement")
     args = parser.parse_args()
 
     rebuilt = rebuild_run_validation(args.run, args.data_dir)
     val, grid_shape = rebuilt.val, rebuilt.synthesis.las.grid_shape
+    config = rebuilt.images.config
+    setting = {"data": Path(args.data_dir).name, "recipe": config.recipe, "seed": config.seed, "run": Path(args.run).name}
+    records = []
     print(f"{args.run}: patch displacement in normal spacings (median / 90 %) by distance to the mask, "
           f"{len(val.normal)} held-out images")  # fmt: skip
     print(f"{'distance':>9} {'LAS':>18} {'unseen family':>18}")
@@ -52,11 +60,16 @@ def main() -> None:
         rows[name] = (moved, distance_to_mask(labels, grid_shape, args.max_distance))
     for d in range(args.max_distance + 2):
         cells = []
-        for moved, distance in rows.values():
+        label = f"> {args.max_distance}" if d > args.max_distance else str(d)
+        for family, (moved, distance) in rows.items():
             picked = moved[distance == d].numpy()
             cells.append(f"{np.median(picked):.2f} / {np.quantile(picked, 0.9):.2f} ({len(picked)})" if len(picked) else "-")
-        label = f"> {args.max_distance}" if d > args.max_distance else str(d)
+            if len(picked):
+                records.append({**setting, "family": family, "distance_to_mask": label, "patches": len(picked),
+                                "displacement_median": round(float(np.median(picked)), 2),
+                                "displacement_q90": round(float(np.quantile(picked, 0.9)), 2)})  # fmt: skip
         print(f"{label:>9} {cells[0]:>18} {cells[1]:>18}")
+    record_rows(args.results, records)
 
 
 if __name__ == "__main__":

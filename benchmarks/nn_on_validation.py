@@ -6,14 +6,18 @@ vectors (the baseline's score, without its coreset), and prints each family's im
 patch AUROC — the numbers the run's own history holds for D. No test image is read.
 
     python benchmarks/nn_on_validation.py RUN DATA_DIR [--bank-images 240] [--bank-vectors 30000]
+
+Rows go to `results/nn_on_validation.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
+from record import add_results_option, record_rows
 
 from glass_ad.evaluation.metrics import image_auroc, pixel_ap, pixel_auroc
 from glass_ad.training.validation import rebuild_run_validation
@@ -25,6 +29,7 @@ def main() -> None:
     parser.add_argument("data_dir")
     parser.add_argument("--bank-images", type=int, default=240)
     parser.add_argument("--bank-vectors", type=int, default=30000)
+    add_results_option(parser, "nn_on_validation")
     args = parser.parse_args()
 
     rebuilt = rebuild_run_validation(args.run, args.data_dir)
@@ -47,6 +52,9 @@ def main() -> None:
     print(f"{args.run}: nearest-neighbour scorer on the validation split ({len(bank)} bank vectors from "
           f"{len(chosen)} training images)")  # fmt: skip
     scores = {}
+    config = rebuilt.images.config
+    setting = {"data": Path(args.data_dir).name, "recipe": config.recipe, "seed": config.seed, "run": Path(args.run).name}
+    records = []
     for name, features, labels in (("LAS", val.anomalous, val.labels), ("unseen", val.unseen, val.unseen_labels)):
         anomalous = distances(features)
         patch_scores = torch.cat([normal.flatten(), anomalous.flatten()]).numpy()
@@ -54,9 +62,15 @@ def main() -> None:
         auroc = image_auroc(np.r_[normal.amax(1).numpy(), anomalous.amax(1).numpy()], image_labels)
         ap = pixel_ap(patch_scores, patch_labels)
         scores[name] = 0.5 * (auroc + ap)
-        print(f"  {name:>6}: image AUROC {auroc:.3f}, patch AP {ap:.3f}, patch AUROC "
-              f"{pixel_auroc(patch_scores, patch_labels):.3f}")  # fmt: skip
+        patch_auroc = pixel_auroc(patch_scores, patch_labels)
+        print(f"  {name:>6}: image AUROC {auroc:.3f}, patch AP {ap:.3f}, patch AUROC {patch_auroc:.3f}")
+        records.append({**setting, "scorer": "nearest neighbour", "family": name, "bank_vectors": len(bank),
+                        "val_image_auroc": round(auroc, 3), "val_patch_ap": round(ap, 3),
+                        "val_patch_auroc": round(patch_auroc, 3)})  # fmt: skip
     print(f"  selection score (the worse family's mean of image AUROC and patch AP): {min(scores.values()):.3f}")
+    for record in records:
+        record["selection_score"] = round(min(scores.values()), 3)
+    record_rows(args.results, records)
 
 
 if __name__ == "__main__":
