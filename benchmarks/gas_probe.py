@@ -17,6 +17,8 @@ image is read.
 
     python benchmarks/gas_probe.py ../shared/data/mtd --images 40 --steps 60
     python benchmarks/gas_probe.py ../shared/data/mtd --images 80 --steps 150 --r1 0.5,1,1.5,2,3 --unseen
+
+Rows go to `results/gas_probe.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from record import add_results_option, record_rows
 
 from glass_ad.config import make_config
 from glass_ad.data.datasets import Preprocessor, choose_fit, load_dataset
@@ -72,7 +76,9 @@ def main() -> None:
     parser.add_argument("--r1", default="0.05,0.25,0.5,1.0", help="r1 values in spacing units (r2 = 2·r1)")
     parser.add_argument("--unseen", action="store_true", help="also score unseen-family anomalies on the held-out images")
     parser.add_argument("--noise", choices=("isotropic", "covariance"), default="isotropic")
+    add_results_option(parser, "gas_probe")
     args = parser.parse_args()
+    records = []
 
     start = time.perf_counter()
     config = make_config("fast")
@@ -136,13 +142,22 @@ def main() -> None:
             losses.append(float(loss_gas.detach()))
         separation = gas_separation(model, held_out, settings, torch.zeros(held_out.shape[1], held_out.shape[2]), 0.75)
         row = f"| {r1:g} | {np.mean(losses[:5]):.3f} → {np.mean(losses[-10:]):.3f} | {separation:.3f} |"
+        records.append({
+            "data": Path(args.data).name, "recipe": config.recipe, "images": args.images, "steps": args.steps,
+            "noise": args.noise, "r1": r1, "gas_loss_first": round(float(np.mean(losses[:5])), 3),
+            "gas_loss_last": round(float(np.mean(losses[-10:])), 3), "gas_separation": round(float(separation), 3),
+        })  # fmt: skip
         if args.unseen:
             model.eval()
             with torch.no_grad():
                 d = torch.cat([model.discriminator(model.adaptor(probe[i : i + 8192])).float() for i in range(0, len(probe), 8192)])
-            row += " " + " | ".join(f"{v:.3f}" for v in unseen_scores(d.reshape(2 * len(held_out), -1).numpy(), len(held_out), labels, kinds)) + " |"
+            unseen = unseen_scores(d.reshape(2 * len(held_out), -1).numpy(), len(held_out), labels, kinds)
+            row += " " + " | ".join(f"{v:.3f}" for v in unseen) + " |"
+            records[-1].update(zip(("unseen_patch_auroc", "unseen_image_auroc_strokes", "unseen_image_auroc_blobs"),
+                                   (round(float(v), 3) for v in unseen)))  # fmt: skip
         print(row, flush=True)
     print(f"{time.perf_counter() - start:.0f} s")
+    record_rows(args.results, records)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ grid's outer ring against the interior's (0.5: the border scores like the rest; 
 `benchmarks/nn_on_validation.py` gives the patch-level figures of the stored families instead.
 
     python benchmarks/validation_vs_nn.py runs/ref_s0 ../shared/data/mtd [--nn]
+
+Rows go to `results/validation_vs_nn.csv` (`--results`; `benchmarks/record.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from record import add_results_option, record_rows
 
 from glass_ad.evaluation.metrics import image_auroc, pixel_auroc
 from glass_ad.model.glass_model import ScoreMap
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("data")
     parser.add_argument("--nn", action="store_true", help="also score by nearest-neighbour distance")
+    add_results_option(parser, "validation_vs_nn")
     args = parser.parse_args()
 
     validation = rebuild_run_validation(args.run, args.data, keep_masks=True)
@@ -86,6 +90,8 @@ def main() -> None:
     pixels = None
     ring = torch.zeros(grid, dtype=torch.bool)
     ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    setting = {"data": Path(args.data).name, "recipe": config.recipe, "seed": config.seed, "run": Path(args.run).name}
+    records = []
     for scorer_name, scorer in scorers.items():
         normal_grids = scorer(val.normal)
         normal_maps = to_map(normal_grids)
@@ -101,9 +107,13 @@ def main() -> None:
                 np.r_[normal_max, maps.flatten(1).amax(1).numpy()],
                 np.r_[np.zeros(len(normal_maps)), np.ones(len(maps))].astype(bool),
             )
-            cells.append(f"{name} {pixel_auroc(scores[pixels], labels[pixels]):.3f} ({image:.3f})")
+            pixel = pixel_auroc(scores[pixels], labels[pixels])
+            cells.append(f"{name} {pixel:.3f} ({image:.3f})")
+            records.append({**setting, "scorer": scorer_name, "family": name, "val_pixel_auroc": round(pixel, 3),
+                            "val_image_auroc": round(image, 3)})  # fmt: skip
         border = pixel_auroc(normal_grids.flatten().double().numpy(), ring.expand_as(normal_grids).flatten().numpy())
         print(f"{scorer_name:>2}: " + " | ".join(cells) + f" | outer ring vs interior {border:.2f}")
+    record_rows(args.results, records)
 
 
 if __name__ == "__main__":
