@@ -53,3 +53,13 @@ def test_recorded_rows_carry_the_machine_commit_and_command(tmp_path, monkeypatc
     assert row["command"] == "python benchmarks/branch_probe.py DATA --steps 4"
     assert row["cpu"] and row["commit"] and row["utc"].endswith("Z")
     assert record.record_rows(None, [{"data": "mtd"}]) is None
+
+
+# Scripts under benchmarks/ that measure nothing: the recorder itself, and a data-set generator.
+NO_FIGURES = {"record.py", "aligned_object.py"}
+
+
+def test_every_benchmark_script_records_its_figures():
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    silent = [path.name for path in scripts if path.name not in NO_FIGURES and "record_rows(" not in path.read_text()]
+    assert not silent, f"benchmark scripts that print figures without recording them under results/: {silent}"
