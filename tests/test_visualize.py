@@ -300,7 +300,7 @@ def test_outlines_only_when_asked_and_small_regions_dropped():
 
 
 def test_one_colour_scale_from_the_calibration():
-    from glass_ad.model.checkpoint import Calibration
+    from glass_ad.model.decision import Calibration
 
     calibration = Calibration.from_dict(
         {"image_threshold": 0.5, "pixel_threshold": 0.6, "pixel_normalization": {"center": 0.6, "scale": 0.1}}
