@@ -21,8 +21,8 @@ from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.evaluation.calibration import calibrate_holdout
 from glass_ad.model.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from glass_ad.model.decision import FALLBACK_METHOD, Calibration, F1Thresholds, Normalization
-from glass_ad.model.training_record import TrainingRecord
 from glass_ad.model.glass_model import build_model
+from glass_ad.model.training_record import TrainingRecord
 
 STORED_CALIBRATION = {
     "method": "holdout-normal-quantile",

@@ -36,8 +36,10 @@ import numpy as np
 import torch
 
 from glass_ad.config import GlassConfig
-from glass_ad.data.datasets import ImageDataset, MaskIndex, Preprocessor, Sample, mask_folders
+from glass_ad.data.datasets import ImageDataset
 from glass_ad.data.io import ImageReadError, list_images
+from glass_ad.data.layouts import MaskIndex, Sample, mask_folders
+from glass_ad.data.preprocessing import Preprocessor
 from glass_ad.evaluation.metrics import f1_optimal_threshold, threshold_stats
 from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
 from glass_ad.model.decision import LN9, Calibration, F1Thresholds, Normalization

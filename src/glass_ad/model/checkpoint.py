@@ -49,7 +49,7 @@ from glass_ad.model.training_record import TrainingRecord
 from glass_ad.safety import atomic_path
 
 if TYPE_CHECKING:
-    from glass_ad.data.datasets import Preprocessor
+    from glass_ad.data.preprocessing import Preprocessor
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -371,14 +371,14 @@ class Checkpoint:
 
     @property
     def fit(self) -> str:
-        """The fit chosen at training time (datasets.resolve_fit: "auto" only remains in hand-made configs)."""
-        from glass_ad.data.datasets import resolve_fit
+        """The fit chosen at training time (preprocessing.resolve_fit: "auto" only remains in hand-made configs)."""
+        from glass_ad.data.preprocessing import resolve_fit
 
         return resolve_fit(self.config.fit)
 
     def preprocessor(self) -> "Preprocessor":
         """The resize + crop of training, for images of any size."""
-        from glass_ad.data.datasets import Preprocessor
+        from glass_ad.data.preprocessing import Preprocessor
 
         return Preprocessor.from_config(self.config)
 

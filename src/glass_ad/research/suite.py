@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 import numpy as np
 
 from glass_ad.config import GlassConfig
-from glass_ad.data.datasets import BENCHMARK_CATEGORIES, DatasetError, default_resize, list_categories
+from glass_ad.data.layouts import BENCHMARK_CATEGORIES, DatasetError, default_resize, list_categories
 from glass_ad.model.checkpoint import CHECKPOINT_NAME
 from glass_ad.safety import one_line
 
