@@ -46,10 +46,10 @@ def _parse_time(value: str | None, name: str) -> dt.datetime | None:
 
 def colorbar_png(height: int = 256, width: int = 16) -> bytes:
     """The heatmap colour scale, top = maximum, as a PNG (same colormap as the overlays)."""
-    from glass_ad.evaluation.visualize import colorize
+    from glass_ad.evaluation.visualize import colourize
 
     ramp = np.repeat(np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None], width, axis=1)
-    return png_bytes(colorize(ramp))
+    return png_bytes(colourize(ramp))
 
 
 def add_routes(app: FastAPI, service: Service) -> None:
