@@ -1,5 +1,8 @@
 """Decision thresholds and a normalised score, fixed at training time from held-out normal images.
 
+One concept at some length (over 400 lines): computing a `Calibration` from normal evidence, held-out,
+pooled (``--normals``) or labelled (``--val``); the rule itself is `model/decision.py`.
+
 No defect image is needed. The image threshold is the predictive threshold of a stated tail model fitted
 to the held-out normal images' scores (model/operating_point.py: the logit of the image score is Gumbel
 distributed; the threshold's expected realised false-alarm rate is the target; it comes with an estimate,
