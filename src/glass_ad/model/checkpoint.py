@@ -160,7 +160,6 @@ class BackboneRecord:
         return {"name": self.name, "layers": list(self.layers), "channels": list(self.channels)}
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # Checkpoint
 

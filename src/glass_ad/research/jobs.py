@@ -203,7 +203,6 @@ class JobContext:
         )  # fmt: skip
 
 
-
 def percent(value: Any) -> str:
     """A metric in %, one decimal (the paper's tables); ``n/a`` for a missing or non-finite value."""
     if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):

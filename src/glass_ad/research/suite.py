@@ -303,8 +303,6 @@ def run_ablation(
     )  # fmt: skip
 
 
-
-
 __all__ = [
     "STUDIES",
     "JobEngine",

@@ -23,7 +23,6 @@ TOKEN_COOKIE = "glass_token"
 PUBLIC_PATHS = ("/healthz", "/readyz")
 
 
-
 async def _send_json(send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode()
     await send({

@@ -22,7 +22,6 @@ __all__ = [
 ]
 
 
-
 class ColorScale(BaseModel):
     min: float = Field(description="anomaly-map value drawn at the bottom of the colour bar (a typical normal pixel)")
     max: float

@@ -31,8 +31,9 @@ __all__ = ["LOG_RETRY_AFTER", "Service", "log_unavailable", "name_of", "record"]
 LOG_RETRY_AFTER = "5"  # seconds a client should wait after a 503 for an unavailable log
 
 
-
 class Service:
+    """What one `glass serve` process holds (models, inspection log, metrics) and does (one inspection)."""
+
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir.resolve()

@@ -15,7 +15,6 @@ __all__ = ["IMAGE_CONTENT_TYPES", "parse_multipart", "read_uploads"]
 IMAGE_CONTENT_TYPES = ("application/octet-stream",)  # plus any image/*
 
 
-
 class _TooManyFiles(ValueError):
     pass
 
