@@ -57,7 +57,7 @@ def main() -> int:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from glass_ad.data.datasets import load_dataset
+    from glass_ad.data.layouts import load_dataset
     from glass_ad.inference.export import export_onnx
     from glass_ad.inference.openvino_export import export_openvino
     from glass_ad.inference.predict import Detector

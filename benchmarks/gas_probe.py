@@ -33,7 +33,8 @@ import torch
 from record import add_results_option, record_rows
 
 from glass_ad.config import make_config
-from glass_ad.data.datasets import Preprocessor, choose_fit, load_dataset
+from glass_ad.data.layouts import load_dataset
+from glass_ad.data.preprocessing import Preprocessor, choose_fit
 from glass_ad.evaluation.metrics import image_auroc, pixel_auroc
 from glass_ad.model.geometry import SpacingProbe, measure_geometry, nearest_distances
 from glass_ad.model.glass_model import build_model

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from glass_ad.data.datasets import load_dataset
+from glass_ad.data.layouts import load_dataset
 from glass_ad.model.checkpoint import Checkpoint
 from glass_ad.training.preparation import decode_images
 from glass_ad.training.validation import nn_agreement, nn_agreement_probe

@@ -40,7 +40,8 @@ import torch
 from scipy import ndimage
 
 from glass_ad.config import GlassConfig
-from glass_ad.data.datasets import ImageDataset, Sample, load_dataset
+from glass_ad.data.datasets import ImageDataset
+from glass_ad.data.layouts import Sample, load_dataset
 from glass_ad.evaluation.calibration import readable_batches
 from glass_ad.model.checkpoint import Checkpoint
 from glass_ad.model.operating_point import (

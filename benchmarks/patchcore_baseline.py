@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 from glass_ad.config import GlassConfig, make_config
-from glass_ad.data.datasets import ImageDataset, Preprocessor, choose_fit, load_dataset
+from glass_ad.data.datasets import ImageDataset
+from glass_ad.data.layouts import load_dataset
+from glass_ad.data.preprocessing import Preprocessor, choose_fit
 from glass_ad.evaluation.evaluate import StreamingEvaluator
 from glass_ad.model.glass_model import build_model
 from glass_ad.model.memory_bank import greedy_coreset

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import binary_erosion
 
-from glass_ad.data.datasets import ImageDataset, load_dataset
+from glass_ad.data.datasets import ImageDataset
+from glass_ad.data.layouts import load_dataset
 from glass_ad.evaluation.metrics import pixel_auroc
 from glass_ad.model.checkpoint import Checkpoint
 from glass_ad.training.preparation import decode_images, split_holdout

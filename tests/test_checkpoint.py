@@ -1,4 +1,4 @@
-"""The typed checkpoint and its calibration (checkpoint.py): round trips, the on-disk format, the
+"""The typed checkpoint and its calibration (checkpoint.py, decision.py): round trips, the on-disk format, the
 fallback of a checkpoint without calibration, and one decision rule for `glass test` and `Detector`.
 
 No training: an untrained 64 px EfficientNet-Lite0 model stands in (its scores are as good as any for
@@ -19,17 +19,10 @@ import torch
 from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.evaluation.calibration import calibrate_holdout
-from glass_ad.model.checkpoint import (
-    FALLBACK_METHOD,
-    Calibration,
-    Checkpoint,
-    CheckpointError,
-    F1Thresholds,
-    Normalization,
-    TrainingRecord,
-    read_checkpoint,
-)
+from glass_ad.model.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from glass_ad.model.decision import FALLBACK_METHOD, Calibration, F1Thresholds, Normalization
 from glass_ad.model.glass_model import build_model
+from glass_ad.model.training_record import TrainingRecord
 
 STORED_CALIBRATION = {
     "method": "holdout-normal-quantile",

@@ -23,8 +23,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from glass_ad.cli import app
-from glass_ad.data.datasets import load_dataset
 from glass_ad.data.demo_data import make_demo_dataset
+from glass_ad.data.layouts import load_dataset
 from glass_ad.evaluation import metrics
 from glass_ad.inference.predict import Detector
 

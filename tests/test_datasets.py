@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from glass_ad.data.datasets import (
+from glass_ad.data.datasets import ImageDataset
+from glass_ad.data.layouts import (
     MVTEC_CATEGORIES,
     MVTEC_TEXTURES,
     DatasetError,
-    ImageDataset,
-    Preprocessor,
     default_resize,
     list_categories,
     load_dataset,
 )
+from glass_ad.data.preprocessing import Preprocessor
 
 
 def _img(path: Path, size: tuple[int, int] = (16, 16), value: int = 128) -> Path:
@@ -337,8 +337,8 @@ def test_thin_defect_survives_downscaling() -> None:
 
 
 def test_image_dataset_mask_size_mismatch(tmp_path: Path) -> None:
-    from glass_ad.data.datasets import Sample
     from glass_ad.data.io import ImageReadError
+    from glass_ad.data.layouts import Sample
 
     image = _img(tmp_path / "i.png", size=(32, 32))
     half = tmp_path / "half.png"

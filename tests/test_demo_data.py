@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from glass_ad.data.datasets import load_dataset
 from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.data.io import read_image, read_mask
+from glass_ad.data.layouts import load_dataset
 
 
 def test_demo_dataset_layout_and_masks(tmp_path: Path) -> None:

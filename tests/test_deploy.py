@@ -26,7 +26,8 @@ from glass_ad.data.io import read_image, read_mask
 from glass_ad.evaluation.calibration import _PIXEL_SPANS, f1_calibration, load_validation_set
 from glass_ad.inference.export import export_onnx, read_metadata
 from glass_ad.inference.predict import CSV_COLUMNS, Detector, Prediction
-from glass_ad.model.checkpoint import Checkpoint, Normalization, read_checkpoint
+from glass_ad.model.checkpoint import Checkpoint, read_checkpoint
+from glass_ad.model.decision import Normalization
 from glass_ad.research.benchmark import onnx_throughput
 from glass_ad.training.trainer import train
 
@@ -357,10 +358,10 @@ def test_predict_command_skips_bad_files_and_writes_results(run, frames, tmp_pat
     assert tuple(rows[0].keys()) == CSV_COLUMNS
     assert len(rows) == 3 and {r["decision"] for r in rows} <= {"normal", "anomalous"}
     calibration = Checkpoint.load(run).calibration
-    center, scale = calibration.image_normalization.center, calibration.image_normalization.scale
+    center, scale = calibration.image_normalization.centre, calibration.image_normalization.scale
     for row in rows:
         score = float(row["score"])
-        # The model's normalisation (checkpoint.Normalization) of this row's raw score, and its decision.
+        # The model's normalisation (decision.Normalization) of this row's raw score, and its decision.
         assert float(row["normalized_score"]) == pytest.approx(1.0 / (1.0 + math.exp(-(score - center) / scale)), abs=1e-6)
         assert float(row["threshold"]) == calibration.image_threshold
         assert row["decision"] == ("anomalous" if score >= calibration.image_threshold else "normal")
@@ -441,7 +442,7 @@ def test_calibrate_normals_refits_the_false_alarm_point_and_info_shows_it(run, d
 def test_calibrate_normals_upgrades_an_older_checkpoint(run, tmp_path):
     import dataclasses
 
-    from glass_ad.model.checkpoint import Calibration
+    from glass_ad.model.decision import Calibration
 
     checkpoint = Checkpoint.load(run)
     current = checkpoint.calibration

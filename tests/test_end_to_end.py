@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from glass_ad.config import make_config
-from glass_ad.data.datasets import load_dataset
 from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.data.io import read_mask
+from glass_ad.data.layouts import load_dataset
 from glass_ad.evaluation import metrics
 from glass_ad.evaluation.tester import test as run_test
 from glass_ad.inference.predict import Detector

@@ -165,7 +165,8 @@ def test_gas_becomes_separable_at_the_measured_spacing_and_not_deep_inside():
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_gas_becomes_separable_on_real_mtd_features(mtd_root):
-    from glass_ad.data.datasets import Preprocessor, load_dataset
+    from glass_ad.data.layouts import load_dataset
+    from glass_ad.data.preprocessing import Preprocessor
     from glass_ad.model.glass_model import build_model
     from glass_ad.training.preparation import decode_images
 

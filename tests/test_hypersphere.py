@@ -85,7 +85,8 @@ class _CachedFeatures:
 
 
 def _real_features(root, count: int = 24):
-    from glass_ad.data.datasets import Preprocessor, choose_fit, load_dataset
+    from glass_ad.data.layouts import load_dataset
+    from glass_ad.data.preprocessing import Preprocessor, choose_fit
     from glass_ad.model.glass_model import build_model
     from glass_ad.training.preparation import decode_images
 

@@ -318,7 +318,7 @@ def test_atomic_path_replaces_only_on_success(tmp_path: Path) -> None:
 
 
 def test_mask_lookup_rule(tmp_path: Path) -> None:
-    from glass_ad.data.datasets import MaskIndex, find_mask, mask_folders
+    from glass_ad.data.layouts import MaskIndex, find_mask, mask_folders
 
     folders = mask_folders(tmp_path / "test", "scratch")
     assert folders == [
@@ -338,7 +338,8 @@ def test_mask_lookup_rule(tmp_path: Path) -> None:
 
 def test_fit_rule(tmp_path: Path) -> None:
     from glass_ad.config import GlassConfig
-    from glass_ad.data.datasets import Preprocessor, Sample, resolve_fit
+    from glass_ad.data.layouts import Sample
+    from glass_ad.data.preprocessing import Preprocessor, resolve_fit
 
     assert resolve_fit("stretch") == "stretch" and resolve_fit("crop") == "crop"
     assert resolve_fit("auto") == "crop"  # a model's config: the reference

@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glass_ad.data.datasets import (
-    BENCHMARK_CATEGORIES,
-    DatasetError,
-    ImageDataset,
-    Preprocessor,
-    list_categories,
-    load_dataset,
-)
+from glass_ad.data.datasets import ImageDataset
+from glass_ad.data.layouts import BENCHMARK_CATEGORIES, DatasetError, list_categories, load_dataset
+from glass_ad.data.preprocessing import Preprocessor
 
 H, W = 40, 60  # non-square, so the resize + crop geometry matters
 

@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import binom
 
 from glass_ad.evaluation.calibration import fit_calibration
-from glass_ad.model.checkpoint import Calibration
+from glass_ad.model.decision import Calibration
 from glass_ad.model.operating_point import (
     MODEL,
     clopper_pearson,

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from glass_ad.config import make_config
-from glass_ad.data.datasets import Preprocessor, Sample, choose_input_shape
+from glass_ad.data.layouts import Sample
+from glass_ad.data.preprocessing import Preprocessor, choose_input_shape
 from glass_ad.model.glass_model import GaussianBlur, ScoreMap, build_model
 
 

@@ -699,21 +699,21 @@ def test_retraining_with_force_flags_a_stale_onnx_model(run, data, tmp_path):
 
 
 def test_unreadable_data_folder(run, data, tmp_path, monkeypatch):
-    import glass_ad.data.datasets as datasets
+    import glass_ad.data.layouts as layouts
     import glass_ad.evaluation.tester as tester
 
     copy = tmp_path / "surface"
     shutil.copytree(data, copy)
     good = copy / "train" / "good"
     if AS_ROOT:
-        real = datasets.load_dataset
+        real = layouts.load_dataset
 
         def load(root, *args, **kwargs):
             if Path(root) == copy:
                 raise PermissionError(errno.EACCES, "Permission denied", str(good))
             return real(root, *args, **kwargs)
 
-        monkeypatch.setattr(datasets, "load_dataset", load)
+        monkeypatch.setattr(layouts, "load_dataset", load)
         monkeypatch.setattr(tester, "load_dataset", load)
     else:
         good.chmod(0)

@@ -20,9 +20,9 @@ import glass_ad.evaluation.tester as tester_module
 import glass_ad.training as trainer_module
 from glass_ad.cli import app
 from glass_ad.config import make_config
-from glass_ad.data.datasets import load_dataset
 from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.data.io import read_image
+from glass_ad.data.layouts import load_dataset
 from glass_ad.model.checkpoint import read_checkpoint
 from glass_ad.research.suite import ablation_jobs, run_ablation, run_suite
 from glass_ad.research.weak_defects import beta_folder_name, make_weak_defects, parse_betas

@@ -1,7 +1,7 @@
 """The preprocessing specification (numpy), the preprocessing inside the exported graph, and the torch-free
 runtime.
 
-The numpy reference (`runtime.preprocess`, `runtime.map_to_original`) is held to `datasets.Preprocessor`
+The numpy reference (`runtime.preprocess`, `runtime.map_to_original`) is held to `preprocessing.Preprocessor`
 (PyTorch); the in-graph preprocessing (`frame_graph.wrap_frames`) to the numpy reference, on a small
 hand-built ONNX "network" whose map is the mean of its input pixels, so every pixel of the preprocessing
 shows in the output. No model is trained here.
@@ -20,7 +20,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from glass_ad.data.datasets import Preprocessor
+from glass_ad.data.preprocessing import Preprocessor
 from glass_ad.inference import runtime
 from glass_ad.inference.frame_graph import wrap_frames
 

@@ -26,8 +26,10 @@ import pytest
 
 from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
-from glass_ad.research.cluster import RayOptions, ray_session
-from glass_ad.research.suite import Job, JobResult, run_jobs, run_suite
+from glass_ad.ray_session import ray_session
+from glass_ad.research.cluster import RayOptions
+from glass_ad.research.jobs import Job, JobResult
+from glass_ad.research.suite import run_jobs, run_suite
 
 CONFIG = {"backbone": "efficientnet_lite0", "image_size": 64, "epochs": 1, "seed": 0, "num_threads": 1}
 # The same settings as `glass suite` options (the killed run is the CLI, its restart the library).
@@ -55,7 +57,7 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 
 def _fake_run_job(calls: list[str], fail_first: set[str], always_fail: set[str]):
-    """A stand-in for `suite.run_job` that follows its contract (metrics.json means done) in microseconds."""
+    """A stand-in for `jobs.run_job` that follows its contract (metrics.json means done) in microseconds."""
 
     def run_job(data_root, out_dir, job, **kwargs):
         run_dir = Path(out_dir) / job.name
@@ -75,10 +77,10 @@ def _fake_run_job(calls: list[str], fail_first: set[str], always_fail: set[str])
 
 @pytest.mark.parametrize("retries", [None, 1])
 def test_core_skips_finished_jobs_retries_and_records_failures(tmp_path, monkeypatch, retries):
-    from glass_ad.research import suite
+    from glass_ad.research import jobs
 
     calls: list[str] = []
-    monkeypatch.setattr(suite, "run_job", _fake_run_job(calls, fail_first={"flaky"}, always_fail={"bad"}))
+    monkeypatch.setattr(jobs, "run_job", _fake_run_job(calls, fail_first={"flaky"}, always_fail={"bad"}))
     (tmp_path / "finished").mkdir()
     (tmp_path / "finished" / "metrics.json").write_text(json.dumps({"image_auroc": 1.0}))
     jobs = [Job(name, name, _config()) for name in ("finished", "flaky", "bad", "fine")]

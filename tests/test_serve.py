@@ -932,7 +932,8 @@ def test_micro_batcher_groups_concurrent_items_and_reports_errors():
 def test_service_answers_503_until_a_model_is_loaded(run, tmp_path):
     from fastapi import HTTPException
 
-    from glass_ad.serve.app import ServeSettings, Service
+    from glass_ad.serve.service import Service
+    from glass_ad.serve.settings import ServeSettings
 
     service = Service(ServeSettings(runs=[f"line1={run}"], data_dir=tmp_path))
     with pytest.raises(HTTPException) as loading:
@@ -1021,7 +1022,7 @@ def test_serve_command_refuses_a_database_it_cannot_use(run, tmp_path):
 def test_page_loads_nothing_from_outside(api):
     import re
 
-    static = Path(__import__("glass_ad.serve.app", fromlist=["STATIC_DIR"]).STATIC_DIR)
+    static = Path(__import__("glass_ad.serve.routes", fromlist=["STATIC_DIR"]).STATIC_DIR)
     for path in static.iterdir():
         text = path.read_text()
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), path.name  # no CDN, no fonts
@@ -1115,7 +1116,8 @@ def test_a_rectangular_model_is_served_by_both_engines(tmp_path):
 def test_a_model_that_fails_to_load_keeps_the_service_unready(run, tmp_path):
     from fastapi import HTTPException
 
-    from glass_ad.serve.app import ServeSettings, Service
+    from glass_ad.serve.service import Service
+    from glass_ad.serve.settings import ServeSettings
 
     service = Service(ServeSettings(runs=[f"line={run}"], data_dir=tmp_path, engine="onnx"))  # no model.onnx
     service.start()

@@ -37,7 +37,7 @@ def prepared(data):
 
 
 def test_the_holdout_split_is_seeded_disjoint_and_complete(data):
-    from glass_ad.data.datasets import load_dataset
+    from glass_ad.data.layouts import load_dataset
 
     samples = load_dataset(data).train
     train, holdout = split_holdout(samples, _config())

@@ -22,8 +22,8 @@ def _inputs():
     return img, amap
 
 
-def test_colorize():
-    out = vz.colorize(np.linspace(0, 1, 100).reshape(10, 10))
+def test_colourize():
+    out = vz.colourize(np.linspace(0, 1, 100).reshape(10, 10))
     assert out.shape == (10, 10, 3) and out.dtype == np.uint8
     assert out[0, 0, 2] > out[0, 0, 0]  # low values blue
     assert out[-1, -1, 0] > out[-1, -1, 2]  # high values red
@@ -300,7 +300,7 @@ def test_outlines_only_when_asked_and_small_regions_dropped():
 
 
 def test_one_colour_scale_from_the_calibration():
-    from glass_ad.model.checkpoint import Calibration
+    from glass_ad.model.decision import Calibration
 
     calibration = Calibration.from_dict(
         {"image_threshold": 0.5, "pixel_threshold": 0.6, "pixel_normalization": {"center": 0.6, "scale": 0.1}}

@@ -58,7 +58,7 @@ class GlassConfig:
     # crop: resize the shorter side, centre-crop (the reference). stretch: resize both sides (keeps the
     # whole image). auto: stretch when >= 10 % of the training images are elongated (long/short > 1.5), where
     # a centre crop would cut away whole regions — and their defects.
-    fit: Fit = "auto"  # resolved by datasets.resolve_fit
+    fit: Fit = "auto"  # resolved by preprocessing.resolve_fit
     patch_size: int = 3  # neighbourhood aggregation p
     embed_dim: int | None = None  # target width of the pooled patch vector; None: per-backbone default
     adaptor: bool = True  # the linear adaptor A (ablation: off)

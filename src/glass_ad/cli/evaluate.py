@@ -97,7 +97,7 @@ def _test_engine(run_dir, name: str, model_file, device: str, threads, providers
 def _test_preflight(run_dir, data_dir, json_out, report_dir, force, layout="auto", category=None, model_file=None) -> None:
     """Outputs of `glass test`: not an input, not silently replaced, writable, locked for the command; the
     model and the data set are read first, so a refusal leaves nothing behind."""
-    from glass_ad.data.datasets import load_dataset
+    from glass_ad.data.layouts import load_dataset
     from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
     from glass_ad.safety import ensure_writable, output_locks, refuse_existing, refuse_input_overlap
 

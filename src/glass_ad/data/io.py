@@ -1,5 +1,8 @@
 """Reading images and defect masks.
 
+One concept at some length (over 400 lines): the one decoding rule every image goes through, with the
+header parsers that size a file before it is decoded.
+
 Every image that enters the library goes through :func:`read_image`, which returns a ``uint8`` array
 ``H×W×3`` in RGB order whatever the file holds:
 

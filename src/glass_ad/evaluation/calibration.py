@@ -1,5 +1,8 @@
 """Decision thresholds and a normalised score, fixed at training time from held-out normal images.
 
+One concept at some length (over 400 lines): computing a `Calibration` from normal evidence, held-out,
+pooled (``--normals``) or labelled (``--val``); the rule itself is `model/decision.py`.
+
 No defect image is needed. The image threshold is the predictive threshold of a stated tail model fitted
 to the held-out normal images' scores (model/operating_point.py: the logit of the image score is Gumbel
 distributed; the threshold's expected realised false-alarm rate is the target; it comes with an estimate,
@@ -20,8 +23,8 @@ Optionally (`glass calibrate RUN_DIR --val DIR`), a labelled validation set that
 adds a second operating point, the F1-optimal image (and pixel) threshold, stored next to the
 false-alarm one under ``f1_*`` keys; the false-alarm threshold and the normalisation never change.
 
-This module computes; the result is a `checkpoint.Calibration`, stored in and read from the model's
-`checkpoint.Checkpoint` (which also defines the behaviour of a checkpoint without calibration).
+This module computes; the result is a `decision.Calibration`, stored in and read from the model's
+`checkpoint.Checkpoint` (`decision.py` also defines the behaviour of a checkpoint without calibration).
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ import numpy as np
 import torch
 
 from glass_ad.config import GlassConfig
-from glass_ad.data.datasets import ImageDataset, MaskIndex, Preprocessor, Sample, mask_folders
+from glass_ad.data.datasets import ImageDataset
 from glass_ad.data.io import ImageReadError, list_images
+from glass_ad.data.layouts import MaskIndex, Sample, mask_folders
+from glass_ad.data.preprocessing import Preprocessor
 from glass_ad.evaluation.metrics import f1_optimal_threshold, threshold_stats
-from glass_ad.model.checkpoint import LN9, Calibration, Checkpoint, F1Thresholds, Normalization, checkpoint_path
+from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
+from glass_ad.model.decision import LN9, Calibration, F1Thresholds, Normalization
 from glass_ad.model.operating_point import REGION_HEIGHT, OperatingEstimate, estimate_threshold, fit_threshold
 
 # The region's base level: the (1 − target) quantile of normal map values. Tried and dropped: a tail model of the

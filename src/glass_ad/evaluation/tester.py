@@ -32,12 +32,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from glass_ad.data.datasets import ImageDataset, load_dataset
+from glass_ad.data.datasets import ImageDataset
 from glass_ad.data.io import ImageReadError, check_bit_depth
+from glass_ad.data.layouts import load_dataset
 from glass_ad.evaluation.evaluate import StreamingEvaluator
 from glass_ad.evaluation.metrics import threshold_stats
-from glass_ad.model.checkpoint import Calibration, Checkpoint, checkpoint_path
+from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
 from glass_ad.model.chunking import choose_batch_chunk
+from glass_ad.model.decision import Calibration
 from glass_ad.model.glass_model import resolve_device
 from glass_ad.safety import refuse_input_overlap, write_atomic
 

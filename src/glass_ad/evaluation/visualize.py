@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "colorize",
+    "colourize",
     "overlay_panel",
     "colorbar",
     "region_boxes",
@@ -72,7 +72,7 @@ def _hatch(tile: np.ndarray, image: np.ndarray, outside: np.ndarray) -> None:
     tile[outside & lines] = (90, 90, 90)
 
 
-def colorize(map01: np.ndarray) -> np.ndarray:
+def colourize(map01: np.ndarray) -> np.ndarray:
     """Map values in [0, 1] (clipped) to an RGB ``uint8`` image with the jet colormap."""
     m = np.nan_to_num(np.asarray(map01, dtype=np.float32), nan=0.0)
     if m.ndim != 2:
@@ -132,7 +132,7 @@ def overlay_panel(
         amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
     span = float(vmax) - float(vmin)
     norm = (amap - float(vmin)) / span if span > 0 else np.zeros_like(amap)
-    heat = cv2.addWeighted(img, 0.5, colorize(norm), 0.5, 0.0)
+    heat = cv2.addWeighted(img, 0.5, colourize(norm), 0.5, 0.0)
     seen = _inspected_mask(inspected, h, w)
 
     contour_tile = img.copy()
@@ -198,7 +198,7 @@ def _colorbar_tile(height: int, vmin: float, vmax: float, threshold: float | Non
     bar_w = max(8, height // 20)
     tile = np.full((height, bar_w + label_w + 6, 3), 255, np.uint8)
     ramp = np.repeat(np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None], bar_w, axis=1)
-    tile[:, 2 : 2 + bar_w] = colorize(ramp)
+    tile[:, 2 : 2 + bar_w] = colourize(ramp)
     span = float(vmax) - float(vmin)
 
     def row(value: float) -> int:

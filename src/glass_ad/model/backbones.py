@@ -1,5 +1,8 @@
 """Backbone registry: frozen ImageNet feature extractors that stop after the last stage used.
 
+One concept at some length (just over 400 lines): the registry and the per-family builders and weight
+loaders it dispatches to, which share `StageExtractor`.
+
 Every backbone is built as a `StageExtractor`: an ordered list of modules run one after the other, whose
 outputs at the chosen stages are returned. Modules after the last chosen stage are not kept at all, so
 they can never run. Weights come from:

@@ -3,7 +3,7 @@
 `RayEngine` is the `suite.JobEngine` of ``--engine ray``: `suite.run_jobs` keeps every rule (finished jobs
 are read, never rerun; a failed job is retried once, then reported; the tables) and hands the jobs to run to
 the engine. Each becomes one Ray task with declared resources (``num_cpus``, ``num_gpus`` when the jobs run
-on CUDA, optionally ``memory``) that calls the very same `suite.run_job` as the sequential suite, so a job's
+on CUDA, optionally ``memory``) that calls the very same `jobs.run_job` as the sequential suite, so a job's
 folder holds the same files. A job that fails (an exception, or a worker process that dies) is submitted
 once more; if it fails again it is reported in the table as ``failed: <one-line error>`` while the other
 jobs finish.
@@ -20,13 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from glass_ad.ray_session import INSTALL_HINT, import_ray, ray_session  # noqa: F401 (cluster.* names)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from glass_ad.research.suite import Job, JobContext, JobResult
-
+from glass_ad.ray_session import ray_session
+from glass_ad.research.jobs import ERROR_NAME, Job, JobContext, JobResult, safe_name
+from glass_ad.safety import one_line, write_atomic
 
 
 @dataclass(frozen=True)
@@ -46,16 +44,14 @@ class RayOptions:
     memory_per_job_gb: float | None = None
 
 
-def _execute(context: "JobContext", job: "Job") -> "JobResult":
-    """The body of one Ray task: the very `suite.run_job` of the sequential suite (a failure inside the job
+def _execute(context: JobContext, job: Job) -> JobResult:
+    """The body of one Ray task: the very `jobs.run_job` of the sequential suite (a failure inside the job
     comes back as a ``failed`` result; retrying is `suite.run_jobs`' decision)."""
     return context.run(job, print)
 
 
 def _task_error(ray: Any, error: BaseException) -> str:
     """One line for a task that did not return: the job's own error, or what happened to its worker."""
-    from glass_ad.safety import one_line
-
     if isinstance(error, ray.exceptions.RayTaskError):
         cause = error.cause if getattr(error, "cause", None) is not None else error
         return one_line(cause)
@@ -72,14 +68,14 @@ class RayEngine:
 
     retries = 1
 
-    def __init__(self, options: RayOptions, context: "JobContext", echo: Callable[[str], None] = print) -> None:
+    def __init__(self, options: RayOptions, context: JobContext, echo: Callable[[str], None] = print) -> None:
         self.options = options
         # Workers have their own working directory: they get absolute paths.
         self.context = replace(
             context, data_root=str(Path(context.data_root).resolve()), out_dir=str(Path(context.out_dir).resolve())
         )
         self.echo = echo
-        self.pending: dict[Any, tuple[int, "Job"]] = {}
+        self.pending: dict[Any, tuple[int, Job]] = {}
         self._session: Any = None
         self.ray: Any = None
 
@@ -97,7 +93,7 @@ class RayEngine:
         self.pending.clear()
         self._session.__exit__(*exc_info)
 
-    def resources(self, job: "Job") -> dict[str, Any]:
+    def resources(self, job: Job) -> dict[str, Any]:
         """What the job's task declares: CPUs, GPUs (1 when the job runs on CUDA, unless set), memory."""
         gpus = self.options.gpus_per_job
         if gpus is None:
@@ -107,22 +103,20 @@ class RayEngine:
             resources["memory"] = int(self.options.memory_per_job_gb * 1024**3)
         return resources
 
-    def submit(self, index: int, job: "Job") -> None:
+    def submit(self, index: int, job: Job) -> None:
         task = self.ray.remote(_execute).options(name=f"glass:{job.name}", max_retries=0, **self.resources(job))
         self.pending[task.remote(self.context, job)] = (index, job)
 
-    def next_result(self) -> tuple[int, "JobResult"]:
-        from glass_ad.research.suite import ERROR_NAME, JobResult, _safe_name, atomic_write_text
-
+    def next_result(self) -> tuple[int, JobResult]:
         ready, _ = self.ray.wait(list(self.pending), num_returns=1)
         index, job = self.pending.pop(ready[0])
         try:
             result = self.ray.get(ready[0])
         except Exception as error:  # noqa: BLE001 - the task did not return (its worker died): a failed job
-            run_dir = Path(self.context.out_dir) / _safe_name(job.name)
+            run_dir = Path(self.context.out_dir) / safe_name(job.name)
             message = _task_error(self.ray, error)
             try:
-                atomic_write_text(run_dir / ERROR_NAME, f"{message}\n\n{error}\n")
+                write_atomic(run_dir / ERROR_NAME, f"{message}\n\n{error}\n")
             except OSError:
                 pass
             result = JobResult(job.name, "failed", run_dir, {}, message)
@@ -130,4 +124,4 @@ class RayEngine:
         return index, result
 
 
-__all__ = ["INSTALL_HINT", "RayEngine", "RayOptions", "import_ray", "ray_session"]
+__all__ = ["RayEngine", "RayOptions"]

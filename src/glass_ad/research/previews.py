@@ -23,7 +23,9 @@ import cv2
 import numpy as np
 import torch
 
-from glass_ad.data.datasets import DatasetError, ImageDataset, Preprocessor, Sample, load_dataset
+from glass_ad.data.datasets import ImageDataset
+from glass_ad.data.layouts import DatasetError, Sample, load_dataset
+from glass_ad.data.preprocessing import Preprocessor
 from glass_ad.evaluation import visualize
 
 _TITLE_H = 24

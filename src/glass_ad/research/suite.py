@@ -13,221 +13,30 @@ Resuming: a job whose ``metrics.json`` exists is skipped (its stored metrics go 
 ``model.pt`` and a matching ``request.json`` but no metrics only runs the test (the crash came after
 training); anything else trains again. A failing job is reported in the table with its one-line error and
 the others go on (on Ray it is first retried once); running the same command again retries only what is
-missing. These rules live in `run_jobs` alone; where a job runs is a small pluggable `JobEngine`
-(`SequentialEngine` here, `cluster.RayEngine` for ``--engine ray``).
+missing. These rules live in `run_jobs` (which jobs run, retries) and `jobs.run_job` (what one job does)
+alone; where a job runs is a small pluggable `JobEngine` (`SequentialEngine` here, `cluster.RayEngine` for
+``--engine ray``).
 
-The tables ``OUT/results.csv`` and ``OUT/results.md`` are rewritten after every job, so partial results are
-visible while a long suite runs.
+The tables ``OUT/results.csv`` and ``OUT/results.md`` (`tables.py`) are rewritten after every job, so partial
+results are visible while a long suite runs.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
-import os
-import tempfile
-import traceback
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-import numpy as np
-
 from glass_ad.config import GlassConfig
-from glass_ad.data.datasets import BENCHMARK_CATEGORIES, DatasetError, default_resize, list_categories
-from glass_ad.model.checkpoint import CHECKPOINT_NAME
-from glass_ad.safety import one_line
+from glass_ad.data.layouts import BENCHMARK_CATEGORIES, DatasetError, default_resize, list_categories
+from glass_ad.research.jobs import METRICS_NAME, Job, JobContext, JobResult, read_json, safe_name
+from glass_ad.research.tables import write_tables
 
 if TYPE_CHECKING:  # pragma: no cover
     from glass_ad.research.cluster import RayOptions
 
-METRICS_NAME = "metrics.json"
-REQUEST_NAME = "request.json"
-SCORES_NAME = "scores.csv"
-ERROR_NAME = "error.txt"
 
-# The paper's table reports these three, in %, one decimal; AP values are extra columns.
-PAPER_METRICS = ("image_auroc", "pixel_auroc", "aupro")
-EXTRA_METRICS = ("image_ap", "pixel_ap")
-_LABELS = {
-    "image_auroc": "image AUROC",
-    "pixel_auroc": "pixel AUROC",
-    "aupro": "AUPRO",
-    "image_ap": "image AP",
-    "pixel_ap": "pixel AP",
-}
-
-
-@dataclass
-class Job:
-    """One run: ``name`` is its folder under the output directory and its row label in the table."""
-
-    name: str
-    category: str | None
-    config: GlassConfig
-    model: Path | None = None  # test this trained run instead of training one
-
-
-@dataclass
-class JobResult:
-    name: str
-    status: str  # "done" (ran now), "skipped" (metrics found), "failed"
-    run_dir: Path
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status != "failed"
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write via a temporary file and ``os.replace``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _safe_name(name: str) -> str:
-    # Folder names: path separators and spaces would nest or break shell use.
-    return "".join(c if c.isalnum() or c in "._+-=" else "_" for c in name) or "run"
-
-
-# Settings that change where and how fast a job runs, not its result: ignored when resuming.
-_RUN_ONLY = ("device", "num_threads")
-
-
-def _request(job: Job, layout: str) -> dict[str, Any]:
-    """What defines a job's result; compared on resume (the data path may move, so it is not part of it)."""
-    config = {k: v for k, v in job.config.to_dict().items() if k not in _RUN_ONLY}
-    return {
-        "category": job.category,
-        "layout": layout,
-        "config": config,
-        "model": str(Path(job.model).resolve()) if job.model is not None else None,
-    }
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-# ------------------------------------------------------------------------------------------------ jobs
-
-
-def run_job(
-    data_root: str | Path,
-    out_dir: str | Path,
-    job: Job,
-    *,
-    layout: str = "auto",
-    redo: bool = False,
-    pictures: bool = True,
-    progress: bool = True,
-    echo: Callable[[str], None] = print,
-) -> JobResult:
-    """Train (unless already trained or ``job.model`` is given) and test one job; never raises for a
-    failure inside the job — it comes back as ``status="failed"`` with ``error.txt`` in the run folder."""
-    from glass_ad import training as trainer  # imported here so that tests can monkeypatch their functions
-    from glass_ad.evaluation import tester
-
-    run_dir = Path(out_dir) / _safe_name(job.name)
-    metrics_path = run_dir / METRICS_NAME
-    request = _request(job, layout)
-    say = lambda text: echo(f"[{job.name}] {text}")  # noqa: E731 - a tiny prefixing closure
-
-    if metrics_path.is_file() and not redo:
-        stored = _read_json(metrics_path)
-        if stored is not None:
-            if stored.get("request") != request:
-                say("results exist but were made with other settings; kept (use --redo to recompute)")
-            else:
-                say("done before; skipped")
-            return JobResult(job.name, "skipped", run_dir, stored)
-        say(f"unreadable {METRICS_NAME}; running again")
-
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if redo and metrics_path.exists():
-            metrics_path.unlink()
-        if job.model is not None:
-            model_dir = Path(job.model)
-        else:
-            model_dir = run_dir
-            checkpoint = run_dir / CHECKPOINT_NAME
-            previous = _read_json(run_dir / REQUEST_NAME)
-            if checkpoint.is_file() and previous == request and not redo:
-                say("model.pt of an earlier run found; testing only")
-            else:
-                # A model.pt left by other settings must not be mistaken for this request's result.
-                if checkpoint.exists():
-                    checkpoint.unlink()
-                atomic_write_text(run_dir / REQUEST_NAME, json.dumps(request, indent=2))
-                say("training")
-                trainer.train(
-                    data_root, run_dir, job.config, category=job.category, layout=layout, progress=progress, echo=say
-                )
-        say("testing")
-        report = tester.test(
-            model_dir,
-            data_root,
-            category=job.category,
-            layout=layout,
-            report_dir=run_dir / "test_report" if pictures else None,
-            pictures=pictures,
-            scores_csv=run_dir / SCORES_NAME,
-            device=job.config.device,
-            progress=progress,
-            echo=say,
-        )
-        metrics = {"name": job.name, "category": job.category, **tester.jsonable(report), "request": request}
-        atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
-        (run_dir / ERROR_NAME).unlink(missing_ok=True)
-        say(_summary(metrics))
-        return JobResult(job.name, "done", run_dir, metrics)
-    except Exception as error:  # noqa: BLE001 - one failing job must not stop the suite
-        message = one_line(error)
-        try:
-            atomic_write_text(run_dir / ERROR_NAME, "".join(traceback.format_exception(error)))
-        except OSError:
-            pass
-        say(f"FAILED: {message}")
-        return JobResult(job.name, "failed", run_dir, {}, message)
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """What every job of one `run_jobs` call shares; an engine runs a job with `run`."""
-
-    data_root: str
-    out_dir: str
-    layout: str = "auto"
-    redo: bool = False
-    pictures: bool = True
-    progress: bool = True
-
-    def run(self, job: Job, echo: Callable[[str], None] = print) -> JobResult:
-        return run_job(
-            self.data_root, self.out_dir, job, layout=self.layout, redo=self.redo, pictures=self.pictures,
-            progress=self.progress, echo=echo,
-        )  # fmt: skip
+# --------------------------------------------------------------------------------------------- engines
 
 
 class JobEngine(Protocol):
@@ -300,7 +109,7 @@ def run_jobs(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [_safe_name(job.name) for job in jobs]
+    names = [safe_name(job.name) for job in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"two jobs would share a run folder: {names}")
     context = JobContext(str(data_root), str(out_dir), layout, redo, pictures, progress)
@@ -311,7 +120,7 @@ def run_jobs(
 
     todo: list[int] = []
     for index, job in enumerate(jobs):
-        if not redo and _read_json(out_dir / names[index] / METRICS_NAME) is not None:
+        if not redo and read_json(out_dir / names[index] / METRICS_NAME) is not None:
             results[index] = context.run(job, echo)  # reads the stored metrics: "skipped"
         else:
             todo.append(index)
@@ -494,129 +303,14 @@ def run_ablation(
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------- tables
-
-
-def _pct(value: Any) -> str:
-    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "n/a"
-    return f"{100 * value:.1f}"
-
-
-def _seconds(value: Any) -> str:
-    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return ""
-    return f"{value:.1f}"
-
-
-def _mean(results: Sequence[JobResult], key: str) -> float | None:
-    values = [r.metrics.get(key) for r in results if r.ok]
-    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return float(np.mean(values)) if values else None
-
-
-def _summary(metrics: dict[str, Any]) -> str:
-    return " | ".join(f"{_LABELS[k]} {_pct(metrics.get(k))}" for k in PAPER_METRICS + EXTRA_METRICS)
-
-
-def _status(result: JobResult) -> str:
-    return f"failed: {result.error}" if not result.ok else "ok"
-
-
-def table_rows(results: Sequence[JobResult]) -> list[dict[str, Any]]:
-    """Rows of the table (values already formatted), the Mean row last."""
-    rows = []
-    for r in results:
-        m = r.metrics if r.ok else {}
-        row = {"name": r.name}
-        row.update({k: _pct(m.get(k)) if r.ok else "" for k in PAPER_METRICS + EXTRA_METRICS})
-        row["hypothesis"] = m.get("hypothesis") or ""
-        row["train_s"] = _seconds(m.get("train_wall_time_s"))
-        row["test_s"] = _seconds(m.get("test_wall_time_s"))
-        row["status"] = _status(r)
-        rows.append(row)
-    finished = [r for r in results if r.ok]
-    mean = {"name": "Mean" if len(finished) == len(results) else f"Mean ({len(finished)} of {len(results)})"}
-    mean.update({k: _pct(_mean(results, k)) if finished else "" for k in PAPER_METRICS + EXTRA_METRICS})
-    mean["hypothesis"] = ""
-    mean["train_s"] = _seconds(_mean(results, "train_wall_time_s"))
-    mean["test_s"] = _seconds(_mean(results, "test_wall_time_s"))
-    mean["status"] = ""
-    rows.append(mean)
-    return rows
-
-
-def write_tables(out_dir: str | Path, results: Sequence[JobResult], *, title: str = "Results", first_column: str = "category") -> tuple[Path, Path]:
-    """``results.csv`` (one column per value) and ``results.md`` (the paper's "image AUROC / pixel AUROC /
-    AUPRO" cell, in %, one decimal); both end with the Mean row."""
-    out_dir = Path(out_dir)
-    rows = table_rows(results)
-    keys = ["name", *PAPER_METRICS, *EXTRA_METRICS, "hypothesis", "train_s", "test_s", "status"]
-    header = [first_column, *(f"{_LABELS[k]} (%)" for k in PAPER_METRICS + EXTRA_METRICS), "hypothesis", "train time (s)", "test time (s)", "status"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([row[k] for k in keys])
-    csv_path = atomic_write_text(out_dir / "results.csv", buffer.getvalue())
-
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
-
-    lines = [
-        f"# {title}",
-        "",
-        f"| {first_column} | image AUROC / pixel AUROC / AUPRO | image AP | pixel AP | hypothesis | train (s) | test (s) | status |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        bold = row is rows[-1]
-        triple = " / ".join(row[k] for k in PAPER_METRICS) if any(row[k] for k in PAPER_METRICS) else ""
-        name = f"**{row['name']}**" if bold else row["name"]
-        lines.append(
-            f"| {cell(name)} | {triple} | {row['image_ap']} | {row['pixel_ap']} | {row['hypothesis']} | "
-            f"{row['train_s']} | {row['test_s']} | {cell(row['status'])} |"
-        )
-    lines += ["", _settings_note(results)]
-    md_path = atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
-    return csv_path, md_path
-
-
-def _settings_note(results: Sequence[JobResult]) -> str:
-    """One line naming the settings of the first finished row (from its model, so ``--model`` runs are
-    described by the model they tested)."""
-    failed = sum(1 for r in results if not r.ok)
-    text = "Values in %; Mean over the finished rows (n/a values left out)."
-    if failed:
-        text += f" {failed} failed: rerun the same command to retry them."
-    first = next((r.metrics for r in results if r.ok), None)
-    if first:
-        request = first.get("request") or {}
-        parts = [f"{k}={first.get(k)}" for k in ("recipe", "backbone", "image_size", "epochs_run") if k in first]
-        if request.get("model"):
-            parts.append(f"model={request['model']}")
-        else:
-            config = request.get("config") or {}
-            parts += [f"{k}={config.get(k)}" for k in ("seed", "textures") if k in config]
-        text += " Settings of the first row: " + ", ".join(parts) + "."
-    return text
-
-
 __all__ = [
-    "Job",
-    "JobContext",
-    "JobEngine",
-    "JobResult",
     "STUDIES",
+    "JobEngine",
     "SequentialEngine",
     "ablation_jobs",
-    "atomic_write_text",
     "category_config",
     "run_ablation",
-    "run_job",
     "run_jobs",
     "run_suite",
     "suite_categories",
-    "table_rows",
-    "write_tables",
 ]

@@ -43,8 +43,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from glass_ad.config import field_default
-from glass_ad.data.datasets import DatasetError, load_dataset
 from glass_ad.data.io import ImageReadError, read_image
+from glass_ad.data.layouts import DatasetError, load_dataset
 from glass_ad.synthesis.perlin import draw_perlin_mask
 from glass_ad.synthesis.textures import TEXTURE_EXTENSIONS, ProceduralTextures, TexturePool, TextureSource
 

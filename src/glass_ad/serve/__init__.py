@@ -1,6 +1,11 @@
 """`glass serve`: an HTTP inspection service with a web page and an inspection log.
 
-* `app.py` — the FastAPI app (`create_app(ServeSettings(...))`), routes, token and size-limit middleware.
+* `app.py` — `create_app(ServeSettings(...))`: the FastAPI app put together from the parts below.
+* `settings.py` — `ServeSettings`: everything `glass serve` can set.
+* `service.py` — `Service`: models, the log, and one inspection from upload to logged answer.
+* `routes.py` — the HTTP routes; `schemas.py` — their response models (the OpenAPI schema).
+* `uploads.py` — request bodies (multipart or raw bytes) → uploads.
+* `middleware.py` — ASGI middleware: metrics, API token, body size limit.
 * `batching.py` — `MicroBatcher`: concurrent requests share network passes; log rows share commits.
 * `models.py` — the models a service holds (names, versions, `/v1/models` descriptions).
 * `images.py` — uploads → RGB with the library's reader; PNG encoding.
@@ -19,13 +24,18 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["ServeSettings", "create_app"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from glass_ad.serve.app import ServeSettings, create_app
+    from glass_ad.serve.app import create_app
+    from glass_ad.serve.settings import ServeSettings
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `glass --help` works without the serve extra installed.
-    if name in __all__:
-        from glass_ad.serve import app
+    if name == "create_app":
+        from glass_ad.serve.app import create_app
 
-        return getattr(app, name)
+        return create_app
+    if name == "ServeSettings":
+        from glass_ad.serve.settings import ServeSettings
+
+        return ServeSettings
     raise AttributeError(name)

@@ -1,5 +1,8 @@
 """Texture sources for Local Anomaly Synthesis (LAS).
 
+One concept at some length (just over 400 lines): every texture source behind `TextureSource` (folder,
+procedural, grey) with the augmentations they share.
+
 :class:`TexturePool` serves images from a folder (the paper uses DTD). Every file is decoded once, resized to
 cover the network input (the shorter side to the image size for a square; both sides at least H and W for a
 rectangular H×W input) and centre-cropped to it, and kept in memory as one uint8 array, so a training

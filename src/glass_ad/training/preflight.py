@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from glass_ad.data import datasets
+from glass_ad.data import layouts
 from glass_ad.model.checkpoint import CHECKPOINT_NAME
 from glass_ad.safety import OutputError, ensure_writable, refuse_existing, refuse_input_overlap
 from glass_ad.training.resume import STATE_NAME
@@ -78,7 +78,7 @@ def preflight_train(
         if not force and (out / STATE_NAME).exists():
             raise OutputError(f"'{out}' holds an interrupted training; continue it with --resume, or pass --force to start over")
     try:
-        dataset = datasets.load_dataset(data_dir, layout, category=category)
+        dataset = layouts.load_dataset(data_dir, layout, category=category)
     except PermissionError as error:
         raise OutputError(f"cannot read the data set: permission denied on '{error.filename}'") from None
     ensure_writable(out, need_bytes=train_disk_need(len(dataset.train), config), what="run folder")

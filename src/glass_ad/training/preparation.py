@@ -14,8 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from glass_ad.config import GlassConfig
-from glass_ad.data.datasets import DatasetSplit, Preprocessor, Sample, choose_input_shape, load_dataset, resolve_fit
 from glass_ad.data.io import ImageReadError, read_image
+from glass_ad.data.layouts import DatasetSplit, Sample, load_dataset
+from glass_ad.data.preprocessing import Preprocessor, choose_input_shape, resolve_fit
 from glass_ad.model.geometry import FeatureGeometry, SpacingProbe, measure_geometry
 from glass_ad.model.glass_model import GlassModel
 from glass_ad.synthesis.foreground import foreground_mask, is_object_category

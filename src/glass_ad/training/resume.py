@@ -177,7 +177,7 @@ def _data_identity(data_root: str | os.PathLike, category: str | None, layout: s
 def _training_files(data_root: str | os.PathLike, category: str | None, layout: str) -> dict[str, list[int]] | None:
     """`provenance.data_listing` of the data set's training images (None when it cannot be listed: the
     preparation then says why)."""
-    from glass_ad.data.datasets import load_dataset
+    from glass_ad.data.layouts import load_dataset
 
     try:
         dataset = load_dataset(data_root, layout, category=category)

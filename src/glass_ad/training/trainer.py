@@ -28,9 +28,11 @@ from tqdm.auto import tqdm
 
 from glass_ad.config import GlassConfig
 from glass_ad.evaluation.calibration import calibrate_holdout
-from glass_ad.model.checkpoint import CHECKPOINT_NAME, Calibration, Checkpoint, TrainingRecord
+from glass_ad.model.checkpoint import CHECKPOINT_NAME, Checkpoint
 from glass_ad.model.chunking import choose_batch_chunk
+from glass_ad.model.decision import Calibration
 from glass_ad.model.glass_model import build_model, resolve_device
+from glass_ad.model.training_record import TrainingRecord
 from glass_ad.provenance import provenance
 from glass_ad.synthesis import gas as gas_module
 from glass_ad.training import resume as resume_module
