@@ -5,7 +5,8 @@ the old one) holding everything the next epoch depends on: the adaptor and discr
 batch-norm statistics), the optimiser and learning-rate scheduler states, every random state the loop
 draws from (the numpy generator, the torch generator, the global torch RNG, CUDA's when training there),
 the early-stopping state, the weights' moving average (when on), the best weights and their epoch, the
-history and the training arithmetic.
+history and the training arithmetic. `TrainState.save` takes the run's `Progress` and `RandomStreams`
+(progress.py) whole, and `restore` fills them.
 ``train(..., resume=True)`` (``glass train --resume``) redoes the deterministic set-up (decoding, feature
 cache, geometry, validation set), then restores that state right before the next epoch, so the resumed
 run ends with the same model as an uninterrupted one with the same seed. The file is removed once the

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from glass_ad.config import GlassConfig
 from glass_ad.model.checkpoint import Calibration
 from glass_ad.synthesis import gas as gas_module
+from glass_ad.training.averaging import WeightAverage
 from glass_ad.training.distributed import Distributed
 from glass_ad.training.finishing import finish
 from glass_ad.training.loop import Optimisation, TimeLimit, make_optimisation, train_one_epoch
@@ -127,9 +128,7 @@ def _epochs(
         epoch_start = time.perf_counter()
         record, settings, centre = _train_epoch(run, optimisation, progress.bf16, epoch, group, bar)
         if run.validating:
-            with optimisation.average.applied() if optimisation.average is not None else contextlib.nullcontext():
-                record |= _validate(run, settings, centre, group)
-                progress.select(epoch + 1, record["val_score"], model)
+            record |= _validate_and_select(run, progress, optimisation.average, epoch + 1, settings, centre, group)
         now = time.perf_counter()
         record["elapsed_s"], record["epoch_s"] = progress.elapsed_s(now), now - epoch_start
         limit.record(record["epoch_s"])
@@ -179,13 +178,24 @@ def _train_epoch(
     return record, settings, centre
 
 
-def _validate(
-    run: RunSetup, settings: gas_module.GASSettings, centre: torch.Tensor, group: Distributed
+def _validate_and_select(
+    run: RunSetup,
+    progress: Progress,
+    average: WeightAverage | None,
+    epoch: int,
+    settings: gas_module.GASSettings,
+    centre: torch.Tensor,
+    group: Distributed,
 ) -> dict[str, float]:
-    """The epoch's validation scores (rank 0 measures; every rank gets them)."""
-    config = run.config
-    scores = validate(run.model, run.val, settings, centre, config.radius_quantile, config.selection) if run.val else {}
-    return group.broadcast(scores)
+    """Epoch `epoch`'s validation scores (rank 0 measures, every rank gets them) and the model selection, both
+    of the weights' moving average when one is kept."""
+    config, scores = run.config, {}
+    with average.applied() if average is not None else contextlib.nullcontext():
+        if run.val is not None:
+            scores = validate(run.model, run.val, settings, centre, config.radius_quantile, config.selection)
+        scores = group.broadcast(scores)
+        progress.select(epoch, scores["val_score"], run.model)
+    return scores
 
 
 def _stop(run: RunSetup, progress: Progress, limit: TimeLimit, group: Distributed) -> tuple[str, str] | None:
