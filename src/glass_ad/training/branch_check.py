@@ -28,7 +28,7 @@ from glass_ad.synthesis import gas as gas_module
 from glass_ad.training.loop import iterations_per_epoch, make_optimisation, train_one_epoch
 from glass_ad.training.preparation import FeatureSetup, SynthesisSetup
 from glass_ad.training.step import step_loss
-from glass_ad.training.validation import GAS_DEAD_AUROC, gas_separation
+from glass_ad.training.validation import GAS_DEAD_AUROC, ValidationSet, gas_separation
 
 # The other branch must separate at least this much better than a dead pick to replace it.
 SWITCH_MARGIN = 0.1
@@ -126,6 +126,30 @@ def probe_branch(
         value = gas_separation(trial, held_out, settings, centre_now(), config.radius_quantile, seed=seed)
         measured.append((done, value))
     return measured
+
+
+def decide_branch(
+    model: GlassModel,
+    setup: FeatureSetup,
+    val: ValidationSet | None,
+    config: GlassConfig,
+    synthesis: SynthesisSetup,
+    kept: dict | None = None,
+    bf16: bool = False,
+    echo: Callable[[str], None] = print,
+) -> BranchCheck | None:
+    """The run's branch check when the spectrogram rule picked the branch: the interrupted run's decision
+    (`kept`) when resuming, else measured now on the held-out normals of `val` (None: not checked)."""
+    if config.hypothesis != "auto" or not config.branch_check_steps or config.gas == "off":
+        return None
+    if kept:
+        decision = BranchCheck(**kept)
+        echo(f"hypothesis: {decision.chosen} (as decided by the interrupted run's check)")
+        return decision
+    if val is None:
+        return None
+    held_out = val.normal.to(setup.mean_feature.device)
+    return check_branch(model, setup, held_out, config, synthesis.hypothesis, synthesis=synthesis, bf16=bf16, echo=echo)
 
 
 def check_branch(

@@ -22,10 +22,11 @@ from glass_ad.training.step import las_images_per_step, training_step
 @dataclass
 class Optimisation:
     """AdamW for D at twice the rate, Adam with weight decay for A (the reference's choice); cosine or
-    constant schedule over the configured epochs."""
+    constant schedule over the configured epochs; the weights' moving average when one is kept."""
 
     optimizers: list[torch.optim.Optimizer]
     schedulers: list[Any] = field(default_factory=list)
+    average: WeightAverage | None = None
 
     @property
     def lr(self) -> float:
@@ -59,7 +60,9 @@ class TimeLimit:
         return not self.seconds or elapsed_s + self.longest_epoch_s <= self.seconds
 
 
-def make_optimisation(model: GlassModel, config: GlassConfig) -> Optimisation:
+def make_optimisation(model: GlassModel, config: GlassConfig, *, images: int | None = None) -> Optimisation:
+    """The optimisers and schedule of `model`; given the number of training `images` and `ema_epochs`, also
+    the weights' moving average over about `ema_epochs` epochs of steps."""
     optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(model.discriminator.parameters(), lr=config.lr * 2)]
     if config.adaptor:
         optimizers.append(
@@ -70,7 +73,11 @@ def make_optimisation(model: GlassModel, config: GlassConfig) -> Optimisation:
         for optimizer in optimizers
         if config.lr_schedule == "cosine"
     ]
-    return Optimisation(optimizers, schedulers)
+    average = None
+    if config.ema_epochs and images is not None:
+        steps = config.ema_epochs * iterations_per_epoch(config, images)
+        average = WeightAverage(model, decay=max(0.0, 1.0 - 1.0 / steps))
+    return Optimisation(optimizers, schedulers, average)
 
 
 def iterations_per_epoch(config: GlassConfig, images: int) -> int:

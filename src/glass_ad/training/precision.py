@@ -20,7 +20,7 @@ import torch
 
 from glass_ad.model.discriminator import Adaptor, Discriminator
 
-__all__ = ["PrecisionChoice", "choose_precision", "bf16_supported", "bf16_matrix_units", "measure_precision"]
+__all__ = ["PrecisionChoice", "bf16_matrix_units", "bf16_supported", "choose_precision", "measure_precision"]
 
 SPEEDUP_REQUIRED = 1.15  # bf16 must beat float32 by this factor to be chosen (timing noise is ~±10 %)
 
@@ -81,7 +81,7 @@ def bf16_matrix_units() -> bool:
     return bool(probe()) if probe is not None else False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measure_precision(device_name: str, dim: int, hidden: int = 1024, rows: int = 4096, repeats: int = 3) -> PrecisionChoice:
     """One adaptor + discriminator step timed in float32 and bf16 (a report: "auto" does not use it)."""
     device = torch.device(device_name)

@@ -1,5 +1,6 @@
 """Preparation, before the first epoch: the normal images (split, decoded once), the synthesis set-up
-(hypothesis, foreground, textures, LAS) and the normal features (cache, measured geometry, scale)."""
+(hypothesis, foreground, textures, LAS), the backbone's images per pass, the normal features (cache, measured
+geometry, scale) and the pool of LAS copies."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from glass_ad.config import GlassConfig
 from glass_ad.data.io import ImageReadError, read_image
 from glass_ad.data.layouts import DatasetSplit, Sample, load_dataset
 from glass_ad.data.preprocessing import Preprocessor, choose_input_shape, resolve_fit
+from glass_ad.model.chunking import choose_batch_chunk
 from glass_ad.model.geometry import FeatureGeometry, SpacingProbe, measure_geometry
 from glass_ad.model.glass_model import GlassModel
 from glass_ad.synthesis.foreground import foreground_mask, is_object_category
@@ -24,6 +26,8 @@ from glass_ad.synthesis.las import LocalAnomalySynthesizer
 from glass_ad.synthesis.spectrum import choose_hypothesis, mean_image
 from glass_ad.synthesis.textures import textures_from_config, wants_grey_textures
 from glass_ad.training.cache import FeatureStore
+from glass_ad.training.distributed import Distributed
+from glass_ad.training.las_pool import LASPool
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +178,24 @@ def _format_stats(stats: dict[str, Any]) -> str:
 # The normal features
 
 
+def choose_chunk(
+    model: GlassModel,
+    device: torch.device,
+    config: GlassConfig,
+    group: Distributed,
+    kept: int | None = None,
+    echo: Echo = print,
+) -> None:
+    """Set the images per backbone pass: as the interrupted run had them (`kept`), as asked, or by the rule
+    of batch size and input area; rank 0's choice on every rank."""
+    fixed, why = config.backbone_chunk, "asked for"
+    if kept is not None:
+        fixed, why = int(kept), "as in the interrupted run"
+    chunk = group.broadcast(choose_batch_chunk(model, device, config.batch_size, fixed=fixed, why=why))
+    model.batch_chunk = chunk.size
+    echo(chunk.reason)
+
+
 @torch.no_grad()
 def extract_features(
     model: GlassModel,
@@ -272,3 +294,23 @@ def prepare_features(
     if store is not None:
         store.array *= np.asarray(scale, dtype=store.array.dtype)
     return FeatureSetup(features, geometry, spacing_probe, features.mean())
+
+
+def prepare_las_pool(
+    model: GlassModel,
+    images: torch.Tensor,
+    synthesis: SynthesisSetup,
+    config: GlassConfig,
+    device: torch.device,
+    *,
+    rank: int = 0,
+    spill_dir: str | Path | None = None,
+    echo: Echo = print,
+) -> None:
+    """Give `synthesis` its pool of re-used LAS copies when the recipe asks for one (las_pool.py)."""
+    if not (config.las and config.las_variants):
+        return
+    synthesis.las_pool = LASPool(
+        model, images, synthesis.foreground, synthesis.las, config, device, rank=rank, spill_dir=spill_dir
+    )
+    echo(f"LAS: {config.las_variants} copies per image, each one's features computed at its first use and re-used")

@@ -5,7 +5,8 @@ the old one) holding everything the next epoch depends on: the adaptor and discr
 batch-norm statistics), the optimiser and learning-rate scheduler states, every random state the loop
 draws from (the numpy generator, the torch generator, the global torch RNG, CUDA's when training there),
 the early-stopping state, the weights' moving average (when on), the best weights and their epoch, the
-history and the training arithmetic.
+history and the training arithmetic. `TrainState.save` takes the run's `Progress` and `RandomStreams`
+(progress.py) whole, and `restore` fills them.
 ``train(..., resume=True)`` (``glass train --resume``) redoes the deterministic set-up (decoding, feature
 cache, geometry, validation set), then restores that state right before the next epoch, so the resumed
 run ends with the same model as an uninterrupted one with the same seed. The file is removed once the
@@ -30,16 +31,19 @@ import pickle
 import signal
 import threading
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 
 from glass_ad.provenance import data_listing, listing_changes
 from glass_ad.safety import atomic_path, remove_stale_temporaries
 from glass_ad.training.averaging import trainable_state
+from glass_ad.training.branch_check import BranchCheck
+from glass_ad.training.loop import Optimisation
+from glass_ad.training.progress import Progress, RandomStreams
 
 __all__ = [
     "STATE_NAME",
@@ -236,32 +240,20 @@ class TrainState:
         self.loaded = state
 
     @property
-    def epochs_done(self) -> int:
-        return 0 if self.loaded is None else int(self.loaded["epoch"])
+    def resuming(self) -> bool:
+        """Whether an interrupted run's state was loaded (``train(resume=True)``, checked)."""
+        return self.loaded is not None
 
-    @property
-    def elapsed_s(self) -> float:
-        return 0.0 if self.loaded is None else float(self.loaded["elapsed_s"])
+    def kept(self, key: str) -> Any:
+        """A set-up decision of the interrupted run that the resume keeps (``"backbone_chunk"``,
+        ``"branch_check"``), or None: a fresh run, or a state without it."""
+        return None if self.loaded is None else self.loaded.get(key)
 
     def save(
-        self,
-        epoch: int,
-        model: torch.nn.Module,
-        optimizers: list[torch.optim.Optimizer],
-        schedulers: list[Any],
-        stopper: Any,
-        rng: np.random.Generator,
-        generator: torch.Generator,
-        best_state: dict[str, torch.Tensor] | None,
-        best_epoch: int,
-        history: list[dict[str, float]],
-        bf16: bool,
-        elapsed_s: float,
-        average: Any = None,
-        backbone_chunk: int = 0,
-        branch_check: dict[str, Any] | None = None,
+        self, epoch: int, progress: Progress, model: torch.nn.Module, optimisation: Optimisation, streams: RandomStreams
     ) -> Path:
         """Write the state after ``epoch`` completed epochs (atomically; signals wait for the write)."""
+        stopper, average = progress.stopper, optimisation.average
         state = {
             "format": STATE_FORMAT,
             "config": self.config,
@@ -269,11 +261,11 @@ class TrainState:
             "files": self.files,  # training files: size and modification time (a changed data set is refused)
             "epoch": int(epoch),
             "model": {k: v.cpu() for k, v in trainable_state(model).items()},
-            "optimizers": [optimizer.state_dict() for optimizer in optimizers],
-            "schedulers": [scheduler.state_dict() for scheduler in schedulers],
-            "rng": {
-                "numpy": rng.bit_generator.state,
-                "generator": generator.get_state(),
+            "optimizers": [optimizer.state_dict() for optimizer in optimisation.optimizers],
+            "schedulers": [scheduler.state_dict() for scheduler in optimisation.schedulers],
+            "rng": {  # the LAS stream is the order stream itself: resume is single-process
+                "numpy": streams.order.bit_generator.state,
+                "generator": streams.generator.get_state(),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             },
@@ -283,53 +275,50 @@ class TrainState:
                 "best_trend": float(stopper.best_trend),
                 "stale": int(stopper.stale),
             },
-            "best_state": best_state,
-            "best_epoch": int(best_epoch),
-            "history": [dict(record) for record in history],
-            "bf16": bool(bf16),
-            "elapsed_s": float(elapsed_s),
+            "best_state": progress.best_state,
+            "best_epoch": int(progress.best_epoch),
+            "history": [dict(record) for record in progress.history],
+            "bf16": bool(progress.bf16),
+            "elapsed_s": float(progress.history[-1]["elapsed_s"]),  # the run's time at the end of the epoch
             "average": average.state_dict() if average is not None else None,
-            "backbone_chunk": int(backbone_chunk),  # images per backbone pass (0: whole batch), kept on resume
-            "branch_check": branch_check,  # GLASS-j's branch check: its decision is kept on resume
+            "backbone_chunk": int(progress.backbone_chunk),
+            "branch_check": progress.branch_check.as_dict() if progress.branch_check is not None else None,
         }
         with _hold_signals():
             _save_atomic(state, self.path)
         return self.path
 
     def restore(
-        self,
-        model: torch.nn.Module,
-        optimizers: list[torch.optim.Optimizer],
-        schedulers: list[Any],
-        stopper: Any,
-        rng: np.random.Generator,
-        generator: torch.Generator,
-        average: Any = None,
-    ) -> tuple[int, dict[str, torch.Tensor] | None, int, list[dict[str, float]], bool]:
-        """Put the loaded state into the loop's objects (`average`: the weights' moving average); returns
-        (epochs done, best state, best epoch, history, bf16). Called right before the next epoch: every random
-        state is the one it ended with."""
+        self, progress: Progress, model: torch.nn.Module, optimisation: Optimisation, streams: RandomStreams
+    ) -> None:
+        """Fill `progress` and put the rest of the loaded state into the loop's objects. Called right before
+        the next epoch: every random state is the one it ended with."""
         state = self.loaded
         if state is None:
             raise ResumeError("no training state was loaded")
         model.load_state_dict({k: v.to(self.device) for k, v in state["model"].items()}, strict=False)
-        for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
+        for optimizer, saved in zip(optimisation.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
-        for scheduler, saved in zip(schedulers, state["schedulers"], strict=True):
+        for scheduler, saved in zip(optimisation.schedulers, state["schedulers"], strict=True):
             scheduler.load_state_dict(saved)
-        if average is not None:
-            average.load_state_dict({k: v.to(self.device) for k, v in state["average"].items()})
+        if optimisation.average is not None:
+            optimisation.average.load_state_dict({k: v.to(self.device) for k, v in state["average"].items()})
         for key, value in state["stopper"].items():
-            setattr(stopper, key, list(value) if key == "scores" else value)
-        rng.bit_generator.state = state["rng"]["numpy"]
-        generator.set_state(state["rng"]["generator"])
+            setattr(progress.stopper, key, list(value) if key == "scores" else value)
+        streams.order.bit_generator.state = state["rng"]["numpy"]
+        streams.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         best_state = state["best_state"]
-        if best_state is not None:
-            best_state = {k: v.to(self.device) for k, v in best_state.items()}
-        return int(state["epoch"]), best_state, int(state["best_epoch"]), list(state["history"]), bool(state["bf16"])
+        progress.best_state = None if best_state is None else {k: v.to(self.device) for k, v in best_state.items()}
+        progress.best_epoch = int(state["best_epoch"])
+        progress.history = list(state["history"])
+        progress.bf16 = bool(state["bf16"])
+        progress.started -= float(state["elapsed_s"])  # the run's clock goes on from the interrupted session's
+        progress.backbone_chunk = int(state.get("backbone_chunk", progress.backbone_chunk))
+        branch_check = state.get("branch_check")
+        progress.branch_check = BranchCheck(**branch_check) if branch_check else None
 
     def remove(self) -> None:
         """The run is complete: nothing is left to resume."""

@@ -18,6 +18,7 @@ from glass_ad.synthesis import gas as gas_module
 from glass_ad.synthesis.las import LocalAnomalySynthesizer
 from glass_ad.synthesis.unseen_anomalies import UnseenAnomalySynthesizer
 from glass_ad.training.preparation import (
+    FeatureSetup,
     SynthesisSetup,
     TrainingImages,
     compute_foreground,
@@ -244,6 +245,27 @@ def build_validation_set(
         masks=torch.cat(masks) if keep_masks else None,
         unseen_masks=torch.cat(unseen_masks) if keep_masks else None,
     )
+
+
+def prepare_validation(
+    model: GlassModel,
+    data: TrainingImages,
+    synthesis: SynthesisSetup,
+    setup: FeatureSetup,
+    config: GlassConfig,
+    device: torch.device,
+) -> ValidationSet | None:
+    """The validation set of the run's held-out normals (None: no holdout) with its nearest-neighbour probe."""
+    if data.holdout is None:
+        return None
+    val = build_validation_set(model, data.holdout, synthesis.las, config, device, synthesis.foreground is not None)
+    # The nearest-neighbour view of the held-out normal patches, once (the features are frozen); its own
+    # random stream, so the training's draws do not change.
+    count = len(data.images)
+    picked = np.random.default_rng(config.seed + 30_011).choice(count, min(64, count), replace=False)
+    bank = setup.features.batch(np.sort(picked))
+    val.probe_rows, val.probe_distances = nn_agreement_probe(val.normal, bank.reshape(-1, bank.shape[-1]), config.seed)
+    return val
 
 
 @dataclass
