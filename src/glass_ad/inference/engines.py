@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from glass_ad.inference.head import ScoringHead
 from glass_ad.model.checkpoint import Checkpoint, Normalization, as_checkpoint, checkpoint_path
 from glass_ad.model.chunking import ChunkChoice, choose_batch_chunk
 from glass_ad.model.glass_model import GlassModel, resolve_device
@@ -41,27 +42,49 @@ class InferenceGraph(nn.Module):
     model's input shape (square or rectangular: the network is convolutional).
 
     The torch engine of `Detector` runs this module and `export.export_onnx` exports it, so the two agree.
+    After the backbone it runs `head.ScoringHead` (the model's aggregation and discriminator in fewer
+    operations; the model's own forward for layers the head does not convert). ``patch_output``: return
+    the B×h×w patch scores instead of the map (the exported frame graph builds the map on the frame from
+    them, `frame_graph.wrap_frames`).
     """
 
-    def __init__(self, model: GlassModel, normalization: Normalization | dict[str, float]):
+    def __init__(self, model: GlassModel, normalization: Normalization | dict[str, float], patch_output: bool = False):
         super().__init__()
         self.model = model
         # Plain floats: they become constants of the graph, like the thresholds they come from.
         if not isinstance(normalization, Normalization):
             normalization = Normalization.from_dict(normalization)
         self.normalization = Normalization(float(normalization.center), float(normalization.scale))
+        self.head = ScoringHead(model) if ScoringHead.supports(model) else None
+        self.patch_output = bool(patch_output)
+
+    def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images B×3×H×W in [0, 1] → patch scores B×h×w (backbone chunks as the model sets them)."""
+        chunk = self.model.batch_chunk
+        if chunk and len(x) > chunk:
+            return torch.cat([self.patch_scores_of(part) for part in x.split(chunk)])
+        return self.patch_scores_of(x)
+
+    def patch_scores_of(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            return self.model.patch_scores(self.model.features_of(x))
+        return self.head(self.model.backbone(x))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        out = self.model(x)
-        return out.image_scores, self.normalization(out.image_scores), out.anomaly_maps
+        patches = self.patch_scores(x)
+        scores = patches.flatten(1).amax(dim=1)
+        maps = patches if self.patch_output else self.model.score_map(patches)
+        return scores, self.normalization(scores), maps
 
 
-def inference_graph(checkpoint: Checkpoint | dict[str, Any], device: str | torch.device = "cpu") -> InferenceGraph:
+def inference_graph(
+    checkpoint: Checkpoint | dict[str, Any], device: str | torch.device = "cpu", patch_output: bool = False
+) -> InferenceGraph:
     """The evaluation-mode `InferenceGraph` of a checkpoint (fused model, its image normalisation)."""
     checkpoint = as_checkpoint(checkpoint)
     model = checkpoint.build_model(device, fuse=True)
-    return InferenceGraph(model, checkpoint.calibration.image_normalization).eval()
+    return InferenceGraph(model, checkpoint.calibration.image_normalization, patch_output).eval()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -257,6 +257,9 @@ def export_onnx(
     with atomic_path(path) as tmp:
         chosen = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
         used, errors = None, []
+        # With the preprocessing in the graph, the network's output is its patch-score grid and the map is
+        # built on the frame in one step (`frame_graph.wrap_frames` with the score-map matrices).
+        graph.patch_output = preprocessing
         for name in chosen:
             try:
                 (_export_torchscript if name == "torchscript" else _export_dynamo)(graph, example, tmp, opset)
@@ -265,13 +268,16 @@ def export_onnx(
             except Exception as error:  # one exporter failing is reason to try the other, not to stop
                 errors.append(f"{name}: {type(error).__name__}: {error}")
                 log.warning("ONNX export with the %s exporter failed: %s", name, error)
+        graph.patch_output = False
         if used is None:
             raise RuntimeError("ONNX export failed: " + " | ".join(errors))
         model = onnx.load(str(tmp))
         if preprocessing:
             from glass_ad.inference.frame_graph import wrap_frames
 
-            model = wrap_frames(model, checkpoint.image_size, checkpoint.config.resize, checkpoint.fit, (height, width))
+            score_map = graph.model.score_map
+            matrices = (score_map.matrix.cpu().numpy(), score_map.column_matrix.cpu().numpy())
+            model = wrap_frames(model, checkpoint.image_size, checkpoint.config.resize, checkpoint.fit, (height, width), matrices)
         for key, value in export_metadata(checkpoint, in_graph=preprocessing).items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
