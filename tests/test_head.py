@@ -97,11 +97,11 @@ def test_inference_graph_patch_output_and_map():
 
 def test_frame_graph_map_from_the_patch_grid_is_the_resized_map(tmp_path):
     """`wrap_frames` with the score-map matrices gives the map of the network map resized back
-    (`runtime.map_to_original`), for a frame that is shrunk, enlarged and cut."""
+    (`framing.map_to_original`), for a frame that is shrunk, enlarged and cut."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from glass_ad.inference import runtime
+    from glass_ad.inference import framing, runtime
     from glass_ad.inference.frame_graph import wrap_frames
     from glass_ad.model.glass_model import ScoreMap
 
@@ -140,9 +140,9 @@ def test_frame_graph_map_from_the_patch_grid_is_the_resized_map(tmp_path):
         frames = rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8)
         _, _, maps = session.run(None, {"images": frames})
         for frame, frame_map in zip(frames, maps):
-            prepared = runtime.preprocess(frame, size).astype(np.float32).mean(axis=2)
+            prepared = framing.preprocess(frame, size).astype(np.float32).mean(axis=2)
             patches = prepared.reshape(grid, size // grid, grid, size // grid).mean(axis=(1, 3))
             network_map = score_map(torch.from_numpy(patches)[None].float())[0].numpy()
-            expected = runtime.map_to_original(network_map, (height, width), size)
+            expected = framing.map_to_original(network_map, (height, width), size)
             # One grey level of the preprocessing's rounding (in-graph vs numpy) at most, averaged.
             assert np.abs(frame_map - expected).max() <= 1 / 3 + 1e-3

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from glass_ad.inference.exported import INPUT_NAME, ONNX_NAME, OUTPUT_NAMES, XML_NAME, read_metadata
 from glass_ad.inference.head import ScoringHead
+from glass_ad.inference.runtime import OpenVinoSession, session
 from glass_ad.model.checkpoint import Checkpoint, Normalization, as_checkpoint, checkpoint_path
 from glass_ad.model.chunking import ChunkChoice, choose_batch_chunk
 from glass_ad.model.glass_model import GlassModel, resolve_device
@@ -127,8 +129,6 @@ class OnnxEngine:
         providers: str | Sequence[str] | None = "cpu",
         openvino: bool = False,
     ):
-        from glass_ad.inference.export import INPUT_NAME, OUTPUT_NAMES, onnx_session, read_metadata
-
         kind = "openvino" if openvino else "onnx"
         if not onnx_path.is_file():
             raise FileNotFoundError(
@@ -136,21 +136,19 @@ class OnnxEngine:
                 f"(create it with `glass export RUN_DIR --format {kind} --out {onnx_path}`)"
             )
         if openvino:  # OpenVINO IR, compiled with the f32 precision hint (see openvino_export)
-            from glass_ad.inference.openvino_export import read_metadata as ir_metadata
-            from glass_ad.inference.runtime import OpenVinoSession
-
             self.name = "openvino"
-            meta = ir_metadata(onnx_path)
-            self.precision = meta.get("precision") or "fp32"  # fp32 / fp16 / int8, written by export_openvino
             device = providers if isinstance(providers, str) and providers.upper() in ("CPU", "GPU", "NPU", "AUTO") else "CPU"
-            session = OpenVinoSession(onnx_path, device.upper(), threads)
+            self.session = OpenVinoSession(onnx_path, device.upper(), threads)
+            meta = self.session.metadata()
+            self.precision = meta.get("precision") or "fp32"  # fp32 / fp16 / int8, written by export_openvino
         else:
             meta = read_metadata(onnx_path)
         check_metadata(meta, checkpoint, onnx_path)
         # In-graph preprocessing (the default of `glass export`): frames of any size in, maps on the frame out.
         self.in_graph = meta.get("preprocessing") == "in-graph"
         self.path = onnx_path
-        self.session = session if openvino else onnx_session(onnx_path, threads, providers)
+        if not openvino:
+            self.session = session(onnx_path, providers, threads)
         self.input_name, self.output_names = INPUT_NAME, list(OUTPUT_NAMES)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -204,13 +202,9 @@ def create_engine(
     if name == "torch":
         return TorchEngine(checkpoint, resolve_device(device))
     if name == "onnx":
-        from glass_ad.inference.export import ONNX_NAME
-
         path = Path(model_path) if model_path is not None else checkpoint_path(run).parent / ONNX_NAME
         return OnnxEngine(path, checkpoint, threads, providers)
     if name == "openvino":
-        from glass_ad.inference.openvino_export import XML_NAME
-
         path = Path(model_path) if model_path is not None else checkpoint_path(run).parent / XML_NAME
         return OnnxEngine(path, checkpoint, threads, providers, openvino=True)
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")

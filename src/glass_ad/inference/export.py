@@ -15,7 +15,7 @@ differ and would break the parity with training), which then takes frames of any
 graph is `engines.InferenceGraph`, the module `Detector`'s torch engine runs, so both engines compute the
 same formula, including the normalised score (`checkpoint.Normalization`).
 
-The model's metadata (``glass_ad.*`` properties) records the input shape (``image_height``,
+The model's metadata (``glass_ad.*`` properties, read with `exported.read_metadata`) records the input shape (``image_height``,
 ``image_width``; ``image_size`` is their shorter side, the square's side), the thresholds and the
 normalisation it was exported with; `Detector` refuses an ONNX file that does not match its checkpoint.
 
@@ -39,17 +39,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from glass_ad.inference.engines import InferenceGraph, inference_graph  # noqa: F401 (export.InferenceGraph: the older name)
+from glass_ad.inference.engines import InferenceGraph, inference_graph
+from glass_ad.inference.exported import INPUT_NAME, META_PREFIX, ONNX_NAME, OUTPUT_NAMES
+from glass_ad.inference.runtime import session
 from glass_ad.model.checkpoint import Checkpoint, as_checkpoint, checkpoint_path
 from glass_ad.safety import atomic_path, ensure_writable, refuse_input_overlap
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("image_score", "normalized_score", "anomaly_map")
 DEFAULT_OPSET = 17
-ONNX_NAME = "model.onnx"
-META_PREFIX = "glass_ad."
 
 
 def _or_empty(value: Any) -> Any:
@@ -118,14 +116,6 @@ def _estimate(calibration, name: str) -> float | None:
     return None if estimate is None else getattr(estimate, name)
 
 
-def read_metadata(onnx_path: str | os.PathLike) -> dict[str, str]:
-    """The ``glass_ad.*`` metadata of an exported model (prefix removed); reads the header only."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {p.key[len(META_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
-
-
 @dataclass
 class ExportResult:
     path: Path
@@ -172,8 +162,6 @@ def _export_dynamo(graph: nn.Module, example: torch.Tensor, path: Path, opset: i
 
 def onnx_session(onnx_path: str | os.PathLike, threads: int | None = None, providers: Any = "cpu"):
     """An ONNX Runtime session (CPU provider by default; see `runtime.resolve_providers`)."""
-    from glass_ad.inference.runtime import session
-
     return session(onnx_path, providers, threads)
 
 

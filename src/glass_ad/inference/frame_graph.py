@@ -4,9 +4,9 @@
 ``images`` uint8 B×H×W×3; ``shape`` = (H, W), default the ``image_size`` square) and returns one whose input
 ``images`` is a uint8 ``B×h×w×3`` frame of any size (all frames of a batch the same size) and whose
 ``anomaly_map`` is ``B×h×w``. The added nodes are plain ONNX operators and compute exactly what
-`glass_ad.inference.runtime.preprocess` and `runtime.map_to_original` specify:
+`glass_ad.inference.framing.preprocess` and `framing.map_to_original` specify:
 
-* the resized size and the crop offsets of `runtime.crop_box` in exact integer arithmetic (each rational
+* the resized size and the crop offsets of `framing.crop_box` in exact integer arithmetic (each rational
   rounded half to even, like Python's ``round``);
 * per axis, the weights ``w[i, j] = max(0, 1 − |(j − s·(i + ½) + ½) / max(s, 1)|)`` with ``s = in/out``,
   each row divided by its sum (PyTorch's bilinear resize, antialiased when shrinking), only for the output
@@ -27,11 +27,12 @@ Only ``onnx`` is needed (no torch); node and tensor names start with ``glass_fra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fractions import Fraction
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from glass_ad.inference.framing import input_shape, stretched_size
 
 PREFIX = "glass_frame/"
 
@@ -82,7 +83,7 @@ class _Builder:
         return self.op("Add", [quotient, self.op("Cast", [up], to=TensorProto.INT64)])
 
     def band(self, in_size: str, out_size: str, rows: str) -> tuple[str, str]:
-        """Taps and weights (both len(rows) × K) of `runtime.resize_weights` for the given output rows.
+        """Taps and weights (both len(rows) × K) of `framing.resize_weights` for the given output rows.
 
         Only the K = min(⌈2·max(s, 1)⌉ + 2, in_size) input pixels around each output pixel can have a
         non-zero weight, so a resize is a Gather of K taps and a weighted sum instead of a product with a
@@ -158,9 +159,10 @@ def wrap_frames(
     smoothing, when the model's last output is its patch-score grid (module docstring)."""
     if fit not in ("crop", "stretch"):
         raise ValueError(f"fit must be 'crop' or 'stretch', got {fit!r}")
-    target_h, target_w = (int(image_size), int(image_size)) if shape is None else (int(shape[0]), int(shape[1]))
+    target_h, target_w = input_shape(image_size, shape)
     short = min(target_h, target_w)
     side = int(resize) if resize else short
+    stretched_h, stretched_w = stretched_size(image_size, resize, shape)
     graph = model.graph
     input_name = graph.input[0].name
     map_name = graph.output[-1].name
@@ -169,10 +171,9 @@ def wrap_frames(
     _rename(graph, map_name, inner_map)
 
     b = _Builder()
-    # runtime.crop_box with R = side, S = short: the margin m = R / S, so H·m = H·R / S (known at export).
+    # framing.crop_box with R = side, S = short: the margin m = R / S, so H·m = H·R / S (known at export).
     size_h, size_w = b.i64(target_h), b.i64(target_w)
-    base_h = b.i64(round(Fraction(target_h * side, short)))  # round(H·m)
-    base_w = b.i64(round(Fraction(target_w * side, short)))  # round(W·m)
+    base_h, base_w = b.i64(stretched_h), b.i64(stretched_w)  # round(H·m), round(W·m)
     shape_node = b.op("Shape", [input_name], "shape")
     height = b.op("Gather", [shape_node, b.i64(1)], "height", axis=0)
     width = b.op("Gather", [shape_node, b.i64(2)], "width", axis=0)
@@ -192,7 +193,7 @@ def wrap_frames(
     crop_rows = b.op("Range", [top, b.op("Add", [top, size_h]), b.i64(1)], "crop_rows")
     crop_cols = b.op("Range", [left, b.op("Add", [left, size_w]), b.i64(1)], "crop_cols")
 
-    # Frame → network input: along the width, then the height (as runtime.preprocess). On planes, each
+    # Frame → network input: along the width, then the height (as framing.preprocess). On planes, each
     # pass turned so that it gathers and sums whole rows (its axis in the middle, a long contiguous axis
     # after it): gathering single pixels, or summing over a 3-wide trailing axis, is several times slower.
     turned = b.op("Transpose", [input_name], "turned", perm=[0, 3, 2, 1])  # B×3×w×h, uint8
