@@ -24,7 +24,8 @@ ALLOWED = {
     "provenance": {"config", "model", "safety"},
     "evaluation": {"config", "data", "model", "safety"},
     "training": {"config", "data", "synthesis", "model", "evaluation", "provenance", "safety"},
-    "inference": {"config", "data", "model", "evaluation", "safety", "ray_session"},
+    # synthesis: the int8 export calibrates and checks on LAS anomalies (openvino_export).
+    "inference": {"config", "data", "synthesis", "model", "evaluation", "safety", "ray_session"},
     "serve": {"config", "data", "model", "evaluation", "inference", "safety"},
     "research": {
         "config", "data", "synthesis", "model", "evaluation", "training", "inference", "provenance", "safety",
