@@ -2,7 +2,7 @@
 
     python benchmarks/onnx_vs_torch.py RUN_DIR [--onnx FILE] [--repeats 10] [--threads N]
 
-Both engines run the same graph (`glass_ad.inference.export.InferenceGraph`: uint8 S×S×3 pixels → scores and
+Both engines run the same graph (`glass_ad.inference.engines.InferenceGraph`: uint8 S×S×3 pixels → scores and
 smoothed map) on random inputs, so the numbers measure compute only; resizing arbitrary-size images (in
 Python, shared by both engines) is not included. Without --onnx the model is exported to a temporary file.
 """

@@ -123,7 +123,7 @@ def test_onnx_runtime_matches_pytorch_on_real_images(run, onnx_file, mtd_images,
 @pytest.mark.xfail(
     strict=True,
     reason="bug: on frames whose resize lands pixels on exact halves (61x61 upscaled to 64, a 2x shrink of 128x128) "
-    "the numpy reference runtime.preprocess, Detector.prepare (PyTorch) and the in-graph ONNX preprocessing round "
+    "the numpy reference framing.preprocess, Detector.prepare (PyTorch) and the in-graph ONNX preprocessing round "
     "some pixels to different grey levels (float ties before round-half-to-even); scores then differ by ~2e-4",
 )
 def test_preprocessing_is_the_same_pixels_on_tie_prone_frames(run, onnx_file, data, torch_detector, tmp_path):
