@@ -4,7 +4,7 @@
 
 One row per batch size goes to `results/onnx_vs_torch.csv` (`--results`; `benchmarks/record.py`).
 
-Both engines run the same graph (`glass_ad.inference.export.InferenceGraph`: uint8 S×S×3 pixels → scores and
+Both engines run the same graph (`glass_ad.inference.engines.InferenceGraph`: uint8 S×S×3 pixels → scores and
 smoothed map) on random inputs, so the numbers measure compute only; resizing arbitrary-size images (in
 Python, shared by both engines) is not included. Without --onnx the model is exported to a temporary file.
 """

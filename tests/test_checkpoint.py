@@ -196,9 +196,10 @@ def test_training_record_keeps_absent_and_present_apart():
 def test_inference_graph_lives_with_inference():
     from glass_ad.inference import engines, export, predict
 
-    # One graph: defined with the engines, used by the Detector and exported as it is.
+    # One graph: defined with the engines, used by the Detector and exported as it is — under that one
+    # name (no older names re-exported by predict or export).
     assert engines.InferenceGraph.__module__ == "glass_ad.inference.engines"
-    assert predict.InferenceGraph is engines.InferenceGraph and export.InferenceGraph is engines.InferenceGraph
+    assert not hasattr(predict, "InferenceGraph") and export.inference_graph is engines.inference_graph
     # No library module sets PyTorch's process-wide thread count for good: only the CLI does, and training's
     # `cpu_threads` block, which restores the caller's count when it ends.
     package = Path(__import__("glass_ad").__file__).parent

@@ -24,8 +24,10 @@ from glass_ad.config import GlassConfig, make_config
 from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.data.io import read_image, read_mask
 from glass_ad.evaluation.calibration import _PIXEL_SPANS, f1_calibration, load_validation_set
-from glass_ad.inference.export import export_onnx, read_metadata
-from glass_ad.inference.predict import CSV_COLUMNS, Detector, Prediction
+from glass_ad.inference.export import export_onnx
+from glass_ad.inference.exported import read_metadata
+from glass_ad.inference.predict import CSV_COLUMNS, Detector
+from glass_ad.inference.runtime import Prediction
 from glass_ad.model.checkpoint import Checkpoint, read_checkpoint
 from glass_ad.model.decision import Normalization
 from glass_ad.research.benchmark import onnx_throughput
@@ -122,7 +124,7 @@ def test_onnx_runtime_matches_pytorch_on_real_images(run, onnx_file, mtd_images,
 @pytest.mark.xfail(
     strict=True,
     reason="bug: on frames whose resize lands pixels on exact halves (61x61 upscaled to 64, a 2x shrink of 128x128) "
-    "the numpy reference runtime.preprocess, Detector.prepare (PyTorch) and the in-graph ONNX preprocessing round "
+    "the numpy reference framing.preprocess, Detector.prepare (PyTorch) and the in-graph ONNX preprocessing round "
     "some pixels to different grey levels (float ties before round-half-to-even); scores then differ by ~2e-4",
 )
 def test_preprocessing_is_the_same_pixels_on_tie_prone_frames(run, onnx_file, data, torch_detector, tmp_path):
@@ -604,7 +606,39 @@ def test_openvino_int8_export_runs(run, data, onnx_file, frames, tmp_path):
     from glass_ad.inference.runtime import Runtime
 
     a = Runtime(onnx_file)(frames[:2])
-    int8 = export_openvino(run, tmp_path / "int8.xml", precision="int8", calibration=data, calibration_limit=4, fast=True)
-    assert int8.calibration_images == 4 and ov_metadata(int8.path)["precision"] == "int8"
+    # A one-epoch model's scores are not stable enough for the default decision check: the check runs and
+    # is reported, with nothing refused.
+    int8 = export_openvino(
+        run, tmp_path / "int8.xml", precision="int8", calibration=data, calibration_limit=4, holdout_limit=4, fast=True,
+        max_changed=1.0, max_score_error=float("inf"),
+    )  # fmt: skip
+    assert int8.calibration_images == 4 and int8.synthetic_images == 1 and ov_metadata(int8.path)["precision"] == "int8"
+    assert int8.check is not None and int8.check.normals == 4 and int8.check.anomalies == 2 and int8.check.passed
+    assert "held-out images" in int8.check.line() and "\n" not in int8.check.line()
     quantized = Runtime(int8.path)(frames[:2])
     assert all(np.isfinite(p.score) and p.anomaly_map.shape == x.anomaly_map.shape for p, x in zip(quantized, a))
+
+
+def test_openvino_int8_export_is_refused_when_decisions_move(run, data, tmp_path):
+    """The held-out decision check refuses in one line and writes nothing (here: no score may move at all)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from glass_ad.inference.openvino_export import export_openvino
+
+    target = tmp_path / "int8.xml"
+    with pytest.raises(ValueError, match="int8 export refused") as error:
+        export_openvino(
+            run, target, precision="int8", calibration=data, calibration_limit=4, holdout_limit=4, fast=True,
+            max_changed=0.0, max_score_error=0.0,
+        )  # fmt: skip
+    assert "\n" not in str(error.value) and "was not written" in str(error.value)
+    assert not target.exists() and not target.with_suffix(".bin").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_int8_calibration_and_held_out_normals_are_disjoint(data):
+    from glass_ad.inference.openvino_export import split_normals
+
+    calibration, held = split_normals(data, 6, 4)
+    assert len(calibration) == 6 and len(held) == 4
+    seen = {frame.tobytes() for frame in calibration}
+    assert not any(frame.tobytes() in seen for frame in held)

@@ -1,7 +1,7 @@
 """The preprocessing specification (numpy), the preprocessing inside the exported graph, and the torch-free
 runtime.
 
-The numpy reference (`runtime.preprocess`, `runtime.map_to_original`) is held to `preprocessing.Preprocessor`
+The numpy reference (`framing.preprocess`, `framing.map_to_original`) is held to `preprocessing.Preprocessor`
 (PyTorch); the in-graph preprocessing (`frame_graph.wrap_frames`) to the numpy reference, on a small
 hand-built ONNX "network" whose map is the mean of its input pixels, so every pixel of the preprocessing
 shows in the output. No model is trained here.
@@ -21,7 +21,7 @@ import torch
 from onnx import TensorProto, helper
 
 from glass_ad.data.preprocessing import Preprocessor
-from glass_ad.inference import runtime
+from glass_ad.inference import framing, runtime
 from glass_ad.inference.frame_graph import wrap_frames
 
 GEOMETRIES = [
@@ -47,9 +47,9 @@ def test_numpy_reference_matches_preprocessor(height, width, size, resize, fit):
     rng = np.random.default_rng(height * 7 + width)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     preprocessor = Preprocessor(size, resize, fit)
-    assert runtime.crop_box(height, width, size, resize, fit) == preprocessor.geometry((height, width))
+    assert framing.crop_box(height, width, size, resize, fit) == preprocessor.geometry((height, width))
 
-    ours, theirs = runtime.preprocess(image, size, resize, fit), _torch_prepare(image, size, resize, fit)
+    ours, theirs = framing.preprocess(image, size, resize, fit), _torch_prepare(image, size, resize, fit)
     assert ours.shape == theirs.shape == (size, size, 3) and ours.dtype == np.uint8
     difference = np.abs(ours.astype(int) - theirs.astype(int))
     # Float summation order differs from PyTorch's kernels: a value within ~1e-5 of x.5 may round the
@@ -57,19 +57,19 @@ def test_numpy_reference_matches_preprocessor(height, width, size, resize, fit):
     assert difference.max() <= 1 and (difference > 0).mean() < 2e-3
 
     small = rng.random((size, size)).astype(np.float32)
-    back = runtime.map_to_original(small, (height, width), size, resize, fit)
+    back = framing.map_to_original(small, (height, width), size, resize, fit)
     assert back.shape == (height, width) and back.dtype == np.float32
     assert np.abs(back - preprocessor.map_to_original(small, (height, width))).max() < 1e-4  # float rounding only
 
 
 def test_resize_weights_rows_sum_to_one_and_identity_when_same_size():
     for in_size, out_size in ((10, 10), (100, 7), (7, 100), (33, 32)):
-        weights = runtime.resize_weights(in_size, out_size)
+        weights = framing.resize_weights(in_size, out_size)
         assert weights.shape == (out_size, in_size)
         assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-6) and (weights >= 0).all()
-    assert np.array_equal(runtime.resize_weights(9, 9), np.eye(9, dtype=np.float32))
+    assert np.array_equal(framing.resize_weights(9, 9), np.eye(9, dtype=np.float32))
     with pytest.raises(ValueError, match="fit must be"):
-        runtime.crop_box(10, 10, 8, None, "pad")
+        framing.crop_box(10, 10, 8, None, "pad")
 
 
 def _mean_model(size: int) -> onnx.ModelProto:
@@ -123,10 +123,10 @@ def test_preprocessing_in_the_graph_matches_the_reference(tmp_path, height, widt
     scores, _, maps = runtime.session(path).run(None, {"images": frames})
     assert maps.shape == (2, height, width)
     for frame, score, frame_map in zip(frames, scores, maps):
-        prepared = runtime.preprocess(frame, size, resize, fit).astype(np.float32)
+        prepared = framing.preprocess(frame, size, resize, fit).astype(np.float32)
         # The graph's network input, seen through the mean: the same pixels as the numpy reference up to a
         # rare one-level rounding difference (see above), i.e. ≤ 1/3 on the channel mean.
-        expected = runtime.map_to_original(prepared.mean(axis=2), (height, width), size, resize, fit)
+        expected = framing.map_to_original(prepared.mean(axis=2), (height, width), size, resize, fit)
         assert np.abs(frame_map - expected).max() <= 1 / 3 + 1e-3
         assert abs(float(score) - float(prepared.mean(axis=2).max())) <= 1 / 3 + 1e-3
         torch_map = Preprocessor(size, resize, fit).map_to_original(
@@ -245,16 +245,16 @@ def test_rectangular_crop_box_is_the_contract_and_squares_are_unchanged():
         shape = [(64, 128), (128, 64), (288, 704), (40, 112), (96, 232)][int(rng.integers(5))]
         resize = [None, min(shape), min(shape) + 8, min(shape) + 3][int(rng.integers(4))]
         fit = ["crop", "stretch"][int(rng.integers(2))]
-        assert runtime.crop_box(height, width, min(shape), resize, fit, shape) == _contract_crop_box(height, width, shape, resize, fit)
+        assert framing.crop_box(height, width, min(shape), resize, fit, shape) == _contract_crop_box(height, width, shape, resize, fit)
         size = shape[0]
-        square = runtime.crop_box(height, width, size, resize and resize - min(shape) + size, fit)
-        assert square == runtime.crop_box(height, width, size, resize and resize - min(shape) + size, fit, (size, size))
+        square = framing.crop_box(height, width, size, resize and resize - min(shape) + size, fit)
+        assert square == framing.crop_box(height, width, size, resize and resize - min(shape) + size, fit, (size, size))
         assert square == _contract_crop_box(height, width, (size, size), resize and resize - min(shape) + size, fit)
     for height, width, shape, resize, fit, expected in RECT_TIES:
-        assert runtime.crop_box(height, width, min(shape), resize, fit, shape) == expected
+        assert framing.crop_box(height, width, min(shape), resize, fit, shape) == expected
     # The example of the contract: 500×1260 steel images at 288×704 (short side 288 = the frame's 500).
-    assert runtime.crop_box(500, 1260, 288, None, "crop", (288, 704)) == (288, 726, 0, 11)
-    assert runtime.crop_box(500, 1260, 288, None, "stretch", (288, 704)) == (288, 704, 0, 0)
+    assert framing.crop_box(500, 1260, 288, None, "crop", (288, 704)) == (288, 726, 0, 11)
+    assert framing.crop_box(500, 1260, 288, None, "stretch", (288, 704)) == (288, 704, 0, 0)
 
 
 @pytest.mark.parametrize("height,width,shape,resize,fit", RECT_GEOMETRIES)
@@ -263,20 +263,20 @@ def test_rectangular_numpy_reference_matches_preprocessor(height, width, shape, 
     rng = np.random.default_rng(height * 7 + width)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     size = min(shape)
-    assert runtime.crop_box(height, width, size, resize, fit, shape) == preprocessor.geometry((height, width))
+    assert framing.crop_box(height, width, size, resize, fit, shape) == preprocessor.geometry((height, width))
 
-    ours = runtime.preprocess(image, size, resize, fit, shape)
+    ours = framing.preprocess(image, size, resize, fit, shape)
     theirs = (preprocessor.image(image) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
     assert ours.shape == theirs.shape == (*shape, 3) and ours.dtype == np.uint8
     difference = np.abs(ours.astype(int) - theirs.astype(int))
     assert difference.max() <= 1 and (difference > 0).mean() < 2e-3  # float summation order (see above)
 
     small = rng.random(shape).astype(np.float32)
-    back = runtime.map_to_original(small, (height, width), size, resize, fit, shape)
+    back = framing.map_to_original(small, (height, width), size, resize, fit, shape)
     assert back.shape == (height, width) and back.dtype == np.float32
     assert np.abs(back - preprocessor.map_to_original(small, (height, width))).max() < 1e-4
     with pytest.raises(ValueError, match="map"):
-        runtime.map_to_original(small.T, (height, width), size, resize, fit, shape)
+        framing.map_to_original(small.T, (height, width), size, resize, fit, shape)
 
 
 @pytest.mark.parametrize("height,width,shape,resize,fit,expected", RECT_TIES)
@@ -305,8 +305,8 @@ def test_rectangular_preprocessing_in_the_graph_matches_the_reference(tmp_path, 
     assert maps.shape == (2, height, width)
     size = min(shape)
     for frame, score, frame_map in zip(frames, scores, maps):
-        prepared = runtime.preprocess(frame, size, resize, fit, shape).astype(np.float32)
-        expected = runtime.map_to_original(prepared.mean(axis=2), (height, width), size, resize, fit, shape)
+        prepared = framing.preprocess(frame, size, resize, fit, shape).astype(np.float32)
+        expected = framing.map_to_original(prepared.mean(axis=2), (height, width), size, resize, fit, shape)
         assert np.abs(frame_map - expected).max() <= 1 / 3 + 1e-3
         assert abs(float(score) - float(prepared.mean(axis=2).max())) <= 1 / 3 + 1e-3
 
@@ -362,5 +362,5 @@ def test_runtime_preprocesses_for_a_rectangular_crop_input_model(tmp_path):
     rt = runtime.Runtime(path)
     assert not rt.in_graph and rt.input_shape == shape
     prediction = rt(frame)
-    prepared = runtime.preprocess(frame, 32, resize, fit, shape).astype(np.float32).mean(axis=2)
-    assert np.allclose(prediction.anomaly_map, runtime.map_to_original(prepared, (50, 70), 32, resize, fit, shape), atol=1e-4)
+    prepared = framing.preprocess(frame, 32, resize, fit, shape).astype(np.float32).mean(axis=2)
+    assert np.allclose(prediction.anomaly_map, framing.map_to_original(prepared, (50, 70), 32, resize, fit, shape), atol=1e-4)

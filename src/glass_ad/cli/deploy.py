@@ -150,7 +150,10 @@ def _export_openvino(run_dir: Path, out: Optional[Path], precision: str, calibra
         hold_for_command(output_lock(ensure_writable(target.parent, what="export folder")))
         result = export_openvino(run_dir, target, precision=precision, calibration=calibration)
     extra = f", calibrated on {result.calibration_images} normal images" if result.calibration_images else ""
+    extra += f" and {result.synthetic_images} synthetic anomalies" if result.synthetic_images else ""
     typer.echo(f"saved {result.path} (OpenVINO IR, {result.precision}{extra}; run it with INFERENCE_PRECISION_HINT=f32)")
+    if result.check is not None:
+        typer.echo(result.check.line())
     if result.max_abs_diff:
         diffs = ", ".join(f"{name} {value:.1e}" for name, value in result.max_abs_diff.items())
         typer.echo(f"OpenVINO vs ONNX Runtime fp32, max |difference|: {diffs}")

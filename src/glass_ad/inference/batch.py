@@ -43,6 +43,8 @@ import numpy as np
 from glass_ad.data.io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
 from glass_ad.safety import one_line
 
+ERROR_CHARS = 300  # an error cell: `safety.one_line` shortened to this many characters
+
 COLUMNS = ("path", "score", "normalized", "decision", "threshold", "error", "map")
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -155,7 +157,7 @@ def read_url_image(url: str, bit_depth: int | None = None) -> np.ndarray:
     except PermissionError:
         raise _url_read_error(url, "permission denied") from None
     except Exception as error:  # noqa: BLE001 - network, credentials, ...: the row says which
-        raise _url_read_error(url, f"cannot read the file ({_one_line(error)})") from None
+        raise _url_read_error(url, f"cannot read the file ({one_line(error, limit=ERROR_CHARS)})") from None
     if not data:
         raise _url_read_error(url, "file is empty (0 bytes)")
     # The bytes go through a private temporary file to the one decoder of the library (as `glass serve`
@@ -247,7 +249,7 @@ class BatchScorer:
                 else:
                     image = read_image(path, bit_depth=self.detector.bit_depth)
             except Exception as error:  # noqa: BLE001 - a bad file is a row, never a crash
-                rows.append(_error_row(path, _one_line(error)))
+                rows.append(_error_row(path, one_line(error, limit=ERROR_CHARS)))
                 continue
             rows.append(_error_row(path, ""))
             images.append(image)
@@ -265,7 +267,7 @@ class BatchScorer:
             for slot, prediction in zip(slots, predictions):
                 row = rows[slot]
                 if isinstance(prediction, Exception):
-                    row["error"] = _one_line(prediction)
+                    row["error"] = one_line(prediction, limit=ERROR_CHARS)
                     continue
                 row.update(
                     score=float(prediction.score),
@@ -279,12 +281,8 @@ class BatchScorer:
                         self._save_map(target, prediction.anomaly_map.astype(np.float32))
                         row["map"] = str(target)
                     except Exception as error:  # noqa: BLE001 - a map that cannot be saved is the row's error
-                        row["error"] = _one_line(error)
+                        row["error"] = one_line(error, limit=ERROR_CHARS)
         return {name: [row[name] for row in rows] for name in COLUMNS}
-
-
-def _one_line(error: BaseException) -> str:
-    return one_line(error, limit=300)
 
 
 # ------------------------------------------------------------------------------------------- writing

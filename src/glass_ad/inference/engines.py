@@ -17,7 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from glass_ad.model.checkpoint import Checkpoint, Normalization, as_checkpoint, checkpoint_path
+from glass_ad.inference.exported import INPUT_NAME, ONNX_NAME, OUTPUT_NAMES, XML_NAME, read_metadata
+from glass_ad.inference.head import ScoringHead
+from glass_ad.inference.runtime import OpenVinoSession, session
+from glass_ad.model.checkpoint import Checkpoint, as_checkpoint, checkpoint_path
+from glass_ad.model.decision import Normalization
 from glass_ad.model.chunking import ChunkChoice, choose_batch_chunk
 from glass_ad.model.glass_model import GlassModel, resolve_device
 
@@ -41,27 +45,49 @@ class InferenceGraph(nn.Module):
     model's input shape (square or rectangular: the network is convolutional).
 
     The torch engine of `Detector` runs this module and `export.export_onnx` exports it, so the two agree.
+    After the backbone it runs `head.ScoringHead` (the model's aggregation and discriminator in fewer
+    operations; the model's own forward for layers the head does not convert). ``patch_output``: return
+    the B×h×w patch scores instead of the map (the exported frame graph builds the map on the frame from
+    them, `frame_graph.wrap_frames`).
     """
 
-    def __init__(self, model: GlassModel, normalization: Normalization | dict[str, float]):
+    def __init__(self, model: GlassModel, normalization: Normalization | dict[str, float], patch_output: bool = False):
         super().__init__()
         self.model = model
         # Plain floats: they become constants of the graph, like the thresholds they come from.
         if not isinstance(normalization, Normalization):
             normalization = Normalization.from_dict(normalization)
-        self.normalization = Normalization(float(normalization.center), float(normalization.scale))
+        self.normalization = Normalization(float(normalization.centre), float(normalization.scale))
+        self.head = ScoringHead(model) if ScoringHead.supports(model) else None
+        self.patch_output = bool(patch_output)
+
+    def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images B×3×H×W in [0, 1] → patch scores B×h×w (backbone chunks as the model sets them)."""
+        chunk = self.model.batch_chunk
+        if chunk and len(x) > chunk:
+            return torch.cat([self.patch_scores_of(part) for part in x.split(chunk)])
+        return self.patch_scores_of(x)
+
+    def patch_scores_of(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            return self.model.patch_scores(self.model.features_of(x))
+        return self.head(self.model.backbone(x))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        out = self.model(x)
-        return out.image_scores, self.normalization(out.image_scores), out.anomaly_maps
+        patches = self.patch_scores(x)
+        scores = patches.flatten(1).amax(dim=1)
+        maps = patches if self.patch_output else self.model.score_map(patches)
+        return scores, self.normalization(scores), maps
 
 
-def inference_graph(checkpoint: Checkpoint | dict[str, Any], device: str | torch.device = "cpu") -> InferenceGraph:
+def inference_graph(
+    checkpoint: Checkpoint | dict[str, Any], device: str | torch.device = "cpu", patch_output: bool = False
+) -> InferenceGraph:
     """The evaluation-mode `InferenceGraph` of a checkpoint (fused model, its image normalisation)."""
     checkpoint = as_checkpoint(checkpoint)
     model = checkpoint.build_model(device, fuse=True)
-    return InferenceGraph(model, checkpoint.calibration.image_normalization).eval()
+    return InferenceGraph(model, checkpoint.calibration.image_normalization, patch_output).eval()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -104,8 +130,6 @@ class OnnxEngine:
         providers: str | Sequence[str] | None = "cpu",
         openvino: bool = False,
     ):
-        from glass_ad.inference.export import INPUT_NAME, OUTPUT_NAMES, onnx_session, read_metadata
-
         kind = "openvino" if openvino else "onnx"
         if not onnx_path.is_file():
             raise FileNotFoundError(
@@ -113,21 +137,19 @@ class OnnxEngine:
                 f"(create it with `glass export RUN_DIR --format {kind} --out {onnx_path}`)"
             )
         if openvino:  # OpenVINO IR, compiled with the f32 precision hint (see openvino_export)
-            from glass_ad.inference.openvino_export import read_metadata as ir_metadata
-            from glass_ad.inference.runtime import OpenVinoSession
-
             self.name = "openvino"
-            meta = ir_metadata(onnx_path)
-            self.precision = meta.get("precision") or "fp32"  # fp32 / fp16 / int8, written by export_openvino
             device = providers if isinstance(providers, str) and providers.upper() in ("CPU", "GPU", "NPU", "AUTO") else "CPU"
-            session = OpenVinoSession(onnx_path, device.upper(), threads)
+            self.session = OpenVinoSession(onnx_path, device.upper(), threads)
+            meta = self.session.metadata()
+            self.precision = meta.get("precision") or "fp32"  # fp32 / fp16 / int8, written by export_openvino
         else:
             meta = read_metadata(onnx_path)
         check_metadata(meta, checkpoint, onnx_path)
         # In-graph preprocessing (the default of `glass export`): frames of any size in, maps on the frame out.
         self.in_graph = meta.get("preprocessing") == "in-graph"
         self.path = onnx_path
-        self.session = session if openvino else onnx_session(onnx_path, threads, providers)
+        if not openvino:
+            self.session = session(onnx_path, providers, threads)
         self.input_name, self.output_names = INPUT_NAME, list(OUTPUT_NAMES)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -155,7 +177,7 @@ def check_metadata(meta: dict[str, str], checkpoint: Checkpoint, path: Path) -> 
                 else f"input shape {shape[0]}x{shape[1]} ≠ {want_shape[0]}x{want_shape[1]}"
             )
         for key, want in (
-            ("normalization_center", normalization.center),
+            ("normalization_center", normalization.centre),
             ("normalization_scale", normalization.scale),
         ):
             have = float(meta.get(key, "nan"))
@@ -181,13 +203,9 @@ def create_engine(
     if name == "torch":
         return TorchEngine(checkpoint, resolve_device(device))
     if name == "onnx":
-        from glass_ad.inference.export import ONNX_NAME
-
         path = Path(model_path) if model_path is not None else checkpoint_path(run).parent / ONNX_NAME
         return OnnxEngine(path, checkpoint, threads, providers)
     if name == "openvino":
-        from glass_ad.inference.openvino_export import XML_NAME
-
         path = Path(model_path) if model_path is not None else checkpoint_path(run).parent / XML_NAME
         return OnnxEngine(path, checkpoint, threads, providers, openvino=True)
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")

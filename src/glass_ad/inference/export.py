@@ -15,7 +15,7 @@ differ and would break the parity with training), which then takes frames of any
 graph is `engines.InferenceGraph`, the module `Detector`'s torch engine runs, so both engines compute the
 same formula, including the normalised score (`checkpoint.Normalization`).
 
-The model's metadata (``glass_ad.*`` properties) records the input shape (``image_height``,
+The model's metadata (``glass_ad.*`` properties, read with `exported.read_metadata`) records the input shape (``image_height``,
 ``image_width``; ``image_size`` is their shorter side, the square's side), the thresholds and the
 normalisation it was exported with; `Detector` refuses an ONNX file that does not match its checkpoint.
 
@@ -39,17 +39,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from glass_ad.inference.engines import InferenceGraph, inference_graph  # noqa: F401 (export.InferenceGraph: the older name)
+from glass_ad.inference.engines import InferenceGraph, inference_graph
+from glass_ad.inference.exported import INPUT_NAME, META_PREFIX, ONNX_NAME, OUTPUT_NAMES
+from glass_ad.inference.runtime import session
 from glass_ad.model.checkpoint import Checkpoint, as_checkpoint, checkpoint_path
 from glass_ad.safety import atomic_path, ensure_writable, refuse_input_overlap
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("image_score", "normalized_score", "anomaly_map")
 DEFAULT_OPSET = 17
-ONNX_NAME = "model.onnx"
-META_PREFIX = "glass_ad."
 
 
 def _or_empty(value: Any) -> Any:
@@ -88,9 +86,9 @@ def export_metadata(checkpoint: Checkpoint | dict[str, Any], in_graph: bool = Tr
         "region_height": _or_empty(calibration.region_height),
         "f1_image_threshold": _or_empty(f1.image_threshold if f1 is not None else None),
         "f1_pixel_threshold": _or_empty(f1.pixel_threshold if f1 is not None else None),
-        "normalization_center": calibration.image_normalization.center,
+        "normalization_center": calibration.image_normalization.centre,
         "normalization_scale": calibration.image_normalization.scale,
-        "pixel_normalization_center": calibration.pixel_normalization.center,
+        "pixel_normalization_center": calibration.pixel_normalization.centre,
         "pixel_normalization_scale": calibration.pixel_normalization.scale,
         "normalized_score": "1 / (1 + exp(-(score - normalization_center) / normalization_scale))",
         "input": (
@@ -116,14 +114,6 @@ def _estimate(calibration, name: str) -> float | None:
     """A field of the false-alarm estimate (operating_point.py); None without one."""
     estimate = calibration.false_alarm_estimate()
     return None if estimate is None else getattr(estimate, name)
-
-
-def read_metadata(onnx_path: str | os.PathLike) -> dict[str, str]:
-    """The ``glass_ad.*`` metadata of an exported model (prefix removed); reads the header only."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {p.key[len(META_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
 
 
 @dataclass
@@ -172,8 +162,6 @@ def _export_dynamo(graph: nn.Module, example: torch.Tensor, path: Path, opset: i
 
 def onnx_session(onnx_path: str | os.PathLike, threads: int | None = None, providers: Any = "cpu"):
     """An ONNX Runtime session (CPU provider by default; see `runtime.resolve_providers`)."""
-    from glass_ad.inference.runtime import session
-
     return session(onnx_path, providers, threads)
 
 
@@ -257,6 +245,9 @@ def export_onnx(
     with atomic_path(path) as tmp:
         chosen = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
         used, errors = None, []
+        # With the preprocessing in the graph, the network's output is its patch-score grid and the map is
+        # built on the frame in one step (`frame_graph.wrap_frames` with the score-map matrices).
+        graph.patch_output = preprocessing
         for name in chosen:
             try:
                 (_export_torchscript if name == "torchscript" else _export_dynamo)(graph, example, tmp, opset)
@@ -265,13 +256,16 @@ def export_onnx(
             except Exception as error:  # one exporter failing is reason to try the other, not to stop
                 errors.append(f"{name}: {type(error).__name__}: {error}")
                 log.warning("ONNX export with the %s exporter failed: %s", name, error)
+        graph.patch_output = False
         if used is None:
             raise RuntimeError("ONNX export failed: " + " | ".join(errors))
         model = onnx.load(str(tmp))
         if preprocessing:
             from glass_ad.inference.frame_graph import wrap_frames
 
-            model = wrap_frames(model, checkpoint.image_size, checkpoint.config.resize, checkpoint.fit, (height, width))
+            score_map = graph.model.score_map
+            matrices = (score_map.matrix.cpu().numpy(), score_map.column_matrix.cpu().numpy())
+            model = wrap_frames(model, checkpoint.image_size, checkpoint.config.resize, checkpoint.fit, (height, width), matrices)
         for key, value in export_metadata(checkpoint, in_graph=preprocessing).items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value

@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass, field  # noqa: F401
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -41,14 +40,15 @@ import numpy as np
 import torch
 
 from glass_ad.data.io import IMAGE_EXTENSIONS, ImageReadError, check_bit_depth, list_images
-from glass_ad.inference.engines import Engine, InferenceGraph, create_engine, inference_graph  # noqa: F401 (predict.InferenceGraph)
-from glass_ad.inference.runtime import MIN_SIDE, ImageInput, Prediction, to_rgb  # noqa: F401 (re-exported: predict.Prediction, predict.to_rgb)
+from glass_ad.inference.engines import Engine, create_engine
+from glass_ad.inference.framing import crop_in_original
+from glass_ad.inference.runtime import ImageInput, Prediction, read_batches, to_rgb
 from glass_ad.model.checkpoint import Checkpoint, as_checkpoint, checkpoint_path
 from glass_ad.safety import refuse_input_overlap, refuse_output_in_inputs, write_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Detector", "InferenceGraph", "Prediction", "ImageInput", "collect_inputs", "inference_graph", "predict_files"]
+__all__ = ["Detector", "collect_inputs", "predict_files"]
 
 OVERLAY_MAX_SIDE = 1024  # overlays of huge images are drawn downscaled (3 tiles wide)
 
@@ -172,25 +172,13 @@ class Detector:
         """
         size = max(1, int(batch_size or self.batch_size))
         frames = self.engine.in_graph  # the graph resizes: batch whole frames, one size per batch
-        pending: list[tuple[np.ndarray, str | None, np.ndarray | None]] = []
-        for item in images:
-            try:
-                rgb, path = to_rgb(item, self.bit_depth)
-                prepared = None if frames else self.prepare(rgb)
-            except (ValueError, TypeError, OSError) as error:  # ImageReadError is a ValueError
-                if on_error is None:
-                    raise
-                on_error(item, error)
-                continue
-            if frames and pending and pending[0][0].shape != rgb.shape:
-                yield from self._finish(pending, keep_image)
-                pending = []
-            pending.append((rgb, path, prepared))
-            if len(pending) == size:
-                yield from self._finish(pending, keep_image)
-                pending = []
-        if pending:
-            yield from self._finish(pending, keep_image)
+
+        def read(item: ImageInput) -> tuple[np.ndarray, str | None, np.ndarray | None]:
+            rgb, path = to_rgb(item, self.bit_depth)
+            return rgb, path, None if frames else self.prepare(rgb)
+
+        for batch in read_batches(images, read, size, by_shape=frames, on_error=on_error):
+            yield from self._finish(batch, keep_image)
 
     def _finish(self, batch: list[tuple[np.ndarray, str | None, np.ndarray | None]], keep_image: bool) -> Iterator[Prediction]:
         if self.engine.in_graph:
@@ -291,7 +279,7 @@ class Detector:
         if picture is None:
             raise ValueError("overlay needs the image: predict with keep_image=True or pass image=")
         height, width = picture.shape[:2]
-        inspected = self.preprocessor.crop_box(height, width).in_original()
+        inspected = crop_in_original(height, width, self.config.image_size, self.config.resize, self.checkpoint.fit, self.input_shape)
         scale = OVERLAY_MAX_SIDE / max(height, width)
         if scale < 1.0:  # overlay_panel resizes the map to the image; contours follow the resized map
             size = (max(1, round(width * scale)), max(1, round(height * scale)))

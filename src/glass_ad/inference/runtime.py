@@ -12,170 +12,30 @@ decision needs — the network input's shape (``image_height`` × ``image_width`
 rectangular inputs carry only the square's ``image_size``), resize and fit, thresholds, normalisations, bit
 depth — is read from the model's ``glass_ad.*`` metadata, never from the training checkpoint.
 
-The preprocessing is specified here as plain numpy (`crop_box`, `resize_weights`, `preprocess`,
-`map_to_original`), the reference an integrator can port to any language: it reproduces
-`glass_ad.data.datasets.Preprocessor` (PyTorch's bilinear resize, antialiased when shrinking) as two matrix
-products per image, and the tests hold both to the same pixels. Models exported with the preprocessing in
-the graph (the default of `glass export`) take frames of any size directly; older crop-input models are
-fed through `preprocess` here.
+The preprocessing is specified in plain numpy in `framing` (`crop_box`, `resize_weights`, `preprocess`,
+`map_to_original`), the reference an integrator can port to any language. Models exported with the
+preprocessing in the graph (the default of `glass export`) take frames of any size directly; older
+crop-input models are fed through `framing.preprocess` here.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
 from glass_ad.data.io import check_bit_depth, read_image, to_uint8
+from glass_ad.inference.exported import META_PREFIX, PRECISION_HINT, read_ir_metadata
+from glass_ad.inference.framing import map_to_original, preprocess
 
-__all__ = [
-    "OpenVinoSession",
-    "Prediction",
-    "Runtime",
-    "crop_box",
-    "input_shape",
-    "resize_weights",
-    "preprocess",
-    "map_to_original",
-    "resolve_providers",
-    "to_rgb",
-]
+__all__ = ["OpenVinoSession", "Prediction", "Runtime", "read_batches", "resolve_providers", "session", "to_rgb"]
 
 MIN_SIDE = 8  # as io.read_image: smaller images carry no usable texture at stride 8
-META_PREFIX = "glass_ad."
 
 ImageInput = Union[np.ndarray, "PIL.Image.Image", str, os.PathLike]  # noqa: F821 (PIL is imported lazily)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The preprocessing, specified in numpy
-
-
-def input_shape(image_size: int, shape: Sequence[int] | None = None) -> tuple[int, int]:
-    """``(H, W)`` of the network input: ``shape`` when given, else the ``image_size`` square."""
-    if shape is None:
-        return int(image_size), int(image_size)
-    height, width = (int(n) for n in shape)
-    if height < 1 or width < 1:
-        raise ValueError(f"invalid network input shape {height}x{width}")
-    return height, width
-
-
-def crop_box(
-    height: int, width: int, image_size: int, resize: int | None = None, fit: str = "crop", shape: Sequence[int] | None = None
-) -> tuple[int, int, int, int]:
-    """``(resized_h, resized_w, top, left)``: the frame is resized to ``resized_h × resized_w``, then the
-    ``H × W`` network input (``shape``, default the ``image_size`` square) at ``(top, left)`` is cut out.
-
-    With ``R = resize or min(H, W)`` and the margin ``m = R / min(H, W)``:
-    ``fit="stretch"``: ``(round(H·m), round(W·m))``; ``fit="crop"`` (keep the aspect ratio): with
-    ``f = max(H·m / height, W·m / width)``, ``(max(round(H·m), round(height·f)), max(round(W·m),
-    round(width·f)))``. The crop is centred: ``top = round((resized_h − H) / 2)``, ``left = round((resized_w
-    − W) / 2)``. Every ``round`` is Python's (half to even) of the exact rational value, so the integers
-    are the same in `Preprocessor.crop_box` and in the exported graph (`frame_graph`), which computes them in
-    integer arithmetic. For a square this is: the shorter side becomes ``R``, the longer one keeps the aspect
-    ratio (never below ``R``); stretch makes both ``R``.
-    """
-    height, width = int(height), int(width)
-    target_h, target_w = input_shape(image_size, shape)
-    short = min(target_h, target_w)
-    side = int(resize) if resize else short
-    if height < 1 or width < 1:
-        raise ValueError(f"invalid image size {width}x{height}")
-    base_h, base_w = round(Fraction(target_h * side, short)), round(Fraction(target_w * side, short))
-    if fit == "stretch":
-        new_h, new_w = base_h, base_w
-    elif fit == "crop":
-        scale = max(Fraction(target_h * side, short * height), Fraction(target_w * side, short * width))
-        new_h, new_w = max(base_h, round(height * scale)), max(base_w, round(width * scale))
-    else:
-        raise ValueError(f"fit must be 'crop' or 'stretch', got {fit!r}")
-    return new_h, new_w, round(Fraction(new_h - target_h, 2)), round(Fraction(new_w - target_w, 2))
-
-
-def resize_weights(in_size: int, out_size: int, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-    """The ``out_size × in_size`` matrix (or only its ``rows``) of a 1-D bilinear resize, float32.
-
-    Output pixel ``i`` has its centre at ``c = s·(i + ½)`` input pixels (``s = in/out``); input pixel ``j``
-    gets the weight ``max(0, 1 − |(j − c + ½) / max(s, 1)|)``, and each row is divided by its sum. When
-    shrinking (``s > 1``) this is the antialiased triangle filter; when enlarging it is ordinary bilinear
-    interpolation with the edge pixel repeated — both as PyTorch's ``interpolate(mode="bilinear",
-    align_corners=False)`` computes them, which `Preprocessor` uses.
-    """
-    if in_size < 1 or out_size < 1:
-        raise ValueError(f"sizes must be positive, got {in_size} → {out_size}")
-    scale = np.float32(in_size) / np.float32(out_size)
-    invscale = np.float32(1.0) / scale if scale >= 1 else np.float32(1.0)
-    index = np.arange(out_size) if rows is None else np.asarray(rows)
-    center = scale * (index.astype(np.float32) + np.float32(0.5))
-    taps = np.arange(in_size, dtype=np.float32)
-    weights = np.maximum(np.float32(0.0), 1 - np.abs(((taps[None, :] - center[:, None]) + np.float32(0.5)) * invscale))
-    total = weights.sum(axis=1, keepdims=True, dtype=np.float32)
-    return (weights / np.where(total > 0, total, 1)).astype(np.float32)
-
-
-def preprocess(
-    image: np.ndarray, image_size: int, resize: int | None = None, fit: str = "crop", shape: Sequence[int] | None = None
-) -> np.ndarray:
-    """uint8 ``h×w×3`` (or ``h×w``) frame → the network input, uint8 ``H×W×3`` (``shape``, default the
-    ``image_size`` square).
-
-    Resize (`resize_weights` along each axis, pixels scaled to [0, 1]), take the centred ``H×W`` of
-    `crop_box`, clip to [0, 1], multiply by 255 and round half to even — the pixels `Preprocessor` and
-    `predict.Detector` give the model.
-    """
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 H×W×3 image, got {array.dtype} {tuple(array.shape)}")
-    height, width = array.shape[:2]
-    new_h, new_w, top, left = crop_box(height, width, image_size, resize, fit, shape)
-    target_h, target_w = input_shape(image_size, shape)
-    if (new_h, new_w) == (height, width):
-        out = array[top : top + target_h, left : left + target_w].astype(np.float32) / np.float32(255.0)
-    else:
-        rows = resize_weights(height, new_h, np.arange(top, top + target_h))  # H × h
-        cols = resize_weights(width, new_w, np.arange(left, left + target_w))  # W × w
-        pixels = array.astype(np.float32) / np.float32(255.0)
-        out = np.einsum("tw,hwc->htc", cols, pixels, optimize=True)  # along the width first, then the height
-        out = np.einsum("sh,htc->stc", rows, out, optimize=True)
-    return np.rint(np.clip(out, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
-
-
-def map_to_original(
-    anomaly_map: np.ndarray,
-    original_hw: tuple[int, int],
-    image_size: int,
-    resize: int | None = None,
-    fit: str = "crop",
-    shape: Sequence[int] | None = None,
-) -> np.ndarray:
-    """An ``H×W`` map (``shape``, default the ``image_size`` square) → float32 ``h×w`` on the original frame
-    (0 where the crop cut the frame).
-
-    The map is placed at the crop's position in the resized frame (zeros around it) and resized back to
-    ``h×w`` with `resize_weights` — `Preprocessor.map_to_original`.
-    """
-    values = np.asarray(anomaly_map, dtype=np.float32)
-    if values.ndim != 2:
-        values = values.reshape(values.shape[-2:])
-    height, width = int(original_hw[0]), int(original_hw[1])
-    new_h, new_w, top, left = crop_box(height, width, image_size, resize, fit, shape)
-    target_h, target_w = input_shape(image_size, shape)
-    if values.shape != (target_h, target_w):
-        raise ValueError(f"expected an {target_h}×{target_w} map, got {values.shape}")
-    if (new_h, new_w) == (height, width):
-        out = np.zeros((height, width), np.float32)
-        out[top : top + target_h, left : left + target_w] = values
-        return out
-    rows = resize_weights(new_h, height)[:, top : top + target_h]  # h × H (columns of the resized frame)
-    cols = resize_weights(new_w, width)[:, left : left + target_w]  # w × W
-    return (rows @ values @ cols.T).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -228,6 +88,43 @@ def to_rgb(item: ImageInput, bit_depth: int | None = None) -> tuple[np.ndarray, 
     if Image is not None and isinstance(item, Image.Image):
         return _array_to_rgb(_pil_to_array(item), bit_depth), getattr(item, "filename", None) or None
     raise TypeError(f"cannot predict on a {type(item).__name__}: pass a numpy array, a PIL image or a path")
+
+
+def read_batches(
+    items: Iterable[Any],
+    read: Callable[[Any], tuple],
+    size: int,
+    *,
+    by_shape: bool = True,
+    on_error: Callable[[Any, Exception], None] | None = None,
+) -> Iterator[list[tuple]]:
+    """Inputs read one at a time (``read(item)``: a tuple whose first element is the uint8 H×W×3 frame) and
+    handed on in consecutive batches of at most ``size``, in input order; with ``by_shape`` a batch holds
+    frames of one size (a frame of another size starts the next batch). Memory stays flat: one batch is
+    held at a time.
+
+    With ``on_error(item, error)``, an input that cannot be read (ValueError, TypeError, OSError —
+    `ImageReadError` is a ValueError) is reported there and skipped; without, it raises. The batching
+    of `Runtime.iter_predict` and of `predict.Detector.iter_predict`.
+    """
+    pending: list[tuple] = []
+    for item in items:
+        try:
+            record = read(item)
+        except (ValueError, TypeError, OSError) as error:
+            if on_error is None:
+                raise
+            on_error(item, error)
+            continue
+        if pending and by_shape and pending[0][0].shape != record[0].shape:
+            yield pending
+            pending = []
+        pending.append(record)
+        if len(pending) == size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -332,19 +229,15 @@ class OpenVinoSession:
             raise ValueError(f'{path} is OpenVINO IR: pip install "glass-ad[openvino]" ({error})') from None
         core = ov.Core()
         self.model = core.read_model(str(path))
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINT}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(self.model, device, config)
         self.device = device
+        self.path = path
 
     def metadata(self) -> dict[str, str]:
-        info = self.model.get_rt_info()
-        if "glass_ad" not in info:
-            return {}
-        section = info["glass_ad"]
-        keys = section.keys() if isinstance(section, dict) else section.astype(dict).keys()
-        return {key: self.model.get_rt_info(["glass_ad", key]).astype(str) for key in keys}
+        return read_ir_metadata(self.path, self.model)
 
     def get_inputs(self):
         return [_Named(port.get_any_name()) for port in self.compiled.inputs]
@@ -490,21 +383,9 @@ class Runtime:
         With `on_error(item, error)`, an unreadable input is reported there and skipped; without, it raises.
         """
         size = max(1, int(batch_size or self.batch_size))
-        pending: list[tuple[np.ndarray, str | None]] = []
-        for item in images:
-            try:
-                rgb, path = to_rgb(item, self.bit_depth)
-            except (ValueError, TypeError, OSError) as error:  # ImageReadError is a ValueError
-                if on_error is None:
-                    raise
-                on_error(item, error)
-                continue
-            if pending and (len(pending) == size or pending[0][0].shape != rgb.shape):
-                yield from self._finish(pending, keep_image)
-                pending = []
-            pending.append((rgb, path))
-        if pending:
-            yield from self._finish(pending, keep_image)
+        read = lambda item: to_rgb(item, self.bit_depth)  # noqa: E731
+        for batch in read_batches(images, read, size, by_shape=True, on_error=on_error):
+            yield from self._finish(batch, keep_image)
 
     def _finish(self, batch: list[tuple[np.ndarray, str | None]], keep_image: bool) -> Iterator[Prediction]:
         scores, normalized, maps = self.run(np.stack([rgb for rgb, _ in batch]))

@@ -39,9 +39,7 @@ import torch
 
 from glass_ad.config import GlassConfig
 from glass_ad.data.io import current_bit_depth
-
-# Normalization: inference/engines.py imports it from here until the inference branch reads decision.py.
-from glass_ad.model.decision import Calibration, Normalization  # noqa: F401
+from glass_ad.model.decision import Calibration
 from glass_ad.model.discriminator import Adaptor
 from glass_ad.model.geometry import FeatureGeometry
 from glass_ad.model.glass_model import FEATURE_STRIDE, GlassModel, build_model

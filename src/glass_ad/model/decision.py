@@ -56,11 +56,6 @@ class Normalization:
             return torch.sigmoid(z)
         return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
-    @property
-    def center(self) -> float:
-        """`centre`, for inference/engines.py and export.py until they read ``centre`` (the inference branch)."""
-        return self.centre
-
     @classmethod
     def around(cls, threshold: float) -> "Normalization":
         """The fallback curve for a threshold without held-out scores: 0 ↦ 0.1, threshold ↦ 0.5."""

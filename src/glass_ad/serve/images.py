@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from glass_ad.data.io import ImageReadError, ImageTooLargeError, read_image
-from glass_ad.inference.predict import MIN_SIDE
+from glass_ad.inference.runtime import MIN_SIDE
 
 __all__ = ["BadImage", "ImageTooLarge", "Upload", "clean_scratch", "decode_upload", "png_bytes"]
 
