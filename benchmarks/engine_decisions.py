@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from record import add_results_option, record_rows
+
 
 def _read_scores(path: Path) -> dict[str, float]:
     with open(path, newline="") as handle:
@@ -32,6 +34,7 @@ def main() -> int:
     parser.add_argument("--int8", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    add_results_option(parser, "engine_decisions")
     args = parser.parse_args()
 
     import torch
@@ -54,7 +57,11 @@ def main() -> int:
         engines["openvino int8"] = ("openvino", args.int8)
     rows, reference = [], None
     for name, spec in engines.items():
-        engine = None if spec is None else create_engine(spec[0], args.run, checkpoint, model_path=spec[1], threads=args.threads)
+        engine = (
+            None
+            if spec is None
+            else create_engine(spec[0], args.run, checkpoint, model_path=spec[1], threads=args.threads)
+        )
         scores_csv = out / f"scores_{name.replace(' ', '_')}.csv"
         report = test(args.run, args.data, progress=False, pictures=False, device="cpu", engine=engine, scores_csv=scores_csv,
                       json_path=out / f"test_{name.replace(' ', '_')}.json", echo=lambda _: None)  # fmt: skip
@@ -69,8 +76,11 @@ def main() -> int:
             "max_abs_diff": float(np.abs(a - b).max()), "mean_abs_diff": float(np.abs(a - b).mean()),
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
+    record_rows(args.results, [{"data": Path(args.data).name, "run": args.run, **row} for row in rows])
     (out / "engine_decisions.json").write_text(json.dumps({"run": args.run, "data": args.data, "rows": rows}, indent=2))
-    print(f"\n| engine | image AUROC | anomalous / {rows[0]['images']} | decisions changed vs PyTorch | max / mean abs(Δscore) |")
+    print(
+        f"\n| engine | image AUROC | anomalous / {rows[0]['images']} | decisions changed vs PyTorch | max / mean abs(Δscore) |"
+    )
     print("|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['engine']} | {100 * row['image_auroc']:.2f} | {row['anomalous']} | {row['changed_vs_torch']} | "

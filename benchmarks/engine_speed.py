@@ -30,7 +30,6 @@ Runtime's MLAS has no such switch: its figures stay those of this CPU, and the t
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -40,6 +39,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from record import add_results_option, record_rows
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
@@ -55,8 +56,12 @@ def cpu_flags() -> str:
 def commit() -> str:
     try:
         here = Path(__file__).resolve().parent
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -130,7 +135,9 @@ class Torch:
 
     def _prepared(self, frames):
         torch = self.torch
-        return torch.stack([(self.preprocessor.image(f) * 255.0).round().to(torch.uint8).permute(1, 2, 0) for f in frames])
+        return torch.stack(
+            [(self.preprocessor.image(f) * 255.0).round().to(torch.uint8).permute(1, 2, 0) for f in frames]
+        )
 
     def full(self, frames):
         with self.torch.inference_mode():
@@ -163,7 +170,9 @@ class OpenVino:
     def __init__(self, model, threads: int):
         import openvino as ov
 
-        self.compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+        self.compiled = ov.Core().compile_model(
+            model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+        )
 
     def __call__(self, frames):
         import numpy as np
@@ -175,12 +184,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
     parser.add_argument("data", help="MVTec-layout data set: its test images give the mixed-size frames")
-    parser.add_argument("--int8", type=Path, default=None, help="an int8 IR of RUN (glass export --format openvino --precision int8)")
+    parser.add_argument(
+        "--int8", type=Path, default=None, help="an int8 IR of RUN (glass export --format openvino --precision int8)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-isa", default=None, help="e.g. AVX2: cap oneDNN/OpenVINO's instruction set (see the docstring)")
+    parser.add_argument(
+        "--max-isa", default=None, help="e.g. AVX2: cap oneDNN/OpenVINO's instruction set (see the docstring)"
+    )
     parser.add_argument("--engines", default="torch,onnx,openvino,openvino-int8")
-    parser.add_argument("--out", type=Path, default=Path("results/engine_speed"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results/engine_speed"),
+        help="folder of the per-run JSON (every round's seconds)",
+    )
+    add_results_option(parser, "engine_speed")
     args = parser.parse_args()
     # Three thread pools share two cores in one process: none may spin-wait after its call, or the next
     # engine of the round is timed against the previous one's idle threads (PyTorch's OpenMP pool here;
@@ -198,8 +217,8 @@ def main() -> int:
     import openvino as ov
     from PIL import Image
 
-    from glass_ad.data.layouts import load_dataset
     from glass_ad.data.io import read_image
+    from glass_ad.data.layouts import load_dataset
     from glass_ad.inference.export import export_onnx
     from glass_ad.model.checkpoint import Checkpoint
 
@@ -212,7 +231,10 @@ def main() -> int:
         frame = read_image(path)
         by_size.setdefault(frame.shape[:2], path)
     mixed = [read_image(p) for p in list(by_size.values())[:16]]
-    uniform = [np.asarray(Image.fromarray(read_image(p)).resize((width, height), Image.BILINEAR)) for p in paths[:: len(paths) // 8][:8]]
+    uniform = [
+        np.asarray(Image.fromarray(read_image(p)).resize((width, height), Image.BILINEAR))
+        for p in paths[:: len(paths) // 8][:8]
+    ]
 
     scratch = Path(tempfile.mkdtemp(prefix="glass-engine-speed-"))
     wanted = args.engines.split(",")
@@ -222,11 +244,17 @@ def main() -> int:
         engines["torch"] = {"full": torch_engine.full, "backbone": torch_engine.backbone}
     onnx_path = export_onnx(args.run, scratch / "model.onnx").path
     if "onnx" in wanted:
-        engines["onnx fp32"] = {"full": Onnx(onnx_path, args.threads), "backbone": Onnx(cut_onnx(onnx_path, scratch / "backbone.onnx"), args.threads)}
+        engines["onnx fp32"] = {
+            "full": Onnx(onnx_path, args.threads),
+            "backbone": Onnx(cut_onnx(onnx_path, scratch / "backbone.onnx"), args.threads),
+        }
     core = ov.Core()
     if "openvino" in wanted:
         model = core.read_model(str(onnx_path))
-        engines["openvino fp32"] = {"full": OpenVino(model, args.threads), "backbone": OpenVino(cut_ir(core.read_model(str(onnx_path))), args.threads)}
+        engines["openvino fp32"] = {
+            "full": OpenVino(model, args.threads),
+            "backbone": OpenVino(cut_ir(core.read_model(str(onnx_path))), args.threads),
+        }
     if "openvino-int8" in wanted and args.int8:
         engines["openvino int8"] = {"full": OpenVino(core.read_model(str(args.int8)), args.threads),
                                     "backbone": OpenVino(cut_ir(core.read_model(str(args.int8))), args.threads)}  # fmt: skip
@@ -274,17 +302,15 @@ def main() -> int:
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = meta["time"].replace(":", "").replace("-", "")
-    (args.out / f"engine_speed_{stamp}.json").write_text(json.dumps({**meta, "rows": rows, "seconds": {"|".join(k): v for k, v in seconds.items()}}, indent=2))
-    table = args.out / "engine_speed.csv"
-    fields = ["time", "commit", "cpu_flags", "max_isa", "threads", "rounds", "run", "engine", "input", "images",
-              "full_img_s", "backbone_img_s", "full_vs_backbone", "vs_torch", "int8_vs_fp32"]  # fmt: skip
-    new = not table.exists()
-    with open(table, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        for row in rows:
-            writer.writerow({**meta, **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in row.items()}})
+    (args.out / f"engine_speed_{stamp}.json").write_text(
+        json.dumps({**meta, "rows": rows, "seconds": {"|".join(k): v for k, v in seconds.items()}}, indent=2)
+    )
+    keep = ("max_isa", "threads", "rounds", "run")
+    record_rows(args.results, [
+        {"data": Path(args.data).name, **{k: meta[k] for k in keep},
+         **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}}
+        for row in rows
+    ])  # fmt: skip
 
     def fmt(value, digits=2) -> str:
         return "—" if value is None else f"{value:.{digits}f}"

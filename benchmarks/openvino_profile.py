@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import collections
 
+from record import add_results_option, record_rows
+
 
 def part(name: str) -> str:
     if name.startswith("glass_frame"):
@@ -32,6 +34,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=288)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=12)
+    add_results_option(parser, "openvino_profile")
     args = parser.parse_args()
 
     import numpy as np
@@ -55,6 +58,11 @@ def main() -> int:
         print(f"  {name:9s} {100 * micro / total:5.1f} %  {micro / args.batch / 1000:7.2f} ms per image")
     for (name, kind, kernel), micro in nodes.most_common(args.top):
         print(f"  {micro / args.batch / 1000:7.2f} ms  {kind:16s} {kernel:24s} {name[:80]}")
+    record_rows(args.results, [
+        {"model": args.model, "batch": args.batch, "size": args.size, "threads": args.threads, "part": name,
+         "share": round(micro / total, 4), "ms_per_image": round(micro / args.batch / 1000, 3)}
+        for name, micro in parts.most_common()
+    ])  # fmt: skip
     return 0
 
 

@@ -65,8 +65,11 @@ def main() -> None:
     parser.add_argument("--baseline", nargs="*", default=[], help="JSON files of patchcore_baseline.py")
     add_results_option(parser, "quality")
     parser.add_argument("--csv", dest="results", type=Path, help="the same as --results (the older spelling)")
+    parser.add_argument("--busy", action="store_true", help="other jobs shared the CPU: the runs' times are not comparable")
     args = parser.parse_args()
     rows = [glass_row(Path(r)) for r in args.glass] + [baseline_row(Path(p)) for p in args.baseline]
+    for row in rows:
+        row["machine"] = "busy" if args.busy else "quiet"
     columns = list(dict.fromkeys(k for row in rows for k in row))
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))

@@ -78,6 +78,8 @@ def measured_table(results: Path = RESULTS) -> str:
                 if rows[0].get("epochs")
                 else ""
             )
+            if training and any(row.get("machine") == "busy" for row in rows):
+                training += " (CPU shared with other jobs: not a timing)"
             lines.append(
                 f"| {DATA_NAMES.get(data, data)} | {SCORERS[method]} | {_seeds(rows, 'seed')} | "
                 + " | ".join(_seeds(rows, metric) for metric in METRICS)
