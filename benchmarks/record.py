@@ -115,13 +115,18 @@ def append_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> Path:
             csv.DictWriter(handle, fieldnames=header).writerows(new)
         return path
     old = read_rows(path)
+    broken = [number for number, row in enumerate(old, start=2) if None in row]
+    if broken:  # a value with an unquoted comma: rewriting would drop the spill-over, so refuse first
+        raise ValueError(f"{path}: line(s) {broken} have more fields than the header; repair them first")
     names = list(dict.fromkeys([*header, *added]))
     columns = [c for c in names if c not in PROVENANCE] + [c for c in PROVENANCE if c in names]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    partial = path.with_name(path.name + ".partial")  # the old rows survive a failed rewrite
+    with partial.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(old + new)
+    partial.replace(path)
     return path
 
 

@@ -27,6 +27,7 @@ def test_every_row_names_its_data_cpu_and_origin(path):
     assert rows, path
     for number, row in enumerate(rows, start=2):
         where = f"{path.name}:{number}"
+        assert None not in row, f"{where}: more fields than the header (a value with an unquoted comma?)"
         assert row.get("data"), f"{where}: no data set"
         assert row.get("cpu") or row.get("cpu_flags"), f"{where}: no CPU"
         assert row.get("commit") or row.get("source"), f"{where}: neither a commit nor a source"
@@ -44,6 +45,14 @@ def test_a_new_column_keeps_the_older_rows(tmp_path):
         rows = list(reader)
     assert reader.fieldnames == ["data", "x", "y", "cpu"]  # figures first, where-measured last
     assert [(r["data"], r["x"], r["y"]) for r in rows] == [("a", "1", ""), ("b", "", "2"), ("c", "3", "")]
+
+
+def test_a_broken_file_is_refused_before_a_rewrite_and_kept(tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_text("data,cpu\na,c,spill-over\n")
+    with pytest.raises(ValueError, match="more fields than the header"):
+        record.append_rows(path, [{"data": "b", "cpu": "c", "new": 1}])
+    assert path.read_text() == "data,cpu\na,c,spill-over\n"
 
 
 def test_recorded_rows_carry_the_machine_commit_and_command(tmp_path, monkeypatch):
