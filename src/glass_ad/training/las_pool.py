@@ -50,8 +50,7 @@ class LASPool:
         self.seed, self.rank, self.margin = int(config.seed), int(rank), int(config.las_ignore_margin)
         self.store_settings = dict(dtype=config.cache_dtype, ram_limit_gb=config.cache_ram_limit_gb, spill_dir=spill_dir)
         self.store: FeatureStore | None = None  # allocated at the first copy
-        patches = model.num_patches
-        self.labels = np.zeros((len(images) * self.variants, patches), dtype=np.float32)
+        self.labels = np.zeros((len(images) * self.variants, model.num_patches), dtype=np.float32)
         self.filled = np.zeros(len(images) * self.variants, dtype=bool)
 
     @property
@@ -79,6 +78,8 @@ class LASPool:
             synthetic = self.synthesizer(self.images[image : image + 1].float() / 255.0, foreground, rng)
             copies.append(synthetic.images)
             labels.append(ignore_near_mask(synthetic.patch_labels, self.synthesizer.grid_shape, self.margin))
+        # One image per backbone pass: a copy's features then never depend on which copies shared its batch,
+        # so a resumed run recomputes them bit for bit.
         features = torch.cat([self.model.features(copy.to(self.device)) for copy in copies])
         if self.store is None:
             self.store = FeatureStore(len(self.filled), self.model.num_patches, self.model.embed_dim, **self.store_settings)

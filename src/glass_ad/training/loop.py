@@ -121,11 +121,10 @@ def train_one_epoch(
         index = group.shard(index)
         normal = features.batch(index)
         las_features = las_labels = None
+        las_index = index[: las_images_per_step(len(index), config)]
         if config.las and synthesis.las_pool is not None:
-            las_index = index[: las_images_per_step(len(index), config)]
             las_features, las_labels = synthesis.las_pool.batch(las_index, las_rng)
         elif config.las:
-            las_index = index[: las_images_per_step(len(index), config)]
             batch = features.images[las_index].float() / 255.0
             foreground = synthesis.foreground[las_index] if synthesis.foreground is not None else None
             synthetic = synthesis.las(batch, foreground, las_rng)
