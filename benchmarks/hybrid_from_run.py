@@ -49,7 +49,7 @@ def main() -> None:
     hybrid = dataclasses.replace(
         checkpoint,
         config=config,
-        memory_bank=model.memory_bank.bank.detach().cpu(),
+        memory_bank=model.memory_bank.state(),
         hybrid_norm=tuple(float(v) for v in model.hybrid_norm),
         calibration=calibration,
         config_digest=None,
@@ -59,9 +59,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     hybrid.save(out / CHECKPOINT_NAME)
     seconds = time.perf_counter() - started
-    print(f"{out / CHECKPOINT_NAME}: bank of {built['bank_size']} patch vectors ({seconds:.0f} s)")
+    print(f"{out / CHECKPOINT_NAME}: bank of {built['bank_size']} patch vectors of {built['bank_images']} images ({seconds:.0f} s)")
     row = {"data": Path(args.data).name, "recipe": config.recipe, "seed": config.seed, "run": Path(args.run).name}
-    record_rows(args.results, [{**row, "bank_size": built["bank_size"], "seconds": round(seconds, 1)}])
+    bank = {"bank_size": built["bank_size"], "bank_neighbours": built["bank_neighbours"] or 0}
+    record_rows(args.results, [{**row, **bank, "seconds": round(seconds, 1)}])
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def main() -> int:
     for (name, kind, kernel), micro in nodes.most_common(args.top):
         print(f"  {micro / args.batch / 1000:7.2f} ms  {kind:16s} {kernel:24s} {name[:80]}")
     record_rows(args.results, [
-        {"model": args.model, "batch": args.batch, "size": args.size, "threads": args.threads, "part": name,
+        {"data": f"random {args.size}² frames", "model": args.model, "batch": args.batch, "size": args.size, "threads": args.threads, "part": name,
          "share": round(micro / total, 4), "ms_per_image": round(micro / args.batch / 1000, 3)}
         for name, micro in parts.most_common()
     ])  # fmt: skip

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from glass_ad.model.checkpoint import Checkpoint
+from glass_ad.model.memory_bank import describe_bank
 from record import add_results_option, record_rows
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap")
@@ -33,6 +34,7 @@ def glass_row(run: Path) -> dict:
         "data": Path(training.data_root or "").name,
         "recipe": checkpoint.config.recipe,
         "method": "GLASS (hybrid score)" if checkpoint.config.score == "hybrid" else "GLASS",
+        "bank": describe_bank(checkpoint.memory_bank),
         "seed": checkpoint.config.seed,
         "hypothesis": checkpoint.hypothesis
         + (f" ({checkpoint.config.hypersphere_shell} shell)" if checkpoint.hypothesis == "hypersphere" else ""),

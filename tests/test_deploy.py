@@ -265,8 +265,10 @@ def test_exported_graph_is_the_inference_graph(run, onnx_file):
     scores, normalized, maps = detector.score_prepared(images)
     with torch.no_grad():
         out = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
-    assert np.abs(scores - out.image_scores.numpy()).max() < PARITY_TOLERANCE
-    assert np.abs(maps - out.anomaly_maps.numpy()).max() < PARITY_TOLERANCE
+    # The default hybrid's scores are standardised distances (about 13 here): float32 rounding scales with them.
+    scale = max(1.0, float(np.abs(scores).max()))
+    assert np.abs(scores - out.image_scores.numpy()).max() < PARITY_TOLERANCE * scale
+    assert np.abs(maps - out.anomaly_maps.numpy()).max() < PARITY_TOLERANCE * scale
     assert maps.shape == (3, 64, 64) and scores.shape == normalized.shape == (3,)
 
 

@@ -39,8 +39,10 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("run")
+    # The default hybrid score, each image against its 4 nearest training images (the retrieval in every engine).
     config = make_config(
-        "fast", epochs=1, image_size=64, backbone="efficientnet_lite0", early_stopping=False, num_threads=1
+        "fast", epochs=1, image_size=64, backbone="efficientnet_lite0", early_stopping=False, num_threads=1,
+        bank_neighbours=4,
     )
     train(data, folder, config, progress=False, echo=lambda _: None)
     return folder

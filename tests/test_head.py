@@ -13,6 +13,7 @@ from glass_ad.inference.engines import InferenceGraph
 from glass_ad.inference.head import OUTPUT_BLOCK, ScoringHead
 from glass_ad.model.decision import Normalization
 from glass_ad.model.glass_model import build_model
+from glass_ad.model.memory_bank import MemoryBank
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -65,16 +66,22 @@ def test_head_keeps_whole_blocks_of_channels():
 
 
 @pytest.mark.parametrize("fuse", [True, False])
-def test_hybrid_head_is_the_models_patch_scores(fuse):
+@pytest.mark.parametrize("neighbours", [0, 2])
+def test_hybrid_head_is_the_models_patch_scores(fuse, neighbours):
     model = _model()
     with torch.inference_mode():
-        other = model.features(torch.rand(2, 3, 64, 64))
-    model.set_memory_bank(other.reshape(-1, other.shape[-1])[::3].clone(), [0.1, 2.0, 0.5, 0.25])
+        other = model.features(torch.rand(5, 3, 64, 64))
+    if neighbours:  # each image against the patches of its 2 nearest of 5 stored images
+        bank = MemoryBank(other[:, ::3].clone(), other.mean(dim=1), neighbours)
+    else:  # one global bank
+        bank = MemoryBank(other.reshape(-1, other.shape[-1])[::3].clone())
+    model.set_memory_bank(bank, [0.1, 2.0, 0.5, 0.25])
     if fuse:
         model.fuse_()
-    images = torch.rand(2, 3, 64, 64)
+    images = torch.rand(3, 3, 64, 64)
     head = ScoringHead(model)
     assert head.hybrid and head.compact_bank  # the pooling splits the features among the levels
+    assert head.retrieves == bool(neighbours)
     with torch.inference_mode():
         ours = head(model.backbone(images))
     assert torch.allclose(ours, _reference(model, images), atol=1e-4)

@@ -8,17 +8,57 @@ from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.model.checkpoint import Checkpoint, read_checkpoint
 from glass_ad.model.glass_model import build_model
-from glass_ad.model.memory_bank import MemoryBank, greedy_coreset
+from glass_ad.model.memory_bank import MemoryBank, greedy_coreset, greedy_coreset_per_image
+from glass_ad.training.preparation import FeaturesInMemory
 from glass_ad.training.trainer import train
 
 
 def test_memory_bank_distance_is_the_nearest_neighbour():
     generator = torch.Generator().manual_seed(0)
-    bank, queries = torch.randn(200, 12, generator=generator), torch.randn(50, 12, generator=generator)
-    expected = torch.cdist(queries, bank).amin(dim=1)
-    assert torch.allclose(MemoryBank(bank)(queries), expected, atol=1e-4)
+    bank, queries = torch.randn(200, 12, generator=generator), torch.randn(2, 25, 12, generator=generator)
+    stored = bank.half().float()  # the bank keeps float16 values
+    expected = torch.cdist(queries.flatten(0, 1), stored).amin(dim=1).view(2, 25)
+    memory = MemoryBank(bank)
+    assert not memory.retrieves and memory.rows == 200
+    assert torch.allclose(memory(queries), expected, atol=1e-3)
     # A query that is a bank row is at distance 0.
-    assert float(MemoryBank(bank)(bank[:5]).max()) < 1e-2
+    assert float(memory(stored[None, :5]).max()) < 1e-2
+
+
+def _images(count: int, patches: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` images of `patches` patch vectors each, every image around its own random offset."""
+    offsets = 3.0 * torch.randn(count, 1, dim, generator=generator)
+    return offsets + torch.randn(count, patches, dim, generator=generator)
+
+
+def test_nearest_images_bank_compares_each_image_with_its_nearest_images_only():
+    generator = torch.Generator().manual_seed(1)
+    stored, queries = _images(10, 30, 8, generator), _images(4, 30, 8, generator)
+    memory = MemoryBank(stored, stored.mean(dim=1), neighbours=3)
+    assert memory.retrieves and memory.rows == 300
+    values = stored.half().float()
+    distances = memory(queries)
+    for image in range(len(queries)):  # brute force: the 3 nearest descriptors, then every patch of them
+        nearest = torch.cdist(queries[image].mean(0, keepdim=True), stored.mean(1))[0].topk(3, largest=False).indices
+        assert set(nearest.tolist()) == set(memory.nearest_images(queries[image : image + 1])[0].tolist())
+        expected = torch.cdist(queries[image], values[nearest].flatten(0, 1)).amin(dim=1)
+        assert torch.allclose(distances[image], expected, atol=1e-3)
+    # As many neighbours as images: every stored patch, the global nearest neighbour.
+    everything = MemoryBank(stored, stored.mean(dim=1), neighbours=10)
+    assert not everything.retrieves
+    expected = torch.cdist(queries.flatten(0, 1), values.flatten(0, 1)).amin(dim=1).view(4, 30)
+    assert torch.allclose(everything(queries), expected, atol=1e-3)
+    assert (everything(queries) <= distances + 1e-4).all()  # fewer candidates: never nearer
+
+
+def test_memory_bank_state_round_trip_and_older_tensor_banks():
+    generator = torch.Generator().manual_seed(2)
+    stored, queries = _images(6, 20, 8, generator), _images(2, 20, 8, generator)
+    memory = MemoryBank(stored, stored.mean(dim=1), neighbours=2)
+    again = MemoryBank.from_state(memory.state())
+    assert again.neighbours == 2 and torch.equal(again(queries), memory(queries))
+    flat = stored.flatten(0, 1)  # a file written before the retrieval held one M×D tensor
+    assert torch.equal(MemoryBank.from_state(flat)(queries), MemoryBank(flat)(queries))
 
 
 def test_greedy_coreset_covers_the_extremes():
@@ -26,6 +66,24 @@ def test_greedy_coreset_covers_the_extremes():
     chosen = set(greedy_coreset(points, 3, projection_dim=8).tolist())
     values = {round(float(points[i, 0])) for i in chosen}
     assert values == {0, 5, 10}  # one point of each cluster, whatever the start
+
+
+def test_per_image_coreset_covers_each_images_extremes():
+    first = torch.tensor([[0.0], [0.1], [0.2], [5.0], [9.9], [10.0], [4.9]])
+    second = -2.0 * first.flip(0)  # other clusters: 0, -10, -20
+    points = torch.stack([first, second]).repeat(1, 1, 8)
+    chosen = greedy_coreset_per_image(points, 3, projection_dim=8)
+    assert chosen.shape == (2, 3)
+    assert {round(float(points[0, i, 0])) for i in chosen[0]} == {0, 5, 10}
+    assert {round(float(points[1, i, 0]) / 2) for i in chosen[1]} == {0, -5, -10}
+    # The covering radius of a k-centre pick: no point is farther from the chosen ones than 2× the optimum.
+    generator = torch.Generator().manual_seed(3)
+    cloud = torch.randn(3, 200, 4, generator=generator)
+    picks = greedy_coreset_per_image(cloud, 20, projection_dim=4)
+    for image in range(3):
+        radius = torch.cdist(cloud[image], cloud[image, picks[image]]).amin(dim=1).max()
+        random_radius = torch.cdist(cloud[image], cloud[image, :20]).amin(dim=1).max()
+        assert radius < random_radius
 
 
 def test_hybrid_is_mean_of_standardised_parts_and_survives_fusing():
@@ -39,9 +97,9 @@ def test_hybrid_is_mean_of_standardised_parts_and_survives_fusing():
         other = model.features(torch.rand(2, 3, 64, 64))  # a bank of other images: no exact duplicates
         bank = other.reshape(-1, other.shape[-1])[::3].clone()
         model.set_memory_bank(bank, [0.5, 2.0, 1.0, 3.0])
-        parts = model.hybrid_parts(rows)
+        parts = model.hybrid_parts(features).flatten(0, 1)
         logits = model.discriminator.logits(model.adaptor(rows)).flatten()
-        distances = torch.cdist(rows, bank).amin(dim=1)
+        distances = torch.cdist(rows, bank.half().float()).amin(dim=1)
         assert torch.allclose(parts[:, 0], (logits - 0.5) / 2.0, atol=1e-4)
         # The expanded form √(‖q‖² − 2q·b + ‖b‖²) loses a little precision near 0 (float32 rounding).
         assert torch.allclose(parts[:, 1], (distances - 1.0) / 3.0, atol=1e-2)
@@ -59,11 +117,13 @@ def test_hybrid_training_checkpoint_and_onnx(tmp_path):
     torch.set_num_threads(1)
     data = make_demo_dataset(tmp_path / "data", n_train=24, n_test_good=2, n_test_defect=2, size=64)
     config = make_config(
-        "fast", epochs=1, image_size=64, backbone="efficientnet_lite0", early_stopping=False, score="hybrid", num_threads=1
+        "fast", epochs=1, image_size=64, backbone="efficientnet_lite0", early_stopping=False, score="hybrid", num_threads=1,
+        bank_neighbours=4,
     )
     train(data, tmp_path / "run", config, progress=False, echo=lambda _: None)
     model, checkpoint = Checkpoint.load(tmp_path / "run").build_model(), read_checkpoint(tmp_path / "run")
     assert checkpoint["memory_bank"] is not None and model.memory_bank is not None
+    assert model.memory_bank.retrieves and model.memory_bank.neighbours == 4
     mean_logit, std_logit, mean_distance, std_distance = checkpoint["hybrid_norm"]
     assert std_logit > 0 and std_distance > 0 and mean_distance > 0
     # Standardised on the held-out normals: their patch scores average about 0.
@@ -71,3 +131,24 @@ def test_hybrid_training_checkpoint_and_onnx(tmp_path):
     assert np.isfinite(holdout_scores).all()
     result = export_onnx(tmp_path / "run")
     assert max(result.max_abs_diff.values()) < 1e-3
+
+
+def test_hybrid_norm_is_measured_on_raw_parts_whatever_was_set_before():
+    from glass_ad.training.hybrid import build_hybrid_score
+
+    torch.manual_seed(0)
+    config = make_config("fast", backbone="efficientnet_lite0", image_size=64, score="hybrid", bank_neighbours=2)
+    model = build_model(config).eval()
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        train = FeaturesInMemory(model.features(torch.rand(6, 3, 64, 64, generator=generator)))
+    holdout = (255 * torch.rand(4, 3, 64, 64, generator=generator)).to(torch.uint8)
+    first = build_hybrid_score(model, train, holdout, config, torch.device("cpu"))
+    again = build_hybrid_score(model, train, holdout, config, torch.device("cpu"))  # a norm is set now
+    assert np.allclose(first["norm"], again["norm"], rtol=1e-5)
+    assert first["bank_images"] == 6 and first["bank_neighbours"] == 2
+    # Standardised on the held-out normals: both parts average 0 with std 1 there.
+    with torch.no_grad():
+        parts = model.hybrid_parts(model.features(holdout.float() / 255)).flatten(0, 1)
+    assert torch.allclose(parts.mean(0), torch.zeros(2), atol=1e-3)
+    assert torch.allclose(parts.std(0), torch.ones(2), atol=1e-3)

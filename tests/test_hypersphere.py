@@ -16,7 +16,7 @@ from glass_ad.model.geometry import SpacingProbe, measure_geometry
 from glass_ad.synthesis.gas import GASSettings, hypersphere_bounds, synthesize
 from glass_ad.training import branch_check
 from glass_ad.training.branch_check import BranchCheck, check_branch, probe_branch
-from glass_ad.training.preparation import FeatureSetup
+from glass_ad.training.preparation import FeatureSetup, FeaturesInMemory
 
 
 def _settings(shell: str, **overrides) -> GASSettings:
@@ -71,19 +71,6 @@ def test_unknown_shell_is_refused():
         make_config("fast", hypersphere_shell="wider").validate()
 
 
-class _CachedFeatures:
-    """The part of NormalFeatures the probe reads: batches of cached, scaled features."""
-
-    def __init__(self, features: torch.Tensor):
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def batch(self, index: np.ndarray) -> torch.Tensor:
-        return self.features[torch.as_tensor(index)]
-
-
 def _real_features(root, count: int = 24):
     from glass_ad.data.layouts import load_dataset
     from glass_ad.data.preprocessing import Preprocessor, choose_fit
@@ -103,7 +90,7 @@ def _real_features(root, count: int = 24):
     model.feature_scale.fill_(scale)
     train_features = train_raw * scale
     setup = FeatureSetup(
-        _CachedFeatures(train_features),
+        FeaturesInMemory(train_features),
         None,
         SpacingProbe(probe.queries * scale, probe.bank * scale),
         train_features.mean(0),

@@ -145,9 +145,13 @@ class GlassConfig:
     # --- inference ----------------------------------------------------------------------------------
     smoothing_sigma: float = 4.0
     # "glass": the discriminator's score (the method). "hybrid": the discriminator's logit plus the distance
-    # to the nearest normal training patch (a coreset memory bank of `memory_bank_fraction` of the training
-    # patches), each standardised on the held-out normal images, averaged (memory_bank.py).
+    # to the nearest normal training patch, each standardised on the held-out normal images, averaged
+    # (model/memory_bank.py). The bank keeps a k-centre coreset of `bank_patches` patch vectors of every
+    # training image; each image is compared with those of its `bank_neighbours` nearest training images
+    # (0: with one coreset of `memory_bank_fraction` of all training patches, the earlier bank).
     score: Literal["glass", "hybrid"] = "glass"
+    bank_neighbours: int = 16
+    bank_patches: int = 324
     memory_bank_fraction: float = 0.01
 
     # --- schedule, validation & calibration (no test data is ever used) ------------------------------
@@ -242,6 +246,8 @@ class GlassConfig:
             problems.append(f"score must be 'glass' or 'hybrid' (got {self.score!r})")
         if not 0 < self.memory_bank_fraction <= 1:
             problems.append("memory_bank_fraction must lie in (0, 1]")
+        if self.bank_neighbours < 0 or self.bank_patches < 1:
+            problems.append("need bank_neighbours >= 0 and bank_patches >= 1")
         if self.backbone_chunk is not None and self.backbone_chunk < 0:
             problems.append("backbone_chunk must be >= 0 (0: the whole batch) or None (by batch size and input area)")
         if self.las_variants < 0:

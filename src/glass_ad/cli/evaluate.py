@@ -144,6 +144,7 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
     interval), config, hypothesis, thresholds, feature geometry, and per epoch the losses and separations of
     each branch (a warning when GAS stayed near chance)."""
     from glass_ad.model.checkpoint import Checkpoint
+    from glass_ad.model.memory_bank import describe_bank
     from glass_ad.training.validation import branch_summary
 
     with one_line_errors():
@@ -163,6 +164,7 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
             if checkpoint.config.score == "hybrid"
             else "glass: the discriminator alone (the paper's method)"
         ),
+        "memory_bank": describe_bank(checkpoint.memory_bank) or "none (the discriminator alone)",
         "hypothesis": checkpoint.hypothesis,
         "spectrum": checkpoint.spectrum,
         "hypothesis_check": checkpoint.training.extra.get("branch_check") or "not run (hypothesis forced, or trained before the check)",

@@ -91,6 +91,13 @@ ROWS: tuple[tuple[str, str], ...] = (
         "alone: the paper's method ({by.score})",
     ),
     (
+        "`--bank-neighbours N`, `--bank-patches R`",
+        "the hybrid's memory bank: R patch vectors kept per training image (a k-centre coreset), each image "
+        "compared with those of its N nearest training images ({default.bank_neighbours} / "
+        "{default.bank_patches}; `--bank-neighbours 0`: one coreset of a {default.memory_bank_fraction} "
+        "share of all patches)",
+    ),
+    (
         "`--cache-features/--no-cache-features`, `--precision auto\\|fp32\\|bf16`",
         "cached backbone features ({by.cache_features}); training arithmetic (`auto`: bf16 where the CPU has "
         "AMX bf16 units or on a GPU with bf16; {by.precision})",

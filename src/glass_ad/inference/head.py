@@ -156,10 +156,23 @@ class ScoringHead(nn.Module):
         self.compact_bank = bool(len(used) == aggregator.embed_dim and len(set(used.tolist())) == len(used))
         if not self.compact_bank:
             self.aggregator = aggregator
-        bank = model.memory_bank.bank.detach()
-        bank = bank[:, index.clamp_min(0)] * present if self.compact_bank else bank
-        augmented = torch.cat([-2.0 * bank, model.memory_bank.bank_sq.detach()[:, None]], dim=1)  # M × (D+1)
-        self.register_buffer("augmented_bank", augmented.T.contiguous(), persistent=False)  # (D+1) × M
+        memory = model.memory_bank
+        patches = memory.patches.detach().float()  # N×R×D, the stored (float16) values
+        if self.compact_bank:
+            patches = patches[:, :, index.clamp_min(0)] * present
+        self.retrieves = memory.retrieves
+        if self.retrieves:  # each image against its nearest stored images (memory_bank.py)
+            descriptors = memory.descriptors.detach()
+            descriptors = descriptors[:, index.clamp_min(0)] * present if self.compact_bank else descriptors
+            self.neighbours = memory.neighbours
+            self.register_buffer("descriptors", descriptors.contiguous(), persistent=False)  # N×D'
+            self.register_buffer("descriptor_sq", (descriptors * descriptors).sum(dim=1), persistent=False)
+            self.register_buffer("patches", patches.half().contiguous(), persistent=False)  # N×R×D'
+            self.register_buffer("patches_sq", memory.patches_sq.detach().clone(), persistent=False)  # N×R
+        else:
+            bank = patches.reshape(-1, patches.shape[-1])
+            augmented = torch.cat([-2.0 * bank, memory.patches_sq.detach().reshape(-1, 1)], dim=1)  # M × (D+1)
+            self.register_buffer("augmented_bank", augmented.T.contiguous(), persistent=False)  # (D+1) × M
         self.register_buffer("feature_scale", scale.clone(), persistent=False)
         self.register_buffer("hybrid_norm", model.hybrid_norm.detach().clone(), persistent=False)
 
@@ -184,6 +197,14 @@ class ScoringHead(nn.Module):
     def distances(self, features: torch.Tensor) -> torch.Tensor:
         """B×P×D patch vectors → B×P distances to the nearest bank vector (`MemoryBank`'s formula)."""
         ones = torch.ones(*features.shape[:-1], 1, dtype=features.dtype, device=features.device)
-        squared = (torch.cat([features, ones], dim=-1) @ self.augmented_bank).amin(dim=-1)
+        if self.retrieves:
+            descriptor = features.mean(dim=1)  # B×D
+            near = (self.descriptor_sq - 2.0 * descriptor @ self.descriptors.T).topk(self.neighbours, dim=1, largest=False)
+            b, d = descriptor.shape
+            bank = self.patches[near.indices].reshape(b, -1, d).float()  # B×(K·R)×D
+            augmented = torch.cat([-2.0 * bank, self.patches_sq[near.indices].reshape(b, -1, 1)], dim=2)
+            squared = torch.bmm(torch.cat([features, ones], dim=-1), augmented.transpose(1, 2)).amin(dim=-1)
+        else:
+            squared = (torch.cat([features, ones], dim=-1) @ self.augmented_bank).amin(dim=-1)
         squared = squared + (features * features).sum(dim=-1)
         return squared.clamp_min(0.0).sqrt()

@@ -187,7 +187,7 @@ class Checkpoint:
     feature_scale: float
     discriminator: dict[str, torch.Tensor]
     adaptor: dict[str, torch.Tensor] | None = None
-    memory_bank: torch.Tensor | None = None  # the hybrid score's bank of normal patch vectors
+    memory_bank: dict[str, Any] | torch.Tensor | None = None  # the hybrid's bank (`MemoryBank.state`; a tensor: older files)
     hybrid_norm: tuple[float, ...] = (0.0, 1.0, 0.0, 1.0)
     calibration: Calibration = field(default_factory=Calibration.fallback)
     training: TrainingRecord = field(default_factory=TrainingRecord)
@@ -239,7 +239,7 @@ class Checkpoint:
             feature_scale=float(model.feature_scale),
             discriminator=_tensors(model.discriminator.state_dict()),
             adaptor=_tensors(adaptor) if adaptor else None,
-            memory_bank=model.memory_bank.bank.detach().cpu() if model.memory_bank is not None else None,
+            memory_bank=model.memory_bank.state() if model.memory_bank is not None else None,
             hybrid_norm=tuple(float(v) for v in model.hybrid_norm),
             calibration=calibration,
             training=training,

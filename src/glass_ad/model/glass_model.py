@@ -7,7 +7,8 @@ map; image score = max of the unsmoothed patch scores.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -119,9 +120,14 @@ class GlassModel(nn.Module):
         # built from fresh models and never loop.
         self.batch_chunk: int | None = None
 
-    def set_memory_bank(self, bank: torch.Tensor | None, norm: Sequence[float] | None = None) -> None:
-        """Turn the hybrid score on (`bank` = M×D scaled normal patch vectors) or off (None)."""
-        self.memory_bank = MemoryBank(bank).to(self.feature_scale.device) if bank is not None else None
+    def set_memory_bank(
+        self, bank: MemoryBank | Mapping[str, Any] | torch.Tensor | None, norm: Sequence[float] | None = None
+    ) -> None:
+        """Turn the hybrid score on or off (None). `bank`: a `MemoryBank`, its stored state, or an M×D tensor
+        of scaled normal patch vectors (one global bank)."""
+        if bank is not None and not isinstance(bank, MemoryBank):
+            bank = MemoryBank.from_state(bank)
+        self.memory_bank = bank.to(self.feature_scale.device) if bank is not None else None
         if norm is not None:
             self.hybrid_norm.copy_(torch.tensor([float(v) for v in norm]))
 
@@ -163,15 +169,16 @@ class GlassModel(nn.Module):
         if self.memory_bank is None:
             scores = self.discriminator(self.adaptor(rows))
         else:
-            scores = self.hybrid_parts(rows).sum(dim=1) * 0.5
+            scores = self.hybrid_parts(features).sum(dim=-1) * 0.5
         return scores.view(b, *self.grid_shape)
 
-    def hybrid_parts(self, rows: torch.Tensor) -> torch.Tensor:
-        """N×2: standardised discriminator logit and nearest-neighbour distance of N patch vectors."""
-        logits = self.discriminator.logits(self.adaptor(rows)).flatten()
-        distances = self.memory_bank(rows) if self.memory_bank is not None else torch.zeros_like(logits)
+    def hybrid_parts(self, features: torch.Tensor) -> torch.Tensor:
+        """B×P×2: standardised discriminator logit and nearest-neighbour distance of B×P×D patch vectors."""
+        b, p, d = features.shape
+        logits = self.discriminator.logits(self.adaptor(features.reshape(b * p, d))).view(b, p)
+        distances = self.memory_bank(features) if self.memory_bank is not None else torch.zeros_like(logits)
         mean_logit, std_logit, mean_distance, std_distance = self.hybrid_norm.unbind(0)
-        return torch.stack([(logits - mean_logit) / std_logit, (distances - mean_distance) / std_distance], dim=1)
+        return torch.stack([(logits - mean_logit) / std_logit, (distances - mean_distance) / std_distance], dim=-1)
 
     def postprocess(self, patch_scores: torch.Tensor) -> GlassOutput:
         maps = self.score_map(patch_scores)

@@ -1,20 +1,58 @@
 """A memory bank of normal patch vectors and the nearest-neighbour distance to it.
 
-Used by the optional hybrid score (`--score hybrid`): the discriminator's logit plus the distance from each
-patch vector to the nearest normal training patch, each standardised on the held-out normal images. The
-bank is a greedy k-centre coreset of the training patches (the farthest point first, so that rare normal
-patterns stay represented), chosen on a random projection for speed.
+Used by the hybrid score (`--score hybrid`): the discriminator's logit plus the distance from each patch
+vector to the nearest normal training patch, each standardised on the held-out normal images.
 
-The distance is computed as √(‖q‖² − 2 q·b + ‖b‖²) with one matrix product, which exports to ONNX as plain
-MatMul/ReduceMin nodes.
+The bank keeps, for each of N training images, R of its patch vectors (a k-centre coreset of that image:
+the farthest point first, so that its rare patterns stay) and its descriptor, the mean of all its patch
+vectors. A query image is compared with the patches of the `neighbours` training images whose descriptors
+are nearest to its own (the nearest-images retrieval of SPADE, Cohen & Hoshen 2020), not with one coreset
+of all images: a small global coreset drops exactly the rarer normal patterns that its nearest images
+still hold (docs/benchmarks.md, "The hybrid's bank"). `neighbours` ≥ N compares every query with every
+stored patch; a bank of one "image" (N = 1) is the global coreset (`--bank-neighbours 0`, and files
+written before the retrieval).
+
+The distance is computed as √(‖q‖² − 2 q·b + ‖b‖²) with one (batched) matrix product: TopK, Gather and
+MatMul nodes in ONNX. Stored patches are float16 (half the file; the distance error is ~1e-3 of the
+spacing), cast to float32 after the gather.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
-__all__ = ["greedy_coreset", "MemoryBank"]
+__all__ = ["greedy_coreset", "greedy_coreset_per_image", "MemoryBank", "ROW_BUDGET", "describe_bank"]
+
+# At most this many stored patch vectors (226 MB in float16 at 432 channels): past it each image keeps fewer.
+ROW_BUDGET = 2**18
+
+
+def _k_centre(reduced: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """B×count indices into the P rows of each of B point sets (B×P×d), picked by k-centre greedy selection
+    (each pick is the row farthest from those picked so far), all sets at once."""
+    sets, rows, _ = reduced.shape
+    squared_norms = (reduced * reduced).sum(dim=2)  # B×P
+    chosen = torch.empty(sets, count, dtype=torch.long)
+    index = torch.randint(rows, (sets,), generator=generator)
+    every = torch.arange(sets)
+    distance = None
+    for i in range(count):
+        chosen[:, i] = index
+        centre = reduced[every, index]  # B×d
+        new = squared_norms - 2 * torch.bmm(reduced, centre[:, :, None])[:, :, 0] + squared_norms[every, index][:, None]
+        distance = new if distance is None else torch.minimum(distance, new)
+        index = distance.argmax(dim=1)
+    return chosen
+
+
+def _random_projection(dim: int, projection_dim: int, generator: torch.Generator) -> torch.Tensor:
+    """A random Gaussian D×d projection (k-centre distances kept up to a small distortion)."""
+    width = min(projection_dim, dim)
+    return torch.randn(dim, width, generator=generator) / width**0.5
 
 
 @torch.no_grad()
@@ -23,47 +61,110 @@ def greedy_coreset(
 ) -> torch.Tensor:
     """Indices of `count` rows of `features` (N×D) picked by k-centre greedy selection.
 
-    Selection runs on a random Gaussian projection to `projection_dim` dimensions (distances are kept up to
-    a small distortion) over a random pool of at most `pool` rows (None: all rows, PatchCore's setting), which
-    bounds the cost to O(count·pool). Each pick costs one matrix-vector product over the pool (squared
-    distances ‖x‖² − 2x·c + ‖c‖²), which reads the projected pool once.
+    Selection runs on a random projection to `projection_dim` dimensions over a random pool of at most
+    `pool` rows (None: all rows, PatchCore's setting), which bounds the cost to O(count·pool).
     """
     total = len(features)
     count = max(1, min(int(count), total))
     generator = torch.Generator().manual_seed(seed)
     size = total if pool is None else max(count, min(total, pool))
     candidates = torch.randperm(total, generator=generator)[:size]
-    dim = features.shape[1]
-    projection = torch.randn(dim, min(projection_dim, dim), generator=generator) / min(projection_dim, dim) ** 0.5
+    projection = _random_projection(features.shape[1], projection_dim, generator)
     reduced = torch.cat([features[candidates[i : i + 65536]].float() @ projection for i in range(0, size, 65536)])
-    squared_norms = (reduced * reduced).sum(dim=1)
-    chosen = torch.empty(count, dtype=torch.long)
-    index = int(torch.randint(len(reduced), (1,), generator=generator))
-    chosen[0] = index
-    distance = squared_norms - 2 * (reduced @ reduced[index]) + squared_norms[index]
-    for i in range(1, count):
-        index = int(distance.argmax())
-        chosen[i] = index
-        torch.minimum(distance, squared_norms - 2 * (reduced @ reduced[index]) + squared_norms[index], out=distance)
-    return candidates[chosen]
+    return candidates[_k_centre(reduced[None], count, generator)[0]]
+
+
+@torch.no_grad()
+def greedy_coreset_per_image(
+    features: torch.Tensor, count: int, *, seed: int = 0, projection_dim: int = 128
+) -> torch.Tensor:
+    """B×count indices: a k-centre coreset of each image's P patch vectors (B×P×D), all images at once."""
+    count = max(1, min(int(count), features.shape[1]))
+    generator = torch.Generator().manual_seed(seed)
+    projection = _random_projection(features.shape[2], projection_dim, generator)
+    return _k_centre(features.float() @ projection, count, generator)
 
 
 class MemoryBank(nn.Module):
-    """Nearest-neighbour distance of N×D queries to a fixed M×D bank (buffers only, no parameters)."""
+    """Nearest-neighbour distance of B×P×D query patches to the stored patches of each query's nearest
+    training images (buffers only, no parameters; module docstring)."""
 
-    def __init__(self, bank: torch.Tensor):
+    def __init__(self, patches: torch.Tensor, descriptors: torch.Tensor | None = None, neighbours: int = 1):
         super().__init__()
-        bank = bank.detach().float()
-        self.register_buffer("bank", bank)
-        self.register_buffer("bank_sq", (bank * bank).sum(dim=1))
+        patches = patches.detach()
+        if patches.dim() == 2:  # one global bank (M×D)
+            patches = patches[None]
+        if descriptors is None:
+            descriptors = patches.float().mean(dim=1)
+        self.register_buffer("patches", patches.half())  # N×R×D
+        self.register_buffer("patches_sq", (self.patches.float() ** 2).sum(dim=2))  # N×R, of the stored values
+        self.register_buffer("descriptors", descriptors.detach().float())  # N×D
+        self.neighbours = max(1, min(int(neighbours), len(patches)))
 
-    def forward(self, queries: torch.Tensor) -> torch.Tensor:
-        queries = queries.float()
-        squared = (queries * queries).sum(dim=1, keepdim=True) - 2.0 * queries @ self.bank.T + self.bank_sq
-        return squared.amin(dim=1).clamp_min(0.0).sqrt()
+    @property
+    def retrieves(self) -> bool:
+        """Whether each query image is compared with some of the stored images only."""
+        return self.neighbours < len(self.patches)
+
+    @property
+    def rows(self) -> int:
+        return int(self.patches.shape[0] * self.patches.shape[1])
+
+    def nearest_images(self, features: torch.Tensor) -> torch.Tensor:
+        """B×K indices of the stored images whose descriptors are nearest to those of B×P×D queries."""
+        descriptor = features.float().mean(dim=1)  # B×D
+        squared = (descriptor * descriptor).sum(dim=1, keepdim=True) - 2.0 * descriptor @ self.descriptors.T
+        squared = squared + (self.descriptors * self.descriptors).sum(dim=1)
+        return squared.topk(self.neighbours, dim=1, largest=False).indices
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """B×P×D query patches → B×P distances to their nearest stored patch."""
+        queries = features.float()
+        b, _, d = queries.shape
+        if self.retrieves:
+            index = self.nearest_images(queries)  # B×K
+            bank = self.patches[index].reshape(b, -1, d).float()  # B×(K·R)×D
+            bank_sq = self.patches_sq[index].reshape(b, 1, -1)
+            product = torch.bmm(queries, bank.transpose(1, 2))
+        else:
+            bank = self.patches.reshape(-1, d).float()
+            bank_sq = self.patches_sq.reshape(1, 1, -1)
+            product = queries @ bank.T
+        squared = (queries * queries).sum(dim=2, keepdim=True) - 2.0 * product + bank_sq
+        return squared.amin(dim=2).clamp_min(0.0).sqrt()
 
     def rescale_(self, factor: float) -> "MemoryBank":
         """Multiply the bank by `factor` (used when a feature scale is folded into other layers)."""
-        self.bank.mul_(factor)
-        self.bank_sq.mul_(factor * factor)
+        self.patches.copy_((self.patches.float() * factor).half())
+        self.patches_sq.copy_((self.patches.float() ** 2).sum(dim=2))
+        self.descriptors.mul_(factor)
         return self
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint stores."""
+        return {
+            "patches": self.patches.detach().cpu(),
+            "descriptors": self.descriptors.detach().cpu(),
+            "neighbours": int(self.neighbours),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any] | torch.Tensor) -> "MemoryBank":
+        """The bank of a checkpoint: a `state()` dict, or an M×D tensor (a global bank, older files)."""
+        if isinstance(state, torch.Tensor):
+            return cls(state)
+        return cls(state["patches"], state.get("descriptors"), int(state.get("neighbours", 1)))
+
+
+def describe_bank(state: Mapping[str, Any] | torch.Tensor | None) -> str:
+    """A stored bank in words: "nearest 16 of 686 images × 324 patch vectors", "coreset of 8891 patch
+    vectors", or "" without one."""
+    if state is None:
+        return ""
+    if isinstance(state, torch.Tensor):
+        return f"coreset of {len(state)} patch vectors"
+    images, rows = state["patches"].shape[:2]
+    neighbours = int(state.get("neighbours", 1))
+    if neighbours < images:
+        return f"nearest {neighbours} of {images} images × {rows} patch vectors"
+    return f"coreset of {images * rows} patch vectors" if images == 1 else f"all {images} images × {rows} patch vectors"

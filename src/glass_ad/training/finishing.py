@@ -75,7 +75,10 @@ def write_checkpoint(
         echo("score: the discriminator alone (the hybrid score needs held-out normal images; --holdout 0 gave none)")
     if config.score == "hybrid":
         hybrid = build_hybrid_score(model, setup.features, data.holdout, config, run.device, progress=bars)
-        echo(f"hybrid score: memory bank of {hybrid['bank_size']} patch vectors")
+        where = (
+            f", each image against its {hybrid['bank_neighbours']} nearest" if hybrid["bank_neighbours"] else ", one coreset"
+        )
+        echo(f"hybrid score: memory bank of {hybrid['bank_size']} patch vectors of {hybrid['bank_images']} images{where}")
     close_stores(run)
     model.eval()
     calibration = Calibration.fallback()

@@ -1,4 +1,4 @@
-"""After the last epoch: the optional hybrid score's memory bank and norms."""
+"""After the last epoch: the hybrid score's memory bank and norms."""
 
 from __future__ import annotations
 
@@ -9,8 +9,40 @@ import torch
 
 from glass_ad.config import GlassConfig
 from glass_ad.model.glass_model import GlassModel
-from glass_ad.model.memory_bank import greedy_coreset
+from glass_ad.model.memory_bank import ROW_BUDGET, MemoryBank, greedy_coreset, greedy_coreset_per_image
 from glass_ad.training.preparation import NormalFeatures
+
+IMAGES_PER_PASS = 16
+NEUTRAL_NORM = (0.0, 1.0, 0.0, 1.0)  # hybrid_norm that leaves both parts raw
+
+
+@torch.no_grad()
+def build_memory_bank(features: NormalFeatures, config: GlassConfig, rows_per_image: int) -> MemoryBank:
+    """The bank of the training images' patch vectors (model/memory_bank.py): with `bank_neighbours` > 0 a
+    k-centre coreset of `bank_patches` vectors of every image (fewer when the bank would exceed `ROW_BUDGET`)
+    and each image's descriptor; with 0 one coreset of `memory_bank_fraction` of all patches."""
+    images = len(features)
+    if config.bank_neighbours > 0:
+        keep = min(rows_per_image, config.bank_patches, max(16, ROW_BUDGET // max(1, images)))
+        patches, descriptors = [], []
+        for start in range(0, images, IMAGES_PER_PASS):
+            rows = features.batch(np.arange(start, min(start + IMAGES_PER_PASS, images))).float().cpu()
+            pick = greedy_coreset_per_image(rows, keep, seed=config.seed + start)
+            patches.append(torch.gather(rows, 1, pick.unsqueeze(-1).expand(-1, -1, rows.shape[-1])).half())
+            descriptors.append(rows.mean(dim=1))
+        return MemoryBank(torch.cat(patches), torch.cat(descriptors), config.bank_neighbours)
+    count = max(1, int(round(images * rows_per_image * config.memory_bank_fraction)))
+    # A random pool of at most 64 patch vectors per image keeps the greedy selection's cost bounded.
+    per_image = min(rows_per_image, 64)
+    generator = torch.Generator().manual_seed(config.seed)
+    pool = []
+    for start in range(0, images, IMAGES_PER_PASS):
+        index = np.arange(start, min(start + IMAGES_PER_PASS, images))
+        rows = features.batch(index).float().cpu()
+        pick = torch.stack([torch.randperm(rows_per_image, generator=generator)[:per_image] for _ in index])
+        pool.append(torch.gather(rows, 1, pick.unsqueeze(-1).expand(-1, -1, rows.shape[-1])).flatten(0, 1))
+    pool_rows = torch.cat(pool)
+    return MemoryBank(pool_rows[greedy_coreset(pool_rows, min(count, len(pool_rows)), seed=config.seed)])
 
 
 @torch.no_grad()
@@ -23,31 +55,23 @@ def build_hybrid_score(
     *,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Set the model's memory bank (a coreset of the training patch vectors) and standardise the logit and the
-    nearest-neighbour distance on the held-out normal images (their mean and std over all patches)."""
+    """Set the model's memory bank and standardise the logit and the nearest-neighbour distance on the
+    held-out normal images (their mean and std over all patches)."""
     if holdout is None or len(holdout) == 0:
         raise ValueError("the hybrid score needs held-out normal images to standardise its parts (--holdout > 0)")
     model.eval()
-    rows_per_image = model.num_patches
-    count = max(1, int(round(len(features) * rows_per_image * config.memory_bank_fraction)))
-    # A random pool of at most 64 patch vectors per image keeps the greedy selection's cost bounded.
-    per_image = min(rows_per_image, 64)
-    generator = torch.Generator().manual_seed(config.seed)
-    pool = []
-    for start in range(0, len(features), 16):
-        index = np.arange(start, min(start + 16, len(features)))
-        rows = features.batch(index).float().cpu()
-        pick = torch.stack([torch.randperm(rows_per_image, generator=generator)[:per_image] for _ in index])
-        pool.append(torch.gather(rows, 1, pick.unsqueeze(-1).expand(-1, -1, rows.shape[-1])).flatten(0, 1))
-    pool_rows = torch.cat(pool)
-    bank = pool_rows[greedy_coreset(pool_rows, min(count, len(pool_rows)), seed=config.seed)]
-    model.set_memory_bank(bank.to(device))
+    bank = build_memory_bank(features, config, model.num_patches)
+    model.set_memory_bank(bank, NEUTRAL_NORM)  # raw parts first (a norm set before would standardise them)
     parts = []
-    for start in range(0, len(holdout), 16):
-        batch = holdout[start : start + 16].to(device).float() / 255.0
-        patch_features = model.features(batch)
-        parts.append(model.hybrid_parts(patch_features.reshape(-1, patch_features.shape[-1])).cpu())
-    raw = torch.cat(parts)  # standardised with the neutral norm (0, 1, 0, 1): raw values
+    for start in range(0, len(holdout), IMAGES_PER_PASS):
+        batch = holdout[start : start + IMAGES_PER_PASS].to(device).float() / 255.0
+        parts.append(model.hybrid_parts(model.features(batch)).flatten(0, 1).cpu())
+    raw = torch.cat(parts)
     mean, std = raw.mean(0), raw.std(0).clamp_min(1e-6)
-    model.set_memory_bank(bank.to(device), [mean[0], std[0], mean[1], std[1]])
-    return {"bank_size": len(bank), "norm": [float(mean[0]), float(std[0]), float(mean[1]), float(std[1])]}
+    model.set_memory_bank(bank, [mean[0], std[0], mean[1], std[1]])
+    return {
+        "bank_size": bank.rows,
+        "bank_images": len(bank.patches),
+        "bank_neighbours": bank.neighbours if bank.retrieves else None,
+        "norm": [float(mean[0]), float(std[0]), float(mean[1]), float(std[1])],
+    }

@@ -246,6 +246,20 @@ class NormalFeatures:
             self.store.close()
 
 
+class FeaturesInMemory:
+    """Patch features computed already (N×P×D, scaled), read like `NormalFeatures` (`batch`, `len`): for
+    building a bank or probing a branch from features at hand (benchmarks, tests)."""
+
+    def __init__(self, features: torch.Tensor):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def batch(self, index: np.ndarray) -> torch.Tensor:
+        return self.features[torch.as_tensor(index)]
+
+
 @dataclass
 class FeatureSetup:
     features: NormalFeatures
