@@ -152,3 +152,20 @@ def test_hybrid_norm_is_measured_on_raw_parts_whatever_was_set_before():
         parts = model.hybrid_parts(model.features(holdout.float() / 255)).flatten(0, 1)
     assert torch.allclose(parts.mean(0), torch.zeros(2), atol=1e-3)
     assert torch.allclose(parts.std(0), torch.ones(2), atol=1e-3)
+
+
+def test_bank_keeps_fewer_patches_per_image_past_the_row_budget(monkeypatch):
+    from glass_ad.training import hybrid
+
+    generator = torch.Generator().manual_seed(5)
+    features = FeaturesInMemory(torch.randn(10, 40, 8, generator=generator))
+    config = make_config("fast", score="hybrid", bank_neighbours=3, bank_patches=30)
+    assert hybrid.build_memory_bank(features, config, 40).patches.shape == (10, 30, 8)
+    monkeypatch.setattr(hybrid, "ROW_BUDGET", 200)  # 10 images × 30 rows would pass it: 20 each, at least 16
+    bank = hybrid.build_memory_bank(features, config, 40)
+    assert bank.patches.shape == (10, 20, 8) and bank.neighbours == 3 and bank.retrieves
+    # The descriptors are the means of all of an image's patches, not of the kept ones.
+    assert torch.allclose(bank.descriptors, features.features.mean(dim=1), atol=1e-6)
+    # --bank-neighbours 0: one coreset of the share of all patches.
+    glob = hybrid.build_memory_bank(features, config.replace(bank_neighbours=0, memory_bank_fraction=0.1), 40)
+    assert glob.patches.shape == (1, 40, 8) and not glob.retrieves
