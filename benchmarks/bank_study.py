@@ -12,7 +12,7 @@ normals) from the same training features:
 Validation (no test image): image AUROC of the run's held-out normals against their LAS copies and their
 unseen-family copies (strokes, blobs), the fixed synthetic anomalies of model selection. Test: image AUROC,
 pixel AUROC and AUPRO of the test split, for the hybrid and for the distance alone ("nn"), and the seconds
-the test split's distances took.
+the test split's scoring took.
 
     python benchmarks/bank_study.py RUN ../shared/data/mtd --variants coreset:0.01 nearest:16:324 nearest:4:1296
 
@@ -89,13 +89,10 @@ def main() -> None:
 
     def scores(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hybrid patch scores and raw distances (N×P each), 16 images at a time."""
-        hybrid, distance = [], []
         with torch.inference_mode():
-            for part in features.float().split(16):
-                parts = model.hybrid_parts(part)
-                hybrid.append(parts.sum(dim=-1) * 0.5)
-                distance.append(model.memory_bank(part))
-        return torch.cat(hybrid), torch.cat(distance)
+            parts = torch.cat([model.hybrid_parts(part) for part in features.float().split(16)])
+        _, _, mean_distance, std_distance = model.hybrid_norm.unbind(0)
+        return parts.sum(dim=-1) * 0.5, parts[..., 1] * std_distance + mean_distance  # the raw distance back
 
     rows = []
     for variant in args.variants:

@@ -39,6 +39,7 @@ from torch import nn
 
 from glass_ad.model.discriminator import Adaptor
 from glass_ad.model.glass_model import GlassModel
+from glass_ad.model.memory_bank import MemoryBank
 
 _ELEMENTWISE = (nn.LeakyReLU, nn.ReLU, nn.Sigmoid, nn.Identity)
 # The last layer (hidden → 1 score) is computed as OUTPUT_BLOCK channels, all but the first with zero
@@ -164,11 +165,9 @@ class ScoringHead(nn.Module):
         if self.retrieves:  # each image against its nearest stored images (memory_bank.py)
             descriptors = memory.descriptors.detach()
             descriptors = descriptors[:, index.clamp_min(0)] * present if self.compact_bank else descriptors
-            self.neighbours = memory.neighbours
-            self.register_buffer("descriptors", descriptors.contiguous(), persistent=False)  # N×D'
-            self.register_buffer("descriptor_sq", (descriptors * descriptors).sum(dim=1), persistent=False)
-            self.register_buffer("patches", patches.half().contiguous(), persistent=False)  # N×R×D'
-            self.register_buffer("patches_sq", memory.patches_sq.detach().clone(), persistent=False)  # N×R
+            # The same bank in the head's channel order: its retrieval picks the images, the product below
+            # reads their rows.
+            self.memory = MemoryBank(patches, descriptors, memory.neighbours)
         else:
             bank = patches.reshape(-1, patches.shape[-1])
             augmented = torch.cat([-2.0 * bank, memory.patches_sq.detach().reshape(-1, 1)], dim=1)  # M × (D+1)
@@ -198,11 +197,10 @@ class ScoringHead(nn.Module):
         """B×P×D patch vectors → B×P distances to the nearest bank vector (`MemoryBank`'s formula)."""
         ones = torch.ones(*features.shape[:-1], 1, dtype=features.dtype, device=features.device)
         if self.retrieves:
-            descriptor = features.mean(dim=1)  # B×D
-            near = (self.descriptor_sq - 2.0 * descriptor @ self.descriptors.T).topk(self.neighbours, dim=1, largest=False)
-            b, d = descriptor.shape
-            bank = self.patches[near.indices].reshape(b, -1, d).float()  # B×(K·R)×D
-            augmented = torch.cat([-2.0 * bank, self.patches_sq[near.indices].reshape(b, -1, 1)], dim=2)
+            near = self.memory.nearest_images(features)  # B×K
+            b, _, d = features.shape
+            bank = self.memory.patches[near].reshape(b, -1, d).float()  # B×(K·R)×D
+            augmented = torch.cat([-2.0 * bank, self.memory.patches_sq[near].reshape(b, -1, 1)], dim=2)
             squared = torch.bmm(torch.cat([features, ones], dim=-1), augmented.transpose(1, 2)).amin(dim=-1)
         else:
             squared = (torch.cat([features, ones], dim=-1) @ self.augmented_bank).amin(dim=-1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
 
@@ -94,36 +94,21 @@ class Review(BaseModel):
     label: Optional[Literal["defect", "good"]] = Field(description="operator's verdict; null clears it")
 
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            },
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def _request_body(field: str, schema: dict[str, Any], *, raw: bool) -> dict[str, Any]:
+    """OpenAPI request body: multipart with one required `field`, and with `raw` the bytes as the body too."""
+    content: dict[str, Any] = {
+        "multipart/form-data": {"schema": {"type": "object", "required": [field], "properties": {field: schema}}}
     }
-}
-BATCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                }
-            }
-        },
-    }
-}
+    if raw:
+        content.update({"application/octet-stream": {"schema": dict(_BINARY)}, "image/*": {"schema": dict(_BINARY)}})
+    return {"requestBody": {"required": True, "content": content}}
+
+
+UPLOAD_BODY = _request_body("file", dict(_BINARY), raw=True)
+BATCH_BODY = _request_body("files", {"type": "array", "items": dict(_BINARY)}, raw=False)
 ERRORS = {
     400: {"description": "not a readable image, or a malformed body"},
     401: {"description": "missing or wrong API token"},
