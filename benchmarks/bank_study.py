@@ -11,8 +11,9 @@ normals) from the same training features:
 
 Validation (no test image): image AUROC of the run's held-out normals against their LAS copies and their
 unseen-family copies (strokes, blobs), the fixed synthetic anomalies of model selection. Test: image AUROC,
-pixel AUROC and AUPRO of the test split, for the hybrid and for the distance alone ("nn"), and the seconds
-the test split's scoring took.
+pixel AUROC and AUPRO of the test split, for the hybrid, for the distance alone ("nn") and for the
+discriminator alone ("glass", the paper's score; the same for every variant), and the seconds the test
+split's scoring took.
 
     python benchmarks/bank_study.py RUN ../shared/data/mtd --variants coreset:0.01 nearest:16:324 nearest:4:1296
 
@@ -87,12 +88,14 @@ def main() -> None:
     test_features, labels, masks = torch.cat(test), np.concatenate(labels), np.concatenate(masks)
     device = torch.device("cpu")
 
-    def scores(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hybrid patch scores and raw distances (N×P each), 16 images at a time."""
+    def scores(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hybrid patch scores, raw distances and the discriminator's scores (N×P each), 16 at a time."""
         with torch.inference_mode():
             parts = torch.cat([model.hybrid_parts(part) for part in features.float().split(16)])
-        _, _, mean_distance, std_distance = model.hybrid_norm.unbind(0)
-        return parts.sum(dim=-1) * 0.5, parts[..., 1] * std_distance + mean_distance  # the raw distance back
+        mean_logit, std_logit, mean_distance, std_distance = model.hybrid_norm.unbind(0)
+        # the raw distance and the paper's score (the sigmoid of the raw logit, as without a bank) back
+        paper = torch.sigmoid(parts[..., 0] * std_logit + mean_logit)
+        return parts.sum(dim=-1) * 0.5, parts[..., 1] * std_distance + mean_distance, paper
 
     rows = []
     for variant in args.variants:
@@ -105,7 +108,7 @@ def main() -> None:
         built = build_hybrid_score(model, train, images.holdout, setting, device)
         build_s = time.perf_counter() - started
         started = time.perf_counter()
-        test_hybrid, test_distance = scores(test_features)
+        test_hybrid, test_distance, test_paper = scores(test_features)
         score_s = time.perf_counter() - started
         normal, las, unseen = (scores(part) for part in (val.normal, val.anomalous, val.unseen))
         row = {
@@ -121,7 +124,7 @@ def main() -> None:
             "val_las_nn": round(100 * image_auroc(normal[1], las[1]), 1),
             "val_unseen_nn": round(100 * image_auroc(normal[1], unseen[1]), 1),
         }
-        for name, values in (("hybrid", test_hybrid), ("nn", test_distance)):
+        for name, values in (("hybrid", test_hybrid), ("nn", test_distance), ("glass", test_paper)):
             image, pixel, aupro = test_metrics(model, values, labels, masks)
             row.update({f"{name}_image_auroc": image, f"{name}_pixel_auroc": pixel, f"{name}_aupro": aupro})
         print(" ".join(f"{key}={value}" for key, value in row.items()), flush=True)

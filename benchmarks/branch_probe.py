@@ -5,10 +5,14 @@ reference's [r'1, 2r'1]), a copy of the untrained adaptor and discriminator is t
 branches only (`--las`: training's own steps, LAS included), on the cached normal training features of the
 fast recipe, and the discriminator's AUROC of
 held-out normal patches against their GAS copies is printed every `--every` steps (0.5: GAS is invisible).
+With `--las`, model selection's validation score (held-out normals against their LAS and unseen-family
+anomalies, `val_score`) is printed beside it: what the check compares when both branches train.
 This is the probe GLASS-j's branch check runs (training/branch_check.py). No test image is read.
 
     python benchmarks/branch_probe.py ../shared/data/mtd --steps 300 --every 50
     python benchmarks/branch_probe.py ../shared/data/mpdd_metal_plate --steps 300 --every 50
+    python benchmarks/branch_probe.py ../shared/data/mpdd_metal_plate --las --textures ../shared/data/dtd \
+        --steps 50 --every 50 --runs manifold,hypersphere   # the check's own measurement
 
 Every probe point is also a row of `results/branch_probe.csv` (`--results`; `benchmarks/record.py`).
 """
@@ -26,6 +30,7 @@ from glass_ad.config import make_config
 from glass_ad.model.glass_model import build_model
 from glass_ad.training.branch_check import probe_branch
 from glass_ad.training.preparation import prepare_features, prepare_images, prepare_synthesis
+from glass_ad.training.validation import build_validation_set
 from record import add_results_option, record_rows
 
 
@@ -52,6 +57,10 @@ def main() -> None:
         held_out = torch.cat([model.features(data.holdout[i : i + 16].float() / 255) for i in range(0, len(data.holdout), 16)])
     print(f"{args.data}: {len(data.images)} training images, {len(held_out)} held out; {setup.geometry.describe()}")
     synthesis = prepare_synthesis(data.images, config, echo=lambda _: None) if args.las else None
+    val = None
+    if synthesis is not None:
+        use_foreground = synthesis.foreground is not None
+        val = build_validation_set(model, data.holdout, synthesis.las, config, torch.device("cpu"), use_foreground)
     print(f"({time.perf_counter() - started:.0f} s preparation; {'normal + GAS + LAS' if args.las else 'normal + GAS'} steps)")
     rows = []
     for run in args.runs.split(","):
@@ -59,10 +68,14 @@ def main() -> None:
         probe_config = config.replace(hypersphere_shell=shell or config.hypersphere_shell)
         t0 = time.perf_counter()
         curve = probe_branch(
-            model, setup, held_out, probe_config, hypothesis, args.steps, synthesis=synthesis, seed=config.seed, every=args.every
-        )
+            model, setup, held_out, probe_config, hypothesis, args.steps,
+            synthesis=synthesis, seed=config.seed, every=args.every, val=val,
+        )  # fmt: skip
         seconds = time.perf_counter() - t0
-        values = " ".join(f"{step}:{value:.3f}" for step, value in curve)
+        values = " ".join(
+            f"{point.step}:{point.separation:.3f}" + (f" (val {point.validation:.3f})" if point.validation is not None else "")
+            for point in curve
+        )
         print(f"{run:<22} {values}   ({seconds:.0f} s, {seconds / args.steps * 1000:.0f} ms/step incl. probes)", flush=True)
         rows += [
             {
@@ -72,11 +85,12 @@ def main() -> None:
                 "branch": hypothesis,
                 "shell": probe_config.hypersphere_shell if hypothesis == "hypersphere" else "",
                 "steps_with": "normal+GAS+LAS" if args.las else "normal+GAS",
-                "step": step,
-                "gas_separation": round(value, 3),
+                "step": point.step,
+                "gas_separation": round(point.separation, 3),
+                "val_score": round(point.validation, 3) if point.validation is not None else "",
                 "ms_per_step": round(seconds / args.steps * 1000),
             }
-            for step, value in curve
+            for point in curve
         ]
     record_rows(args.results, rows)
 

@@ -15,7 +15,7 @@ from glass_ad.model.discriminator import Discriminator
 from glass_ad.model.geometry import SpacingProbe, measure_geometry
 from glass_ad.synthesis.gas import GASSettings, hypersphere_bounds, synthesize
 from glass_ad.training import branch_check
-from glass_ad.training.branch_check import BranchCheck, check_branch, probe_branch
+from glass_ad.training.branch_check import BranchCheck, ProbePoint, check_branch, probe_branch
 from glass_ad.training.preparation import FeatureSetup, FeaturesInMemory
 
 
@@ -111,16 +111,17 @@ def test_hypersphere_gas_separates_on_real_features(data, request):
 def test_branch_check_switches_only_from_a_dead_branch_to_a_clearly_better_one(monkeypatch):
     config = make_config("fast", branch_check_steps=10)
 
-    def decide(proposed: str, values: dict[str, float]) -> BranchCheck:
+    def decide(proposed: str, separations: dict[str, float], scores: dict[str, float] | None = None) -> BranchCheck:
         calls = []
 
-        def fake_probe(model, setup, held_out, config, hypothesis, steps, **kwargs):
+        def fake_probe(model, setup, held_out, config, hypothesis, steps, *, val=None, **kwargs):
             calls.append(hypothesis)
-            return [(steps, values[hypothesis])]
+            return [ProbePoint(steps, separations[hypothesis], scores[hypothesis] if val is not None else None)]
 
         monkeypatch.setattr(branch_check, "probe_branch", fake_probe)
         setup = types.SimpleNamespace(features=range(400))  # the probe itself is replaced: only its size is read
-        result = check_branch(None, setup, None, config, proposed, echo=lambda _: None)
+        val = object() if scores is not None else None
+        result = check_branch(None, setup, None, config, proposed, val=val, echo=lambda _: None)
         assert list(result.separations) == calls
         return result
 
@@ -129,8 +130,38 @@ def test_branch_check_switches_only_from_a_dead_branch_to_a_clearly_better_one(m
     assert alive.chosen == "hypersphere" and list(alive.separations) == ["hypersphere"]  # the other is not probed
     dead = decide("hypersphere", {"hypersphere": 0.48, "manifold": 0.93})
     assert dead.chosen == "manifold" and dead.switched and "instead of" in dead.describe()
+    assert "near chance" in dead.reason
     both_dead = decide("manifold", {"manifold": 0.50, "hypersphere": 0.55})
     assert both_dead.chosen == "manifold"  # not clearly better: the spectrogram's pick stays
+
+
+def test_branch_check_switches_to_the_branch_that_validates_clearly_better(monkeypatch):
+    """With a validation set both branches are probed; a live pick gives way only to a live branch whose
+    validation score is higher by VALIDATION_MARGIN."""
+    config = make_config("fast", branch_check_steps=10)
+    margin = branch_check.VALIDATION_MARGIN
+
+    def decide(proposed: str, separations: dict[str, float], scores: dict[str, float]) -> BranchCheck:
+        def fake_probe(model, setup, held_out, config, hypothesis, steps, *, val=None, **kwargs):
+            return [ProbePoint(steps, separations[hypothesis], scores[hypothesis])]
+
+        monkeypatch.setattr(branch_check, "probe_branch", fake_probe)
+        setup = types.SimpleNamespace(features=range(400))
+        return check_branch(None, setup, None, config, proposed, val=object(), echo=lambda _: None)
+
+    better = decide("hypersphere", {"hypersphere": 0.95, "manifold": 0.99}, {"hypersphere": 0.40, "manifold": 0.40 + 2 * margin})
+    assert better.chosen == "manifold" and better.reason == "the other branch scored higher on validation"
+    assert better.validation == {"hypersphere": 0.40, "manifold": 0.40 + 2 * margin}
+    assert "validation score" in better.describe() and "instead of" in better.describe()
+    close = decide("hypersphere", {"hypersphere": 0.95, "manifold": 0.99}, {"hypersphere": 0.40, "manifold": 0.40 + margin / 2})
+    assert close.chosen == "hypersphere" and not close.reason  # within the margin: the rule's pick stays
+    other_dead = decide("manifold", {"manifold": 0.95, "hypersphere": 0.30}, {"manifold": 0.40, "hypersphere": 0.90})
+    assert other_dead.chosen == "manifold"  # a branch whose GAS does not train is never switched to
+    worse = decide("manifold", {"manifold": 0.95, "hypersphere": 0.97}, {"manifold": 0.60, "hypersphere": 0.50})
+    assert worse.chosen == "manifold" and set(worse.validation) == {"manifold", "hypersphere"}
+    # Checkpoints written before the validation comparison load without it.
+    old = BranchCheck("hypersphere", "manifold", {"hypersphere": 0.5, "manifold": 0.9}, 10, 1.0)
+    assert old.validation == {} and "near chance" in old.reason
 
 
 @pytest.mark.slow
@@ -146,7 +177,8 @@ def test_the_branch_check_is_stored_with_the_model_and_shown_by_info(tmp_path):
     result = train(data, tmp_path / "run", config, progress=False, echo=lines.append)
     stored = Checkpoint.load(result.checkpoint).training.extra["branch_check"]
     assert stored["steps"] == 4 and stored["chosen"] == result.hypothesis
-    assert set(stored["separations"]) <= {"manifold", "hypersphere"} and stored["proposed"] in stored["separations"]
+    # With a validation split both branches are probed and scored.
+    assert set(stored["separations"]) == set(stored["validation"]) == {"manifold", "hypersphere"}
     assert any(line.startswith(("hypothesis check:", "hypothesis: ")) and "probe steps" in line for line in lines)
     shown = CliRunner().invoke(app, ["info", str(tmp_path / "run")])
     assert shown.exit_code == 0, shown.output

@@ -92,9 +92,9 @@ class GlassConfig:
     r2: float = 2.0  # = paired_r2(r1)
     radius_quantile: float = 0.75  # hypersphere r'1: this quantile of normal distances to the centre
     hypersphere_shell: HypersphereShell = "relative"  # see HYPERSPHERE_SHELLS
-    # GLASS-j's branch check (training/branch_check.py): with hypothesis "auto", the spectrogram's pick is
-    # first trained for this many normal + GAS steps on a copy; if its GAS stays near chance and the other
-    # branch's separates clearly, the other is used. 0: the spectrogram rule alone (the reference).
+    # GLASS-j's branch check (training/branch_check.py): with hypothesis "auto", each branch is first trained
+    # for this many of training's steps on a copy; the spectrogram's pick gives way when its GAS stays near
+    # chance, or when the other branch's GAS trains and it validates clearly better. 0: the rule alone.
     branch_check_steps: int = 0
     gas_patch_fraction: float = 1.0  # fraction of the (sampled) normal patch vectors that go through GAS
     # Scale rule: features are multiplied by one scalar measured on the training features so that the

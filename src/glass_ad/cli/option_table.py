@@ -31,8 +31,9 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("`--hypothesis auto\\|manifold\\|hypersphere`", "GLASS-j rule, or force GLASS-m / GLASS-h"),
     (
         "`--branch-check-steps N`",
-        "with `auto`: train the rule's pick on a copy for N steps first and switch if its GAS stays near chance "
-        "while the other branch's separates ({by.branch_check_steps}; 0 = the rule alone)",
+        "with `auto`: train each branch on a copy for N steps first; the rule's pick gives way if its GAS stays "
+        "near chance, or if the other branch's GAS trains and it scores clearly higher on validation "
+        "({by.branch_check_steps}; 0 = the rule alone)",
     ),
     (
         "`--hypersphere-shell relative\\|paper`",

@@ -56,7 +56,7 @@ def train(
     r1: opt.R1 = None,
     r2: Annotated[Optional[float], typer.Option(help=f"Hypersphere/manifold outer radius r2 (default {R2_PER_R1:g}·r1; {by_recipe('r2')}).")] = None,
     hypersphere_shell: Annotated[Optional[str], typer.Option(help=f"Hypersphere GAS shell: relative (every copy at least r1 spacings further from the centre than its own patch) or paper ([r'1, 2r'1] only); {by_recipe('hypersphere_shell')}.")] = None,
-    branch_check_steps: Annotated[Optional[int], typer.Option(help=f"GLASS-j's branch check: with --hypothesis auto, train the spectrogram's pick on a copy for this many steps first and switch to the other branch if its GAS stays near chance while the other's separates ({by_recipe('branch_check_steps')}; 0: the spectrogram rule alone).")] = None,
+    branch_check_steps: Annotated[Optional[int], typer.Option(help=f"GLASS-j's branch check: with --hypothesis auto, train each branch on a copy for this many steps first; the spectrogram's pick gives way if its GAS stays near chance, or if the other branch's GAS trains and it scores clearly higher on validation ({by_recipe('branch_check_steps')}; 0: the spectrogram rule alone).")] = None,
     embed_dim: Annotated[Optional[int], typer.Option(help="Patch-vector width (default per backbone).")] = None,
     feature_spacing: Annotated[Optional[float], typer.Option(help=f"Scale rule: normal spacing (median nearest-neighbour distance) the features are scaled to; GAS lengths are in this unit ({by_recipe('feature_spacing')}); 0 = raw features, absolute lengths.")] = None,
     patch_fraction: Annotated[Optional[float], typer.Option(help=f"Fraction of the batch's patch vectors each branch trains on per iteration ({by_recipe('patch_fraction')}).")] = None,

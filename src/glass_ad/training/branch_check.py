@@ -1,14 +1,17 @@
-"""GLASS-j's check: does the GAS branch the spectrogram rule picked actually train?
+"""GLASS-j's check: does the branch the spectrogram rule picked train, and train the better detector?
 
 The spectrogram rule (synthesis/spectrum.py) is the paper's first guess between the manifold (GLASS-m) and
 the hypersphere (GLASS-h). It looks at the mean training image only, so it cannot know whether the picked
-branch's GAS can be told from normal on this product's features. Before training, the picked branch is
-trained on a copy of the untrained adaptor and discriminator for `branch_check_steps` of training's own steps
-(normal + GAS + LAS, on the cached normal features), and the discriminator's separation of held-out normal
-patches from their GAS copies is measured as in validation (`val_gas_separation`). The rule's pick stays
-unless its GAS stays near chance; then the other branch is probed the same way and used if it separates
-clearly better, and the switch is said. The separations are stored with the model (`glass info`). The probe
-has its own random streams: a run that keeps the pick trains exactly as without the check.
+branch's GAS can be told from normal on this product's features, nor which branch's discriminator finds
+anomalies better. Before training, each branch is trained on its own copy of the untrained adaptor and
+discriminator for `branch_check_steps` of training's own steps (normal + GAS + LAS, on the cached normal
+features) and measured on the held-out validation set: the separation of held-out normal patches from
+their GAS copies (`val_gas_separation`) and model selection's own score (`val_score`: held-out normals
+against their LAS and unseen-family anomalies). The rule's pick stays unless
+* its GAS stays near chance and the other branch's separates clearly better, or
+* the other branch's GAS trains and its validation score is higher by at least `VALIDATION_MARGIN`.
+A switch is said. The measurements are stored with the model (`glass info`). The probes have their own
+random streams: a run that keeps the pick trains exactly as without the check.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import copy
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,10 +32,19 @@ from glass_ad.synthesis import gas as gas_module
 from glass_ad.training.loop import iterations_per_epoch, make_optimisation, train_one_epoch
 from glass_ad.training.preparation import FeatureSetup, SynthesisSetup
 from glass_ad.training.step import step_loss
-from glass_ad.training.validation import GAS_DEAD_AUROC, ValidationSet, gas_separation
+from glass_ad.training.validation import GAS_DEAD_AUROC, ValidationSet, gas_separation, validate
 
 # The other branch must separate at least this much better than a dead pick to replace it.
 SWITCH_MARGIN = 0.1
+# ... or, when both train, score at least this much higher on validation (model selection's `val_score`).
+# After 50 probe steps the manifold led the hypersphere by 0.045-0.28 on MTD and MPDD (docs/benchmarks.md).
+VALIDATION_MARGIN = 0.03
+
+
+class ProbePoint(NamedTuple):
+    step: int
+    separation: float  # held-out GAS separation
+    validation: float | None  # model selection's score on the held-out validation set (None: not given)
 
 
 @dataclass(frozen=True)
@@ -43,19 +56,32 @@ class BranchCheck:
     separations: dict[str, float]  # held-out GAS separation after `steps` probe steps, per branch tried
     steps: int
     seconds: float
+    # model selection's validation score after the probe, per branch (empty: checked without validation)
+    validation: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        """Why the pick changed (empty when it did not)."""
+        if not self.switched:
+            return ""
+        if self.separations[self.proposed] < GAS_DEAD_AUROC:
+            return "its GAS stayed near chance"
+        return "the other branch scored higher on validation"
 
     @property
     def switched(self) -> bool:
         return self.chosen != self.proposed
 
     def describe(self) -> str:
-        measured = ", ".join(f"{name} {value:.2f}" for name, value in self.separations.items())
+        measured = "held-out GAS separation " + ", ".join(f"{name} {value:.2f}" for name, value in self.separations.items())
+        if self.validation:
+            measured += "; validation score " + ", ".join(f"{name} {value:.3f}" for name, value in self.validation.items())
         if self.switched:
             return (
-                f"hypothesis: {self.chosen} instead of the spectrogram's {self.proposed}: its GAS stayed near chance "
-                f"after {self.steps} probe steps (held-out GAS separation {measured}; {self.seconds:.0f} s)"
+                f"hypothesis: {self.chosen} instead of the spectrogram's {self.proposed}: {self.reason} "
+                f"after {self.steps} probe steps ({measured}; {self.seconds:.0f} s)"
             )
-        return f"hypothesis check: {self.chosen} trains (held-out GAS separation {measured} after {self.steps} probe steps; {self.seconds:.0f} s)"
+        return f"hypothesis check: {self.chosen} trains and stays ({measured} after {self.steps} probe steps; {self.seconds:.0f} s)"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,12 +99,13 @@ def probe_branch(
     seed: int = 0,
     bf16: bool = False,
     every: int | None = None,
-) -> list[tuple[int, float]]:
+    val: ValidationSet | None = None,
+) -> list[ProbePoint]:
     """Train a copy of `model`'s adaptor and discriminator with the GAS branch of `hypothesis` for `steps`
     steps on the cached normal features — training's own steps (normal + GAS + LAS) when `synthesis` is
     given, else the normal and GAS branches only — and return the held-out GAS separation (normal patches of
-    `held_out`, Nv×P×D, vs their GAS copies) after the last step, or after every `every` steps. `model` and
-    the training's random streams are not touched."""
+    `held_out`, Nv×P×D, vs their GAS copies), and with `val` model selection's validation score, after the
+    last step, or after every `every` steps. `model` and the training's random streams are not touched."""
     trial = copy.deepcopy(model)
     trial.train()
     optimisation = make_optimisation(trial, config)
@@ -88,7 +115,7 @@ def probe_branch(
     batch = min(config.batch_size, count)
     if synthesis is not None:
         synthesis = dataclasses.replace(synthesis, hypothesis=hypothesis)
-    measured: list[tuple[int, float]] = []
+    measured: list[ProbePoint] = []
 
     def settings_now() -> gas_module.GASSettings:
         unit = setup.spacing_probe.spacing(trial.adaptor) if config.feature_spacing is not None else 1.0
@@ -123,8 +150,9 @@ def probe_branch(
                         optimizer.step()
             done += chunk
             settings = settings_now()  # the adaptor moves: GAS's unit is re-measured, as between epochs
-        value = gas_separation(trial, held_out, settings, centre_now(), config.radius_quantile, seed=seed)
-        measured.append((done, value))
+        separation = gas_separation(trial, held_out, settings, centre_now(), config.radius_quantile, seed=seed)
+        score = validate(trial, val, selection=config.selection)["val_score"] if val is not None else None
+        measured.append(ProbePoint(done, separation, score))
     return measured
 
 
@@ -149,7 +177,9 @@ def decide_branch(
     if val is None:
         return None
     held_out = val.normal.to(setup.mean_feature.device)
-    return check_branch(model, setup, held_out, config, synthesis.hypothesis, synthesis=synthesis, bf16=bf16, echo=echo)
+    return check_branch(
+        model, setup, held_out, config, synthesis.hypothesis, synthesis=synthesis, val=val, bf16=bf16, echo=echo
+    )
 
 
 def check_branch(
@@ -160,26 +190,40 @@ def check_branch(
     proposed: str,
     *,
     synthesis: SynthesisSetup | None = None,
+    val: ValidationSet | None = None,
     bf16: bool = False,
     echo: Callable[[str], None] = print,
 ) -> BranchCheck:
-    """Probe the proposed branch; if its GAS stays near chance, probe the other and switch when that one
-    separates clearly better (by SWITCH_MARGIN). Returns the decision and its evidence."""
+    """Probe the proposed branch and, with a validation set `val` or when the proposed one's GAS stays near
+    chance, the other. Switch when the proposed GAS is dead and the other separates clearly better (by
+    SWITCH_MARGIN), or when both train and the other scores higher on validation by VALIDATION_MARGIN.
+    Returns the decision and its evidence."""
     started = time.perf_counter()
     # Never longer than the run itself (a short run's pick is checked over its own length).
     steps = min(config.branch_check_steps, config.epochs * iterations_per_epoch(config, len(setup.features)))
     other = "hypersphere" if proposed == "manifold" else "manifold"
 
-    def probe(hypothesis: str) -> float:
-        curve = probe_branch(model, setup, held_out, config, hypothesis, steps, synthesis=synthesis, seed=config.seed, bf16=bf16)
-        return curve[-1][1]
+    separations: dict[str, float] = {}
+    validation: dict[str, float] = {}
 
-    separations = {proposed: probe(proposed)}
+    def probe(hypothesis: str) -> None:
+        last = probe_branch(
+            model, setup, held_out, config, hypothesis, steps, synthesis=synthesis, seed=config.seed, bf16=bf16, val=val
+        )[-1]
+        separations[hypothesis] = last.separation
+        if last.validation is not None:
+            validation[hypothesis] = last.validation
+
+    probe(proposed)
     chosen = proposed
-    if separations[proposed] < GAS_DEAD_AUROC:
-        separations[other] = probe(other)
-        if separations[other] >= max(GAS_DEAD_AUROC, separations[proposed] + SWITCH_MARGIN):
+    dead = separations[proposed] < GAS_DEAD_AUROC
+    if dead or val is not None:
+        probe(other)
+        if dead:
+            if separations[other] >= max(GAS_DEAD_AUROC, separations[proposed] + SWITCH_MARGIN):
+                chosen = other
+        elif separations[other] >= GAS_DEAD_AUROC and validation[other] >= validation[proposed] + VALIDATION_MARGIN:
             chosen = other
-    result = BranchCheck(proposed, chosen, separations, steps, time.perf_counter() - started)
+    result = BranchCheck(proposed, chosen, separations, steps, time.perf_counter() - started, validation)
     echo(result.describe())
     return result
