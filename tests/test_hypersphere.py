@@ -149,11 +149,12 @@ def test_branch_check_switches_to_the_branch_that_validates_clearly_better(monke
         setup = types.SimpleNamespace(features=range(400))
         return check_branch(None, setup, None, config, proposed, val=object(), echo=lambda _: None)
 
-    better = decide("hypersphere", {"hypersphere": 0.95, "manifold": 0.99}, {"hypersphere": 0.40, "manifold": 0.40 + 2 * margin})
+    alive = {"hypersphere": 0.95, "manifold": 0.99}
+    better = decide("hypersphere", alive, {"hypersphere": 0.40, "manifold": 0.40 + 2 * margin})
     assert better.chosen == "manifold" and better.reason == "the other branch scored higher on validation"
     assert better.validation == {"hypersphere": 0.40, "manifold": 0.40 + 2 * margin}
     assert "validation score" in better.describe() and "instead of" in better.describe()
-    close = decide("hypersphere", {"hypersphere": 0.95, "manifold": 0.99}, {"hypersphere": 0.40, "manifold": 0.40 + margin / 2})
+    close = decide("hypersphere", alive, {"hypersphere": 0.40, "manifold": 0.40 + margin / 2})
     assert close.chosen == "hypersphere" and not close.reason  # within the margin: the rule's pick stays
     other_dead = decide("manifold", {"manifold": 0.95, "hypersphere": 0.30}, {"manifold": 0.40, "hypersphere": 0.90})
     assert other_dead.chosen == "manifold"  # a branch whose GAS does not train is never switched to

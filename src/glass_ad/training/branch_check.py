@@ -38,7 +38,8 @@ from glass_ad.training.validation import GAS_DEAD_AUROC, ValidationSet, gas_sepa
 SWITCH_MARGIN = 0.1
 # ... or, when both train, score at least this much higher on validation (model selection's `val_score`).
 # After 50 probe steps the manifold led the hypersphere by 0.007-0.31 on MTD and MPDD (docs/benchmarks.md):
-# 0.03 is more than one step of a 5-image holdout's score (0.02) and well below a clearly weaker branch's gap (0.17-0.31).
+# 0.03 is more than one step of a 5-image holdout's score (0.02) and well below a clearly weaker branch's
+# gap (0.17-0.31).
 VALIDATION_MARGIN = 0.03
 
 
@@ -74,15 +75,18 @@ class BranchCheck:
         return self.chosen != self.proposed
 
     def describe(self) -> str:
-        measured = "held-out GAS separation " + ", ".join(f"{name} {value:.2f}" for name, value in self.separations.items())
+        measured = "held-out GAS separation " + ", ".join(f"{k} {v:.2f}" for k, v in self.separations.items())
         if self.validation:
-            measured += "; validation score " + ", ".join(f"{name} {value:.3f}" for name, value in self.validation.items())
+            measured += "; validation score " + ", ".join(f"{k} {v:.3f}" for k, v in self.validation.items())
         if self.switched:
             return (
                 f"hypothesis: {self.chosen} instead of the spectrogram's {self.proposed}: {self.reason} "
                 f"after {self.steps} probe steps ({measured}; {self.seconds:.0f} s)"
             )
-        return f"hypothesis check: {self.chosen} trains and stays ({measured} after {self.steps} probe steps; {self.seconds:.0f} s)"
+        return (
+            f"hypothesis check: {self.chosen} trains and stays "
+            f"({measured} after {self.steps} probe steps; {self.seconds:.0f} s)"
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
