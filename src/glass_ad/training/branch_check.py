@@ -47,6 +47,9 @@ class ProbePoint(NamedTuple):
     step: int
     separation: float  # held-out GAS separation
     validation: float | None  # model selection's score on the held-out validation set (None: not given)
+    # the worse synthetic family's patch AUROC on the held-out set (None: not given); measured for the
+    # benchmarks, not compared by the check (docs/benchmarks.md, "GLASS-j's branch check")
+    localisation: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,9 @@ def probe_branch(
     """Train a copy of `model`'s adaptor and discriminator with the GAS branch of `hypothesis` for `steps`
     steps on the cached normal features — training's own steps (normal + GAS + LAS) when `synthesis` is
     given, else the normal and GAS branches only — and return the held-out GAS separation (normal patches of
-    `held_out`, Nv×P×D, vs their GAS copies), and with `val` model selection's validation score, after the
-    last step, or after every `every` steps. `model` and the training's random streams are not touched."""
+    `held_out`, Nv×P×D, vs their GAS copies), and with `val` model selection's validation score and the
+    worse synthetic family's patch AUROC, after the last step, or after every `every` steps. `model` and the
+    training's random streams are not touched."""
     trial = copy.deepcopy(model)
     trial.train()
     optimisation = make_optimisation(trial, config)
@@ -156,8 +160,12 @@ def probe_branch(
             done += chunk
             settings = settings_now()  # the adaptor moves: GAS's unit is re-measured, as between epochs
         separation = gas_separation(trial, held_out, settings, centre_now(), config.radius_quantile, seed=seed)
-        score = validate(trial, val, selection=config.selection)["val_score"] if val is not None else None
-        measured.append(ProbePoint(done, separation, score))
+        if val is None:
+            measured.append(ProbePoint(done, separation, None))
+        else:
+            record = validate(trial, val, selection=config.selection)
+            worse_family = min(record["val_las_separation"], record["val_unseen_separation"])
+            measured.append(ProbePoint(done, separation, record["val_score"], worse_family))
     return measured
 
 
