@@ -135,19 +135,24 @@ def test_branch_check_switches_only_from_a_dead_branch_to_a_clearly_better_one(m
     assert both_dead.chosen == "manifold"  # not clearly better: the spectrogram's pick stays
 
 
-def test_branch_check_switches_to_the_branch_that_validates_clearly_better(monkeypatch):
-    """With a validation set both branches are probed; a live pick gives way only to a live branch whose
-    validation score is higher by VALIDATION_MARGIN."""
+def test_branch_check_moves_a_live_hypersphere_only_to_a_manifold_that_validates_clearly_better(monkeypatch):
+    """With a validation set a hypersphere pick is compared with the manifold: it gives way only to a live
+    manifold whose validation score is higher by VALIDATION_MARGIN. A live manifold pick is not compared."""
     config = make_config("fast", branch_check_steps=10)
     margin = branch_check.VALIDATION_MARGIN
 
     def decide(proposed: str, separations: dict[str, float], scores: dict[str, float]) -> BranchCheck:
+        calls = []
+
         def fake_probe(model, setup, held_out, config, hypothesis, steps, *, val=None, **kwargs):
+            calls.append(hypothesis)
             return [ProbePoint(steps, separations[hypothesis], scores[hypothesis])]
 
         monkeypatch.setattr(branch_check, "probe_branch", fake_probe)
         setup = types.SimpleNamespace(features=range(400))
-        return check_branch(None, setup, None, config, proposed, val=object(), echo=lambda _: None)
+        result = check_branch(None, setup, None, config, proposed, val=object(), echo=lambda _: None)
+        assert list(result.separations) == calls
+        return result
 
     alive = {"hypersphere": 0.95, "manifold": 0.99}
     better = decide("hypersphere", alive, {"hypersphere": 0.40, "manifold": 0.40 + 2 * margin})
@@ -156,10 +161,16 @@ def test_branch_check_switches_to_the_branch_that_validates_clearly_better(monke
     assert "validation score" in better.describe() and "instead of" in better.describe()
     close = decide("hypersphere", alive, {"hypersphere": 0.40, "manifold": 0.40 + margin / 2})
     assert close.chosen == "hypersphere" and not close.reason  # within the margin: the rule's pick stays
-    other_dead = decide("manifold", {"manifold": 0.95, "hypersphere": 0.30}, {"manifold": 0.40, "hypersphere": 0.90})
-    assert other_dead.chosen == "manifold"  # a branch whose GAS does not train is never switched to
-    worse = decide("manifold", {"manifold": 0.95, "hypersphere": 0.97}, {"manifold": 0.60, "hypersphere": 0.50})
-    assert worse.chosen == "manifold" and set(worse.validation) == {"manifold", "hypersphere"}
+    other_dead = decide("hypersphere", {"hypersphere": 0.95, "manifold": 0.30}, {"hypersphere": 0.40, "manifold": 0.90})
+    assert other_dead.chosen == "hypersphere"  # a branch whose GAS does not train is never switched to
+    assert set(other_dead.validation) == {"manifold", "hypersphere"}
+    # A live manifold pick: the hypersphere is not probed, however it might have scored.
+    manifold = decide("manifold", {"manifold": 0.95, "hypersphere": 0.97}, {"manifold": 0.40, "hypersphere": 0.90})
+    assert manifold.chosen == "manifold" and list(manifold.separations) == ["manifold"]
+    assert manifold.validation == {"manifold": 0.40} and "hypersphere" not in manifold.describe()
+    # A dead manifold pick is still checked against the hypersphere's GAS.
+    dead_manifold = decide("manifold", {"manifold": 0.45, "hypersphere": 0.90}, {"manifold": 0.40, "hypersphere": 0.30})
+    assert dead_manifold.chosen == "hypersphere" and "near chance" in dead_manifold.reason
     # Checkpoints written before the validation comparison load without it.
     old = BranchCheck("hypersphere", "manifold", {"hypersphere": 0.5, "manifold": 0.9}, 10, 1.0)
     assert old.validation == {} and "near chance" in old.reason
@@ -178,8 +189,11 @@ def test_the_branch_check_is_stored_with_the_model_and_shown_by_info(tmp_path):
     result = train(data, tmp_path / "run", config, progress=False, echo=lines.append)
     stored = Checkpoint.load(result.checkpoint).training.extra["branch_check"]
     assert stored["steps"] == 4 and stored["chosen"] == result.hypothesis
-    # With a validation split both branches are probed and scored.
-    assert set(stored["separations"]) == set(stored["validation"]) == {"manifold", "hypersphere"}
+    # With a validation split the pick is scored; a hypersphere pick (or a dead one) is probed against the other.
+    proposed = stored["proposed"]
+    compared = proposed == "hypersphere" or stored["separations"][proposed] < 0.6
+    expected = {"manifold", "hypersphere"} if compared else {proposed}
+    assert set(stored["separations"]) == set(stored["validation"]) == expected
     assert any(line.startswith(("hypothesis check:", "hypothesis: ")) and "probe steps" in line for line in lines)
     shown = CliRunner().invoke(app, ["info", str(tmp_path / "run")])
     assert shown.exit_code == 0, shown.output

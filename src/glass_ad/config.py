@@ -92,9 +92,10 @@ class GlassConfig:
     r2: float = 2.0  # = paired_r2(r1)
     radius_quantile: float = 0.75  # hypersphere r'1: this quantile of normal distances to the centre
     hypersphere_shell: HypersphereShell = "relative"  # see HYPERSPHERE_SHELLS
-    # GLASS-j's branch check (training/branch_check.py): with hypothesis "auto", each branch is first trained
-    # for this many of training's steps on a copy; the spectrogram's pick gives way when its GAS stays near
-    # chance, or when the other branch's GAS trains and it validates clearly better. 0: the rule alone.
+    # GLASS-j's branch check (training/branch_check.py): with hypothesis "auto", the picked branch is first
+    # trained for this many of training's steps on a copy (and the other too when the pick is dead or the
+    # hypersphere); the pick gives way when its GAS stays near chance, or when it is the hypersphere and the
+    # manifold trains and validates clearly better. 0: the rule alone.
     branch_check_steps: int = 0
     gas_patch_fraction: float = 1.0  # fraction of the (sampled) normal patch vectors that go through GAS
     # Scale rule: features are multiplied by one scalar measured on the training features so that the

@@ -31,9 +31,10 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("`--hypothesis auto\\|manifold\\|hypersphere`", "GLASS-j rule, or force GLASS-m / GLASS-h"),
     (
         "`--branch-check-steps N`",
-        "with `auto`: train each branch on a copy for N steps first; the rule's pick gives way if its GAS stays "
-        "near chance, or if the other branch's GAS trains and it scores clearly higher on validation "
-        "({by.branch_check_steps}; 0 = the rule alone)",
+        "with `auto`: train the picked branch on a copy for N steps first (and the other when the pick is dead "
+        "or the hypersphere); the pick gives way if its GAS stays near chance, or if it is the hypersphere and "
+        "the manifold's GAS trains and scores clearly higher on validation ({by.branch_check_steps}; 0 = the "
+        "rule alone)",
     ),
     (
         "`--hypersphere-shell relative\\|paper`",
