@@ -44,9 +44,11 @@ from glass_ad.training.validation import GAS_DEAD_AUROC, ValidationSet, gas_sepa
 SWITCH_MARGIN = 0.1
 # ... or, when the pick is a live hypersphere, the manifold must train and score at least this much higher on
 # validation (model selection's `val_score`).
-# After 50 probe steps the manifold led the hypersphere by 0.007-0.31 on MTD and MPDD (docs/benchmarks.md):
-# 0.03 is more than one step of a 5-image holdout's score (0.02) and well below a clearly weaker branch's
-# gap (0.17-0.31).
+# After 50 probe steps as the run makes them (bf16, the run's LAS pool; four probe streams each), a clearly
+# weaker hypersphere trailed by 0.041-0.090 (MPDD seed 0) and 0.18-0.25 (MTD, its GAS dead); a close pair
+# (MPDD seed 1) moved between -0.073 and +0.075 (docs/benchmarks.md, "How much the check's comparison of
+# two live branches moves"). 0.03 is more than one step of a 5-image holdout's score (0.02) and below
+# every clear gap.
 VALIDATION_MARGIN = 0.03
 
 
