@@ -108,22 +108,27 @@ def test_hypersphere_gas_separates_on_real_features(data, request):
     assert curve[-1][1] >= 0.9, curve
 
 
-def test_branch_check_switches_only_from_a_dead_branch_to_a_clearly_better_one(monkeypatch):
+def _decide(monkeypatch, proposed: str, separations: dict[str, float], scores: dict[str, float] | None = None) -> BranchCheck:
+    """The check's decision with the probe replaced by fixed results (with `scores`, a validation set is given);
+    also asserts that exactly the branches it reports were probed."""
     config = make_config("fast", branch_check_steps=10)
+    calls = []
 
-    def decide(proposed: str, separations: dict[str, float], scores: dict[str, float] | None = None) -> BranchCheck:
-        calls = []
+    def fake_probe(model, setup, held_out, config, hypothesis, steps, *, val=None, **kwargs):
+        calls.append(hypothesis)
+        return [ProbePoint(steps, separations[hypothesis], scores[hypothesis] if val is not None else None)]
 
-        def fake_probe(model, setup, held_out, config, hypothesis, steps, *, val=None, **kwargs):
-            calls.append(hypothesis)
-            return [ProbePoint(steps, separations[hypothesis], scores[hypothesis] if val is not None else None)]
+    monkeypatch.setattr(branch_check, "probe_branch", fake_probe)
+    setup = types.SimpleNamespace(features=range(400))  # the probe itself is replaced: only its size is read
+    val = object() if scores is not None else None
+    result = check_branch(None, setup, None, config, proposed, val=val, echo=lambda _: None)
+    assert list(result.separations) == calls
+    return result
 
-        monkeypatch.setattr(branch_check, "probe_branch", fake_probe)
-        setup = types.SimpleNamespace(features=range(400))  # the probe itself is replaced: only its size is read
-        val = object() if scores is not None else None
-        result = check_branch(None, setup, None, config, proposed, val=val, echo=lambda _: None)
-        assert list(result.separations) == calls
-        return result
+
+def test_branch_check_switches_only_from_a_dead_branch_to_a_clearly_better_one(monkeypatch):
+    def decide(proposed: str, separations: dict[str, float]) -> BranchCheck:
+        return _decide(monkeypatch, proposed, separations)
 
     alive = decide("hypersphere", {"hypersphere": 0.95, "manifold": 0.99})
     assert alive.steps == 10
@@ -138,21 +143,10 @@ def test_branch_check_switches_only_from_a_dead_branch_to_a_clearly_better_one(m
 def test_branch_check_moves_a_live_hypersphere_only_to_a_manifold_that_validates_clearly_better(monkeypatch):
     """With a validation set a hypersphere pick is compared with the manifold: it gives way only to a live
     manifold whose validation score is higher by VALIDATION_MARGIN. A live manifold pick is not compared."""
-    config = make_config("fast", branch_check_steps=10)
     margin = branch_check.VALIDATION_MARGIN
 
     def decide(proposed: str, separations: dict[str, float], scores: dict[str, float]) -> BranchCheck:
-        calls = []
-
-        def fake_probe(model, setup, held_out, config, hypothesis, steps, *, val=None, **kwargs):
-            calls.append(hypothesis)
-            return [ProbePoint(steps, separations[hypothesis], scores[hypothesis])]
-
-        monkeypatch.setattr(branch_check, "probe_branch", fake_probe)
-        setup = types.SimpleNamespace(features=range(400))
-        result = check_branch(None, setup, None, config, proposed, val=object(), echo=lambda _: None)
-        assert list(result.separations) == calls
-        return result
+        return _decide(monkeypatch, proposed, separations, scores)
 
     alive = {"hypersphere": 0.95, "manifold": 0.99}
     better = decide("hypersphere", alive, {"hypersphere": 0.40, "manifold": 0.40 + 2 * margin})
