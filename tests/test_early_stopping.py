@@ -1,9 +1,15 @@
 """The stopping rule: best single epoch kept, stopping on the smoothed validation score."""
 
+import time
+from types import SimpleNamespace
+
 import pytest
+from torch import nn
 
 from glass_ad.training.loop import TimeLimit
-from glass_ad.training.validation import EarlyStopping
+from glass_ad.training.progress import Progress
+from glass_ad.training.trainer import _stop
+from glass_ad.training.validation import GAS_TRAINED_AUROC, EarlyStopping
 
 # Validation scores of the MTD run with a cosine schedule (runs/exp_cosine20, docs/benchmarks.md): noisy,
 # but still rising until epoch 19.
@@ -60,3 +66,62 @@ def test_time_limit_expects_the_slowest_epoch_so_far():
     assert not limit.allows_another(11.0) and limit.allows_another(10.0)
     assert TimeLimit.from_history(0.0, [{"epoch_s": 1e6}]).allows_another(1e9)  # 0: no limit
     assert TimeLimit.from_history(5.0, [{"epoch": 1}]).longest_epoch_s == 0.0  # histories written before epoch_s
+
+
+# (val_score, val_gas_separation) of MPDD metal_plate forced to the hypersphere, seed 1 (runs6/mpdd_h_s1,
+# docs/benchmarks.md): epoch 2 scores 0.547 while its GAS separation is 0.41; GAS trains from epoch 8 on.
+SLOW_GAS = [(0.265, 0.55), (0.547, 0.411), (0.429, 0.583), (0.517, 0.665), (0.49, 0.787), (0.507, 0.838),
+            (0.427, 0.886), (0.531, 0.905), (0.571, 0.915), (0.602, 0.935), (0.662, 0.937), (0.636, 0.944),
+            (0.639, 0.95), (0.619, 0.956), (0.665, 0.962), (0.691, 0.966), (0.639, 0.976), (0.649, 0.977)]
+
+
+def _kept_epochs(records, patience=4, window=3):
+    """The kept epoch after each epoch, with a model whose weight records the epoch it was kept at."""
+    model = nn.Module()
+    model.discriminator = nn.Linear(1, 1, bias=False)
+    progress = Progress(EarlyStopping(patience, window), started=time.perf_counter())
+    kept = []
+    for epoch, record in enumerate(records, start=1):
+        model.discriminator.weight.data.fill_(epoch)
+        progress.select(epoch, record, model)
+        progress.history.append(record)
+        assert progress.best_state["discriminator.weight"].item() == progress.best_epoch  # its weights
+        kept.append(progress.best_epoch)
+    return kept, progress
+
+
+def test_an_epoch_whose_gas_trained_beats_higher_scores_without():
+    records = [{"val_score": s, "val_gas_separation": g} for s, g in SLOW_GAS]
+    kept, progress = _kept_epochs(records)
+    assert kept[:7] == [1, 2, 2, 2, 2, 2, 2]  # no epoch's GAS trained yet: the best score
+    assert kept[7] == 8  # epoch 8 (0.531, GAS 0.905) replaces epoch 2 (0.547, GAS 0.411)
+    assert kept[-1] == 16 and records[15]["val_gas_separation"] >= GAS_TRAINED_AUROC
+    assert progress.gas_trained
+
+
+def test_without_gas_measured_the_best_score_is_kept():
+    kept, progress = _kept_epochs([{"val_score": s} for s, _ in SLOW_GAS])
+    assert kept[-1] == 16 and kept[7] == 2  # the scores alone: epoch 2 leads until epoch 9
+    assert progress.gas_trained  # nothing measured: nothing to wait for
+
+
+def _stop_reason(progress, epochs=50):
+    config = SimpleNamespace(early_stopping=True, stop_window=3, patience=4, epochs=epochs, time_limit_min=0.0)
+    run = SimpleNamespace(config=config, validating=True)
+    group = SimpleNamespace(broadcast=lambda value: value)
+    limit = TimeLimit.from_history(0.0, progress.history)
+    stop = _stop(run, progress, limit, group)
+    return None if stop is None else stop[0]
+
+
+def test_early_stopping_waits_for_an_epoch_whose_gas_trained():
+    flat = [{"val_score": 0.6, "val_gas_separation": 0.5 + 0.03 * i, "elapsed_s": i} for i in range(16)]
+    progress = Progress(EarlyStopping(4, 3), started=time.perf_counter())
+    reasons = []
+    for epoch, record in enumerate(flat, start=1):
+        progress.select(epoch, record, nn.Linear(1, 1))
+        progress.history.append(record)
+        reasons.append(_stop_reason(progress))
+    # The flat score is stale from epoch 4 and would stop the run at epoch 7; GAS reaches 0.9 at epoch 15.
+    assert progress.stopper.stale >= 4 and flat[13]["val_gas_separation"] < GAS_TRAINED_AUROC
+    assert reasons[:14] == [None] * 14 and reasons[14] == "early stopping"

@@ -17,7 +17,7 @@ import torch
 from glass_ad.model.glass_model import GlassModel
 from glass_ad.training.averaging import trainable_state
 from glass_ad.training.branch_check import BranchCheck
-from glass_ad.training.validation import EarlyStopping
+from glass_ad.training.validation import GAS_TRAINED_AUROC, EarlyStopping
 
 
 @dataclass
@@ -62,7 +62,31 @@ class Progress:
         """Seconds of the run at `now` (default: now), earlier sessions of a resumed run included."""
         return (time.perf_counter() if now is None else now) - self.started
 
-    def select(self, epoch: int, score: float, model: GlassModel) -> None:
-        """Record epoch `epoch`'s (1-based) validation score; keep `model`'s weights when it is the best so far."""
-        if self.stopper.update(score):
+    @property
+    def gas_trained(self) -> bool:
+        """Whether some epoch so far has a trained GAS branch (or GAS is not measured): see `select`."""
+        return any(_gas_trained(record) for record in self.history)
+
+    def select(self, epoch: int, scores: dict[str, float], model: GlassModel) -> None:
+        """Record epoch `epoch`'s (1-based) validation scores and keep `model`'s weights when it is the best
+        epoch so far. An epoch whose GAS is trained (held-out GAS separation at least `GAS_TRAINED_AUROC`)
+        beats every epoch whose GAS is not, whatever their scores: the kept model is one whose global branch
+        did its job, once any epoch's did (docs/method.md, deviation 6). Among equals the validation
+        score decides, as before."""
+        score = scores["val_score"]
+        self.stopper.update(score)
+        kept = self.history[self.best_epoch - 1] if 0 < self.best_epoch <= len(self.history) else None
+        trained = _gas_trained(scores)
+        if kept is None:
+            better = True
+        elif trained != _gas_trained(kept):
+            better = trained
+        else:
+            better = score > kept["val_score"] + self.stopper.min_delta
+        if better:
             self.best_epoch, self.best_state = epoch, trainable_state(model)
+
+
+def _gas_trained(record: dict[str, float]) -> bool:
+    separation = record.get("val_gas_separation")
+    return separation is None or separation >= GAS_TRAINED_AUROC

@@ -194,14 +194,16 @@ def _validate_and_select(
         if run.val is not None:
             scores = validate(run.model, run.val, settings, centre, config.radius_quantile, config.selection)
         scores = group.broadcast(scores)
-        progress.select(epoch, scores["val_score"], run.model)
+        progress.select(epoch, scores, run.model)
     return scores
 
 
 def _stop(run: RunSetup, progress: Progress, limit: TimeLimit, group: Distributed) -> tuple[str, str] | None:
     """Why no further epoch may run ("early stopping" or "time limit") and what to say, or None."""
     config, done = run.config, progress.epochs_done
-    if config.early_stopping and run.validating and progress.stopper.should_stop:
+    # Early stopping waits until some epoch's GAS has trained (progress.gas_trained): a slowly separating
+    # branch (the hypersphere on an object: 0.55 → 0.9 over 8 epochs) must not be cut off by a flat score.
+    if config.early_stopping and run.validating and progress.stopper.should_stop and progress.gas_trained:
         return "early stopping", (
             f"early stop after epoch {done}: the {config.stop_window}-epoch mean validation score has not "
             f"risen for {config.patience} epochs (best: epoch {progress.best_epoch})"

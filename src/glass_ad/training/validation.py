@@ -83,6 +83,9 @@ def score_features(model: GlassModel, features: torch.Tensor, batch_size: int = 
 
 GAS_PROBE_PATCHES = 4096  # held-out normal patch vectors used to measure the GAS separation
 GAS_DEAD_AUROC = 0.6  # below this the discriminator does not tell GAS from normal: the branch is dead
+# At or above this GAS has trained the discriminator: model selection prefers such epochs, and early
+# stopping waits for one (training/progress.py, trainer.py; docs/method.md, deviation 6).
+GAS_TRAINED_AUROC = 0.9
 
 
 def _family_scores(normal: torch.Tensor, anomalous: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
