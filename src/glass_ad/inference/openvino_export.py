@@ -12,12 +12,13 @@ processors that have it, which moves scores by ~1e-2 — enough to flip decision
 
 int8 quantises the backbone's pointwise convolutions after the stem and the scoring head's aggregation and
 first layer; the preprocessing (``glass_frame/*`` nodes), the stem, the depthwise convolutions, the
-head's last layer and every MatMul (the memory bank) stay in float32 (`IGNORED_PATTERNS`,
+head's last layer, every MatMul and the head's other non-convolution nodes (the memory bank's
+distances) stay in float32 (`IGNORED_PATTERNS`,
 `IGNORED_TYPES`: where the error came from when measured). It is calibrated on normal images of ``--calibration``
 plus LAS anomalies made from a quarter of them, and **gated on decisions**: other normal images of the
 folder and LAS anomalies made from them are scored by the int8 IR and the fp32 ONNX model; when more
-than 1 % of their decisions change, or an image score moves by more than 0.25, the export is refused in
-one line and nothing is written (`DecisionCheck`). Needs ``pip install "glass-ad[openvino]"``
+than 1 % of their decisions change, or an image score moves by more than half the model's score scale
+(`MAX_SCORE_ERROR`), the export is refused in one line and nothing is written (`DecisionCheck`). Needs ``pip install "glass-ad[openvino]"``
 (``openvino``, ``nncf``).
 """
 
@@ -44,12 +45,20 @@ from glass_ad.safety import refuse_input_overlap
 PRECISIONS = ("fp32", "fp16", "int8")
 # Kept in float32 by the int8 export: the preprocessing (exact integer geometry and rounding, and the map
 # on the frame), the stem convolution (the pixels), the depthwise convolutions and the scoring head's last
-# layer (hidden → score), and every MatMul (the memory bank's distances). Measured on MTD (docs/deploy.md,
-# "int8"): quantising the depthwise convolutions or the stem too changed 7-9 of 578 test decisions
-# against fp32, this choice 3; the head's aggregation and first layer quantise without harm and carry
-# half the arithmetic.
-IGNORED_PATTERNS = ["glass_frame/.*", ".*/head/rest/.*", ".*stem.*"]
+# layer (hidden → score), every MatMul, and every head node that is not a convolution (the hybrid score's
+# distances and standardisation). Measured on MTD (docs/deploy.md, "int8"): quantising the depthwise
+# convolutions or the stem too changed 7-9 of 578 test decisions against fp32, this choice 3; the head's
+# aggregation and first layer quantise without harm and carry half the arithmetic. The squared distance
+# ‖q‖² − 2 q·b + ‖b‖² is a small difference of large terms: NNCF quantises the Add, Multiply and ReduceSum
+# nodes that form it unless told not to, which moved the hybrid model's image scores by up to 11 (58 of
+# 192 held-out decisions changed); with them in float32, 0 changed.
+IGNORED_PATTERNS = ["glass_frame/.*", ".*/head/rest/.*", ".*stem.*", ".*/head/(?!Conv).*"]
 IGNORED_TYPES = ["MatMul", "GroupConvolution"]
+# The largest image-score change the int8 check allows, in units of the model's score scale (the
+# normalisation's `scale`: (threshold − median held-out normal score) / ln 9): scores of pure GLASS (a
+# sigmoid) and of the hybrid (standardised, unbounded) are then held to the same bar; the normalised score
+# (0.5 at the threshold) moves by at most an eighth of this there.
+MAX_SCORE_ERROR = 0.5
 
 
 def _openvino():
@@ -72,7 +81,8 @@ class DecisionCheck:
     max_abs_diff: float  # image score
     mean_abs_diff: float
     allowed: float  # fraction of the held-out images
-    max_score_error: float
+    max_score_error: float  # in units of `score_scale`
+    score_scale: float = 1.0  # the model's normalisation scale (MAX_SCORE_ERROR)
 
     @property
     def images(self) -> int:
@@ -80,13 +90,14 @@ class DecisionCheck:
 
     @property
     def passed(self) -> bool:
-        return self.changed <= self.allowed * self.images and self.max_abs_diff <= self.max_score_error
+        return self.changed <= self.allowed * self.images and self.max_abs_diff <= self.max_score_error * self.score_scale
 
     def line(self) -> str:
         return (
             f"int8 vs fp32 on {self.images} held-out images ({self.normals} normal, {self.anomalies} synthetic anomalies): "
             f"{self.changed} decisions changed (allowed {self.allowed:.0%}), image score |difference| max {self.max_abs_diff:.3f} "
-            f"(allowed {self.max_score_error}), mean {self.mean_abs_diff:.4f}"
+            f"= {self.max_abs_diff / self.score_scale:.2f} of the score scale {self.score_scale:.3g} (allowed "
+            f"{self.max_score_error:g}), mean {self.mean_abs_diff:.4f}"
         )
 
 
@@ -176,7 +187,7 @@ def synthetic_anomalies(checkpoint, frames: Sequence[np.ndarray], seed: int) -> 
 
 def check_decisions(
     reference, compiled, threshold: float, normals: Sequence[np.ndarray], anomalies: Sequence[np.ndarray],
-    allowed: float, max_score_error: float,
+    allowed: float, max_score_error: float, score_scale: float = 1.0,
 ) -> DecisionCheck:
     """Score every frame with the fp32 ONNX Runtime session ``reference`` and the compiled IR; compare."""
     ours, theirs = [], []
@@ -189,6 +200,7 @@ def check_decisions(
     return DecisionCheck(
         normals=len(normals), anomalies=len(anomalies), changed=int(((a >= threshold) != (b >= threshold)).sum()),
         max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()), allowed=allowed, max_score_error=max_score_error,
+        score_scale=score_scale,
     )  # fmt: skip
 
 
@@ -201,7 +213,7 @@ def export_openvino(
     calibration_limit: int = 128,
     holdout_limit: int = 128,
     max_changed: float = 0.01,
-    max_score_error: float = 0.25,
+    max_score_error: float = MAX_SCORE_ERROR,
     fast: bool = False,
     verify: bool = True,
 ) -> OpenVinoExport:
@@ -213,7 +225,8 @@ def export_openvino(
     normal images plus LAS anomalies made from a quarter of them; then
     ``holdout_limit`` other normal images of the folder and LAS anomalies made from half of them are scored
     by the int8 IR and by the fp32 ONNX model (`check_decisions`): when more than ``max_changed`` of their
-    decisions change, or an image score moves by more than ``max_score_error``, the export is refused
+    decisions change, or an image score moves by more than ``max_score_error`` times the model's score scale
+    (`MAX_SCORE_ERROR`), the export is refused
     (ValueError, one line) and nothing is written."""
     ov = _openvino()
     if precision not in PRECISIONS:
@@ -250,9 +263,10 @@ def export_openvino(
             ov.save_model(model, str(staged), compress_to_fp16=precision == "fp16")
             if precision == "int8":  # the decision check, before the IR takes its place
                 anomalies = synthetic_anomalies(checkpoint, held[: len(held) // 2], seed=2)
+                stored = checkpoint.calibration  # the threshold and score scale of the fp32 model
                 check = check_decisions(
-                    session(onnx_path), compile(staged), checkpoint.calibration.image_threshold, held, anomalies,
-                    max_changed, max_score_error,
+                    session(onnx_path), compile(staged), stored.image_threshold, held, anomalies,
+                    max_changed, max_score_error, stored.image_normalization.scale,
                 )  # fmt: skip
                 if not check.passed:
                     raise ValueError(f"int8 export refused: {check.line()}; {path} was not written (use fp32)")
