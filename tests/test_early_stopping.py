@@ -68,6 +68,12 @@ def test_time_limit_expects_the_slowest_epoch_so_far():
     assert TimeLimit.from_history(5.0, [{"epoch": 1}]).longest_epoch_s == 0.0  # histories written before epoch_s
 
 
+def test_time_limit_keeps_the_finishings_seconds_free():
+    limit = TimeLimit.from_history(1.0, [{"epoch_s": 20.0}], reserve_s=15.0)
+    assert limit.allows_another(25.0) and not limit.allows_another(25.5)  # 25 + 20 + 15 = 60 s fits exactly
+    assert TimeLimit.from_history(0.0, [{"epoch_s": 20.0}], reserve_s=1e9).allows_another(1e9)  # 0: no limit
+
+
 # (val_score, val_gas_separation) of MPDD metal_plate forced to the hypersphere, seed 1 (runs6/mpdd_h_s1,
 # docs/benchmarks.md): epoch 2 scores 0.547 while its GAS separation is 0.41; GAS trains from epoch 8 on.
 SLOW_GAS = [(0.265, 0.55), (0.547, 0.411), (0.429, 0.583), (0.517, 0.665), (0.49, 0.787), (0.507, 0.838),

@@ -82,7 +82,7 @@ def train(
     early_stopping: Annotated[Optional[bool], typer.Option("--early-stopping/--no-early-stopping", help=f"Stop when validation no longer improves ({by_recipe('early_stopping')}).")] = None,
     patience: Annotated[Optional[int], typer.Option(help=f"Stop when the smoothed validation score has not risen for this many epochs ({by_recipe('patience')}).")] = None,
     stop_window: Annotated[Optional[int], typer.Option(help=f"Epochs averaged by the stopping rule ({by_recipe('stop_window')}).")] = None,
-    time_limit_min: Annotated[Optional[float], typer.Option("--time-limit", help=f"Training wall-clock limit in minutes: no epoch starts that would end past it ({by_recipe('time_limit_min')}; 0: none).")] = None,
+    time_limit_min: Annotated[Optional[float], typer.Option("--time-limit", help=f"Training wall-clock limit in minutes: no epoch starts that would end past it, with the seconds the finishing is expected to take kept free ({by_recipe('time_limit_min')}; 0: none).")] = None,
     holdout_fraction: Annotated[Optional[float], typer.Option("--holdout-fraction", "--holdout", help=f"Fraction of normal images held out for validation and thresholds ({by_recipe('holdout_fraction')}).")] = None,
     target_false_alarm_rate: Annotated[Optional[float], typer.Option("--target-false-alarm-rate", "--far", help=f"Target false-alarm rate of the stored threshold ({by_recipe('target_false_alarm_rate')}).")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", help="Labelled validation folder (good/ + <defect>/): also store F1-optimal thresholds (as `glass calibrate`).")] = None,

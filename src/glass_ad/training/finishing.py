@@ -74,7 +74,11 @@ def write_checkpoint(
         config = config.replace(score="glass")
         echo("score: the discriminator alone (the hybrid score needs held-out normal images; --holdout 0 gave none)")
     if config.score == "hybrid":
-        hybrid = build_hybrid_score(model, setup.features, data.holdout, config, run.device, progress=bars)
+        hybrid = build_hybrid_score(
+            model, setup.features, data.holdout, config, run.device, progress=bars,
+            bank=run.bank.bank if run.bank is not None else None,
+            holdout_features=run.val.normal if run.val is not None else None,
+        )  # fmt: skip
         where = (
             f", each image against its {hybrid['bank_neighbours']} nearest" if hybrid["bank_neighbours"] else ", one coreset"
         )

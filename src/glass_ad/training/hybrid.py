@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,28 @@ def build_memory_bank(features: NormalFeatures, config: GlassConfig, rows_per_im
     return MemoryBank(pool_rows[greedy_coreset(pool_rows, min(count, len(pool_rows)), seed=config.seed)])
 
 
+@dataclass
+class PreparedBank:
+    """The hybrid score's memory bank, built before the first epoch (it depends on the frozen features only,
+    so the run's time limit counts its cost), and what scoring the held-out normals against it took."""
+
+    bank: MemoryBank
+    build_s: float
+    holdout_distance_s: float  # the held-out normals' distances to the bank, once
+
+
+@torch.no_grad()
+def prepare_bank(features: NormalFeatures, holdout_features: torch.Tensor, config: GlassConfig, rows_per_image: int) -> PreparedBank:
+    """Build the bank and time one pass of the held-out normals' features (B×P×D) through it: the finishing
+    scores them twice (standardisation, calibration), which the time limit keeps time for."""
+    started = time.perf_counter()
+    bank = build_memory_bank(features, config, rows_per_image)
+    built = time.perf_counter()
+    for start in range(0, len(holdout_features), IMAGES_PER_PASS):
+        bank(holdout_features[start : start + IMAGES_PER_PASS].float())
+    return PreparedBank(bank, built - started, time.perf_counter() - built)
+
+
 @torch.no_grad()
 def build_hybrid_score(
     model: GlassModel,
@@ -54,18 +78,24 @@ def build_hybrid_score(
     device: torch.device,
     *,
     progress: bool = False,
+    bank: MemoryBank | None = None,
+    holdout_features: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Set the model's memory bank and standardise the logit and the nearest-neighbour distance on the
-    held-out normal images (their mean and std over all patches)."""
+    """Set the model's memory bank (`bank`, or one built here) and standardise the logit and the
+    nearest-neighbour distance on the held-out normal images (their mean and std over all patches); their
+    features are `holdout_features` when given (the validation set's, B×P×D), else computed here."""
     if holdout is None or len(holdout) == 0:
         raise ValueError("the hybrid score needs held-out normal images to standardise its parts (--holdout > 0)")
     model.eval()
-    bank = build_memory_bank(features, config, model.num_patches)
+    bank = bank if bank is not None else build_memory_bank(features, config, model.num_patches)
     model.set_memory_bank(bank, NEUTRAL_NORM)  # raw parts first (a norm set before would standardise them)
     parts = []
     for start in range(0, len(holdout), IMAGES_PER_PASS):
-        batch = holdout[start : start + IMAGES_PER_PASS].to(device).float() / 255.0
-        parts.append(model.hybrid_parts(model.features(batch)).flatten(0, 1).cpu())
+        if holdout_features is not None:
+            rows = holdout_features[start : start + IMAGES_PER_PASS].to(device)
+        else:
+            rows = model.features(holdout[start : start + IMAGES_PER_PASS].to(device).float() / 255.0)
+        parts.append(model.hybrid_parts(rows).flatten(0, 1).cpu())
     raw = torch.cat(parts)
     mean, std = raw.mean(0), raw.std(0).clamp_min(1e-6)
     model.set_memory_bank(bank, [mean[0], std[0], mean[1], std[1]])

@@ -40,24 +40,26 @@ class Optimisation:
 
 @dataclass
 class TimeLimit:
-    """A wall-clock limit on a run (`seconds` 0: none): no epoch starts that would end past it. The next
-    epoch is expected to last as long as the slowest so far (validation included), so a run stops in time
-    on a slow or busy CPU as well as on a fast one."""
+    """A wall-clock limit on a run (`seconds` 0: none): no epoch starts that would end past it, less the
+    `reserve_s` its finishing is expected to take after the last epoch. The next epoch is expected to last
+    as long as the slowest so far (validation included), so a run stops in time on a slow or busy CPU as
+    well as on a fast one."""
 
     seconds: float
     longest_epoch_s: float = 0.0
+    reserve_s: float = 0.0
 
     @classmethod
-    def from_history(cls, minutes: float, history: list[dict[str, float]]) -> TimeLimit:
+    def from_history(cls, minutes: float, history: list[dict[str, float]], reserve_s: float = 0.0) -> TimeLimit:
         """The limit of a run (resumed or not): the slowest epoch of its `history` so far."""
-        return cls(minutes * 60.0, max((record.get("epoch_s", 0.0) for record in history), default=0.0))
+        return cls(minutes * 60.0, max((record.get("epoch_s", 0.0) for record in history), default=0.0), reserve_s)
 
     def record(self, epoch_seconds: float) -> None:
         self.longest_epoch_s = max(self.longest_epoch_s, epoch_seconds)
 
     def allows_another(self, elapsed_s: float) -> bool:
-        """Whether one more epoch fits after `elapsed_s` seconds of the run."""
-        return not self.seconds or elapsed_s + self.longest_epoch_s <= self.seconds
+        """Whether one more epoch, and the finishing after it, fit after `elapsed_s` seconds of the run."""
+        return not self.seconds or elapsed_s + self.longest_epoch_s + self.reserve_s <= self.seconds
 
 
 def make_optimisation(model: GlassModel, config: GlassConfig, *, images: int | None = None) -> Optimisation:

@@ -2,12 +2,14 @@
 
 Seeding, the resume check, the normal images, the synthesis set-up, the model and its images per backbone
 pass, the cached features and their geometry, the LAS pool, the validation set and its nearest-neighbour
-probe, the training arithmetic and GLASS-j's branch check. The order matters: the seeded streams are drawn
+probe, the hybrid score's memory bank and the time kept for the finishing, the training arithmetic and
+GLASS-j's branch check. The order matters: the seeded streams are drawn
 from in exactly this sequence, so a run (or its resume) draws the same numbers every time.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from glass_ad.config import GlassConfig
 from glass_ad.model.glass_model import GlassModel, build_model, resolve_device
 from glass_ad.training.branch_check import BranchCheck, decide_branch
 from glass_ad.training.distributed import Distributed
+from glass_ad.training.hybrid import PreparedBank, prepare_bank
 from glass_ad.training.precision import PrecisionChoice, choose_precision
 from glass_ad.training.preparation import (
     FeatureSetup,
@@ -53,6 +56,9 @@ class RunSetup:
     validating: bool  # every rank: whether epochs are validated
     arithmetic: PrecisionChoice
     branch_check: BranchCheck | None
+    bank: PreparedBank | None = None  # rank 0, hybrid score: the memory bank, built before the epochs
+    # rank 0: seconds the time limit keeps for the finishing's passes over the held-out normals
+    finishing_reserve_s: float = 0.0
 
 
 def prepare_run(
@@ -84,7 +90,19 @@ def prepare_run(
     )
     group.broadcast_module(model)
     prepare_las_pool(model, data.images, synthesis, config, device, rank=group.rank, spill_dir=out_dir, echo=echo)
+    started = time.perf_counter()
     val = prepare_validation(model, data, synthesis, features, config, device) if group.is_main else None
+    bank, reserve_s = None, 0.0
+    if val is not None:
+        # The finishing runs the backbone over the held-out normals once more (calibration): about a third
+        # of building the validation set, which runs it over them and two synthetic copies of them.
+        reserve_s = (time.perf_counter() - started) / 3
+        if config.score == "hybrid":
+            # The bank depends on the frozen features only: built now, the time limit counts it. The
+            # finishing then scores the held-out normals against it twice (standardisation, calibration).
+            bank = prepare_bank(features.features, val.normal, config, model.num_patches)
+            reserve_s += 2 * bank.holdout_distance_s
+            echo(f"hybrid score: memory bank built before the epochs ({bank.build_s:.0f} s)")
     validating = group.broadcast(val is not None)
     arithmetic = group.broadcast(choose_precision(config.precision, device, model.embed_dim, config.dsc_hidden))
     echo(f"training arithmetic: {arithmetic.reason}")
@@ -94,5 +112,5 @@ def prepare_run(
         synthesis.hypothesis = branch_check.chosen
     return RunSetup(
         config, data_root, category, out_dir, device, state, streams, data, synthesis, model, features, val,
-        validating, arithmetic, branch_check,
+        validating, arithmetic, branch_check, bank, reserve_s,
     )  # fmt: skip

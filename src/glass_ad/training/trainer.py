@@ -100,7 +100,7 @@ def _train(
     optimisation = make_optimisation(run.model, config, images=len(run.features.features))
     stopper = EarlyStopping(config.patience, config.stop_window)
     progress = Progress(stopper, start_time, run.arithmetic.bf16, run.model.batch_chunk or 0, run.branch_check)
-    _say_plan(config, optimisation, group, echo)
+    _say_plan(config, optimisation, run.finishing_reserve_s, group, echo)
     if run.state is not None and run.state.resuming:  # every state as at the end of the last epoch
         run.state.restore(progress, run.model, optimisation, run.streams)
         echo(f"resuming after epoch {progress.epochs_done} of {config.epochs}")
@@ -117,7 +117,8 @@ def _epochs(
 ) -> None:
     """Epochs, each followed by validation and model selection, the state write and the stopping rules."""
     config, model = run.config, run.model
-    limit = TimeLimit.from_history(config.time_limit_min, progress.history)  # a resumed run's epochs count
+    # A resumed run's epochs count; the finishing's expected seconds are kept free.
+    limit = TimeLimit.from_history(config.time_limit_min, progress.history, run.finishing_reserve_s)
     stop = _stop(run, progress, limit, group) if progress.history else None  # a resume may have none left
     first = progress.epochs_done
     last = first if stop is not None else config.epochs
@@ -212,20 +213,25 @@ def _stop(run: RunSetup, progress: Progress, limit: TimeLimit, group: Distribute
     if done < config.epochs and not group.broadcast(limit.allows_another(elapsed)):
         return "time limit", (
             f"time limit: stopped after epoch {done} ({elapsed:.0f} s so far; another epoch of up to "
-            f"{limit.longest_epoch_s:.0f} s would pass {config.time_limit_min:g} min)"
+            f"{limit.longest_epoch_s:.0f} s and the finishing's {limit.reserve_s:.0f} s would pass "
+            f"{config.time_limit_min:g} min)"
         )
     return None
 
 
-def _say_plan(config: GlassConfig, optimisation: Optimisation, group: Distributed, echo: Echo) -> None:
+def _say_plan(
+    config: GlassConfig, optimisation: Optimisation, reserve_s: float, group: Distributed, echo: Echo
+) -> None:
     """What the epochs will do beyond the settings already said: the moving average, the time limit, the
     processes."""
     if optimisation.average is not None:
         span = f"about {config.ema_epochs:g} epoch(s); decay {optimisation.average.decay:.4f} per step"
         echo(f"validating and keeping the weights' moving average ({span})")
     if config.time_limit_min:
+        kept = f", {reserve_s:.0f} s of it kept for the finishing" if reserve_s >= 0.5 else ""
         echo(
-            f"time limit: {config.time_limit_min:g} min; no epoch starts that would end past it (--time-limit 0: none)"
+            f"time limit: {config.time_limit_min:g} min{kept}; no epoch starts that would end past it "
+            "(--time-limit 0: none)"
         )
     if group.active:
         echo(f"data-parallel over {group.world_size} processes: {config.batch_size} images per step in all")
