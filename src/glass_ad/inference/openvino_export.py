@@ -11,15 +11,14 @@ processors that have it, which moves scores by ~1e-2 — enough to flip decision
 `compile` (and `runtime.Runtime` for ``.xml`` files) always passes ``INFERENCE_PRECISION_HINT=f32``.
 
 int8 quantises the backbone's pointwise convolutions after the stem and the scoring head's aggregation and
-first layer; the preprocessing (``glass_frame/*`` nodes), the stem, the depthwise convolutions, the
-head's last layer, every MatMul and the head's other non-convolution nodes (the memory bank's
-distances) stay in float32 (`IGNORED_PATTERNS`,
-`IGNORED_TYPES`: where the error came from when measured). It is calibrated on normal images of ``--calibration``
-plus LAS anomalies made from a quarter of them, and **gated on decisions**: other normal images of the
-folder and LAS anomalies made from them are scored by the int8 IR and the fp32 ONNX model; when more
-than 1 % of their decisions change, or an image score moves by more than half the model's score scale
-(`MAX_SCORE_ERROR`), the export is refused in one line and nothing is written (`DecisionCheck`). Needs ``pip install "glass-ad[openvino]"``
-(``openvino``, ``nncf``).
+first layer; the preprocessing (``glass_frame/*`` nodes), the stem, the depthwise convolutions, the head's
+last layer, every MatMul and the head's other non-convolution nodes (the memory bank's distances) stay in
+float32 (`IGNORED_PATTERNS`, `IGNORED_TYPES`: where the error came from when measured). It is calibrated on
+normal images of ``--calibration`` plus LAS anomalies made from a quarter of them, and **gated on
+decisions**: other normal images of the folder and LAS anomalies made from them are scored by the int8 IR
+and the fp32 ONNX model; when more than 1 % of their decisions change, or an image score moves by more
+than half the model's score scale (`MAX_SCORE_ERROR`), the export is refused in one line and nothing is
+written (`DecisionCheck`). Needs ``pip install "glass-ad[openvino]"`` (``openvino``, ``nncf``).
 """
 
 from __future__ import annotations
@@ -90,7 +89,8 @@ class DecisionCheck:
 
     @property
     def passed(self) -> bool:
-        return self.changed <= self.allowed * self.images and self.max_abs_diff <= self.max_score_error * self.score_scale
+        within = self.max_abs_diff <= self.max_score_error * self.score_scale
+        return self.changed <= self.allowed * self.images and within
 
     def line(self) -> str:
         return (

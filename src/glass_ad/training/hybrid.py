@@ -58,7 +58,9 @@ class PreparedBank:
 
 
 @torch.no_grad()
-def prepare_bank(features: NormalFeatures, holdout_features: torch.Tensor, config: GlassConfig, rows_per_image: int) -> PreparedBank:
+def prepare_bank(
+    features: NormalFeatures, holdout_features: torch.Tensor, config: GlassConfig, rows_per_image: int
+) -> PreparedBank:
     """Build the bank and time one pass of the held-out normals' features (B×P×D) through it: the finishing
     scores them twice (standardisation, calibration), which the time limit keeps time for."""
     started = time.perf_counter()
