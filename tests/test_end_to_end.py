@@ -33,8 +33,20 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    result = train(data, run, _config(), progress=False, echo=lambda _: None)
+    said = []
+    result = train(data, run, _config(), progress=False, echo=said.append)
+    (run / "said.txt").write_text("\n".join(said))
     return run, result
+
+
+def test_the_hybrid_bank_is_built_before_the_first_epoch(trained):
+    """The bank depends on the frozen features only: built during the set-up, the time limit counts it."""
+    run, _ = trained
+    said = (run / "said.txt").read_text().splitlines()
+    built = next(i for i, line in enumerate(said) if line.startswith("hybrid score: memory bank built before the epochs"))
+    first_epoch = next(i for i, line in enumerate(said) if line.startswith("epoch "))
+    assert built < first_epoch
+    assert any(line.startswith("hybrid score: memory bank of ") for line in said[first_epoch:])  # set at the end
 
 
 @pytest.mark.slow
