@@ -49,8 +49,9 @@ ROWS: tuple[tuple[str, str], ...] = (
     ),
     (
         "`--epochs`, `--lr`, `--lr-schedule constant\\|cosine`, `--patience`, `--time-limit MIN`",
-        "schedule (fast: ≤ {fast.epochs} epochs, early stopping on the validation split, no epoch started that "
-        "would end past {fast.time_limit_min} minutes; paper: {paper.epochs} epochs; `--time-limit 0`: none)",
+        "schedule (fast: ≤ {fast.epochs} epochs, early stopping on the validation split once GAS has trained, "
+        "no epoch started that would end, with the finishing, past {fast.time_limit_min} minutes; paper: "
+        "{paper.epochs} epochs; `--time-limit 0`: none)",
     ),
     (
         "`--feature-spacing`, `--r1`, `--r2`",
