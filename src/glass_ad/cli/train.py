@@ -80,7 +80,7 @@ def train(
     lr_schedule: Annotated[Optional[str], typer.Option(help=f"constant (reference) or cosine (decay to 0 over --epochs; {by_recipe('lr_schedule')}).")] = None,
     ema_epochs: Annotated[Optional[float], typer.Option(help=f"Validate, select and save a moving average of the adaptor's and discriminator's weights spanning about this many epochs ({by_recipe('ema_epochs')}; 0 = the live weights, as the reference).")] = None,
     early_stopping: Annotated[Optional[bool], typer.Option("--early-stopping/--no-early-stopping", help=f"Stop when validation no longer improves ({by_recipe('early_stopping')}).")] = None,
-    patience: Annotated[Optional[int], typer.Option(help=f"Stop when the smoothed validation score has not risen for this many epochs ({by_recipe('patience')}).")] = None,
+    patience: Annotated[Optional[int], typer.Option(help=f"Stop when the smoothed validation score has not risen for this many epochs, once some epoch's GAS has trained ({by_recipe('patience')}).")] = None,
     stop_window: Annotated[Optional[int], typer.Option(help=f"Epochs averaged by the stopping rule ({by_recipe('stop_window')}).")] = None,
     time_limit_min: Annotated[Optional[float], typer.Option("--time-limit", help=f"Training wall-clock limit in minutes: no epoch starts that would end past it, with the seconds the finishing is expected to take kept free ({by_recipe('time_limit_min')}; 0: none).")] = None,
     holdout_fraction: Annotated[Optional[float], typer.Option("--holdout-fraction", "--holdout", help=f"Fraction of normal images held out for validation and thresholds ({by_recipe('holdout_fraction')}).")] = None,
