@@ -133,9 +133,8 @@ def test_hybrid_training_checkpoint_and_onnx(tmp_path):
     assert max(result.max_abs_diff.values()) < 1e-3
 
 
-def test_hybrid_norm_is_measured_on_raw_parts_whatever_was_set_before():
-    from glass_ad.training.hybrid import build_hybrid_score
-
+def _small_hybrid():
+    """A tiny untrained hybrid model, the features of 6 random training images and 4 held-out uint8 images."""
     torch.manual_seed(0)
     config = make_config("fast", backbone="efficientnet_lite0", image_size=64, score="hybrid", bank_neighbours=2)
     model = build_model(config).eval()
@@ -143,6 +142,13 @@ def test_hybrid_norm_is_measured_on_raw_parts_whatever_was_set_before():
     with torch.no_grad():
         train = FeaturesInMemory(model.features(torch.rand(6, 3, 64, 64, generator=generator)))
     holdout = (255 * torch.rand(4, 3, 64, 64, generator=generator)).to(torch.uint8)
+    return model, config, train, holdout
+
+
+def test_hybrid_norm_is_measured_on_raw_parts_whatever_was_set_before():
+    from glass_ad.training.hybrid import build_hybrid_score
+
+    model, config, train, holdout = _small_hybrid()
     first = build_hybrid_score(model, train, holdout, config, torch.device("cpu"))
     again = build_hybrid_score(model, train, holdout, config, torch.device("cpu"))  # a norm is set now
     assert np.allclose(first["norm"], again["norm"], rtol=1e-5)
@@ -159,20 +165,15 @@ def test_a_bank_prepared_before_the_epochs_and_cached_holdout_features_give_the_
     validation set's cached features of the held-out normals: the same score as building both at the end."""
     from glass_ad.training.hybrid import build_hybrid_score, prepare_bank
 
-    torch.manual_seed(0)
-    config = make_config("fast", backbone="efficientnet_lite0", image_size=64, score="hybrid", bank_neighbours=2)
-    model = build_model(config).eval()
-    generator = torch.Generator().manual_seed(4)
+    model, config, train, holdout = _small_hybrid()
     with torch.no_grad():
-        train = FeaturesInMemory(model.features(torch.rand(6, 3, 64, 64, generator=generator)))
-        holdout = (255 * torch.rand(4, 3, 64, 64, generator=generator)).to(torch.uint8)
         holdout_features = model.features(holdout.float() / 255)
     prepared = prepare_bank(train, holdout_features, config, model.num_patches)
     assert prepared.build_s > 0 and prepared.holdout_distance_s > 0
     at_the_end = build_hybrid_score(model, train, holdout, config, torch.device("cpu"))
     bank_at_the_end = model.memory_bank
     early = build_hybrid_score(
-        model, train, holdout, config, torch.device("cpu"), bank=prepared.bank, holdout_features=holdout_features
+        model, train, holdout, config, torch.device("cpu"), prepared=prepared, holdout_features=holdout_features
     )
     assert model.memory_bank is prepared.bank and torch.equal(prepared.bank.patches, bank_at_the_end.patches)
     assert early["norm"] == pytest.approx(at_the_end["norm"], rel=1e-6)

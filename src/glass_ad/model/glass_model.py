@@ -172,10 +172,14 @@ class GlassModel(nn.Module):
             scores = self.hybrid_parts(features).sum(dim=-1) * 0.5
         return scores.view(b, *self.grid_shape)
 
+    def patch_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """B×P discriminator logits (before the sigmoid) of B×P×D patch vectors."""
+        b, p, d = features.shape
+        return self.discriminator.logits(self.adaptor(features.reshape(b * p, d))).view(b, p)
+
     def hybrid_parts(self, features: torch.Tensor) -> torch.Tensor:
         """B×P×2: standardised discriminator logit and nearest-neighbour distance of B×P×D patch vectors."""
-        b, p, d = features.shape
-        logits = self.discriminator.logits(self.adaptor(features.reshape(b * p, d))).view(b, p)
+        logits = self.patch_logits(features)
         distances = self.memory_bank(features) if self.memory_bank is not None else torch.zeros_like(logits)
         mean_logit, std_logit, mean_distance, std_distance = self.hybrid_norm.unbind(0)
         return torch.stack([(logits - mean_logit) / std_logit, (distances - mean_distance) / std_distance], dim=-1)

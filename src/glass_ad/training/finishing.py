@@ -76,7 +76,7 @@ def write_checkpoint(
     if config.score == "hybrid":
         hybrid = build_hybrid_score(
             model, setup.features, data.holdout, config, run.device, progress=bars,
-            bank=run.bank.bank if run.bank is not None else None,
+            prepared=run.bank,
             holdout_features=run.val.normal if run.val is not None else None,
         )  # fmt: skip
         where = (

@@ -15,7 +15,6 @@ from glass_ad.model.memory_bank import ROW_BUDGET, MemoryBank, greedy_coreset, g
 from glass_ad.training.preparation import NormalFeatures
 
 IMAGES_PER_PASS = 16
-NEUTRAL_NORM = (0.0, 1.0, 0.0, 1.0)  # hybrid_norm that leaves both parts raw
 
 
 @torch.no_grad()
@@ -50,25 +49,28 @@ def build_memory_bank(features: NormalFeatures, config: GlassConfig, rows_per_im
 @dataclass
 class PreparedBank:
     """The hybrid score's memory bank, built before the first epoch (it depends on the frozen features only,
-    so the run's time limit counts its cost), and what scoring the held-out normals against it took."""
+    so the run's time limit counts its cost), and the held-out normals' distances to it (the standardisation
+    needs them; the calibration's pass over them costs as long again, which the time limit keeps free)."""
 
     bank: MemoryBank
+    holdout_distances: torch.Tensor  # B×P, raw
     build_s: float
-    holdout_distance_s: float  # the held-out normals' distances to the bank, once
+    holdout_distance_s: float  # the pass that measured `holdout_distances`
 
 
 @torch.no_grad()
 def prepare_bank(
     features: NormalFeatures, holdout_features: torch.Tensor, config: GlassConfig, rows_per_image: int
 ) -> PreparedBank:
-    """Build the bank and time one pass of the held-out normals' features (B×P×D) through it: the finishing
-    scores them twice (standardisation, calibration), which the time limit keeps time for."""
+    """Build the bank and measure the held-out normals' (B×P×D features) distances to it, timed."""
     started = time.perf_counter()
     bank = build_memory_bank(features, config, rows_per_image)
     built = time.perf_counter()
-    for start in range(0, len(holdout_features), IMAGES_PER_PASS):
+    distances = torch.cat([
         bank(holdout_features[start : start + IMAGES_PER_PASS].float())
-    return PreparedBank(bank, built - started, time.perf_counter() - built)
+        for start in range(0, len(holdout_features), IMAGES_PER_PASS)
+    ])  # fmt: skip
+    return PreparedBank(bank, distances, built - started, time.perf_counter() - built)
 
 
 @torch.no_grad()
@@ -80,25 +82,29 @@ def build_hybrid_score(
     device: torch.device,
     *,
     progress: bool = False,
-    bank: MemoryBank | None = None,
+    prepared: PreparedBank | None = None,
     holdout_features: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Set the model's memory bank (`bank`, or one built here) and standardise the logit and the
-    nearest-neighbour distance on the held-out normal images (their mean and std over all patches); their
-    features are `holdout_features` when given (the validation set's, B×P×D), else computed here."""
+    """Set the model's memory bank (`prepared`'s, or one built here) and standardise the logit and the
+    nearest-neighbour distance on the held-out normal images (their mean and std over all patches). Their
+    features are `holdout_features` when given (the validation set's, B×P×D), else computed here; their
+    distances are `prepared`'s when given (measured by `prepare_bank` on the same features)."""
     if holdout is None or len(holdout) == 0:
         raise ValueError("the hybrid score needs held-out normal images to standardise its parts (--holdout > 0)")
     model.eval()
-    bank = bank if bank is not None else build_memory_bank(features, config, model.num_patches)
-    model.set_memory_bank(bank, NEUTRAL_NORM)  # raw parts first (a norm set before would standardise them)
-    parts = []
+    bank = prepared.bank if prepared is not None else build_memory_bank(features, config, model.num_patches)
+    model.set_memory_bank(bank)  # on the model's device; the parts below are raw, whatever norm it holds
+    logits, distances = [], []
     for start in range(0, len(holdout), IMAGES_PER_PASS):
         if holdout_features is not None:
             rows = holdout_features[start : start + IMAGES_PER_PASS].to(device)
         else:
             rows = model.features(holdout[start : start + IMAGES_PER_PASS].to(device).float() / 255.0)
-        parts.append(model.hybrid_parts(rows).flatten(0, 1).cpu())
-    raw = torch.cat(parts)
+        logits.append(model.patch_logits(rows).cpu())
+        if prepared is None:
+            distances.append(model.memory_bank(rows).cpu())
+    measured = prepared.holdout_distances if prepared is not None else torch.cat(distances)
+    raw = torch.stack([torch.cat(logits).flatten(), measured.flatten()], dim=1)
     mean, std = raw.mean(0), raw.std(0).clamp_min(1e-6)
     model.set_memory_bank(bank, [mean[0], std[0], mean[1], std[1]])
     return {

@@ -98,10 +98,11 @@ def prepare_run(
         # of building the validation set, which runs it over them and two synthetic copies of them.
         reserve_s = (time.perf_counter() - started) / 3
         if config.score == "hybrid":
-            # The bank depends on the frozen features only: built now, the time limit counts it. The
-            # finishing then scores the held-out normals against it twice (standardisation, calibration).
+            # The bank depends on the frozen features only: built now, the time limit counts it, and the
+            # held-out normals' distances to it (the standardisation's) are measured now too. The
+            # finishing's calibration scores them against it once more.
             bank = prepare_bank(features.features, val.normal, config, model.num_patches)
-            reserve_s += 2 * bank.holdout_distance_s
+            reserve_s += bank.holdout_distance_s
             echo(f"hybrid score: memory bank built before the epochs ({bank.build_s:.0f} s)")
     validating = group.broadcast(val is not None)
     arithmetic = group.broadcast(choose_precision(config.precision, device, model.embed_dim, config.dsc_hidden))
