@@ -6,8 +6,9 @@ normals) from the same training features:
 
 * ``coreset:F`` — one k-centre coreset of F of all training patches (`--bank-neighbours 0`, the bank before
   the retrieval; drawn from 64 random patches per image, as `glass train` does);
-* ``nearest:K:R`` — R patch vectors of every training image (its k-centre coreset), each image compared with
-  those of its K nearest training images by mean patch vector (the default, 16:324).
+* ``nearest:K:R[:DESCRIPTOR]`` — R patch vectors of every training image (its k-centre coreset), each image
+  compared with those of its K nearest training images by DESCRIPTOR, ``mean_spread`` (the mean and spread of
+  its patch vectors, when left out) or ``mean`` (the default: 16:324:mean_spread).
 
 Validation (no test image): image AUROC of the run's held-out normals against their LAS copies and their
 unseen-family copies (strokes, blobs), the fixed synthetic anomalies of model selection. Test: image AUROC,
@@ -103,7 +104,10 @@ def main() -> None:
         if kind == "coreset":
             setting = config.replace(score="hybrid", bank_neighbours=0, memory_bank_fraction=float(values[0]))
         else:
-            setting = config.replace(score="hybrid", bank_neighbours=int(values[0]), bank_patches=int(values[1]))
+            descriptor = values[2] if len(values) > 2 else "mean_spread"
+            setting = config.replace(
+                score="hybrid", bank_neighbours=int(values[0]), bank_patches=int(values[1]), bank_descriptor=descriptor
+            )
         started = time.perf_counter()
         built = build_hybrid_score(model, train, images.holdout, setting, device)
         build_s = time.perf_counter() - started

@@ -13,7 +13,7 @@ from glass_ad.inference.engines import InferenceGraph
 from glass_ad.inference.head import OUTPUT_BLOCK, ScoringHead
 from glass_ad.model.decision import Normalization
 from glass_ad.model.glass_model import build_model
-from glass_ad.model.memory_bank import MemoryBank
+from glass_ad.model.memory_bank import MemoryBank, image_descriptors
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -66,13 +66,14 @@ def test_head_keeps_whole_blocks_of_channels():
 
 
 @pytest.mark.parametrize("fuse", [True, False])
-@pytest.mark.parametrize("neighbours", [0, 2])
-def test_hybrid_head_is_the_models_patch_scores(fuse, neighbours):
+@pytest.mark.parametrize("neighbours, descriptor", [(0, None), (2, "mean"), (2, "mean_spread")])
+def test_hybrid_head_is_the_models_patch_scores(fuse, neighbours, descriptor):
     model = _model()
     with torch.inference_mode():
         other = model.features(torch.rand(5, 3, 64, 64))
     if neighbours:  # each image against the patches of its 2 nearest of 5 stored images
-        bank = MemoryBank(other[:, ::3].clone(), other.mean(dim=1), neighbours)
+        bank = MemoryBank(other[:, ::3].clone(), image_descriptors(other, descriptor), neighbours)
+        assert bank.descriptor == descriptor
     else:  # one global bank
         bank = MemoryBank(other.reshape(-1, other.shape[-1])[::3].clone())
     model.set_memory_bank(bank, [0.1, 2.0, 0.5, 0.25])

@@ -8,7 +8,7 @@ from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.model.checkpoint import Checkpoint, read_checkpoint
 from glass_ad.model.glass_model import build_model
-from glass_ad.model.memory_bank import MemoryBank, greedy_coreset, greedy_coreset_per_image
+from glass_ad.model.memory_bank import MemoryBank, greedy_coreset, greedy_coreset_per_image, image_descriptors
 from glass_ad.training.preparation import FeaturesInMemory
 from glass_ad.training.trainer import train
 
@@ -49,6 +49,26 @@ def test_nearest_images_bank_compares_each_image_with_its_nearest_images_only():
     expected = torch.cdist(queries.flatten(0, 1), values.flatten(0, 1)).amin(dim=1).view(4, 30)
     assert torch.allclose(everything(queries), expected, atol=1e-3)
     assert (everything(queries) <= distances + 1e-4).all()  # fewer candidates: never nearer
+
+
+def test_retrieval_by_mean_and_spread_tells_textures_of_equal_mean_apart():
+    # Two kinds of training image with the same mean patch vector: fine-grained (spread 0.2) and coarse
+    # (spread 2). A coarse query must retrieve the coarse images, which the mean alone cannot tell apart.
+    generator = torch.Generator().manual_seed(3)
+    spreads = torch.tensor([0.2, 2.0] * 4)
+    stored = spreads[:, None, None] * torch.randn(8, 50, 6, generator=generator)
+    query = 2.0 * torch.randn(1, 50, 6, generator=generator)
+    by_spread = MemoryBank(stored, image_descriptors(stored), neighbours=4)
+    assert by_spread.descriptor == "mean_spread"
+    assert set(by_spread.nearest_images(query)[0].tolist()) == {1, 3, 5, 7}
+    by_mean = MemoryBank(stored, image_descriptors(stored, "mean"), neighbours=4)
+    assert by_mean.descriptor == "mean"
+    assert set(by_mean.nearest_images(query)[0].tolist()) != {1, 3, 5, 7}
+    # Brute force of the descriptor: per-channel mean, then per-channel population standard deviation.
+    expected = torch.cat([stored.mean(dim=1), stored.std(dim=1, unbiased=False)], dim=1)
+    assert torch.allclose(by_spread.descriptors, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown bank descriptor"):
+        image_descriptors(stored, "median")
 
 
 def test_memory_bank_state_round_trip_and_older_tensor_banks():
@@ -189,8 +209,13 @@ def test_bank_keeps_fewer_patches_per_image_past_the_row_budget(monkeypatch):
     monkeypatch.setattr(hybrid, "ROW_BUDGET", 200)  # 10 images × 30 rows would pass it: 20 each, at least 16
     bank = hybrid.build_memory_bank(features, config, 40)
     assert bank.patches.shape == (10, 20, 8) and bank.neighbours == 3 and bank.retrieves
-    # The descriptors are the means of all of an image's patches, not of the kept ones.
-    assert torch.allclose(bank.descriptors, features.features.mean(dim=1), atol=1e-6)
+    # The descriptors are the means and spreads of all of an image's patches, not of the kept ones.
+    rows = features.features
+    assert bank.descriptor == "mean_spread" and bank.descriptors.shape == (10, 16)
+    assert torch.allclose(bank.descriptors[:, :8], rows.mean(dim=1), atol=1e-5)
+    assert torch.allclose(bank.descriptors[:, 8:], rows.std(dim=1, unbiased=False), atol=1e-5)
+    by_mean = hybrid.build_memory_bank(features, config.replace(bank_descriptor="mean"), 40)
+    assert by_mean.descriptor == "mean" and torch.allclose(by_mean.descriptors, rows.mean(dim=1), atol=1e-6)
     # --bank-neighbours 0: one coreset of the share of all patches.
     glob = hybrid.build_memory_bank(features, config.replace(bank_neighbours=0, memory_bank_fraction=0.1), 40)
     assert glob.patches.shape == (1, 40, 8) and not glob.retrieves

@@ -148,11 +148,13 @@ class GlassConfig:
     # "glass": the discriminator's score (the method). "hybrid": the discriminator's logit plus the distance
     # to the nearest normal training patch, each standardised on the held-out normal images, averaged
     # (model/memory_bank.py). The bank keeps a k-centre coreset of `bank_patches` patch vectors of every
-    # training image; each image is compared with those of its `bank_neighbours` nearest training images
-    # (0: with one coreset of `memory_bank_fraction` of all training patches, the earlier bank).
+    # training image; each image is compared with those of its `bank_neighbours` nearest training images,
+    # nearest by `bank_descriptor` ("mean_spread": the mean and per-channel spread of its patch vectors;
+    # "mean": the mean alone) (0 neighbours: one coreset of `memory_bank_fraction` of all training patches).
     score: Literal["glass", "hybrid"] = "glass"
     bank_neighbours: int = 16
     bank_patches: int = 324
+    bank_descriptor: Literal["mean", "mean_spread"] = "mean_spread"
     memory_bank_fraction: float = 0.01
 
     # --- schedule, validation & calibration (no test data is ever used) ------------------------------

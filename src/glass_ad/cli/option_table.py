@@ -94,10 +94,11 @@ ROWS: tuple[tuple[str, str], ...] = (
         "alone: the paper's method ({by.score})",
     ),
     (
-        "`--bank-neighbours N`, `--bank-patches R`",
+        "`--bank-neighbours N`, `--bank-patches R`, `--bank-descriptor mean_spread\\|mean`",
         "the hybrid's memory bank: R patch vectors kept per training image (a k-centre coreset), each image "
-        "compared with those of its N nearest training images ({default.bank_neighbours} / "
-        "{default.bank_patches}; `--bank-neighbours 0`: one coreset of a {default.memory_bank_fraction} "
+        "compared with those of its N nearest training images, nearest by the mean and spread of their patch "
+        "vectors or by the mean alone ({default.bank_neighbours} / {default.bank_patches} / "
+        "{default.bank_descriptor}; `--bank-neighbours 0`: one coreset of a {default.memory_bank_fraction} "
         "share of all patches)",
     ),
     (

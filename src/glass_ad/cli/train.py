@@ -71,6 +71,7 @@ def train(
     score: Annotated[Optional[str], typer.Option(help=f"hybrid (the discriminator's logit + distance to the nearest normal training patch, each standardised on held-out normals) or glass (the discriminator alone: the paper's method); {by_recipe('score')}.")] = None,
     bank_neighbours: Annotated[Optional[int], typer.Option(help=f"Hybrid score: compare each image with the stored patches of its N nearest training images ({by_recipe('bank_neighbours')}; 0: with one coreset of all training patches, --memory-bank-fraction).")] = None,
     bank_patches: Annotated[Optional[int], typer.Option(help=f"Hybrid score: patch vectors kept per training image, a k-centre coreset of its patches ({by_recipe('bank_patches')}).")] = None,
+    bank_descriptor: Annotated[Optional[str], typer.Option(help=f"Hybrid score: how the nearest training images are found: mean_spread (the mean and per-channel spread of an image's patch vectors) or mean ({by_recipe('bank_descriptor')}).")] = None,
     memory_bank_fraction: Annotated[Optional[float], typer.Option(help=f"Hybrid score with --bank-neighbours 0: share of the training patch vectors kept in the memory bank ({by_recipe('memory_bank_fraction')}).")] = None,
     ascent_steps: Annotated[Optional[int], typer.Option(help=f"Gradient-ascent steps of GAS ({by_recipe('ascent_steps')}).")] = None,
     ascent_step_size: Annotated[Optional[float], typer.Option(help=f"Gradient-ascent step size ({by_recipe('ascent_step_size')}).")] = None,

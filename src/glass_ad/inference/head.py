@@ -164,7 +164,9 @@ class ScoringHead(nn.Module):
         self.retrieves = memory.retrieves
         if self.retrieves:  # each image against its nearest stored images (memory_bank.py)
             descriptors = memory.descriptors.detach()
-            descriptors = descriptors[:, index.clamp_min(0)] * present if self.compact_bank else descriptors
+            if self.compact_bank:  # each part of the descriptor (mean, spread) in the head's channel order
+                parts = descriptors.split(memory.patches.shape[-1], dim=1)
+                descriptors = torch.cat([part[:, index.clamp_min(0)] * present for part in parts], dim=1)
             # The same bank in the head's channel order: its retrieval picks the images, the product below
             # reads their rows.
             self.memory = MemoryBank(patches, descriptors, memory.neighbours)

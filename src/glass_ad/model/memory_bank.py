@@ -4,9 +4,11 @@ Used by the hybrid score (`--score hybrid`): the discriminator's logit plus the 
 vector to the nearest normal training patch, each standardised on the held-out normal images.
 
 The bank keeps, for each of N training images, R of its patch vectors (a k-centre coreset of that image:
-the farthest point first, so that its rare patterns stay) and its descriptor, the mean of all its patch
-vectors. A query image is compared with the patches of the `neighbours` training images whose descriptors
-are nearest to its own (the nearest-images retrieval of SPADE, Cohen & Hoshen 2020), not with one coreset
+the farthest point first, so that its rare patterns stay) and its descriptor: the mean and the spread
+(per-channel standard deviation) of all its patch vectors, a texture's first two moments (`--bank-descriptor
+mean` keeps the mean alone, the bank of earlier files). A query image is compared with the patches of the
+`neighbours` training images whose descriptors are nearest to its own (the nearest-images retrieval of
+SPADE, Cohen & Hoshen 2020, there with the mean of a pooled feature), not with one coreset
 of all images: a small global coreset drops exactly the rarer normal patterns that its nearest images
 still hold (docs/benchmarks.md, "The hybrid's bank"). `neighbours` ≥ N compares every query with every
 stored patch; a bank of one "image" (N = 1) is the global coreset (`--bank-neighbours 0`, and files
@@ -25,10 +27,30 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["greedy_coreset", "greedy_coreset_per_image", "MemoryBank", "ROW_BUDGET", "describe_bank"]
+__all__ = [
+    "greedy_coreset",
+    "greedy_coreset_per_image",
+    "image_descriptors",
+    "MemoryBank",
+    "ROW_BUDGET",
+    "describe_bank",
+]
 
 # At most this many stored patch vectors (226 MB in float16 at 432 channels): past it each image keeps fewer.
 ROW_BUDGET = 2**18
+
+
+def image_descriptors(features: torch.Tensor, kind: str = "mean_spread") -> torch.Tensor:
+    """B×P×D patch vectors → each image's retrieval descriptor: B×D means ("mean"), or B×2D means and
+    per-channel standard deviations ("mean_spread")."""
+    features = features.float()
+    mean = features.mean(dim=1)
+    if kind == "mean":
+        return mean
+    if kind != "mean_spread":
+        raise ValueError(f"unknown bank descriptor {kind!r} (mean, mean_spread)")
+    spread = (features - mean[:, None, :]).square().mean(dim=1).sqrt()
+    return torch.cat([mean, spread], dim=1)
 
 
 def _k_centre(reduced: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -95,7 +117,7 @@ class MemoryBank(nn.Module):
         if patches.dim() == 2:  # one global bank (M×D)
             patches = patches[None]
         if descriptors is None:
-            descriptors = patches.float().mean(dim=1)
+            descriptors = image_descriptors(patches, "mean")
         self.register_buffer("patches", patches.half())  # N×R×D
         self.register_buffer("patches_sq", (self.patches.float() ** 2).sum(dim=2))  # N×R, of the stored values
         self.register_buffer("descriptors", descriptors.detach().float())  # N×D
@@ -110,9 +132,15 @@ class MemoryBank(nn.Module):
     def rows(self) -> int:
         return int(self.patches.shape[0] * self.patches.shape[1])
 
+    @property
+    def descriptor(self) -> str:
+        """How images are described for retrieval: "mean_spread" when the stored descriptors are twice as
+        wide as a patch vector, else "mean"."""
+        return "mean_spread" if self.descriptors.shape[1] == 2 * self.patches.shape[2] else "mean"
+
     def nearest_images(self, features: torch.Tensor) -> torch.Tensor:
         """B×K indices of the stored images whose descriptors are nearest to those of B×P×D queries."""
-        descriptor = features.float().mean(dim=1)  # B×D
+        descriptor = image_descriptors(features, self.descriptor)  # B×D or B×2D
         squared = (descriptor * descriptor).sum(dim=1, keepdim=True) - 2.0 * descriptor @ self.descriptors.T
         squared = squared + (self.descriptors * self.descriptors).sum(dim=1)
         return squared.topk(self.neighbours, dim=1, largest=False).indices
@@ -157,14 +185,16 @@ class MemoryBank(nn.Module):
 
 
 def describe_bank(state: Mapping[str, Any] | torch.Tensor | None) -> str:
-    """A stored bank in words: "nearest 16 of 686 images × 324 patch vectors", "coreset of 8891 patch
-    vectors", or "" without one."""
+    """A stored bank in words: "nearest 16 of 686 images (by mean and spread) × 324 patch vectors",
+    "coreset of 8891 patch vectors", or "" without one."""
     if state is None:
         return ""
     if isinstance(state, torch.Tensor):
         return f"coreset of {len(state)} patch vectors"
-    images, rows = state["patches"].shape[:2]
+    images, rows, width = state["patches"].shape
     neighbours = int(state.get("neighbours", 1))
     if neighbours < images:
-        return f"nearest {neighbours} of {images} images × {rows} patch vectors"
+        descriptors = state.get("descriptors")
+        by = "mean and spread" if descriptors is not None and descriptors.shape[1] == 2 * width else "mean"
+        return f"nearest {neighbours} of {images} images (by {by}) × {rows} patch vectors"
     return f"coreset of {images * rows} patch vectors" if images == 1 else f"all {images} images × {rows} patch vectors"

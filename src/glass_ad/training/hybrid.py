@@ -11,7 +11,13 @@ import torch
 
 from glass_ad.config import GlassConfig
 from glass_ad.model.glass_model import GlassModel
-from glass_ad.model.memory_bank import ROW_BUDGET, MemoryBank, greedy_coreset, greedy_coreset_per_image
+from glass_ad.model.memory_bank import (
+    ROW_BUDGET,
+    MemoryBank,
+    greedy_coreset,
+    greedy_coreset_per_image,
+    image_descriptors,
+)
 from glass_ad.training.preparation import NormalFeatures
 
 IMAGES_PER_PASS = 16
@@ -21,7 +27,7 @@ IMAGES_PER_PASS = 16
 def build_memory_bank(features: NormalFeatures, config: GlassConfig, rows_per_image: int) -> MemoryBank:
     """The bank of the training images' patch vectors (model/memory_bank.py): with `bank_neighbours` > 0 a
     k-centre coreset of `bank_patches` vectors of every image (fewer when the bank would exceed `ROW_BUDGET`)
-    and each image's descriptor; with 0 one coreset of `memory_bank_fraction` of all patches."""
+    and each image's descriptor (`bank_descriptor`); with 0 one coreset of `memory_bank_fraction` of all patches."""
     images = len(features)
     if config.bank_neighbours > 0:
         keep = min(rows_per_image, config.bank_patches, max(16, ROW_BUDGET // max(1, images)))
@@ -30,7 +36,7 @@ def build_memory_bank(features: NormalFeatures, config: GlassConfig, rows_per_im
             rows = features.batch(np.arange(start, min(start + IMAGES_PER_PASS, images))).float().cpu()
             pick = greedy_coreset_per_image(rows, keep, seed=config.seed + start)
             patches.append(torch.gather(rows, 1, pick.unsqueeze(-1).expand(-1, -1, rows.shape[-1])).half())
-            descriptors.append(rows.mean(dim=1))
+            descriptors.append(image_descriptors(rows, config.bank_descriptor))
         return MemoryBank(torch.cat(patches), torch.cat(descriptors), config.bank_neighbours)
     count = max(1, int(round(images * rows_per_image * config.memory_bank_fraction)))
     # A random pool of at most 64 patch vectors per image keeps the greedy selection's cost bounded.
