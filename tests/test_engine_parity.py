@@ -188,7 +188,8 @@ def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, on
         for target in node.output(0).get_target_inputs()
         if "/head/" in target.get_node().get_friendly_name()
     }
-    assert readers and set(readers.values()) == {"Convolution"}, readers
+    # (A ShapeOf node reads a quantised tensor's shape only: the coarse part's window pooling needs it.)
+    assert readers and set(readers.values()) - {"ShapeOf"} == {"Convolution"}, readers
     fp32 = export_openvino(run, tmp_path / "fp32.xml")
 
     precisions = {}

@@ -13,7 +13,7 @@ from glass_ad.inference.engines import InferenceGraph
 from glass_ad.inference.head import OUTPUT_BLOCK, ScoringHead
 from glass_ad.model.decision import Normalization
 from glass_ad.model.glass_model import build_model
-from glass_ad.model.memory_bank import MemoryBank, image_descriptors
+from glass_ad.model.memory_bank import MemoryBank, image_descriptors, pool_windows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -66,23 +66,26 @@ def test_head_keeps_whole_blocks_of_channels():
 
 
 @pytest.mark.parametrize("fuse", [True, False])
-@pytest.mark.parametrize("neighbours, descriptor", [(0, None), (2, "mean"), (2, "mean_spread")])
-def test_hybrid_head_is_the_models_patch_scores(fuse, neighbours, descriptor):
+@pytest.mark.parametrize(
+    "neighbours, descriptor, window", [(0, None, 0), (2, "mean", 0), (2, "mean_spread", 0), (2, "mean_spread", 4), (5, "mean", 2)]
+)
+def test_hybrid_head_is_the_models_patch_scores(fuse, neighbours, descriptor, window):
     model = _model()
     with torch.inference_mode():
         other = model.features(torch.rand(5, 3, 64, 64))
-    if neighbours:  # each image against the patches of its 2 nearest of 5 stored images
-        bank = MemoryBank(other[:, ::3].clone(), image_descriptors(other, descriptor), neighbours)
-        assert bank.descriptor == descriptor
+    windows = pool_windows(other, model.grid_shape, window)[0] if window else None
+    if neighbours:  # each image against the patches of its 2 nearest of 5 stored images (5: of all)
+        bank = MemoryBank(other[:, ::3].clone(), image_descriptors(other, descriptor), neighbours, windows, window)
+        assert bank.descriptor == descriptor and bank.retrieves == (neighbours < 5)
     else:  # one global bank
         bank = MemoryBank(other.reshape(-1, other.shape[-1])[::3].clone())
-    model.set_memory_bank(bank, [0.1, 2.0, 0.5, 0.25])
+    model.set_memory_bank(bank, [0.1, 2.0, 0.5, 0.25, 0.7, 0.5] if window else [0.1, 2.0, 0.5, 0.25])
     if fuse:
         model.fuse_()
     images = torch.rand(3, 3, 64, 64)
     head = ScoringHead(model)
     assert head.hybrid and head.compact_bank  # the pooling splits the features among the levels
-    assert head.retrieves == bool(neighbours)
+    assert head.retrieves == (0 < neighbours < 5) and head.memory.scales == (2 if window else 1)
     with torch.inference_mode():
         ours = head(model.backbone(images))
     assert torch.allclose(ours, _reference(model, images), atol=1e-4)

@@ -8,7 +8,14 @@ from glass_ad.config import make_config
 from glass_ad.data.demo_data import make_demo_dataset
 from glass_ad.model.checkpoint import Checkpoint, read_checkpoint
 from glass_ad.model.glass_model import build_model
-from glass_ad.model.memory_bank import MemoryBank, greedy_coreset, greedy_coreset_per_image, image_descriptors
+from glass_ad.model.memory_bank import (
+    MemoryBank,
+    greedy_coreset,
+    greedy_coreset_per_image,
+    image_descriptors,
+    pool_windows,
+    upsample_windows,
+)
 from glass_ad.training.preparation import FeaturesInMemory
 from glass_ad.training.trainer import train
 
@@ -69,6 +76,39 @@ def test_retrieval_by_mean_and_spread_tells_textures_of_equal_mean_apart():
     assert torch.allclose(by_spread.descriptors, expected, atol=1e-5)
     with pytest.raises(ValueError, match="unknown bank descriptor"):
         image_descriptors(stored, "median")
+
+
+def test_windows_are_means_of_grid_cells_and_upsample_back_to_the_grid():
+    generator = torch.Generator().manual_seed(6)
+    features = torch.randn(2, 6 * 8, 3, generator=generator)  # a 6 × 8 grid
+    pooled, shape = pool_windows(features, (6, 8), 4)
+    assert shape == (2, 3)  # stride 2
+    grid = features.view(2, 6, 8, 3)
+    for row in range(2):
+        for column in range(3):  # brute force: the mean of the 4 × 4 cells from (2·row, 2·column)
+            expected = grid[:, 2 * row : 2 * row + 4, 2 * column : 2 * column + 4].mean(dim=(1, 2))
+            assert torch.allclose(pooled[:, row * 3 + column], expected, atol=1e-6)
+    flat = torch.full((2, 6), 1.5)
+    assert torch.allclose(upsample_windows(flat, shape, (6, 8)), torch.full((2, 48), 1.5))  # constants stay
+
+
+def test_coarse_distance_is_the_nearest_window_of_the_nearest_images():
+    generator = torch.Generator().manual_seed(7)
+    grid = (6, 6)
+    stored, queries = _images(5, 36, 4, generator), _images(2, 36, 4, generator)
+    windows, _ = pool_windows(stored, grid, 4)  # 2 × 2 windows per image
+    memory = MemoryBank(stored, image_descriptors(stored), 2, windows, 4)
+    assert memory.scales == 2
+    both = memory.distances(queries, grid)
+    assert both.shape == (2, 36, 2) and torch.allclose(both[..., 0], memory(queries))
+    pooled, shape = pool_windows(queries, grid, 4)
+    for image in range(2):  # brute force among the windows of the same 2 nearest images
+        near = memory.nearest_images(queries[image : image + 1])[0]
+        nearest = torch.cdist(pooled[image], windows[near].half().float().flatten(0, 1)).amin(dim=1)
+        expected = upsample_windows(nearest[None], shape, grid)[0]
+        assert torch.allclose(both[image, :, 1], expected, atol=1e-3)
+    again = MemoryBank.from_state(memory.state())
+    assert again.window == 4 and torch.equal(again.distances(queries, grid), both)
 
 
 def test_memory_bank_state_round_trip_and_older_tensor_banks():
@@ -144,8 +184,11 @@ def test_hybrid_training_checkpoint_and_onnx(tmp_path):
     model, checkpoint = Checkpoint.load(tmp_path / "run").build_model(), read_checkpoint(tmp_path / "run")
     assert checkpoint["memory_bank"] is not None and model.memory_bank is not None
     assert model.memory_bank.retrieves and model.memory_bank.neighbours == 4
-    mean_logit, std_logit, mean_distance, std_distance = checkpoint["hybrid_norm"]
-    assert std_logit > 0 and std_distance > 0 and mean_distance > 0
+    # [mean, std] of the logit, the distance and the coarse (window) distance.
+    _, std_logit, mean_distance, std_distance, mean_coarse, std_coarse = checkpoint["hybrid_norm"]
+    assert std_logit > 0 and std_distance > 0 and mean_distance > 0 and std_coarse > 0 and mean_coarse > 0
+    assert model.memory_bank.scales == 2 and model.memory_bank.window == 4
+    assert checkpoint["memory_bank"]["windows"].shape[:2] == (len(model.memory_bank.patches), 9)  # 3×3 windows
     # Standardised on the held-out normals: their patch scores average about 0.
     holdout_scores = np.asarray(checkpoint["calibration"]["holdout_image_scores"])
     assert np.isfinite(holdout_scores).all()
@@ -176,8 +219,9 @@ def test_hybrid_norm_is_measured_on_raw_parts_whatever_was_set_before():
     # Standardised on the held-out normals: both parts average 0 with std 1 there.
     with torch.no_grad():
         parts = model.hybrid_parts(model.features(holdout.float() / 255)).flatten(0, 1)
-    assert torch.allclose(parts.mean(0), torch.zeros(2), atol=1e-3)
-    assert torch.allclose(parts.std(0), torch.ones(2), atol=1e-3)
+    assert parts.shape[1] == 3  # the logit, the distance and the coarse distance
+    assert torch.allclose(parts.mean(0), torch.zeros(3), atol=1e-3)
+    assert torch.allclose(parts.std(0), torch.ones(3), atol=1e-3)
 
 
 def test_a_bank_prepared_before_the_epochs_and_cached_holdout_features_give_the_same_norm():
@@ -188,7 +232,7 @@ def test_a_bank_prepared_before_the_epochs_and_cached_holdout_features_give_the_
     model, config, train, holdout = _small_hybrid()
     with torch.no_grad():
         holdout_features = model.features(holdout.float() / 255)
-    prepared = prepare_bank(train, holdout_features, config, model.num_patches)
+    prepared = prepare_bank(train, holdout_features, config, model.grid_shape)
     assert prepared.build_s > 0 and prepared.holdout_distance_s > 0
     at_the_end = build_hybrid_score(model, train, holdout, config, torch.device("cpu"))
     bank_at_the_end = model.memory_bank
@@ -205,17 +249,20 @@ def test_bank_keeps_fewer_patches_per_image_past_the_row_budget(monkeypatch):
     generator = torch.Generator().manual_seed(5)
     features = FeaturesInMemory(torch.randn(10, 40, 8, generator=generator))
     config = make_config("fast", score="hybrid", bank_neighbours=3, bank_patches=30)
-    assert hybrid.build_memory_bank(features, config, 40).patches.shape == (10, 30, 8)
+    grid = (5, 8)  # 40 patches; windows of 4 × 4 at stride 2: 1 × 3 of them
+    full = hybrid.build_memory_bank(features, config, grid)
+    assert full.patches.shape == (10, 30, 8) and full.windows.shape == (10, 3, 8)  # every window: 3 < 144
     monkeypatch.setattr(hybrid, "ROW_BUDGET", 200)  # 10 images × 30 rows would pass it: 20 each, at least 16
-    bank = hybrid.build_memory_bank(features, config, 40)
+    bank = hybrid.build_memory_bank(features, config, grid)
     assert bank.patches.shape == (10, 20, 8) and bank.neighbours == 3 and bank.retrieves
     # The descriptors are the means and spreads of all of an image's patches, not of the kept ones.
     rows = features.features
     assert bank.descriptor == "mean_spread" and bank.descriptors.shape == (10, 16)
     assert torch.allclose(bank.descriptors[:, :8], rows.mean(dim=1), atol=1e-5)
     assert torch.allclose(bank.descriptors[:, 8:], rows.std(dim=1, unbiased=False), atol=1e-5)
-    by_mean = hybrid.build_memory_bank(features, config.replace(bank_descriptor="mean"), 40)
+    by_mean = hybrid.build_memory_bank(features, config.replace(bank_descriptor="mean", bank_coarse_window=0), grid)
+    assert by_mean.windows is None and by_mean.scales == 1
     assert by_mean.descriptor == "mean" and torch.allclose(by_mean.descriptors, rows.mean(dim=1), atol=1e-6)
     # --bank-neighbours 0: one coreset of the share of all patches.
-    glob = hybrid.build_memory_bank(features, config.replace(bank_neighbours=0, memory_bank_fraction=0.1), 40)
+    glob = hybrid.build_memory_bank(features, config.replace(bank_neighbours=0, memory_bank_fraction=0.1), grid)
     assert glob.patches.shape == (1, 40, 8) and not glob.retrieves

@@ -155,6 +155,11 @@ class GlassConfig:
     bank_neighbours: int = 16
     bank_patches: int = 324
     bank_descriptor: Literal["mean", "mean_spread"] = "mean_spread"
+    # The bank's coarse scale: means of W×W windows of the patch grid (stride W/2), `bank_coarse_rows` kept
+    # per training image (a k-centre coreset), compared among the same nearest images; a third part of the
+    # hybrid score (0: none).
+    bank_coarse_window: int = 4
+    bank_coarse_rows: int = 144
     memory_bank_fraction: float = 0.01
 
     # --- schedule, validation & calibration (no test data is ever used) ------------------------------
@@ -251,6 +256,8 @@ class GlassConfig:
             problems.append("memory_bank_fraction must lie in (0, 1]")
         if self.bank_neighbours < 0 or self.bank_patches < 1:
             problems.append("need bank_neighbours >= 0 and bank_patches >= 1")
+        if self.bank_coarse_window < 0 or self.bank_coarse_window == 1 or self.bank_coarse_rows < 1:
+            problems.append("need bank_coarse_window 0 (none) or >= 2, and bank_coarse_rows >= 1")
         if self.backbone_chunk is not None and self.backbone_chunk < 0:
             problems.append("backbone_chunk must be >= 0 (0: the whole batch) or None (by batch size and input area)")
         if self.las_variants < 0:

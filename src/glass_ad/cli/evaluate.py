@@ -159,8 +159,8 @@ def info(run_dir: Path = typer.Argument(...)) -> None:
         "input_bit_depth": checkpoint.bit_depth or "the file's own depth",
         "backbone": checkpoint.backbone.to_dict(),
         "score": (
-            "hybrid: the discriminator's logit + the distance to the nearest normal training patch "
-            "(the paper's method, the discriminator alone, is --score glass)"
+            "hybrid: the discriminator's logit + the distance to the nearest normal training patch (+ that of "
+            "the patch's windows, with a coarse scale); the paper's method, the discriminator alone, is --score glass"
             if checkpoint.config.score == "hybrid"
             else "glass: the discriminator alone (the paper's method)"
         ),

@@ -90,8 +90,8 @@ ROWS: tuple[tuple[str, str], ...] = (
     ),
     (
         "`--score hybrid\\|glass`",
-        "the discriminator's logit + the distance to the nearest normal training patch, or the discriminator "
-        "alone: the paper's method ({by.score})",
+        "the discriminator's logit + the distances to the nearest normal training patch and window, or the "
+        "discriminator alone: the paper's method ({by.score})",
     ),
     (
         "`--bank-neighbours N`, `--bank-patches R`, `--bank-descriptor mean_spread\\|mean`",
@@ -100,6 +100,12 @@ ROWS: tuple[tuple[str, str], ...] = (
         "vectors or by the mean alone ({default.bank_neighbours} / {default.bank_patches} / "
         "{default.bank_descriptor}; `--bank-neighbours 0`: one coreset of a {default.memory_bank_fraction} "
         "share of all patches)",
+    ),
+    (
+        "`--bank-coarse-window W`, `--bank-coarse-rows R`",
+        "the hybrid's coarse part: the distance of the means of W×W windows of the patch grid to those of the "
+        "same nearest images, R kept per image ({default.bank_coarse_window} / {default.bank_coarse_rows}; "
+        "`--bank-coarse-window 0`: none)",
     ),
     (
         "`--cache-features/--no-cache-features`, `--precision auto\\|fp32\\|bf16`",

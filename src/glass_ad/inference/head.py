@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from glass_ad.model.discriminator import Adaptor
-from glass_ad.model.glass_model import GlassModel
-from glass_ad.model.memory_bank import MemoryBank
+from glass_ad.model.glass_model import GlassModel, standardise
+from glass_ad.model.memory_bank import MemoryBank, pool_windows, upsample_windows
 
 _ELEMENTWISE = (nn.LeakyReLU, nn.ReLU, nn.Sigmoid, nn.Identity)
 # The last layer (hidden → 1 score) is computed as OUTPUT_BLOCK channels, all but the first with zero
@@ -148,7 +148,7 @@ class ScoringHead(nn.Module):
                 rest[last] = _widen(rest[last], OUTPUT_BLOCK)
             self.rest = nn.Sequential(*rest)
             return
-        # Hybrid: the logit (no sigmoid) and the distance to the bank, each standardised.
+        # Hybrid: the logit (no sigmoid) and the distances to the bank (fine, coarse), each standardised.
         self.rest = nn.Sequential(*(rest[:-1] if isinstance(rest[-1], nn.Sigmoid) else rest))
         used = index[index >= 0]
         # The concatenated channels hold every feature once when the levels split the features among
@@ -159,18 +159,17 @@ class ScoringHead(nn.Module):
             self.aggregator = aggregator
         memory = model.memory_bank
         patches = memory.patches.detach().float()  # N×R×D, the stored (float16) values
-        if self.compact_bank:
+        windows = memory.windows.detach().float() if memory.windows is not None else None
+        descriptors = memory.descriptors.detach()
+        if self.compact_bank:  # the bank in the head's channel order
             patches = patches[:, :, index.clamp_min(0)] * present
+            windows = windows[:, :, index.clamp_min(0)] * present if windows is not None else None
+            parts = descriptors.split(memory.patches.shape[-1], dim=1)  # mean (and spread)
+            descriptors = torch.cat([part[:, index.clamp_min(0)] * present for part in parts], dim=1)
         self.retrieves = memory.retrieves
-        if self.retrieves:  # each image against its nearest stored images (memory_bank.py)
-            descriptors = memory.descriptors.detach()
-            if self.compact_bank:  # each part of the descriptor (mean, spread) in the head's channel order
-                parts = descriptors.split(memory.patches.shape[-1], dim=1)
-                descriptors = torch.cat([part[:, index.clamp_min(0)] * present for part in parts], dim=1)
-            # The same bank in the head's channel order: its retrieval picks the images, the product below
-            # reads their rows.
-            self.memory = MemoryBank(patches, descriptors, memory.neighbours)
-        else:
+        # Its retrieval picks the images, the products below read their rows.
+        self.memory = MemoryBank(patches, descriptors, memory.neighbours, windows, memory.window)
+        if not self.retrieves:
             bank = patches.reshape(-1, patches.shape[-1])
             augmented = torch.cat([-2.0 * bank, memory.patches_sq.detach().reshape(-1, 1)], dim=1)  # M × (D+1)
             self.register_buffer("augmented_bank", augmented.T.contiguous(), persistent=False)  # (D+1) × M
@@ -191,20 +190,60 @@ class ScoringHead(nn.Module):
             rows = (features * self.feature_scale).flatten(2).transpose(1, 2)  # B×P×D'
         else:
             rows = self.aggregator(maps) * self.feature_scale
-        distances = self.distances(rows).view_as(scores)
-        mean_logit, std_logit, mean_distance, std_distance = self.hybrid_norm.unbind(0)
-        return ((scores - mean_logit) / std_logit + (distances - mean_distance) / std_distance) * 0.5
+        distances = self.distances(rows, (height, width))  # B×P×scales
+        parts = torch.cat([scores.flatten(1)[..., None], distances], dim=-1)
+        return standardise(parts, self.hybrid_norm).mean(dim=-1).view_as(scores)
 
-    def distances(self, features: torch.Tensor) -> torch.Tensor:
-        """B×P×D patch vectors → B×P distances to the nearest bank vector (`MemoryBank`'s formula)."""
-        ones = torch.ones(*features.shape[:-1], 1, dtype=features.dtype, device=features.device)
-        if self.retrieves:
-            near = self.memory.nearest_images(features)  # B×K
-            b, _, d = features.shape
-            bank = self.memory.patches[near].reshape(b, -1, d).float()  # B×(K·R)×D
-            augmented = torch.cat([-2.0 * bank, self.memory.patches_sq[near].reshape(b, -1, 1)], dim=2)
-            squared = torch.bmm(torch.cat([features, ones], dim=-1), augmented.transpose(1, 2)).amin(dim=-1)
+    def distances(self, features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """B×P×D patch vectors on a `grid` → B×P×scales distances (`MemoryBank.distances`' formulas): to the
+        nearest bank vector and, with the coarse scale, of the patch's windows to the nearest stored window."""
+        near = self.memory.nearest_images(features) if self.retrieves else None  # B×K
+        if near is not None:
+            fine = _distance(features, self.memory.patches, self.memory.patches_sq, near)
         else:
-            squared = (torch.cat([features, ones], dim=-1) @ self.augmented_bank).amin(dim=-1)
-        squared = squared + (features * features).sum(dim=-1)
-        return squared.clamp_min(0.0).sqrt()
+            fine = _distance(features, augmented=self.augmented_bank)
+        if self.memory.windows is None:
+            return fine[..., None]
+        pooled, shape = pool_windows(features, grid, self.memory.window)
+        coarse = _window_distance(pooled, self.memory.windows, self.memory.windows_sq, near)
+        return torch.stack([fine, upsample_windows(coarse, shape, grid)], dim=-1)
+
+
+def _distance(
+    features: torch.Tensor,
+    stored: torch.Tensor | None = None,
+    stored_sq: torch.Tensor | None = None,
+    near: torch.Tensor | None = None,
+    *,
+    augmented: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """B×P×D patch vectors → B×P distances to the nearest N×R×D `stored` row of the images in B×K `near`,
+    or to the columns of an `augmented` (D+1)×M bank: one product with the squared norms folded in."""
+    ones = torch.ones(*features.shape[:-1], 1, dtype=features.dtype, device=features.device)
+    if augmented is not None:
+        squared = (torch.cat([features, ones], dim=-1) @ augmented).amin(dim=-1)
+    else:
+        b, _, d = features.shape
+        bank = stored[near].reshape(b, -1, d).float()  # B×(K·R)×D
+        rows = torch.cat([-2.0 * bank, stored_sq[near].reshape(b, -1, 1)], dim=2)
+        squared = torch.bmm(torch.cat([features, ones], dim=-1), rows.transpose(1, 2)).amin(dim=-1)
+    squared = squared + (features * features).sum(dim=-1)
+    return squared.clamp_min(0.0).sqrt()
+
+
+def _window_distance(
+    windows: torch.Tensor, stored: torch.Tensor, stored_sq: torch.Tensor, near: torch.Tensor | None
+) -> torch.Tensor:
+    """B×W×D window means → B×W distances to the nearest N×R×D `stored` window of the images in B×K `near`
+    (None: of all). The squared norms are added, not folded into the product: a tensor of ones shaped after
+    the pooled windows would be traced with the example's batch size as a constant."""
+    if near is not None:  # no batch size read from the windows' shape: it would be traced as a constant
+        bank = stored[near].flatten(1, 2).float()  # B×(K·R)×D
+        product = torch.bmm(windows, bank.transpose(1, 2))
+        bank_sq = stored_sq[near].flatten(1, 2).unsqueeze(1)
+    else:
+        bank = stored.reshape(-1, stored.shape[-1]).float()
+        product = windows @ bank.T
+        bank_sq = stored_sq.reshape(1, 1, -1)
+    squared = (windows * windows).sum(dim=-1, keepdim=True) - 2.0 * product + bank_sq
+    return squared.amin(dim=-1).clamp_min(0.0).sqrt()

@@ -87,6 +87,12 @@ class GlassOutput(NamedTuple):
     patch_scores: torch.Tensor  # B×h×w
 
 
+def standardise(parts: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """B×P×S raw hybrid parts → standardised by `norm`, [mean, std] of each part in turn."""
+    mean, std = norm[: 2 * parts.shape[-1]].view(-1, 2).unbind(1)
+    return (parts - mean) / std
+
+
 class GlassModel(nn.Module):
     """Backbone + aggregation + adaptor + discriminator + map post-processing."""
 
@@ -112,7 +118,8 @@ class GlassModel(nn.Module):
         self.register_buffer("feature_scale", torch.tensor(float(feature_scale)))
         self.score_map = ScoreMap(self.grid_shape, self.input_shape, smoothing_sigma)
         # Optional hybrid score (`score="hybrid"`): a bank of normal patch vectors, and the mean and std
-        # of the discriminator logit and of the nearest-neighbour distance on held-out normal patches.
+        # of the discriminator logit and of each nearest-neighbour distance (fine, and coarse when the bank
+        # has windows) on held-out normal patches: [mean, std] per part.
         self.memory_bank: MemoryBank | None = None
         self.register_buffer("hybrid_norm", torch.tensor([0.0, 1.0, 0.0, 1.0]))
         # Images per backbone pass (None: the whole batch). Small chunks can be faster on a CPU (their
@@ -129,7 +136,7 @@ class GlassModel(nn.Module):
             bank = MemoryBank.from_state(bank)
         self.memory_bank = bank.to(self.feature_scale.device) if bank is not None else None
         if norm is not None:
-            self.hybrid_norm.copy_(torch.tensor([float(v) for v in norm]))
+            self.hybrid_norm = torch.tensor([float(v) for v in norm], device=self.feature_scale.device)
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -169,7 +176,7 @@ class GlassModel(nn.Module):
         if self.memory_bank is None:
             scores = self.discriminator(self.adaptor(rows))
         else:
-            scores = self.hybrid_parts(features).sum(dim=-1) * 0.5
+            scores = self.hybrid_parts(features).mean(dim=-1)
         return scores.view(b, *self.grid_shape)
 
     def patch_logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -178,11 +185,16 @@ class GlassModel(nn.Module):
         return self.discriminator.logits(self.adaptor(features.reshape(b * p, d))).view(b, p)
 
     def hybrid_parts(self, features: torch.Tensor) -> torch.Tensor:
-        """B×P×2: standardised discriminator logit and nearest-neighbour distance of B×P×D patch vectors."""
+        """B×P×S standardised parts of B×P×D patch vectors: the discriminator logit, the nearest-neighbour
+        distance and, with a coarse scale in the bank, its windows' distance (the hybrid score is their mean)."""
+        return standardise(self.raw_hybrid_parts(features), self.hybrid_norm)
+
+    def raw_hybrid_parts(self, features: torch.Tensor) -> torch.Tensor:
+        """`hybrid_parts` before the standardisation."""
         logits = self.patch_logits(features)
-        distances = self.memory_bank(features) if self.memory_bank is not None else torch.zeros_like(logits)
-        mean_logit, std_logit, mean_distance, std_distance = self.hybrid_norm.unbind(0)
-        return torch.stack([(logits - mean_logit) / std_logit, (distances - mean_distance) / std_distance], dim=-1)
+        if self.memory_bank is None:
+            return torch.stack([logits, torch.zeros_like(logits)], dim=-1)
+        return torch.cat([logits[..., None], self.memory_bank.distances(features, self.grid_shape)], dim=-1)
 
     def postprocess(self, patch_scores: torch.Tensor) -> GlassOutput:
         maps = self.score_map(patch_scores)

@@ -14,6 +14,14 @@ still hold (docs/benchmarks.md, "The hybrid's bank"). `neighbours` ≥ N compare
 stored patch; a bank of one "image" (N = 1) is the global coreset (`--bank-neighbours 0`, and files
 written before the retrieval).
 
+A second, coarse scale (`--bank-coarse-window W`, 4 by default; 0: off): the means of W×W windows of the
+patch grid (stride W/2, a 17×17 grid of 32-pixel regions on a 36×36 grid) of every training image are
+stored too, and each query window is compared with the windows of the same nearest images; its distance,
+upsampled bilinearly to the patch grid, is a third part of the hybrid score. A patch vector sees about a
+3×3 neighbourhood of the stride-8 grid: a large, low-contrast defect (MTD's "uneven" tiles) has interiors
+whose patches each look normal, while the mean over a 32-pixel region does not (docs/method.md,
+deviation 15).
+
 The distance is computed as √(‖q‖² − 2 q·b + ‖b‖²) with one (batched) matrix product: TopK, Gather and
 MatMul nodes in ONNX. Stored patches are float16 (half the file; the distance error is ~1e-3 of the
 spacing), cast to float32 after the gather.
@@ -25,6 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -32,7 +41,9 @@ __all__ = [
     "greedy_coreset_per_image",
     "image_descriptors",
     "MemoryBank",
+    "pool_windows",
     "ROW_BUDGET",
+    "upsample_windows",
     "describe_bank",
 ]
 
@@ -51,6 +62,20 @@ def image_descriptors(features: torch.Tensor, kind: str = "mean_spread") -> torc
         raise ValueError(f"unknown bank descriptor {kind!r} (mean, mean_spread)")
     spread = (features - mean[:, None, :]).square().mean(dim=1).sqrt()
     return torch.cat([mean, spread], dim=1)
+
+
+def pool_windows(features: torch.Tensor, grid: tuple[int, int], window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """B×P×D patch vectors on a `grid` → B×P'×D means of window×window cells (stride window // 2) and the
+    (rows, columns) of those windows."""
+    maps = features.unflatten(1, grid).permute(0, 3, 1, 2)  # batch size left symbolic for exported graphs
+    pooled = F.avg_pool2d(maps, window, stride=max(1, window // 2))
+    return pooled.flatten(2).transpose(1, 2), (pooled.shape[2], pooled.shape[3])
+
+
+def upsample_windows(values: torch.Tensor, windows: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """B×P' values of the windows → B×P on the patch grid (bilinear)."""
+    maps = values.unflatten(1, windows).unsqueeze(1)
+    return F.interpolate(maps, size=grid, mode="bilinear", align_corners=False).flatten(1)
 
 
 def _k_centre(reduced: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -111,7 +136,14 @@ class MemoryBank(nn.Module):
     """Nearest-neighbour distance of B×P×D query patches to the stored patches of each query's nearest
     training images (buffers only, no parameters; module docstring)."""
 
-    def __init__(self, patches: torch.Tensor, descriptors: torch.Tensor | None = None, neighbours: int = 1):
+    def __init__(
+        self,
+        patches: torch.Tensor,
+        descriptors: torch.Tensor | None = None,
+        neighbours: int = 1,
+        windows: torch.Tensor | None = None,
+        window: int = 0,
+    ):
         super().__init__()
         patches = patches.detach()
         if patches.dim() == 2:  # one global bank (M×D)
@@ -122,6 +154,20 @@ class MemoryBank(nn.Module):
         self.register_buffer("patches_sq", (self.patches.float() ** 2).sum(dim=2))  # N×R, of the stored values
         self.register_buffer("descriptors", descriptors.detach().float())  # N×D
         self.neighbours = max(1, min(int(neighbours), len(patches)))
+        # The coarse scale: N×W×D window means of the same N images (None: none).
+        self.window = int(window) if windows is not None else 0
+        self.windows: torch.Tensor | None
+        self.windows_sq: torch.Tensor | None
+        if windows is not None:
+            self.register_buffer("windows", windows.detach().half())
+            self.register_buffer("windows_sq", (self.windows.float() ** 2).sum(dim=2))
+        else:
+            self.windows = self.windows_sq = None
+
+    @property
+    def scales(self) -> int:
+        """Distances per patch: 1, or 2 with the coarse scale."""
+        return 2 if self.windows is not None else 1
 
     @property
     def retrieves(self) -> bool:
@@ -148,45 +194,78 @@ class MemoryBank(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """B×P×D query patches → B×P distances to their nearest stored patch."""
         queries = features.float()
-        b, _, d = queries.shape
-        if self.retrieves:
-            index = self.nearest_images(queries)  # B×K
-            bank = self.patches[index].reshape(b, -1, d).float()  # B×(K·R)×D
-            bank_sq = self.patches_sq[index].reshape(b, 1, -1)
-            product = torch.bmm(queries, bank.transpose(1, 2))
-        else:
-            bank = self.patches.reshape(-1, d).float()
-            bank_sq = self.patches_sq.reshape(1, 1, -1)
-            product = queries @ bank.T
-        squared = (queries * queries).sum(dim=2, keepdim=True) - 2.0 * product + bank_sq
-        return squared.amin(dim=2).clamp_min(0.0).sqrt()
+        index = self.nearest_images(queries) if self.retrieves else None
+        return _nearest_distance(queries, self.patches, self.patches_sq, index)
+
+    def distances(self, features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """B×P×D query patches on a `grid` → B×P×`scales`: the distance to the nearest stored patch and, with
+        the coarse scale, that of the patch's windows to the nearest stored window, upsampled to the grid;
+        both among the same nearest images."""
+        queries = features.float()
+        index = self.nearest_images(queries) if self.retrieves else None
+        fine = _nearest_distance(queries, self.patches, self.patches_sq, index)
+        if self.windows is None:
+            return fine[..., None]
+        pooled, shape = pool_windows(queries, grid, self.window)
+        coarse = _nearest_distance(pooled, self.windows, self.windows_sq, index)
+        return torch.stack([fine, upsample_windows(coarse, shape, grid)], dim=-1)
 
     def rescale_(self, factor: float) -> "MemoryBank":
         """Multiply the bank by `factor` (used when a feature scale is folded into other layers)."""
         self.patches.copy_((self.patches.float() * factor).half())
         self.patches_sq.copy_((self.patches.float() ** 2).sum(dim=2))
         self.descriptors.mul_(factor)
+        if self.windows is not None:
+            self.windows.copy_((self.windows.float() * factor).half())
+            self.windows_sq.copy_((self.windows.float() ** 2).sum(dim=2))
         return self
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint stores."""
-        return {
+        state = {
             "patches": self.patches.detach().cpu(),
             "descriptors": self.descriptors.detach().cpu(),
             "neighbours": int(self.neighbours),
         }
+        if self.windows is not None:
+            state.update(windows=self.windows.detach().cpu(), window=self.window)
+        return state
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any] | torch.Tensor) -> "MemoryBank":
         """The bank of a checkpoint: a `state()` dict, or an M×D tensor (a global bank, older files)."""
         if isinstance(state, torch.Tensor):
             return cls(state)
-        return cls(state["patches"], state.get("descriptors"), int(state.get("neighbours", 1)))
+        return cls(
+            state["patches"],
+            state.get("descriptors"),
+            int(state.get("neighbours", 1)),
+            state.get("windows"),
+            int(state.get("window", 0)),
+        )
+
+
+def _nearest_distance(
+    queries: torch.Tensor, stored: torch.Tensor, stored_sq: torch.Tensor, index: torch.Tensor | None
+) -> torch.Tensor:
+    """B×Q×D float queries → B×Q distances to the nearest of the N×R×D `stored` rows of the images in B×K
+    `index` (None: of all N images)."""
+    b, _, d = queries.shape
+    if index is not None:
+        bank = stored[index].reshape(b, -1, d).float()  # B×(K·R)×D
+        bank_sq = stored_sq[index].reshape(b, 1, -1)
+        product = torch.bmm(queries, bank.transpose(1, 2))
+    else:
+        bank = stored.reshape(-1, d).float()
+        bank_sq = stored_sq.reshape(1, 1, -1)
+        product = queries @ bank.T
+    squared = (queries * queries).sum(dim=2, keepdim=True) - 2.0 * product + bank_sq
+    return squared.amin(dim=2).clamp_min(0.0).sqrt()
 
 
 def describe_bank(state: Mapping[str, Any] | torch.Tensor | None) -> str:
-    """A stored bank in words: "nearest 16 of 686 images (by mean and spread) × 324 patch vectors",
-    "coreset of 8891 patch vectors", or "" without one."""
+    """A stored bank in words: "nearest 16 of 686 images (by mean and spread) × 324 patch vectors + 144 means
+    of 4×4 windows", "coreset of 8891 patch vectors", or "" without one."""
     if state is None:
         return ""
     if isinstance(state, torch.Tensor):
@@ -196,5 +275,8 @@ def describe_bank(state: Mapping[str, Any] | torch.Tensor | None) -> str:
     if neighbours < images:
         descriptors = state.get("descriptors")
         by = "mean and spread" if descriptors is not None and descriptors.shape[1] == 2 * width else "mean"
-        return f"nearest {neighbours} of {images} images (by {by}) × {rows} patch vectors"
+        windows = state.get("windows")
+        side = state.get("window")
+        coarse = "" if windows is None else f" + {windows.shape[1]} means of {side}×{side} windows"
+        return f"nearest {neighbours} of {images} images (by {by}) × {rows} patch vectors{coarse}"
     return f"coreset of {images * rows} patch vectors" if images == 1 else f"all {images} images × {rows} patch vectors"

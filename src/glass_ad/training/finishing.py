@@ -70,7 +70,7 @@ def write_checkpoint(
     """Rank 0: the hybrid score's bank, thresholds from the held-out normals, the record and the checkpoint at
     `path`; the resume state is removed once the checkpoint is written."""
     config, model, data, synthesis, setup = run.config, run.model, run.data, run.synthesis, run.features
-    if config.score == "hybrid" and data.holdout is None:  # nothing to standardise its two parts on
+    if config.score == "hybrid" and data.holdout is None:  # nothing to standardise its parts on
         config = config.replace(score="glass")
         echo("score: the discriminator alone (the hybrid score needs held-out normal images; --holdout 0 gave none)")
     if config.score == "hybrid":

@@ -101,7 +101,7 @@ def prepare_run(
             # The bank depends on the frozen features only: built now, the time limit counts it, and the
             # held-out normals' distances to it (the standardisation's) are measured now too. The
             # finishing's calibration scores them against it once more.
-            bank = prepare_bank(features.features, val.normal, config, model.num_patches)
+            bank = prepare_bank(features.features, val.normal, config, model.grid_shape)
             reserve_s += bank.holdout_distance_s
             echo(f"hybrid score: memory bank built before the epochs ({bank.build_s:.0f} s)")
     validating = group.broadcast(val is not None)
