@@ -10,6 +10,7 @@ from glass_ad.model.checkpoint import Checkpoint, read_checkpoint
 from glass_ad.model.glass_model import build_model
 from glass_ad.model.memory_bank import (
     MemoryBank,
+    describe_bank,
     greedy_coreset,
     greedy_coreset_per_image,
     image_descriptors,
@@ -189,6 +190,8 @@ def test_hybrid_training_checkpoint_and_onnx(tmp_path):
     assert std_logit > 0 and std_distance > 0 and mean_distance > 0 and std_coarse > 0 and mean_coarse > 0
     assert model.memory_bank.scales == 2 and model.memory_bank.window == 4
     assert checkpoint["memory_bank"]["windows"].shape[:2] == (len(model.memory_bank.patches), 9)  # 3×3 windows
+    said = describe_bank(checkpoint["memory_bank"])  # what `glass info` prints
+    assert said.startswith("nearest 4 of ") and "(by mean and spread)" in said and said.endswith("+ 9 means of 4×4 windows")
     # Standardised on the held-out normals: their patch scores average about 0.
     holdout_scores = np.asarray(checkpoint["calibration"]["holdout_image_scores"])
     assert np.isfinite(holdout_scores).all()

@@ -157,7 +157,7 @@ class GlassConfig:
     bank_descriptor: Literal["mean", "mean_spread"] = "mean_spread"
     # The bank's coarse scale: means of W×W windows of the patch grid (stride W/2), `bank_coarse_rows` kept
     # per training image (a k-centre coreset), compared among the same nearest images; a third part of the
-    # hybrid score (0: none).
+    # hybrid score (0: none; none with bank_neighbours 0 either).
     bank_coarse_window: int = 4
     bank_coarse_rows: int = 144
     memory_bank_fraction: float = 0.01

@@ -237,7 +237,7 @@ def _window_distance(
     """B×W×D window means → B×W distances to the nearest N×R×D `stored` window of the images in B×K `near`
     (None: of all). The squared norms are added, not folded into the product: a tensor of ones shaped after
     the pooled windows would be traced with the example's batch size as a constant."""
-    if near is not None:  # no batch size read from the windows' shape: it would be traced as a constant
+    if near is not None:
         bank = stored[near].flatten(1, 2).float()  # B×(K·R)×D
         product = torch.bmm(windows, bank.transpose(1, 2))
         bank_sq = stored_sq[near].flatten(1, 2).unsqueeze(1)

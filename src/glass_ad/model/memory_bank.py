@@ -272,11 +272,12 @@ def describe_bank(state: Mapping[str, Any] | torch.Tensor | None) -> str:
         return f"coreset of {len(state)} patch vectors"
     images, rows, width = state["patches"].shape
     neighbours = int(state.get("neighbours", 1))
+    windows, side = state.get("windows"), state.get("window")
+    coarse = "" if windows is None else f" + {windows.shape[1]} means of {side}×{side} windows"
     if neighbours < images:
         descriptors = state.get("descriptors")
         by = "mean and spread" if descriptors is not None and descriptors.shape[1] == 2 * width else "mean"
-        windows = state.get("windows")
-        side = state.get("window")
-        coarse = "" if windows is None else f" + {windows.shape[1]} means of {side}×{side} windows"
         return f"nearest {neighbours} of {images} images (by {by}) × {rows} patch vectors{coarse}"
-    return f"coreset of {images * rows} patch vectors" if images == 1 else f"all {images} images × {rows} patch vectors"
+    if images == 1:
+        return f"coreset of {rows} patch vectors"
+    return f"all {images} images × {rows} patch vectors{coarse}"

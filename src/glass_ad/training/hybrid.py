@@ -30,24 +30,22 @@ def build_memory_bank(features: NormalFeatures, config: GlassConfig, grid: tuple
     `bank_neighbours` > 0 a k-centre coreset of `bank_patches` vectors of every image (fewer when the bank
     would exceed `ROW_BUDGET`), each image's descriptor (`bank_descriptor`) and, with `bank_coarse_window`
     > 0, a k-centre coreset of `bank_coarse_rows` of its window means (fewer past half the row budget);
-    with 0 neighbours one coreset of
-    `memory_bank_fraction` of all patches."""
+    with 0 neighbours one coreset of `memory_bank_fraction` of all patches."""
     images, rows_per_image = len(features), grid[0] * grid[1]
     if config.bank_neighbours > 0:
         keep = min(rows_per_image, config.bank_patches, max(16, ROW_BUDGET // max(1, images)))
         keep_windows = min(config.bank_coarse_rows, max(8, ROW_BUDGET // (2 * max(1, images))))
+        window = min(config.bank_coarse_window, *grid)  # no larger than the grid
         patches, descriptors, windows = [], [], []
         for start in range(0, images, IMAGES_PER_PASS):
             rows = features.batch(np.arange(start, min(start + IMAGES_PER_PASS, images))).float().cpu()
             patches.append(_kept(rows, keep, config.seed + start))
             descriptors.append(image_descriptors(rows, config.bank_descriptor))
-            if config.bank_coarse_window > 0:
-                pooled, _ = pool_windows(rows, grid, config.bank_coarse_window)
+            if window > 0:
+                pooled, _ = pool_windows(rows, grid, window)
                 windows.append(_kept(pooled, keep_windows, config.seed + start))
         coarse = torch.cat(windows) if windows else None
-        return MemoryBank(
-            torch.cat(patches), torch.cat(descriptors), config.bank_neighbours, coarse, config.bank_coarse_window
-        )
+        return MemoryBank(torch.cat(patches), torch.cat(descriptors), config.bank_neighbours, coarse, window)
     count = max(1, int(round(images * rows_per_image * config.memory_bank_fraction)))
     # A random pool of at most 64 patch vectors per image keeps the greedy selection's cost bounded.
     per_image = min(rows_per_image, 64)
