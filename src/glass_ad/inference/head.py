@@ -39,7 +39,7 @@ from torch import nn
 
 from glass_ad.model.discriminator import Adaptor
 from glass_ad.model.glass_model import GlassModel, standardise
-from glass_ad.model.memory_bank import MemoryBank, pool_windows, upsample_windows
+from glass_ad.model.memory_bank import MemoryBank, nearest_distance, pool_windows, upsample_windows
 
 _ELEMENTWISE = (nn.LeakyReLU, nn.ReLU, nn.Sigmoid, nn.Identity)
 # The last layer (hidden → 1 score) is computed as OUTPUT_BLOCK channels, all but the first with zero
@@ -205,7 +205,7 @@ class ScoringHead(nn.Module):
         if self.memory.windows is None:
             return fine[..., None]
         pooled, shape = pool_windows(features, grid, self.memory.window)
-        coarse = _window_distance(pooled, self.memory.windows, self.memory.windows_sq, near)
+        coarse = nearest_distance(pooled, self.memory.windows, self.memory.windows_sq, near)
         return torch.stack([fine, upsample_windows(coarse, shape, grid)], dim=-1)
 
 
@@ -229,21 +229,3 @@ def _distance(
         squared = torch.bmm(torch.cat([features, ones], dim=-1), rows.transpose(1, 2)).amin(dim=-1)
     squared = squared + (features * features).sum(dim=-1)
     return squared.clamp_min(0.0).sqrt()
-
-
-def _window_distance(
-    windows: torch.Tensor, stored: torch.Tensor, stored_sq: torch.Tensor, near: torch.Tensor | None
-) -> torch.Tensor:
-    """B×W×D window means → B×W distances to the nearest N×R×D `stored` window of the images in B×K `near`
-    (None: of all). The squared norms are added, not folded into the product: a tensor of ones shaped after
-    the pooled windows would be traced with the example's batch size as a constant."""
-    if near is not None:
-        bank = stored[near].flatten(1, 2).float()  # B×(K·R)×D
-        product = torch.bmm(windows, bank.transpose(1, 2))
-        bank_sq = stored_sq[near].flatten(1, 2).unsqueeze(1)
-    else:
-        bank = stored.reshape(-1, stored.shape[-1]).float()
-        product = windows @ bank.T
-        bank_sq = stored_sq.reshape(1, 1, -1)
-    squared = (windows * windows).sum(dim=-1, keepdim=True) - 2.0 * product + bank_sq
-    return squared.amin(dim=-1).clamp_min(0.0).sqrt()

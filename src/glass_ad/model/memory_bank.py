@@ -41,6 +41,7 @@ __all__ = [
     "greedy_coreset_per_image",
     "image_descriptors",
     "MemoryBank",
+    "nearest_distance",
     "pool_windows",
     "ROW_BUDGET",
     "upsample_windows",
@@ -195,7 +196,7 @@ class MemoryBank(nn.Module):
         """B×P×D query patches → B×P distances to their nearest stored patch."""
         queries = features.float()
         index = self.nearest_images(queries) if self.retrieves else None
-        return _nearest_distance(queries, self.patches, self.patches_sq, index)
+        return nearest_distance(queries, self.patches, self.patches_sq, index)
 
     def distances(self, features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """B×P×D query patches on a `grid` → B×P×`scales`: the distance to the nearest stored patch and, with
@@ -203,11 +204,11 @@ class MemoryBank(nn.Module):
         both among the same nearest images."""
         queries = features.float()
         index = self.nearest_images(queries) if self.retrieves else None
-        fine = _nearest_distance(queries, self.patches, self.patches_sq, index)
+        fine = nearest_distance(queries, self.patches, self.patches_sq, index)
         if self.windows is None:
             return fine[..., None]
         pooled, shape = pool_windows(queries, grid, self.window)
-        coarse = _nearest_distance(pooled, self.windows, self.windows_sq, index)
+        coarse = nearest_distance(pooled, self.windows, self.windows_sq, index)
         return torch.stack([fine, upsample_windows(coarse, shape, grid)], dim=-1)
 
     def rescale_(self, factor: float) -> "MemoryBank":
@@ -245,18 +246,18 @@ class MemoryBank(nn.Module):
         )
 
 
-def _nearest_distance(
+def nearest_distance(
     queries: torch.Tensor, stored: torch.Tensor, stored_sq: torch.Tensor, index: torch.Tensor | None
 ) -> torch.Tensor:
-    """B×Q×D float queries → B×Q distances to the nearest of the N×R×D `stored` rows of the images in B×K
-    `index` (None: of all N images)."""
-    b, _, d = queries.shape
+    """B×Q×D float queries → B×Q distances to the nearest of the N×R×D `stored` rows (`stored_sq`: their
+    squared norms, N×R) of the images in B×K `index` (None: of all N images). No size is read from the
+    queries' shape, so a traced graph keeps its batch size symbolic also for pooled windows."""
     if index is not None:
-        bank = stored[index].reshape(b, -1, d).float()  # B×(K·R)×D
-        bank_sq = stored_sq[index].reshape(b, 1, -1)
+        bank = stored[index].flatten(1, 2).float()  # B×(K·R)×D
+        bank_sq = stored_sq[index].flatten(1, 2).unsqueeze(1)
         product = torch.bmm(queries, bank.transpose(1, 2))
     else:
-        bank = stored.reshape(-1, d).float()
+        bank = stored.reshape(-1, stored.shape[-1]).float()
         bank_sq = stored_sq.reshape(1, 1, -1)
         product = queries @ bank.T
     squared = (queries * queries).sum(dim=2, keepdim=True) - 2.0 * product + bank_sq
