@@ -578,7 +578,7 @@ def _f1_at_every_threshold(values: np.ndarray, truth: np.ndarray) -> tuple[np.nd
 # ------------------------------------------------------------------------------------------ OpenVINO
 
 
-def test_openvino_export_fp32(run, onnx_file, frames, tmp_path):
+def test_openvino_export_fp32(run, data, onnx_file, frames, tmp_path):
     pytest.importorskip("openvino")
     from glass_ad.inference.openvino_export import export_openvino
     from glass_ad.inference.openvino_export import read_metadata as ov_metadata
@@ -601,6 +601,14 @@ def test_openvino_export_fp32(run, onnx_file, frames, tmp_path):
 
     result = CliRunner().invoke(app, ["export", str(run), "--format", "openvino", "--precision", "int8", "--out", str(tmp_path / "q.xml")])
     assert result.exit_code == 2 and "--calibration" in result.output
+    result = CliRunner().invoke(app, ["export", str(run), "--bank-product", "int8", "--out", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 2 and "--bank-product int8 is not supported with --format onnx" in result.output
+    result = CliRunner().invoke(
+        app, ["export", str(run), "--format", "openvino", "--precision", "int8", "--calibration", str(data),
+              "--bank-product", "int4", "--out", str(tmp_path / "q.xml")],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "bank product must be one of auto, int8, fp32" in result.output
+    assert not (tmp_path / "q.xml").exists()
 
 
 def test_openvino_int8_export_runs(run, data, onnx_file, frames, tmp_path):
@@ -618,6 +626,9 @@ def test_openvino_int8_export_runs(run, data, onnx_file, frames, tmp_path):
         max_changed=1.0, max_score_error=float("inf"),
     )  # fmt: skip
     assert int8.calibration_images == 4 and int8.synthetic_images == 1 and ov_metadata(int8.path)["precision"] == "int8"
+    # The default (hybrid) model: `auto` timed the bank's product on this CPU and chose by that.
+    assert int8.bank_timing is not None and int8.bank_product == ("int8" if int8.bank_timing.int8_pays else "fp32")
+    assert ov_metadata(int8.path)["bank_product"] == int8.bank_product and "measured" in int8.bank_line()
     assert int8.check is not None and int8.check.normals == 4 and int8.check.anomalies == 2 and int8.check.passed
     assert "held-out images" in int8.check.line() and "\n" not in int8.check.line()
     quantized = Runtime(int8.path)(frames[:2])

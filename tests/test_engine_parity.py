@@ -159,15 +159,16 @@ def test_predictions_record_engine_and_precision(run, data, onnx_file, tmp_path)
 def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, onnx_file, tmp_path, capfd, caplog):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    from glass_ad.inference.openvino_export import export_openvino
+    from glass_ad.inference.openvino_export import QUANTISED_PRODUCT, export_openvino
 
     caplog.set_level(logging.DEBUG)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         int8 = export_openvino(
             run, tmp_path / "int8.xml", precision="int8", calibration=data, calibration_limit=4, holdout_limit=4,
-            fast=True, max_changed=1.0, max_score_error=float("inf"),
+            fast=True, max_changed=1.0, max_score_error=float("inf"), bank_product="int8",
         )  # a one-epoch model: the decision check runs, nothing is refused
+    assert int8.bank_product == "int8" and int8.bank_timing is None and "quantised (as asked)" in int8.bank_line()
     captured = capfd.readouterr()
     noise = [r for r in caplog.records if r.name.startswith("nncf") and r.levelno < logging.WARNING]
     assert not noise, [r.getMessage() for r in noise][:3]
@@ -176,9 +177,9 @@ def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, on
     # What is left: NNCF's one progress bar of the calibration pass (a slow step with 64 frames).
     assert all("Statistics collection" in line for line in said.splitlines() if line.strip()), said
     assert not [w for w in caught if "cuda" in str(w.message).lower()], [str(w.message) for w in caught]
-    # The hybrid's distances and standardisation stay float32: in the head only convolutions (the
-    # aggregation and the first layer) read quantised values. Quantised, the squared distances' terms
-    # moved MTD's image scores by up to 11 (openvino_export.IGNORED_PATTERNS).
+    # The hybrid's distances and standardisation stay float32: in the head only the aggregation's
+    # convolutions and the bank's product q·b read quantised values. Quantised, the squared distances'
+    # terms moved MTD's image scores by up to 11 (openvino_export.IGNORED_PATTERNS).
     import openvino as ov
 
     readers = {
@@ -189,7 +190,11 @@ def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, on
         if "/head/" in target.get_node().get_friendly_name()
     }
     # (A ShapeOf node reads a quantised tensor's shape only: the coarse part's window pooling needs it.)
-    assert readers and set(readers.values()) - {"ShapeOf"} == {"Convolution"}, readers
+    assert readers and set(readers.values()) - {"ShapeOf"} == {"Convolution", "MatMul"}, readers
+    assert [name for name, kind in readers.items() if kind == "MatMul"] == [QUANTISED_PRODUCT], readers
+    # The hybrid's discriminator keeps its first layer in float32 (HYBRID_IGNORED_PATTERNS).
+    assert not [name for name in readers if "/head/first/" in name], readers
+    assert ov.Core().read_model(int8.path).get_rt_info(["glass_ad", "bank_product"]).astype(str) == "int8"
     fp32 = export_openvino(run, tmp_path / "fp32.xml")
 
     precisions = {}
@@ -200,6 +205,17 @@ def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, on
         report = _scores(run, data, engine=detector.engine)
         assert report["engine"] == "openvino" and report["precision"] == detector.engine_precision
     assert precisions == {"int8": "int8", "fp32": "fp32"}
+
+
+def test_bank_product_timing_decides_the_auto_choice():
+    pytest.importorskip("openvino")
+    from glass_ad.inference.openvino_export import BANK_PRODUCT_GAIN, BankProductTiming, time_bank_product
+
+    timing = time_bank_product(64, 32, 96, threads=1, repeats=2)
+    assert timing.fp32_ms > 0 and timing.int8_ms > 0
+    assert timing.int8_pays == (timing.int8_ms <= BANK_PRODUCT_GAIN * timing.fp32_ms)
+    assert BankProductTiming(10.0, 8.0).int8_pays and not BankProductTiming(10.0, 8.5).int8_pays
+    assert BankProductTiming(25.1, 9.1).line() == "9.1 ms per image in int8 against 25.1 ms in float32 on this CPU"
 
 
 def test_real_warnings_stay_visible_during_the_quiet_export():

@@ -62,14 +62,16 @@ def test_head_keeps_whole_blocks_of_channels():
     head = ScoringHead(_model().fuse_())
     for i in range(head.levels):
         assert getattr(head, f"kernel_{i}").shape[0] % OUTPUT_BLOCK == 0
-    assert head.project.shape[1] == sum(getattr(head, f"kernel_{i}").shape[0] for i in range(head.levels))
+    assert head.first.in_channels == sum(getattr(head, f"kernel_{i}").shape[0] for i in range(head.levels))
 
 
 @pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize(
     "neighbours, descriptor, window", [(0, None, 0), (2, "mean", 0), (2, "mean_spread", 0), (2, "mean_spread", 4), (5, "mean", 2)]
 )
-def test_hybrid_head_is_the_models_patch_scores(fuse, neighbours, descriptor, window):
+@pytest.mark.parametrize("bank_product", [False, True])
+def test_hybrid_head_is_the_models_patch_scores(fuse, neighbours, descriptor, window, bank_product):
+    """Both forms of the fine distance (norms folded into one product; q·b in its own module for int8)."""
     model = _model()
     with torch.inference_mode():
         other = model.features(torch.rand(5, 3, 64, 64))
@@ -83,7 +85,8 @@ def test_hybrid_head_is_the_models_patch_scores(fuse, neighbours, descriptor, wi
     if fuse:
         model.fuse_()
     images = torch.rand(3, 3, 64, 64)
-    head = ScoringHead(model)
+    head = ScoringHead(model, bank_product)
+    assert (head.bank_product is not None) == bank_product
     assert head.hybrid and head.compact_bank  # the pooling splits the features among the levels
     assert head.retrieves == (0 < neighbours < 5) and head.memory.scales == (2 if window else 1)
     with torch.inference_mode():

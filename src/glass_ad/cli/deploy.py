@@ -103,6 +103,7 @@ def export(
     preprocessing: bool = typer.Option(True, "--preprocessing/--no-preprocessing", help="Resize and crop inside the graph (frames of any size in, map on the frame out); --no-preprocessing: S×S crops in."),
     precision: str = typer.Option("fp32", help="OpenVINO only: fp32, fp16 (half-size weights) or int8 (needs --calibration). ONNX is exported in fp32."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="OpenVINO int8: the training data set (its train/good) or a folder of normal images."),
+    bank_product: str = typer.Option("auto", "--bank-product", help=literal_help("OpenVINO int8 of a hybrid model: the memory bank's product q·b in int8, fp32, or auto (int8 where it is timed faster on this CPU: export on the kind of CPU that runs the model).")),
 ) -> None:
     """Export the whole inference graph (uint8 pixels → scores and map) as one ONNX model or OpenVINO IR."""
     from glass_ad.inference.export import ONNX_NAME, export_onnx
@@ -113,10 +114,14 @@ def export(
     if kind not in ("onnx", "openvino"):
         fail(f"unknown export format {fmt!r} (supported: onnx, openvino)")
     if kind == "openvino":
-        _export_openvino(run_dir, out, precision, calibration, force)
+        _export_openvino(run_dir, out, precision, calibration, force, bank_product)
         return
-    if precision.lower() != "fp32" or calibration is not None:
-        asked = f"--precision {precision}" if precision.lower() != "fp32" else "--calibration"
+    if precision.lower() != "fp32" or calibration is not None or bank_product != "auto":
+        asked = (
+            f"--precision {precision}"
+            if precision.lower() != "fp32"
+            else "--calibration" if calibration is not None else f"--bank-product {bank_product}"
+        )
         fail(
             f"{asked} is not supported with --format onnx (the ONNX export is float32 only); for int8 use "
             "--format openvino --precision int8 --calibration DATA"
@@ -135,7 +140,9 @@ def export(
         typer.echo(f"ONNX Runtime vs PyTorch, max |difference|: {diffs}")
 
 
-def _export_openvino(run_dir: Path, out: Optional[Path], precision: str, calibration: Optional[Path], force: bool) -> None:
+def _export_openvino(
+    run_dir: Path, out: Optional[Path], precision: str, calibration: Optional[Path], force: bool, bank_product: str = "auto"
+) -> None:
     from glass_ad.inference.openvino_export import XML_NAME, export_openvino
     from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
     from glass_ad.safety import ensure_writable, output_lock, refuse_existing, refuse_input_overlap
@@ -148,10 +155,12 @@ def _export_openvino(run_dir: Path, out: Optional[Path], precision: str, calibra
         refuse_existing([target, target.with_suffix(".bin")], force=force)
         remove_if_left_empty(target.parent)
         hold_for_command(output_lock(ensure_writable(target.parent, what="export folder")))
-        result = export_openvino(run_dir, target, precision=precision, calibration=calibration)
+        result = export_openvino(run_dir, target, precision=precision, calibration=calibration, bank_product=bank_product)
     extra = f", calibrated on {result.calibration_images} normal images" if result.calibration_images else ""
     extra += f" and {result.synthetic_images} synthetic anomalies" if result.synthetic_images else ""
     typer.echo(f"saved {result.path} (OpenVINO IR, {result.precision}{extra}; run it with INFERENCE_PRECISION_HINT=f32)")
+    if result.bank_product is not None:
+        typer.echo(result.bank_line())
     if result.check is not None:
         typer.echo(result.check.line())
     if result.max_abs_diff:

@@ -48,17 +48,24 @@ class InferenceGraph(nn.Module):
     After the backbone it runs `head.ScoringHead` (the model's aggregation and discriminator in fewer
     operations; the model's own forward for layers the head does not convert). ``patch_output``: return
     the B×h×w patch scores instead of the map (the exported frame graph builds the map on the frame from
-    them, `frame_graph.wrap_frames`).
+    them, `frame_graph.wrap_frames`). ``bank_product``: the hybrid's fine distance in the form the int8
+    export quantises (`head.BankProduct`).
     """
 
-    def __init__(self, model: GlassModel, normalization: Normalization | dict[str, float], patch_output: bool = False):
+    def __init__(
+        self,
+        model: GlassModel,
+        normalization: Normalization | dict[str, float],
+        patch_output: bool = False,
+        bank_product: bool = False,
+    ):
         super().__init__()
         self.model = model
         # Plain floats: they become constants of the graph, like the thresholds they come from.
         if not isinstance(normalization, Normalization):
             normalization = Normalization.from_dict(normalization)
         self.normalization = Normalization(float(normalization.centre), float(normalization.scale))
-        self.head = ScoringHead(model) if ScoringHead.supports(model) else None
+        self.head = ScoringHead(model, bank_product) if ScoringHead.supports(model) else None
         self.patch_output = bool(patch_output)
 
     def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,12 +89,15 @@ class InferenceGraph(nn.Module):
 
 
 def inference_graph(
-    checkpoint: Checkpoint | dict[str, Any], device: str | torch.device = "cpu", patch_output: bool = False
+    checkpoint: Checkpoint | dict[str, Any],
+    device: str | torch.device = "cpu",
+    patch_output: bool = False,
+    bank_product: bool = False,
 ) -> InferenceGraph:
     """The evaluation-mode `InferenceGraph` of a checkpoint (fused model, its image normalisation)."""
     checkpoint = as_checkpoint(checkpoint)
     model = checkpoint.build_model(device, fuse=True)
-    return InferenceGraph(model, checkpoint.calibration.image_normalization, patch_output).eval()
+    return InferenceGraph(model, checkpoint.calibration.image_normalization, patch_output, bank_product).eval()
 
 
 # ---------------------------------------------------------------------------------------------------

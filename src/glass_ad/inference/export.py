@@ -214,6 +214,7 @@ def export_onnx(
     verify: bool = True,
     exporter: str = "auto",
     preprocessing: bool = True,
+    bank_product: bool = False,
 ) -> ExportResult:
     """Export the model of `run` (run directory or checkpoint) to ONNX; default ``RUN_DIR/model.onnx``.
 
@@ -223,7 +224,8 @@ def export_onnx(
     (``config.input_shape``). The file is checked with ``onnx.checker``; with ``verify`` a random batch of 2
     is run through ONNX Runtime and PyTorch (frames of another size than H×W when the preprocessing is in
     the graph) and the
-    differences are returned.
+    differences are returned. ``bank_product``: the hybrid's fine distance in the form the int8 OpenVINO
+    export quantises (`head.BankProduct`; the same numbers, one more pass over its product in float32).
     """
     import onnx
 
@@ -235,7 +237,7 @@ def export_onnx(
     refuse_input_overlap(path, [checkpoint_path(run)], what="export target")
     checkpoint = Checkpoint.load(run)
     height, width = checkpoint.config.input_shape
-    graph = inference_graph(checkpoint, "cpu")
+    graph = inference_graph(checkpoint, "cpu", bank_product=bank_product)
     weights = sum(t.numel() * t.element_size() for t in graph.state_dict().values())
     ensure_writable(path.parent, need_bytes=2 * weights, what="export folder")
     example = torch.randint(0, 256, (2, height, width, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

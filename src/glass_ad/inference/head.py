@@ -26,6 +26,11 @@ concatenated channels are F's channels in another order (the bank is read in tha
 distance ``min_j ‖q − b_j‖²`` is one matrix product of ``[q, 1]`` with ``[−2 b_j, ‖b_j‖²]`` followed by
 the row minimum and ``+ ‖q‖²``: two passes over the N×M product instead of four.
 
+For the int8 export (``bank_product=True``) the fine distance is instead ``‖q‖² − 2 q·b + ‖b‖²`` with q·b
+computed by `BankProduct`, a module of its own so that its MatMul has a name: the export quantises that
+product (both inputs in int8, the bulk of the hybrid's arithmetic) and keeps the norms, the sum and the
+minimum in float32.
+
 `ScoringHead.supports(model)` says whether a model's layers are of the kinds converted here (Linear,
 BatchNorm1d, LeakyReLU, ReLU, Sigmoid, Identity); `engines.InferenceGraph` falls back to the model's own
 forward otherwise. Parity with the model: tests/test_engine_parity.py.
@@ -103,6 +108,14 @@ def _widen(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
     return wide
 
 
+class BankProduct(nn.Module):
+    """queries · bankᵀ of the fine distance (B×P×D by B×D×M or D×M). Its own module only to name its MatMul
+    in the exported graph (``/head/bank_product/MatMul``), which the int8 export quantises."""
+
+    def forward(self, queries: torch.Tensor, bank_t: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(queries, bank_t)
+
+
 class ScoringHead(nn.Module):
     """Backbone maps (list of B×C_l×H_l×W_l) → patch scores B×h×w: what ``model.patch_scores(
     model.aggregator(maps) · feature_scale)`` computes, in fewer operations (module docstring)."""
@@ -112,7 +125,7 @@ class ScoringHead(nn.Module):
         layers = [model.adaptor, *_after_first(model)]
         return all(isinstance(m, (nn.Linear, nn.BatchNorm1d, Adaptor, *_ELEMENTWISE)) for m in layers)
 
-    def __init__(self, model: GlassModel):
+    def __init__(self, model: GlassModel, bank_product: bool = False):
         super().__init__()
         aggregator = model.aggregator
         first = _first_linear(model)
@@ -138,8 +151,11 @@ class ScoringHead(nn.Module):
         present = (index >= 0).to(weight.dtype)
         # The first layer on the concatenated compact channels: W's columns in that order, zero for the pads.
         columns = weight[:, index.clamp_min(0)] * present * scale
-        self.register_buffer("project", columns[:, :, None, None].contiguous(), persistent=False)
-        self.register_buffer("bias", bias.contiguous(), persistent=False)
+        # Its own module so that its convolution has a name in the exported graph (``/head/first/Conv``).
+        self.first = nn.Conv2d(columns.shape[1], columns.shape[0], 1).to(columns.device).requires_grad_(False)
+        with torch.no_grad():
+            self.first.weight.copy_(columns[:, :, None, None])
+            self.first.bias.copy_(bias)
         rest = [_pixelwise(m) for m in _after_first(model)]
         self.hybrid = model.memory_bank is not None
         if not self.hybrid:
@@ -169,7 +185,9 @@ class ScoringHead(nn.Module):
         self.retrieves = memory.retrieves
         # Its retrieval picks the images, the products below read their rows.
         self.memory = MemoryBank(patches, descriptors, memory.neighbours, windows, memory.window)
-        if not self.retrieves:
+        # The int8 export's form of the fine distance (module docstring); the fp32 one folds the norms in.
+        self.bank_product = BankProduct() if bank_product else None
+        if not self.retrieves and self.bank_product is None:
             bank = patches.reshape(-1, patches.shape[-1])
             augmented = torch.cat([-2.0 * bank, memory.patches_sq.detach().reshape(-1, 1)], dim=1)  # M × (D+1)
             self.register_buffer("augmented_bank", augmented.T.contiguous(), persistent=False)  # (D+1) × M
@@ -183,7 +201,7 @@ class ScoringHead(nn.Module):
             for i, fmap in enumerate(maps)
         ]
         features = levels[0] if len(levels) == 1 else torch.cat(levels, dim=1)  # B×D'×h×w, unscaled
-        scores = self.rest(F.conv2d(features, self.project, self.bias))[:, 0]  # B×h×w
+        scores = self.rest(self.first(features))[:, 0]  # B×h×w
         if not self.hybrid:
             return scores
         if self.compact_bank:
@@ -198,7 +216,9 @@ class ScoringHead(nn.Module):
         """B×P×D patch vectors on a `grid` → B×P×scales distances (`MemoryBank.distances`' formulas): to the
         nearest bank vector and, with the coarse scale, of the patch's windows to the nearest stored window."""
         near = self.memory.nearest_images(features) if self.retrieves else None  # B×K
-        if near is not None:
+        if self.bank_product is not None:
+            fine = nearest_distance(features, self.memory.patches, self.memory.patches_sq, near, self.bank_product)
+        elif near is not None:
             fine = _distance(features, self.memory.patches, self.memory.patches_sq, near)
         else:
             fine = _distance(features, augmented=self.augmented_bank)

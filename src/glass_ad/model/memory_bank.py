@@ -29,7 +29,7 @@ spacing), cast to float32 after the gather.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -247,20 +247,24 @@ class MemoryBank(nn.Module):
 
 
 def nearest_distance(
-    queries: torch.Tensor, stored: torch.Tensor, stored_sq: torch.Tensor, index: torch.Tensor | None
+    queries: torch.Tensor,
+    stored: torch.Tensor,
+    stored_sq: torch.Tensor,
+    index: torch.Tensor | None,
+    product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.matmul,
 ) -> torch.Tensor:
     """B×Q×D float queries → B×Q distances to the nearest of the N×R×D `stored` rows (`stored_sq`: their
     squared norms, N×R) of the images in B×K `index` (None: of all N images). No size is read from the
-    queries' shape, so a traced graph keeps its batch size symbolic also for pooled windows."""
+    queries' shape, so a traced graph keeps its batch size symbolic also for pooled windows. ``product``
+    multiplies the queries by the bank rows transposed (B×D×M or D×M); the exported head passes a named
+    module there, whose one MatMul the int8 export quantises (`inference.head.BankProduct`)."""
     if index is not None:
         bank = stored[index].flatten(1, 2).float()  # B×(K·R)×D
         bank_sq = stored_sq[index].flatten(1, 2).unsqueeze(1)
-        product = torch.bmm(queries, bank.transpose(1, 2))
     else:
         bank = stored.reshape(-1, stored.shape[-1]).float()
         bank_sq = stored_sq.reshape(1, 1, -1)
-        product = queries @ bank.T
-    squared = (queries * queries).sum(dim=2, keepdim=True) - 2.0 * product + bank_sq
+    squared = (queries * queries).sum(dim=2, keepdim=True) - 2.0 * product(queries, bank.transpose(-1, -2)) + bank_sq
     return squared.amin(dim=2).clamp_min(0.0).sqrt()
 
 
