@@ -1,12 +1,14 @@
 """`glass test` once per engine on one data set: image AUROC, and decisions and scores against PyTorch.
 
-    python benchmarks/engine_decisions.py RUN DATA [--int8 model_int8.xml] [--threads 2] [--out DIR]
+    python benchmarks/engine_decisions.py RUN DATA [--int8 model_int8.xml] [--threads 2] [--max-isa AVX2] [--out DIR]
 
 Runs what ``glass test RUN DATA --engine torch|onnx|openvino [--onnx FILE]`` runs (`evaluation.tester.test`:
 the uint8 pipeline of deployment) for PyTorch, ONNX Runtime fp32 and OpenVINO fp32 (both exported here
 from RUN) and, with ``--int8``, the given OpenVINO int8 IR; writes each engine's per-image scores
 (``scores_<engine>.csv``) and prints, per engine: image AUROC, images decided anomalous at the stored
-threshold, decisions changed against PyTorch, and max / mean |score difference|.
+threshold, decisions changed against PyTorch, and max / mean |score difference|. ``--max-isa AVX2``: every
+engine but ONNX Runtime on an emulated AVX2-only CPU (`record.cap_isa`): int8 runs other kernels there (no
+VNNI), whose scores differ from those of a VNNI/AMX CPU.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from record import add_results_option, record_rows
+from record import add_results_option, cap_isa, record_rows
 
 
 def _read_scores(path: Path) -> dict[str, float]:
@@ -34,8 +36,10 @@ def main() -> int:
     parser.add_argument("--int8", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--max-isa", default=None, help="e.g. AVX2: cap oneDNN/OpenVINO/PyTorch's instruction set")
     add_results_option(parser, "engine_decisions")
     args = parser.parse_args()
+    cap_isa(args.max_isa)  # before torch and OpenVINO load
 
     import torch
 
@@ -76,7 +80,7 @@ def main() -> int:
             "max_abs_diff": float(np.abs(a - b).max()), "mean_abs_diff": float(np.abs(a - b).mean()),
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
-    record_rows(args.results, [{"data": Path(args.data).name, "run": args.run, **row} for row in rows])
+    record_rows(args.results, [{"data": Path(args.data).name, "run": args.run, "max_isa": args.max_isa or "", **row} for row in rows])
     (out / "engine_decisions.json").write_text(json.dumps({"run": args.run, "data": args.data, "rows": rows}, indent=2))
     print(
         f"\n| engine | image AUROC | anomalous / {rows[0]['images']} | decisions changed vs PyTorch | max / mean abs(Δscore) |"

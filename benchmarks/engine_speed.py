@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from record import add_results_option, record_rows
+from record import add_results_option, cap_isa, record_rows
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
@@ -206,12 +206,7 @@ def main() -> int:
     # ONNX Runtime's below).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("KMP_BLOCKTIME", "0")
-    if args.max_isa:
-        isa = args.max_isa.upper()
-        os.environ["ONEDNN_MAX_CPU_ISA"] = isa
-        os.environ["OV_CPU_MAX_ISA"] = isa
-        os.environ["MKL_ENABLE_INSTRUCTIONS"] = isa
-        os.environ["ATEN_CPU_CAPABILITY"] = isa.lower() if isa in ("AVX2", "AVX512") else "default"
+    cap_isa(args.max_isa)
 
     import numpy as np
     import openvino as ov

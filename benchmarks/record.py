@@ -83,6 +83,19 @@ def provenance() -> dict[str, str]:
     }
 
 
+def cap_isa(isa: str | None) -> None:
+    """Emulate a CPU with at most instruction set ``isa`` (e.g. AVX2) where the libraries allow it: set,
+    before they load, ``ONEDNN_MAX_CPU_ISA`` and ``OV_CPU_MAX_ISA`` (oneDNN, OpenVINO), ``ATEN_CPU_CAPABILITY``
+    and ``MKL_ENABLE_INSTRUCTIONS`` (PyTorch's own kernels, MKL). ONNX Runtime has no such switch."""
+    if not isa:
+        return
+    isa = isa.upper()
+    os.environ["ONEDNN_MAX_CPU_ISA"] = isa
+    os.environ["OV_CPU_MAX_ISA"] = isa
+    os.environ["MKL_ENABLE_INSTRUCTIONS"] = isa
+    os.environ["ATEN_CPU_CAPABILITY"] = isa.lower() if isa in ("AVX2", "AVX512") else "default"
+
+
 def add_results_option(parser: argparse.ArgumentParser, name: str) -> None:
     """`--results FILE` (default results/NAME.csv) and `--no-results` on a script's parser."""
     parser.add_argument("--results", type=Path, default=RESULTS / f"{name}.csv", help="append the rows to this CSV file")

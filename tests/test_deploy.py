@@ -623,12 +623,14 @@ def test_openvino_int8_export_runs(run, data, onnx_file, frames, tmp_path):
     # is reported, with nothing refused.
     int8 = export_openvino(
         run, tmp_path / "int8.xml", precision="int8", calibration=data, calibration_limit=4, holdout_limit=4, fast=True,
-        max_changed=1.0, max_score_error=float("inf"),
+        max_changed=1.0, max_score_error=float("inf"), max_mean_error=float("inf"),
     )  # fmt: skip
     assert int8.calibration_images == 4 and int8.synthetic_images == 1 and ov_metadata(int8.path)["precision"] == "int8"
     # The default (hybrid) model: `auto` timed the bank's product on this CPU and chose by that.
     assert int8.bank_timing is not None and int8.bank_product == ("int8" if int8.bank_timing.int8_pays else "fp32")
     assert ov_metadata(int8.path)["bank_product"] == int8.bank_product and "measured" in int8.bank_line()
+    # Its speed against the same graph in float32 is measured on this CPU and said in one line.
+    assert int8.speedup is not None and int8.speedup > 0 and "× the speed of the same graph in float32" in int8.speed_line()
     assert int8.check is not None and int8.check.normals == 4 and int8.check.anomalies == 2 and int8.check.passed
     assert "held-out images" in int8.check.line() and "\n" not in int8.check.line()
     quantized = Runtime(int8.path)(frames[:2])
@@ -658,3 +660,21 @@ def test_int8_calibration_and_held_out_normals_are_disjoint(data):
     assert len(calibration) == 6 and len(held) == 4
     seen = {frame.tobytes() for frame in calibration}
     assert not any(frame.tobytes() in seen for frame in held)
+    # Fewer normals than both limits: shared in their proportion, never leaving the check without images.
+    available = len(split_normals(data, 1000, 0)[0])
+    calibration, held = split_normals(data, 128, 128)
+    assert len(calibration) + len(held) == available and abs(len(calibration) - len(held)) <= 1 and held
+    seen = {frame.tobytes() for frame in calibration}
+    assert not any(frame.tobytes() in seen for frame in held)
+
+
+def test_int8_export_refuses_a_folder_of_one_normal_image(run, data, tmp_path):
+    pytest.importorskip("openvino")
+    from glass_ad.inference.openvino_export import export_openvino
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(sorted((data / "train" / "good").iterdir())[0], folder / "only.png")
+    with pytest.raises(ValueError, match="int8 needs at least 2 normal images .* found 1$"):
+        export_openvino(run, tmp_path / "int8.xml", precision="int8", calibration=folder)
+    assert not (tmp_path / "int8.xml").exists()

@@ -15,6 +15,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -166,7 +167,8 @@ def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, on
         warnings.simplefilter("always")
         int8 = export_openvino(
             run, tmp_path / "int8.xml", precision="int8", calibration=data, calibration_limit=4, holdout_limit=4,
-            fast=True, max_changed=1.0, max_score_error=float("inf"), bank_product="int8",
+            fast=True, max_changed=1.0, max_score_error=float("inf"), max_mean_error=float("inf"),
+            bank_product="int8",
         )  # a one-epoch model: the decision check runs, nothing is refused
     assert int8.bank_product == "int8" and int8.bank_timing is None and "quantised (as asked)" in int8.bank_line()
     captured = capfd.readouterr()
@@ -177,9 +179,10 @@ def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, on
     # What is left: NNCF's one progress bar of the calibration pass (a slow step with 64 frames).
     assert all("Statistics collection" in line for line in said.splitlines() if line.strip()), said
     assert not [w for w in caught if "cuda" in str(w.message).lower()], [str(w.message) for w in caught]
-    # The hybrid's distances and standardisation stay float32: in the head only the aggregation's
-    # convolutions and the bank's product q·b read quantised values. Quantised, the squared distances'
-    # terms moved MTD's image scores by up to 11 (openvino_export.IGNORED_PATTERNS).
+    # The hybrid's distances and standardisation stay float32: in the head only the discriminator's first
+    # layer and the bank's product q·b read quantised values. Quantised, the squared distances' terms moved
+    # MTD's image scores by up to 11; the level pooling, its input range set on normals, clipped what
+    # anomalies add (openvino_export.ignored_patterns).
     import openvino as ov
 
     readers = {
@@ -192,8 +195,7 @@ def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, on
     # (A ShapeOf node reads a quantised tensor's shape only: the coarse part's window pooling needs it.)
     assert readers and set(readers.values()) - {"ShapeOf"} == {"Convolution", "MatMul"}, readers
     assert [name for name, kind in readers.items() if kind == "MatMul"] == [QUANTISED_PRODUCT], readers
-    # The hybrid's discriminator keeps its first layer in float32 (HYBRID_IGNORED_PATTERNS).
-    assert not [name for name in readers if "/head/first/" in name], readers
+    assert all("/head/first/" in name for name, kind in readers.items() if kind == "Convolution"), readers
     assert ov.Core().read_model(int8.path).get_rt_info(["glass_ad", "bank_product"]).astype(str) == "int8"
     fp32 = export_openvino(run, tmp_path / "fp32.xml")
 
@@ -216,6 +218,15 @@ def test_bank_product_timing_decides_the_auto_choice():
     assert timing.int8_pays == (timing.int8_ms <= BANK_PRODUCT_GAIN * timing.fp32_ms)
     assert BankProductTiming(10.0, 8.0).int8_pays and not BankProductTiming(10.0, 8.5).int8_pays
     assert BankProductTiming(25.1, 9.1).line() == "9.1 ms per image in int8 against 25.1 ms in float32 on this CPU"
+
+
+def test_the_export_says_when_int8_does_not_pay(tmp_path):
+    from glass_ad.inference.openvino_export import INT8_WORTH, OpenVinoExport
+
+    paying = OpenVinoExport(tmp_path / "a.xml", "int8", speedup=1.64).speed_line()
+    assert paying.startswith("int8 runs at 1.64× the speed") and "does not pay" not in paying
+    assert "int8 does not pay here" in OpenVinoExport(tmp_path / "a.xml", "int8", speedup=INT8_WORTH - 0.01).speed_line()
+    assert OpenVinoExport(tmp_path / "a.xml", "fp32").speed_line() == ""
 
 
 def test_real_warnings_stay_visible_during_the_quiet_export():
@@ -273,3 +284,38 @@ def test_an_in_graph_model_with_a_resize_margin_is_refused(data, tmp_path):
         app, ["test", str(run), str(data), "--no-pictures", "--quiet", "--engine", "onnx", "--onnx", str(crops)]
     )
     assert result.exit_code == 0, result.output
+
+
+def test_decision_check_counts_changes_and_shifts_against_brute_force():
+    """`check_decisions` on stand-in engines: int8 = fp32 + a known shift per image."""
+    from glass_ad.inference.exported import INPUT_NAME, OUTPUT_NAMES
+    from glass_ad.inference.openvino_export import check_decisions
+
+    def frame(value: int) -> np.ndarray:
+        return np.full((4, 4, 3), value, dtype=np.uint8)
+
+    normals, anomalies = [frame(v) for v in (10, 48, 30)], [frame(v) for v in (52, 90)]
+    shift = {10: 0.01, 48: 0.03, 30: -0.02, 52: -0.05, 90: -0.1}  # 48 and 52 cross the threshold 0.5
+
+    class Reference:
+        def run(self, names, feed):
+            return [np.array([feed[INPUT_NAME][0, 0, 0, 0] / 100.0])]
+
+    class Compiled:
+        def output(self, name):
+            return name
+
+        def __call__(self, batch):
+            value = int(batch[0, 0, 0, 0])
+            return {OUTPUT_NAMES[0]: np.array([value / 100.0 + shift[value]])}
+
+    check = check_decisions(Reference(), Compiled(), 0.5, normals, anomalies, 0.5, 0.5, score_scale=0.2)
+    assert (check.normals, check.anomalies, check.changed) == (3, 2, 2)
+    assert check.max_abs_diff == pytest.approx(0.1) and check.mean_abs_diff == pytest.approx(0.21 / 5)
+    assert check.bias_normals == pytest.approx(0.02 / 3) and check.bias_anomalies == pytest.approx(-0.075)
+    assert check.passed  # 2 of 5 changed ≤ 50 %, 0.1 ≤ 0.5 × 0.2, no bar on the mean
+    assert "mean shift +0.0067 on the normal images, -0.0750 on the anomalies" in check.line()
+    # The mean |difference| 0.042 is 0.21 of the score scale 0.2: refused under a bar of 0.2, passed under 0.22.
+    for bar, passed in ((0.2, False), (0.22, True)):
+        again = check_decisions(Reference(), Compiled(), 0.5, normals, anomalies, 0.5, 0.5, 0.2, max_mean_error=bar)
+        assert again.passed == passed and f"= 0.210 of it (allowed {bar:g})" in again.line()

@@ -163,6 +163,8 @@ def _export_openvino(
         typer.echo(result.bank_line())
     if result.check is not None:
         typer.echo(result.check.line())
+    if result.speedup is not None:
+        typer.echo(result.speed_line())
     if result.max_abs_diff:
         diffs = ", ".join(f"{name} {value:.1e}" for name, value in result.max_abs_diff.items())
         typer.echo(f"OpenVINO vs ONNX Runtime fp32, max |difference|: {diffs}")

@@ -108,6 +108,18 @@ def _widen(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
     return wide
 
 
+class LevelPooling(nn.Module):
+    """One level's fixed 3×3 pooling kernel (a convolution). Its own module only to name its convolutions in
+    the exported graph (``/head/pool/...``), which the int8 export keeps in float32."""
+
+    def __init__(self, padding: int):
+        super().__init__()
+        self.padding = padding
+
+    def forward(self, fmap: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(fmap, kernel, padding=self.padding)
+
+
 class BankProduct(nn.Module):
     """queries · bankᵀ of the fine distance (B×P×D by B×D×M or D×M). Its own module only to name its MatMul
     in the exported graph (``/head/bank_product/MatMul``), which the int8 export quantises."""
@@ -135,7 +147,7 @@ class ScoringHead(nn.Module):
             bias = weight @ model.adaptor.linear.bias.detach() + bias
             weight = weight @ model.adaptor.linear.weight.detach()
         scale = model.feature_scale.detach()
-        self.padding = (aggregator.patch_size - 1) // 2
+        self.pool = LevelPooling((aggregator.patch_size - 1) // 2)
         self.levels = len(aggregator.channels)
         order = []  # the feature channel of each compact channel (-1: a zero channel added for the block)
         for i in range(self.levels):
@@ -197,7 +209,7 @@ class ScoringHead(nn.Module):
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         height, width = maps[0].shape[-2:]
         levels = [
-            _upsample(F.conv2d(fmap, getattr(self, f"kernel_{i}"), padding=self.padding), height, width)
+            _upsample(self.pool(fmap, getattr(self, f"kernel_{i}")), height, width)
             for i, fmap in enumerate(maps)
         ]
         features = levels[0] if len(levels) == 1 else torch.cat(levels, dim=1)  # B×D'×h×w, unscaled
