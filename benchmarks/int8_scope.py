@@ -1,6 +1,6 @@
 """What to quantise in the int8 OpenVINO export: scope variants of one model, side by side.
 
-    python benchmarks/int8_scope.py RUN DATA [--variants shipped,pooling_int8,first_fp32,bank_fp32,backbone_fp32]
+    python benchmarks/int8_scope.py RUN DATA [--variants shipped,backbone_int8,pooling_int8,...]
                                     [--test] [--threads 2]
 
 Each variant is exported the way ``glass export RUN --format openvino --precision int8 --calibration DATA``
@@ -8,10 +8,12 @@ exports (`inference.openvino_export.export_openvino`: 128 calibration normals of
 anomalies made from 32 of them), with its scope changed:
 
 * ``shipped``: the export as it is (the hybrid's bank product q·b as ``auto`` decides on this CPU);
-* ``pooling_int8``: the head's level pooling quantised too;
+* ``backbone_int8``: a hybrid model's backbone quantised too (`HYBRID_IGNORED_PATTERNS` empty), as the
+  paper's score's;
+* ``pooling_int8``: the head's level pooling (every level) quantised too;
 * ``first_fp32``: the discriminator's first layer kept in float32;
 * ``bank_fp32``: the bank product kept in float32 (``bank_product="fp32"``);
-* ``backbone_fp32``: the shipped scope with the whole backbone in float32.
+* ``backbone_fp32``: the shipped scope with the whole backbone in float32 (the paper's score's too).
 
 For each: the export's own held-out check (192 images the calibration did not see: 128 normals and 64 LAS
 anomalies made from them, against ONNX Runtime fp32 — decisions changed, mean |Δscore|, and the mean
@@ -31,7 +33,7 @@ import numpy as np
 
 from record import add_results_option, cap_isa, record_rows
 
-VARIANTS = ("shipped", "pooling_int8", "first_fp32", "bank_fp32", "backbone_fp32")
+VARIANTS = ("shipped", "backbone_int8", "pooling_int8", "first_fp32", "bank_fp32", "backbone_fp32")
 
 
 def main() -> int:
@@ -64,16 +66,17 @@ def main() -> int:
         return np.array([float(np.asarray(compiled(frame[None])[output])[0]) for frame in frames])
 
     reference = image_scores(ox.export_openvino(args.run, out / "fp32.xml", verify=False).path) if frames else None
-    shipped = (list(ox.IGNORED_PATTERNS), list(ox.QUANTISED_HEAD))
+    shipped = (list(ox.IGNORED_PATTERNS), list(ox.QUANTISED_HEAD), list(ox.HYBRID_IGNORED_PATTERNS))
     rows = []
     for variant in variants:
         # A study of the export's scope: the module's patterns are set for this variant and restored after.
         ox.IGNORED_PATTERNS = shipped[0] + ([".*/backbone/.*"] if variant == "backbone_fp32" else [])
         ox.QUANTISED_HEAD = (
-            shipped[1] + ["pool/"] if variant == "pooling_int8"
+            shipped[1] + ["pool"] if variant == "pooling_int8"  # both levels: /head/pool/, /head/pool_1/
             else [name for name in shipped[1] if name != "first/"] if variant == "first_fp32"
             else shipped[1]
         )  # fmt: skip
+        ox.HYBRID_IGNORED_PATTERNS = [] if variant == "backbone_int8" else shipped[2]
         try:
             result = ox.export_openvino(
                 args.run, out / f"{variant}.xml", precision="int8", calibration=args.data, verify=False,
@@ -81,7 +84,7 @@ def main() -> int:
                 bank_product="fp32" if variant == "bank_fp32" else "auto",
             )  # fmt: skip
         finally:
-            ox.IGNORED_PATTERNS, ox.QUANTISED_HEAD = shipped
+            ox.IGNORED_PATTERNS, ox.QUANTISED_HEAD, ox.HYBRID_IGNORED_PATTERNS = shipped
         check = result.check
         row = {
             "run": args.run, "data": Path(args.data).name, "variant": variant, "max_isa": args.max_isa or "",
