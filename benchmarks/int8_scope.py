@@ -8,9 +8,8 @@ exports (`inference.openvino_export.export_openvino`: 128 calibration normals of
 anomalies made from 32 of them), with its scope changed:
 
 * ``shipped``: the export as it is (the hybrid's bank product q·b as ``auto`` decides on this CPU);
-* ``backbone_int8``: a hybrid model's backbone quantised too (`HYBRID_IGNORED_PATTERNS` empty), as the
-  paper's score's;
-* ``pooling_int8``: the head's level pooling (every level) quantised too;
+* ``backbone_int8``: a hybrid model's backbone quantised too, as the paper's score's;
+* ``pooling_int8``: a hybrid model's level pooling (every level) quantised too, as the paper's score's;
 * ``first_fp32``: the discriminator's first layer kept in float32;
 * ``bank_fp32``: the bank product kept in float32 (``bank_product="fp32"``);
 * ``backbone_fp32``: the shipped scope with the whole backbone in float32 (the paper's score's too).
@@ -71,12 +70,9 @@ def main() -> int:
     for variant in variants:
         # A study of the export's scope: the module's patterns are set for this variant and restored after.
         ox.IGNORED_PATTERNS = shipped[0] + ([".*/backbone/.*"] if variant == "backbone_fp32" else [])
-        ox.QUANTISED_HEAD = (
-            shipped[1] + ["pool"] if variant == "pooling_int8"  # both levels: /head/pool/, /head/pool_1/
-            else [name for name in shipped[1] if name != "first/"] if variant == "first_fp32"
-            else shipped[1]
-        )  # fmt: skip
-        ox.HYBRID_IGNORED_PATTERNS = [] if variant == "backbone_int8" else shipped[2]
+        ox.QUANTISED_HEAD = [name for name in shipped[1] if name != "first/"] if variant == "first_fp32" else shipped[1]
+        kept = {"backbone_int8": "/backbone/", "pooling_int8": "/head/pool"}.get(variant)  # a hybrid's float32 part
+        ox.HYBRID_IGNORED_PATTERNS = [pattern for pattern in shipped[2] if not (kept and kept in pattern)]
         try:
             result = ox.export_openvino(
                 args.run, out / f"{variant}.xml", precision="int8", calibration=args.data, verify=False,
