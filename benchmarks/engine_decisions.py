@@ -80,7 +80,8 @@ def main() -> int:
             "max_abs_diff": float(np.abs(a - b).max()), "mean_abs_diff": float(np.abs(a - b).mean()),
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
-    record_rows(args.results, [{"data": Path(args.data).name, "run": args.run, "max_isa": args.max_isa or "", **row} for row in rows])
+    where = {"data": Path(args.data).name, "run": args.run, "max_isa": args.max_isa or ""}
+    record_rows(args.results, [{**where, **row} for row in rows])
     (out / "engine_decisions.json").write_text(json.dumps({"run": args.run, "data": args.data, "rows": rows}, indent=2))
     print(
         f"\n| engine | image AUROC | anomalous / {rows[0]['images']} | decisions changed vs PyTorch | max / mean abs(Δscore) |"

@@ -49,19 +49,18 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Kept in float32 by the int8 export: the preprocessing (exact integer geometry and rounding, and the map
 # on the frame), the stem convolution (the pixels), the depthwise convolutions, the scoring head's last
 # layer (hidden → score), every MatMul but one (below), and every head node that is not a convolution (the
-# hybrid score's distances and standardisation). Measured on MTD (docs/deploy.md,
-# "int8"): quantising the depthwise convolutions or the stem too changed 7-9 of 578 test decisions against
-# fp32, this choice 3. The squared distance ‖q‖² − 2 q·b + ‖b‖² is a small difference of large terms:
-# NNCF quantises the Add, Multiply and ReduceSum nodes that form it unless told not to, which moved the
-# hybrid model's image scores by up to 11 (58 of 192 held-out decisions changed); with them in float32,
-# 0 changed.
+# hybrid score's distances and standardisation). Measured on MTD (docs/deploy.md, "int8"): quantising the
+# depthwise convolutions or the stem too changed 7-9 of 578 test decisions against fp32, this choice 3.
+# The squared distance ‖q‖² − 2 q·b + ‖b‖² is a small difference of large terms: NNCF quantises the Add,
+# Multiply and ReduceSum nodes that form it unless told not to, which moved the hybrid model's image
+# scores by up to 11 (58 of 192 held-out decisions changed); with them in float32, 0 changed.
 IGNORED_PATTERNS = ["glass_frame/.*", ".*/head/rest/.*", ".*stem.*"]
 IGNORED_TYPES = ["GroupConvolution"]
 # What of the head is quantised: the discriminator's first layer (most of the head's arithmetic), the level
-# pooling, and the hybrid's product q·b (`head.BankProduct`, most of the bank's), whose terms are not subtracted in int8 —
-# the norms, the sum and the minimum stay float32. The product pays only where the CPU multiplies int8 fast
-# (VNNI/AMX: a third of its float32 time; AVX2 alone: slower than float32), so `bank_product="auto"`
-# times it first.
+# pooling (not the hybrid's, below), and the hybrid's product q·b (`head.BankProduct`, most of the bank's
+# arithmetic), whose terms are not subtracted in int8: the norms, the sum and the minimum stay float32.
+# The product pays only where the CPU multiplies int8 fast (VNNI/AMX: a third of its float32 time; AVX2
+# alone: slower than float32), so `bank_product="auto"` times it first.
 QUANTISED_PRODUCT = "/head/bank_product/MatMul"
 QUANTISED_HEAD = ["first/", "pool", f"{QUANTISED_PRODUCT[len('/head/'):]}$"]
 # The hybrid score keeps its backbone and its level pooling in float32 (measured on the default MTD model,
@@ -77,7 +76,8 @@ HYBRID_IGNORED_PATTERNS = [".*/backbone/.*", ".*/head/pool.*"]
 def ignored_patterns(hybrid: bool = False) -> list[str]:
     """NNCF's ignored-scope patterns: `IGNORED_PATTERNS` (and `HYBRID_IGNORED_PATTERNS` for a model with
     a memory bank) and every head node but `QUANTISED_HEAD`'s."""
-    return [*IGNORED_PATTERNS, *(HYBRID_IGNORED_PATTERNS if hybrid else []), f".*/head/(?!{'|'.join(QUANTISED_HEAD)}).*"]
+    head = f".*/head/(?!{'|'.join(QUANTISED_HEAD)}).*"
+    return [*IGNORED_PATTERNS, *(HYBRID_IGNORED_PATTERNS if hybrid else []), head]
 
 
 BANK_PRODUCT_CHOICES = ("auto", "int8", "fp32")
@@ -142,8 +142,8 @@ class DecisionCheck:
             f"int8 vs fp32 on {self.images} held-out images ({self.normals} normal, {self.anomalies} synthetic anomalies): "
             f"{self.changed} decisions changed (allowed {self.allowed:.0%}), image score |difference| max {self.max_abs_diff:.3f} "
             f"= {self.max_abs_diff / self.score_scale:.2f} of the score scale {self.score_scale:.3g} (allowed "
-            f"{self.max_score_error:g}), mean {self.mean_abs_diff:.4f} = {self.mean_abs_diff / self.score_scale:.3f} of it "
-            f"(allowed {self.max_mean_error:g}); mean shift {self.bias_normals:+.4f} on the normal "
+            f"{self.max_score_error:g}), mean {self.mean_abs_diff:.4f} = {self.mean_abs_diff / self.score_scale:.3f} "
+            f"of it (allowed {self.max_mean_error:g}); mean shift {self.bias_normals:+.4f} on the normal "
             f"images, {self.bias_anomalies:+.4f} on the anomalies"
         )
 
@@ -182,7 +182,9 @@ class OpenVinoExport:
             f"int8 runs at {self.speedup:.2f}× the speed of the same graph in float32 on this CPU "
             "(held-out frames, one per call)"
         )
-        return line + ("" if self.speedup >= INT8_WORTH else ": int8 does not pay here, deploy the fp32 model on such CPUs")
+        if self.speedup < INT8_WORTH:
+            line += ": int8 does not pay here, deploy the fp32 model on such CPUs"
+        return line
 
     def bank_line(self) -> str:
         if self.bank_product is None:
@@ -334,8 +336,8 @@ def export_openvino(
     ``holdout_limit`` other normal images of the folder and LAS anomalies made from half of them are scored
     by the int8 IR and by the fp32 ONNX model (`check_decisions`): when more than ``max_changed`` of their
     decisions change, an image score moves by more than ``max_score_error`` times the model's score scale
-    (`MAX_SCORE_ERROR`) or the scores by more than ``max_mean_error`` times it on average, the export is refused
-    (ValueError, one line) and nothing is written.
+    (`MAX_SCORE_ERROR`) or the scores by more than ``max_mean_error`` times it on average, the export is
+    refused (ValueError, one line) and nothing is written.
 
     ``bank_product`` (int8 of a hybrid model): ``int8`` quantises the memory bank's product q·b, ``fp32``
     keeps it in float32, ``auto`` quantises it when int8 takes at most `BANK_PRODUCT_GAIN` of its float32
@@ -402,9 +404,10 @@ def export_openvino(
             os.replace(staged, path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        result = OpenVinoExport(path, precision, len(frames), synthetic_images=len(synthetic), check=check,
-                                bank_product=bank_product if precision == "int8" and hybrid else None, bank_timing=timing,
-                                speedup=speedup)  # fmt: skip
+        result = OpenVinoExport(
+            path, precision, len(frames), synthetic_images=len(synthetic), check=check, speedup=speedup,
+            bank_product=bank_product if precision == "int8" and hybrid else None, bank_timing=timing,
+        )  # fmt: skip
         if verify:
             height, width = checkpoint.config.input_shape
             sample = frames[:4] if frames else None
@@ -472,7 +475,9 @@ def _bank_product_shape(checkpoint: Checkpoint) -> tuple[int, int, int]:
     return height * width, state.shape[1], state.shape[0]  # an older file's one coreset
 
 
-def time_bank_product(queries: int, width: int, rows: int, threads: int | None = None, repeats: int = 5) -> BankProductTiming:
+def time_bank_product(
+    queries: int, width: int, rows: int, threads: int | None = None, repeats: int = 5
+) -> BankProductTiming:
     """The hybrid's q·b for one image (queries × width by rows × width) timed on this CPU with OpenVINO,
     in float32 and with both inputs quantised to 8 bits as NNCF quantises them (FakeQuantize on each
     input of the MatMul): the best of ``repeats`` calls each, in milliseconds."""
@@ -523,7 +528,8 @@ def _quantize(model, frames: Sequence[np.ndarray], fast: bool, hybrid: bool):
             for op in model.get_ordered_ops()
             if op.get_type_name() == "MatMul" and not op.get_friendly_name().endswith(QUANTISED_PRODUCT)
         ]
-        ignored = nncf.IgnoredScope(names=products, patterns=ignored_patterns(hybrid), types=IGNORED_TYPES, validate=False)
+        patterns = ignored_patterns(hybrid)
+        ignored = nncf.IgnoredScope(names=products, patterns=patterns, types=IGNORED_TYPES, validate=False)
         return nncf.quantize(
             model,
             dataset,
