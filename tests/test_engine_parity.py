@@ -160,7 +160,7 @@ def test_predictions_record_engine_and_precision(run, data, onnx_file, tmp_path)
 def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, onnx_file, tmp_path, capfd, caplog):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    from glass_ad.inference.openvino_export import QUANTISED_PRODUCT, export_openvino
+    from glass_ad.inference.openvino_export import QUANTISED_PRODUCTS, export_openvino
 
     caplog.set_level(logging.DEBUG)
     with warnings.catch_warnings(record=True) as caught:
@@ -180,9 +180,9 @@ def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, on
     assert all("Statistics collection" in line for line in said.splitlines() if line.strip()), said
     assert not [w for w in caught if "cuda" in str(w.message).lower()], [str(w.message) for w in caught]
     # The hybrid's distances and standardisation stay float32: in the head only the discriminator's first
-    # layer and the bank's product q·b read quantised values. Quantised, the squared distances' terms moved
-    # MTD's image scores by up to 11; the level pooling, its input range set on normals, clipped what
-    # anomalies add (openvino_export.ignored_patterns).
+    # layer and the bank's products q·b (fine and coarse) read quantised values. Quantised, the squared
+    # distances' terms moved MTD's image scores by up to 11; the level pooling, its input range set on
+    # normals, clipped what anomalies add (openvino_export.ignored_patterns).
     import openvino as ov
 
     quantised = {
@@ -196,7 +196,8 @@ def test_openvino_int8_is_told_apart_from_fp32_and_exports_quietly(run, data, on
     assert not [name for name in quantised if "/backbone/" in name], quantised
     # (A ShapeOf node reads a quantised tensor's shape only: the coarse part's window pooling needs it.)
     assert readers and set(readers.values()) - {"ShapeOf"} == {"Convolution", "MatMul"}, readers
-    assert [name for name, kind in readers.items() if kind == "MatMul"] == [QUANTISED_PRODUCT], readers
+    # The MatMuls that read int8: the bank's q·b and the coarse part's window product, no other.
+    assert sorted(name for name, kind in readers.items() if kind == "MatMul") == sorted(QUANTISED_PRODUCTS), readers
     assert all("/head/first/" in name for name, kind in readers.items() if kind == "Convolution"), readers
     assert ov.Core().read_model(int8.path).get_rt_info(["glass_ad", "bank_product"]).astype(str) == "int8"
     fp32 = export_openvino(run, tmp_path / "fp32.xml")

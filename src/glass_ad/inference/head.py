@@ -26,10 +26,10 @@ concatenated channels are F's channels in another order (the bank is read in tha
 distance ``min_j ‖q − b_j‖²`` is one matrix product of ``[q, 1]`` with ``[−2 b_j, ‖b_j‖²]`` followed by
 the row minimum and ``+ ‖q‖²``: two passes over the N×M product instead of four.
 
-For the int8 export (``bank_product=True``) the fine distance is instead ``‖q‖² − 2 q·b + ‖b‖²`` with q·b
-computed by `BankProduct`, a module of its own so that its MatMul has a name: the export quantises that
-product (both inputs in int8, the bulk of the hybrid's arithmetic) and keeps the norms, the sum and the
-minimum in float32.
+For the int8 export (``bank_product=True``) the fine distance is instead ``min_j(‖b_j‖² − 2 q·b_j) + ‖q‖²``
+with q·b computed by `BankProduct`, a module of its own so that its MatMul has a name: the export quantises
+that product (both inputs in int8, the bulk of the hybrid's arithmetic) and keeps the norms, the sum and
+the minimum in float32. The coarse part's window distance is computed the same way (``window_product``).
 
 `ScoringHead.supports(model)` says whether a model's layers are of the kinds converted here (Linear,
 BatchNorm1d, LeakyReLU, ReLU, Sigmoid, Identity); `engines.InferenceGraph` falls back to the model's own
@@ -198,7 +198,9 @@ class ScoringHead(nn.Module):
         # Its retrieval picks the images, the products below read their rows.
         self.memory = MemoryBank(patches, descriptors, memory.neighbours, windows, memory.window)
         # The int8 export's form of the fine distance (module docstring); the fp32 one folds the norms in.
+        # The coarse part's windows are compared the same way, by a product of their own.
         self.bank_product = BankProduct() if bank_product else None
+        self.window_product = BankProduct() if bank_product else torch.matmul
         if not self.retrieves and self.bank_product is None:
             bank = patches.reshape(-1, patches.shape[-1])
             augmented = torch.cat([-2.0 * bank, memory.patches_sq.detach().reshape(-1, 1)], dim=1)  # M × (D+1)
@@ -237,7 +239,7 @@ class ScoringHead(nn.Module):
         if self.memory.windows is None:
             return fine[..., None]
         pooled, shape = pool_windows(features, grid, self.memory.window)
-        coarse = nearest_distance(pooled, self.memory.windows, self.memory.windows_sq, near)
+        coarse = nearest_distance(pooled, self.memory.windows, self.memory.windows_sq, near, self.window_product)
         return torch.stack([fine, upsample_windows(coarse, shape, grid)], dim=-1)
 
 

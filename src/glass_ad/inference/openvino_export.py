@@ -61,8 +61,8 @@ IGNORED_TYPES = ["GroupConvolution"]
 # arithmetic), whose terms are not subtracted in int8: the norms, the sum and the minimum stay float32.
 # The product pays only where the CPU multiplies int8 fast (VNNI/AMX: a third of its float32 time; AVX2
 # alone: slower than float32), so `bank_product="auto"` times it first.
-QUANTISED_PRODUCT = "/head/bank_product/MatMul"
-QUANTISED_HEAD = ["first/", "pool", f"{QUANTISED_PRODUCT[len('/head/'):]}$"]
+QUANTISED_PRODUCTS = ("/head/bank_product/MatMul", "/head/window_product/MatMul")  # fine and coarse
+QUANTISED_HEAD = ["first/", "pool", *(f"{name[len('/head/'):]}$" for name in QUANTISED_PRODUCTS)]
 # The hybrid score keeps its backbone and its level pooling in float32 (measured on the default MTD model,
 # benchmarks/int8_scope.py, docs/deploy.md): its features enter the bank's distances directly, and with
 # the backbone quantised the held-out image scores moved 4.4× as much (mean 0.063 against 0.014) for a
@@ -526,7 +526,7 @@ def _quantize(model, frames: Sequence[np.ndarray], fast: bool, hybrid: bool):
         products = [
             op.get_friendly_name()
             for op in model.get_ordered_ops()
-            if op.get_type_name() == "MatMul" and not op.get_friendly_name().endswith(QUANTISED_PRODUCT)
+            if op.get_type_name() == "MatMul" and not op.get_friendly_name().endswith(QUANTISED_PRODUCTS)
         ]
         patterns = ignored_patterns(hybrid)
         ignored = nncf.IgnoredScope(names=products, patterns=patterns, types=IGNORED_TYPES, validate=False)

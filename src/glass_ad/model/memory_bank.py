@@ -264,8 +264,9 @@ def nearest_distance(
     else:
         bank = stored.reshape(-1, stored.shape[-1]).float()
         bank_sq = stored_sq.reshape(1, 1, -1)
-    squared = (queries * queries).sum(dim=2, keepdim=True) - 2.0 * product(queries, bank.transpose(-1, -2)) + bank_sq
-    return squared.amin(dim=2).clamp_min(0.0).sqrt()
+    # ‖q‖² is the same for every row: added after the minimum, not to every entry of the product.
+    nearest = (bank_sq - 2.0 * product(queries, bank.transpose(-1, -2))).amin(dim=2)
+    return (nearest + (queries * queries).sum(dim=2)).clamp_min(0.0).sqrt()
 
 
 def describe_bank(state: Mapping[str, Any] | torch.Tensor | None) -> str:
