@@ -11,12 +11,12 @@ processors that have it, which moves scores by ~1e-2 — enough to flip decision
 `compile` (and `runtime.Runtime` for ``.xml`` files) always passes ``INFERENCE_PRECISION_HINT=f32``.
 
 int8 quantises the discriminator's first layer, for the paper's score the backbone's pointwise
-convolutions after the stem and the head's level pooling, and for the hybrid score the memory-bank
-product q·b where int8 is timed faster on the export's CPU (`time_bank_product`); the preprocessing
-(``glass_frame/*`` nodes), the stem, the depthwise convolutions, the hybrid's backbone and level pooling,
-the head's last layer, every other MatMul and the head's other non-convolution nodes (the bank's norms,
-sums and minima) stay in float32 (`ignored_patterns`, `IGNORED_TYPES`: where the error came from when
-measured). It is calibrated on normal images of ``--calibration`` plus LAS anomalies made from a quarter of
+convolutions after the stem and the head's level pooling, and for the hybrid score the memory bank's
+products q·b (fine and coarse) where int8 is timed faster on the export's CPU (`time_bank_product`); the
+preprocessing (``glass_frame/*`` nodes), the stem, the depthwise convolutions, the hybrid's backbone and
+level pooling, the head's last layer, every other MatMul and the head's other non-convolution nodes (the
+bank's norms, sums and minima) stay in float32 (`ignored_patterns`, `IGNORED_TYPES`: where the error came
+from when measured). It is calibrated on normal images of ``--calibration`` plus LAS anomalies made from a quarter of
 them, and **gated on decisions**: other normal images of the folder and LAS anomalies made from them are
 scored by the int8 IR and the fp32 ONNX model; when more than 1 % of their decisions change, an image
 score moves by more than half the model's score scale (`MAX_SCORE_ERROR`) or the scores move by more than
@@ -57,8 +57,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 IGNORED_PATTERNS = ["glass_frame/.*", ".*/head/rest/.*", ".*stem.*"]
 IGNORED_TYPES = ["GroupConvolution"]
 # What of the head is quantised: the discriminator's first layer (most of the head's arithmetic), the level
-# pooling (not the hybrid's, below), and the hybrid's product q·b (`head.BankProduct`, most of the bank's
-# arithmetic), whose terms are not subtracted in int8: the norms, the sum and the minimum stay float32.
+# pooling (not the hybrid's, below), and the hybrid's products q·b (`head.BankProduct`: the patch vectors',
+# most of the bank's arithmetic, and the coarse part's windows'), whose terms are not subtracted in int8:
+# the norms, the sum and the minimum stay float32.
 # The product pays only where the CPU multiplies int8 fast (VNNI/AMX: a third of its float32 time; AVX2
 # alone: slower than float32), so `bank_product="auto"` times it first.
 QUANTISED_PRODUCTS = ("/head/bank_product/MatMul", "/head/window_product/MatMul")  # fine and coarse
