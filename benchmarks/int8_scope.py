@@ -86,7 +86,7 @@ def main() -> int:
             "run": args.run, "data": Path(args.data).name, "variant": variant, "max_isa": args.max_isa or "",
             "bank_product": result.bank_product or "", "held_out_changed": check.changed, "held_out_images": check.images,
             "held_out_mean_abs_diff": round(check.mean_abs_diff, 4), "held_out_max_abs_diff": round(check.max_abs_diff, 4),
-            "shift_normals": round(check.bias_normals, 4), "shift_anomalies": round(check.bias_anomalies, 4),
+            "shift_normals": round(check.shift_normals, 4), "shift_anomalies": round(check.shift_anomalies, 4),
             "speedup_vs_fp32_graph": round(result.speedup, 3),
         }  # fmt: skip
         if reference is not None:

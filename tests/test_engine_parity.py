@@ -315,7 +315,7 @@ def test_decision_check_counts_changes_and_shifts_against_brute_force():
     check = check_decisions(Reference(), Compiled(), 0.5, normals, anomalies, 0.5, 0.5, score_scale=0.2)
     assert (check.normals, check.anomalies, check.changed) == (3, 2, 2)
     assert check.max_abs_diff == pytest.approx(0.1) and check.mean_abs_diff == pytest.approx(0.21 / 5)
-    assert check.bias_normals == pytest.approx(0.02 / 3) and check.bias_anomalies == pytest.approx(-0.075)
+    assert check.shift_normals == pytest.approx(0.02 / 3) and check.shift_anomalies == pytest.approx(-0.075)
     assert check.passed  # 2 of 5 changed ≤ 50 %, 0.1 ≤ 0.5 × 0.2, no bar on the mean
     assert "mean shift +0.0067 on the normal images, -0.0750 on the anomalies" in check.line()
     # The mean |difference| 0.042 is 0.21 of the score scale 0.2: refused under a bar of 0.2, passed under 0.22.

@@ -43,6 +43,7 @@ from glass_ad.inference.export import check_verified, export_metadata, export_on
 from glass_ad.inference.exported import INPUT_NAME, IR_SECTION, OUTPUT_NAMES, PRECISION_HINT, XML_NAME, read_ir_metadata
 from glass_ad.inference.runtime import session
 from glass_ad.model.checkpoint import Checkpoint, checkpoint_path
+from glass_ad.model.glass_model import FEATURE_STRIDE
 from glass_ad.safety import refuse_input_overlap
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -124,8 +125,8 @@ class DecisionCheck:
     allowed: float  # fraction of the held-out images
     max_score_error: float  # in units of `score_scale`
     score_scale: float = 1.0  # the model's normalisation scale (MAX_SCORE_ERROR)
-    bias_normals: float = 0.0  # mean of (int8 − fp32) image score over the normal images: a shift, not noise
-    bias_anomalies: float = 0.0  # the same over the synthetic anomalies
+    shift_normals: float = 0.0  # mean of (int8 − fp32) image score over the normal images: a shift, not noise
+    shift_anomalies: float = 0.0  # the same over the synthetic anomalies
     max_mean_error: float = float("inf")  # in units of `score_scale`
 
     @property
@@ -144,8 +145,8 @@ class DecisionCheck:
             f"{self.changed} decisions changed (allowed {self.allowed:.0%}), image score |difference| max {self.max_abs_diff:.3f} "
             f"= {self.max_abs_diff / self.score_scale:.2f} of the score scale {self.score_scale:.3g} (allowed "
             f"{self.max_score_error:g}), mean {self.mean_abs_diff:.4f} = {self.mean_abs_diff / self.score_scale:.3f} "
-            f"of it (allowed {self.max_mean_error:g}); mean shift {self.bias_normals:+.4f} on the normal "
-            f"images, {self.bias_anomalies:+.4f} on the anomalies"
+            f"of it (allowed {self.max_mean_error:g}); mean shift {self.shift_normals:+.4f} on the normal "
+            f"images, {self.shift_anomalies:+.4f} on the anomalies"
         )
 
 
@@ -308,8 +309,8 @@ def check_decisions(
         normals=len(normals), anomalies=len(anomalies), changed=int(((a >= threshold) != (b >= threshold)).sum()),
         max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()), allowed=allowed, max_score_error=max_score_error,
         score_scale=score_scale, max_mean_error=max_mean_error,
-        bias_normals=float(shift[: len(normals)].mean()) if len(normals) else 0.0,
-        bias_anomalies=float(shift[len(normals):].mean()) if len(anomalies) else 0.0,
+        shift_normals=float(shift[: len(normals)].mean()) if len(normals) else 0.0,
+        shift_anomalies=float(shift[len(normals):].mean()) if len(anomalies) else 0.0,
     )  # fmt: skip
 
 
@@ -394,13 +395,14 @@ def export_openvino(
             if precision == "int8":  # the decision check, before the IR takes its place
                 anomalies = synthetic_anomalies(checkpoint, held[: len(held) // 2], seed=2)
                 stored = checkpoint.calibration  # the threshold and score scale of the fp32 model
+                quantised = compile(staged)
                 check = check_decisions(
-                    session(onnx_path), compile(staged), stored.image_threshold, held, anomalies,
+                    session(onnx_path), quantised, stored.image_threshold, held, anomalies,
                     max_changed, max_score_error, stored.image_normalization.scale, max_mean_error,
                 )  # fmt: skip
                 if not check.passed:
                     raise ValueError(f"int8 export refused: {check.line()}; {path} was not written (use fp32)")
-                speedup = measure_speedup(compile(onnx_path), compile(staged), held[:8] or frames[:8])
+                speedup = measure_speedup(compile(onnx_path), quantised, held[:8] or frames[:8])
             os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
             os.replace(staged, path)
         finally:
@@ -469,7 +471,7 @@ def quiet_quantization():
 def _bank_product_shape(checkpoint: Checkpoint) -> tuple[int, int, int]:
     """(patches per image, feature width, bank rows each patch is compared with) of a hybrid checkpoint."""
     state = checkpoint.memory_bank
-    height, width = checkpoint.build_model("cpu").grid_shape
+    height, width = (side // FEATURE_STRIDE for side in checkpoint.config.input_shape)  # `GlassModel.grid_shape`
     if isinstance(state, dict):
         images, rows, channels = state["patches"].shape
         return height * width, channels, min(int(state.get("neighbours", images)), images) * rows
